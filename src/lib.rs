@@ -1,0 +1,300 @@
+//! shardmq: a thread-per-core MQTT 3.1.1 (and 3.1) broker.
+//!
+//! [`Broker`] runs the whole broker inside any program: N shards, each a glommio
+//! executor pinned to a CPU, every one accepting on every listener. Read the modules
+//! in data-flow order: `protocol` (bytes ↔ packets), `topic` (filter trie),
+//! `session` (one client's protocol state), `shard` (routing between sessions and
+//! shards), `net` (sockets).
+
+pub mod auth;
+pub mod config;
+pub mod message;
+mod net;
+pub mod protocol;
+pub mod session;
+mod shard;
+pub mod topic;
+
+pub use auth::{AllowAll, Authenticator};
+pub use config::{Config, ConfigError};
+pub use shard::home_shard;
+pub use shard::stats::{BrokerStats, ShardStats};
+
+use glommio::channels::channel_mesh::MeshBuilder;
+use glommio::{ExecutorJoinHandle, LocalExecutorBuilder, Placement};
+use shard::{Control, ShardInit};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Memory glommio reserves per executor for storage I/O; the broker does none.
+const IO_MEMORY: usize = 512 * 1024;
+
+/// Why a broker could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot start shard {shard}: {why}")]
+    Shard { shard: usize, why: String },
+}
+
+/// State every shard may read: the configuration, the auth hook, and the one
+/// process-wide count (open connections, for `max_connections`; touched once per
+/// connection, never per message).
+pub(crate) struct Shared {
+    pub config: Arc<Config>,
+    pub auth: Arc<dyn Authenticator>,
+    connections: AtomicUsize,
+}
+
+impl Shared {
+    /// A slot for a new connection, or `None` at `max_connections`.
+    pub fn acquire_connection(self: &Arc<Self>) -> Option<ConnectionSlot> {
+        let prev = self.connections.fetch_add(1, Ordering::Relaxed);
+        let max = self.config.max_connections;
+        if max > 0 && prev >= max {
+            self.connections.fetch_sub(1, Ordering::Relaxed);
+            return None;
+        }
+        Some(ConnectionSlot(self.clone()))
+    }
+}
+
+/// One connection counted against `max_connections`, released when dropped on
+/// whichever shard the connection ends.
+pub struct ConnectionSlot(Arc<Shared>);
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        self.0.connections.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Builds a [`Broker`]: start from defaults or a [`Config`], adjust, `start()`.
+pub struct BrokerBuilder {
+    config: Config,
+    listeners_set: bool,
+    auth: Arc<dyn Authenticator>,
+}
+
+impl Default for BrokerBuilder {
+    fn default() -> Self {
+        BrokerBuilder {
+            config: Config::default(),
+            listeners_set: false,
+            auth: Arc::new(AllowAll),
+        }
+    }
+}
+
+impl BrokerBuilder {
+    /// Replaces the whole configuration.
+    pub fn config(mut self, config: Config) -> Self {
+        self.config = config;
+        self.listeners_set = true;
+        self
+    }
+
+    /// Adds a listener; the first call replaces the default `0.0.0.0:1883`.
+    /// Port 0 picks a free port, shared by every shard.
+    pub fn listen(mut self, addr: SocketAddr) -> Self {
+        if !self.listeners_set {
+            self.config.listeners.clear();
+            self.listeners_set = true;
+        }
+        self.config.listeners.push(addr);
+        self
+    }
+
+    /// Number of shards (0: one per CPU).
+    pub fn shards(mut self, n: usize) -> Self {
+        self.config.shards = n;
+        self
+    }
+
+    /// Plugs in authentication and authorisation.
+    pub fn authenticator(mut self, auth: Arc<dyn Authenticator>) -> Self {
+        self.auth = auth;
+        self
+    }
+
+    /// Adjusts any other setting.
+    pub fn configure(mut self, f: impl FnOnce(&mut Config)) -> Self {
+        f(&mut self.config);
+        self
+    }
+
+    pub fn start(self) -> Result<Broker, StartError> {
+        Broker::start_with(self.config, self.auth)
+    }
+}
+
+/// A running broker. Dropping it shuts it down.
+pub struct Broker {
+    addrs: Vec<SocketAddr>,
+    controls: Vec<crossbeam_channel::Sender<Control>>,
+    handles: Vec<ExecutorJoinHandle<()>>,
+}
+
+impl Broker {
+    pub fn builder() -> BrokerBuilder {
+        BrokerBuilder::default()
+    }
+
+    /// Starts a broker with this configuration and no authentication.
+    pub fn start(config: Config) -> Result<Broker, StartError> {
+        Broker::start_with(config, Arc::new(AllowAll))
+    }
+
+    fn start_with(config: Config, auth: Arc<dyn Authenticator>) -> Result<Broker, StartError> {
+        config.validate()?;
+        let n = config.shard_count();
+        let shared = Arc::new(Shared {
+            config: Arc::new(config),
+            auth,
+            connections: AtomicUsize::new(0),
+        });
+        let mesh = (n > 1).then(|| MeshBuilder::full(n, shared.config.mesh_channel_capacity));
+        let cpus = allowed_cpus();
+        let mut broker = Broker {
+            addrs: Vec::new(),
+            controls: Vec::new(),
+            handles: Vec::new(),
+        };
+        for i in 0..n {
+            let (control_tx, control_rx) = crossbeam_channel::unbounded();
+            let (ready_tx, ready_rx) = crossbeam_channel::bounded(1);
+            // The first shard binds what was asked (port 0 included); the others bind
+            // the addresses it got, so all share each port through SO_REUSEPORT.
+            let listen = if i == 0 {
+                shared.config.listeners.clone()
+            } else {
+                broker.addrs.clone()
+            };
+            let init = ShardInit {
+                shards: n,
+                shared: shared.clone(),
+                listen,
+                mesh: mesh.clone(),
+                control: control_rx,
+                ready: ready_tx,
+            };
+            let placement = match &cpus {
+                Some(cpus) if !cpus.is_empty() => Placement::Fixed(cpus[i % cpus.len()]),
+                _ => Placement::Unbound,
+            };
+            let spawned = LocalExecutorBuilder::new(placement)
+                .name(&format!("shardmq-{i}"))
+                .io_memory(IO_MEMORY)
+                .spawn(move || shard::run(init));
+            let handle = match spawned {
+                Ok(h) => h,
+                Err(e) => {
+                    broker.stop();
+                    return Err(StartError::Shard {
+                        shard: i,
+                        why: e.to_string(),
+                    });
+                }
+            };
+            broker.controls.push(control_tx);
+            broker.handles.push(handle);
+            match ready_rx.recv() {
+                Ok(Ok(bound)) => {
+                    if i == 0 {
+                        broker.addrs = bound;
+                    }
+                }
+                Ok(Err((addr, source))) => {
+                    broker.stop();
+                    return Err(StartError::Bind { addr, source });
+                }
+                Err(_) => {
+                    broker.stop();
+                    return Err(StartError::Shard {
+                        shard: i,
+                        why: "exited during start".into(),
+                    });
+                }
+            }
+        }
+        for c in &broker.controls {
+            let _ = c.send(Control::Go);
+        }
+        Ok(broker)
+    }
+
+    /// The first listener's bound address (the real port when 0 was asked for).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addrs[0]
+    }
+
+    /// Every listener's bound address, in configuration order.
+    pub fn local_addrs(&self) -> &[SocketAddr] {
+        &self.addrs
+    }
+
+    /// Number of shards running.
+    pub fn shards(&self) -> usize {
+        self.handles.len()
+    }
+
+    /// A snapshot of every shard's counters and gauges.
+    pub fn stats(&self) -> BrokerStats {
+        let mut shards = Vec::with_capacity(self.controls.len());
+        for c in &self.controls {
+            let (tx, rx) = crossbeam_channel::bounded(1);
+            if c.send(Control::Stats(tx)).is_ok() {
+                if let Ok(s) = rx.recv_timeout(Duration::from_secs(5)) {
+                    shards.push(s);
+                }
+            }
+        }
+        BrokerStats { shards }
+    }
+
+    /// Closes every connection and stops every shard; returns when all have exited.
+    pub fn shutdown(mut self) {
+        self.stop();
+    }
+
+    fn stop(&mut self) {
+        for c in self.controls.drain(..) {
+            let _ = c.send(Control::Shutdown);
+        }
+        for h in self.handles.drain(..) {
+            let _ = h.join();
+        }
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// CPUs this process may run on (its affinity mask), to pin one shard to each.
+fn allowed_cpus() -> Option<Vec<usize>> {
+    // SAFETY: `cpu_set_t` is plain data for which all-zero is a valid value.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `set` is a valid, writable cpu_set_t of the size passed; pid 0 is the
+    // calling thread.
+    let rc = unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) };
+    if rc != 0 {
+        return None;
+    }
+    // SAFETY: `set` was filled in by sched_getaffinity above.
+    Some(
+        (0..libc::CPU_SETSIZE as usize)
+            .filter(|&c| unsafe { libc::CPU_ISSET(c, &set) })
+            .collect(),
+    )
+}

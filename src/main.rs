@@ -1,0 +1,153 @@
+//! The `shardmq` command: flags and config file → `Config` → `Broker` → signals.
+
+use clap::Parser;
+use shardmq::{Broker, Config};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// A thread-per-core MQTT 3.1.1 broker. Every flag overrides the matching key of the
+/// config file; the key names are given in brackets.
+#[derive(Debug, Parser)]
+#[command(name = "shardmq", version, about)]
+struct Args {
+    /// TOML configuration file.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Address to accept MQTT connections on; repeat for several [listeners]
+    /// (default 0.0.0.0:1883).
+    #[arg(long = "listen", value_name = "ADDR")]
+    listen: Vec<SocketAddr>,
+    /// Number of shards; 0 = one per CPU available [shards].
+    #[arg(long, value_name = "N")]
+    shards: Option<usize>,
+    /// Largest packet accepted, in bytes [max_packet_size].
+    #[arg(long, value_name = "BYTES")]
+    max_packet_size: Option<usize>,
+    /// Unacknowledged outgoing QoS 1/2 messages per session [max_inflight].
+    #[arg(long, value_name = "N")]
+    max_inflight: Option<u16>,
+    /// Messages queued per session behind the in-flight window [max_queued_messages].
+    #[arg(long, value_name = "N")]
+    max_queued_messages: Option<usize>,
+    /// Bytes queued per session [max_queued_bytes].
+    #[arg(long, value_name = "BYTES")]
+    max_queued_bytes: Option<usize>,
+    /// Seconds a new connection has to send CONNECT [connect_timeout].
+    #[arg(long, value_name = "SECS")]
+    connect_timeout: Option<f64>,
+    /// Open connections allowed, 0 = unlimited [max_connections].
+    #[arg(long, value_name = "N")]
+    max_connections: Option<usize>,
+    /// Retained messages stored, 0 = unlimited [max_retained_messages].
+    #[arg(long, value_name = "N")]
+    max_retained_messages: Option<usize>,
+    /// Largest retained payload stored, in bytes [max_retained_payload].
+    #[arg(long, value_name = "BYTES")]
+    max_retained_payload: Option<usize>,
+    /// Unsent bytes per connection before messages wait in the session queue
+    /// [write_buffer_high_water].
+    #[arg(long, value_name = "BYTES")]
+    write_buffer_high_water: Option<usize>,
+    /// Capacity in batches of each cross-shard channel [mesh_channel_capacity].
+    #[arg(long, value_name = "N")]
+    mesh_channel_capacity: Option<usize>,
+}
+
+impl Args {
+    fn into_config(self) -> Result<Config, shardmq::ConfigError> {
+        let mut c = match &self.config {
+            Some(path) => Config::from_file(path)?,
+            None => Config::default(),
+        };
+        if !self.listen.is_empty() {
+            c.listeners = self.listen;
+        }
+        macro_rules! set {
+            ($($f:ident),*) => { $( if let Some(v) = self.$f { c.$f = v; } )* };
+        }
+        set!(
+            shards,
+            max_packet_size,
+            max_inflight,
+            max_queued_messages,
+            max_queued_bytes,
+            connect_timeout,
+            max_connections,
+            max_retained_messages,
+            max_retained_payload,
+            write_buffer_high_water,
+            mesh_channel_capacity
+        );
+        c.validate()?;
+        Ok(c)
+    }
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let config = match Args::parse().into_config() {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    raise_fd_limit();
+    let mut signals = match Signals::new([SIGINT, SIGTERM, SIGHUP]) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!("cannot install signal handlers: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let broker = match Broker::start(config) {
+        Ok(b) => b,
+        Err(e) => {
+            tracing::error!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let listeners: Vec<String> = broker.local_addrs().iter().map(|a| a.to_string()).collect();
+    tracing::info!(
+        listeners = %listeners.join(","),
+        shards = broker.shards(),
+        version = env!("CARGO_PKG_VERSION"),
+        "shardmq started"
+    );
+    for signal in signals.forever() {
+        match signal {
+            SIGHUP => tracing::warn!(
+                "SIGHUP received: this version reloads no settings at run time; restart to apply config changes"
+            ),
+            _ => {
+                tracing::info!(signal, "shutting down");
+                break;
+            }
+        }
+    }
+    broker.shutdown();
+    tracing::info!("shardmq stopped");
+    ExitCode::SUCCESS
+}
+
+/// A broker holds one descriptor per connection: lift the soft limit to the hard one.
+fn raise_fd_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `lim` is a valid rlimit to fill in.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0 && lim.rlim_cur < lim.rlim_max {
+        lim.rlim_cur = lim.rlim_max;
+        // SAFETY: `lim` holds the limits read above with the soft one raised to the hard one.
+        unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) };
+    }
+}

@@ -1,0 +1,538 @@
+//! Connections: accept, read CONNECT under a timeout, hand the socket to its home
+//! shard, then serve it with one reader task and one writer task.
+//!
+//! The reader drains every complete packet from each read before it reads again and
+//! hands them to the shard; the shard writes replies and deliveries into the
+//! connection's [`Conn`] buffer; the writer sends whatever accumulated with one
+//! write per wake-up (glommio's stream writes are unbuffered, so this is where the
+//! batching happens).
+
+use crate::protocol::{decode, ConnAck, Connect, ConnectReturnCode, DecodeError, Packet};
+use crate::shard::mesh::Handoff;
+use crate::shard::{home_shard, Flow, Shard, SubscribeWait};
+use crate::{ConnectionSlot, Shared};
+use bytes::BytesMut;
+use glommio::net::{TcpListener, TcpStream};
+use glommio::spawn_local;
+use glommio::timer::Timer;
+use std::cell::{Cell, RefCell};
+use std::future::poll_fn;
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, IntoRawFd};
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::task::{Poll, Waker};
+use std::time::{Duration, Instant};
+
+use futures_lite::{AsyncRead, AsyncWrite};
+
+/// Bytes asked of the kernel per read.
+const READ_CHUNK: usize = 16 * 1024;
+/// A write buffer grown past this by a burst is released once sent.
+const KEEP_WRITE_BUFFER: usize = 1024 * 1024;
+/// How long a closing connection may take to flush what it still has to send.
+const WRITER_LINGER: Duration = Duration::from_secs(5);
+
+/// The shard's handle on one live connection: the output buffer the writer drains,
+/// and the flags that pace and close it.
+pub struct Conn {
+    /// Unique per shard; tells a connection apart from the one that took it over.
+    pub id: u64,
+    pub peer: SocketAddr,
+    wbuf: RefCell<BytesMut>,
+    writer: Cell<Option<Waker>>,
+    reader: Cell<Option<Waker>>,
+    closing: Cell<bool>,
+    congested: Cell<bool>,
+}
+
+impl Conn {
+    fn new(id: u64, peer: SocketAddr) -> Rc<Conn> {
+        Rc::new(Conn {
+            id,
+            peer,
+            wbuf: RefCell::new(BytesMut::new()),
+            writer: Cell::new(None),
+            reader: Cell::new(None),
+            closing: Cell::new(false),
+            congested: Cell::new(false),
+        })
+    }
+
+    /// Encodes a packet into the output buffer (ignored once closing).
+    pub fn write_packet(&self, packet: &Packet) {
+        if self.closing.get() {
+            return;
+        }
+        packet.encode(&mut self.wbuf.borrow_mut());
+        self.wake_writer();
+    }
+
+    /// Encodes and drains a batch of packets.
+    pub fn write_packets(&self, packets: &mut Vec<Packet>) {
+        if packets.is_empty() {
+            return;
+        }
+        if !self.closing.get() {
+            let mut buf = self.wbuf.borrow_mut();
+            for p in packets.iter() {
+                p.encode(&mut buf);
+            }
+            drop(buf);
+            self.wake_writer();
+        }
+        packets.clear();
+    }
+
+    /// Bytes written by the shard and not yet handed to the kernel.
+    pub fn pending(&self) -> usize {
+        self.wbuf.borrow().len()
+    }
+
+    pub fn congested(&self) -> bool {
+        self.congested.get()
+    }
+
+    pub fn set_congested(&self, congested: bool) {
+        self.congested.set(congested);
+    }
+
+    /// Asks the writer to flush what is pending and close; stops the reader.
+    pub fn close(&self) {
+        self.closing.set(true);
+        self.wake_writer();
+        self.wake_reader();
+    }
+
+    fn wake_writer(&self) {
+        if let Some(w) = self.writer.take() {
+            w.wake();
+        }
+    }
+
+    fn wake_reader(&self) {
+        if let Some(w) = self.reader.take() {
+            w.wake();
+        }
+    }
+}
+
+/// Why a connection ended, for the log and the counters.
+enum End {
+    Eof,
+    Disconnect,
+    KeepAlive,
+    ClosedByBroker,
+    Violation,
+    Decode(DecodeError),
+    Io(io::Error),
+}
+
+impl std::fmt::Debug for End {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            End::Eof => f.write_str("closed by client"),
+            End::Disconnect => f.write_str("DISCONNECT"),
+            End::KeepAlive => f.write_str("keep-alive timeout"),
+            End::ClosedByBroker => f.write_str("closed by broker"),
+            End::Violation => f.write_str("protocol violation"),
+            End::Decode(e) => write!(f, "malformed packet: {e}"),
+            End::Io(e) => write!(f, "i/o error: {e}"),
+        }
+    }
+}
+
+/// Accepts connections on one listener for the rest of the shard's life.
+pub(crate) async fn accept_loop(shard: Rc<RefCell<Shard>>, listener: TcpListener, shared: Arc<Shared>) {
+    loop {
+        match listener.accept().await {
+            Ok(stream) => {
+                if shard.borrow().stopping {
+                    return;
+                }
+                let slot = shared.acquire_connection();
+                spawn_local(handle_new(shard.clone(), stream, slot)).detach();
+            }
+            Err(e) => {
+                // Typically out of file descriptors: back off instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                Timer::new(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// A new socket: read and check CONNECT, then serve it here or hand it to the
+/// client id's home shard.
+async fn handle_new(shard: Rc<RefCell<Shard>>, stream: TcpStream, slot: Option<ConnectionSlot>) {
+    let peer = stream
+        .peer_addr()
+        .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+    let _ = stream.set_nodelay(true);
+    let (timeout, max_packet) = {
+        let s = shard.borrow();
+        (s.cfg.connect_timeout(), s.cfg.max_packet_size)
+    };
+    let stream = RefCell::new(stream);
+    let mut rbuf = BytesMut::new();
+    let first = glommio::timer::timeout(timeout, async {
+        Ok(read_first_packet(&stream, &mut rbuf, max_packet).await)
+    })
+    .await;
+    let connect = match first {
+        Err(_) => {
+            shard.borrow_mut().stats.connect_timeouts += 1;
+            tracing::debug!(%peer, "no CONNECT within the connect timeout");
+            return;
+        }
+        Ok(Err(end)) => {
+            let mut s = shard.borrow_mut();
+            if let End::Decode(e) = &end {
+                if matches!(e, DecodeError::PacketTooLarge { .. }) {
+                    s.stats.oversized_packets += 1;
+                }
+                s.stats.protocol_errors += 1;
+                if let Some(code) = e.connack_code() {
+                    drop(s);
+                    refuse(&stream, code).await;
+                }
+            } else if matches!(end, End::Violation) {
+                s.stats.protocol_errors += 1;
+            }
+            tracing::debug!(%peer, reason = ?end, "connection closed before CONNECT completed");
+            return;
+        }
+        Ok(Ok(connect)) => connect,
+    };
+    let Some(slot) = slot else {
+        shard.borrow_mut().stats.refused_max_connections += 1;
+        tracing::debug!(%peer, "max_connections reached");
+        refuse(&stream, ConnectReturnCode::ServerUnavailable).await;
+        return;
+    };
+    let mut connect = connect;
+    let (home, code) = {
+        let mut s = shard.borrow_mut();
+        let code = s.authenticator().connect(&connect, peer);
+        if connect.client_id.is_empty() {
+            connect.client_id = s.generate_client_id();
+        }
+        (home_shard(&connect.client_id, s.shards), code)
+    };
+    if code != ConnectReturnCode::Accepted {
+        tracing::debug!(%peer, client = %connect.client_id, ?code, "CONNECT refused");
+        refuse(&stream, code).await;
+        return;
+    }
+    let me = shard.borrow().id;
+    let stream = stream.into_inner();
+    if home == me {
+        serve(shard, stream, connect, rbuf, peer, slot).await;
+        return;
+    }
+    // SAFETY: the descriptor belongs to `stream`, which stays alive for this statement;
+    // the clone is a new descriptor for the same socket, owned by the result.
+    let fd = match unsafe { BorrowedFd::borrow_raw(stream.as_raw_fd()) }.try_clone_to_owned() {
+        Ok(fd) => fd,
+        Err(e) => {
+            tracing::warn!(%peer, error = %e, "cannot duplicate socket for handoff");
+            return;
+        }
+    };
+    drop(stream);
+    shard.borrow_mut().hand_off(
+        home,
+        Handoff {
+            fd,
+            connect,
+            leftover: rbuf.freeze(),
+            peer,
+            slot,
+        },
+    );
+}
+
+/// Reads until the first packet is complete; it must be CONNECT [MQTT-3.1.0-1].
+async fn read_first_packet(stream: &RefCell<TcpStream>, rbuf: &mut BytesMut, max_packet: usize) -> Result<Connect, End> {
+    loop {
+        match decode(rbuf, max_packet) {
+            Ok(Some(Packet::Connect(c))) => return Ok(*c),
+            Ok(Some(_)) => return Err(End::Violation),
+            Ok(None) => {}
+            Err(e) => return Err(End::Decode(e)),
+        }
+        match read_some(stream, rbuf, None).await {
+            Ok(0) => return Err(End::Eof),
+            Ok(_) => {}
+            Err(e) => return Err(End::Io(e)),
+        }
+    }
+}
+
+/// Answers CONNECT with a refusal (then the caller drops the socket).
+async fn refuse(stream: &RefCell<TcpStream>, code: ConnectReturnCode) {
+    let mut buf = BytesMut::with_capacity(4);
+    Packet::ConnAck(ConnAck {
+        session_present: false,
+        code,
+    })
+    .encode(&mut buf);
+    let _ = write_all(stream, &buf).await;
+}
+
+/// A connection handed over by another shard: rebuild the stream on this executor.
+pub(crate) async fn serve_handoff(shard: Rc<RefCell<Shard>>, h: Handoff) {
+    let Handoff {
+        fd,
+        connect,
+        leftover,
+        peer,
+        slot,
+    } = h;
+    // SAFETY: `fd` is an owned, open, connected TCP socket; ownership moves into the
+    // stream, which closes it when dropped.
+    let stream = unsafe { TcpStream::from_raw_fd(fd.into_raw_fd()) };
+    let mut rbuf = BytesMut::with_capacity(leftover.len().max(READ_CHUNK));
+    rbuf.extend_from_slice(&leftover);
+    serve(shard, stream, connect, rbuf, peer, slot).await;
+}
+
+/// Serves a connection whose CONNECT was accepted, on its home shard, until it ends.
+async fn serve(
+    shard: Rc<RefCell<Shard>>,
+    stream: TcpStream,
+    connect: Connect,
+    rbuf: BytesMut,
+    peer: SocketAddr,
+    slot: ConnectionSlot,
+) {
+    let keep_alive = connect.keep_alive;
+    let client_id = connect.client_id.clone();
+    let (conn, key, max_packet, high_water) = {
+        let mut s = shard.borrow_mut();
+        let conn = Conn::new(s.next_conn_id(), peer);
+        let key = s.attach(connect, &conn, Instant::now());
+        (conn, key, s.cfg.max_packet_size, s.cfg.write_buffer_high_water)
+    };
+    // [MQTT-3.1.2-24]: one and a half times the keep-alive without a packet.
+    let keep_alive = (keep_alive > 0).then(|| Duration::from_millis(u64::from(keep_alive) * 1500));
+    let _ = stream.set_read_timeout(keep_alive);
+    tracing::debug!(%peer, client = %client_id, "connected");
+    let stream = Rc::new(RefCell::new(stream));
+    let writer = spawn_local(write_loop(
+        shard.clone(),
+        stream.clone(),
+        conn.clone(),
+        key,
+        high_water,
+    ));
+    let end = read_loop(&shard, &stream, &conn, key, rbuf, max_packet, keep_alive).await;
+    {
+        let mut s = shard.borrow_mut();
+        match &end {
+            End::KeepAlive => s.stats.keepalive_timeouts += 1,
+            End::Decode(e) => {
+                if matches!(e, DecodeError::PacketTooLarge { .. }) {
+                    s.stats.oversized_packets += 1;
+                }
+                s.stats.protocol_errors += 1;
+            }
+            _ => {}
+        }
+        s.connection_lost(key, conn.id, matches!(end, End::Disconnect));
+    }
+    tracing::debug!(%peer, client = %client_id, reason = ?end, "connection closed");
+    conn.close();
+    let _ = glommio::timer::timeout(WRITER_LINGER, async {
+        writer.await;
+        Ok(())
+    })
+    .await;
+    drop(slot);
+}
+
+/// Decodes and dispatches every complete packet, then reads more, until the
+/// connection ends.
+async fn read_loop(
+    shard: &Rc<RefCell<Shard>>,
+    stream: &RefCell<TcpStream>,
+    conn: &Rc<Conn>,
+    key: usize,
+    mut rbuf: BytesMut,
+    max_packet: usize,
+    keep_alive: Option<Duration>,
+) -> End {
+    loop {
+        let now = Instant::now();
+        loop {
+            let packet = match decode(&mut rbuf, max_packet) {
+                Ok(Some(p)) => p,
+                Ok(None) => break,
+                Err(e) => return End::Decode(e),
+            };
+            if let Packet::Subscribe(sub) = packet {
+                let start = shard.borrow_mut().subscribe_start(key, conn.id, &sub);
+                let Some(start) = start else {
+                    return End::ClosedByBroker;
+                };
+                if let Some(wait) = &start.wait {
+                    wait_interest(wait, conn).await;
+                    if conn.closing.get() {
+                        return End::ClosedByBroker;
+                    }
+                }
+                shard
+                    .borrow_mut()
+                    .subscribe_finish(key, conn.id, &sub, start.codes);
+                continue;
+            }
+            match shard.borrow_mut().handle_packet(key, conn.id, packet, now) {
+                Flow::Continue => {}
+                Flow::Close { graceful: true } => return End::Disconnect,
+                Flow::Close { graceful: false } => return End::Violation,
+            }
+        }
+        // A client that neither reads nor sends for the keep-alive period is gone,
+        // even while we are not reading from it.
+        let readable = match keep_alive {
+            Some(limit) => glommio::timer::timeout(limit, async {
+                Ok(wait_until_readable(shard, conn).await)
+            })
+            .await
+            .ok(),
+            None => Some(wait_until_readable(shard, conn).await),
+        };
+        match readable {
+            None => return End::KeepAlive,
+            Some(false) => return End::ClosedByBroker,
+            Some(true) => {}
+        }
+        match read_some(stream, &mut rbuf, Some(conn)).await {
+            Ok(0) => return End::Eof,
+            Ok(_) => {}
+            Err(_) if conn.closing.get() => return End::ClosedByBroker,
+            Err(e) if e.kind() == io::ErrorKind::TimedOut => return End::KeepAlive,
+            Err(e) => return End::Io(e),
+        }
+    }
+}
+
+/// Waits until every shard has confirmed a SUBSCRIBE's new interest (or the
+/// connection is closing).
+async fn wait_interest(wait: &SubscribeWait, conn: &Conn) {
+    poll_fn(|cx| {
+        if wait.done() || conn.closing.get() {
+            return Poll::Ready(());
+        }
+        wait.register(cx.waker());
+        conn.reader.set(Some(cx.waker().clone()));
+        Poll::Pending
+    })
+    .await
+}
+
+/// Backpressure: reading more is pointless while this connection's own output is
+/// over its high-water mark (the client is not reading) or an outbox to another
+/// shard is full. Returns false if the connection is closing.
+async fn wait_until_readable(shard: &Rc<RefCell<Shard>>, conn: &Conn) -> bool {
+    poll_fn(|cx| {
+        if conn.closing.get() {
+            return Poll::Ready(false);
+        }
+        if conn.congested() {
+            conn.reader.set(Some(cx.waker().clone()));
+            return Poll::Pending;
+        }
+        let s = shard.borrow();
+        if s.outbox_congested() {
+            s.backpressure().park(cx.waker());
+            conn.reader.set(Some(cx.waker().clone()));
+            return Poll::Pending;
+        }
+        Poll::Ready(true)
+    })
+    .await
+}
+
+/// One read into the spare capacity of `buf`. Ends early with an error when `conn`
+/// starts closing.
+async fn read_some(stream: &RefCell<TcpStream>, buf: &mut BytesMut, conn: Option<&Conn>) -> io::Result<usize> {
+    let start = buf.len();
+    buf.reserve(READ_CHUNK);
+    let end = buf.capacity();
+    buf.resize(end, 0);
+    let res = poll_fn(|cx| {
+        if let Some(conn) = conn {
+            if conn.closing.get() {
+                return Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::ConnectionAborted,
+                    "closed by the broker",
+                )));
+            }
+            conn.reader.set(Some(cx.waker().clone()));
+        }
+        Pin::new(&mut *stream.borrow_mut()).poll_read(cx, &mut buf[start..end])
+    })
+    .await;
+    buf.truncate(start + *res.as_ref().unwrap_or(&0));
+    res
+}
+
+async fn write_all(stream: &RefCell<TcpStream>, mut data: &[u8]) -> io::Result<()> {
+    while !data.is_empty() {
+        let n = poll_fn(|cx| Pin::new(&mut *stream.borrow_mut()).poll_write(cx, data)).await?;
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        data = &data[n..];
+    }
+    Ok(())
+}
+
+/// Sends whatever the shard wrote, one write per wake-up, until the connection
+/// closes and everything pending has gone out.
+async fn write_loop(
+    shard: Rc<RefCell<Shard>>,
+    stream: Rc<RefCell<TcpStream>>,
+    conn: Rc<Conn>,
+    key: usize,
+    high_water: usize,
+) {
+    let mut buf = BytesMut::new();
+    loop {
+        let closing = poll_fn(|cx| {
+            if conn.pending() > 0 {
+                Poll::Ready(false)
+            } else if conn.closing.get() {
+                Poll::Ready(true)
+            } else {
+                conn.writer.set(Some(cx.waker().clone()));
+                Poll::Pending
+            }
+        })
+        .await;
+        if closing {
+            break;
+        }
+        std::mem::swap(&mut buf, &mut *conn.wbuf.borrow_mut());
+        if let Err(e) = write_all(&stream, &buf).await {
+            tracing::debug!(peer = %conn.peer, error = %e, "write failed");
+            conn.wbuf.borrow_mut().clear();
+            conn.close();
+            return;
+        }
+        buf.clear();
+        if buf.capacity() > KEEP_WRITE_BUFFER {
+            buf = BytesMut::new();
+        }
+        if conn.congested() && conn.pending() <= high_water / 2 {
+            conn.set_congested(false);
+            conn.wake_reader();
+            shard.borrow_mut().resume_writes(key, conn.id);
+        }
+    }
+    // Half-close: the client sees EOF after the last byte we owed it.
+    let _ = poll_fn(|cx| Pin::new(&mut *stream.borrow_mut()).poll_close(cx)).await;
+}

@@ -1,0 +1,153 @@
+//! The outgoing in-flight window: QoS 1/2 PUBLISHes this broker sent to the client and
+//! that the client has not yet fully acknowledged, kept in send order.
+//!
+//! Send order matters because a resumed session resends them in that order
+//! [MQTT-4.4.0-1, MQTT-4.6.0-1]; lookup by packet id matters because acks name the id.
+//! Slots live in a `VecDeque` in send order, each stamped with a monotonically growing
+//! sequence number; a map takes a packet id to its slot's sequence number. An ack for the
+//! oldest slot (the usual case) pops it in O(1); an out-of-order ack leaves a tombstone,
+//! found by direct indexing or, after a compaction, by binary search on the sequence
+//! numbers (O(log window)). Tombstones at the front are popped at once and the deque is
+//! compacted when they outnumber the live slots, so the memory stays O(window) and the
+//! work amortised O(1) per ack.
+
+use crate::message::Message;
+use std::collections::{HashMap, VecDeque};
+
+/// Where one outgoing QoS 1/2 flow stands.
+#[derive(Debug)]
+pub(crate) enum Stage {
+    /// PUBLISH sent; waiting for PUBACK (QoS 1) or PUBREC (QoS 2). The message (with its
+    /// effective QoS) is kept so it can be resent on resume.
+    Published(Message),
+    /// QoS 2 only: PUBREC received and PUBREL sent; waiting for PUBCOMP. The message is
+    /// no longer needed: the PUBLISH must never be resent once PUBREL was sent.
+    Released,
+}
+
+#[derive(Debug)]
+struct Slot {
+    seq: u64,
+    pkid: u16,
+    /// `None` is a tombstone left by an out-of-order completion.
+    stage: Option<Stage>,
+}
+
+/// Tombstones are compacted away once there are more of them than this and more of them
+/// than live slots; below it the deque is small enough that they cost nothing.
+const COMPACT_MIN_TOMBSTONES: usize = 16;
+
+/// See the module documentation.
+#[derive(Debug)]
+pub(crate) struct Inflight {
+    slots: VecDeque<Slot>,
+    index: HashMap<u16, u64, ahash::RandomState>,
+    next_seq: u64,
+    next_pkid: u16,
+    tombstones: usize,
+}
+
+impl Inflight {
+    pub(crate) fn new() -> Inflight {
+        Inflight {
+            slots: VecDeque::new(),
+            index: HashMap::default(),
+            next_seq: 0,
+            next_pkid: 1,
+            tombstones: 0,
+        }
+    }
+
+    /// Number of flows in flight (awaiting PUBACK, PUBREC or PUBCOMP).
+    pub(crate) fn len(&self) -> usize {
+        self.index.len()
+    }
+
+    /// The next free packet id, cycling through 1..=65535 and skipping ids still in
+    /// flight [MQTT-2.3.1-2]. `None` only when all 65535 ids are in flight. The id is not
+    /// reserved until [`Inflight::insert`].
+    pub(crate) fn next_free_pkid(&mut self) -> Option<u16> {
+        for _ in 0..u16::MAX {
+            let id = self.next_pkid;
+            self.next_pkid = if id == u16::MAX { 1 } else { id + 1 };
+            if !self.index.contains_key(&id) {
+                return Some(id);
+            }
+        }
+        None
+    }
+
+    /// Records a just-sent PUBLISH under `pkid` (from [`Inflight::next_free_pkid`]).
+    /// Returns false, recording nothing, if the id is 0 or already in flight.
+    pub(crate) fn insert(&mut self, pkid: u16, msg: Message) -> bool {
+        if pkid == 0 || self.index.contains_key(&pkid) {
+            return false;
+        }
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.index.insert(pkid, seq);
+        self.slots.push_back(Slot {
+            seq,
+            pkid,
+            stage: Some(Stage::Published(msg)),
+        });
+        true
+    }
+
+    fn position(&self, pkid: u16) -> Option<usize> {
+        let seq = *self.index.get(&pkid)?;
+        let front = self.slots.front()?.seq;
+        // Without compaction since the front, slot i has sequence number front + i.
+        let guess = usize::try_from(seq.checked_sub(front)?).ok()?;
+        if self.slots.get(guess).is_some_and(|s| s.seq == seq) {
+            return Some(guess);
+        }
+        self.slots.binary_search_by_key(&seq, |s| s.seq).ok()
+    }
+
+    /// The stage of the flow using `pkid`, if any.
+    pub(crate) fn get_mut(&mut self, pkid: u16) -> Option<&mut Stage> {
+        let i = self.position(pkid)?;
+        self.slots.get_mut(i)?.stage.as_mut()
+    }
+
+    /// Completes the flow using `pkid`, freeing the id and its window slot.
+    pub(crate) fn remove(&mut self, pkid: u16) -> Option<Stage> {
+        let i = self.position(pkid)?;
+        let stage = self.slots.get_mut(i)?.stage.take()?;
+        self.index.remove(&pkid);
+        self.tombstones += 1;
+        while self.slots.front().is_some_and(|s| s.stage.is_none()) {
+            self.slots.pop_front();
+            self.tombstones -= 1;
+        }
+        while self.slots.back().is_some_and(|s| s.stage.is_none()) {
+            self.slots.pop_back();
+            self.tombstones -= 1;
+        }
+        if self.tombstones > COMPACT_MIN_TOMBSTONES && self.tombstones > self.index.len() {
+            self.slots.retain(|s| s.stage.is_some());
+            self.tombstones = 0;
+        }
+        Some(stage)
+    }
+
+    /// Live flows in send order, for resending on resume.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (u16, &Stage)> {
+        self.slots
+            .iter()
+            .filter_map(|s| s.stage.as_ref().map(|st| (s.pkid, st)))
+    }
+
+    /// Slots held including tombstones (tests check the bound).
+    #[cfg(test)]
+    pub(crate) fn slot_count(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// Moves the cyclic id allocator (tests exercise wrap-around with it).
+    #[cfg(test)]
+    pub(crate) fn set_next_pkid(&mut self, pkid: u16) {
+        self.next_pkid = pkid.max(1);
+    }
+}

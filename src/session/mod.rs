@@ -1,0 +1,442 @@
+//! The per-client MQTT 3.1.1 session state machine, sans-IO.
+//!
+//! A [`Session`] holds everything MQTT says outlives a connection for a persistent
+//! session (§4.1): outgoing QoS 1/2 flows in flight, the queue of messages not yet sent,
+//! the packet ids of incoming QoS 2 messages awaiting PUBREL, and the subscriptions. It
+//! does no I/O and reads no clock: the shard feeds it packets, routed messages, write
+//! buffer pressure and the current time, and collects what to write and what to route in
+//! an [`Output`].
+//!
+//! Guarantees the shard relies on:
+//! - An acknowledged message is never lost: inbound QoS 1/2 messages are handed to the
+//!   router in the same call that produces their PUBACK/PUBREC; outgoing QoS 1/2 messages
+//!   stay in flight or queued until the client completes their flow, across connections.
+//! - Order: messages go out in the order they were delivered to the session (a single
+//!   FIFO across QoS levels: a message never overtakes a queued or in-flight one), and a
+//!   resumed session resends in-flight flows in their original order (§4.4, §4.6).
+//! - Memory is bounded by [`Limits`]: at most `max_inflight` flows in flight and at most
+//!   `max_queued_messages` / `max_queued_bytes` queued; incoming QoS 2 state is bounded by
+//!   the 65535 packet ids.
+
+mod inflight;
+mod queue;
+#[cfg(test)]
+mod tests;
+
+use crate::message::Message;
+use crate::protocol::{LastWill, Packet, Publish, QoS};
+use bytestring::ByteString;
+use inflight::{Inflight, Stage};
+use queue::Queue;
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+/// Per-session resource bounds, from configuration, so a slow or absent client cannot make
+/// the broker hold unbounded state for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// Outgoing QoS 1/2 flows awaiting acknowledgement at once (1..=65535; 0 is treated
+    /// as 1). Flow control towards the client.
+    pub max_inflight: u16,
+    /// Messages held in the send queue at most.
+    pub max_queued_messages: usize,
+    /// Payload + topic bytes held in the send queue at most.
+    pub max_queued_bytes: usize,
+}
+
+/// What one call produced, so the session never does I/O itself. The caller drains both
+/// vectors after every call and reuses them, so steady state allocates nothing.
+#[derive(Debug, Default)]
+pub struct Output {
+    /// Packets to write to the client, in order.
+    pub packets: Vec<Packet>,
+    /// Messages the client published that the router must route now. For QoS 1/2 the ack
+    /// is already in `packets`: the router takes the message synchronously, so acking at
+    /// once is correct.
+    pub publishes: Vec<Message>,
+}
+
+/// What [`Session::deliver`] did with a routed message, so the shard can count it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivery {
+    /// A PUBLISH for it is in [`Output::packets`].
+    Sent,
+    /// Held in the session's queue (offline, write buffer full, window full, or behind
+    /// older queued messages); it goes out later in FIFO order.
+    Queued,
+    /// Not delivered, for the given reason.
+    Dropped(DropReason),
+}
+
+/// Why a message was dropped, so the shard can count drops by reason.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DropReason {
+    /// The queue is at its message or byte bound and evicting QoS 0 messages would not
+    /// make room (or the new message is itself QoS 0).
+    QueueFull,
+    /// The client is not connected and the message is QoS 0 (not stored for offline
+    /// clients, as §3.1.2.4 allows).
+    OfflineQoS0,
+}
+
+/// A protocol violation by the client; the caller closes the connection (§4.8).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SessionError {
+    /// A packet a client must not send at this point (a second CONNECT, server-to-client
+    /// packets), or SUBSCRIBE/UNSUBSCRIBE, which the shard must handle itself.
+    #[error("unexpected {0} packet from the client")]
+    UnexpectedPacket(&'static str),
+    /// A packet that needs a non-zero packet identifier carried 0 [MQTT-2.3.1-1].
+    #[error("{0} with packet identifier 0")]
+    ZeroPacketId(&'static str),
+    /// A QoS 0 PUBLISH with the DUP flag set [MQTT-3.3.1-2].
+    #[error("QoS 0 PUBLISH with DUP set")]
+    DupOnQoS0,
+    /// `handle` was called while no connection is attached.
+    #[error("packet received while no connection is attached")]
+    NotConnected,
+}
+
+/// A snapshot of the session's resource use, for metrics and limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SessionStats {
+    /// Outgoing QoS 1/2 flows awaiting PUBACK, PUBREC or PUBCOMP.
+    pub inflight: usize,
+    /// Messages waiting in the send queue.
+    pub queued: usize,
+    /// Payload + topic bytes of the queued messages.
+    pub queued_bytes: usize,
+    /// Incoming QoS 2 packet ids awaiting PUBREL.
+    pub awaiting_pubrel: usize,
+    /// Queued QoS 0 messages evicted so far (cumulative) to make room for QoS 1/2 ones;
+    /// these are drops the shard does not see through [`Delivery`].
+    pub evicted_qos0: u64,
+}
+
+/// One client's session; see the module documentation.
+#[derive(Debug)]
+pub struct Session {
+    client_id: ByteString,
+    clean_session: bool,
+    limits: Limits,
+    connected: bool,
+    writable: bool,
+    keep_alive: u16,
+    last_activity: Option<Instant>,
+    will: Option<LastWill>,
+    inflight: Inflight,
+    queue: Queue,
+    /// Incoming QoS 2 packet ids whose PUBLISH was routed and whose PUBREL has not come.
+    awaiting_pubrel: HashSet<u16, ahash::RandomState>,
+    subscriptions: HashMap<ByteString, QoS, ahash::RandomState>,
+}
+
+fn publish_packet(msg: &Message, pkid: u16, dup: bool) -> Packet {
+    Packet::Publish(Publish {
+        dup,
+        qos: msg.qos,
+        retain: msg.retain,
+        topic: msg.topic.clone(),
+        pkid,
+        payload: msg.payload.clone(),
+    })
+}
+
+impl Session {
+    /// A fresh session with nothing in flight, queued or subscribed, not connected.
+    pub fn new(client_id: ByteString, clean_session: bool, limits: Limits) -> Session {
+        Session {
+            client_id,
+            clean_session,
+            limits: Limits {
+                max_inflight: limits.max_inflight.max(1),
+                ..limits
+            },
+            connected: false,
+            writable: false,
+            keep_alive: 0,
+            last_activity: None,
+            will: None,
+            inflight: Inflight::new(),
+            queue: Queue::new(),
+            awaiting_pubrel: HashSet::default(),
+            subscriptions: HashMap::default(),
+        }
+    }
+
+    /// The client identifier the session belongs to.
+    pub fn client_id(&self) -> &ByteString {
+        &self.client_id
+    }
+
+    /// Whether the session ends with its connection (the shard then drops it).
+    pub fn clean_session(&self) -> bool {
+        self.clean_session
+    }
+
+    /// Whether a connection is attached.
+    pub fn is_connected(&self) -> bool {
+        self.connected
+    }
+
+    /// A connection is attached (CONNECT accepted; the caller has already written
+    /// CONNACK). Pushes every unacknowledged outgoing QoS 1/2 PUBLISH again with DUP set
+    /// and its original packet id, and PUBREL for those whose PUBREC arrived, all in their
+    /// original order [MQTT-4.4.0-1, MQTT-4.6.0-1]; then as many queued messages as the
+    /// window allows. (Re)starts the keep-alive clock at `now`, stores the will and marks
+    /// the session writable.
+    pub fn connect(
+        &mut self,
+        keep_alive: u16,
+        will: Option<LastWill>,
+        now: Instant,
+        out: &mut Output,
+    ) {
+        self.connected = true;
+        self.writable = true;
+        self.keep_alive = keep_alive;
+        self.last_activity = Some(now);
+        self.will = will;
+        for (pkid, stage) in self.inflight.iter() {
+            out.packets.push(match stage {
+                Stage::Published(msg) => publish_packet(msg, pkid, true),
+                Stage::Released => Packet::PubRel(pkid),
+            });
+        }
+        self.flush(out);
+    }
+
+    /// The connection is gone. Returns the will as a message unless `graceful`
+    /// (DISCONNECT received) or there is none; the will is cleared either way, so it is
+    /// never published twice. Everything else is kept for a resume.
+    pub fn disconnect(&mut self, graceful: bool) -> Option<Message> {
+        self.connected = false;
+        self.writable = false;
+        self.last_activity = None;
+        let will = self.will.take()?;
+        if graceful {
+            return None;
+        }
+        Some(Message {
+            topic: will.topic,
+            payload: will.payload,
+            qos: will.qos,
+            retain: will.retain,
+        })
+    }
+
+    /// A packet from the client; records `now` as the last activity for keep-alive.
+    /// Errors are protocol violations: the caller closes the connection (and, not having
+    /// seen DISCONNECT, calls `disconnect(false)`).
+    pub fn handle(
+        &mut self,
+        packet: Packet,
+        now: Instant,
+        out: &mut Output,
+    ) -> Result<(), SessionError> {
+        if !self.connected {
+            return Err(SessionError::NotConnected);
+        }
+        self.last_activity = Some(now);
+        match packet {
+            Packet::Publish(p) => self.receive_publish(p, out)?,
+            Packet::PubAck(pkid) => {
+                nonzero(pkid, "PUBACK")?;
+                if let Some(Stage::Published(m)) = self.inflight.get_mut(pkid) {
+                    if m.qos == QoS::AtLeastOnce {
+                        self.inflight.remove(pkid);
+                        self.flush(out);
+                    }
+                }
+            }
+            Packet::PubRec(pkid) => {
+                nonzero(pkid, "PUBREC")?;
+                match self.inflight.get_mut(pkid) {
+                    Some(stage @ Stage::Published(_)) => {
+                        if matches!(stage, Stage::Published(m) if m.qos == QoS::ExactlyOnce) {
+                            *stage = Stage::Released;
+                            out.packets.push(Packet::PubRel(pkid));
+                        }
+                        // PUBREC for a QoS 1 flow: not ours to answer; ignored.
+                    }
+                    Some(Stage::Released) | None => out.packets.push(Packet::PubRel(pkid)),
+                }
+            }
+            Packet::PubComp(pkid) => {
+                nonzero(pkid, "PUBCOMP")?;
+                if let Some(Stage::Released) = self.inflight.get_mut(pkid) {
+                    self.inflight.remove(pkid);
+                    self.flush(out);
+                }
+            }
+            Packet::PubRel(pkid) => {
+                nonzero(pkid, "PUBREL")?;
+                self.awaiting_pubrel.remove(&pkid);
+                out.packets.push(Packet::PubComp(pkid));
+            }
+            Packet::PingReq => out.packets.push(Packet::PingResp),
+            Packet::Disconnect => self.will = None,
+            other @ (Packet::Connect(_)
+            | Packet::ConnAck(_)
+            | Packet::Subscribe(_)
+            | Packet::SubAck(_)
+            | Packet::Unsubscribe(_)
+            | Packet::UnsubAck(_)
+            | Packet::PingResp) => return Err(SessionError::UnexpectedPacket(other.name())),
+        }
+        Ok(())
+    }
+
+    fn receive_publish(&mut self, p: Publish, out: &mut Output) -> Result<(), SessionError> {
+        let msg = |p: Publish| Message {
+            topic: p.topic,
+            payload: p.payload,
+            qos: p.qos,
+            retain: p.retain,
+        };
+        match p.qos {
+            QoS::AtMostOnce => {
+                if p.dup {
+                    return Err(SessionError::DupOnQoS0);
+                }
+                out.publishes.push(msg(p));
+            }
+            QoS::AtLeastOnce => {
+                nonzero(p.pkid, "PUBLISH")?;
+                let pkid = p.pkid;
+                out.publishes.push(msg(p));
+                out.packets.push(Packet::PubAck(pkid));
+            }
+            QoS::ExactlyOnce => {
+                nonzero(p.pkid, "PUBLISH")?;
+                let pkid = p.pkid;
+                if self.awaiting_pubrel.insert(pkid) {
+                    out.publishes.push(msg(p));
+                }
+                out.packets.push(Packet::PubRec(pkid));
+            }
+        }
+        Ok(())
+    }
+
+    /// A message routed to this session with the QoS granted by the matching
+    /// subscription; it goes out at min(msg.qos, granted) with `msg.retain` as given.
+    /// Sent at once when connected, writable, nothing is queued ahead of it and (QoS 1/2)
+    /// the window has room; otherwise queued, except that QoS 0 is dropped while offline.
+    /// A full queue evicts its oldest QoS 0 messages for a QoS 1/2 one if that makes room,
+    /// else drops the new message; the bounds are never exceeded.
+    pub fn deliver(&mut self, msg: &Message, granted: QoS, out: &mut Output) -> Delivery {
+        let qos = msg.qos.min(granted);
+        if !self.connected && qos == QoS::AtMostOnce {
+            return Delivery::Dropped(DropReason::OfflineQoS0);
+        }
+        let msg = Message {
+            topic: msg.topic.clone(),
+            payload: msg.payload.clone(),
+            qos,
+            retain: msg.retain,
+        };
+        if self.connected && self.writable && self.queue.is_empty() {
+            if qos == QoS::AtMostOnce {
+                out.packets.push(publish_packet(&msg, 0, false));
+                return Delivery::Sent;
+            }
+            if self.window_has_room() {
+                if let Some(pkid) = self.inflight.next_free_pkid() {
+                    out.packets.push(publish_packet(&msg, pkid, false));
+                    self.inflight.insert(pkid, msg);
+                    return Delivery::Sent;
+                }
+            }
+        }
+        match self.queue.push(msg, &self.limits) {
+            Ok(()) => Delivery::Queued,
+            Err(reason) => Delivery::Dropped(reason),
+        }
+    }
+
+    /// The connection's write buffer went over (`false`) or back under (`true`) its
+    /// high-water mark. On `true`, sends queued messages in FIFO order: QoS 0 freely,
+    /// QoS 1/2 while the window has room.
+    pub fn set_writable(&mut self, writable: bool, out: &mut Output) {
+        self.writable = writable;
+        self.flush(out);
+    }
+
+    /// When the shard must close the connection for silence: last activity + 1.5 ×
+    /// keep-alive (§3.1.2.10). `None` when keep-alive is 0 or not connected.
+    pub fn keep_alive_deadline(&self) -> Option<Instant> {
+        if !self.connected || self.keep_alive == 0 {
+            return None;
+        }
+        self.last_activity?
+            .checked_add(Duration::from_millis(u64::from(self.keep_alive) * 1500))
+    }
+
+    /// Records a subscription (kept across connections for a persistent session; the
+    /// shard's trie does the routing). Returns the QoS it replaced, if any.
+    pub fn subscribe(&mut self, filter: ByteString, qos: QoS) -> Option<QoS> {
+        self.subscriptions.insert(filter, qos)
+    }
+
+    /// Forgets a subscription; returns its QoS if it existed.
+    pub fn unsubscribe(&mut self, filter: &str) -> Option<QoS> {
+        self.subscriptions.remove(filter)
+    }
+
+    /// The session's subscriptions, in no particular order (to rebuild routes on resume
+    /// or remove them when the session ends).
+    pub fn subscriptions(&self) -> impl Iterator<Item = (&ByteString, QoS)> {
+        self.subscriptions.iter().map(|(f, q)| (f, *q))
+    }
+
+    /// Current resource use, for metrics and limit checks.
+    pub fn stats(&self) -> SessionStats {
+        SessionStats {
+            inflight: self.inflight.len(),
+            queued: self.queue.len(),
+            queued_bytes: self.queue.bytes(),
+            awaiting_pubrel: self.awaiting_pubrel.len(),
+            evicted_qos0: self.queue.evicted(),
+        }
+    }
+
+    fn window_has_room(&self) -> bool {
+        self.inflight.len() < usize::from(self.limits.max_inflight)
+    }
+
+    /// Sends queued messages in FIFO order while connected, writable and (for QoS 1/2)
+    /// the window has room; stops at the first that cannot go, so none overtakes another.
+    fn flush(&mut self, out: &mut Output) {
+        if !(self.connected && self.writable) {
+            return;
+        }
+        while let Some(qos) = self.queue.front_qos() {
+            if qos == QoS::AtMostOnce {
+                if let Some(msg) = self.queue.pop() {
+                    out.packets.push(publish_packet(&msg, 0, false));
+                }
+                continue;
+            }
+            if !self.window_has_room() {
+                break;
+            }
+            let Some(pkid) = self.inflight.next_free_pkid() else {
+                break;
+            };
+            let Some(msg) = self.queue.pop() else {
+                break;
+            };
+            out.packets.push(publish_packet(&msg, pkid, false));
+            self.inflight.insert(pkid, msg);
+        }
+    }
+}
+
+fn nonzero(pkid: u16, packet: &'static str) -> Result<(), SessionError> {
+    if pkid == 0 {
+        Err(SessionError::ZeroPacketId(packet))
+    } else {
+        Ok(())
+    }
+}

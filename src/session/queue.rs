@@ -1,0 +1,139 @@
+//! The bounded FIFO of messages waiting to go out to the client (offline, write buffer
+//! full, or in-flight window full).
+//!
+//! It is bounded by a message count and by bytes (payload + topic), and QoS 0 messages are
+//! evicted before a QoS 1/2 message is refused. To evict the oldest QoS 0 message in O(1)
+//! without tombstones, QoS 0 and QoS 1/2 messages live in two deques, each entry stamped
+//! with a sequence number; the FIFO front is whichever deque's front is older.
+
+use super::{DropReason, Limits};
+use crate::message::Message;
+use crate::protocol::QoS;
+use std::collections::VecDeque;
+
+#[derive(Debug)]
+struct Entry {
+    seq: u64,
+    /// `msg.qos` is the effective (already downgraded) QoS.
+    msg: Message,
+}
+
+/// See the module documentation.
+#[derive(Debug)]
+pub(crate) struct Queue {
+    /// QoS 1 and 2 messages, oldest first.
+    high: VecDeque<Entry>,
+    /// QoS 0 messages, oldest first.
+    low: VecDeque<Entry>,
+    next_seq: u64,
+    bytes: usize,
+    low_bytes: usize,
+    evicted: u64,
+}
+
+/// What a message costs against `max_queued_bytes`.
+pub(crate) fn cost(msg: &Message) -> usize {
+    msg.payload.len().saturating_add(msg.topic.len())
+}
+
+impl Queue {
+    pub(crate) fn new() -> Queue {
+        Queue {
+            high: VecDeque::new(),
+            low: VecDeque::new(),
+            next_seq: 0,
+            bytes: 0,
+            low_bytes: 0,
+            evicted: 0,
+        }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.high.len() + self.low.len()
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.high.is_empty() && self.low.is_empty()
+    }
+
+    pub(crate) fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// QoS 0 messages evicted so far to make room for QoS 1/2 ones.
+    pub(crate) fn evicted(&self) -> u64 {
+        self.evicted
+    }
+
+    /// Appends `msg` (its `qos` already the effective one) within `limits`, evicting the
+    /// oldest QoS 0 messages first if that makes room for a QoS 1/2 one.
+    pub(crate) fn push(&mut self, msg: Message, limits: &Limits) -> Result<(), DropReason> {
+        let size = cost(&msg);
+        let fits = |count: usize, bytes: usize| {
+            count < limits.max_queued_messages
+                && bytes
+                    .checked_add(size)
+                    .is_some_and(|b| b <= limits.max_queued_bytes)
+        };
+        if !fits(self.len(), self.bytes) {
+            if msg.qos == QoS::AtMostOnce || !fits(self.high.len(), self.bytes - self.low_bytes) {
+                return Err(DropReason::QueueFull);
+            }
+            while !fits(self.len(), self.bytes) {
+                match self.low.pop_front() {
+                    Some(e) => {
+                        let c = cost(&e.msg);
+                        self.bytes -= c;
+                        self.low_bytes -= c;
+                        self.evicted += 1;
+                    }
+                    // Unreachable: with every QoS 0 message gone it fits (checked above).
+                    None => return Err(DropReason::QueueFull),
+                }
+            }
+        }
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.bytes += size;
+        if msg.qos == QoS::AtMostOnce {
+            self.low_bytes += size;
+            self.low.push_back(Entry { seq, msg });
+        } else {
+            self.high.push_back(Entry { seq, msg });
+        }
+        Ok(())
+    }
+
+    fn front_is_low(&self) -> Option<bool> {
+        match (self.high.front(), self.low.front()) {
+            (None, None) => None,
+            (Some(_), None) => Some(false),
+            (None, Some(_)) => Some(true),
+            (Some(h), Some(l)) => Some(l.seq < h.seq),
+        }
+    }
+
+    /// Effective QoS of the oldest queued message.
+    pub(crate) fn front_qos(&self) -> Option<QoS> {
+        match self.front_is_low()? {
+            true => Some(QoS::AtMostOnce),
+            false => self.high.front().map(|e| e.msg.qos),
+        }
+    }
+
+    /// Removes and returns the oldest queued message.
+    pub(crate) fn pop(&mut self) -> Option<Message> {
+        let low = self.front_is_low()?;
+        let e = if low {
+            self.low.pop_front()?
+        } else {
+            self.high.pop_front()?
+        };
+        let c = cost(&e.msg);
+        self.bytes -= c;
+        if low {
+            self.low_bytes -= c;
+        }
+        Some(e.msg)
+    }
+}

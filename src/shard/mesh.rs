@@ -1,0 +1,99 @@
+//! What travels between shards, and the per-destination outboxes that batch it.
+//!
+//! Everything a shard sends to another goes into that destination's [`Outbox`]; one
+//! flusher task per destination moves the whole outbox as a single channel item. A
+//! shard's receive side only ever appends to outboxes, never waits on a send, so no
+//! two shards can wait on each other.
+
+use crate::message::Message;
+use crate::protocol::Connect;
+use bytes::Bytes;
+use bytestring::ByteString;
+use std::cell::{Cell, RefCell};
+use std::net::SocketAddr;
+use std::os::fd::OwnedFd;
+use std::task::Waker;
+
+/// Version of a retained-store update: a Lamport clock plus the origin shard, so
+/// every shard settles on the same winner when two updates of one topic race.
+pub type RetainVersion = (u64, u16);
+
+/// A connection counted against `max_connections`; the count drops when this is
+/// dropped, on whichever shard the connection ends.
+pub type ConnSlot = crate::ConnectionSlot;
+
+/// One item of cross-shard traffic.
+pub enum MeshMsg {
+    /// A publish from one of the sender's clients, for the receiver's local
+    /// subscribers only (never forwarded again).
+    Publish(Message),
+    /// A retained-store update (empty payload: delete), sent to every shard.
+    Retain {
+        msg: Message,
+        version: RetainVersion,
+    },
+    /// The sender now has subscribers for these filters; answer with `InterestAck`.
+    InterestAdd {
+        filters: Vec<ByteString>,
+        token: u64,
+    },
+    /// The receiver recorded an `InterestAdd`.
+    InterestAck { token: u64 },
+    /// The sender no longer has subscribers for this filter.
+    InterestRemove { filter: ByteString },
+    /// A connection whose CONNECT arrived on the sender but whose client id lives on
+    /// the receiver.
+    Handoff(Box<Handoff>),
+}
+
+/// A socket moving to its home shard with everything read from it so far.
+pub struct Handoff {
+    pub fd: OwnedFd,
+    pub connect: Connect,
+    /// Bytes read after the CONNECT packet.
+    pub leftover: Bytes,
+    pub peer: SocketAddr,
+    pub slot: ConnSlot,
+}
+
+/// The batch one channel item carries.
+pub type Batch = Vec<MeshMsg>;
+
+/// Pending traffic for one destination shard.
+#[derive(Default)]
+pub struct Outbox {
+    items: RefCell<Vec<MeshMsg>>,
+    publishes: Cell<usize>,
+    flusher: Cell<Option<Waker>>,
+}
+
+impl Outbox {
+    /// Appends an item and wakes the flusher (it runs once the current task yields,
+    /// so everything appended in one read batch leaves as one channel item).
+    pub fn push(&self, msg: MeshMsg) {
+        if matches!(msg, MeshMsg::Publish(_)) {
+            self.publishes.set(self.publishes.get() + 1);
+        }
+        self.items.borrow_mut().push(msg);
+        if let Some(w) = self.flusher.take() {
+            w.wake();
+        }
+    }
+
+    /// Publishes waiting to leave; the backpressure signal.
+    pub fn pending_publishes(&self) -> usize {
+        self.publishes.get()
+    }
+
+    /// Takes everything pending, or registers the flusher's waker when empty.
+    pub fn take_or_register(&self, waker: &Waker) -> Option<Batch> {
+        let mut items = self.items.borrow_mut();
+        if items.is_empty() {
+            self.flusher.set(Some(waker.clone()));
+            None
+        } else {
+            self.publishes.set(0);
+            Some(std::mem::take(&mut *items))
+        }
+    }
+}

@@ -1,0 +1,704 @@
+//! The shard: one executor's whole share of the broker.
+//!
+//! A shard owns its sessions (every client id whose home it is), a precise trie of
+//! their subscriptions (`subs`), a coarse replica of which other shards have
+//! subscribers for which filters (`interest`), a replica of the retained store, and
+//! one outbox per other shard. It knows nothing of sockets or byte layouts: the
+//! connection layer (`crate::net`) hands it decoded packets and gives it a [`Conn`]
+//! to write packets to.
+//!
+//! The publish path, in order: a client's PUBLISH goes through its `Session`
+//! (QoS handshake, acks), then [`Shard::publish_from_client`] updates the retained
+//! store, delivers to local subscribers and appends the message to the outbox of
+//! every shard whose interest matches; that shard delivers it to its own subscribers.
+
+pub mod mesh;
+pub mod retained;
+mod runtime;
+pub mod stats;
+
+pub(crate) use runtime::{run, Control, ShardInit};
+
+use crate::auth::Authenticator;
+use crate::config::Config;
+use crate::message::Message;
+use crate::net::Conn;
+use crate::protocol::{
+    topic, ConnAck, Connect, ConnectReturnCode, Packet, Protocol, QoS, SubAck, SubAckCode,
+    Subscribe, Unsubscribe,
+};
+use crate::session::{Delivery, DropReason, Limits, Output, Session};
+use crate::topic::TopicTrie;
+use ahash::AHashMap;
+use bytestring::ByteString;
+use mesh::{Handoff, MeshMsg, Outbox};
+use retained::{LocalUpdate, Retained};
+use slab::Slab;
+use stats::ShardStats;
+use std::cell::Cell;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::task::Waker;
+use std::time::Instant;
+
+/// The shard that owns a client id: stable across runs and processes (fixed hash
+/// keys), so every connection of one client id meets the same session.
+pub fn home_shard(client_id: &str, shards: usize) -> usize {
+    const SEEDS: [u64; 4] = [
+        0x243f_6a88_85a3_08d3,
+        0x1319_8a2e_0370_7344,
+        0xa409_3822_299f_31d0,
+        0x082e_fa98_ec4e_6c89,
+    ];
+    let hasher = ahash::RandomState::with_seeds(SEEDS[0], SEEDS[1], SEEDS[2], SEEDS[3]);
+    (hasher.hash_one(client_id) % shards.max(1) as u64) as usize
+}
+
+/// Publishes waiting in one outbox above which this shard stops reading from its
+/// clients' sockets until the outbox drains (TCP then pushes back on publishers).
+const OUTBOX_HIGH_WATER: usize = 16 * 1024;
+
+/// What the connection layer should do after a packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flow {
+    Continue,
+    /// Close the connection; `graceful` after DISCONNECT (no will).
+    Close { graceful: bool },
+}
+
+/// A client's session and, while it is connected, its connection.
+struct SessionEntry {
+    session: Session,
+    conn: Option<Rc<Conn>>,
+    /// Publish sequence number of the last match that reached this session, and its
+    /// slot in the match buffer: dedups overlapping subscriptions without hashing.
+    match_seq: u64,
+    match_slot: u32,
+}
+
+/// Waits of one SUBSCRIBE for other shards to confirm new interest.
+pub struct SubscribeWait {
+    outstanding: Cell<usize>,
+    waker: Cell<Option<Waker>>,
+}
+
+impl SubscribeWait {
+    /// True once every shard has confirmed.
+    pub fn done(&self) -> bool {
+        self.outstanding.get() == 0
+    }
+
+    pub fn register(&self, waker: &Waker) {
+        self.waker.set(Some(waker.clone()));
+    }
+
+    fn complete_one(&self) {
+        let left = self.outstanding.get().saturating_sub(1);
+        self.outstanding.set(left);
+        if left == 0 {
+            if let Some(w) = self.waker.take() {
+                w.wake();
+            }
+        }
+    }
+}
+
+/// An `InterestAdd` broadcast awaiting acks from every other shard.
+struct PendingInterest {
+    remaining: usize,
+    filters: Vec<ByteString>,
+    waiters: Vec<Rc<SubscribeWait>>,
+}
+
+/// The first half of a SUBSCRIBE: codes to send, and what to wait for first.
+pub struct SubscribeStart {
+    pub codes: Vec<SubAckCode>,
+    pub wait: Option<Rc<SubscribeWait>>,
+}
+
+/// One shard's state. Lives in an `Rc<RefCell<_>>` on its executor; never shared
+/// with another thread.
+pub struct Shard {
+    pub id: usize,
+    pub shards: usize,
+    pub cfg: Arc<Config>,
+    auth: Arc<dyn Authenticator>,
+    limits: Limits,
+    sessions: Slab<SessionEntry>,
+    by_client: AHashMap<ByteString, usize>,
+    subs: TopicTrie<u32, QoS>,
+    interest: TopicTrie<u16, ()>,
+    retained: Retained,
+    outboxes: Rc<[Outbox]>,
+    backpressure: Rc<Backpressure>,
+    pending_interest: AHashMap<u64, PendingInterest>,
+    pending_filters: AHashMap<ByteString, u64>,
+    next_token: u64,
+    next_conn_id: u64,
+    next_generated_id: u64,
+    out: Output,
+    matched: Vec<(u32, QoS)>,
+    match_seq: u64,
+    dests: Vec<bool>,
+    pub stats: ShardStats,
+    pub stopping: bool,
+}
+
+/// Readers parked because an outbox is over its high-water mark.
+#[derive(Default)]
+pub struct Backpressure {
+    waiters: std::cell::RefCell<Vec<Waker>>,
+}
+
+impl Backpressure {
+    pub fn park(&self, waker: &Waker) {
+        self.waiters.borrow_mut().push(waker.clone());
+    }
+
+    pub fn release(&self) {
+        for w in self.waiters.borrow_mut().drain(..) {
+            w.wake();
+        }
+    }
+}
+
+impl Shard {
+    pub(crate) fn new(
+        id: usize,
+        shards: usize,
+        cfg: Arc<Config>,
+        auth: Arc<dyn Authenticator>,
+        outboxes: Rc<[Outbox]>,
+        backpressure: Rc<Backpressure>,
+    ) -> Shard {
+        let limits = Limits {
+            max_inflight: cfg.max_inflight,
+            max_queued_messages: cfg.max_queued_messages,
+            max_queued_bytes: cfg.max_queued_bytes,
+        };
+        Shard {
+            id,
+            shards,
+            retained: Retained::new(
+                id as u16,
+                cfg.max_retained_messages,
+                cfg.max_retained_payload,
+            ),
+            cfg,
+            auth,
+            limits,
+            sessions: Slab::new(),
+            by_client: AHashMap::new(),
+            subs: TopicTrie::new(),
+            interest: TopicTrie::new(),
+            outboxes,
+            backpressure,
+            pending_interest: AHashMap::new(),
+            pending_filters: AHashMap::new(),
+            next_token: 1,
+            next_conn_id: 1,
+            next_generated_id: 0,
+            out: Output::default(),
+            matched: Vec::new(),
+            match_seq: 0,
+            dests: vec![false; shards],
+            stats: ShardStats::default(),
+            stopping: false,
+        }
+    }
+
+    /// A fresh connection id, unique on this shard.
+    pub fn next_conn_id(&mut self) -> u64 {
+        self.next_conn_id += 1;
+        self.next_conn_id
+    }
+
+    /// True when some outbox holds so many publishes that readers should pause.
+    pub fn outbox_congested(&self) -> bool {
+        self.outboxes
+            .iter()
+            .any(|o| o.pending_publishes() > OUTBOX_HIGH_WATER)
+    }
+
+    pub fn backpressure(&self) -> &Rc<Backpressure> {
+        &self.backpressure
+    }
+
+    pub fn authenticator(&self) -> &Arc<dyn Authenticator> {
+        &self.auth
+    }
+
+    /// A client id for a client that sent an empty one: unique, and homed on this
+    /// shard so the connection is never handed over.
+    pub fn generate_client_id(&mut self) -> ByteString {
+        loop {
+            self.next_generated_id += 1;
+            let id = format!("shardmq-{}-{:x}", self.id, self.next_generated_id);
+            if home_shard(&id, self.shards) == self.id && !self.by_client.contains_key(id.as_str())
+            {
+                return ByteString::from(id);
+            }
+        }
+    }
+
+    fn is_current(&self, key: usize, conn_id: u64) -> bool {
+        matches!(
+            self.sessions.get(key),
+            Some(SessionEntry { conn: Some(c), .. }) if c.id == conn_id
+        )
+    }
+
+    /// A CONNECT accepted for a client id homed here: takes over an existing
+    /// connection, resumes or discards the old session, writes CONNACK and whatever
+    /// the session must resend. Returns the session's key.
+    pub fn attach(&mut self, connect: Connect, conn: &Rc<Conn>, now: Instant) -> usize {
+        let mut wills = Vec::new();
+        let mut resumed = None;
+        if let Some(&key) = self.by_client.get(&connect.client_id) {
+            let entry = &mut self.sessions[key];
+            if let Some(old) = entry.conn.take() {
+                old.close();
+                self.stats.takeovers += 1;
+                self.stats.connections -= 1;
+                tracing::debug!(client = %connect.client_id, old = %old.peer, new = %conn.peer, "session taken over");
+                wills.extend(entry.session.disconnect(false));
+            }
+            if connect.clean_session || entry.session.clean_session() {
+                self.remove_session(key);
+            } else {
+                resumed = Some(key);
+            }
+        }
+        let session_present = resumed.is_some();
+        let key = resumed.unwrap_or_else(|| {
+            let session = Session::new(
+                connect.client_id.clone(),
+                connect.clean_session,
+                self.limits.clone(),
+            );
+            let key = self.sessions.insert(SessionEntry {
+                session,
+                conn: None,
+                match_seq: 0,
+                match_slot: 0,
+            });
+            self.by_client.insert(connect.client_id.clone(), key);
+            key
+        });
+        self.stats.connects += 1;
+        self.stats.connections += 1;
+        conn.write_packet(&Packet::ConnAck(ConnAck {
+            session_present: session_present && connect.protocol == Protocol::V311,
+            code: ConnectReturnCode::Accepted,
+        }));
+        let entry = &mut self.sessions[key];
+        entry.conn = Some(conn.clone());
+        entry
+            .session
+            .connect(connect.keep_alive, connect.will, now, &mut self.out);
+        write_out(entry, &mut self.out, self.cfg.write_buffer_high_water);
+        for will in wills {
+            self.publish_from_client(will);
+        }
+        key
+    }
+
+    /// The connection of session `key` ended (socket closed, error, timeout, or
+    /// DISCONNECT when `graceful`). Publishes the will unless graceful; drops a
+    /// clean session. A connection already replaced by a takeover is ignored.
+    pub fn connection_lost(&mut self, key: usize, conn_id: u64, graceful: bool) {
+        if !self.is_current(key, conn_id) {
+            return;
+        }
+        let entry = &mut self.sessions[key];
+        if let Some(conn) = entry.conn.take() {
+            conn.close();
+        }
+        self.stats.connections -= 1;
+        let will = entry.session.disconnect(graceful);
+        if entry.session.clean_session() {
+            self.remove_session(key);
+        }
+        if let Some(will) = will {
+            self.stats.wills_published += 1;
+            self.publish_from_client(will);
+        }
+    }
+
+    /// Drops a session and all its subscriptions; tells other shards about filters
+    /// this shard no longer has subscribers for.
+    fn remove_session(&mut self, key: usize) {
+        let entry = self.sessions.remove(key);
+        self.by_client.remove(entry.session.client_id());
+        for (filter, _) in entry.session.subscriptions() {
+            let removed = self.subs.remove(filter, &(key as u32));
+            if removed.filter_now_empty {
+                self.broadcast_interest_remove(filter);
+            }
+        }
+    }
+
+    fn broadcast_interest_remove(&self, filter: &ByteString) {
+        for (dest, outbox) in self.outboxes.iter().enumerate() {
+            if dest != self.id {
+                outbox.push(MeshMsg::InterestRemove {
+                    filter: filter.clone(),
+                });
+            }
+        }
+    }
+
+    /// Every packet from a connected client except CONNECT and SUBSCRIBE.
+    pub fn handle_packet(&mut self, key: usize, conn_id: u64, packet: Packet, now: Instant) -> Flow {
+        if !self.is_current(key, conn_id) {
+            return Flow::Close { graceful: false };
+        }
+        match packet {
+            Packet::Disconnect => Flow::Close { graceful: true },
+            Packet::Unsubscribe(u) => {
+                self.unsubscribe(key, u);
+                Flow::Continue
+            }
+            Packet::Subscribe(_) | Packet::Connect(_) => {
+                self.stats.protocol_errors += 1;
+                tracing::debug!(client = %self.sessions[key].session.client_id(), "unexpected packet");
+                Flow::Close { graceful: false }
+            }
+            packet => {
+                let high_water = self.cfg.write_buffer_high_water;
+                let entry = &mut self.sessions[key];
+                if let Err(e) = entry.session.handle(packet, now, &mut self.out) {
+                    self.stats.protocol_errors += 1;
+                    tracing::debug!(client = %entry.session.client_id(), error = %e, "protocol violation");
+                    self.out.packets.clear();
+                    self.out.publishes.clear();
+                    return Flow::Close { graceful: false };
+                }
+                write_out(entry, &mut self.out, high_water);
+                if !self.out.publishes.is_empty() {
+                    let mut publishes = std::mem::take(&mut self.out.publishes);
+                    for msg in publishes.drain(..) {
+                        if self.auth.publish(self.sessions[key].session.client_id(), &msg.topic) {
+                            self.publish_from_client(msg);
+                        } else {
+                            self.stats.publishes_refused += 1;
+                        }
+                    }
+                    self.out.publishes = publishes;
+                }
+                Flow::Continue
+            }
+        }
+    }
+
+    /// First half of SUBSCRIBE: records the granted filters (they route at once)
+    /// and, for filters new to this shard, asks every other shard to record
+    /// interest. SUBACK waits until they confirm: a publish accepted anywhere after
+    /// SUBACK reaches this subscriber.
+    pub fn subscribe_start(&mut self, key: usize, conn_id: u64, sub: &Subscribe) -> Option<SubscribeStart> {
+        if !self.is_current(key, conn_id) {
+            return None;
+        }
+        let mut codes = Vec::with_capacity(sub.filters.len());
+        let mut new_filters = Vec::new();
+        let mut waits = Vec::new();
+        for f in &sub.filters {
+            let client_id = self.sessions[key].session.client_id();
+            if !topic::valid_topic_filter(&f.filter) || !self.auth.subscribe(client_id, &f.filter)
+            {
+                self.stats.subscriptions_refused += 1;
+                codes.push(SubAckCode::Failure);
+                continue;
+            }
+            self.sessions[key].session.subscribe(f.filter.clone(), f.qos);
+            let inserted = self.subs.insert(&f.filter, key as u32, f.qos);
+            if self.shards > 1 {
+                if inserted.filter_was_new {
+                    new_filters.push(f.filter.clone());
+                } else if let Some(&token) = self.pending_filters.get(&f.filter) {
+                    waits.push(token);
+                }
+            }
+            codes.push(SubAckCode::Granted(f.qos));
+        }
+        if !new_filters.is_empty() {
+            let token = self.next_token;
+            self.next_token += 1;
+            for (dest, outbox) in self.outboxes.iter().enumerate() {
+                if dest != self.id {
+                    outbox.push(MeshMsg::InterestAdd {
+                        filters: new_filters.clone(),
+                        token,
+                    });
+                }
+            }
+            for f in &new_filters {
+                self.pending_filters.insert(f.clone(), token);
+            }
+            self.pending_interest.insert(
+                token,
+                PendingInterest {
+                    remaining: self.shards - 1,
+                    filters: new_filters,
+                    waiters: Vec::new(),
+                },
+            );
+            waits.push(token);
+        }
+        waits.sort_unstable();
+        waits.dedup();
+        let wait = (!waits.is_empty()).then(|| {
+            let wait = Rc::new(SubscribeWait {
+                outstanding: Cell::new(waits.len()),
+                waker: Cell::new(None),
+            });
+            for token in &waits {
+                if let Some(p) = self.pending_interest.get_mut(token) {
+                    p.waiters.push(wait.clone());
+                }
+            }
+            wait
+        });
+        Some(SubscribeStart { codes, wait })
+    }
+
+    /// Second half of SUBSCRIBE, once interest is confirmed: SUBACK, then the
+    /// retained messages matching each granted filter.
+    pub fn subscribe_finish(&mut self, key: usize, conn_id: u64, sub: &Subscribe, codes: Vec<SubAckCode>) {
+        if !self.is_current(key, conn_id) {
+            return;
+        }
+        let high_water = self.cfg.write_buffer_high_water;
+        let Shard {
+            sessions,
+            retained,
+            out,
+            stats,
+            ..
+        } = self;
+        let entry = &mut sessions[key];
+        if let Some(conn) = &entry.conn {
+            conn.write_packet(&Packet::SubAck(SubAck {
+                pkid: sub.pkid,
+                codes: codes.clone(),
+            }));
+        }
+        for (f, code) in sub.filters.iter().zip(&codes) {
+            let SubAckCode::Granted(qos) = *code else {
+                continue;
+            };
+            retained.for_each_match(&f.filter, |m| {
+                count_delivery(stats, entry.session.deliver(m, qos, out));
+            });
+            write_out(entry, out, high_water);
+        }
+    }
+
+    fn unsubscribe(&mut self, key: usize, u: Unsubscribe) {
+        for filter in &u.filters {
+            if self.sessions[key].session.unsubscribe(filter).is_some() {
+                let removed = self.subs.remove(filter, &(key as u32));
+                if removed.filter_now_empty {
+                    self.broadcast_interest_remove(filter);
+                }
+            }
+        }
+        if let Some(conn) = &self.sessions[key].conn {
+            conn.write_packet(&Packet::UnsubAck(u.pkid));
+        }
+    }
+
+    /// The connection's writer drained below the low-water mark: let the session
+    /// send what it queued meanwhile.
+    pub fn resume_writes(&mut self, key: usize, conn_id: u64) {
+        if !self.is_current(key, conn_id) {
+            return;
+        }
+        let entry = &mut self.sessions[key];
+        entry.session.set_writable(true, &mut self.out);
+        write_out(entry, &mut self.out, self.cfg.write_buffer_high_water);
+    }
+
+    /// A message published by one of this shard's clients (or a will): retained
+    /// store, local subscribers, then every shard with matching interest.
+    pub fn publish_from_client(&mut self, mut msg: Message) {
+        self.stats.publishes_received += 1;
+        if msg.retain {
+            match self.retained.local_update(&msg) {
+                LocalUpdate::Applied(version) => {
+                    for (dest, outbox) in self.outboxes.iter().enumerate() {
+                        if dest != self.id {
+                            outbox.push(MeshMsg::Retain {
+                                msg: msg.clone(),
+                                version,
+                            });
+                        }
+                    }
+                }
+                LocalUpdate::Refused => self.stats.retained_refused += 1,
+            }
+            // Normal forwarding clears the flag [MQTT-3.3.1-9].
+            msg.retain = false;
+        }
+        self.deliver_local(&msg);
+        if self.shards > 1 {
+            let dests = &mut self.dests;
+            self.interest
+                .for_each_match(&msg.topic, |&shard, _| dests[shard as usize] = true);
+            for (dest, hit) in self.dests.iter_mut().enumerate() {
+                if std::mem::take(hit) {
+                    self.outboxes[dest].push(MeshMsg::Publish(msg.clone()));
+                    self.stats.forwarded += 1;
+                }
+            }
+        }
+    }
+
+    /// Delivers a message to this shard's matching sessions, once per session at
+    /// the highest QoS among its matching subscriptions.
+    fn deliver_local(&mut self, msg: &Message) {
+        self.match_seq += 1;
+        let seq = self.match_seq;
+        let high_water = self.cfg.write_buffer_high_water;
+        let Shard {
+            subs,
+            sessions,
+            matched,
+            out,
+            stats,
+            ..
+        } = self;
+        matched.clear();
+        subs.for_each_match(&msg.topic, |&k, &qos| {
+            let Some(e) = sessions.get_mut(k as usize) else {
+                return;
+            };
+            if e.match_seq == seq {
+                let slot = &mut matched[e.match_slot as usize];
+                slot.1 = slot.1.max(qos);
+            } else {
+                e.match_seq = seq;
+                e.match_slot = matched.len() as u32;
+                matched.push((k, qos));
+            }
+        });
+        for &(k, qos) in matched.iter() {
+            if let Some(e) = sessions.get_mut(k as usize) {
+                count_delivery(stats, e.session.deliver(msg, qos, out));
+                write_out(e, out, high_water);
+            }
+        }
+    }
+
+    /// One batch from shard `src`. Returns the connections handed over to this
+    /// shard, for the caller to serve.
+    pub fn handle_mesh_batch(&mut self, src: usize, batch: Vec<MeshMsg>, handoffs: &mut Vec<Box<Handoff>>) {
+        for msg in batch {
+            match msg {
+                MeshMsg::Publish(m) => {
+                    self.stats.forwarded_in += 1;
+                    self.deliver_local(&m);
+                }
+                MeshMsg::Retain { msg, version } => self.retained.apply(&msg, version),
+                MeshMsg::InterestAdd { filters, token } => {
+                    for f in &filters {
+                        self.interest.insert(f, src as u16, ());
+                    }
+                    self.outboxes[src].push(MeshMsg::InterestAck { token });
+                }
+                MeshMsg::InterestRemove { filter } => {
+                    self.interest.remove(&filter, &(src as u16));
+                }
+                MeshMsg::InterestAck { token } => self.interest_acked(token),
+                MeshMsg::Handoff(h) => {
+                    self.stats.handoffs_in += 1;
+                    handoffs.push(h);
+                }
+            }
+        }
+    }
+
+    fn interest_acked(&mut self, token: u64) {
+        let Some(p) = self.pending_interest.get_mut(&token) else {
+            return;
+        };
+        p.remaining -= 1;
+        if p.remaining > 0 {
+            return;
+        }
+        let Some(p) = self.pending_interest.remove(&token) else {
+            return;
+        };
+        for f in &p.filters {
+            if self.pending_filters.get(f) == Some(&token) {
+                self.pending_filters.remove(f);
+            }
+        }
+        for w in &p.waiters {
+            w.complete_one();
+        }
+    }
+
+    /// Sends a connection to its home shard.
+    pub fn hand_off(&mut self, home: usize, handoff: Handoff) {
+        self.stats.handoffs_out += 1;
+        self.outboxes[home].push(MeshMsg::Handoff(Box::new(handoff)));
+    }
+
+    /// Closes every connection (shutdown).
+    pub fn close_all(&mut self) {
+        self.stopping = true;
+        for (_, e) in self.sessions.iter_mut() {
+            if let Some(c) = &e.conn {
+                c.close();
+            }
+        }
+    }
+
+    /// A snapshot of this shard's counters and gauges.
+    pub fn snapshot(&self) -> ShardStats {
+        let mut s = self.stats.clone();
+        s.shard = self.id;
+        s.sessions = self.sessions.len();
+        s.subscriptions = self.subs.len();
+        s.interest_entries = self.interest.len();
+        s.retained = self.retained.len();
+        s.pending_interest = self.pending_interest.len();
+        let (mut inflight, mut queued, mut queued_bytes) = (0, 0, 0);
+        for (_, e) in self.sessions.iter() {
+            let st = e.session.stats();
+            inflight += st.inflight;
+            queued += st.queued;
+            queued_bytes += st.queued_bytes;
+        }
+        s.inflight = inflight;
+        s.queued = queued;
+        s.queued_bytes = queued_bytes;
+        s
+    }
+}
+
+fn count_delivery(stats: &mut ShardStats, d: Delivery) {
+    match d {
+        Delivery::Sent => stats.delivered += 1,
+        Delivery::Queued => stats.queued_total += 1,
+        Delivery::Dropped(DropReason::QueueFull) => stats.dropped_queue_full += 1,
+        Delivery::Dropped(DropReason::OfflineQoS0) => stats.dropped_offline_qos0 += 1,
+    }
+}
+
+/// Writes a session's output packets to its connection, and marks the session not
+/// writable once the connection's unsent bytes pass the high-water mark.
+fn write_out(entry: &mut SessionEntry, out: &mut Output, high_water: usize) {
+    match &entry.conn {
+        Some(conn) => {
+            conn.write_packets(&mut out.packets);
+            if conn.pending() > high_water && !conn.congested() {
+                conn.set_congested(true);
+                entry.session.set_writable(false, out);
+                conn.write_packets(&mut out.packets);
+            }
+        }
+        None => out.packets.clear(),
+    }
+}

@@ -1,0 +1,163 @@
+//! Starting and running one shard on its executor: bind listeners, join the mesh,
+//! spawn the flusher and receiver tasks, accept connections, and poll the control
+//! plane until shutdown.
+
+use super::mesh::{Batch, Outbox};
+use super::stats::ShardStats;
+use super::{Backpressure, Shard};
+use crate::{net, Shared};
+use glommio::channels::channel_mesh::{Full, MeshBuilder, Senders};
+use glommio::channels::shared_channel::ConnectedReceiver;
+use glommio::net::TcpListener;
+use glommio::timer::Timer;
+use glommio::spawn_local;
+use std::cell::RefCell;
+use std::future::poll_fn;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::task::Poll;
+use std::time::Duration;
+
+/// Messages from the main thread to a shard, polled on a timer (the main thread may
+/// block; a shard never does).
+pub enum Control {
+    /// Every shard has bound its listeners: join the mesh and start serving.
+    Go,
+    /// Reply with a stats snapshot.
+    Stats(crossbeam_channel::Sender<ShardStats>),
+    /// Close every connection and stop.
+    Shutdown,
+}
+
+/// Result of binding a shard's listeners, reported to the main thread.
+pub type Bound = Result<Vec<SocketAddr>, (SocketAddr, std::io::Error)>;
+
+/// Everything a shard's executor starts with.
+pub struct ShardInit {
+    pub shards: usize,
+    pub shared: Arc<Shared>,
+    pub listen: Vec<SocketAddr>,
+    pub mesh: Option<MeshBuilder<Batch, Full>>,
+    pub control: crossbeam_channel::Receiver<Control>,
+    pub ready: crossbeam_channel::Sender<Bound>,
+}
+
+const CONTROL_POLL: Duration = Duration::from_millis(20);
+/// Time given to writers to flush after shutdown closes every connection.
+const SHUTDOWN_GRACE: Duration = Duration::from_millis(100);
+
+/// The shard's main future: returns on shutdown.
+pub async fn run(init: ShardInit) {
+    let mut listeners = Vec::with_capacity(init.listen.len());
+    let mut addrs = Vec::with_capacity(init.listen.len());
+    for addr in &init.listen {
+        match TcpListener::bind(addr).and_then(|l| Ok((l.local_addr()?, l))) {
+            Ok((local, l)) => {
+                addrs.push(local);
+                listeners.push(l);
+            }
+            Err(e) => {
+                let _ = init.ready.send(Err((*addr, std::io::Error::other(e.to_string()))));
+                return;
+            }
+        }
+    }
+    let _ = init.ready.send(Ok(addrs));
+    // Startup only: nothing else runs on this executor yet, so blocking is fine.
+    match init.control.recv() {
+        Ok(Control::Go) => {}
+        _ => return,
+    }
+    let (senders, receivers) = match init.mesh {
+        Some(mesh) => match mesh.join().await {
+            Ok((s, r)) => (Some(s), Some(r)),
+            Err(e) => {
+                tracing::error!(error = %e, "shard failed to join the mesh");
+                return;
+            }
+        },
+        None => (None, None),
+    };
+    let id = senders.as_ref().map_or(0, |s| s.peer_id());
+    let n = init.shards;
+    let outboxes: Rc<[Outbox]> = (0..n).map(|_| Outbox::default()).collect();
+    let backpressure = Rc::new(Backpressure::default());
+    let shard = Rc::new(RefCell::new(Shard::new(
+        id,
+        n,
+        init.shared.config.clone(),
+        init.shared.auth.clone(),
+        outboxes.clone(),
+        backpressure.clone(),
+    )));
+    if let Some(senders) = senders {
+        let senders = Rc::new(senders);
+        for dest in (0..n).filter(|&d| d != id) {
+            spawn_local(flusher(
+                senders.clone(),
+                outboxes.clone(),
+                dest,
+                backpressure.clone(),
+            ))
+            .detach();
+        }
+    }
+    if let Some(mut receivers) = receivers {
+        for (src, rx) in receivers.streams() {
+            spawn_local(mesh_receiver(shard.clone(), src, rx)).detach();
+        }
+    }
+    for listener in listeners {
+        spawn_local(net::accept_loop(shard.clone(), listener, init.shared.clone())).detach();
+    }
+    tracing::debug!(shard = id, "shard running");
+    loop {
+        Timer::new(CONTROL_POLL).await;
+        while let Ok(c) = init.control.try_recv() {
+            match c {
+                Control::Go => {}
+                Control::Stats(reply) => {
+                    let _ = reply.send(shard.borrow().snapshot());
+                }
+                Control::Shutdown => {
+                    shard.borrow_mut().close_all();
+                    Timer::new(SHUTDOWN_GRACE).await;
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Moves one destination's outbox over the mesh, a whole outbox per channel item.
+/// Parked readers are released once a batch has left (the channel took it).
+async fn flusher(
+    senders: Rc<Senders<Batch>>,
+    outboxes: Rc<[Outbox]>,
+    dest: usize,
+    backpressure: Rc<Backpressure>,
+) {
+    loop {
+        let batch = poll_fn(|cx| match outboxes[dest].take_or_register(cx.waker()) {
+            Some(b) => Poll::Ready(b),
+            None => Poll::Pending,
+        })
+        .await;
+        if senders.send_to(dest, batch).await.is_err() {
+            return;
+        }
+        backpressure.release();
+    }
+}
+
+/// Applies every batch shard `src` sends; serves connections handed over.
+async fn mesh_receiver(shard: Rc<RefCell<Shard>>, src: usize, rx: ConnectedReceiver<Batch>) {
+    let mut handoffs = Vec::new();
+    while let Some(batch) = rx.recv().await {
+        shard.borrow_mut().handle_mesh_batch(src, batch, &mut handoffs);
+        for h in handoffs.drain(..) {
+            spawn_local(net::serve_handoff(shard.clone(), *h)).detach();
+        }
+    }
+}

@@ -1,0 +1,230 @@
+//! Retained messages (MQTT 3.1.1 §3.3.1.3, §3.8.4), across shards.
+
+mod common;
+use common::*;
+
+#[test]
+fn retained_message_is_sent_on_exact_subscribe_from_the_other_shard() {
+    let b = broker();
+    let mut publ = Raw::connect(b.local_addr(), &id_on_shard("rt-pub", 0), true).0;
+    // Repeated with fresh topics: the subscriber subscribes right after the PUBACK.
+    for i in 0..20 {
+        let topic = format!("rt/{i}");
+        publ.publish(&topic, format!("v{i}").as_bytes(), 1, true);
+        let mut sub = Raw::connect(b.local_addr(), &id_on_shard("rt-sub", 1), true).0;
+        assert_eq!(sub.subscribe(1, &[(&topic, 1)]), vec![1]);
+        // [MQTT-3.3.1-5] stored; [MQTT-3.3.1-6] sent to a new matching subscription
+        // with RETAIN = 1 [MQTT-3.3.1-8].
+        let p = sub
+            .recv_within(TIMEOUT)
+            .unwrap_or_else(|| panic!("iteration {i}: retained message not delivered"))
+            .publish();
+        assert_eq!((p.topic.as_str(), p.payload_str(), p.retain, p.qos), (topic.as_str(), format!("v{i}"), true, 1));
+        sub.ack(&p);
+        sub.disconnect();
+    }
+    publ.disconnect();
+    assert_no_leaks(&b);
+}
+
+#[test]
+fn retained_message_is_sent_on_exact_subscribe_on_the_same_shard() {
+    let b = broker();
+    let mut publ = Raw::connect(b.local_addr(), &id_on_shard("rs-pub", 1), true).0;
+    publ.publish("rs/t", b"same", 0, true);
+    let mut sub = Raw::connect(b.local_addr(), &id_on_shard("rs-sub", 1), true).0;
+    assert_eq!(sub.subscribe(1, &[("rs/t", 1)]), vec![1]);
+    let p = sub.expect_publish();
+    assert_eq!((p.payload.as_slice(), p.retain, p.qos), (&b"same"[..], true, 0));
+    publ.disconnect();
+    sub.disconnect();
+    assert_no_leaks(&b);
+}
+
+#[test]
+fn retained_message_is_sent_on_wildcard_subscribe() {
+    let b = broker();
+    let mut publ = mq(b.local_addr(), &id_on_shard("rw-pub", 1), true);
+    publ.publish_acked("rw/a", 1, true, b"A");
+    publ.publish_acked("rw/b/c", 1, true, b"BC");
+    publ.publish_acked("other/x", 1, true, b"X");
+    let mut sub = Raw::connect(b.local_addr(), &id_on_shard("rw-sub", 0), true).0;
+    assert_eq!(sub.subscribe(1, &[("rw/#", 1)]), vec![1]);
+    let mut got = Vec::new();
+    for _ in 0..2 {
+        let p = sub.expect_publish();
+        assert!(p.retain, "retained flag must be 1 [MQTT-3.3.1-8]: {p:?}");
+        sub.ack(&p);
+        got.push((p.topic, p.payload_str()));
+    }
+    got.sort();
+    assert_eq!(got, vec![("rw/a".into(), "A".into()), ("rw/b/c".into(), "BC".into())]);
+    sub.expect_silence(QUIET);
+    assert_eq!(sub.subscribe(2, &[("rw/+", 1)]), vec![1]);
+    let p = sub.expect_publish();
+    assert_eq!((p.topic.as_str(), p.retain), ("rw/a", true));
+    sub.ack(&p);
+    sub.expect_silence(QUIET);
+    publ.disconnect();
+    sub.disconnect();
+    // Three retained topics are still stored.
+    wait_stats(&b, "3 retained", |s| s.retained == 3);
+    assert_no_leaks(&b);
+}
+
+#[test]
+fn retained_message_is_replaced_by_newer() {
+    let b = broker();
+    let mut publ = Raw::connect(b.local_addr(), &id_on_shard("rr-pub", 0), true).0;
+    publ.publish("rr/t", b"old", 1, true);
+    publ.publish("rr/t", b"new", 1, true);
+    let mut sub = Raw::connect(b.local_addr(), &id_on_shard("rr-sub", 1), true).0;
+    assert_eq!(sub.subscribe(1, &[("rr/t", 2)]), vec![2]);
+    let p = sub.expect_publish();
+    assert_eq!((p.payload.as_slice(), p.retain), (&b"new"[..], true));
+    sub.ack(&p);
+    sub.expect_silence(QUIET);
+    // [MQTT-3.3.1-7] a QoS 0 retained message also replaces it.
+    publ.publish("rr/t", b"newest-q0", 0, true);
+    let live = sub.expect_publish();
+    assert_eq!((live.payload.as_slice(), live.retain), (&b"newest-q0"[..], false));
+    let mut sub2 = Raw::connect(b.local_addr(), &id_on_shard("rr-sub2", 1), true).0;
+    assert_eq!(sub2.subscribe(1, &[("rr/t", 2)]), vec![2]);
+    let p = sub2.expect_publish();
+    assert_eq!((p.payload.as_slice(), p.retain, p.qos), (&b"newest-q0"[..], true, 0));
+    sub2.expect_silence(QUIET);
+    publ.disconnect();
+    sub.disconnect();
+    sub2.disconnect();
+    assert_no_leaks(&b);
+}
+
+#[test]
+fn zero_length_retained_publish_deletes_the_retained_message() {
+    let b = broker();
+    let mut publ = Raw::connect(b.local_addr(), &id_on_shard("rd-pub", 0), true).0;
+    publ.publish("rd/t", b"keep?", 1, true);
+    wait_stats(&b, "1 retained", |s| s.retained == 1);
+    // An existing subscriber receives the zero-length message as a normal publish.
+    let mut live = Raw::connect(b.local_addr(), &id_on_shard("rd-live", 1), true).0;
+    assert_eq!(live.subscribe(1, &[("rd/t", 1)]), vec![1]);
+    let p = live.expect_publish();
+    assert!(p.retain);
+    live.ack(&p);
+    publ.publish("rd/t", b"", 1, true);
+    // [MQTT-3.3.1-10] processed as normal and sent to matching subscribers.
+    let p = live.expect_publish();
+    assert!(p.payload.is_empty());
+    assert!(!p.retain, "forwarded to an existing subscription with RETAIN 0 [MQTT-3.3.1-9]");
+    live.ack(&p);
+    // ...and no future subscriber receives a retained message for the topic.
+    let mut sub = Raw::connect(b.local_addr(), &id_on_shard("rd-sub", 1), true).0;
+    assert_eq!(sub.subscribe(1, &[("rd/t", 1), ("rd/#", 1)]), vec![1, 1]);
+    sub.expect_silence(QUIET);
+    let mut sub0 = Raw::connect(b.local_addr(), &id_on_shard("rd-sub0", 0), true).0;
+    assert_eq!(sub0.subscribe(1, &[("rd/+", 1)]), vec![1]);
+    sub0.expect_silence(QUIET);
+    wait_stats(&b, "0 retained", |s| s.retained == 0);
+    publ.disconnect();
+    live.disconnect();
+    sub.disconnect();
+    sub0.disconnect();
+    assert_no_leaks(&b);
+}
+
+#[test]
+fn retained_delete_is_seen_immediately_by_a_subscriber_on_the_other_shard() {
+    let b = broker();
+    let mut publ = Raw::connect(b.local_addr(), &id_on_shard("rdx-pub", 0), true).0;
+    for i in 0..10 {
+        let topic = format!("rdx/{i}");
+        publ.publish(&topic, b"x", 1, true);
+        publ.publish(&topic, b"", 1, true);
+        let mut sub = Raw::connect(b.local_addr(), &id_on_shard("rdx-sub", 1), true).0;
+        assert_eq!(sub.subscribe(1, &[(&topic, 1)]), vec![1]);
+        if let Some(p) = sub.recv_within(QUIET) {
+            panic!("iteration {i}: deleted retained message still delivered: {p:?}");
+        }
+        sub.disconnect();
+    }
+    publ.disconnect();
+    assert_no_leaks(&b);
+}
+
+#[test]
+fn normal_forwarding_to_existing_subscriber_has_retain_flag_0() {
+    let b = broker();
+    let mut sub = Raw::connect(b.local_addr(), &id_on_shard("rf-sub", 1), true).0;
+    assert_eq!(sub.subscribe(1, &[("rf/t", 2)]), vec![2]);
+    let mut publ = Raw::connect(b.local_addr(), &id_on_shard("rf-pub", 0), true).0;
+    for q in 0..3 {
+        publ.publish("rf/t", format!("q{q}").as_bytes(), q, true);
+        let p = sub.expect_publish();
+        // [MQTT-3.3.1-9]
+        assert!(!p.retain, "RETAIN must be 0 when forwarding to an established subscription: {p:?}");
+        assert_eq!(p.qos, q);
+        sub.ack(&p);
+    }
+    publ.disconnect();
+    sub.disconnect();
+    assert_no_leaks(&b);
+}
+
+#[test]
+fn resubscribing_to_the_same_filter_resends_the_retained_message() {
+    let b = broker();
+    let mut publ = Raw::connect(b.local_addr(), &id_on_shard("rre-pub", 1), true).0;
+    publ.publish("rre/t", b"again", 1, true);
+    let mut sub = Raw::connect(b.local_addr(), &id_on_shard("rre-sub", 0), true).0;
+    assert_eq!(sub.subscribe(1, &[("rre/+", 1)]), vec![1]);
+    let p = sub.expect_publish();
+    assert!(p.retain);
+    sub.ack(&p);
+    // [MQTT-3.8.4-3] identical filter: replace the subscription and resend retained.
+    assert_eq!(sub.subscribe(2, &[("rre/+", 1)]), vec![1]);
+    let p = sub.expect_publish();
+    assert_eq!((p.payload.as_slice(), p.retain), (&b"again"[..], true));
+    sub.ack(&p);
+    sub.expect_silence(QUIET);
+    publ.disconnect();
+    sub.disconnect();
+    assert_no_leaks(&b);
+}
+
+#[test]
+fn retained_message_is_delivered_at_min_of_stored_and_granted_qos() {
+    let b = broker();
+    let mut publ = Raw::connect(b.local_addr(), &id_on_shard("rq-pub", 0), true).0;
+    publ.publish("rq/q1", b"1", 1, true);
+    publ.publish("rq/q2", b"2", 2, true);
+    let mut sub = Raw::connect(b.local_addr(), &id_on_shard("rq-sub", 1), true).0;
+    assert_eq!(sub.subscribe(1, &[("rq/q1", 2)]), vec![2]);
+    let p = sub.expect_publish();
+    assert_eq!((p.qos, p.retain), (1, true), "stored QoS 1, granted 2 -> 1");
+    sub.ack(&p);
+    assert_eq!(sub.subscribe(2, &[("rq/q2", 1)]), vec![1]);
+    let p = sub.expect_publish();
+    assert_eq!((p.qos, p.retain), (1, true), "stored QoS 2, granted 1 -> 1");
+    sub.ack(&p);
+    assert_eq!(sub.subscribe(3, &[("rq/q2", 2)]), vec![2]);
+    let p = sub.expect_publish();
+    assert_eq!((p.qos, p.retain), (2, true), "stored QoS 2, granted 2 -> 2");
+    sub.ack(&p);
+    publ.disconnect();
+    sub.disconnect();
+    assert_no_leaks(&b);
+}
+
+#[test]
+fn retained_message_published_by_rumqttc_reaches_rumqttc_subscriber_on_other_shard() {
+    let b = broker();
+    let mut publ = mq(b.local_addr(), &id_on_shard("rmq-pub", 1), true);
+    publ.publish_acked("rmq/status", 2, true, b"online");
+    publ.disconnect();
+    let mut sub = mq(b.local_addr(), &id_on_shard("rmq-sub", 0), true);
+    assert_eq!(sub.subscribe("rmq/#", 2), Some(2));
+    let p = sub.recv_publish();
+    assert_eq!((&p.payload[..], p.retain, qos_num(p.qos)), (&b"online"[..], true, 2));
+    sub.disconnect();
+    assert_no_leaks(&b);
+}
