@@ -76,7 +76,7 @@ impl Default for Config {
             max_retained_messages: 100_000,
             max_retained_payload: 1024 * 1024,
             write_buffer_high_water: 256 * 1024,
-            mesh_channel_capacity: 256,
+            mesh_channel_capacity: 32,
         }
     }
 }

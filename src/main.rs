@@ -145,7 +145,8 @@ fn raise_fd_limit() {
         rlim_max: 0,
     };
     // SAFETY: `lim` is a valid rlimit to fill in.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0 && lim.rlim_cur < lim.rlim_max {
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0 && lim.rlim_cur < lim.rlim_max
+    {
         lim.rlim_cur = lim.rlim_max;
         // SAFETY: `lim` holds the limits read above with the soft one raised to the hard one.
         unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) };

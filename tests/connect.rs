@@ -13,7 +13,11 @@ fn valid_mqtt311_connect_gets_connack_accepted() {
     let p = raw.recv();
     // [MQTT-3.2.0-1] first packet from the server is CONNACK; 0x20 0x02 0x00 0x00.
     assert_eq!(p.first, 0x20, "CONNACK fixed header: {p:?}");
-    assert_eq!(p.body, vec![0x00, 0x00], "CONNACK: session present 0, return code 0");
+    assert_eq!(
+        p.body,
+        vec![0x00, 0x00],
+        "CONNACK: session present 0, return code 0"
+    );
     raw.ping();
     raw.disconnect();
     assert_no_leaks(&b);
@@ -63,7 +67,10 @@ fn mqtt31_client_can_publish_and_subscribe() {
     let (mut publ, _) = Raw::connect_with(b.local_addr(), &opts);
     publ.publish(&topic, b"hello 3.1", 1, false);
     let p = sub.expect_publish();
-    assert_eq!((p.topic.as_str(), p.payload.as_slice(), p.qos), (topic.as_str(), &b"hello 3.1"[..], 1));
+    assert_eq!(
+        (p.topic.as_str(), p.payload.as_slice(), p.qos),
+        (topic.as_str(), &b"hello 3.1"[..], 1)
+    );
     sub.ack(&p);
     publ.disconnect();
     sub.disconnect();
@@ -82,7 +89,10 @@ fn unsupported_protocol_level_gets_connack_0x01_then_close() {
         let got = raw.expect_closed();
         assert_eq!(
             got,
-            vec![Pkt { first: 0x20, body: vec![0x00, 0x01] }],
+            vec![Pkt {
+                first: 0x20,
+                body: vec![0x00, 0x01]
+            }],
             "protocol level {level}: expected exactly CONNACK 0x01 before the close"
         );
     }
@@ -104,7 +114,14 @@ fn mqtt5_connect_gets_connack_0x01_then_close() {
     let mut raw = Raw::open(b.local_addr());
     raw.send(&packet(0x10, &body));
     let got = raw.expect_closed();
-    assert_eq!(got, vec![Pkt { first: 0x20, body: vec![0x00, 0x01] }], "[MQTT-3.1.2-2]");
+    assert_eq!(
+        got,
+        vec![Pkt {
+            first: 0x20,
+            body: vec![0x00, 0x01]
+        }],
+        "[MQTT-3.1.2-2]"
+    );
     assert_broker_healthy(b.local_addr());
 }
 
@@ -115,7 +132,13 @@ fn empty_client_id_with_clean_session_0_gets_connack_0x02_then_close() {
     raw.send(&connect_packet("", false));
     // [MQTT-3.1.3-8] CONNACK 0x02 (identifier rejected) then close.
     let got = raw.expect_closed();
-    assert_eq!(got, vec![Pkt { first: 0x20, body: vec![0x00, 0x02] }]);
+    assert_eq!(
+        got,
+        vec![Pkt {
+            first: 0x20,
+            body: vec![0x00, 0x02]
+        }]
+    );
     assert_no_leaks(&b);
 }
 
@@ -124,7 +147,10 @@ fn empty_client_id_with_clean_session_1_is_accepted() {
     let b = broker();
     // [MQTT-3.1.3-6] the server assigns a unique id.
     let (mut raw, sp) = Raw::connect(b.local_addr(), "", true);
-    assert!(!sp, "session present must be 0 for a clean session [MQTT-3.2.2-1]");
+    assert!(
+        !sp,
+        "session present must be 0 for a clean session [MQTT-3.2.2-1]"
+    );
     let topic = unique("anon/t");
     assert_eq!(raw.subscribe(3, &[(&topic, 1)]), vec![1]);
     raw.publish(&topic, b"self", 1, false);
@@ -185,7 +211,10 @@ fn first_packet_not_connect_closes_connection() {
         raw.send(&bytes);
         // [MQTT-3.1.0-1] the first packet must be CONNECT.
         let got = raw.expect_closed();
-        assert!(got.is_empty(), "nothing may be sent back to {bytes:02x?}; got {got:?}");
+        assert!(
+            got.is_empty(),
+            "nothing may be sent back to {bytes:02x?}; got {got:?}"
+        );
     }
     assert_broker_healthy(b.local_addr());
     assert_no_leaks(&b);
@@ -199,7 +228,13 @@ fn pingreq_gets_pingresp() {
         raw.send(&PINGREQ_BYTES);
         // [MQTT-3.12.4-1]
         let p = raw.recv();
-        assert_eq!(p, Pkt { first: 0xD0, body: vec![] });
+        assert_eq!(
+            p,
+            Pkt {
+                first: 0xD0,
+                body: vec![]
+            }
+        );
     }
     raw.disconnect();
     assert_no_leaks(&b);
@@ -247,8 +282,16 @@ fn connection_beyond_max_connections_gets_connack_0x03_then_close() {
     fourth.send_lossy(&connect_packet(&unique("max-extra"), true));
     // 0x03: server unavailable.
     let got = fourth.expect_closed();
-    assert_eq!(got, vec![Pkt { first: 0x20, body: vec![0x00, 0x03] }]);
-    wait_stats(&b, "refused_max_connections >= 1", |s| s.refused_max_connections >= 1);
+    assert_eq!(
+        got,
+        vec![Pkt {
+            first: 0x20,
+            body: vec![0x00, 0x03]
+        }]
+    );
+    wait_stats(&b, "refused_max_connections >= 1", |s| {
+        s.refused_max_connections >= 1
+    });
     for c in held.iter_mut() {
         c.ping(); // the three accepted ones are unaffected
     }
@@ -264,7 +307,10 @@ fn connection_beyond_max_connections_gets_connack_0x03_then_close() {
             raw.disconnect();
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "slot never freed: {p:?}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "slot never freed: {p:?}"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     for c in held {
@@ -282,7 +328,10 @@ fn connect_with_reserved_flag_bit_set_is_closed() {
     raw.send(&opts.encode());
     // [MQTT-3.1.2-3] reserved flag must be 0, else disconnect.
     let got = raw.expect_closed();
-    assert!(got.iter().all(|p| p.body != [0, 0]), "must not be accepted: {got:?}");
+    assert!(
+        got.iter().all(|p| p.body != [0, 0]),
+        "must not be accepted: {got:?}"
+    );
     assert_broker_healthy(b.local_addr());
 }
 
@@ -294,7 +343,10 @@ fn connect_with_will_qos_3_is_closed() {
     raw.send(&opts.encode());
     // [MQTT-3.1.2-14] will QoS must not be 3.
     let got = raw.expect_closed();
-    assert!(got.iter().all(|p| p.body != [0, 0]), "must not be accepted: {got:?}");
+    assert!(
+        got.iter().all(|p| p.body != [0, 0]),
+        "must not be accepted: {got:?}"
+    );
     assert_broker_healthy(b.local_addr());
 }
 
@@ -307,7 +359,10 @@ fn connect_with_will_qos_but_no_will_flag_is_closed() {
     raw.send(&opts.encode());
     // [MQTT-3.1.2-13] will QoS must be 0 when the will flag is 0.
     let got = raw.expect_closed();
-    assert!(got.iter().all(|p| p.body != [0, 0]), "must not be accepted: {got:?}");
+    assert!(
+        got.iter().all(|p| p.body != [0, 0]),
+        "must not be accepted: {got:?}"
+    );
     assert_broker_healthy(b.local_addr());
 }
 
@@ -320,7 +375,10 @@ fn connect_with_will_retain_but_no_will_flag_is_closed() {
     raw.send(&opts.encode());
     // [MQTT-3.1.2-15] will retain must be 0 when the will flag is 0.
     let got = raw.expect_closed();
-    assert!(got.iter().all(|p| p.body != [0, 0]), "must not be accepted: {got:?}");
+    assert!(
+        got.iter().all(|p| p.body != [0, 0]),
+        "must not be accepted: {got:?}"
+    );
     assert_broker_healthy(b.local_addr());
 }
 
@@ -333,7 +391,10 @@ fn connect_with_password_but_no_username_is_closed() {
     raw.send(&opts.encode());
     // [MQTT-3.1.2-22] password flag requires the user name flag.
     let got = raw.expect_closed();
-    assert!(got.iter().all(|p| p.body != [0, 0]), "must not be accepted: {got:?}");
+    assert!(
+        got.iter().all(|p| p.body != [0, 0]),
+        "must not be accepted: {got:?}"
+    );
     assert_broker_healthy(b.local_addr());
 }
 
@@ -358,7 +419,10 @@ fn client_id_with_invalid_utf8_is_closed() {
     raw.send(&opts.encode());
     // [MQTT-1.5.3-1] / [MQTT-3.1.3-4]
     let got = raw.expect_closed();
-    assert!(got.iter().all(|p| p.body != [0, 0]), "must not be accepted: {got:?}");
+    assert!(
+        got.iter().all(|p| p.body != [0, 0]),
+        "must not be accepted: {got:?}"
+    );
     assert_broker_healthy(b.local_addr());
 }
 

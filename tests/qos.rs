@@ -9,12 +9,21 @@ fn qos_matrix(pub_shard: usize, sub_shard: usize) {
     let b = broker();
     let mut sub = mq(b.local_addr(), &id_on_shard("mx-sub", sub_shard), true);
     for sq in 0..3u8 {
-        assert_eq!(sub.subscribe(&format!("mx/s{sq}"), sq), Some(sq), "granted QoS");
+        assert_eq!(
+            sub.subscribe(&format!("mx/s{sq}"), sq),
+            Some(sq),
+            "granted QoS"
+        );
     }
     let mut publ = mq(b.local_addr(), &id_on_shard("mx-pub", pub_shard), true);
     for pq in 0..3u8 {
         for sq in 0..3u8 {
-            publ.publish_acked(&format!("mx/s{sq}"), pq, false, format!("p{pq}s{sq}").as_bytes());
+            publ.publish_acked(
+                &format!("mx/s{sq}"),
+                pq,
+                false,
+                format!("p{pq}s{sq}").as_bytes(),
+            );
         }
     }
     let mut got = Vec::new();
@@ -71,14 +80,32 @@ fn broker_acknowledges_raw_publisher_with_puback_pubrec_pubcomp() {
 
     publ.send(&publish_packet("ack/t", b"one", 1, false, false, 7));
     // [MQTT-4.3.2-2] PUBACK with the same packet id; exactly 0x40 0x02 pid.
-    assert_eq!(publ.recv(), Pkt { first: 0x40, body: vec![0, 7] });
+    assert_eq!(
+        publ.recv(),
+        Pkt {
+            first: 0x40,
+            body: vec![0, 7]
+        }
+    );
 
     publ.send(&publish_packet("ack/t", b"two", 2, false, false, 0x1234));
     // [MQTT-4.3.3-2] PUBREC with the same packet id.
-    assert_eq!(publ.recv(), Pkt { first: 0x50, body: vec![0x12, 0x34] });
+    assert_eq!(
+        publ.recv(),
+        Pkt {
+            first: 0x50,
+            body: vec![0x12, 0x34]
+        }
+    );
     publ.send(&pubrel(0x1234));
     // [MQTT-4.3.3-2] PUBCOMP with the same packet id.
-    assert_eq!(publ.recv(), Pkt { first: 0x70, body: vec![0x12, 0x34] });
+    assert_eq!(
+        publ.recv(),
+        Pkt {
+            first: 0x70,
+            body: vec![0x12, 0x34]
+        }
+    );
 
     let p1 = sub.expect_publish();
     assert_eq!((p1.payload.as_slice(), p1.qos), (&b"one"[..], 1));
@@ -114,7 +141,13 @@ fn broker_delivers_qos1_and_qos2_to_raw_subscriber_with_correct_flows() {
     sub.send(&pubrec(p.pid));
     // [MQTT-4.3.3-1] PUBREL (fixed header 0x62 [MQTT-3.6.1-1]) with the same id.
     let rel = sub.recv();
-    assert_eq!(rel, Pkt { first: 0x62, body: p.pid.to_be_bytes().to_vec() });
+    assert_eq!(
+        rel,
+        Pkt {
+            first: 0x62,
+            body: p.pid.to_be_bytes().to_vec()
+        }
+    );
     sub.send(&pubcomp(p.pid));
     sub.ping();
     publ.disconnect();
@@ -130,19 +163,47 @@ fn qos2_publish_resent_with_dup_before_pubrel_is_delivered_once() {
     let mut publ = Raw::connect(b.local_addr(), &id_on_shard("dd-pub", 0), true).0;
 
     publ.send(&publish_packet("dd/t", b"once", 2, false, false, 42));
-    assert_eq!(publ.recv(), Pkt { first: 0x50, body: vec![0, 42] });
+    assert_eq!(
+        publ.recv(),
+        Pkt {
+            first: 0x50,
+            body: vec![0, 42]
+        }
+    );
     // Resend (as after a lost PUBREC) with DUP=1: PUBREC again, no second delivery
     // [MQTT-4.3.3-2].
     publ.send(&publish_packet("dd/t", b"once", 2, false, true, 42));
-    assert_eq!(publ.recv(), Pkt { first: 0x50, body: vec![0, 42] });
+    assert_eq!(
+        publ.recv(),
+        Pkt {
+            first: 0x50,
+            body: vec![0, 42]
+        }
+    );
     publ.send(&publish_packet("dd/t", b"once", 2, false, true, 42));
-    assert_eq!(publ.recv(), Pkt { first: 0x50, body: vec![0, 42] });
+    assert_eq!(
+        publ.recv(),
+        Pkt {
+            first: 0x50,
+            body: vec![0, 42]
+        }
+    );
     publ.send(&pubrel(42));
-    assert_eq!(publ.recv(), Pkt { first: 0x70, body: vec![0, 42] });
+    assert_eq!(
+        publ.recv(),
+        Pkt {
+            first: 0x70,
+            body: vec![0, 42]
+        }
+    );
     publ.publish("dd/end", b"", 0, false);
 
     let got = sub.publishes_until("dd/end");
-    assert_eq!(got.len(), 1, "QoS 2 message must be delivered exactly once: {got:?}");
+    assert_eq!(
+        got.len(),
+        1,
+        "QoS 2 message must be delivered exactly once: {got:?}"
+    );
     assert_eq!(got[0].payload, b"once");
     sub.expect_silence(QUIET);
     publ.disconnect();
@@ -158,12 +219,28 @@ fn qos2_packet_id_can_be_reused_after_pubcomp() {
     let mut publ = Raw::connect(b.local_addr(), &id_on_shard("re-pub", 1), true).0;
     for payload in [&b"first"[..], b"second"] {
         publ.send(&publish_packet("re/t", payload, 2, false, false, 9));
-        assert_eq!(publ.recv(), Pkt { first: 0x50, body: vec![0, 9] });
+        assert_eq!(
+            publ.recv(),
+            Pkt {
+                first: 0x50,
+                body: vec![0, 9]
+            }
+        );
         publ.send(&pubrel(9));
-        assert_eq!(publ.recv(), Pkt { first: 0x70, body: vec![0, 9] });
+        assert_eq!(
+            publ.recv(),
+            Pkt {
+                first: 0x70,
+                body: vec![0, 9]
+            }
+        );
     }
     publ.publish("re/end", b"", 0, false);
-    let got: Vec<Vec<u8>> = sub.publishes_until("re/end").into_iter().map(|p| p.payload).collect();
+    let got: Vec<Vec<u8>> = sub
+        .publishes_until("re/end")
+        .into_iter()
+        .map(|p| p.payload)
+        .collect();
     assert_eq!(got, vec![b"first".to_vec(), b"second".to_vec()]);
     publ.disconnect();
     sub.disconnect();
@@ -176,7 +253,13 @@ fn pubrel_for_unknown_packet_id_gets_pubcomp() {
     let mut c = Raw::connect(b.local_addr(), &unique("relunk"), true).0;
     c.send(&pubrel(77));
     // §4.3.3: the receiver answers PUBREL with PUBCOMP (the state may already be gone).
-    assert_eq!(c.recv(), Pkt { first: 0x70, body: vec![0, 77] });
+    assert_eq!(
+        c.recv(),
+        Pkt {
+            first: 0x70,
+            body: vec![0, 77]
+        }
+    );
     c.disconnect();
     assert_no_leaks(&b);
 }
@@ -194,7 +277,12 @@ fn per_publisher_order_is_preserved_across_shards() {
     let mut got = Vec::with_capacity(N);
     for _ in 0..N {
         let p = sub.recv_publish();
-        got.push(String::from_utf8(p.payload.to_vec()).unwrap().parse::<usize>().unwrap());
+        got.push(
+            String::from_utf8(p.payload.to_vec())
+                .unwrap()
+                .parse::<usize>()
+                .unwrap(),
+        );
     }
     let want: Vec<usize> = (0..N).collect();
     // [MQTT-4.6.0-6] messages from one client on one topic arrive in order.
@@ -219,7 +307,14 @@ fn per_publisher_order_is_preserved_for_pipelined_raw_qos1_publishes() {
     const N: u16 = 300;
     let mut batch = Vec::new();
     for i in 1..=N {
-        batch.extend(publish_packet("ordr/t", i.to_string().as_bytes(), 1, false, false, i));
+        batch.extend(publish_packet(
+            "ordr/t",
+            i.to_string().as_bytes(),
+            1,
+            false,
+            false,
+            i,
+        ));
     }
     publ.send(&batch);
     for i in 1..=N {
@@ -261,7 +356,10 @@ fn overlapping_subscriptions_deliver_one_copy() {
     // Spec allows extra copies (§3.3.5 MAY); shardmq's design (DESIGN.md §3) promises one.
     let b = broker();
     let mut sub = Raw::connect(b.local_addr(), &id_on_shard("ov1-sub", 0), true).0;
-    assert_eq!(sub.subscribe(1, &[("a/#", 0), ("a/b", 2), ("+/b", 1), ("#", 0)]), vec![0, 2, 1, 0]);
+    assert_eq!(
+        sub.subscribe(1, &[("a/#", 0), ("a/b", 2), ("+/b", 1), ("#", 0)]),
+        vec![0, 2, 1, 0]
+    );
     let mut publ = Raw::connect(b.local_addr(), &id_on_shard("ov1-pub", 1), true).0;
     publ.publish("a/b", b"m", 2, false);
     publ.publish("a/zz-end", b"", 0, false);
@@ -298,7 +396,15 @@ fn suback_has_0x80_for_invalid_filters_and_grants_the_others() {
     let mut sub = Raw::connect(b.local_addr(), &id_on_shard("inv-sub", 0), true).0;
     let codes = sub.subscribe(
         5,
-        &[("ok/1", 1), ("a/#/b", 2), ("a+", 0), ("ok/2", 2), ("a/b#", 1), ("+a/b", 0), ("ok/+", 0)],
+        &[
+            ("ok/1", 1),
+            ("a/#/b", 2),
+            ("a+", 0),
+            ("ok/2", 2),
+            ("a/b#", 1),
+            ("+a/b", 0),
+            ("ok/+", 0),
+        ],
     );
     // [MQTT-4.7.1-2], [MQTT-4.7.1-3]: these filters are invalid; SUBACK carries one
     // return code per filter, in order [MQTT-3.8.4-5].
@@ -384,7 +490,11 @@ fn subscription_is_visible_to_other_shard_publishers_right_after_suback() {
     let mut sub = Raw::connect(b.local_addr(), &id_on_shard("vis-sub", 1), true).0;
     let mut publ = Raw::connect(b.local_addr(), &id_on_shard("vis-pub", 0), true).0;
     for i in 0..50u16 {
-        let filter = if i % 2 == 0 { format!("vis/{i}/+") } else { format!("vis/{i}/x") };
+        let filter = if i % 2 == 0 {
+            format!("vis/{i}/+")
+        } else {
+            format!("vis/{i}/x")
+        };
         let topic = format!("vis/{i}/x");
         assert_eq!(sub.subscribe(i + 1, &[(&filter, 1)]), vec![1]);
         // Invariant (DESIGN.md §3): a PUBLISH accepted after the SUBACK reaches it.
@@ -413,7 +523,10 @@ fn one_publish_reaches_subscribers_on_both_shards() {
     publ.publish_acked("fan/x", 1, false, b"all");
     for s in subs.iter_mut() {
         let p = s.expect_publish();
-        assert_eq!((p.topic.as_str(), p.payload.as_slice()), ("fan/x", &b"all"[..]));
+        assert_eq!(
+            (p.topic.as_str(), p.payload.as_slice()),
+            ("fan/x", &b"all"[..])
+        );
         s.ack(&p);
     }
     publ.disconnect();

@@ -19,7 +19,10 @@ fn retained_message_is_sent_on_exact_subscribe_from_the_other_shard() {
             .recv_within(TIMEOUT)
             .unwrap_or_else(|| panic!("iteration {i}: retained message not delivered"))
             .publish();
-        assert_eq!((p.topic.as_str(), p.payload_str(), p.retain, p.qos), (topic.as_str(), format!("v{i}"), true, 1));
+        assert_eq!(
+            (p.topic.as_str(), p.payload_str(), p.retain, p.qos),
+            (topic.as_str(), format!("v{i}"), true, 1)
+        );
         sub.ack(&p);
         sub.disconnect();
     }
@@ -35,7 +38,10 @@ fn retained_message_is_sent_on_exact_subscribe_on_the_same_shard() {
     let mut sub = Raw::connect(b.local_addr(), &id_on_shard("rs-sub", 1), true).0;
     assert_eq!(sub.subscribe(1, &[("rs/t", 1)]), vec![1]);
     let p = sub.expect_publish();
-    assert_eq!((p.payload.as_slice(), p.retain, p.qos), (&b"same"[..], true, 0));
+    assert_eq!(
+        (p.payload.as_slice(), p.retain, p.qos),
+        (&b"same"[..], true, 0)
+    );
     publ.disconnect();
     sub.disconnect();
     assert_no_leaks(&b);
@@ -55,10 +61,13 @@ fn retained_message_is_sent_on_wildcard_subscribe() {
         let p = sub.expect_publish();
         assert!(p.retain, "retained flag must be 1 [MQTT-3.3.1-8]: {p:?}");
         sub.ack(&p);
-        got.push((p.topic, p.payload_str()));
+        got.push((p.topic.clone(), p.payload_str()));
     }
     got.sort();
-    assert_eq!(got, vec![("rw/a".into(), "A".into()), ("rw/b/c".into(), "BC".into())]);
+    assert_eq!(
+        got,
+        vec![("rw/a".into(), "A".into()), ("rw/b/c".into(), "BC".into())]
+    );
     sub.expect_silence(QUIET);
     assert_eq!(sub.subscribe(2, &[("rw/+", 1)]), vec![1]);
     let p = sub.expect_publish();
@@ -87,11 +96,17 @@ fn retained_message_is_replaced_by_newer() {
     // [MQTT-3.3.1-7] a QoS 0 retained message also replaces it.
     publ.publish("rr/t", b"newest-q0", 0, true);
     let live = sub.expect_publish();
-    assert_eq!((live.payload.as_slice(), live.retain), (&b"newest-q0"[..], false));
+    assert_eq!(
+        (live.payload.as_slice(), live.retain),
+        (&b"newest-q0"[..], false)
+    );
     let mut sub2 = Raw::connect(b.local_addr(), &id_on_shard("rr-sub2", 1), true).0;
     assert_eq!(sub2.subscribe(1, &[("rr/t", 2)]), vec![2]);
     let p = sub2.expect_publish();
-    assert_eq!((p.payload.as_slice(), p.retain, p.qos), (&b"newest-q0"[..], true, 0));
+    assert_eq!(
+        (p.payload.as_slice(), p.retain, p.qos),
+        (&b"newest-q0"[..], true, 0)
+    );
     sub2.expect_silence(QUIET);
     publ.disconnect();
     sub.disconnect();
@@ -115,7 +130,10 @@ fn zero_length_retained_publish_deletes_the_retained_message() {
     // [MQTT-3.3.1-10] processed as normal and sent to matching subscribers.
     let p = live.expect_publish();
     assert!(p.payload.is_empty());
-    assert!(!p.retain, "forwarded to an existing subscription with RETAIN 0 [MQTT-3.3.1-9]");
+    assert!(
+        !p.retain,
+        "forwarded to an existing subscription with RETAIN 0 [MQTT-3.3.1-9]"
+    );
     live.ack(&p);
     // ...and no future subscriber receives a retained message for the topic.
     let mut sub = Raw::connect(b.local_addr(), &id_on_shard("rd-sub", 1), true).0;
@@ -161,7 +179,10 @@ fn normal_forwarding_to_existing_subscriber_has_retain_flag_0() {
         publ.publish("rf/t", format!("q{q}").as_bytes(), q, true);
         let p = sub.expect_publish();
         // [MQTT-3.3.1-9]
-        assert!(!p.retain, "RETAIN must be 0 when forwarding to an established subscription: {p:?}");
+        assert!(
+            !p.retain,
+            "RETAIN must be 0 when forwarding to an established subscription: {p:?}"
+        );
         assert_eq!(p.qos, q);
         sub.ack(&p);
     }
@@ -224,7 +245,10 @@ fn retained_message_published_by_rumqttc_reaches_rumqttc_subscriber_on_other_sha
     let mut sub = mq(b.local_addr(), &id_on_shard("rmq-sub", 0), true);
     assert_eq!(sub.subscribe("rmq/#", 2), Some(2));
     let p = sub.recv_publish();
-    assert_eq!((&p.payload[..], p.retain, qos_num(p.qos)), (&b"online"[..], true, 2));
+    assert_eq!(
+        (&p.payload[..], p.retain, qos_num(p.qos)),
+        (&b"online"[..], true, 2)
+    );
     sub.disconnect();
     assert_no_leaks(&b);
 }

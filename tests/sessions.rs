@@ -9,7 +9,10 @@ fn persistent_session_keeps_subscriptions_and_queues_qos1_qos2_while_offline() {
     let id = id_on_shard("ps", 1);
     let (mut c, sp) = Raw::connect(b.local_addr(), &id, false);
     // [MQTT-3.2.2-3] no stored session: session present 0.
-    assert!(!sp, "first connect with clean session 0 and no stored session: SP must be 0");
+    assert!(
+        !sp,
+        "first connect with clean session 0 and no stored session: SP must be 0"
+    );
     assert_eq!(c.subscribe(1, &[("ps/t", 2)]), vec![2]);
     c.disconnect();
 
@@ -19,7 +22,10 @@ fn persistent_session_keeps_subscriptions_and_queues_qos1_qos2_while_offline() {
 
     let (mut c, sp) = Raw::connect(b.local_addr(), &id, false);
     // [MQTT-3.2.2-2] stored session resumed: session present 1.
-    assert!(sp, "reconnect with clean session 0 must report session present 1");
+    assert!(
+        sp,
+        "reconnect with clean session 0 must report session present 1"
+    );
     let p1 = c.expect_publish();
     assert_eq!((p1.payload.as_slice(), p1.qos), (&b"offline-q1"[..], 1));
     c.ack(&p1);
@@ -33,7 +39,9 @@ fn persistent_session_keeps_subscriptions_and_queues_qos1_qos2_while_offline() {
     c.ack(&p3);
     publ.disconnect();
     c.disconnect();
-    wait_stats(&b, "persistent session kept", |s| s.sessions == 1 && s.subscriptions == 1);
+    wait_stats(&b, "persistent session kept", |s| {
+        s.sessions == 1 && s.subscriptions == 1
+    });
     // Clean it up: clean session 1 discards it.
     let (c, sp) = Raw::connect(b.local_addr(), &id, true);
     assert!(!sp);
@@ -56,7 +64,11 @@ fn messages_queued_while_offline_are_delivered_in_order() {
     assert!(sp);
     for i in 0..20 {
         let p = c.expect_publish();
-        assert_eq!(p.payload_str(), i.to_string(), "offline queue order [MQTT-4.6.0-6]");
+        assert_eq!(
+            p.payload_str(),
+            i.to_string(),
+            "offline queue order [MQTT-4.6.0-6]"
+        );
         c.ack(&p);
     }
     publ.disconnect();
@@ -85,7 +97,10 @@ fn clean_session_1_reports_session_present_0_and_discards_the_old_session() {
 
     // Nothing was kept after the clean session ended either.
     let (c, sp) = Raw::connect(b.local_addr(), &id, false);
-    assert!(!sp, "a clean-session connection leaves no session behind [MQTT-3.1.2-6]");
+    assert!(
+        !sp,
+        "a clean-session connection leaves no session behind [MQTT-3.1.2-6]"
+    );
     c.disconnect();
     Raw::connect(b.local_addr(), &id, true).0.disconnect();
     publ.disconnect();
@@ -121,7 +136,10 @@ fn unacked_qos1_message_is_resent_with_dup_and_same_packet_id_after_reconnect() 
     // [MQTT-4.4.0-1] resend with the original packet id; [MQTT-3.3.1-1] DUP = 1.
     assert_eq!(again.pid, first.pid, "same packet identifier");
     assert!(again.dup, "DUP must be 1 on redelivery: {again:?}");
-    assert_eq!((again.payload.as_slice(), again.qos, again.topic.as_str()), (&b"unacked"[..], 1, "dup1/t"));
+    assert_eq!(
+        (again.payload.as_slice(), again.qos, again.topic.as_str()),
+        (&b"unacked"[..], 1, "dup1/t")
+    );
     c.ack(&again);
     c.expect_silence(QUIET);
     c.disconnect();
@@ -150,8 +168,14 @@ fn unacked_qos2_publish_is_resent_with_dup_after_reconnect() {
     let (mut c, sp) = Raw::connect(b.local_addr(), &id, false);
     assert!(sp);
     let again = c.expect_publish();
-    assert_eq!(again.pid, first.pid, "same packet identifier [MQTT-4.4.0-1]");
-    assert!(again.dup, "DUP must be 1 on redelivery [MQTT-3.3.1-1]: {again:?}");
+    assert_eq!(
+        again.pid, first.pid,
+        "same packet identifier [MQTT-4.4.0-1]"
+    );
+    assert!(
+        again.dup,
+        "DUP must be 1 on redelivery [MQTT-3.3.1-1]: {again:?}"
+    );
     assert_eq!(again.qos, 2);
     c.ack(&again);
     c.expect_silence(QUIET);
@@ -173,7 +197,13 @@ fn qos2_pubrel_is_resent_after_reconnect() {
     assert_eq!(p.qos, 2);
     c.send(&pubrec(p.pid));
     let rel = c.recv();
-    assert_eq!(rel, Pkt { first: 0x62, body: p.pid.to_be_bytes().to_vec() });
+    assert_eq!(
+        rel,
+        Pkt {
+            first: 0x62,
+            body: p.pid.to_be_bytes().to_vec()
+        }
+    );
     c.drop_connection(); // before PUBCOMP
 
     let (mut c, sp) = Raw::connect(b.local_addr(), &id, false);
@@ -182,7 +212,10 @@ fn qos2_pubrel_is_resent_after_reconnect() {
     let again = c.recv();
     assert_eq!(
         again,
-        Pkt { first: 0x62, body: p.pid.to_be_bytes().to_vec() },
+        Pkt {
+            first: 0x62,
+            body: p.pid.to_be_bytes().to_vec()
+        },
         "expected the PUBREL to be resent"
     );
     c.send(&pubcomp(p.pid));
@@ -211,7 +244,9 @@ fn offline_queue_is_bounded_by_max_queued_messages() {
     }
     publ.disconnect();
     // The broker drops new messages once the queue is full: the first 10 are kept.
-    wait_stats(&b, "dropped_queue_full == 40", |s| s.dropped_queue_full == 40);
+    wait_stats(&b, "dropped_queue_full == 40", |s| {
+        s.dropped_queue_full == 40
+    });
     let (mut c, sp) = Raw::connect(b.local_addr(), &id, false);
     assert!(sp);
     let mut got = Vec::new();

@@ -25,7 +25,10 @@ fn second_connection_with_same_client_id_closes_the_first() {
         }
     }
     let s = wait_stats(&b, "30 takeovers", |s| s.takeovers >= 30);
-    assert!(s.handoffs_in >= 1, "no connection was ever handed to its home shard: {s:#?}");
+    assert!(
+        s.handoffs_in >= 1,
+        "no connection was ever handed to its home shard: {s:#?}"
+    );
     assert_no_leaks(&b);
 }
 
@@ -38,7 +41,10 @@ fn takeover_with_clean_session_0_continues_the_session() {
         assert_eq!(first.subscribe(1, &[("tc0/t", 1)]), vec![1]);
         let (mut second, sp) = Raw::connect(b.local_addr(), &id, false);
         first.expect_closed();
-        assert!(sp, "session present 1 when taking over a clean-session-0 session [MQTT-3.2.2-2]");
+        assert!(
+            sp,
+            "session present 1 when taking over a clean-session-0 session [MQTT-3.2.2-2]"
+        );
         let mut publ = Raw::connect(b.local_addr(), &id_on_shard("tc0-pub", 1 - shard), true).0;
         publ.publish("tc0/t", b"to the new connection", 1, false);
         let p = second.expect_publish();
@@ -64,7 +70,10 @@ fn takeover_continues_unacked_messages_on_the_new_connection() {
     assert!(sp);
     first.expect_closed();
     let again = second.expect_publish();
-    assert_eq!((again.pid, again.dup, again.payload.as_slice()), (p.pid, true, &b"pending"[..]));
+    assert_eq!(
+        (again.pid, again.dup, again.payload.as_slice()),
+        (p.pid, true, &b"pending"[..])
+    );
     second.ack(&again);
     second.disconnect();
     Raw::connect(b.local_addr(), &id, true).0.disconnect();
@@ -103,7 +112,10 @@ fn will_of_taken_over_connection_is_published() {
     first.expect_closed();
     // [MQTT-3.1.2-8] the old network connection closed without DISCONNECT.
     let p = watcher.expect_publish();
-    assert_eq!((p.topic.as_str(), p.payload.as_slice()), ("tw/will", &b"gone"[..]));
+    assert_eq!(
+        (p.topic.as_str(), p.payload.as_slice()),
+        ("tw/will", &b"gone"[..])
+    );
     watcher.ack(&p);
     second.disconnect();
     watcher.expect_silence(QUIET); // the new connection had no will

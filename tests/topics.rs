@@ -14,7 +14,12 @@ fn check_matching(topics: &[&str], cases: &[(&str, &[&str])]) {
     let b = broker();
     let mut subs = Vec::new();
     for (i, (filter, _)) in cases.iter().enumerate() {
-        let mut s = Raw::connect(b.local_addr(), &id_on_shard(&format!("m{i}"), 1 - i % 2), true).0;
+        let mut s = Raw::connect(
+            b.local_addr(),
+            &id_on_shard(&format!("m{i}"), 1 - i % 2),
+            true,
+        )
+        .0;
         let codes = s.subscribe(1, &[(filter, 1), (SENTINEL, 1)]);
         assert_eq!(codes, vec![1, 1], "SUBACK for filter {filter:?}");
         subs.push(s);
@@ -26,10 +31,16 @@ fn check_matching(topics: &[&str], cases: &[(&str, &[&str])]) {
     publ.publish(SENTINEL, b"", 1, false);
     let mut failures = Vec::new();
     for ((filter, want), s) in cases.iter().zip(subs.iter_mut()) {
-        let got: BTreeSet<String> = s.publishes_until(SENTINEL).into_iter().map(|p| p.topic).collect();
+        let got: BTreeSet<String> = s
+            .publishes_until(SENTINEL)
+            .into_iter()
+            .map(|p| p.topic)
+            .collect();
         let want: BTreeSet<String> = want.iter().map(|t| t.to_string()).collect();
         if got != want {
-            failures.push(format!("filter {filter:?}: delivered {got:?}, expected {want:?}"));
+            failures.push(format!(
+                "filter {filter:?}: delivered {got:?}, expected {want:?}"
+            ));
         }
     }
     for s in subs.iter_mut() {
@@ -37,7 +48,11 @@ fn check_matching(topics: &[&str], cases: &[(&str, &[&str])]) {
             failures.push(format!("late delivery {p:?}"));
         }
     }
-    assert!(failures.is_empty(), "topic matching wrong:\n{}", failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "topic matching wrong:\n{}",
+        failures.join("\n")
+    );
     publ.disconnect();
     for s in subs {
         s.disconnect();
@@ -63,7 +78,11 @@ fn multi_level_wildcard_matches_parent_and_all_descendants() {
             // §4.7.1.2: "sport/tennis/player1/#" matches player1, its ranking, score/wimbledon.
             (
                 "sport/tennis/player1/#",
-                &["sport/tennis/player1", "sport/tennis/player1/ranking", "sport/tennis/player1/score/wimbledon"],
+                &[
+                    "sport/tennis/player1",
+                    "sport/tennis/player1/ranking",
+                    "sport/tennis/player1/score/wimbledon",
+                ],
             ),
             // "sport/#" also matches the singular "sport".
             (
@@ -106,7 +125,14 @@ fn single_level_wildcard_matches_exactly_one_level() {
             ("+", &["sport", "finance"]),
             ("+/+", &["sport/", "sport/tennis", "/finance"]),
             ("/+", &["/finance"]),
-            ("+/tennis/#", &["sport/tennis", "sport/tennis/player1", "sport/tennis/player1/ranking"]),
+            (
+                "+/tennis/#",
+                &[
+                    "sport/tennis",
+                    "sport/tennis/player1",
+                    "sport/tennis/player1/ranking",
+                ],
+            ),
             ("a/+/b", &["a//b", "a/x/b"]),
             ("+/+/+", &["sport/tennis/player1", "a//b", "a/x/b"]),
         ],
@@ -115,7 +141,13 @@ fn single_level_wildcard_matches_exactly_one_level() {
 
 #[test]
 fn topic_matching_is_case_sensitive_and_allows_spaces() {
-    let topics = ["ACCOUNTS", "Accounts", "accounts", "Accounts payable", "Accounts payable/x"];
+    let topics = [
+        "ACCOUNTS",
+        "Accounts",
+        "accounts",
+        "Accounts payable",
+        "Accounts payable/x",
+    ];
     check_matching(
         &topics,
         &[
@@ -147,11 +179,19 @@ fn dollar_topics_are_not_matched_by_leading_wildcards() {
 
 #[test]
 fn utf8_multibyte_topics_match() {
-    let topics = ["température/salle", "température/cuisine", "温度/房间", "temperature/salle"];
+    let topics = [
+        "température/salle",
+        "température/cuisine",
+        "温度/房间",
+        "temperature/salle",
+    ];
     check_matching(
         &topics,
         &[
-            ("température/+", &["température/salle", "température/cuisine"]),
+            (
+                "température/+",
+                &["température/salle", "température/cuisine"],
+            ),
             ("温度/#", &["温度/房间"]),
             ("+/salle", &["température/salle", "temperature/salle"]),
         ],

@@ -145,7 +145,11 @@ impl std::fmt::Debug for End {
 }
 
 /// Accepts connections on one listener for the rest of the shard's life.
-pub(crate) async fn accept_loop(shard: Rc<RefCell<Shard>>, listener: TcpListener, shared: Arc<Shared>) {
+pub(crate) async fn accept_loop(
+    shard: Rc<RefCell<Shard>>,
+    listener: TcpListener,
+    shared: Arc<Shared>,
+) {
     loop {
         match listener.accept().await {
             Ok(stream) => {
@@ -188,18 +192,25 @@ async fn handle_new(shard: Rc<RefCell<Shard>>, stream: TcpStream, slot: Option<C
             return;
         }
         Ok(Err(end)) => {
-            let mut s = shard.borrow_mut();
-            if let End::Decode(e) = &end {
-                if matches!(e, DecodeError::PacketTooLarge { .. }) {
-                    s.stats.oversized_packets += 1;
+            let refusal = {
+                let mut s = shard.borrow_mut();
+                match &end {
+                    End::Decode(e) => {
+                        if matches!(e, DecodeError::PacketTooLarge { .. }) {
+                            s.stats.oversized_packets += 1;
+                        }
+                        s.stats.protocol_errors += 1;
+                        e.connack_code()
+                    }
+                    End::Violation => {
+                        s.stats.protocol_errors += 1;
+                        None
+                    }
+                    _ => None,
                 }
-                s.stats.protocol_errors += 1;
-                if let Some(code) = e.connack_code() {
-                    drop(s);
-                    refuse(&stream, code).await;
-                }
-            } else if matches!(end, End::Violation) {
-                s.stats.protocol_errors += 1;
+            };
+            if let Some(code) = refusal {
+                refuse(&stream, code).await;
             }
             tracing::debug!(%peer, reason = ?end, "connection closed before CONNECT completed");
             return;
@@ -255,7 +266,11 @@ async fn handle_new(shard: Rc<RefCell<Shard>>, stream: TcpStream, slot: Option<C
 }
 
 /// Reads until the first packet is complete; it must be CONNECT [MQTT-3.1.0-1].
-async fn read_first_packet(stream: &RefCell<TcpStream>, rbuf: &mut BytesMut, max_packet: usize) -> Result<Connect, End> {
+async fn read_first_packet(
+    stream: &RefCell<TcpStream>,
+    rbuf: &mut BytesMut,
+    max_packet: usize,
+) -> Result<Connect, End> {
     loop {
         match decode(rbuf, max_packet) {
             Ok(Some(Packet::Connect(c))) => return Ok(*c),
@@ -314,7 +329,12 @@ async fn serve(
         let mut s = shard.borrow_mut();
         let conn = Conn::new(s.next_conn_id(), peer);
         let key = s.attach(connect, &conn, Instant::now());
-        (conn, key, s.cfg.max_packet_size, s.cfg.write_buffer_high_water)
+        (
+            conn,
+            key,
+            s.cfg.max_packet_size,
+            s.cfg.write_buffer_high_water,
+        )
     };
     // [MQTT-3.1.2-24]: one and a half times the keep-alive without a packet.
     let keep_alive = (keep_alive > 0).then(|| Duration::from_millis(u64::from(keep_alive) * 1500));
@@ -397,11 +417,11 @@ async fn read_loop(
         // A client that neither reads nor sends for the keep-alive period is gone,
         // even while we are not reading from it.
         let readable = match keep_alive {
-            Some(limit) => glommio::timer::timeout(limit, async {
-                Ok(wait_until_readable(shard, conn).await)
-            })
-            .await
-            .ok(),
+            Some(limit) => {
+                glommio::timer::timeout(limit, async { Ok(wait_until_readable(shard, conn).await) })
+                    .await
+                    .ok()
+            }
             None => Some(wait_until_readable(shard, conn).await),
         };
         match readable {
@@ -458,7 +478,11 @@ async fn wait_until_readable(shard: &Rc<RefCell<Shard>>, conn: &Conn) -> bool {
 
 /// One read into the spare capacity of `buf`. Ends early with an error when `conn`
 /// starts closing.
-async fn read_some(stream: &RefCell<TcpStream>, buf: &mut BytesMut, conn: Option<&Conn>) -> io::Result<usize> {
+async fn read_some(
+    stream: &RefCell<TcpStream>,
+    buf: &mut BytesMut,
+    conn: Option<&Conn>,
+) -> io::Result<usize> {
     let start = buf.len();
     buf.reserve(READ_CHUNK);
     let end = buf.capacity();

@@ -22,7 +22,12 @@ use super::packet::{
 pub enum DecodeError {
     /// The packet (fixed header included) is larger than the configured maximum.
     #[error("packet of {size} bytes exceeds the maximum packet size of {max}")]
-    PacketTooLarge { size: usize, max: usize },
+    PacketTooLarge {
+        /// Fixed header plus remaining length, as announced.
+        size: usize,
+        /// The limit passed to [`decode`].
+        max: usize,
+    },
     /// The remaining-length field continues past its fourth byte (§2.2.3).
     #[error("malformed remaining length")]
     MalformedRemainingLength,
@@ -32,7 +37,12 @@ pub enum DecodeError {
     /// Fixed-header flag bits other than the ones the packet type requires
     /// [MQTT-2.2.2-1], [MQTT-2.2.2-2].
     #[error("invalid fixed-header flags {flags:#06b} for {packet}")]
-    InvalidFlags { packet: &'static str, flags: u8 },
+    InvalidFlags {
+        /// Name of the packet type, as in [`Packet::name`].
+        packet: &'static str,
+        /// The low four bits of the first byte.
+        flags: u8,
+    },
     /// A field runs past the end of the packet.
     #[error("packet truncated: a field runs past the remaining length")]
     Truncated,

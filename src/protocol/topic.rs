@@ -3,7 +3,7 @@
 //!
 //! The decoder already rejects PUBLISH topic names that break these rules; the broker
 //! calls [`valid_topic_filter`] on each SUBSCRIBE filter (answering 0x80 for a bad one)
-//! and [`matches`] when it delivers retained messages to a new subscription.
+//! and [`matches()`] when it delivers retained messages to a new subscription.
 
 /// Longest topic name or filter the wire format can carry (a 16-bit length prefix).
 const MAX_LEN: usize = 65_535;

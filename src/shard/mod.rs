@@ -56,14 +56,16 @@ pub fn home_shard(client_id: &str, shards: usize) -> usize {
 
 /// Publishes waiting in one outbox above which this shard stops reading from its
 /// clients' sockets until the outbox drains (TCP then pushes back on publishers).
-const OUTBOX_HIGH_WATER: usize = 16 * 1024;
+const OUTBOX_HIGH_WATER: usize = 4096;
 
 /// What the connection layer should do after a packet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Flow {
     Continue,
     /// Close the connection; `graceful` after DISCONNECT (no will).
-    Close { graceful: bool },
+    Close {
+        graceful: bool,
+    },
 }
 
 /// A client's session and, while it is connected, its connection.
@@ -349,7 +351,13 @@ impl Shard {
     }
 
     /// Every packet from a connected client except CONNECT and SUBSCRIBE.
-    pub fn handle_packet(&mut self, key: usize, conn_id: u64, packet: Packet, now: Instant) -> Flow {
+    pub fn handle_packet(
+        &mut self,
+        key: usize,
+        conn_id: u64,
+        packet: Packet,
+        now: Instant,
+    ) -> Flow {
         if !self.is_current(key, conn_id) {
             return Flow::Close { graceful: false };
         }
@@ -378,7 +386,10 @@ impl Shard {
                 if !self.out.publishes.is_empty() {
                     let mut publishes = std::mem::take(&mut self.out.publishes);
                     for msg in publishes.drain(..) {
-                        if self.auth.publish(self.sessions[key].session.client_id(), &msg.topic) {
+                        if self
+                            .auth
+                            .publish(self.sessions[key].session.client_id(), &msg.topic)
+                        {
                             self.publish_from_client(msg);
                         } else {
                             self.stats.publishes_refused += 1;
@@ -395,7 +406,12 @@ impl Shard {
     /// and, for filters new to this shard, asks every other shard to record
     /// interest. SUBACK waits until they confirm: a publish accepted anywhere after
     /// SUBACK reaches this subscriber.
-    pub fn subscribe_start(&mut self, key: usize, conn_id: u64, sub: &Subscribe) -> Option<SubscribeStart> {
+    pub fn subscribe_start(
+        &mut self,
+        key: usize,
+        conn_id: u64,
+        sub: &Subscribe,
+    ) -> Option<SubscribeStart> {
         if !self.is_current(key, conn_id) {
             return None;
         }
@@ -404,13 +420,14 @@ impl Shard {
         let mut waits = Vec::new();
         for f in &sub.filters {
             let client_id = self.sessions[key].session.client_id();
-            if !topic::valid_topic_filter(&f.filter) || !self.auth.subscribe(client_id, &f.filter)
-            {
+            if !topic::valid_topic_filter(&f.filter) || !self.auth.subscribe(client_id, &f.filter) {
                 self.stats.subscriptions_refused += 1;
                 codes.push(SubAckCode::Failure);
                 continue;
             }
-            self.sessions[key].session.subscribe(f.filter.clone(), f.qos);
+            self.sessions[key]
+                .session
+                .subscribe(f.filter.clone(), f.qos);
             let inserted = self.subs.insert(&f.filter, key as u32, f.qos);
             if self.shards > 1 {
                 if inserted.filter_was_new {
@@ -464,7 +481,13 @@ impl Shard {
 
     /// Second half of SUBSCRIBE, once interest is confirmed: SUBACK, then the
     /// retained messages matching each granted filter.
-    pub fn subscribe_finish(&mut self, key: usize, conn_id: u64, sub: &Subscribe, codes: Vec<SubAckCode>) {
+    pub fn subscribe_finish(
+        &mut self,
+        key: usize,
+        conn_id: u64,
+        sub: &Subscribe,
+        codes: Vec<SubAckCode>,
+    ) {
         if !self.is_current(key, conn_id) {
             return;
         }
@@ -592,7 +615,12 @@ impl Shard {
 
     /// One batch from shard `src`. Returns the connections handed over to this
     /// shard, for the caller to serve.
-    pub fn handle_mesh_batch(&mut self, src: usize, batch: Vec<MeshMsg>, handoffs: &mut Vec<Box<Handoff>>) {
+    pub fn handle_mesh_batch(
+        &mut self,
+        src: usize,
+        batch: Vec<MeshMsg>,
+        handoffs: &mut Vec<Handoff>,
+    ) {
         for msg in batch {
             match msg {
                 MeshMsg::Publish(m) => {
@@ -612,7 +640,7 @@ impl Shard {
                 MeshMsg::InterestAck { token } => self.interest_acked(token),
                 MeshMsg::Handoff(h) => {
                     self.stats.handoffs_in += 1;
-                    handoffs.push(h);
+                    handoffs.push(*h);
                 }
             }
         }

@@ -65,7 +65,10 @@ impl Retained {
             if msg.payload.len() > self.max_payload {
                 return LocalUpdate::Refused;
             }
-            let exists = matches!(self.entries.get(&msg.topic), Some(Entry { msg: Some(_), .. }));
+            let exists = matches!(
+                self.entries.get(&msg.topic),
+                Some(Entry { msg: Some(_), .. })
+            );
             if !exists && self.max_messages > 0 && self.live >= self.max_messages {
                 return LocalUpdate::Refused;
             }
@@ -79,14 +82,14 @@ impl Retained {
     /// Applies an update if it is newer than the held one.
     pub fn apply(&mut self, msg: &Message, version: RetainVersion) {
         self.clock = self.clock.max(version.0);
-        let new = if msg.payload.is_empty() {
-            None
-        } else {
-            Some(Message {
-                retain: true,
-                ..msg.clone()
-            })
-        };
+        // Stored for long: copy, so the message does not pin the whole read buffer
+        // its topic and payload were sliced from.
+        let new = (!msg.payload.is_empty()).then(|| Message {
+            topic: ByteString::from(&*msg.topic),
+            payload: bytes::Bytes::copy_from_slice(&msg.payload),
+            qos: msg.qos,
+            retain: true,
+        });
         match self.entries.get_mut(&msg.topic) {
             Some(e) if e.version >= version => {}
             Some(e) => {
@@ -96,7 +99,8 @@ impl Retained {
             }
             None => {
                 self.live += new.is_some() as usize;
-                self.entries.insert(msg.topic.clone(), Entry { msg: new, version });
+                self.entries
+                    .insert(msg.topic.clone(), Entry { msg: new, version });
             }
         }
     }
@@ -191,9 +195,15 @@ mod tests {
     #[test]
     fn limits_refuse_new_topics_but_allow_replacing() {
         let mut r = Retained::new(0, 1, 4);
-        assert!(matches!(r.local_update(&msg("a", "1")), LocalUpdate::Applied(_)));
+        assert!(matches!(
+            r.local_update(&msg("a", "1")),
+            LocalUpdate::Applied(_)
+        ));
         assert_eq!(r.local_update(&msg("b", "1")), LocalUpdate::Refused);
-        assert!(matches!(r.local_update(&msg("a", "2")), LocalUpdate::Applied(_)));
+        assert!(matches!(
+            r.local_update(&msg("a", "2")),
+            LocalUpdate::Applied(_)
+        ));
         assert_eq!(r.local_update(&msg("a", "too long")), LocalUpdate::Refused);
         assert_eq!(r.len(), 1);
     }

@@ -9,8 +9,8 @@ use crate::{net, Shared};
 use glommio::channels::channel_mesh::{Full, MeshBuilder, Senders};
 use glommio::channels::shared_channel::ConnectedReceiver;
 use glommio::net::TcpListener;
-use glommio::timer::Timer;
 use glommio::spawn_local;
+use glommio::timer::Timer;
 use std::cell::RefCell;
 use std::future::poll_fn;
 use std::net::SocketAddr;
@@ -58,7 +58,9 @@ pub async fn run(init: ShardInit) {
                 listeners.push(l);
             }
             Err(e) => {
-                let _ = init.ready.send(Err((*addr, std::io::Error::other(e.to_string()))));
+                let _ = init
+                    .ready
+                    .send(Err((*addr, std::io::Error::other(e.to_string()))));
                 return;
             }
         }
@@ -109,7 +111,12 @@ pub async fn run(init: ShardInit) {
         }
     }
     for listener in listeners {
-        spawn_local(net::accept_loop(shard.clone(), listener, init.shared.clone())).detach();
+        spawn_local(net::accept_loop(
+            shard.clone(),
+            listener,
+            init.shared.clone(),
+        ))
+        .detach();
     }
     tracing::debug!(shard = id, "shard running");
     loop {
@@ -155,9 +162,11 @@ async fn flusher(
 async fn mesh_receiver(shard: Rc<RefCell<Shard>>, src: usize, rx: ConnectedReceiver<Batch>) {
     let mut handoffs = Vec::new();
     while let Some(batch) = rx.recv().await {
-        shard.borrow_mut().handle_mesh_batch(src, batch, &mut handoffs);
+        shard
+            .borrow_mut()
+            .handle_mesh_batch(src, batch, &mut handoffs);
         for h in handoffs.drain(..) {
-            spawn_local(net::serve_handoff(shard.clone(), *h)).detach();
+            spawn_local(net::serve_handoff(shard.clone(), h)).detach();
         }
     }
 }

@@ -56,12 +56,34 @@ impl BrokerStats {
                 ($($f:ident),*) => { $( t.$f += s.$f; )* };
             }
             add!(
-                connections, sessions, subscriptions, interest_entries, pending_interest,
-                inflight, queued, queued_bytes, connects, takeovers, handoffs_out, handoffs_in,
-                publishes_received, publishes_refused, forwarded, forwarded_in, delivered,
-                queued_total, dropped_queue_full, dropped_offline_qos0, retained_refused,
-                subscriptions_refused, wills_published, protocol_errors, connect_timeouts,
-                keepalive_timeouts, oversized_packets, refused_max_connections
+                connections,
+                sessions,
+                subscriptions,
+                interest_entries,
+                pending_interest,
+                inflight,
+                queued,
+                queued_bytes,
+                connects,
+                takeovers,
+                handoffs_out,
+                handoffs_in,
+                publishes_received,
+                publishes_refused,
+                forwarded,
+                forwarded_in,
+                delivered,
+                queued_total,
+                dropped_queue_full,
+                dropped_offline_qos0,
+                retained_refused,
+                subscriptions_refused,
+                wills_published,
+                protocol_errors,
+                connect_timeouts,
+                keepalive_timeouts,
+                oversized_packets,
+                refused_max_connections
             );
             // Every shard holds a full replica of the retained store.
             t.retained = t.retained.max(s.retained);

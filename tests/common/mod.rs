@@ -10,8 +10,8 @@ use std::collections::VecDeque;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
 use std::sync::mpsc;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 pub use shardmq::{Broker, Config, ShardStats};
@@ -88,7 +88,9 @@ pub fn assert_no_leaks(broker: &Broker) {
     wait_stats(
         broker,
         "no leaked connections/sessions/subscriptions/interest after all clients left",
-        |s| s.connections == 0 && s.sessions == 0 && s.subscriptions == 0 && s.interest_entries == 0,
+        |s| {
+            s.connections == 0 && s.sessions == 0 && s.subscriptions == 0 && s.interest_entries == 0
+        },
     );
 }
 
@@ -280,7 +282,14 @@ pub fn publish_packet_bytes(
     packet(first, &body)
 }
 
-pub fn publish_packet(topic: &str, payload: &[u8], qos: u8, retain: bool, dup: bool, pid: u16) -> Vec<u8> {
+pub fn publish_packet(
+    topic: &str,
+    payload: &[u8],
+    qos: u8,
+    retain: bool,
+    dup: bool,
+    pid: u16,
+) -> Vec<u8> {
     publish_packet_bytes(topic.as_bytes(), payload, qos, retain, dup, pid)
 }
 
@@ -471,8 +480,17 @@ impl Raw {
     /// Connects with `opts` and asserts CONNACK 0; returns session present.
     pub fn connect_with(addr: SocketAddr, opts: &ConnectOpts) -> (Raw, bool) {
         let (raw, flags, rc) = Raw::connect_opts(addr, opts);
-        assert_eq!(rc, 0, "CONNACK return code for {:?}", String::from_utf8_lossy(&opts.client_id));
-        assert_eq!(flags & 0xFE, 0, "CONNACK acknowledge flags bits 7-1 are reserved");
+        assert_eq!(
+            rc,
+            0,
+            "CONNACK return code for {:?}",
+            String::from_utf8_lossy(&opts.client_id)
+        );
+        assert_eq!(
+            flags & 0xFE,
+            0,
+            "CONNACK acknowledge flags bits 7-1 are reserved"
+        );
         (raw, flags & 1 == 1)
     }
 
@@ -554,7 +572,8 @@ impl Raw {
 
     /// The next packet; panics on timeout or close.
     pub fn recv(&mut self) -> Pkt {
-        self.recv_within(TIMEOUT).expect("timed out waiting for a packet from the broker")
+        self.recv_within(TIMEOUT)
+            .expect("timed out waiting for a packet from the broker")
     }
 
     /// The next packet of type `kind`, keeping any other packets for later `recv`s.
@@ -597,9 +616,9 @@ impl Raw {
             match self.read_packet(deadline) {
                 Ok(p) => got.push(p),
                 Err(ReadEnd::Closed) => return got,
-                Err(ReadEnd::Timeout) => panic!(
-                    "broker did not close the connection within {d:?}; it sent {got:?}"
-                ),
+                Err(ReadEnd::Timeout) => {
+                    panic!("broker did not close the connection within {d:?}; it sent {got:?}")
+                }
             }
         }
     }
@@ -631,7 +650,11 @@ impl Raw {
         self.send(&subscribe_packet(pid, filters));
         let p = self.recv_kind(SUBACK);
         assert_eq!(p.flags(), 0, "SUBACK flags");
-        assert_eq!(p.pid(), pid, "SUBACK must carry the SUBSCRIBE's packet id [MQTT-3.8.4-2]");
+        assert_eq!(
+            p.pid(),
+            pid,
+            "SUBACK must carry the SUBSCRIBE's packet id [MQTT-3.8.4-2]"
+        );
         p.body[2..].to_vec()
     }
 
@@ -641,7 +664,11 @@ impl Raw {
         let p = self.recv_kind(UNSUBACK);
         assert_eq!(p.flags(), 0, "UNSUBACK flags");
         assert_eq!(p.body.len(), 2, "UNSUBACK remaining length is 2");
-        assert_eq!(p.pid(), pid, "UNSUBACK must carry the UNSUBSCRIBE's packet id [MQTT-3.10.4-4]");
+        assert_eq!(
+            p.pid(),
+            pid,
+            "UNSUBACK must carry the UNSUBSCRIBE's packet id [MQTT-3.10.4-4]"
+        );
     }
 
     /// PUBLISH and complete the QoS flow as a well-behaved publisher; for QoS 0, a
@@ -675,7 +702,10 @@ impl Raw {
             2 => {
                 self.send(&pubrec(p.pid));
                 let rel = self.recv_kind(PUBREL);
-                assert_eq!(rel.first, 0x62, "PUBREL fixed header must be 0x62 [MQTT-3.6.1-1]");
+                assert_eq!(
+                    rel.first, 0x62,
+                    "PUBREL fixed header must be 0x62 [MQTT-3.6.1-1]"
+                );
                 assert_eq!(rel.pid(), p.pid, "PUBREL packet id");
                 self.send(&pubcomp(p.pid));
             }
@@ -767,7 +797,12 @@ pub fn mq(addr: SocketAddr, id: &str, clean: bool) -> Mq {
     mq_with(addr, id, clean, |_| {})
 }
 
-pub fn mq_with(addr: SocketAddr, id: &str, clean: bool, f: impl FnOnce(&mut rumqttc::MqttOptions)) -> Mq {
+pub fn mq_with(
+    addr: SocketAddr,
+    id: &str,
+    clean: bool,
+    f: impl FnOnce(&mut rumqttc::MqttOptions),
+) -> Mq {
     let mut opts = rumqttc::MqttOptions::new(id, addr.ip().to_string(), addr.port());
     opts.set_clean_session(clean);
     opts.set_keep_alive(Duration::from_secs(30));
@@ -807,7 +842,11 @@ pub fn mq_with(addr: SocketAddr, id: &str, clean: bool, f: impl FnOnce(&mut rumq
         rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(a)) => Some(a.clone()),
         _ => None,
     });
-    assert_eq!(ack.code, rumqttc::ConnectReturnCode::Success, "rumqttc CONNACK for {id}");
+    assert_eq!(
+        ack.code,
+        rumqttc::ConnectReturnCode::Success,
+        "rumqttc CONNACK for {id}"
+    );
     m.session_present = ack.session_present;
     m
 }
@@ -878,7 +917,9 @@ impl Mq {
 
     /// Publishes without waiting.
     pub fn publish(&mut self, topic: &str, q: u8, retain: bool, payload: &[u8]) {
-        self.client.publish(topic, qos(q), retain, payload.to_vec()).unwrap();
+        self.client
+            .publish(topic, qos(q), retain, payload.to_vec())
+            .unwrap();
     }
 
     /// Publishes and waits until the broker has acknowledged it (QoS 1: PUBACK,
