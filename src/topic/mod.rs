@@ -4,8 +4,9 @@
 //! key = session slot, value = granted QoS) and `interest` (which other shards
 //! subscribe to a filter, key = shard id, value = `()`). Filters are inserted on
 //! SUBSCRIBE, removed on UNSUBSCRIBE / session end, and every PUBLISH is matched
-//! against both, so [`TopicTrie::for_each_match`] is the hot path: it allocates
-//! nothing and hashes only exact levels.
+//! against both, so [`TopicTrie::for_each_match`] is the hot path: it does not
+//! allocate (short of topics deeper than 16 levels), never recurses, and hashes
+//! only exact levels of nodes with many children.
 //!
 //! Matching follows MQTT 3.1.1 §4.7: levels are separated by `/` and compared
 //! byte-exactly; `+` matches exactly one level (which may be empty); a final `#`
@@ -28,6 +29,7 @@
 )]
 
 mod entries;
+mod level;
 mod node;
 #[cfg(test)]
 mod tests;
@@ -39,14 +41,15 @@ use smallvec::SmallVec;
 
 use node::Node;
 
-/// Pending branches of a match: how many fit on the stack before spilling.
-/// Each pending branch is a `+` child passed on the way down, so this is only
-/// exceeded by topics that descend through more than 16 `+` levels at once.
+/// Pending branches of a match that fit on the stack before spilling to the
+/// heap. Each pending branch is a `+` child passed on the way down (at most one
+/// per level of the current path), so only a topic deeper than 16 levels that
+/// also meets `+` children at more than 16 of them can spill.
 const MATCH_STACK: usize = 16;
 
 /// A match branch still to explore: a node and the topic levels left after it
 /// (`None` once every level has been consumed).
-type Branch<'t, 'n, K, V> = (&'n Node<K, V>, Option<&'t str>);
+type Branch<'t, 'n, K, V> = (&'n Node<K, V>, Option<&'t [u8]>);
 
 /// A set of `(topic filter, key) -> value` subscriptions, matched against topic
 /// names. Keys are small copyable ids (session slot, shard id); a key appears at
@@ -116,8 +119,10 @@ impl<K, V> TopicTrie<K, V> {
     /// through several matching filters is reported once per filter; the caller
     /// de-duplicates (keeping the highest QoS). The order is unspecified.
     ///
-    /// Does not allocate unless the walk has more than 16 `+` branches pending
-    /// at once; never recurses.
+    /// Never recurses, and allocates nothing unless more than 16 `+` branches
+    /// are pending at once (which needs a topic deeper than 16 levels). `f` runs
+    /// while the trie is borrowed, so it should only collect (e.g. push the key
+    /// into a reusable buffer).
     pub fn for_each_match(&self, topic: &str, mut f: impl FnMut(&K, &V)) {
         let Some(top) = self.root.children.as_deref() else {
             return;
@@ -129,7 +134,7 @@ impl<K, V> TopicTrie<K, V> {
                 hash.for_each(&mut f);
             }
         }
-        let (level, rest) = split_level(topic);
+        let (level, rest) = split_level(topic.as_bytes());
         let mut pending: SmallVec<[Branch<'_, '_, K, V>; MATCH_STACK]> = SmallVec::new();
         if !dollar {
             if let Some(plus) = top.plus.as_deref() {
@@ -250,9 +255,37 @@ impl<K, V> fmt::Debug for TopicTrie<K, V> {
 /// Splits off the first level: `("a", Some("b/c"))` for `"a/b/c"`, `("c", None)`
 /// for `"c"`. `None` means no level follows (distinct from an empty last level).
 #[inline]
-fn split_level(topic: &str) -> (&str, Option<&str>) {
-    match topic.split_once('/') {
-        Some((level, rest)) => (level, Some(rest)),
+fn split_level(topic: &[u8]) -> (&[u8], Option<&[u8]>) {
+    match find_slash(topic) {
+        Some(at) => match (topic.get(..at), topic.get(at + 1..)) {
+            (Some(level), Some(rest)) => (level, Some(rest)),
+            _ => (topic, None),
+        },
         None => (topic, None),
     }
+}
+
+/// Position of the first `/`, eight bytes at a time (levels are short, so this
+/// beats both a byte loop and `memchr`'s setup cost).
+#[inline]
+fn find_slash(bytes: &[u8]) -> Option<usize> {
+    const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
+    const HIGHS: u64 = u64::from_ne_bytes([0x80; 8]);
+    const SLASHES: u64 = u64::from_ne_bytes([b'/'; 8]);
+    let mut chunks = bytes.chunks_exact(8);
+    let mut offset = 0;
+    for chunk in &mut chunks {
+        let word = u64::from_le_bytes(<[u8; 8]>::try_from(chunk).unwrap_or([0; 8])) ^ SLASHES;
+        // Classic "has zero byte": the lowest flagged byte is the first `/`.
+        let found = word.wrapping_sub(ONES) & !word & HIGHS;
+        if found != 0 {
+            return Some(offset + (found.trailing_zeros() / 8) as usize);
+        }
+        offset += 8;
+    }
+    chunks
+        .remainder()
+        .iter()
+        .position(|&b| b == b'/')
+        .map(|at| offset + at)
 }

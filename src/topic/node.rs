@@ -5,7 +5,7 @@
 //!   (the common case: the last level of a filter) costs no child storage;
 //! * exact-level children are a short list while there are few of them (most
 //!   nodes have one or two children and a string compare beats hashing) and an
-//!   `AHashMap<Box<str>, Node>` once there are many;
+//!   `AHashMap<LevelName, Node>` once there are many (short names inline);
 //! * `+` and `#` have dedicated slots so matching never hashes a wildcard; a
 //!   `#` level is always the last one, so its slot is just the entries.
 //!
@@ -19,6 +19,7 @@ use ahash::AHashMap;
 use smallvec::SmallVec;
 
 use super::entries::Entries;
+use super::level::LevelName;
 
 /// Above this many exact children a node switches from a list to a hash map.
 const FEW_MAX: usize = 8;
@@ -47,11 +48,13 @@ pub(super) enum Exact<K, V> {
     /// child can always be handed out by reference without an unwrap: lookups
     /// for insertion move the wanted child into `head`.
     Few {
-        head: (Box<str>, Node<K, V>),
-        tail: Vec<(Box<str>, Node<K, V>)>,
+        head: (LevelName, Node<K, V>),
+        tail: Vec<(LevelName, Node<K, V>)>,
     },
-    /// Many children (for example one per device under a region).
-    Many(Box<AHashMap<Box<str>, Node<K, V>>>),
+    /// Many children (for example one per device under a region). Not boxed:
+    /// the map is smaller than the `Few` variant, and boxing would add a cache
+    /// miss to every lookup.
+    Many(AHashMap<LevelName, Node<K, V>>),
 }
 
 impl<K, V> Default for Children<K, V> {
@@ -89,9 +92,9 @@ impl<K, V> Node<K, V> {
     }
 
     /// The child for a filter level (`+` means the wildcard slot).
-    pub(super) fn child(&self, level: &str) -> Option<&Node<K, V>> {
+    pub(super) fn child(&self, level: &[u8]) -> Option<&Node<K, V>> {
         let children = self.children.as_deref()?;
-        if level == "+" {
+        if level == b"+" {
             children.plus.as_deref()
         } else {
             children.exact.as_ref()?.get(level)
@@ -99,9 +102,9 @@ impl<K, V> Node<K, V> {
     }
 
     /// Mutable [`Node::child`].
-    pub(super) fn child_mut(&mut self, level: &str) -> Option<&mut Node<K, V>> {
+    pub(super) fn child_mut(&mut self, level: &[u8]) -> Option<&mut Node<K, V>> {
         let children = self.children.as_deref_mut()?;
-        if level == "+" {
+        if level == b"+" {
             children.plus.as_deref_mut()
         } else {
             children.exact.as_mut()?.get_mut(level)
@@ -116,12 +119,12 @@ impl<K, V> Node<K, V> {
         created: &mut usize,
     ) -> &'a mut Entries<K, V> {
         let mut node = self;
-        let mut levels = filter.split('/');
+        let mut levels = levels_of(filter);
         let mut next = levels.next();
         while let Some(level) = next {
             next = levels.next();
             let children = node.children.get_or_insert_with(Box::default);
-            if next.is_none() && level == "#" {
+            if next.is_none() && level == b"#" {
                 return children.hash.get_or_insert_with(|| {
                     *created += 1;
                     Box::default()
@@ -135,11 +138,11 @@ impl<K, V> Node<K, V> {
     /// The entries of `filter`, if the filter has a node.
     pub(super) fn entries(&self, filter: &str) -> Option<&Entries<K, V>> {
         let mut node = self;
-        let mut levels = filter.split('/');
+        let mut levels = levels_of(filter);
         let mut next = levels.next();
         while let Some(level) = next {
             next = levels.next();
-            if next.is_none() && level == "#" {
+            if next.is_none() && level == b"#" {
                 return node.children.as_deref()?.hash.as_deref();
             }
             node = node.child(level)?;
@@ -151,7 +154,7 @@ impl<K, V> Node<K, V> {
     /// node reached by the levels before it, dropping that whole branch.
     pub(super) fn detach_branch(&mut self, filter: &str, level_index: usize) {
         let mut node = self;
-        let mut levels = filter.split('/');
+        let mut levels = levels_of(filter);
         for _ in 0..level_index {
             let Some(next) = levels.next().and_then(|level| node.child_mut(level)) else {
                 return;
@@ -178,12 +181,12 @@ impl<K: Copy + Eq + Hash, V> Node<K, V> {
         let mut node = self;
         let mut depth = 0usize;
         let mut cut = 0usize;
-        let mut levels = filter.split('/');
+        let mut levels = levels_of(filter);
         let mut next = levels.next();
         let mut in_hash_slot = false;
         while let Some(level) = next {
             next = levels.next();
-            if next.is_none() && level == "#" {
+            if next.is_none() && level == b"#" {
                 in_hash_slot = true;
                 break;
             }
@@ -220,6 +223,11 @@ impl<K: Copy + Eq + Hash, V> Node<K, V> {
     }
 }
 
+/// The levels of a filter, as bytes (a filter always has at least one level).
+fn levels_of(filter: &str) -> impl Iterator<Item = &[u8]> {
+    filter.as_bytes().split(|&b| b == b'/')
+}
+
 /// Outcome of [`Node::take_entry`].
 pub(super) struct Taken<V> {
     pub(super) value: V,
@@ -245,8 +253,8 @@ impl<K, V> Children<K, V> {
     }
 
     /// The child for filter level `level`, created if missing.
-    fn child_or_insert(&mut self, level: &str, created: &mut usize) -> &mut Node<K, V> {
-        if level == "+" {
+    fn child_or_insert(&mut self, level: &[u8], created: &mut usize) -> &mut Node<K, V> {
+        if level == b"+" {
             return self.plus.get_or_insert_with(|| {
                 *created += 1;
                 Box::new(Node::new())
@@ -256,7 +264,7 @@ impl<K, V> Children<K, V> {
             .get_or_insert_with(|| {
                 *created += 1;
                 Exact::Few {
-                    head: (level.into(), Node::new()),
+                    head: (LevelName::new(level), Node::new()),
                     tail: Vec::new(),
                 }
             })
@@ -264,8 +272,8 @@ impl<K, V> Children<K, V> {
     }
 
     /// Drops the child for filter level `level` (and its whole subtree).
-    fn remove_child(&mut self, level: &str) {
-        if level == "+" {
+    fn remove_child(&mut self, level: &[u8]) {
+        if level == b"+" {
             self.plus = None;
             return;
         }
@@ -274,13 +282,13 @@ impl<K, V> Children<K, V> {
         };
         match exact {
             Exact::Few { head, tail } => {
-                if *head.0 == *level {
+                if head.0.is(level) {
                     match tail.pop() {
                         Some(last) => *head = last,
                         None => self.exact = None,
                     }
                 } else {
-                    tail.retain(|(name, _)| **name != *level);
+                    tail.retain(|(name, _)| !name.is(level));
                     if tail.capacity() > 2 * tail.len() {
                         tail.shrink_to_fit();
                     }
@@ -289,7 +297,7 @@ impl<K, V> Children<K, V> {
             Exact::Many(map) => {
                 map.remove(level);
                 if map.len() < FEW_MIN {
-                    let mut remaining = mem::take(&mut **map).into_iter();
+                    let mut remaining = mem::take(map).into_iter();
                     self.exact = remaining.next().map(|head| Exact::Few {
                         head,
                         tail: remaining.collect(),
@@ -327,15 +335,15 @@ impl<K, V> Exact<K, V> {
     }
 
     /// The child named exactly `level` (no wildcard interpretation).
-    #[inline]
-    pub(super) fn get(&self, level: &str) -> Option<&Node<K, V>> {
+    #[inline(always)]
+    pub(super) fn get(&self, level: &[u8]) -> Option<&Node<K, V>> {
         match self {
             Exact::Few { head, tail } => {
-                if *head.0 == *level {
+                if head.0.is(level) {
                     Some(&head.1)
                 } else {
                     tail.iter()
-                        .find(|(name, _)| **name == *level)
+                        .find(|(name, _)| name.is(level))
                         .map(|(_, node)| node)
                 }
             }
@@ -343,14 +351,14 @@ impl<K, V> Exact<K, V> {
         }
     }
 
-    fn get_mut(&mut self, level: &str) -> Option<&mut Node<K, V>> {
+    fn get_mut(&mut self, level: &[u8]) -> Option<&mut Node<K, V>> {
         match self {
             Exact::Few { head, tail } => {
-                if *head.0 == *level {
+                if head.0.is(level) {
                     Some(&mut head.1)
                 } else {
                     tail.iter_mut()
-                        .find(|(name, _)| **name == *level)
+                        .find(|(name, _)| name.is(level))
                         .map(|(_, node)| node)
                 }
             }
@@ -358,23 +366,23 @@ impl<K, V> Exact<K, V> {
         }
     }
 
-    fn get_or_insert(&mut self, level: &str, created: &mut usize) -> &mut Node<K, V> {
+    fn get_or_insert(&mut self, level: &[u8], created: &mut usize) -> &mut Node<K, V> {
         if let Exact::Few { head, tail } = self {
-            let missing = *head.0 != *level && !tail.iter().any(|(name, _)| **name == *level);
+            let missing = !head.0.is(level) && !tail.iter().any(|(name, _)| name.is(level));
             if missing && tail.len() + 1 >= FEW_MAX {
                 self.promote();
             }
         }
         match self {
             Exact::Few { head, tail } => {
-                if *head.0 != *level {
+                if !head.0.is(level) {
                     // Move the wanted child into `head` so it can be returned
                     // without a fallible index (and hot children stay in front).
-                    if let Some(slot) = tail.iter_mut().find(|(name, _)| **name == *level) {
+                    if let Some(slot) = tail.iter_mut().find(|(name, _)| name.is(level)) {
                         mem::swap(head, slot);
                     } else {
                         *created += 1;
-                        let old = mem::replace(head, (level.into(), Node::new()));
+                        let old = mem::replace(head, (LevelName::new(level), Node::new()));
                         tail.push(old);
                     }
                 }
@@ -385,7 +393,7 @@ impl<K, V> Exact<K, V> {
                 // without allocating the key again for an existing child.
                 let (name, node) = map.remove_entry(level).unwrap_or_else(|| {
                     *created += 1;
-                    (level.into(), Node::new())
+                    (LevelName::new(level), Node::new())
                 });
                 map.entry(name).or_insert(node)
             }
@@ -394,7 +402,7 @@ impl<K, V> Exact<K, V> {
 
     /// Turns a full list into a map.
     fn promote(&mut self) {
-        let old = mem::replace(self, Exact::Many(Box::default()));
+        let old = mem::replace(self, Exact::Many(AHashMap::default()));
         match (old, self) {
             (Exact::Few { head, tail }, Exact::Many(map)) => {
                 map.reserve(2 * FEW_MAX);

@@ -570,7 +570,20 @@ fn check_against_model(trie: &TopicTrie<u32, (String, u32)>, model: &Model, topi
 
 #[test]
 fn randomized_matches_agree_with_reference_matcher() {
-    let alphabet = ["a", "b", "", "$x", "$SYS", "A", " a", "ab", "x"];
+    // Ten names, so some nodes switch to a child map; one name is too long to
+    // be stored inline.
+    let alphabet = [
+        "a",
+        "b",
+        "",
+        "$x",
+        "$SYS",
+        "A",
+        " a",
+        "ab",
+        "x",
+        "a-level-name-too-long-to-be-inline",
+    ];
     let mut rng = XorShift(0x1234_5678_9ABC_DEF1);
     let mut trie: TopicTrie<u32, (String, u32)> = TopicTrie::new();
     let mut model = Model::new();
@@ -616,5 +629,95 @@ fn randomized_matches_agree_with_reference_matcher() {
         model.remove(&(filter, key));
     }
     check_against_model(&trie, &model, &topics);
+    assert_eq!(trie.node_count(), 1);
+}
+
+#[test]
+fn find_slash_agrees_with_a_byte_scan() {
+    for len in 0..40 {
+        for at in 0..=len {
+            let mut bytes = vec![b'x'; len];
+            if at < len {
+                bytes[at] = b'/';
+                // A later slash and a high byte must not confuse the word scan.
+                if at + 3 < len {
+                    bytes[at + 3] = b'/';
+                }
+            }
+            if at > 0 {
+                bytes[at - 1] = 0xC3;
+            }
+            let want = bytes.iter().position(|&b| b == b'/');
+            assert_eq!(find_slash(&bytes), want, "len {len} at {at}");
+            for b in [0x2E, 0x30, 0xAF, 0x00] {
+                let mut other = bytes.clone();
+                other
+                    .iter_mut()
+                    .filter(|x| **x == b'x')
+                    .for_each(|x| *x = b);
+                let want = other.iter().position(|&c| c == b'/');
+                assert_eq!(find_slash(&other), want, "len {len} at {at} fill {b:#x}");
+            }
+        }
+    }
+}
+
+#[test]
+fn long_level_names_are_stored_and_matched() {
+    let long = "a-level-name-longer-than-the-inline-capacity";
+    let mut trie = TopicTrie::new();
+    let filter = format!("{long}/x/{long}");
+    let _ = trie.insert(&filter, 1u32, 0u8);
+    let _ = trie.insert(&format!("{long}/+/{long}"), 2, 0);
+    let _ = trie.insert("exactly-22-bytes-long!/#", 3, 0);
+    let _ = trie.insert("exactly-23-bytes-long!!/#", 4, 0);
+    assert_eq!(keys(&trie, &filter), vec![1, 2]);
+    assert!(keys(&trie, &format!("{long}/x/{}", &long[1..])).is_empty());
+    assert_eq!(keys(&trie, "exactly-22-bytes-long!"), vec![3]);
+    assert_eq!(keys(&trie, "exactly-23-bytes-long!!/a"), vec![4]);
+    assert!(keys(&trie, "exactly-22-bytes-long!!").is_empty());
+    assert_eq!(trie.get(&filter, &1), Some(&0));
+}
+
+#[test]
+fn node_layout_stays_compact() {
+    use std::mem::size_of;
+    assert_eq!(size_of::<level::LevelName>(), 24);
+    assert_eq!(size_of::<node::Node<u32, u8>>(), 40);
+    assert!(size_of::<node::Children<u32, u8>>() <= 112);
+}
+
+#[test]
+fn deep_topics_with_many_plus_branches_match_fully() {
+    // Every level of the exact path has a `+` sibling, so more than 16 branches
+    // are pending at once and the match stack spills to the heap.
+    const DEPTH: usize = 24;
+    let mut trie = TopicTrie::new();
+    let mut filters = Vec::new();
+    for plus_at in 0..DEPTH {
+        let levels: Vec<&str> = (0..DEPTH)
+            .map(|i| if i == plus_at { "+" } else { "a" })
+            .collect();
+        filters.push(levels.join("/"));
+    }
+    filters.push(vec!["a"; DEPTH].join("/"));
+    filters.push(vec!["+"; DEPTH].join("/"));
+    filters.push(format!("{}/#", vec!["a"; DEPTH - 1].join("/")));
+    for (key, filter) in filters.iter().enumerate() {
+        let _ = trie.insert(filter, key as u32, 0u8);
+    }
+    let topic = vec!["a"; DEPTH].join("/");
+    assert_eq!(
+        keys(&trie, &topic),
+        (0..filters.len() as u32).collect::<Vec<_>>()
+    );
+    let other = format!("{}/b", vec!["a"; DEPTH - 1].join("/"));
+    assert_eq!(
+        keys(&trie, &other),
+        vec![DEPTH as u32 - 1, DEPTH as u32 + 1, DEPTH as u32 + 2]
+    );
+    for (key, filter) in filters.iter().enumerate() {
+        assert!(trie.remove(filter, &(key as u32)).filter_now_empty);
+    }
     assert_eq!(trie.node_count(), 1);
 }
