@@ -441,3 +441,165 @@ fn rumqttc_client_connects_and_round_trips() {
     sub.disconnect();
     assert_no_leaks(&b);
 }
+
+#[test]
+fn long_client_ids_are_accepted() {
+    // Server MAY allow more than 23 bytes (§3.1.3.1); real clients use UUID-length ids.
+    let b = broker();
+    for len in [24usize, 36, 100, 1000] {
+        let id = "k".repeat(len);
+        let (mut raw, _) = Raw::connect(b.local_addr(), &id, true);
+        raw.ping();
+        raw.disconnect();
+    }
+    assert_no_leaks(&b);
+}
+
+#[test]
+fn keep_alive_0_disables_the_keep_alive_timeout() {
+    let b = broker();
+    let opts = ConnectOpts::new(&unique("ka0"), true).keep_alive(0);
+    let (mut raw, _) = Raw::connect_with(b.local_addr(), &opts);
+    // §3.1.2.10: a keep-alive of 0 turns the mechanism off.
+    raw.expect_silence(std::time::Duration::from_millis(2500));
+    raw.ping();
+    raw.disconnect();
+    assert_eq!(b.stats().total().keepalive_timeouts, 0);
+    assert_no_leaks(&b);
+}
+
+#[test]
+fn disconnect_with_nonzero_flags_is_a_protocol_error() {
+    let b = broker();
+    let mut w = Raw::connect(b.local_addr(), &id_on_shard("dw", 1), true).0;
+    assert_eq!(w.subscribe(1, &[("dflags/will", 1)]), vec![1]);
+    let opts =
+        ConnectOpts::new(&id_on_shard("dflags", 0), true).will("dflags/will", b"w", 1, false);
+    let (mut c, _) = Raw::connect_with(b.local_addr(), &opts);
+    c.send(&[0xE1, 0x00]);
+    c.expect_closed();
+    // Not a valid DISCONNECT [MQTT-2.2.2-2], so the will is not discarded.
+    let p = w.expect_publish();
+    assert_eq!(p.payload, b"w");
+    w.ack(&p);
+    w.disconnect();
+    assert_no_leaks(&b);
+}
+
+#[test]
+fn mqtt31_resumed_session_gets_connack_byte_1_zero() {
+    // In MQTT 3.1 the first CONNACK variable-header byte is reserved (no session
+    // present flag): a 3.1 client must see 0 there even when its session resumes.
+    let b = broker();
+    let mut opts = ConnectOpts::new(&unique("v31ps"), false);
+    opts.protocol_name = b"MQIsdp".to_vec();
+    opts.level = 3;
+    let (mut c, flags, rc) = Raw::connect_opts(b.local_addr(), &opts);
+    assert_eq!((flags, rc), (0, 0));
+    assert_eq!(c.subscribe(1, &[("v31ps/t", 1)]), vec![1]);
+    c.disconnect();
+    let (c, flags, rc) = Raw::connect_opts(b.local_addr(), &opts);
+    assert_eq!(rc, 0);
+    assert_eq!(flags, 0, "MQTT 3.1 CONNACK byte 1 is reserved");
+    c.disconnect();
+    opts.clean = true;
+    Raw::connect_with(b.local_addr(), &opts).0.disconnect();
+    assert_no_leaks(&b);
+}
+
+#[test]
+fn data_after_a_rejected_connect_is_not_processed() {
+    let b = broker();
+    let mut sub = Raw::connect(b.local_addr(), &id_on_shard("rej-sub", 0), true).0;
+    assert_eq!(sub.subscribe(1, &[("rej/#", 0)]), vec![0]);
+    for bad in [connect_packet("", false), {
+        let mut o = ConnectOpts::new(&unique("rej"), true);
+        o.level = 9;
+        o.encode()
+    }] {
+        let mut c = Raw::open(b.local_addr());
+        let mut bytes = bad.clone();
+        bytes.extend(publish_packet(
+            "rej/t",
+            b"must not pass",
+            0,
+            false,
+            false,
+            0,
+        ));
+        c.send(&bytes);
+        let got = c.expect_closed();
+        assert_eq!(got.len(), 1, "only a CONNACK: {got:?}");
+        assert_ne!(got[0].body[1], 0);
+    }
+    // [MQTT-3.1.4-5] nothing sent after a rejected CONNECT is processed.
+    sub.expect_silence(QUIET);
+    sub.disconnect();
+    assert_no_leaks(&b);
+}
+
+#[test]
+fn packets_sent_together_with_connect_survive_the_handoff_to_the_home_shard() {
+    let b = broker();
+    // Whatever shard accepts the socket, the bytes after CONNECT must reach the home
+    // shard with the connection.
+    for i in 0..24 {
+        let id = id_on_shard(&format!("burst{i}"), i % 2);
+        let topic = format!("burst/{i}");
+        let mut bytes = connect_packet(&id, true);
+        bytes.extend(subscribe_packet(1, &[(&topic, 1)]));
+        bytes.extend(publish_packet(&topic, b"me", 1, false, false, 2));
+        bytes.extend(PINGREQ_BYTES);
+        let mut c = Raw::open(b.local_addr());
+        c.send(&bytes);
+        let mut kinds = Vec::new();
+        let mut got_publish = None;
+        while kinds.len() < 5 {
+            let p = c.recv();
+            if p.kind() == PUBLISH {
+                got_publish = Some(p.publish());
+            }
+            kinds.push(p.kind());
+        }
+        assert_eq!(kinds[0], CONNACK, "attempt {i}: first packet {kinds:?}");
+        let mut rest = kinds[1..].to_vec();
+        rest.sort();
+        assert_eq!(rest, vec![PUBLISH, PUBACK, SUBACK, PINGRESP], "attempt {i}");
+        let p = got_publish.unwrap();
+        assert_eq!(p.payload, b"me");
+        c.ack(&p);
+        c.disconnect();
+    }
+    let s = b.stats().total();
+    assert!(
+        s.handoffs_in >= 1,
+        "no handoff happened in 24 attempts: {s:#?}"
+    );
+    assert_no_leaks(&b);
+}
+
+#[test]
+fn packets_split_into_single_bytes_are_decoded() {
+    let b = broker();
+    let id = unique("bytewise");
+    let mut c = Raw::open(b.local_addr());
+    let mut bytes = connect_packet(&id, true);
+    bytes.extend(subscribe_packet(1, &[("bw/t", 2)]));
+    bytes.extend(publish_packet("bw/t", &[9u8; 300], 2, false, false, 2));
+    for byte in bytes {
+        c.send(&[byte]);
+        std::thread::sleep(std::time::Duration::from_micros(200));
+    }
+    assert_eq!(c.recv().kind(), CONNACK);
+    assert_eq!(c.recv_kind(SUBACK).body, vec![0, 1, 2]);
+    assert_eq!(c.recv_kind(PUBREC).pid(), 2);
+    for byte in pubrel(2) {
+        c.send(&[byte]);
+    }
+    assert_eq!(c.recv_kind(PUBCOMP).pid(), 2);
+    let p = c.recv_kind(PUBLISH).publish();
+    assert_eq!(p.payload, vec![9u8; 300]);
+    c.ack(&p);
+    c.disconnect();
+    assert_no_leaks(&b);
+}

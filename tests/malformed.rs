@@ -380,3 +380,38 @@ fn many_bad_clients_in_parallel_do_not_disturb_a_good_one() {
     sub.disconnect();
     assert_no_leaks(&b);
 }
+
+#[test]
+fn very_deep_topics_and_filters_do_not_crash_the_broker() {
+    let b = broker();
+    let mut sub = Raw::connect(b.local_addr(), &id_on_shard("deep-sub", 0), true).0;
+    // A filter of 20,000 levels and a topic of 30,000 levels (limits: 65,535 bytes).
+    let deep_filter = vec!["+"; 20_000].join("/");
+    assert_eq!(
+        sub.subscribe(1, &[("#", 1), (&deep_filter, 1), ("+/#", 1)]),
+        vec![1, 1, 1]
+    );
+    let mut publ = Raw::connect(b.local_addr(), &id_on_shard("deep-pub", 1), true).0;
+    let deep_topic = vec!["a"; 30_000].join("/");
+    publ.publish(&deep_topic, b"deep", 1, true);
+    let slash_topic = "/".repeat(60_000);
+    publ.publish(&slash_topic, b"slashes", 1, false);
+    let p = sub.expect_publish();
+    assert_eq!(p.payload, b"deep");
+    sub.ack(&p);
+    let p = sub.expect_publish();
+    assert_eq!(p.payload, b"slashes");
+    sub.ack(&p);
+    // Retained deep topic delivered to a new deep wildcard subscription too.
+    let mut sub2 = Raw::connect(b.local_addr(), &id_on_shard("deep-sub2", 1), true).0;
+    let filter2 = format!("{}/#", vec!["+"; 29_000].join("/"));
+    assert_eq!(sub2.subscribe(1, &[(&filter2, 1)]), vec![1]);
+    let p = sub2.expect_publish();
+    assert_eq!((p.payload.as_slice(), p.retain), (&b"deep"[..], true));
+    sub2.ack(&p);
+    sub2.disconnect();
+    publ.disconnect();
+    sub.disconnect();
+    assert_broker_healthy(b.local_addr());
+    assert_no_leaks(&b);
+}

@@ -579,3 +579,452 @@ fn client_receives_its_own_publish_when_subscribed() {
     c.disconnect();
     assert_no_leaks(&b);
 }
+
+#[test]
+fn inbound_qos2_state_survives_reconnect_of_a_persistent_publisher() {
+    let b = broker();
+    let mut sub = Raw::connect(b.local_addr(), &id_on_shard("iq-sub", 1), true).0;
+    assert_eq!(sub.subscribe(1, &[("iq/t", 2), ("iq/end", 0)]), vec![2, 0]);
+    let id = id_on_shard("iq-pub", 0);
+    let (mut publ, _) = Raw::connect(b.local_addr(), &id, false);
+    publ.send(&publish_packet("iq/t", b"exactly once", 2, false, false, 5));
+    assert_eq!(
+        publ.recv(),
+        Pkt {
+            first: 0x50,
+            body: vec![0, 5]
+        }
+    );
+    publ.drop_connection(); // PUBREC lost, as far as the client knows
+
+    let (mut publ, sp) = Raw::connect(b.local_addr(), &id, false);
+    assert!(sp);
+    // §4.1: the server's session state includes QoS 2 messages received but not
+    // completely acknowledged; the resent PUBLISH must not be delivered again.
+    publ.send(&publish_packet("iq/t", b"exactly once", 2, false, true, 5));
+    assert_eq!(
+        publ.recv(),
+        Pkt {
+            first: 0x50,
+            body: vec![0, 5]
+        }
+    );
+    publ.send(&pubrel(5));
+    assert_eq!(
+        publ.recv(),
+        Pkt {
+            first: 0x70,
+            body: vec![0, 5]
+        }
+    );
+    publ.publish("iq/end", b"", 0, false);
+    let got = sub.publishes_until("iq/end");
+    assert_eq!(got.len(), 1, "delivered exactly once: {got:?}");
+    publ.disconnect();
+    Raw::connect(b.local_addr(), &id, true).0.disconnect();
+    sub.disconnect();
+    assert_no_leaks(&b);
+}
+
+#[test]
+fn inflight_window_bounds_unacked_deliveries_and_keeps_order() {
+    let b = broker_with(|c| c.max_inflight = 4);
+    let mut sub = Raw::connect(b.local_addr(), &id_on_shard("win-sub", 0), true).0;
+    assert_eq!(sub.subscribe(1, &[("win/t", 1)]), vec![1]);
+    let mut publ = Raw::connect(b.local_addr(), &id_on_shard("win-pub", 1), true).0;
+    for i in 0..20 {
+        publ.publish("win/t", i.to_string().as_bytes(), 1, false);
+    }
+    // Without acks, only max_inflight messages are outstanding, with distinct ids.
+    let mut first = Vec::new();
+    while let Some(p) = sub.recv_within(QUIET) {
+        first.push(p.publish());
+    }
+    assert_eq!(
+        first.len(),
+        4,
+        "max_inflight = 4 unacknowledged deliveries: {first:?}"
+    );
+    let mut ids: Vec<u16> = first.iter().map(|p| p.pid).collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 4, "packet ids in flight must be distinct");
+    let mut got: Vec<String> = Vec::new();
+    for p in &first {
+        sub.ack(p);
+        got.push(p.payload_str());
+    }
+    while got.len() < 20 {
+        let p = sub.expect_publish();
+        sub.ack(&p);
+        got.push(p.payload_str());
+    }
+    let want: Vec<String> = (0..20).map(|i| i.to_string()).collect();
+    assert_eq!(got, want);
+    sub.expect_silence(QUIET);
+    publ.disconnect();
+    sub.disconnect();
+    assert_no_leaks(&b);
+}
+
+#[test]
+fn outstanding_packet_ids_are_unique_and_nonzero() {
+    let b = broker();
+    let mut sub = Raw::connect(b.local_addr(), &id_on_shard("pids-sub", 1), true).0;
+    assert_eq!(sub.subscribe(1, &[("pids/t", 2)]), vec![2]);
+    let mut publ = Raw::connect(b.local_addr(), &id_on_shard("pids-pub", 0), true).0;
+    for i in 0..40 {
+        publ.publish("pids/t", i.to_string().as_bytes(), 1 + (i % 2) as u8, false);
+    }
+    let mut got = Vec::new();
+    while let Some(p) = sub.recv_within(QUIET) {
+        got.push(p.publish());
+    }
+    assert_eq!(got.len(), 40, "default max_inflight (64) lets all 40 out");
+    let mut ids: Vec<u16> = got.iter().map(|p| p.pid).collect();
+    assert!(ids.iter().all(|&i| i != 0), "[MQTT-2.3.1-1]");
+    ids.sort();
+    ids.dedup();
+    assert_eq!(
+        ids.len(),
+        40,
+        "[MQTT-2.3.1-2] ids of unacknowledged packets must be unique"
+    );
+    for p in &got {
+        sub.ack(p);
+    }
+    sub.ping();
+    publ.disconnect();
+    sub.disconnect();
+    assert_no_leaks(&b);
+}
+
+#[test]
+fn many_publishers_on_both_shards_each_keep_their_order() {
+    let b = broker();
+    let mut sub = mq(b.local_addr(), &id_on_shard("many-sub", 0), true);
+    assert_eq!(sub.subscribe("many/+", 1), Some(1));
+    const P: usize = 16;
+    const N: usize = 50;
+    let addr = b.local_addr();
+    let handles: Vec<_> = (0..P)
+        .map(|p| {
+            std::thread::spawn(move || {
+                let mut c =
+                    Raw::connect(addr, &id_on_shard(&format!("many-pub{p}"), p % 2), true).0;
+                let mut batch = Vec::new();
+                for i in 0..N {
+                    batch.extend(publish_packet(
+                        &format!("many/{p}"),
+                        i.to_string().as_bytes(),
+                        1,
+                        false,
+                        false,
+                        i as u16 + 1,
+                    ));
+                }
+                c.send(&batch);
+                for _ in 0..N {
+                    c.recv_kind(PUBACK);
+                }
+                c.disconnect();
+            })
+        })
+        .collect();
+    let mut next = [0usize; P];
+    for _ in 0..P * N {
+        let m = sub.recv_publish();
+        let p: usize = m.topic.trim_start_matches("many/").parse().unwrap();
+        let i: usize = std::str::from_utf8(&m.payload).unwrap().parse().unwrap();
+        assert_eq!(i, next[p], "publisher {p} out of order");
+        next[p] += 1;
+    }
+    for h in handles {
+        h.join().unwrap();
+    }
+    assert!(sub.recv_publish_within(QUIET).is_none(), "duplicates");
+    sub.disconnect();
+    assert_no_leaks(&b);
+}
+
+#[test]
+fn one_publish_fans_out_to_many_subscribers_across_shards() {
+    let b = broker();
+    let mut subs: Vec<Raw> = (0..40)
+        .map(|i| {
+            let mut s = Raw::connect(b.local_addr(), &id_on_shard("fo", i % 2), true).0;
+            let f = if i % 3 == 0 {
+                "fo/#"
+            } else if i % 3 == 1 {
+                "fo/+/x"
+            } else {
+                "fo/y/x"
+            };
+            assert_eq!(s.subscribe(1, &[(f, 2)]), vec![2]);
+            s
+        })
+        .collect();
+    let mut publ = Raw::connect(b.local_addr(), &id_on_shard("fo-pub", 1), true).0;
+    publ.publish("fo/y/x", b"everyone", 2, false);
+    for s in subs.iter_mut() {
+        let p = s.expect_publish();
+        assert_eq!((p.payload.as_slice(), p.qos), (&b"everyone"[..], 2));
+        s.ack(&p);
+    }
+    publ.disconnect();
+    for s in subs {
+        s.disconnect();
+    }
+    assert_no_leaks(&b);
+}
+
+#[test]
+fn stalled_subscriber_does_not_hold_up_other_subscribers() {
+    let b = broker();
+    // This subscriber never reads: its socket, write buffer and queue fill up.
+    let mut stalled = Raw::connect(b.local_addr(), &id_on_shard("stall", 0), true).0;
+    assert_eq!(stalled.subscribe(1, &[("stall/t", 0)]), vec![0]);
+    let mut readers = vec![
+        mq(b.local_addr(), &id_on_shard("stall-reader", 0), true),
+        mq(b.local_addr(), &id_on_shard("stall-reader1", 1), true),
+    ];
+    for r in readers.iter_mut() {
+        assert_eq!(r.subscribe("stall/t", 0), Some(0));
+    }
+    let mut publ = Raw::connect(b.local_addr(), &id_on_shard("stall-pub", 1), true).0;
+    // The publisher is paced by the readers (batches of 100, far below the queue
+    // bounds), so only the stalled subscriber can overflow.
+    const BATCH: usize = 100;
+    const BATCHES: usize = 60;
+    let filler = vec![b'x'; 4000];
+    for batch in 0..BATCHES {
+        let mut bytes = Vec::new();
+        for i in batch * BATCH..(batch + 1) * BATCH {
+            let mut p = i.to_string().into_bytes();
+            p.push(b':');
+            p.extend_from_slice(&filler);
+            bytes.extend(publish_packet("stall/t", &p, 0, false, false, 0));
+        }
+        publ.send(&bytes);
+        for r in readers.iter_mut() {
+            for i in batch * BATCH..(batch + 1) * BATCH {
+                let m = r.recv_publish_within(TIMEOUT).unwrap_or_else(|| {
+                    panic!("reader {} stopped receiving at message {i} while another subscriber is stalled", r.id)
+                });
+                let s = std::str::from_utf8(&m.payload).unwrap();
+                let got: usize = s.split(':').next().unwrap().parse().unwrap();
+                assert_eq!(got, i, "reader {}: lost or reordered messages", r.id);
+            }
+        }
+    }
+    wait_stats(
+        &b,
+        "stalled subscriber's overflow dropped and counted",
+        |s| s.dropped_queue_full > 0,
+    );
+    publ.disconnect();
+    let _ = stalled.stream.shutdown(std::net::Shutdown::Both);
+    for r in readers {
+        r.disconnect();
+    }
+    assert_no_leaks(&b);
+}
+
+#[test]
+fn dup_flag_is_not_propagated_from_publisher_to_subscribers() {
+    let b = broker();
+    let mut s1 = Raw::connect(b.local_addr(), &id_on_shard("dupp-s1", 1), true).0;
+    assert_eq!(s1.subscribe(1, &[("dupp/t", 1)]), vec![1]);
+    let mut s0 = Raw::connect(b.local_addr(), &id_on_shard("dupp-s0", 0), true).0;
+    assert_eq!(s0.subscribe(1, &[("dupp/t", 0)]), vec![0]);
+    let mut publ = Raw::connect(b.local_addr(), &id_on_shard("dupp-pub", 0), true).0;
+    publ.send(&publish_packet("dupp/t", b"d", 1, false, true, 11));
+    assert_eq!(
+        publ.recv(),
+        Pkt {
+            first: 0x40,
+            body: vec![0, 11]
+        }
+    );
+    // [MQTT-3.3.1-3] the outgoing DUP flag is set independently of the incoming one;
+    // a first delivery has DUP 0 [MQTT-4.3.2-1]; QoS 0 always DUP 0 [MQTT-3.3.1-2].
+    let p = s1.expect_publish();
+    assert_eq!((p.qos, p.dup), (1, false), "{p:?}");
+    s1.ack(&p);
+    let p = s0.expect_publish();
+    assert_eq!((p.qos, p.dup), (0, false), "{p:?}");
+    publ.disconnect();
+    s0.disconnect();
+    s1.disconnect();
+    assert_no_leaks(&b);
+}
+
+#[test]
+fn pipelined_qos2_acks_come_back_in_order() {
+    let b = broker();
+    let mut sub = Raw::connect(b.local_addr(), &id_on_shard("p2-sub", 0), true).0;
+    assert_eq!(sub.subscribe(1, &[("p2/t", 2)]), vec![2]);
+    let mut publ = Raw::connect(b.local_addr(), &id_on_shard("p2-pub", 1), true).0;
+    let mut bytes = Vec::new();
+    for i in 1..=20u16 {
+        bytes.extend(publish_packet(
+            "p2/t",
+            i.to_string().as_bytes(),
+            2,
+            false,
+            false,
+            i,
+        ));
+    }
+    publ.send(&bytes);
+    // [MQTT-4.6.0-3] PUBRECs in the order the PUBLISHes were received.
+    for i in 1..=20u16 {
+        assert_eq!(
+            publ.recv(),
+            Pkt {
+                first: 0x50,
+                body: i.to_be_bytes().to_vec()
+            }
+        );
+    }
+    let rels: Vec<u8> = (1..=20u16).flat_map(pubrel).collect();
+    publ.send(&rels);
+    for i in 1..=20u16 {
+        assert_eq!(
+            publ.recv(),
+            Pkt {
+                first: 0x70,
+                body: i.to_be_bytes().to_vec()
+            }
+        );
+    }
+    for i in 1..=20u16 {
+        let p = sub.expect_publish();
+        assert_eq!(p.payload_str(), i.to_string());
+        sub.ack(&p);
+    }
+    publ.disconnect();
+    sub.disconnect();
+    assert_no_leaks(&b);
+}
+
+#[test]
+fn unsubscribe_removes_only_the_identical_filter() {
+    let b = broker();
+    let mut sub = Raw::connect(b.local_addr(), &id_on_shard("ux-sub", 0), true).0;
+    assert_eq!(
+        sub.subscribe(1, &[("ux/+", 1), ("ux/b", 1), ("ux/end", 0)]),
+        vec![1, 1, 0]
+    );
+    // Unsubscribing "ux/+" leaves "ux/b"; "ux/c" is not a filter at all (§4.7 wiki
+    // note: you cannot punch holes into a wildcard subscription).
+    sub.unsubscribe(2, &["ux/+", "ux/c"]);
+    let mut publ = Raw::connect(b.local_addr(), &id_on_shard("ux-pub", 1), true).0;
+    publ.publish("ux/b", b"b", 1, false);
+    publ.publish("ux/c", b"c", 1, false);
+    publ.publish("ux/end", b"", 0, false);
+    let got: Vec<String> = sub
+        .publishes_until("ux/end")
+        .into_iter()
+        .map(|p| p.topic)
+        .collect();
+    assert_eq!(got, vec!["ux/b".to_string()]);
+    publ.disconnect();
+    sub.disconnect();
+    assert_no_leaks(&b);
+}
+
+#[test]
+fn subscribe_with_many_filters_gets_one_return_code_each() {
+    let b = broker();
+    let mut sub = Raw::connect(b.local_addr(), &unique("many-f"), true).0;
+    let filters: Vec<String> = (0..500).map(|i| format!("mf/{i}/+")).collect();
+    let pairs: Vec<(&str, u8)> = filters
+        .iter()
+        .enumerate()
+        .map(|(i, f)| (f.as_str(), (i % 3) as u8))
+        .collect();
+    let codes = sub.subscribe(1, &pairs);
+    let want: Vec<u8> = (0..500).map(|i| (i % 3) as u8).collect();
+    assert_eq!(codes, want, "[MQTT-3.8.4-5]");
+    let names: Vec<&str> = filters.iter().map(|s| s.as_str()).collect();
+    sub.unsubscribe(2, &names);
+    sub.disconnect();
+    assert_no_leaks(&b);
+}
+
+#[test]
+fn subscribe_unsubscribe_churn_keeps_cross_shard_delivery_exact() {
+    let b = broker();
+    let mut sub = Raw::connect(b.local_addr(), &id_on_shard("churn-sub", 1), true).0;
+    let mut publ = Raw::connect(b.local_addr(), &id_on_shard("churn-pub", 0), true).0;
+    for i in 0..30u16 {
+        assert_eq!(sub.subscribe(i * 2 + 1, &[("churn/t", 1)]), vec![1]);
+        publ.send(&publish_packet(
+            "churn/t",
+            i.to_string().as_bytes(),
+            0,
+            false,
+            false,
+            0,
+        ));
+        let p = sub
+            .recv_within(TIMEOUT)
+            .unwrap_or_else(|| panic!("round {i}: publish after re-SUBSCRIBE lost"))
+            .publish();
+        assert_eq!(p.payload_str(), i.to_string(), "round {i}");
+        sub.unsubscribe(i * 2 + 2, &["churn/t"]);
+    }
+    publ.disconnect();
+    sub.disconnect();
+    assert_no_leaks(&b);
+}
+
+#[test]
+fn subscriber_replaced_on_the_same_shard_keeps_receiving_cross_shard_publishes() {
+    let b = broker();
+    let mut publ = Raw::connect(b.local_addr(), &id_on_shard("repl-pub", 0), true).0;
+    for i in 0..20 {
+        let mut sub = Raw::connect(b.local_addr(), &id_on_shard("repl-sub", 1), true).0;
+        assert_eq!(sub.subscribe(1, &[("repl/+", 0)]), vec![0]);
+        publ.send(&publish_packet("repl/x", b"x", 0, false, false, 0));
+        sub.recv_within(TIMEOUT)
+            .unwrap_or_else(|| panic!("round {i}: lost"))
+            .publish();
+        // The only subscriber of the filter on its shard leaves (interest removed)...
+        sub.drop_connection();
+    }
+    publ.disconnect();
+    assert_no_leaks(&b);
+}
+
+#[test]
+fn connection_dropped_while_subscribe_is_pending_leaks_nothing() {
+    let b = broker();
+    for i in 0..30 {
+        let persistent = i % 3 == 0;
+        let id = id_on_shard(&format!("pend{i}"), i % 2);
+        if persistent {
+            assert_no_leaks(&b);
+        }
+        let mut c = Raw::open(b.local_addr());
+        let mut bytes = connect_packet(&id, !persistent);
+        let filters: Vec<String> = (0..20).map(|j| format!("pend/{i}/{j}/#")).collect();
+        let pairs: Vec<(&str, u8)> = filters.iter().map(|f| (f.as_str(), 1)).collect();
+        bytes.extend(subscribe_packet(1, &pairs));
+        c.send(&bytes);
+        c.drop_connection(); // before the SUBACK
+        if persistent {
+            // The session stays (clean session 0); once it exists, discard it by
+            // connecting with clean session 1. (Separate connections have no defined
+            // processing order, so wait for the first to be processed.)
+            wait_stats(&b, "persistent session stored", |s| {
+                s.sessions == 1 && s.connections == 0
+            });
+            Raw::connect(b.local_addr(), &id, true).0.disconnect();
+        }
+    }
+    assert_no_leaks(&b);
+    assert_broker_healthy(b.local_addr());
+    assert_no_leaks(&b);
+}

@@ -283,3 +283,138 @@ fn persistent_session_with_rumqttc_receives_offline_messages() {
     c.disconnect();
     assert_no_leaks(&b);
 }
+
+#[test]
+fn several_unacked_messages_are_resent_in_original_order_with_same_ids() {
+    let b = broker();
+    let id = id_on_shard("multi", 0);
+    let (mut c, _) = Raw::connect(b.local_addr(), &id, false);
+    assert_eq!(c.subscribe(1, &[("multi/t", 2)]), vec![2]);
+    let mut publ = Raw::connect(b.local_addr(), &id_on_shard("multi-pub", 1), true).0;
+    for i in 0..6 {
+        publ.publish(
+            "multi/t",
+            i.to_string().as_bytes(),
+            1 + (i % 2) as u8,
+            false,
+        );
+    }
+    let first: Vec<Publish> = (0..6).map(|_| c.expect_publish()).collect();
+    c.drop_connection();
+    let (mut c, sp) = Raw::connect(b.local_addr(), &id, false);
+    assert!(sp);
+    // [MQTT-4.4.0-1] resent with the original ids; [MQTT-4.6.0-1] in the original order.
+    for want in &first {
+        let p = c.expect_publish();
+        assert_eq!(
+            (p.pid, p.qos, p.payload_str(), p.dup),
+            (want.pid, want.qos, want.payload_str(), true)
+        );
+        c.ack(&p);
+    }
+    c.expect_silence(QUIET);
+    c.disconnect();
+    Raw::connect(b.local_addr(), &id, true).0.disconnect();
+    publ.disconnect();
+    assert_no_leaks(&b);
+}
+
+#[test]
+fn resent_and_queued_messages_follow_each_other_in_order() {
+    // Some messages were in flight (unacked) when the client vanished, more arrived
+    // while it was offline: on resume the in-flight ones come first, then the rest.
+    let b = broker_with(|c| c.max_inflight = 3);
+    let id = id_on_shard("mix", 1);
+    let (mut c, _) = Raw::connect(b.local_addr(), &id, false);
+    assert_eq!(c.subscribe(1, &[("mix/t", 1)]), vec![1]);
+    let mut publ = Raw::connect(b.local_addr(), &id_on_shard("mix-pub", 0), true).0;
+    for i in 0..5 {
+        publ.publish("mix/t", i.to_string().as_bytes(), 1, false);
+    }
+    let inflight: Vec<Publish> = (0..3).map(|_| c.expect_publish()).collect();
+    c.drop_connection();
+    wait_stats(&b, "subscriber gone", |s| s.connections == 1);
+    for i in 5..8 {
+        publ.publish("mix/t", i.to_string().as_bytes(), 1, false);
+    }
+    let (mut c, sp) = Raw::connect(b.local_addr(), &id, false);
+    assert!(sp);
+    let mut got = Vec::new();
+    for _ in 0..8 {
+        let p = c.expect_publish();
+        c.ack(&p);
+        got.push(p.payload_str());
+    }
+    let want: Vec<String> = (0..8).map(|i| i.to_string()).collect();
+    assert_eq!(got, want);
+    assert_eq!(
+        inflight.iter().map(|p| p.payload_str()).collect::<Vec<_>>(),
+        vec!["0", "1", "2"]
+    );
+    c.expect_silence(QUIET);
+    c.disconnect();
+    Raw::connect(b.local_addr(), &id, true).0.disconnect();
+    publ.disconnect();
+    assert_no_leaks(&b);
+}
+
+#[test]
+fn offline_queue_is_bounded_by_max_queued_bytes() {
+    // 10 messages of (topic 4 + payload 96) = 100 bytes fit in 1000 bytes; the rest drop.
+    let b = broker_with(|c| c.max_queued_bytes = 1000);
+    let id = id_on_shard("oqb", 0);
+    let (mut c, _) = Raw::connect(b.local_addr(), &id, false);
+    assert_eq!(c.subscribe(1, &[("oq/b", 1)]), vec![1]);
+    c.disconnect();
+    wait_stats(&b, "subscriber offline", |s| s.connections == 0);
+    let mut publ = Raw::connect(b.local_addr(), &id_on_shard("oqb-pub", 1), true).0;
+    for i in 0..30 {
+        let mut payload = format!("{i:02}").into_bytes();
+        payload.resize(96, b'.');
+        publ.publish("oq/b", &payload, 1, false);
+    }
+    publ.disconnect();
+    wait_stats(&b, "dropped_queue_full == 20", |s| {
+        s.dropped_queue_full == 20
+    });
+    let (mut c, sp) = Raw::connect(b.local_addr(), &id, false);
+    assert!(sp);
+    let mut got = Vec::new();
+    while let Some(p) = c.recv_within(QUIET * 2) {
+        let p = p.publish();
+        c.ack(&p);
+        got.push(p.payload_str()[..2].to_string());
+    }
+    let want: Vec<String> = (0..10).map(|i| format!("{i:02}")).collect();
+    assert_eq!(got, want);
+    c.disconnect();
+    Raw::connect(b.local_addr(), &id, true).0.disconnect();
+    assert_no_leaks(&b);
+}
+
+#[test]
+fn message_published_with_retain_while_offline_is_delivered_with_retain_0() {
+    let b = broker();
+    let id = id_on_shard("offret", 1);
+    let (mut c, _) = Raw::connect(b.local_addr(), &id, false);
+    assert_eq!(c.subscribe(1, &[("offret/t", 1)]), vec![1]);
+    c.disconnect();
+    let mut publ = Raw::connect(b.local_addr(), &id_on_shard("offret-pub", 0), true).0;
+    publ.publish("offret/t", b"r", 1, true);
+    let (mut c, sp) = Raw::connect(b.local_addr(), &id, false);
+    assert!(sp);
+    // The subscription existed when the message was published: it is a normal
+    // forward, so RETAIN is 0 [MQTT-3.3.1-9] (one copy, not also a retained one).
+    let p = c.expect_publish();
+    assert_eq!(
+        (p.payload.as_slice(), p.retain),
+        (&b"r"[..], false),
+        "{p:?}"
+    );
+    c.ack(&p);
+    c.expect_silence(QUIET);
+    c.disconnect();
+    Raw::connect(b.local_addr(), &id, true).0.disconnect();
+    publ.disconnect();
+    assert_no_leaks(&b);
+}

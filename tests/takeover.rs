@@ -159,3 +159,55 @@ fn rumqttc_client_is_taken_over_by_raw_client_with_same_id() {
     Raw::connect(b.local_addr(), &id, true).0.disconnect();
     assert_no_leaks(&b);
 }
+
+#[test]
+fn concurrent_connects_with_the_same_id_leave_exactly_one_connection() {
+    let b = broker();
+    let addr = b.local_addr();
+    for round in 0..5 {
+        let id = id_on_shard(&format!("race{round}"), round % 2);
+        let handles: Vec<_> = (0..6)
+            .map(|_| {
+                let id = id.clone();
+                std::thread::spawn(move || {
+                    let (c, _) = Raw::connect(addr, &id, round % 2 == 0);
+                    c
+                })
+            })
+            .collect();
+        let mut conns: Vec<Raw> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+        // Exactly one survives: all others are closed by takeovers.
+        std::thread::sleep(QUIET);
+        let mut open = Vec::new();
+        for (i, c) in conns.iter_mut().enumerate() {
+            if !c.is_closed_now() {
+                open.push(i);
+            }
+        }
+        assert_eq!(open.len(), 1, "round {round}: open connections {open:?}");
+        let survivor = conns.swap_remove(open[0]);
+        let mut survivor = survivor;
+        survivor.ping();
+        wait_stats(&b, "one connection", |s| {
+            s.connections == 1 && s.sessions == 1
+        });
+        survivor.disconnect();
+        Raw::connect(addr, &id, true).0.disconnect();
+    }
+    assert_no_leaks(&b);
+}
+
+#[test]
+fn broker_shutdown_closes_every_connection() {
+    let b = broker();
+    let mut conns: Vec<Raw> = (0..4)
+        .map(|i| Raw::connect(b.local_addr(), &id_on_shard("sd", i % 2), i % 2 == 0).0)
+        .collect();
+    for c in conns.iter_mut() {
+        c.ping();
+    }
+    b.shutdown();
+    for c in conns.iter_mut() {
+        c.expect_closed();
+    }
+}

@@ -76,6 +76,10 @@ struct SessionEntry {
     /// slot in the match buffer: dedups overlapping subscriptions without hashing.
     match_seq: u64,
     match_slot: u32,
+    /// A SUBSCRIBE is waiting for other shards: deliveries queue in the session
+    /// (behind the retained messages taken when the filters were inserted) until
+    /// SUBACK has been written, so nothing arrives twice or out of order.
+    held: bool,
 }
 
 /// Waits of one SUBSCRIBE for other shards to confirm new interest.
@@ -283,6 +287,7 @@ impl Shard {
                 conn: None,
                 match_seq: 0,
                 match_slot: 0,
+                held: false,
             });
             self.by_client.insert(connect.client_id.clone(), key);
             key
@@ -295,6 +300,7 @@ impl Shard {
         }));
         let entry = &mut self.sessions[key];
         entry.conn = Some(conn.clone());
+        entry.held = false;
         entry
             .session
             .connect(connect.keep_alive, connect.will, now, &mut self.out);
@@ -317,6 +323,7 @@ impl Shard {
             conn.close();
         }
         self.stats.connections -= 1;
+        entry.held = false;
         let will = entry.session.disconnect(graceful);
         if entry.session.clean_session() {
             self.remove_session(key);
@@ -464,6 +471,30 @@ impl Shard {
         }
         waits.sort_unstable();
         waits.dedup();
+        if !waits.is_empty() {
+            // Live messages may match the new filters from now on, while SUBACK waits.
+            // Hold them in the session queue behind the retained messages as they are
+            // now: each retained copy is older than anything delivered live after it.
+            let high_water = self.cfg.write_buffer_high_water;
+            let Shard {
+                sessions,
+                retained,
+                out,
+                stats,
+                ..
+            } = self;
+            let entry = &mut sessions[key];
+            entry.held = true;
+            entry.session.set_writable(false, out);
+            for (f, code) in sub.filters.iter().zip(&codes) {
+                if let SubAckCode::Granted(qos) = *code {
+                    retained.for_each_match(&f.filter, |m| {
+                        count_delivery(stats, entry.session.deliver(m, qos, out));
+                    });
+                }
+            }
+            write_out(entry, out, high_water);
+        }
         let wait = (!waits.is_empty()).then(|| {
             let wait = Rc::new(SubscribeWait {
                 outstanding: Cell::new(waits.len()),
@@ -500,21 +531,29 @@ impl Shard {
             ..
         } = self;
         let entry = &mut sessions[key];
-        if let Some(conn) = &entry.conn {
-            conn.write_packet(&Packet::SubAck(SubAck {
-                pkid: sub.pkid,
-                codes: codes.clone(),
-            }));
+        let Some(conn) = &entry.conn else {
+            return;
+        };
+        conn.write_packet(&Packet::SubAck(SubAck {
+            pkid: sub.pkid,
+            codes: codes.clone(),
+        }));
+        if entry.held {
+            // The retained messages were queued when the filters went in.
+            entry.held = false;
+            if !conn.congested() {
+                entry.session.set_writable(true, out);
+            }
+        } else {
+            for (f, code) in sub.filters.iter().zip(&codes) {
+                if let SubAckCode::Granted(qos) = *code {
+                    retained.for_each_match(&f.filter, |m| {
+                        count_delivery(stats, entry.session.deliver(m, qos, out));
+                    });
+                }
+            }
         }
-        for (f, code) in sub.filters.iter().zip(&codes) {
-            let SubAckCode::Granted(qos) = *code else {
-                continue;
-            };
-            retained.for_each_match(&f.filter, |m| {
-                count_delivery(stats, entry.session.deliver(m, qos, out));
-            });
-            write_out(entry, out, high_water);
-        }
+        write_out(entry, out, high_water);
     }
 
     fn unsubscribe(&mut self, key: usize, u: Unsubscribe) {
@@ -538,6 +577,9 @@ impl Shard {
             return;
         }
         let entry = &mut self.sessions[key];
+        if entry.held {
+            return;
+        }
         entry.session.set_writable(true, &mut self.out);
         write_out(entry, &mut self.out, self.cfg.write_buffer_high_water);
     }

@@ -87,9 +87,16 @@ pub fn wait_stats(broker: &Broker, what: &str, pred: impl Fn(&ShardStats) -> boo
 pub fn assert_no_leaks(broker: &Broker) {
     wait_stats(
         broker,
-        "no leaked connections/sessions/subscriptions/interest after all clients left",
+        "no leaked connections/sessions/subscriptions/interest/in-flight/queued state after all clients left",
         |s| {
-            s.connections == 0 && s.sessions == 0 && s.subscriptions == 0 && s.interest_entries == 0
+            s.connections == 0
+                && s.sessions == 0
+                && s.subscriptions == 0
+                && s.interest_entries == 0
+                && s.pending_interest == 0
+                && s.inflight == 0
+                && s.queued == 0
+                && s.queued_bytes == 0
         },
     );
 }
@@ -1007,10 +1014,13 @@ impl Mq {
     }
 }
 
-/// Whether topic `t` is delivered to a subscriber of `f` according to the broker:
-/// helper to build expectations in readable tables.
-pub fn sorted<T: Ord + Clone>(v: &[T]) -> Vec<T> {
-    let mut v = v.to_vec();
-    v.sort();
-    v
+impl Drop for Mq {
+    /// A client dropped without `disconnect`/`kill` (e.g. a failing test) closes its
+    /// socket instead of lingering until the broker goes away.
+    fn drop(&mut self) {
+        if !self.dead {
+            self.kill.store(true, Ordering::SeqCst);
+            let _ = self.client.try_unsubscribe("kill/wakeup");
+        }
+    }
 }
