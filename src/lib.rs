@@ -5,6 +5,19 @@
 //! in data-flow order: `protocol` (bytes ↔ packets), `topic` (filter trie),
 //! `session` (one client's protocol state), `shard` (routing between sessions and
 //! shards), `net` (sockets).
+//!
+//! ```
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let broker = shardmq::Broker::builder()
+//!     .listen("127.0.0.1:0".parse()?)
+//!     .shards(2)
+//!     .start()?;
+//! println!("listening on {}", broker.local_addr());
+//! assert_eq!(broker.stats().total().connections, 0);
+//! broker.shutdown();
+//! # Ok(())
+//! # }
+//! ```
 
 pub mod auth;
 pub mod config;
