@@ -486,13 +486,7 @@ impl Shard {
             let entry = &mut sessions[key];
             entry.held = true;
             entry.session.set_writable(false, out);
-            for (f, code) in sub.filters.iter().zip(&codes) {
-                if let SubAckCode::Granted(qos) = *code {
-                    retained.for_each_match(&f.filter, |m| {
-                        count_delivery(stats, entry.session.deliver(m, qos, out));
-                    });
-                }
-            }
+            deliver_retained(entry, retained, stats, out, sub, &codes);
             write_out(entry, out, high_water);
         }
         let wait = (!waits.is_empty()).then(|| {
@@ -545,13 +539,7 @@ impl Shard {
                 entry.session.set_writable(true, out);
             }
         } else {
-            for (f, code) in sub.filters.iter().zip(&codes) {
-                if let SubAckCode::Granted(qos) = *code {
-                    retained.for_each_match(&f.filter, |m| {
-                        count_delivery(stats, entry.session.deliver(m, qos, out));
-                    });
-                }
-            }
+            deliver_retained(entry, retained, stats, out, sub, &codes);
         }
         write_out(entry, out, high_water);
     }
@@ -745,6 +733,25 @@ impl Shard {
         s.queued = queued;
         s.queued_bytes = queued_bytes;
         s
+    }
+}
+
+/// Delivers the retained messages matching each granted filter of a SUBSCRIBE
+/// [MQTT-3.3.1-6], at min(message QoS, granted QoS), retain flag set.
+fn deliver_retained(
+    entry: &mut SessionEntry,
+    retained: &Retained,
+    stats: &mut ShardStats,
+    out: &mut Output,
+    sub: &Subscribe,
+    codes: &[SubAckCode],
+) {
+    for (f, code) in sub.filters.iter().zip(codes) {
+        if let SubAckCode::Granted(qos) = *code {
+            retained.for_each_match(&f.filter, |m| {
+                count_delivery(stats, entry.session.deliver(m, qos, out));
+            });
+        }
     }
 }
 
