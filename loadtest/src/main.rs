@@ -1,8 +1,206 @@
-//! shardmq-loadtest: the load generator's crate. Its scenarios (p2p, fan-in,
-//! fan-out, idle connections, fixed-rate latency) are the next piece of work; until
-//! then the binary says so instead of pretending to measure anything.
+//! The `shardmq-loadtest` command: run one scenario against a broker.
 
-fn main() -> std::process::ExitCode {
-    eprintln!("shardmq-loadtest: no scenarios are implemented in this version");
-    std::process::ExitCode::from(2)
+use clap::{Args, Parser, Subcommand};
+use shardmq_loadtest::{run, Options, Pacing, Scenario};
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+#[derive(Parser)]
+#[command(version, about = "Load generator for MQTT 3.1.1 brokers")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// N publisher→subscriber pairs, one topic each.
+    P2p(RunArgs),
+    /// N publishers on their own topics, one wildcard subscriber (see --subscribers).
+    Fanin(RunArgs),
+    /// P publishers (--publishers, default 1), N subscribers on one topic.
+    Fanout(RunArgs),
+    /// Open and hold N idle connections; report connect rate and broker memory.
+    Conns(RunArgs),
+    /// p2p at a fixed total rate (--rate is required).
+    Latency(RunArgs),
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// The broker to drive.
+    #[arg(long, value_name = "HOST:PORT", default_value = "127.0.0.1:1883")]
+    broker: String,
+    /// The scenario's N: pairs (p2p, latency), publishers (fanin), subscribers
+    /// (fanout), connections (conns).
+    #[arg(long, value_name = "N")]
+    clients: Option<usize>,
+    /// QoS of publishes and subscriptions (see --pub-qos, --sub-qos).
+    #[arg(long, value_name = "Q", default_value_t = 0)]
+    qos: u8,
+    #[arg(long, value_name = "Q")]
+    pub_qos: Option<u8>,
+    #[arg(long, value_name = "Q")]
+    sub_qos: Option<u8>,
+    /// Payload size (at least 20: publisher, sequence number, timestamp).
+    #[arg(long, value_name = "BYTES", default_value_t = 64)]
+    payload: usize,
+    /// Length of the measured window.
+    #[arg(long, value_name = "SECS", default_value_t = 10.0)]
+    duration: f64,
+    /// Publishing before the measured window starts.
+    #[arg(long, value_name = "SECS", default_value_t = 1.0)]
+    warmup: f64,
+    /// Fixed total publish rate, shared by all publishers.
+    #[arg(long, value_name = "MSGS_PER_S", conflicts_with = "window")]
+    rate: Option<f64>,
+    /// Closed loop: publishers pause while this many deliveries are outstanding
+    /// (default: 100 per client on the busier side).
+    #[arg(long, value_name = "N")]
+    window: Option<u64>,
+    /// The broker's process id: report its CPU per delivered message and its RSS.
+    #[arg(long, value_name = "PID")]
+    broker_pid: Option<u32>,
+    /// Write the results as JSON.
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
+    /// Publishers (fanout; default 1).
+    #[arg(long, value_name = "P")]
+    publishers: Option<usize>,
+    /// Wildcard subscribers (fanin; default 1).
+    #[arg(long, value_name = "S")]
+    subscribers: Option<usize>,
+    /// Topic prefix (default: shardmq-loadtest/<random tag>).
+    #[arg(long, value_name = "PREFIX")]
+    topic_prefix: Option<String>,
+    /// Client id prefix (default: lt<random tag>-); ids end in p/s/c and an index.
+    #[arg(long, value_name = "PREFIX")]
+    client_id_prefix: Option<String>,
+    /// A name for this run in reports (default: the scenario).
+    #[arg(long)]
+    label: Option<String>,
+    /// A name for the broker in reports (default: its address).
+    #[arg(long)]
+    broker_name: Option<String>,
+    /// Event-loop threads (default: one per CPU).
+    #[arg(long, value_name = "N")]
+    threads: Option<usize>,
+    /// Keep-alive sent in CONNECT; PINGREQ goes out at half of it when idle.
+    #[arg(long, value_name = "SECS", default_value_t = 60)]
+    keepalive: u16,
+    /// Spread connections over 127.0.0.1..=127.0.0.N (default: automatic past 25 k).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    source_ips: usize,
+    /// Connection handshakes in progress at once, per thread.
+    #[arg(long, value_name = "N", default_value_t = 256)]
+    connect_concurrency: usize,
+    /// QoS 1/2 publishes awaiting acknowledgement, per publisher
+    /// (default: 1024 at QoS 1, 20 at QoS 2).
+    #[arg(long, value_name = "N")]
+    pub_inflight: Option<usize>,
+    /// Give up if the clients are not all connected by then.
+    #[arg(long, value_name = "SECS", default_value_t = 60.0)]
+    connect_timeout: f64,
+    /// Longest wait for in-flight messages after the window.
+    #[arg(long, value_name = "SECS", default_value_t = 10.0)]
+    drain_timeout: f64,
+    /// No live progress line.
+    #[arg(long)]
+    quiet: bool,
+}
+
+fn secs(name: &str, s: f64) -> Result<Duration, String> {
+    Duration::try_from_secs_f64(s)
+        .map_err(|_| format!("--{name} must be a non-negative number of seconds"))
+}
+
+fn options(scenario: Scenario, a: &RunArgs) -> Result<Options, String> {
+    let broker: SocketAddr = a
+        .broker
+        .to_socket_addrs()
+        .map_err(|e| format!("--broker {}: {e}", a.broker))?
+        .next()
+        .ok_or_else(|| format!("--broker {}: no address", a.broker))?;
+    let default_clients = match scenario {
+        Scenario::P2p | Scenario::Latency => 16,
+        Scenario::Fanin => 32,
+        Scenario::Fanout => 100,
+        Scenario::Conns => 1000,
+    };
+    let mut o = Options::new(scenario, broker, a.clients.unwrap_or(default_clients));
+    o.publishers = a.publishers;
+    o.subscribers = a.subscribers;
+    o.pub_qos = a.pub_qos.unwrap_or(a.qos);
+    o.sub_qos = a.sub_qos.unwrap_or(a.qos);
+    o.payload = a.payload;
+    o.duration = secs("duration", a.duration)?;
+    o.warmup = secs("warmup", a.warmup)?;
+    o.pacing = match (a.rate, a.window) {
+        (Some(r), _) => Some(Pacing::Rate(r)),
+        (None, Some(w)) => Some(Pacing::Window(w.max(1))),
+        (None, None) => None,
+    };
+    o.broker_pid = a.broker_pid;
+    o.label = a.label.clone();
+    o.broker_name = a.broker_name.clone();
+    o.topic_prefix = a.topic_prefix.clone();
+    o.client_id_prefix = a.client_id_prefix.clone();
+    if let Some(t) = a.threads {
+        o.threads = t.max(1);
+    }
+    o.keep_alive = a.keepalive;
+    o.source_ips = a.source_ips;
+    o.connect_concurrency = a.connect_concurrency;
+    o.pub_inflight = a.pub_inflight;
+    o.connect_timeout = secs("connect-timeout", a.connect_timeout)?;
+    o.drain_timeout = secs("drain-timeout", a.drain_timeout)?;
+    o.progress = !a.quiet;
+    Ok(o)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let (scenario, args) = match &cli.command {
+        Command::P2p(a) => (Scenario::P2p, a),
+        Command::Fanin(a) => (Scenario::Fanin, a),
+        Command::Fanout(a) => (Scenario::Fanout, a),
+        Command::Conns(a) => (Scenario::Conns, a),
+        Command::Latency(a) => (Scenario::Latency, a),
+    };
+    let opts = match options(scenario, args) {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("shardmq-loadtest: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let report = match run(&opts) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!(
+                "shardmq-loadtest: {} against {}: {e}",
+                scenario.name(),
+                opts.broker
+            );
+            return ExitCode::from(2);
+        }
+    };
+    print!("{}", report.table());
+    if let Some(path) = &args.json {
+        let json = serde_json::to_string_pretty(&report).expect("report serializes");
+        if let Err(e) = std::fs::write(path, json + "\n") {
+            eprintln!("shardmq-loadtest: writing {}: {e}", path.display());
+            return ExitCode::from(2);
+        }
+    }
+    for e in report.errors.iter().take(10) {
+        eprintln!("  note: {e}");
+    }
+    if report.ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
 }

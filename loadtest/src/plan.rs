@@ -1,0 +1,234 @@
+//! Which clients a scenario opens, what each one does, and which thread runs it.
+
+use serde::Serialize;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Scenario {
+    /// N publisher→subscriber pairs, one topic each.
+    P2p,
+    /// N publishers, each on its own topic, to wildcard subscribers (one by default).
+    Fanin,
+    /// P publishers (one by default) to N subscribers of one topic.
+    Fanout,
+    /// N idle connections, held for the duration.
+    Conns,
+    /// p2p at a fixed total rate.
+    Latency,
+}
+
+impl Scenario {
+    pub fn name(self) -> &'static str {
+        match self {
+            Scenario::P2p => "p2p",
+            Scenario::Fanin => "fanin",
+            Scenario::Fanout => "fanout",
+            Scenario::Conns => "conns",
+            Scenario::Latency => "latency",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub enum Role {
+    Publisher {
+        index: u32,
+        topic: String,
+    },
+    Subscriber {
+        index: u32,
+        filter: String,
+        /// The publishers this subscriber hears are `first_publisher..+publishers`.
+        first_publisher: u32,
+        publishers: u32,
+    },
+    Idle,
+}
+
+impl Role {
+    /// Publishers and subscribers reconnect when the broker drops them mid-run.
+    pub fn is_active(&self) -> bool {
+        !matches!(self, Role::Idle)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ClientSpec {
+    pub client_id: String,
+    pub role: Role,
+}
+
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub clients: Vec<ClientSpec>,
+    pub publishers: usize,
+    pub subscribers: usize,
+    /// Deliveries each publish should make.
+    pub fanout: u64,
+}
+
+/// Builds the clients for `scenario`. `n` is the scenario's `--clients`;
+/// `publishers`/`subscribers` override the secondary counts where they apply.
+pub fn build(
+    scenario: Scenario,
+    n: usize,
+    publishers: Option<usize>,
+    subscribers: Option<usize>,
+    topic_prefix: &str,
+    id_prefix: &str,
+) -> Result<Plan, String> {
+    if n == 0 {
+        return Err("--clients must be at least 1".into());
+    }
+    let publisher = |i: usize, topic: String| ClientSpec {
+        client_id: format!("{id_prefix}p{i}"),
+        role: Role::Publisher {
+            index: i as u32,
+            topic,
+        },
+    };
+    let subscriber = |i: usize, filter: String, first: usize, count: usize| ClientSpec {
+        client_id: format!("{id_prefix}s{i}"),
+        role: Role::Subscriber {
+            index: i as u32,
+            filter,
+            first_publisher: first as u32,
+            publishers: count as u32,
+        },
+    };
+    let mut clients = Vec::new();
+    let (pubs, subs, fanout) = match scenario {
+        Scenario::P2p | Scenario::Latency => {
+            if publishers.is_some_and(|p| p != n) || subscribers.is_some_and(|s| s != n) {
+                return Err(
+                    "p2p and latency have one publisher and one subscriber per pair".into(),
+                );
+            }
+            for i in 0..n {
+                let topic = format!("{topic_prefix}/p2p/{i}");
+                clients.push(subscriber(i, topic.clone(), i, 1));
+                clients.push(publisher(i, topic));
+            }
+            (n, n, 1)
+        }
+        Scenario::Fanin => {
+            if publishers.is_some_and(|p| p != n) {
+                return Err("fanin's publishers are --clients".into());
+            }
+            let subs = subscribers.unwrap_or(1).max(1);
+            for i in 0..subs {
+                clients.push(subscriber(i, format!("{topic_prefix}/in/+"), 0, n));
+            }
+            for i in 0..n {
+                clients.push(publisher(i, format!("{topic_prefix}/in/{i}")));
+            }
+            (n, subs, subs as u64)
+        }
+        Scenario::Fanout => {
+            if subscribers.is_some_and(|s| s != n) {
+                return Err("fanout's subscribers are --clients".into());
+            }
+            let pubs = publishers.unwrap_or(1).max(1);
+            let topic = format!("{topic_prefix}/out");
+            for i in 0..n {
+                clients.push(subscriber(i, topic.clone(), 0, pubs));
+            }
+            for i in 0..pubs {
+                clients.push(publisher(i, topic.clone()));
+            }
+            (pubs, n, n as u64)
+        }
+        Scenario::Conns => {
+            for i in 0..n {
+                clients.push(ClientSpec {
+                    client_id: format!("{id_prefix}c{i}"),
+                    role: Role::Idle,
+                });
+            }
+            (0, 0, 0)
+        }
+    };
+    Ok(Plan {
+        clients,
+        publishers: pubs,
+        subscribers: subs,
+        fanout,
+    })
+}
+
+/// Deals clients to `threads` threads, each role round-robin on its own, so every
+/// thread has a similar mix of publishers and subscribers.
+pub fn deal(clients: Vec<ClientSpec>, threads: usize) -> Vec<Vec<ClientSpec>> {
+    let mut out = vec![Vec::new(); threads.max(1)];
+    let len = out.len();
+    let mut next = [0usize; 3];
+    for c in clients {
+        let k = match c.role {
+            Role::Publisher { .. } => 0,
+            Role::Subscriber { .. } => 1,
+            Role::Idle => 2,
+        };
+        out[next[k] % len].push(c);
+        next[k] += 1;
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn count(plan: &Plan) -> (usize, usize) {
+        let p = plan
+            .clients
+            .iter()
+            .filter(|c| matches!(c.role, Role::Publisher { .. }))
+            .count();
+        let s = plan
+            .clients
+            .iter()
+            .filter(|c| matches!(c.role, Role::Subscriber { .. }))
+            .count();
+        (p, s)
+    }
+
+    #[test]
+    fn shapes() {
+        let p = build(Scenario::P2p, 16, None, None, "t", "x").unwrap();
+        assert_eq!((count(&p), p.fanout), ((16, 16), 1));
+        let p = build(Scenario::Fanin, 32, None, None, "t", "x").unwrap();
+        assert_eq!((count(&p), p.fanout), ((32, 1), 1));
+        let p = build(Scenario::Fanout, 100, Some(2), None, "t", "x").unwrap();
+        assert_eq!((count(&p), p.fanout), ((2, 100), 100));
+        let p = build(Scenario::Conns, 5, None, None, "t", "x").unwrap();
+        assert_eq!((count(&p), p.clients.len()), ((0, 0), 5));
+        assert!(build(Scenario::P2p, 0, None, None, "t", "x").is_err());
+    }
+
+    #[test]
+    fn client_ids_are_unique_and_short() {
+        let p = build(Scenario::Fanout, 1000, Some(3), None, "t", "lt1a2b3c-").unwrap();
+        let mut ids: Vec<_> = p.clients.iter().map(|c| c.client_id.clone()).collect();
+        assert!(ids.iter().all(|id| id.len() <= 23));
+        ids.sort();
+        ids.dedup();
+        assert_eq!(ids.len(), 1003);
+    }
+
+    #[test]
+    fn dealing_spreads_both_roles() {
+        let p = build(Scenario::P2p, 4, None, None, "t", "x").unwrap();
+        let dealt = deal(p.clients, 2);
+        for t in &dealt {
+            assert_eq!(
+                count(&Plan {
+                    clients: t.clone(),
+                    publishers: 0,
+                    subscribers: 0,
+                    fanout: 0
+                }),
+                (2, 2)
+            );
+        }
+    }
+}

@@ -1,0 +1,341 @@
+//! Every scenario, briefly, against shardmq (2 shards, in this process) and against
+//! Mosquitto (Debian's, started here on a free port), plus a run through a lossy
+//! path that the load generator must catch. Assertions are on counts, never on
+//! timings.
+
+use shardmq_loadtest::{run, Options, Pacing, RunReport, Scenario};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn shardmq() -> shardmq::Broker {
+    shardmq::Broker::builder()
+        .listen("127.0.0.1:0".parse().unwrap())
+        .shards(2)
+        .start()
+        .expect("broker starts")
+}
+
+/// Debian's mosquitto on a free loopback port, killed on drop.
+struct Mosquitto {
+    child: Child,
+    addr: SocketAddr,
+    _dir: TempDir,
+}
+
+struct TempDir(std::path::PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn mosquitto_binary() -> String {
+    for p in ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"] {
+        if std::path::Path::new(p).exists() {
+            return p.to_string();
+        }
+    }
+    panic!(
+        "mosquitto is not installed: `apt-get install mosquitto` (.ci/run installs it); \
+         these tests compare against it"
+    );
+}
+
+impl Mosquitto {
+    fn start() -> Mosquitto {
+        let bin = mosquitto_binary();
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let dir =
+            std::env::temp_dir().join(format!("loadtest-mosquitto-{}-{port}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let conf = dir.join("mosquitto.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n\
+                 max_queued_messages 100000\nset_tcp_nodelay true\nlog_dest none\n"
+            ),
+        )
+        .unwrap();
+        let child = Command::new(bin)
+            .arg("-c")
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("mosquitto starts");
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(addr).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "mosquitto did not open port {port}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Mosquitto {
+            child,
+            addr,
+            _dir: TempDir(dir),
+        }
+    }
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn opts(scenario: Scenario, broker: SocketAddr, clients: usize, qos: u8) -> Options {
+    let mut o = Options::new(scenario, broker, clients);
+    o.pub_qos = qos;
+    o.sub_qos = qos;
+    o.duration = Duration::from_millis(1000);
+    o.warmup = Duration::from_millis(200);
+    o.threads = 2;
+    o
+}
+
+/// A run that must pass and must have moved real traffic.
+fn check_active(r: &RunReport, what: &str) {
+    assert!(r.ok, "{what}: {}\n{:?}", r.table(), r.errors);
+    assert!(r.published_total > 0, "{what}: nothing published");
+    assert!(r.delivered > 0, "{what}: nothing delivered in the window");
+    assert!(r.latency_us.is_some(), "{what}: no latency samples");
+    assert_eq!(r.expected_total, r.published_total * r.fanout, "{what}");
+    assert_eq!(
+        (r.misrouted, r.disconnects, r.protocol_errors),
+        (0, 0, 0),
+        "{what}"
+    );
+    if r.effective_qos >= 1 {
+        assert_eq!(r.lost, 0, "{what}");
+        assert_eq!(r.delivered_total, r.expected_total, "{what}: {}", r.table());
+    }
+}
+
+/// Every scenario against one broker.
+fn all_scenarios(broker: SocketAddr, pid: Option<u32>, name: &str) {
+    let with_pid = |mut o: Options| {
+        o.broker_pid = pid;
+        o.broker_name = Some(name.to_string());
+        o
+    };
+    for qos in [0, 1, 2] {
+        let r = run(&with_pid(opts(Scenario::P2p, broker, 4, qos))).expect("p2p runs");
+        check_active(&r, &format!("{name} p2p qos {qos}"));
+        assert_eq!((r.publishers, r.subscribers, r.effective_qos), (4, 4, qos));
+    }
+    let r = run(&with_pid(opts(Scenario::Fanin, broker, 8, 1))).expect("fanin runs");
+    check_active(&r, &format!("{name} fanin"));
+    assert_eq!((r.publishers, r.subscribers, r.fanout), (8, 1, 1));
+
+    let mut o = with_pid(opts(Scenario::Fanout, broker, 20, 1));
+    o.publishers = Some(2);
+    let r = run(&o).expect("fanout runs");
+    check_active(&r, &format!("{name} fanout"));
+    assert_eq!((r.publishers, r.subscribers, r.fanout), (2, 20, 20));
+
+    let mut o = with_pid(opts(Scenario::Latency, broker, 4, 0));
+    o.pacing = Some(Pacing::Rate(2000.0));
+    let r = run(&o).expect("latency runs");
+    check_active(&r, &format!("{name} latency"));
+    // About 2000 msgs/s over about a second: the pacing is followed, loosely (the
+    // bound is on counts; a slow machine only makes it smaller).
+    assert!(r.published_total <= 2000 * 3, "{}", r.table());
+
+    let r = run(&with_pid(opts(Scenario::Conns, broker, 300, 0))).expect("conns runs");
+    assert!(r.ok, "{}", r.table());
+    let c = r.conns.as_ref().expect("conns section");
+    assert_eq!((c.connected, c.failed), (300, 0));
+    assert_eq!(r.published_total, 0);
+
+    if pid.is_some() {
+        let b = r.broker_process.as_ref().expect("broker process figures");
+        assert!(b.rss_bytes > 0);
+        assert!(c.rss_per_conn_bytes.is_some());
+    }
+}
+
+#[test]
+fn every_scenario_against_shardmq() {
+    let broker = shardmq();
+    all_scenarios(broker.local_addr(), None, "shardmq");
+    // Every client said DISCONNECT and closed; the broker notices within moments.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let stats = broker.stats().total();
+        if stats.connections == 0 && stats.sessions == 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "clients left behind: {stats:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn every_scenario_against_mosquitto() {
+    let m = Mosquitto::start();
+    all_scenarios(m.addr, Some(m.child.id()), "mosquitto");
+}
+
+#[test]
+fn an_unreachable_broker_is_a_setup_error() {
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let o = opts(
+        Scenario::P2p,
+        format!("127.0.0.1:{port}").parse().unwrap(),
+        2,
+        0,
+    );
+    let e = run(&o).expect_err("nothing listens there");
+    assert!(e.contains("refused"), "{e}");
+}
+
+#[test]
+fn bad_options_are_refused() {
+    let addr: SocketAddr = "127.0.0.1:1".parse().unwrap();
+    let mut o = opts(Scenario::P2p, addr, 2, 0);
+    o.payload = 8;
+    assert!(run(&o).unwrap_err().contains("payload"));
+    let o = opts(Scenario::Latency, addr, 2, 0);
+    assert!(run(&o).unwrap_err().contains("--rate"));
+}
+
+/// Raw MQTT CONNECT (clean session) for `client_id`, waiting for CONNACK.
+fn connect_raw(addr: SocketAddr, client_id: &str) -> TcpStream {
+    let mut s = TcpStream::connect(addr).unwrap();
+    let mut p = vec![0x10, (12 + client_id.len()) as u8, 0, 4];
+    p.extend_from_slice(b"MQTT");
+    p.extend_from_slice(&[4, 2, 0, 60]);
+    p.extend_from_slice(&(client_id.len() as u16).to_be_bytes());
+    p.extend_from_slice(client_id.as_bytes());
+    s.write_all(&p).unwrap();
+    let mut ack = [0u8; 4];
+    s.read_exact(&mut ack).unwrap();
+    assert_eq!(ack, [0x20, 2, 0, 0]);
+    s
+}
+
+/// A QoS 1 run whose subscriber is taken over mid-run by another clean-session
+/// client with its id: the messages published while it reconnects are lost, and the
+/// load generator must say so and exit non-zero.
+#[test]
+fn a_subscriber_kicked_mid_run_shows_up_as_loss() {
+    let broker = shardmq();
+    let addr = broker.local_addr();
+    let dir = std::env::temp_dir().join(format!("loadtest-lossy-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let _cleanup = TempDir(dir.clone());
+    let json = dir.join("lossy.json");
+    let child = Command::new(env!("CARGO_BIN_EXE_shardmq-loadtest"))
+        .args([
+            "p2p",
+            "--broker",
+            &addr.to_string(),
+            "--clients",
+            "1",
+            "--qos",
+            "1",
+        ])
+        .args([
+            "--duration",
+            "3",
+            "--warmup",
+            "0.5",
+            "--rate",
+            "5000",
+            "--quiet",
+        ])
+        .args(["--client-id-prefix", "lossy-", "--json"])
+        .arg(&json)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("loadtest starts");
+    // Wait until the run is publishing, then take the subscriber's id.
+    std::thread::sleep(Duration::from_millis(1500));
+    let interloper = connect_raw(addr, "lossy-s0");
+    drop(interloper);
+    let out = child.wait_with_output().expect("loadtest exits");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "a QoS 1 loss fails the run:\n{stdout}"
+    );
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    assert_eq!(v["ok"], false, "{v}");
+    assert!(v["lost"].as_u64().unwrap() > 0, "{v}");
+    assert!(v["disconnects"].as_u64().unwrap() >= 1, "{v}");
+    assert!(
+        v["failures"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f.as_str().unwrap().contains("lost")),
+        "{v}"
+    );
+    assert!(stdout.contains("FAILED"), "{stdout}");
+}
+
+/// The command line and its JSON, end to end, on a clean run.
+#[test]
+fn the_binary_writes_its_json() {
+    let broker = shardmq();
+    let dir = std::env::temp_dir().join(format!("loadtest-json-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let _cleanup = TempDir(dir.clone());
+    let json = dir.join("run.json");
+    let out = Command::new(env!("CARGO_BIN_EXE_shardmq-loadtest"))
+        .args([
+            "fanout",
+            "--broker",
+            &broker.local_addr().to_string(),
+            "--clients",
+            "10",
+        ])
+        .args([
+            "--qos",
+            "1",
+            "--duration",
+            "1",
+            "--warmup",
+            "0.2",
+            "--quiet",
+        ])
+        .args(["--label", "fo-test", "--broker-name", "shardmq", "--json"])
+        .arg(&json)
+        .output()
+        .expect("loadtest runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    assert_eq!(v["version"], 1);
+    assert_eq!(v["scenario"], "fanout");
+    assert_eq!(v["label"], "fo-test");
+    assert_eq!(v["broker_name"], "shardmq");
+    assert_eq!(v["fanout"], 10);
+    assert_eq!(v["pacing"]["mode"], "window");
+    assert_eq!(v["lost"], 0);
+    assert!(v["delivered_per_s"].as_f64().unwrap() > 0.0);
+    assert!(v["latency_us"]["p99"].as_f64().unwrap() > 0.0);
+    assert!(v["loadtest"]["cpu_s"].is_number());
+    assert!(stdout.contains("delivered"), "{stdout}");
+}
