@@ -90,11 +90,12 @@ struct RunArgs {
     /// Keep-alive sent in CONNECT; PINGREQ goes out at half of it when idle.
     #[arg(long, value_name = "SECS", default_value_t = 60)]
     keepalive: u16,
-    /// Spread connections over 127.0.0.1..=127.0.0.N (default: automatic past 25 k).
+    /// Spread connections over 127.0.0.1..=127.0.0.N (default: one address per
+    /// 2000 connections to a loopback broker).
     #[arg(long, value_name = "N", default_value_t = 0)]
     source_ips: usize,
     /// Connection handshakes in progress at once, per thread.
-    #[arg(long, value_name = "N", default_value_t = 256)]
+    #[arg(long, value_name = "N", default_value_t = 16)]
     connect_concurrency: usize,
     /// QoS 1/2 publishes awaiting acknowledgement, per publisher
     /// (default: 1024 at QoS 1, 20 at QoS 2).
