@@ -28,6 +28,14 @@ pub mod session;
 mod shard;
 pub mod topic;
 
+/// Internals the criterion benches drive directly (the cross-shard hand-off); not a
+/// stable API.
+#[doc(hidden)]
+pub mod bench_support {
+    pub use crate::shard::mesh::{Batch, MeshMsg, Outbox};
+    pub use crate::shard::Backpressure;
+}
+
 pub use auth::{AllowAll, Authenticator};
 pub use config::{Config, ConfigError};
 pub use shard::home_shard;
