@@ -8,6 +8,7 @@
 pub mod mqtt;
 pub mod plan;
 pub mod procfs;
+pub mod report;
 pub mod run;
 pub mod track;
 mod worker;

@@ -26,6 +26,9 @@ enum Command {
     Conns(RunArgs),
     /// p2p at a fixed total rate (--rate is required).
     Latency(RunArgs),
+    /// Compare runs (their --json files): a table per scenario and broker, the
+    /// reference broker's ratio to the best peer, and an SVG chart.
+    Report(shardmq_loadtest::report::ReportArgs),
 }
 
 #[derive(Args)]
@@ -169,6 +172,15 @@ fn main() -> ExitCode {
         Command::Fanout(a) => (Scenario::Fanout, a),
         Command::Conns(a) => (Scenario::Conns, a),
         Command::Latency(a) => (Scenario::Latency, a),
+        Command::Report(a) => {
+            return match shardmq_loadtest::report::run(a) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("shardmq-loadtest report: {e}");
+                    ExitCode::from(2)
+                }
+            };
+        }
     };
     let opts = match options(scenario, args) {
         Ok(o) => o,

@@ -1,0 +1,391 @@
+#!/usr/bin/env bash
+# Compares shardmq with mosquitto and rumqttd on this machine. Installs what is missing,
+# builds the workspace, then for each broker in turn: starts it on its own loopback
+# port, runs the loadtest scenario set against that one process (so its memory at the
+# end of the set counts), and stops it. Writes one JSON file per run, a comparison
+# table (plain and Markdown), an SVG chart and a JSON summary under
+# bench-results/<run-id>/, and points bench-results/latest there.
+# Usage: scripts/bench-peers.sh [options]   (--help lists them)
+set -euo pipefail
+cd "$(dirname "$(readlink -f "$0")")/.."
+
+RUMQTTD_VERSION=0.20.0
+RUMQTTD_ROOT=${RUMQTTD_ROOT:-${CARGO_HOME:-$HOME/.cargo}}
+ALL_BROKERS="shardmq mosquitto rumqttd"
+# conns-50k runs first, on a broker that has not yet held a load: an allocator keeps
+# what it has freed, so the RSS-per-connection figure is only meaningful there.
+ALL_LABELS="conns-50k p2p-16-q0 p2p-16-q1 fanin-32-q0 fanout-100-q0 fanout-1000-q0 latency-50k"
+# Descriptors the load generator keeps for itself besides its connections.
+FD_MARGIN=1000
+
+usage() {
+    cat <<EOF
+Usage: scripts/bench-peers.sh [options]
+
+  --duration S      measured seconds per scenario (default 10)
+  --warmup S        seconds of load before measuring (default 2)
+  --payload BYTES   payload size (default 64)
+  --brokers "A B"   brokers to run, in order (default "$ALL_BROKERS")
+  --only L[,L]      scenario labels to run (default all: $ALL_LABELS)
+  --quick           duration 3, warmup 1, conns-50k capped at 5000 connections
+  --shards N        shardmq shards (default 0: one per CPU)
+  --port-base P     loopback ports: shardmq P, mosquitto P+1, rumqttd P+2
+                    (default 18831)
+  --no-build        use the binaries already in target/release
+  --dry-run         install, build, start and stop each broker, but print the
+                    loadtest commands instead of running them
+  -h, --help        this text
+
+rumqttd $RUMQTTD_VERSION is installed with cargo into \$RUMQTTD_ROOT/bin (now $RUMQTTD_ROOT/bin).
+EOF
+}
+
+command_line="scripts/bench-peers.sh $*"
+opt_duration="" opt_warmup="" payload=64 brokers=$ALL_BROKERS only="" quick=0 shards=0
+build=1 dry_run=0 port_base=18831
+while [ $# -gt 0 ]; do
+    case $1 in
+        --duration) opt_duration=$2; shift 2 ;;
+        --warmup) opt_warmup=$2; shift 2 ;;
+        --payload) payload=$2; shift 2 ;;
+        --brokers) brokers=$2; shift 2 ;;
+        --only) only=$2; shift 2 ;;
+        --quick) quick=1; shift ;;
+        --shards) shards=$2; shift 2 ;;
+        --port-base) port_base=$2; shift 2 ;;
+        --no-build) build=0; shift ;;
+        --dry-run) dry_run=1; shift ;;
+        -h | --help) usage; exit 0 ;;
+        *) echo "bench-peers: unknown option $1" >&2; usage >&2; exit 2 ;;
+    esac
+done
+if [ "$quick" = 1 ]; then
+    duration=${opt_duration:-3} warmup=${opt_warmup:-1} conns_wanted=5000
+else
+    duration=${opt_duration:-10} warmup=${opt_warmup:-2} conns_wanted=50000
+fi
+# scripts/peers/ holds the configs with the default ports; each run gets a copy with
+# the ports of this run.
+declare -A PORT=([shardmq]=$port_base [mosquitto]=$((port_base + 1)) [rumqttd]=$((port_base + 2)))
+for b in $brokers; do
+    [ -n "${PORT[$b]:-}" ] || { echo "bench-peers: unknown broker $b (known: $ALL_BROKERS)" >&2; exit 2; }
+done
+labels=$ALL_LABELS
+if [ -n "$only" ]; then
+    for l in ${only//,/ }; do
+        [[ " $ALL_LABELS " == *" $l "* ]] || { echo "bench-peers: unknown label $l (known: $ALL_LABELS)" >&2; exit 2; }
+    done
+    # In suite order, whatever the order given.
+    labels=""
+    for l in $ALL_LABELS; do
+        if [[ ",$only," == *",$l,"* ]]; then labels="$labels $l"; fi
+    done
+fi
+has_broker() { [[ " $brokers " == *" $1 "* ]]; }
+
+# Prints a command, then runs it.
+run() {
+    echo "+ $*"
+    "$@"
+}
+
+as_root() {
+    if [ "$(id -u)" -eq 0 ]; then run "$@"; else run sudo "$@"; fi
+}
+
+# --- 1. Install -------------------------------------------------------------------
+
+# Debian keeps mosquitto in /usr/sbin, which is not on a normal user's PATH.
+mosquitto_bin=$(command -v mosquitto || echo /usr/sbin/mosquitto)
+
+# The packaged service, when something started it: Debian starts it on install.
+stop_system_mosquitto() {
+    local pidfile=/run/mosquitto/mosquitto.pid pid
+    if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet mosquitto 2>/dev/null; then
+        as_root systemctl stop mosquitto || true
+    elif [ -x /etc/init.d/mosquitto ] && [ -s "$pidfile" ]; then
+        as_root /etc/init.d/mosquitto stop || true
+    fi
+    # Started some other way, or the service manager would not stop it.
+    if [ -s "$pidfile" ] && pid=$(cat "$pidfile") && kill -0 "$pid" 2>/dev/null; then
+        as_root kill "$pid" || true
+        for _ in $(seq 50); do
+            kill -0 "$pid" 2>/dev/null || break
+            sleep 0.1
+        done
+    fi
+}
+
+if has_broker mosquitto && [ ! -x "$mosquitto_bin" ]; then
+    export DEBIAN_FRONTEND=noninteractive
+    as_root apt-get update -q
+    as_root apt-get install -y --no-install-recommends mosquitto
+    mosquitto_bin=$(command -v mosquitto || echo /usr/sbin/mosquitto)
+    # This script runs its own mosquitto on its own port and wants no second one
+    # competing for the CPU.
+    stop_system_mosquitto
+fi
+
+rumqttd_bin=$RUMQTTD_ROOT/bin/rumqttd
+if has_broker rumqttd && ! { [ -x "$rumqttd_bin" ] && [ "$("$rumqttd_bin" --version 2>/dev/null)" = "rumqttd $RUMQTTD_VERSION" ]; }; then
+    # Not --locked: the Cargo.lock that rumqttd 0.20.0 ships pins metrics 0.22.1, which
+    # current compilers reject (E0521); the newest compatible versions build.
+    run cargo install rumqttd --version "=$RUMQTTD_VERSION" --root "$RUMQTTD_ROOT"
+fi
+
+# --- 2. Build ---------------------------------------------------------------------
+
+if [ "$build" = 1 ]; then
+    run cargo build --release --workspace
+fi
+for bin in target/release/shardmq target/release/shardmq-loadtest; do
+    if [ ! -x "$bin" ]; then
+        if [ "$bin" = target/release/shardmq-loadtest ] && [ "$dry_run" = 1 ]; then
+            echo "bench-peers: $bin is missing; fine for --dry-run"
+        elif [ "$bin" = target/release/shardmq ] && ! has_broker shardmq; then
+            :
+        else
+            echo "bench-peers: $bin is missing" >&2
+            exit 1
+        fi
+    fi
+done
+
+# --- 3. Descriptors ---------------------------------------------------------------
+
+hard=$(ulimit -Hn)
+if [ "$hard" = unlimited ]; then
+    run ulimit -n 1048576 2>/dev/null || true
+else
+    run ulimit -n "$hard"
+fi
+nofile=$(ulimit -n)
+conns=$conns_wanted
+if [ "$nofile" != unlimited ] && [ $((nofile - FD_MARGIN)) -lt "$conns" ]; then
+    conns=$((nofile - FD_MARGIN))
+    if [[ " $labels " == *" conns-50k "* ]]; then
+        echo "bench-peers: conns-50k opens $conns connections, not $conns_wanted: the open-files" \
+            "limit is $nofile (hard limit $hard) and the load generator keeps $FD_MARGIN for itself"
+    fi
+fi
+read -r port_lo port_hi </proc/sys/net/ipv4/ip_local_port_range
+if [[ " $labels " == *" conns-50k "* ]] && [ "$conns" -gt $((port_hi - port_lo + 1)) ]; then
+    echo "bench-peers: warning: $conns connections from one source address exceed the" \
+        "$((port_hi - port_lo + 1)) ephemeral ports ($port_lo-$port_hi)"
+fi
+
+# --- 4. Brokers and scenarios ------------------------------------------------------
+
+run_id=$(date +%Y%m%d-%H%M%S)
+if [ "$dry_run" = 1 ]; then run_id=$run_id-dry-run; fi
+run_dir=bench-results/$run_id
+mkdir -p "$run_dir"
+echo "bench-peers: results in $run_dir"
+{
+    echo "command: $command_line"
+    echo "git: $(git rev-parse --short HEAD 2>/dev/null || echo -)$(git diff --quiet 2>/dev/null || echo ' (modified)')"
+    echo "kernel: $(uname -sr)"
+    echo "cpus: $(nproc)"
+    echo "open files: $nofile"
+    echo "duration: $duration warmup: $warmup payload: $payload conns: $conns shards: $shards"
+    if has_broker mosquitto; then echo "mosquitto: $("$mosquitto_bin" -h 2>&1 | head -n 1)"; fi
+    if has_broker rumqttd; then echo "rumqttd: $("$rumqttd_bin" --version 2>&1)"; fi
+} >"$run_dir/meta.txt"
+
+# The loadtest arguments of a scenario label.
+scenario_args() {
+    case $1 in
+        p2p-16-q0) echo "p2p --clients 16 --qos 0" ;;
+        p2p-16-q1) echo "p2p --clients 16 --qos 1" ;;
+        fanin-32-q0) echo "fanin --clients 32 --qos 0" ;;
+        fanout-100-q0) echo "fanout --clients 100 --publishers 1 --qos 0" ;;
+        fanout-1000-q0) echo "fanout --clients 1000 --publishers 1 --qos 0" ;;
+        latency-50k) echo "latency --clients 16 --rate 50000 --qos 0" ;;
+        conns-50k) echo "conns --clients $conns" ;;
+    esac
+}
+
+port_accepts() {
+    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
+}
+
+broker_pid=""
+
+# Running, not merely unreaped: kill -0 succeeds on a broker that crashed and is a
+# zombie until this script waits for it.
+alive() {
+    local stat
+    stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
+    stat=${stat##*) }
+    [ "${stat%% *}" != Z ]
+}
+
+# Starts broker $1 in the background and sets broker_pid once its port accepts an MQTT
+# connection. Returns non-zero (with the broker stopped) if it does not.
+start_broker() {
+    local name=$1 port=${PORT[$1]} log=$run_dir/$1.log
+    local -a cmd
+    if port_accepts "$port" && [ -s /run/mosquitto/mosquitto.pid ] &&
+        ss -ltnp "sport = :$port" 2>/dev/null | grep -q "pid=$(cat /run/mosquitto/mosquitto.pid),"; then
+        echo "bench-peers: the system's mosquitto service holds port $port; stopping it"
+        stop_system_mosquitto
+        sleep 1
+    fi
+    if port_accepts "$port"; then
+        echo "bench-peers: port $port, wanted by $name, is already taken:" >&2
+        ss -ltnp "sport = :$port" >&2 2>/dev/null || true
+        return 1
+    fi
+    case $name in
+        shardmq)
+            # Queues as deep as mosquitto's max_queued_messages; the byte bound is
+            # above what 100000 small messages take, so the count binds first.
+            cmd=(target/release/shardmq --listen "127.0.0.1:$port" --shards "$shards"
+                --max-queued-messages 100000 --max-queued-bytes 16777216) ;;
+        mosquitto)
+            sed -E "s/^listener [0-9]+ 127\.0\.0\.1\$/listener $port 127.0.0.1/" \
+                scripts/peers/mosquitto.conf >"$run_dir/mosquitto.conf"
+            grep -qx "listener $port 127.0.0.1" "$run_dir/mosquitto.conf" || {
+                echo "bench-peers: no 'listener PORT 127.0.0.1' line in scripts/peers/mosquitto.conf" >&2
+                return 1
+            }
+            cmd=("$mosquitto_bin" -c "$run_dir/mosquitto.conf") ;;
+        rumqttd)
+            sed -E "s/^listen = \"127\.0\.0\.1:[0-9]+\"\$/listen = \"127.0.0.1:$port\"/" \
+                scripts/peers/rumqttd.toml >"$run_dir/rumqttd.toml"
+            grep -qx "listen = \"127.0.0.1:$port\"" "$run_dir/rumqttd.toml" || {
+                echo "bench-peers: no 'listen = \"127.0.0.1:PORT\"' line in scripts/peers/rumqttd.toml" >&2
+                return 1
+            }
+            cmd=("$rumqttd_bin" --quiet --config "$run_dir/rumqttd.toml") ;;
+    esac
+    # NO_COLOR: plain logs, without terminal colour codes.
+    echo "+ NO_COLOR=1 ${cmd[*]} >>$log 2>&1 &"
+    NO_COLOR=1 "${cmd[@]}" >>"$log" 2>&1 &
+    broker_pid=$!
+    local up=0
+    for _ in $(seq 100); do
+        if ! alive "$broker_pid"; then
+            echo "bench-peers: $name exited at start; its log ($log):" >&2
+            tail -n 20 "$log" >&2
+            wait "$broker_pid" 2>/dev/null || true
+            broker_pid=""
+            return 1
+        fi
+        if port_accepts "$port"; then up=1; break; fi
+        sleep 0.1
+    done
+    if [ "$up" = 0 ]; then
+        echo "bench-peers: $name does not accept on port $port after 10 s" >&2
+        stop_broker
+        return 1
+    fi
+    # An MQTT round trip, not only a TCP accept, when Debian's clients are here.
+    if command -v mosquitto_pub >/dev/null 2>&1; then
+        if ! run timeout 10 mosquitto_pub -h 127.0.0.1 -p "$port" -V mqttv311 -q 1 \
+            -i bench-peers-probe -t bench-peers/probe -m probe; then
+            echo "bench-peers: $name accepts on port $port but does not answer MQTT" >&2
+            stop_broker
+            return 1
+        fi
+    fi
+    echo "bench-peers: $name is up, pid $broker_pid, port $port"
+}
+
+# SIGTERM, up to 10 s to exit, then SIGKILL.
+stop_broker() {
+    [ -n "$broker_pid" ] || return 0
+    local pid=$broker_pid
+    broker_pid=""
+    echo "+ kill -TERM $pid"
+    kill -TERM "$pid" 2>/dev/null || true
+    for _ in $(seq 100); do
+        alive "$pid" || break
+        sleep 0.1
+    done
+    if alive "$pid"; then
+        echo "+ kill -KILL $pid   # still running 10 s after SIGTERM"
+        kill -KILL "$pid" 2>/dev/null || true
+    fi
+    wait "$pid" 2>/dev/null || true
+}
+
+trap stop_broker EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+failures=()
+for name in $brokers; do
+    echo
+    echo "=== $name ==="
+    if ! start_broker "$name"; then
+        failures+=("$name: did not start")
+        continue
+    fi
+    for label in $labels; do
+        if [ -z "$broker_pid" ] || ! alive "$broker_pid"; then
+            # It died in the previous scenario; the rest still get a broker, though its
+            # end-of-set memory no longer covers the whole set.
+            failures+=("$name: exited before $label")
+            echo "bench-peers: $name is gone; starting it again" >&2
+            wait "$broker_pid" 2>/dev/null || true
+            broker_pid=""
+            start_broker "$name" || { failures+=("$name: did not restart"); break; }
+        fi
+        # shellcheck disable=SC2207 # the arguments are plain words
+        args=($(scenario_args "$label"))
+        # Bounded even if the generator hangs: warmup + duration + 2 minutes.
+        # --foreground keeps it in this script's process group, so Ctrl-C reaches it.
+        limit=$(awk -v d="$duration" -v w="$warmup" 'BEGIN { printf "%d", d + w + 120 }')
+        cmd=(timeout --foreground --signal=INT --kill-after=10 "$limit"
+            target/release/shardmq-loadtest "${args[@]}" --broker "127.0.0.1:${PORT[$name]}"
+            --payload "$payload" --duration "$duration" --warmup "$warmup"
+            --broker-pid "$broker_pid" --broker-name "$name" --label "$label"
+            --json "$run_dir/$name-$label.json")
+        echo
+        echo "+ ${cmd[*]}"
+        [ "$dry_run" = 1 ] && continue
+        rc=0
+        { "${cmd[@]}" 2>&1 | tee "$run_dir/$name-$label.log"; } || rc=$?
+        if [ "$rc" != 0 ]; then
+            failures+=("$name $label: exit $rc")
+            echo "bench-peers: $name $label failed (exit $rc); going on" >&2
+        fi
+    done
+    stop_broker
+done
+
+# --- 5. Report --------------------------------------------------------------------
+
+echo
+files=()
+for label in $labels; do
+    for name in $brokers; do
+        f=$run_dir/$name-$label.json
+        if [ -s "$f" ]; then files+=("$f"); fi
+    done
+done
+report=(target/release/shardmq-loadtest report --reference shardmq)
+if [ "$dry_run" = 1 ]; then
+    echo "+ ${report[*]} --svg $run_dir/chart.svg --json $run_dir/summary.json $run_dir/<broker>-<label>.json ... | tee $run_dir/table.txt"
+    echo "+ ${report[*]} --markdown $run_dir/<broker>-<label>.json ... >$run_dir/table.md"
+elif [ ${#files[@]} -eq 0 ]; then
+    echo "bench-peers: no results to report" >&2
+else
+    echo "+ ${report[*]} --svg $run_dir/chart.svg --json $run_dir/summary.json ${files[*]} | tee $run_dir/table.txt"
+    rc=0
+    { "${report[@]}" --svg "$run_dir/chart.svg" --json "$run_dir/summary.json" "${files[@]}" |
+        tee "$run_dir/table.txt"; } || rc=$?
+    [ "$rc" = 0 ] || failures+=("report: exit $rc")
+    echo "+ ${report[*]} --markdown ${files[*]} >$run_dir/table.md"
+    "${report[@]}" --markdown "${files[@]}" >"$run_dir/table.md" || failures+=("report --markdown: exit $?")
+    run ln -sfn "$run_id" bench-results/latest
+fi
+
+echo
+if [ ${#failures[@]} -gt 0 ]; then
+    echo "bench-peers: ${#failures[@]} failure(s):" >&2
+    printf '  %s\n' "${failures[@]}" >&2
+    exit 1
+fi
+echo "bench-peers: done; results in $run_dir"
