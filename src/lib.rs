@@ -49,6 +49,43 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+/// Thread names of shard executors start with this.
+const SHARD_THREAD_PREFIX: &str = "shardmq-";
+
+/// A panic on a shard thread aborts the whole process, after logging it.
+///
+/// A shard owns its sessions, its part of the routing state and its share of the
+/// connections. A shard that died and left the others running would make its clients
+/// hang, and their messages would vanish while the broker still looked alive. So a
+/// panic anywhere in a shard (a bug: client input never panics) logs an error with
+/// the shard, the message and the location, lets the previous hook print its report,
+/// and aborts, so that a supervisor restarts the broker. Panics on other threads (an
+/// embedding application's) go to the previous hook unchanged. Installed once per
+/// process, by the first `Broker::start`.
+fn abort_on_shard_panic() {
+    static INSTALL: std::sync::Once = std::sync::Once::new();
+    INSTALL.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let thread = std::thread::current();
+            let name = thread.name().unwrap_or("");
+            if !name.starts_with(SHARD_THREAD_PREFIX) {
+                return previous(info);
+            }
+            let msg = info
+                .payload()
+                .downcast_ref::<&str>()
+                .copied()
+                .or_else(|| info.payload().downcast_ref::<String>().map(String::as_str))
+                .unwrap_or("(no message)");
+            let location = info.location().map(|l| l.to_string()).unwrap_or_default();
+            tracing::error!(shard = name, %location, "panic in a shard, aborting: {msg}");
+            previous(info);
+            std::process::abort();
+        }));
+    });
+}
+
 /// Memory glommio reserves per executor for storage I/O; the broker does none.
 const IO_MEMORY: usize = 512 * 1024;
 
@@ -176,6 +213,7 @@ impl Broker {
 
     fn start_with(config: Config, auth: Arc<dyn Authenticator>) -> Result<Broker, StartError> {
         config.validate()?;
+        abort_on_shard_panic();
         let n = config.shard_count();
         let shared = Arc::new(Shared {
             config: Arc::new(config),
@@ -212,7 +250,7 @@ impl Broker {
                 _ => Placement::Unbound,
             };
             let spawned = LocalExecutorBuilder::new(placement)
-                .name(&format!("shardmq-{i}"))
+                .name(&format!("{SHARD_THREAD_PREFIX}{i}"))
                 .io_memory(IO_MEMORY)
                 .spawn(move || shard::run(init));
             let handle = match spawned {

@@ -196,7 +196,15 @@ impl Session {
         self.writable = true;
         self.keep_alive = keep_alive;
         self.last_activity = Some(now);
-        self.will = will;
+        // Held for the whole connection: not as a slice of the CONNECT's buffer.
+        self.will = will.map(|w| {
+            let (topic, payload) = crate::message::compact_parts(&w.topic, &w.payload);
+            LastWill {
+                topic,
+                payload,
+                ..w
+            }
+        });
         for (pkid, stage) in self.inflight.iter() {
             out.packets.push(match stage {
                 Stage::Published(msg) => publish_packet(msg, pkid, true),

@@ -92,6 +92,13 @@ impl Queue {
                 }
             }
         }
+        // QoS 1/2 messages were compacted when published (see `Shard::publish_from_client`);
+        // a QoS 0 one may still be a slice of a read buffer.
+        let msg = if msg.qos == QoS::AtMostOnce {
+            msg.compact()
+        } else {
+            msg
+        };
         let seq = self.next_seq;
         self.next_seq += 1;
         self.bytes += size;

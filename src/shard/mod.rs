@@ -574,8 +574,15 @@ impl Shard {
 
     /// A message published by one of this shard's clients (or a will): retained
     /// store, local subscribers, then every shard with matching interest.
-    pub fn publish_from_client(&mut self, mut msg: Message) {
+    pub fn publish_from_client(&mut self, msg: Message) {
         self.stats.publishes_received += 1;
+        // A QoS 1/2 message is stored by every session it reaches until acknowledged;
+        // copy it out of the read buffer once here rather than pin the buffer there.
+        let mut msg = if msg.qos == QoS::AtMostOnce {
+            msg
+        } else {
+            msg.compact()
+        };
         if msg.retain {
             match self.retained.local_update(&msg) {
                 LocalUpdate::Applied(version) => {
