@@ -11,7 +11,9 @@
 //! compacted when they outnumber the live slots, so the memory stays O(window) and the
 //! work amortised O(1) per ack.
 
+use super::queue::cost;
 use crate::message::Message;
+use crate::protocol::QoS;
 use std::collections::{HashMap, VecDeque};
 
 /// Where one outgoing QoS 1/2 flow stands.
@@ -45,6 +47,8 @@ pub(crate) struct Inflight {
     next_seq: u64,
     next_pkid: u16,
     tombstones: usize,
+    /// Topic + payload bytes of the messages held (flows not yet released).
+    bytes: usize,
 }
 
 impl Inflight {
@@ -55,12 +59,18 @@ impl Inflight {
             next_seq: 0,
             next_pkid: 1,
             tombstones: 0,
+            bytes: 0,
         }
     }
 
     /// Number of flows in flight (awaiting PUBACK, PUBREC or PUBCOMP).
     pub(crate) fn len(&self) -> usize {
         self.index.len()
+    }
+
+    /// Topic + payload bytes of the messages held for resending.
+    pub(crate) fn bytes(&self) -> usize {
+        self.bytes
     }
 
     /// The next free packet id, cycling through 1..=65535 and skipping ids still in
@@ -85,6 +95,7 @@ impl Inflight {
         }
         let seq = self.next_seq;
         self.next_seq += 1;
+        self.bytes += cost(&msg);
         self.index.insert(pkid, seq);
         self.slots.push_back(Slot {
             seq,
@@ -111,10 +122,31 @@ impl Inflight {
         self.slots.get_mut(i)?.stage.as_mut()
     }
 
+    /// PUBREC arrived for the QoS 2 flow using `pkid`: the message is no longer
+    /// needed, only the PUBREL stage. False if the flow is not a published QoS 2 one.
+    pub(crate) fn release(&mut self, pkid: u16) -> bool {
+        let Some(stage) = self.get_mut(pkid) else {
+            return false;
+        };
+        let Stage::Published(m) = stage else {
+            return false;
+        };
+        if m.qos != QoS::ExactlyOnce {
+            return false;
+        }
+        let c = cost(m);
+        *stage = Stage::Released;
+        self.bytes -= c;
+        true
+    }
+
     /// Completes the flow using `pkid`, freeing the id and its window slot.
     pub(crate) fn remove(&mut self, pkid: u16) -> Option<Stage> {
         let i = self.position(pkid)?;
         let stage = self.slots.get_mut(i)?.stage.take()?;
+        if let Stage::Published(m) = &stage {
+            self.bytes -= cost(m);
+        }
         self.index.remove(&pkid);
         self.tombstones += 1;
         while self.slots.front().is_some_and(|s| s.stage.is_none()) {

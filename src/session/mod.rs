@@ -102,6 +102,8 @@ pub enum SessionError {
 pub struct SessionStats {
     /// Outgoing QoS 1/2 flows awaiting PUBACK, PUBREC or PUBCOMP.
     pub inflight: usize,
+    /// Payload + topic bytes of the messages those flows hold for resending.
+    pub inflight_bytes: usize,
     /// Messages waiting in the send queue.
     pub queued: usize,
     /// Payload + topic bytes of the queued messages.
@@ -260,10 +262,11 @@ impl Session {
             Packet::PubRec(pkid) => {
                 nonzero(pkid, "PUBREC")?;
                 match self.inflight.get_mut(pkid) {
-                    Some(stage @ Stage::Published(_)) => {
-                        if matches!(stage, Stage::Published(m) if m.qos == QoS::ExactlyOnce) {
-                            *stage = Stage::Released;
+                    Some(Stage::Published(_)) => {
+                        if self.inflight.release(pkid) {
                             out.packets.push(Packet::PubRel(pkid));
+                            // The message's bytes are freed: the window may have room.
+                            self.flush(out);
                         }
                         // PUBREC for a QoS 1 flow: not ours to answer; ignored.
                     }
@@ -349,7 +352,7 @@ impl Session {
                 out.packets.push(publish_packet(&msg, 0, false));
                 return Delivery::Sent;
             }
-            if self.window_has_room() {
+            if self.window_has_room(queue::cost(&msg)) {
                 if let Some(pkid) = self.inflight.next_free_pkid() {
                     out.packets.push(publish_packet(&msg, pkid, false));
                     self.inflight.insert(pkid, msg);
@@ -402,6 +405,7 @@ impl Session {
     pub fn stats(&self) -> SessionStats {
         SessionStats {
             inflight: self.inflight.len(),
+            inflight_bytes: self.inflight.bytes(),
             queued: self.queue.len(),
             queued_bytes: self.queue.bytes(),
             awaiting_pubrel: self.awaiting_pubrel.len(),
@@ -409,8 +413,14 @@ impl Session {
         }
     }
 
-    fn window_has_room(&self) -> bool {
+    /// Whether a QoS 1/2 message costing `size` bytes may go out now: the window has
+    /// a free slot, and the messages held for resending stay within
+    /// `max_queued_bytes` (one message is always allowed, however large), so a client
+    /// that never acknowledges holds at most that much on top of its queue.
+    fn window_has_room(&self, size: usize) -> bool {
         self.inflight.len() < usize::from(self.limits.max_inflight)
+            && (self.inflight.bytes() == 0
+                || self.inflight.bytes().saturating_add(size) <= self.limits.max_queued_bytes)
     }
 
     /// Sends queued messages in FIFO order while connected, writable and (for QoS 1/2)
@@ -426,7 +436,7 @@ impl Session {
                 }
                 continue;
             }
-            if !self.window_has_room() {
+            if !self.window_has_room(self.queue.front_cost().unwrap_or(0)) {
                 break;
             }
             let Some(pkid) = self.inflight.next_free_pkid() else {

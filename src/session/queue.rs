@@ -128,6 +128,16 @@ impl Queue {
         }
     }
 
+    /// What the oldest queued message costs against the byte bounds.
+    pub(crate) fn front_cost(&self) -> Option<usize> {
+        let e = if self.front_is_low()? {
+            self.low.front()?
+        } else {
+            self.high.front()?
+        };
+        Some(cost(&e.msg))
+    }
+
     /// Removes and returns the oldest queued message.
     pub(crate) fn pop(&mut self) -> Option<Message> {
         let low = self.front_is_low()?;

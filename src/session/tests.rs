@@ -1002,6 +1002,7 @@ fn disconnect_keeps_state_and_subscriptions() {
         s.stats(),
         SessionStats {
             inflight: 1,
+            inflight_bytes: 2,
             queued: 1,
             queued_bytes: 2,
             awaiting_pubrel: 1,
@@ -1009,6 +1010,58 @@ fn disconnect_keeps_state_and_subscriptions() {
         }
     );
     assert_eq!(s.subscriptions().count(), 1);
+}
+
+#[test]
+fn messages_held_in_flight_are_bounded_by_bytes_too() {
+    // 1000 bytes allowed in flight and in the queue; each message costs 1 + 300.
+    let (mut s, mut out, now) = connected(limits(64, 100, 1000));
+    let big: &'static str = Box::leak("x".repeat(300).into_boxed_str());
+    for _ in 0..10 {
+        s.deliver(&msg("t", big, QoS::AtLeastOnce), QoS::AtLeastOnce, &mut out);
+    }
+    let sent = publishes(&take(&mut out));
+    assert_eq!(sent.len(), 3, "a fourth would hold 1204 bytes");
+    let st = s.stats();
+    assert_eq!((st.inflight, st.inflight_bytes), (3, 903));
+    assert_eq!(
+        (st.queued, st.queued_bytes),
+        (3, 903),
+        "the queue has its own bound"
+    );
+    // An acknowledgement frees bytes, and the next queued message goes out.
+    s.handle(Packet::PubAck(sent[0].0), now, &mut out).unwrap();
+    assert_eq!(publishes(&take(&mut out)).len(), 1);
+    assert_eq!(s.stats().inflight_bytes, 903);
+    // At QoS 2, PUBREC releases the message: its bytes no longer count.
+    let (mut s, mut out, now) = connected(limits(64, 100, 1000));
+    for _ in 0..4 {
+        s.deliver(&msg("t", big, QoS::ExactlyOnce), QoS::ExactlyOnce, &mut out);
+    }
+    let sent = publishes(&take(&mut out));
+    assert_eq!(sent.len(), 3);
+    s.handle(Packet::PubRec(sent[0].0), now, &mut out).unwrap();
+    let after = take(&mut out);
+    assert_eq!(after[0], Packet::PubRel(sent[0].0));
+    assert_eq!(publishes(&after).len(), 1, "the queued fourth goes out");
+    assert_eq!((s.stats().inflight, s.stats().inflight_bytes), (4, 903));
+}
+
+#[test]
+fn one_message_larger_than_the_byte_bound_still_goes_out_alone() {
+    let (mut s, mut out, now) = connected(limits(64, 100, 100));
+    let big: &'static str = Box::leak("y".repeat(500).into_boxed_str());
+    s.deliver(&msg("t", big, QoS::AtLeastOnce), QoS::AtLeastOnce, &mut out);
+    let sent = publishes(&take(&mut out));
+    assert_eq!(sent.len(), 1);
+    s.deliver(
+        &msg("t", "small", QoS::AtLeastOnce),
+        QoS::AtLeastOnce,
+        &mut out,
+    );
+    assert!(take(&mut out).is_empty(), "waits while the big one is held");
+    s.handle(Packet::PubAck(sent[0].0), now, &mut out).unwrap();
+    assert_eq!(publishes(&take(&mut out)).len(), 1);
 }
 
 // ---------------------------------------------------------------- will
