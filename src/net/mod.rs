@@ -23,13 +23,15 @@ use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, IntoRawFd};
 use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::task::{Poll, Waker};
+use std::task::{ready, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use futures_lite::{AsyncRead, AsyncWrite};
 
 /// Bytes asked of the kernel per read.
 const READ_CHUNK: usize = 16 * 1024;
+/// The first read after a connection has waited with nothing buffered.
+const SMALL_READ: usize = 1024;
 /// A write buffer grown past this by a burst is released once sent.
 const KEEP_WRITE_BUFFER: usize = 1024 * 1024;
 /// How long a closing connection may take to flush what it still has to send.
@@ -278,7 +280,7 @@ async fn read_first_packet(
             Ok(None) => {}
             Err(e) => return Err(End::Decode(e)),
         }
-        match read_some(stream, rbuf, None).await {
+        match read_some(stream, rbuf, &mut false, None).await {
             Ok(0) => return Err(End::Eof),
             Ok(_) => {}
             Err(e) => return Err(End::Io(e)),
@@ -384,6 +386,7 @@ async fn read_loop(
     max_packet: usize,
     keep_alive: Option<Duration>,
 ) -> End {
+    let mut hot = false;
     loop {
         let now = Instant::now();
         loop {
@@ -429,7 +432,7 @@ async fn read_loop(
             Some(false) => return End::ClosedByBroker,
             Some(true) => {}
         }
-        match read_some(stream, &mut rbuf, Some(conn)).await {
+        match read_some(stream, &mut rbuf, &mut hot, Some(conn)).await {
             Ok(0) => return End::Eof,
             Ok(_) => {}
             Err(_) if conn.closing.get() => return End::ClosedByBroker,
@@ -476,18 +479,28 @@ async fn wait_until_readable(shard: &Rc<RefCell<Shard>>, conn: &Conn) -> bool {
     .await
 }
 
-/// One read into the spare capacity of `buf`. Ends early with an error when `conn`
-/// starts closing.
+/// One read into `buf`. Ends early with an error when `conn` starts closing.
+///
+/// A connection with nothing buffered holds no read buffer while it waits: the
+/// first read after a wait goes into a small buffer on the stack and is copied out,
+/// and a 16 KiB chunk is reserved only while data keeps coming (a read that filled
+/// its buffer, tracked in `hot`) or a packet is incomplete. So an idle connection
+/// costs no read buffer, and a busy one reads in large chunks.
 async fn read_some(
     stream: &RefCell<TcpStream>,
     buf: &mut BytesMut,
+    hot: &mut bool,
     conn: Option<&Conn>,
 ) -> io::Result<usize> {
     let start = buf.len();
-    buf.reserve(READ_CHUNK);
-    let end = buf.capacity();
-    buf.resize(end, 0);
-    let res = poll_fn(|cx| {
+    let small = start == 0 && !*hot;
+    if small {
+        // Give back whatever is left of an earlier chunk before waiting.
+        *buf = BytesMut::new();
+    } else if buf.capacity() - start < READ_CHUNK / 4 {
+        buf.reserve(READ_CHUNK);
+    }
+    poll_fn(|cx| {
         if let Some(conn) = conn {
             if conn.closing.get() {
                 return Poll::Ready(Err(io::Error::new(
@@ -497,11 +510,34 @@ async fn read_some(
             }
             conn.reader.set(Some(cx.waker().clone()));
         }
-        Pin::new(&mut *stream.borrow_mut()).poll_read(cx, &mut buf[start..end])
+        let mut stream = stream.borrow_mut();
+        if small {
+            let mut first = [0u8; SMALL_READ];
+            let res = ready!(Pin::new(&mut *stream).poll_read(cx, &mut first));
+            if let Ok(n) = res {
+                // A full small read means more is coming: take a whole chunk.
+                *hot = n == SMALL_READ;
+                buf.reserve(if *hot { READ_CHUNK } else { n });
+                buf.extend_from_slice(&first[..n]);
+            }
+            return Poll::Ready(res);
+        }
+        let end = buf.capacity();
+        buf.resize(end, 0);
+        match Pin::new(&mut *stream).poll_read(cx, &mut buf[start..end]) {
+            Poll::Pending => {
+                buf.truncate(start);
+                Poll::Pending
+            }
+            Poll::Ready(res) => {
+                let n = *res.as_ref().unwrap_or(&0);
+                *hot = start + n == end;
+                buf.truncate(start + n);
+                Poll::Ready(res)
+            }
+        }
     })
-    .await;
-    buf.truncate(start + *res.as_ref().unwrap_or(&0));
-    res
+    .await
 }
 
 async fn write_all(stream: &RefCell<TcpStream>, mut data: &[u8]) -> io::Result<()> {
