@@ -126,6 +126,8 @@ pub struct Session {
     keep_alive: u16,
     last_activity: Option<Instant>,
     will: Option<LastWill>,
+    /// `queue.evicted()` as of the last `take_evictions`.
+    evictions_reported: u64,
     inflight: Inflight,
     queue: Queue,
     /// Incoming QoS 2 packet ids whose PUBLISH was routed and whose PUBREL has not come.
@@ -159,6 +161,7 @@ impl Session {
             keep_alive: 0,
             last_activity: None,
             will: None,
+            evictions_reported: 0,
             inflight: Inflight::new(),
             queue: Queue::new(),
             awaiting_pubrel: HashSet::default(),
@@ -402,6 +405,15 @@ impl Session {
     }
 
     /// Current resource use, for metrics and limit checks.
+    /// Queued QoS 0 messages evicted since the last call, for the shard to count as
+    /// drops (a message queued by [`Session::deliver`] may have evicted some).
+    pub fn take_evictions(&mut self) -> u64 {
+        let total = self.queue.evicted();
+        let new = total - self.evictions_reported;
+        self.evictions_reported = total;
+        new
+    }
+
     pub fn stats(&self) -> SessionStats {
         SessionStats {
             inflight: self.inflight.len(),

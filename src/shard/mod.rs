@@ -306,6 +306,7 @@ impl Shard {
             .connect(connect.keep_alive, connect.will, now, &mut self.out);
         write_out(entry, &mut self.out, self.cfg.write_buffer_high_water);
         for will in wills {
+            self.stats.wills_published += 1;
             self.publish_from_client(will);
         }
         key
@@ -644,7 +645,8 @@ impl Shard {
         });
         for &(k, qos) in matched.iter() {
             if let Some(e) = sessions.get_mut(k as usize) {
-                count_delivery(stats, e.session.deliver(msg, qos, out));
+                let d = e.session.deliver(msg, qos, out);
+                count_delivery(stats, d, &mut e.session);
                 write_out(e, out, high_water);
             }
         }
@@ -756,16 +758,21 @@ fn deliver_retained(
     for (f, code) in sub.filters.iter().zip(codes) {
         if let SubAckCode::Granted(qos) = *code {
             retained.for_each_match(&f.filter, |m| {
-                count_delivery(stats, entry.session.deliver(m, qos, out));
+                let d = entry.session.deliver(m, qos, out);
+                count_delivery(stats, d, &mut entry.session);
             });
         }
     }
 }
 
-fn count_delivery(stats: &mut ShardStats, d: Delivery) {
+fn count_delivery(stats: &mut ShardStats, d: Delivery, session: &mut Session) {
     match d {
         Delivery::Sent => stats.delivered += 1,
-        Delivery::Queued => stats.queued_total += 1,
+        Delivery::Queued => {
+            stats.queued_total += 1;
+            // Queued QoS 0 messages evicted to make room for this one are lost too.
+            stats.dropped_evicted_qos0 += session.take_evictions();
+        }
         Delivery::Dropped(DropReason::QueueFull) => stats.dropped_queue_full += 1,
         Delivery::Dropped(DropReason::OfflineQoS0) => stats.dropped_offline_qos0 += 1,
     }

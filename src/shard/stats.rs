@@ -31,6 +31,9 @@ pub struct ShardStats {
     pub queued_total: u64,
     pub dropped_queue_full: u64,
     pub dropped_offline_qos0: u64,
+    /// Queued QoS 0 messages evicted from a full queue to make room for a QoS 1/2
+    /// one (they had been counted in `queued_total`).
+    pub dropped_evicted_qos0: u64,
     pub retained_refused: u64,
     pub subscriptions_refused: u64,
     pub wills_published: u64,
@@ -76,6 +79,7 @@ impl BrokerStats {
                 queued_total,
                 dropped_queue_full,
                 dropped_offline_qos0,
+                dropped_evicted_qos0,
                 retained_refused,
                 subscriptions_refused,
                 wills_published,
