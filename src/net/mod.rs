@@ -242,7 +242,8 @@ async fn handle_new(shard: Rc<RefCell<Shard>>, stream: TcpStream, slot: Option<C
     let me = shard.borrow().id;
     let stream = stream.into_inner();
     if home == me {
-        serve(shard, stream, connect, rbuf, peer, slot).await;
+        let stream = Rc::new(RefCell::new(stream));
+        spawn_local(serve(shard, stream, Box::new(connect), rbuf, peer, slot)).detach();
         return;
     }
     // SAFETY: the descriptor belongs to `stream`, which stays alive for this statement;
@@ -259,7 +260,7 @@ async fn handle_new(shard: Rc<RefCell<Shard>>, stream: TcpStream, slot: Option<C
         home,
         Handoff {
             fd,
-            connect,
+            connect: Box::new(connect),
             leftover: rbuf.freeze(),
             peer,
             slot,
@@ -311,16 +312,21 @@ pub(crate) async fn serve_handoff(shard: Rc<RefCell<Shard>>, h: Handoff) {
     // SAFETY: `fd` is an owned, open, connected TCP socket; ownership moves into the
     // stream, which closes it when dropped.
     let stream = unsafe { TcpStream::from_raw_fd(fd.into_raw_fd()) };
-    let mut rbuf = BytesMut::with_capacity(leftover.len().max(READ_CHUNK));
-    rbuf.extend_from_slice(&leftover);
-    serve(shard, stream, connect, rbuf, peer, slot).await;
+    let stream = Rc::new(RefCell::new(stream));
+    let rbuf = BytesMut::from(&leftover[..]);
+    spawn_local(serve(shard, stream, connect, rbuf, peer, slot)).detach();
 }
 
 /// Serves a connection whose CONNECT was accepted, on its home shard, until it ends.
+///
+/// Spawned as a task of its own: a future keeps room for its arguments for its whole
+/// life, so everything it takes is small (the stream and the CONNECT behind
+/// pointers), and the larger future that read the CONNECT ends first. This is most of
+/// what an idle connection costs.
 async fn serve(
     shard: Rc<RefCell<Shard>>,
-    stream: TcpStream,
-    connect: Connect,
+    stream: Rc<RefCell<TcpStream>>,
+    connect: Box<Connect>,
     rbuf: BytesMut,
     peer: SocketAddr,
     slot: ConnectionSlot,
@@ -330,7 +336,7 @@ async fn serve(
     let (conn, key, max_packet, high_water) = {
         let mut s = shard.borrow_mut();
         let conn = Conn::new(s.next_conn_id(), peer);
-        let key = s.attach(connect, &conn, Instant::now());
+        let key = s.attach(*connect, &conn, Instant::now());
         (
             conn,
             key,
@@ -340,9 +346,8 @@ async fn serve(
     };
     // [MQTT-3.1.2-24]: one and a half times the keep-alive without a packet.
     let keep_alive = (keep_alive > 0).then(|| Duration::from_millis(u64::from(keep_alive) * 1500));
-    let _ = stream.set_read_timeout(keep_alive);
+    let _ = stream.borrow().set_read_timeout(keep_alive);
     tracing::debug!(%peer, client = %client_id, "connected");
-    let stream = Rc::new(RefCell::new(stream));
     let writer = spawn_local(write_loop(
         shard.clone(),
         stream.clone(),

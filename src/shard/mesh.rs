@@ -49,7 +49,8 @@ pub enum MeshMsg {
 /// A socket moving to its home shard with everything read from it so far.
 pub struct Handoff {
     pub fd: OwnedFd,
-    pub connect: Connect,
+    /// Boxed: it is held for the whole life of the connection's task.
+    pub connect: Box<Connect>,
     /// Bytes read after the CONNECT packet.
     pub leftover: Bytes,
     pub peer: SocketAddr,
