@@ -21,6 +21,7 @@
 
 pub mod auth;
 pub mod config;
+pub mod fuzz_support;
 pub mod message;
 mod net;
 pub mod protocol;

@@ -1,0 +1,171 @@
+#!/usr/bin/env python3
+"""Writes the hand-written seeds under fuzz/regressions/ (the fuzzer's crashers sit
+beside them, named crash-*). Each seed starts with the bytes the fuzz case reads
+first; src/fuzz_support.rs documents both layouts.
+
+Usage: python3 fuzz/make_seeds.py
+"""
+import os
+import struct
+
+ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "regressions")
+
+
+def write(target, name, data):
+    os.makedirs(os.path.join(ROOT, target), exist_ok=True)
+    with open(os.path.join(ROOT, target, name), "wb") as f:
+        f.write(data)
+
+
+# ------------------------------------------------------------------ MQTT packets
+
+
+def remaining_length(n):
+    out = b""
+    while True:
+        byte, n = n % 128, n // 128
+        out += bytes([byte | (0x80 if n else 0)])
+        if not n:
+            return out
+
+
+def packet(first, body):
+    return bytes([first]) + remaining_length(len(body)) + body
+
+
+def field(x):
+    """A length-prefixed string or binary field."""
+    if isinstance(x, str):
+        x = x.encode()
+    return struct.pack(">H", len(x)) + x
+
+
+def connect(name=b"MQTT", level=4, flags=0x02, keep_alive=60, fields=()):
+    body = field(name) + bytes([level, flags]) + struct.pack(">H", keep_alive)
+    return packet(0x10, body + b"".join(field(f) for f in fields))
+
+
+def publish(topic, payload, qos=0, pkid=0, dup=False, retain=False):
+    first = 0x30 | (8 if dup else 0) | (qos << 1) | (1 if retain else 0)
+    body = field(topic) + (struct.pack(">H", pkid) if qos else b"") + payload
+    return packet(first, body)
+
+
+def ack(first, pkid):
+    return packet(first, struct.pack(">H", pkid))
+
+
+def subscribe(pkid, filters):
+    body = b"".join(field(f) + bytes([q]) for f, q in filters)
+    return packet(0x82, struct.pack(">H", pkid) + body)
+
+
+def unsubscribe(pkid, filters):
+    return packet(0xA2, struct.pack(">H", pkid) + b"".join(field(f) for f in filters))
+
+
+PINGREQ = packet(0xC0, b"")
+DISCONNECT = packet(0xE0, b"")
+
+
+def decode_seed(small_max, max_chunk, seed, stream):
+    """decode_case input: small max packet size, chunk sizes, then the stream."""
+    return bytes([small_max - 2, max_chunk - 1, seed]) + stream
+
+
+def decode_seeds():
+    full = (
+        connect(flags=0x02 | 0x04 | 0x08 | 0x20 | 0x40 | 0x80,
+                fields=("seed-client", "will/topic", b"bye", "user", b"pass"))
+        + subscribe(1, [("sport/#", 1), ("sport/+/player1", 2), ("+/tennis/#", 0),
+                        ("$SYS/#", 0), ("bad/#/x", 1)])
+        + publish("sport/tennis/player1", b"hello")
+        + publish("sport/tennis/player1", b"q1", 1, 10)
+        + publish("sport", b"q2", 2, 11, dup=True, retain=True)
+        + publish("$SYS/broker/uptime", b"")
+        + ack(0x40, 10) + ack(0x50, 11) + ack(0x62, 11) + ack(0x70, 11)
+        + PINGREQ
+        + unsubscribe(2, ["sport/#", "never/subscribed"])
+        + publish("sport/x", b"after unsubscribe", 1, 12)
+        + DISCONNECT
+    )
+    write("decode", "seed-valid-connect-publish-stream", decode_seed(256, 7, 1, full))
+    write("decode", "seed-valid-one-byte-chunks", decode_seed(
+        256, 1, 0, connect(fields=("c",)) + publish("a/b", b"x" * 200, 1, 1)))
+    write("decode", "seed-valid-mqtt31-legacy-connect", decode_seed(
+        66, 4, 7, connect(b"MQIsdp", 3, 0x02 | 0x80 | 0x40, fields=("legacy",)) + PINGREQ))
+    write("decode", "seed-valid-large-publish", decode_seed(
+        18, 256, 9, connect(fields=("big",)) + publish("big/topic", bytes(range(256)) * 8, 2, 65535)))
+    write("decode", "seed-oversized-for-small-max", decode_seed(
+        34, 32, 3, connect(fields=("c",)) + publish("t", b"y" * 100)))
+    write("decode", "seed-malformed-remaining-length", decode_seed(
+        256, 2, 2, bytes([0x30, 0xFF, 0xFF, 0xFF, 0xFF, 0x01])))
+    write("decode", "seed-mqtt5-connect", decode_seed(256, 5, 4, connect(b"MQTT", 5, fields=("v5",))))
+    write("decode", "seed-bad-utf8-and-nul", decode_seed(
+        256, 3, 5, publish(b"a\xff", b"") + subscribe(3, [(b"a\x00b", 0)])))
+
+
+# ------------------------------------------------------------- session operations
+# Byte 0: max_inflight = b % 5, queue limits (b >> 3) & 3, 0x80 clean session.
+# Opcodes (mod 16): 0-2 deliver(qos, granted, flags), 3-4 client PUBLISH(flags, pkid),
+# 5 PUBACK(sel), 6 PUBREC(sel), 7 PUBREL(pkid), 8 PUBCOMP(sel), 9 writable(bit 0),
+# 10 connect(flags), 11 disconnect(how), 12 (un)subscribe(b, qos), 13 PINGREQ,
+# 14 server-only packet(which), 15 clock(u16).
+
+
+def deliver(qos, granted, flags=0):
+    return bytes([0, qos, granted, flags])
+
+
+def client_publish(flags, pkid):
+    return bytes([3, flags, pkid])
+
+
+def ack_flow(op, index=0):
+    """PUBACK (5), PUBREC (6) or PUBCOMP (8) for the index-th flow in flight."""
+    return bytes([op, index])
+
+
+PUBACK, PUBREC, PUBCOMP = 5, 6, 8
+
+
+def session_seeds():
+    write("session", "seed-qos1-qos2-flows", bytes([0x04])
+          + deliver(1, 1, 5) + deliver(2, 2, 9) + deliver(2, 1)
+          + ack_flow(PUBACK) + ack_flow(PUBREC) + ack_flow(PUBCOMP) + ack_flow(PUBACK)
+          + deliver(0, 2, 3))
+    write("session", "seed-window-and-queue-bounds", bytes([0x02])
+          + b"".join(deliver(i % 3, 2, 40 + i) for i in range(14))
+          + ack_flow(PUBACK) + ack_flow(PUBREC) + ack_flow(PUBREC, 1)
+          + ack_flow(PUBCOMP) + ack_flow(PUBCOMP))
+    write("session", "seed-resume-resends-with-dup", bytes([0x03])
+          + deliver(1, 1, 4) + deliver(2, 2, 4) + ack_flow(PUBREC, 1)
+          + bytes([11, 2])  # the connection breaks
+          + deliver(2, 2, 6) + deliver(0, 0, 1)
+          + bytes([10, 0x02])  # resume, with a will
+          + ack_flow(PUBCOMP) + ack_flow(PUBACK) + ack_flow(PUBREC))
+    write("session", "seed-backpressure", bytes([0x04])
+          + bytes([9, 0]) + b"".join(deliver(i % 3, 2, i) for i in range(10))
+          + bytes([9, 1]) + ack_flow(PUBACK) + ack_flow(PUBREC))
+    write("session", "seed-inbound-qos2-dedup", bytes([0x01])
+          + client_publish(2, 3) + client_publish(2 | 4, 3) + bytes([7, 3])
+          + client_publish(2, 3) + bytes([7, 3, 7, 3])
+          + client_publish(1, 5) + client_publish(0, 0) + bytes([13]))
+    write("session", "seed-protocol-violations", bytes([0x84])
+          + client_publish(4, 0)  # QoS 0 with DUP
+          + bytes([10, 0x00]) + client_publish(1, 0)  # QoS 1 with packet id 0
+          + bytes([10, 0x03]) + bytes([14, 4])  # SUBSCRIBE handed to the session
+          + bytes([10, 0x02]) + ack_flow(PUBACK, 0xF8))  # PUBACK 0
+    write("session", "seed-clean-session-and-takeover", bytes([0x82])
+          + deliver(1, 1) + bytes([10, 0x02]) + deliver(2, 2) + bytes([11, 0])
+          + deliver(1, 1) + bytes([10, 0x01])
+          + bytes([12, 0, 1, 12, 2, 2, 12, 1, 0])
+          + bytes([15, 0xFF, 0xFF]) + bytes([11, 1]))
+    write("session", "seed-huge-messages", bytes([0x0C])
+          + deliver(1, 1, 0x80) + deliver(1, 1, 0x80) + deliver(2, 2, 0x90)
+          + ack_flow(PUBACK) + ack_flow(PUBREC) + ack_flow(PUBCOMP))
+
+
+if __name__ == "__main__":
+    decode_seeds()
+    session_seeds()

@@ -1,0 +1,994 @@
+//! The two hostile-input fuzz cases, kept in the broker crate so that the crashers the
+//! fuzzer finds replay as ordinary tests (`tests/fuzz_regressions.rs`) without
+//! libFuzzer or a nightly toolchain. The cargo-fuzz targets in `fuzz/` only call these.
+//!
+//! Each case turns arbitrary bytes into input the broker could receive from a client
+//! and panics when, and only when, something is wrong: an error the broker answers by
+//! closing the connection is fine; a panic inside the broker, or a broken invariant
+//! (checked here with `assert!`), is a finding.
+//!
+//! Not a stable API.
+
+#![doc(hidden)]
+
+use crate::message::Message;
+use crate::protocol::topic::{matches, valid_topic_filter};
+use crate::protocol::{
+    decode, encoded_len, ConnAck, Connect, ConnectReturnCode, DecodeError, LastWill, Packet,
+    Protocol, Publish, QoS, SubAck, SubAckCode, Subscribe, SubscribeFilter, Unsubscribe,
+};
+use crate::session::{Delivery, DropReason, Limits, Output, Session, SessionError};
+use crate::topic::TopicTrie;
+use bytes::{Bytes, BytesMut};
+use bytestring::ByteString;
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+// ------------------------------------------------------------------------ decode
+
+/// The large maximum packet size decode_case uses (the configuration's default).
+const LARGE_MAX_PACKET: usize = 1 << 20;
+
+/// Feeds `data` to the decoder the way a connection's read loop does.
+///
+/// Layout: byte 0 picks a small maximum packet size (2 + byte), bytes 1 and 2 seed the
+/// sizes of the chunks the rest arrives in (1 to byte 1 + 1 bytes each), and the rest is
+/// the byte stream a client sends. For the small and the large maximum packet size, the
+/// stream is decoded both as it arrives in chunks and all at once; checked:
+/// - the chunking changes nothing: the same packets, then the same error or the same
+///   number of bytes left over waiting for more;
+/// - `Ok(None)` leaves the buffer untouched; a packet consumes at least one byte and at
+///   most the maximum packet size;
+/// - every packet re-encodes to `encoded_len` bytes, no more than it arrived in, and
+///   decodes back to an equal packet;
+/// - routing what was decoded (SUBSCRIBE/UNSUBSCRIBE filters into a [`TopicTrie`],
+///   PUBLISH and will topics matched against it) agrees with [`matches`], and removing
+///   every filter leaves the trie empty.
+pub fn decode_case(data: &[u8]) {
+    let (header, stream) = data.split_at(data.len().min(3));
+    let byte = |i: usize| header.get(i).copied().unwrap_or(0);
+    let small_max = 2 + usize::from(byte(0));
+    let max_chunk = usize::from(byte(1)) + 1;
+    let seed = u64::from(byte(1)) << 8 | u64::from(byte(2));
+    let chunks = chunk_sizes(stream.len(), max_chunk, seed);
+    for max in [small_max, LARGE_MAX_PACKET] {
+        let whole = decode_stream(stream, &[stream.len()], max);
+        let chunked = decode_stream(stream, &chunks, max);
+        assert_eq!(whole, chunked, "chunking changed what was decoded");
+        for (packet, frame_len) in &whole.packets {
+            assert_round_trip(packet, *frame_len);
+        }
+        if max == LARGE_MAX_PACKET {
+            route(whole.packets.iter().map(|(p, _)| p));
+        }
+    }
+}
+
+/// What decoding one stream produced.
+#[derive(Debug, PartialEq)]
+struct Decoded {
+    /// Each packet with the number of bytes it was decoded from.
+    packets: Vec<(Packet, usize)>,
+    /// The error that ended the stream, or the bytes left waiting for more.
+    end: Result<usize, DecodeError>,
+}
+
+/// Chunk sizes (1..=max_chunk, from a xorshift generator) covering `len` bytes.
+fn chunk_sizes(len: usize, max_chunk: usize, seed: u64) -> Vec<usize> {
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut sizes = Vec::new();
+    let mut left = len;
+    while left > 0 {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        let n = (state % max_chunk as u64) as usize + 1;
+        let n = n.min(left);
+        sizes.push(n);
+        left -= n;
+    }
+    sizes
+}
+
+/// Appends `stream` to a read buffer chunk by chunk and, after each chunk, decodes every
+/// complete packet, like the read loop; stops at the first error.
+fn decode_stream(stream: &[u8], chunks: &[usize], max: usize) -> Decoded {
+    let mut buf = BytesMut::new();
+    let mut packets = Vec::new();
+    let mut rest = stream;
+    for &n in chunks {
+        let (chunk, tail) = rest.split_at(n.min(rest.len()));
+        rest = tail;
+        buf.extend_from_slice(chunk);
+        loop {
+            let before = buf.len();
+            match decode(&mut buf, max) {
+                Ok(Some(packet)) => {
+                    let used = before - buf.len();
+                    assert!(used >= 2 && used <= max, "{used} bytes used, max {max}");
+                    packets.push((packet, used));
+                }
+                Ok(None) => {
+                    assert_eq!(buf.len(), before, "Ok(None) consumed bytes");
+                    break;
+                }
+                Err(e) => {
+                    return Decoded {
+                        packets,
+                        end: Err(e),
+                    }
+                }
+            }
+        }
+    }
+    Decoded {
+        packets,
+        end: Ok(buf.len()),
+    }
+}
+
+/// A decoded packet encodes to at most the bytes it came from (so it never exceeds the
+/// limit it was checked against) and decodes back to itself.
+fn assert_round_trip(packet: &Packet, frame_len: usize) {
+    let mut out = BytesMut::new();
+    packet.encode(&mut out);
+    assert_eq!(out.len(), encoded_len(packet), "encoded_len is wrong");
+    assert!(
+        out.len() <= frame_len,
+        "{} re-encodes to {} bytes from {frame_len}",
+        packet.name(),
+        out.len()
+    );
+    let mut buf = out.clone();
+    match decode(&mut buf, LARGE_MAX_PACKET) {
+        Ok(Some(back)) => {
+            assert_eq!(&back, packet, "round trip changed the packet");
+            assert!(buf.is_empty(), "re-encoded packet left bytes over");
+        }
+        other => panic!("re-encoded {} does not decode: {other:?}", packet.name()),
+    }
+}
+
+/// Routes decoded packets as the shard does, with the trie checked against a plain list
+/// of (filter, key, QoS) and [`matches`]. The key is the SUBSCRIBE packet id mod 4, so
+/// several "sessions" share filters.
+fn route<'a>(packets: impl Iterator<Item = &'a Packet>) {
+    let mut trie: TopicTrie<u16, QoS> = TopicTrie::new();
+    let mut model: Vec<(ByteString, u16, QoS)> = Vec::new();
+    for packet in packets {
+        match packet {
+            Packet::Subscribe(s) => {
+                for f in &s.filters {
+                    if !valid_topic_filter(&f.filter) {
+                        continue;
+                    }
+                    let key = s.pkid % 4;
+                    let new_filter = !model.iter().any(|e| e.0 == f.filter);
+                    let old = model.iter().position(|e| e.0 == f.filter && e.1 == key);
+                    let inserted = trie.insert(&f.filter, key, f.qos);
+                    assert_eq!(inserted.filter_was_new, new_filter);
+                    match old {
+                        Some(i) => {
+                            assert_eq!(inserted.previous, Some(model[i].2));
+                            model[i].2 = f.qos;
+                        }
+                        None => {
+                            assert_eq!(inserted.previous, None);
+                            model.push((f.filter.clone(), key, f.qos));
+                        }
+                    }
+                }
+            }
+            Packet::Unsubscribe(u) => {
+                for f in &u.filters {
+                    unroute(&mut trie, &mut model, f, u.pkid % 4);
+                }
+            }
+            Packet::Publish(p) => assert_matches(&trie, &model, &p.topic),
+            Packet::Connect(c) => {
+                if let Some(will) = &c.will {
+                    assert_matches(&trie, &model, &will.topic);
+                }
+            }
+            _ => {}
+        }
+        assert_eq!(trie.len(), model.len());
+        let filters: BTreeSet<&str> = model.iter().map(|e| &*e.0).collect();
+        assert_eq!(trie.filter_count(), filters.len());
+    }
+    while let Some((filter, key, _)) = model.last().cloned() {
+        unroute(&mut trie, &mut model, &filter, key);
+    }
+    assert!(trie.is_empty());
+    assert_eq!(
+        trie.node_count(),
+        1,
+        "removing every filter left nodes behind"
+    );
+}
+
+fn unroute(
+    trie: &mut TopicTrie<u16, QoS>,
+    model: &mut Vec<(ByteString, u16, QoS)>,
+    filter: &str,
+    key: u16,
+) {
+    let removed = trie.remove(filter, &key);
+    match model.iter().position(|e| &*e.0 == filter && e.1 == key) {
+        Some(i) => {
+            let (_, _, qos) = model.remove(i);
+            assert_eq!(removed.removed, Some(qos));
+            assert_eq!(
+                removed.filter_now_empty,
+                !model.iter().any(|e| &*e.0 == filter)
+            );
+        }
+        None => {
+            assert_eq!(removed.removed, None);
+            assert!(!removed.filter_now_empty);
+        }
+    }
+}
+
+fn assert_matches(trie: &TopicTrie<u16, QoS>, model: &[(ByteString, u16, QoS)], topic: &str) {
+    let mut got = Vec::new();
+    trie.for_each_match(topic, |&k, &q| got.push((k, q)));
+    let mut want: Vec<(u16, QoS)> = model
+        .iter()
+        .filter(|e| matches(&e.0, topic))
+        .map(|e| (e.1, e.2))
+        .collect();
+    got.sort_unstable();
+    want.sort_unstable();
+    assert_eq!(got, want, "trie and matches() disagree on {topic:?}");
+}
+
+// ----------------------------------------------------------------------- session
+
+/// Topic of every message the case delivers; with the 8-byte sequence number at the
+/// front of each payload it sets the least a queued message costs.
+const TOPIC: &str = "t/x";
+const MIN_COST: usize = TOPIC.len() + 8;
+const MAX_COST: usize = TOPIC.len() + 8 + 600;
+
+/// Queue bounds picked by bits 3-4 of the first byte: (messages, bytes).
+const QUEUE_LIMITS: [(usize, usize); 4] = [(8, 512), (8, 64), (1, 512), (0, 0)];
+
+/// Filters the SUBSCRIBE/UNSUBSCRIBE operations pick from.
+const FILTERS: [&str; 6] = ["t/x", "t/+", "#", "$SYS/#", "a/b/c", "+/+"];
+
+/// Runs `data` as a sequence of operations on one client's [`Session`], driven the way
+/// the shard drives it, and checks the session against a model after every step.
+///
+/// Byte 0 picks the limits (max_inflight 0..=4, one of [`QUEUE_LIMITS`]) and whether the
+/// first connection asks for a clean session; then each operation is one byte (the
+/// opcode, mod 16) followed by its argument bytes: client packets (PUBLISH at any QoS
+/// with any packet id and DUP, PUBACK/PUBREC/PUBREL/PUBCOMP for in-flight or arbitrary
+/// ids, PINGREQ, DISCONNECT, packets only a server may send), deliveries at any QoS,
+/// write-buffer pressure, subscriptions, reconnects (clean, resumed, taking over) and
+/// disconnects (with or without DISCONNECT), and the clock. A protocol violation is
+/// answered as the shard answers it: the connection closes without DISCONNECT.
+///
+/// At the end the client reconnects and acknowledges everything; every QoS 1/2 message
+/// the session accepted (sent or queued) must by then have been sent.
+pub fn session_case(data: &[u8]) {
+    let mut input = Input { data, pos: 0 };
+    let config = input.byte();
+    let (max_queued_messages, max_queued_bytes) = QUEUE_LIMITS[usize::from(config >> 3) & 3];
+    let limits = Limits {
+        max_inflight: u16::from(config % 5),
+        max_queued_messages,
+        max_queued_bytes,
+    };
+    let mut h = Harness::new(limits);
+    h.connect(config & 0x80 != 0, 0, None);
+    h.check();
+    while let Some(op) = input.next() {
+        h.step(op, &mut input);
+        h.check();
+    }
+    h.drain();
+}
+
+/// The fuzz input as a stream of argument bytes; reads past the end yield 0.
+struct Input<'a> {
+    data: &'a [u8],
+    pos: usize,
+}
+
+impl Input<'_> {
+    fn next(&mut self) -> Option<u8> {
+        let b = *self.data.get(self.pos)?;
+        self.pos += 1;
+        Some(b)
+    }
+
+    fn byte(&mut self) -> u8 {
+        self.next().unwrap_or(0)
+    }
+
+    fn u16(&mut self) -> u16 {
+        u16::from_be_bytes([self.byte(), self.byte()])
+    }
+
+    fn qos(&mut self) -> QoS {
+        QoS::from_u8(self.byte() % 3).unwrap_or(QoS::AtMostOnce)
+    }
+}
+
+/// The model's view of one outgoing QoS 1/2 flow.
+#[derive(Debug, Clone, Copy)]
+struct Flow {
+    pkid: u16,
+    seq: u64,
+    qos: QoS,
+    /// Topic + payload bytes held for resending until released or completed.
+    cost: usize,
+    /// PUBREC received and PUBREL sent (QoS 2).
+    released: bool,
+}
+
+/// One Session plus everything the client and the shard know about it.
+struct Harness {
+    limits: Limits,
+    /// `None` once a clean session has ended (the shard drops it).
+    session: Option<Session>,
+    clean: bool,
+    out: Output,
+    now: Instant,
+    last_activity: Instant,
+    keep_alive: u16,
+    connected: bool,
+    writable: bool,
+    will_set: bool,
+    /// Outgoing flows in send order.
+    flows: Vec<Flow>,
+    /// Messages the session took (sent or queued) and still holds or has evicted:
+    /// equals in-flight + queued + evicted QoS 0 at all times.
+    held: u64,
+    /// Per delivered sequence number: effective QoS, retain flag, cost in bytes.
+    sent: Vec<(QoS, bool, usize)>,
+    /// Accepted QoS 1/2 messages not yet sent once.
+    unsent: BTreeSet<u64>,
+    /// Sequence number of the last message sent for the first time (FIFO order).
+    last_first: Option<u64>,
+    awaiting_pubrel: BTreeSet<u16>,
+    subscriptions: BTreeMap<String, QoS>,
+    /// Sum of what `take_evictions` reported.
+    evictions_taken: u64,
+}
+
+impl Harness {
+    fn new(limits: Limits) -> Harness {
+        let now = Instant::now();
+        Harness {
+            limits,
+            session: None,
+            clean: false,
+            out: Output::default(),
+            now,
+            last_activity: now,
+            keep_alive: 0,
+            connected: false,
+            writable: false,
+            will_set: false,
+            flows: Vec::new(),
+            held: 0,
+            sent: Vec::new(),
+            unsent: BTreeSet::new(),
+            last_first: None,
+            awaiting_pubrel: BTreeSet::new(),
+            subscriptions: BTreeMap::new(),
+            evictions_taken: 0,
+        }
+    }
+
+    fn max_inflight(&self) -> usize {
+        usize::from(self.limits.max_inflight.max(1))
+    }
+
+    fn step(&mut self, op: u8, input: &mut Input<'_>) {
+        match op % 16 {
+            0..=2 => {
+                let qos = input.qos();
+                let granted = input.qos();
+                let flags = input.byte();
+                self.deliver(qos, granted, flags);
+            }
+            3 | 4 => {
+                let flags = input.byte();
+                let qos = QoS::from_u8(flags & 3).unwrap_or(QoS::AtMostOnce);
+                let pkid = match input.byte() {
+                    0xFF => input.u16(),
+                    b => u16::from(b % 8),
+                };
+                self.client(Packet::Publish(Publish {
+                    dup: flags & 4 != 0,
+                    qos,
+                    retain: flags & 8 != 0,
+                    topic: ByteString::from_static(if flags & 0x10 == 0 { "in/a" } else { "in/b" }),
+                    pkid,
+                    payload: Bytes::copy_from_slice(&[flags; 3]),
+                }));
+            }
+            5 => {
+                let pkid = self.ack_pkid(input);
+                self.client(Packet::PubAck(pkid));
+            }
+            6 => {
+                let pkid = self.ack_pkid(input);
+                self.client(Packet::PubRec(pkid));
+            }
+            7 => {
+                let pkid = match input.byte() {
+                    0xFF => input.u16(),
+                    b => u16::from(b % 8),
+                };
+                self.client(Packet::PubRel(pkid));
+            }
+            8 => {
+                let pkid = self.ack_pkid(input);
+                self.client(Packet::PubComp(pkid));
+            }
+            9 => {
+                let writable = input.byte() & 1 != 0;
+                self.set_writable(writable);
+            }
+            10 => {
+                let flags = input.byte();
+                let keep_alive = match flags >> 6 {
+                    0 => 0,
+                    1 => 1,
+                    2 => u16::MAX,
+                    _ => input.u16(),
+                };
+                let will = (flags & 2 != 0).then(|| LastWill {
+                    topic: ByteString::from_static("will"),
+                    payload: Bytes::from_static(b"gone"),
+                    qos: QoS::from_u8((flags >> 2) % 3).unwrap_or(QoS::AtMostOnce),
+                    retain: flags & 0x20 != 0,
+                });
+                self.connect(flags & 1 != 0, keep_alive, will);
+            }
+            11 => {
+                let how = input.byte() % 3;
+                self.disconnect(how);
+            }
+            12 => {
+                let b = input.byte();
+                let qos = input.qos();
+                self.subscription(
+                    FILTERS[usize::from(b >> 1) % FILTERS.len()],
+                    b & 1 == 0,
+                    qos,
+                );
+            }
+            13 => self.client(Packet::PingReq),
+            14 => {
+                let which = input.byte();
+                self.client(server_only_packet(which));
+            }
+            _ => {
+                let ms = input.u16();
+                self.now += Duration::from_millis(u64::from(ms) * 8);
+            }
+        }
+    }
+
+    /// A packet id for an acknowledgement: usually one of the flows in flight, else a
+    /// small id (0 included) or any id.
+    fn ack_pkid(&self, input: &mut Input<'_>) -> u16 {
+        match input.byte() {
+            0xFF => input.u16(),
+            b if b < 0xC0 && !self.flows.is_empty() => {
+                self.flows[usize::from(b) % self.flows.len()].pkid
+            }
+            b => u16::from(b % 8),
+        }
+    }
+
+    /// A new session when there is none or either side asks for a clean one, as the
+    /// shard's `attach` does; a connection still attached is taken over first.
+    fn connect(&mut self, clean: bool, keep_alive: u16, will: Option<LastWill>) {
+        if self.connected {
+            self.drop_connection(false);
+        }
+        if clean || self.clean {
+            self.session = None;
+        }
+        if self.session.is_none() {
+            self.reset(clean);
+        }
+        let s = self.session.as_mut().expect("session exists");
+        self.will_set = will.is_some();
+        s.connect(keep_alive, will, self.now, &mut self.out);
+        self.connected = true;
+        self.writable = true;
+        self.keep_alive = keep_alive;
+        self.last_activity = self.now;
+        // Resent first, in their original order: PUBLISH with DUP for flows awaiting
+        // PUBACK/PUBREC, PUBREL for flows awaiting PUBCOMP.
+        let packets = std::mem::take(&mut self.out.packets);
+        assert!(
+            packets.len() >= self.flows.len(),
+            "resume lost in-flight flows"
+        );
+        let (resent, fresh) = packets.split_at(self.flows.len());
+        for (flow, packet) in self.flows.iter().zip(resent) {
+            match packet {
+                Packet::PubRel(id) if flow.released => assert_eq!(*id, flow.pkid),
+                Packet::Publish(p) if !flow.released => {
+                    assert!(p.dup, "resent PUBLISH without DUP");
+                    assert_eq!(p.pkid, flow.pkid);
+                    assert_eq!(p.qos, flow.qos);
+                    assert_eq!(seq_of(p), flow.seq, "resent another message");
+                    assert_eq!(p.retain, self.sent[flow.seq as usize].1);
+                }
+                other => panic!("resume sent {other:?} for {flow:?}"),
+            }
+        }
+        self.absorb(fresh);
+        self.after_call();
+    }
+
+    /// Starts a fresh session (the previous one, if any, is forgotten with its state).
+    fn reset(&mut self, clean: bool) {
+        self.session = Some(Session::new(
+            ByteString::from_static("fuzz"),
+            clean,
+            self.limits.clone(),
+        ));
+        self.clean = clean;
+        self.flows.clear();
+        self.held = 0;
+        self.unsent.clear();
+        self.last_first = None;
+        self.awaiting_pubrel.clear();
+        self.subscriptions.clear();
+        self.evictions_taken = 0;
+    }
+
+    /// `how`: 0 the client sent DISCONNECT, 1 the connection closed cleanly without
+    /// it (graceful but no packet), 2 the connection broke.
+    fn disconnect(&mut self, how: u8) {
+        if !self.connected {
+            if let Some(s) = &mut self.session {
+                assert_eq!(s.disconnect(how == 1), None, "will without a connection");
+            }
+            return;
+        }
+        if how == 0 {
+            self.client(Packet::Disconnect);
+        } else {
+            self.drop_connection(how == 1);
+        }
+    }
+
+    /// The connection ends: the will comes back unless graceful or already cleared, and
+    /// a clean session ends with it.
+    fn drop_connection(&mut self, graceful: bool) {
+        let s = self.session.as_mut().expect("connected session");
+        let will = s.disconnect(graceful);
+        assert_eq!(will.is_some(), self.will_set && !graceful, "will");
+        assert_eq!(s.disconnect(false), None, "will returned twice");
+        assert!(!s.is_connected());
+        self.will_set = false;
+        self.connected = false;
+        self.writable = false;
+        if self.clean {
+            self.session = None;
+        }
+    }
+
+    /// A packet from the client, handled as the shard's `handle_packet` does.
+    fn client(&mut self, packet: Packet) {
+        let Some(s) = self.session.as_mut() else {
+            return;
+        };
+        let violation = match &packet {
+            Packet::Publish(p) => {
+                if p.qos == QoS::AtMostOnce {
+                    p.dup
+                } else {
+                    p.pkid == 0
+                }
+            }
+            Packet::PubAck(id) | Packet::PubRec(id) | Packet::PubRel(id) | Packet::PubComp(id) => {
+                *id == 0
+            }
+            Packet::PingReq | Packet::Disconnect => false,
+            _ => true,
+        };
+        let result = s.handle(packet.clone(), self.now, &mut self.out);
+        if !self.connected {
+            assert_eq!(result, Err(SessionError::NotConnected));
+            assert!(self.out.packets.is_empty() && self.out.publishes.is_empty());
+            return;
+        }
+        self.last_activity = self.now;
+        if let Err(e) = result {
+            assert!(violation, "{} refused: {e}", packet.name());
+            self.out.packets.clear();
+            self.out.publishes.clear();
+            self.drop_connection(false);
+            return;
+        }
+        assert!(!violation, "{} accepted", packet.name());
+        let packets = std::mem::take(&mut self.out.packets);
+        let publishes = std::mem::take(&mut self.out.publishes);
+        let expect_routed = |routed: bool| {
+            if routed {
+                let Packet::Publish(p) = &packet else {
+                    unreachable!()
+                };
+                assert_eq!(
+                    publishes.len(),
+                    1,
+                    "PUBLISH routed {} times",
+                    publishes.len()
+                );
+                let m = &publishes[0];
+                assert!(m.topic == p.topic && m.payload == p.payload);
+                assert!(m.qos == p.qos && m.retain == p.retain);
+            } else {
+                assert!(publishes.is_empty(), "routed without a PUBLISH to route");
+            }
+        };
+        // The answer the packet calls for, then whatever it let flush.
+        let (answer, rest): (Option<Packet>, &[Packet]) = match &packet {
+            Packet::Publish(p) => {
+                let (answer, routed) = match p.qos {
+                    QoS::AtMostOnce => (None, true),
+                    QoS::AtLeastOnce => (Some(Packet::PubAck(p.pkid)), true),
+                    QoS::ExactlyOnce => (
+                        Some(Packet::PubRec(p.pkid)),
+                        self.awaiting_pubrel.insert(p.pkid),
+                    ),
+                };
+                expect_routed(routed);
+                match answer {
+                    Some(_) => (answer, packets.get(1..).unwrap_or(&[])),
+                    None => (None, &packets[..]),
+                }
+            }
+            Packet::PubAck(id) => {
+                expect_routed(false);
+                if let Some(i) = self.flow(*id, QoS::AtLeastOnce, false) {
+                    self.complete(i);
+                }
+                (None, &packets[..])
+            }
+            Packet::PubRec(id) => {
+                expect_routed(false);
+                match self.flows.iter().position(|f| f.pkid == *id) {
+                    // PUBREC for a QoS 1 flow is not ours to answer.
+                    Some(i) if self.flows[i].qos == QoS::AtLeastOnce => (None, &packets[..]),
+                    Some(i) => {
+                        self.flows[i].released = true;
+                        (Some(Packet::PubRel(*id)), packets.get(1..).unwrap_or(&[]))
+                    }
+                    None => (Some(Packet::PubRel(*id)), packets.get(1..).unwrap_or(&[])),
+                }
+            }
+            Packet::PubComp(id) => {
+                expect_routed(false);
+                if let Some(i) = self.flow(*id, QoS::ExactlyOnce, true) {
+                    self.complete(i);
+                }
+                (None, &packets[..])
+            }
+            Packet::PubRel(id) => {
+                expect_routed(false);
+                self.awaiting_pubrel.remove(id);
+                (Some(Packet::PubComp(*id)), packets.get(1..).unwrap_or(&[]))
+            }
+            Packet::PingReq => (Some(Packet::PingResp), packets.get(1..).unwrap_or(&[])),
+            Packet::Disconnect => {
+                self.will_set = false;
+                (None, &packets[..])
+            }
+            other => unreachable!("{} accepted", other.name()),
+        };
+        if let Some(answer) = answer {
+            assert_eq!(packets.first(), Some(&answer), "wrong answer");
+        }
+        self.absorb(rest);
+        if matches!(packet, Packet::Disconnect) {
+            // The shard closes the connection gracefully.
+            assert!(rest.is_empty());
+            self.drop_connection(true);
+        }
+        self.after_call();
+    }
+
+    /// The flow using `pkid` if it is at this QoS and stage.
+    fn flow(&self, pkid: u16, qos: QoS, released: bool) -> Option<usize> {
+        self.flows
+            .iter()
+            .position(|f| f.pkid == pkid && f.qos == qos && f.released == released)
+    }
+
+    fn complete(&mut self, i: usize) {
+        self.flows.remove(i);
+        self.held -= 1;
+    }
+
+    /// A message routed to the session, as the shard's delivery does.
+    fn deliver(&mut self, qos: QoS, granted: QoS, flags: u8) {
+        let Some(s) = self.session.as_mut() else {
+            return;
+        };
+        let seq = self.sent.len() as u64;
+        let len = if flags & 0x80 != 0 {
+            600
+        } else {
+            usize::from(flags & 0x7F) * 2
+        };
+        let mut payload = seq.to_be_bytes().to_vec();
+        payload.resize(8 + len, flags);
+        let msg = Message {
+            topic: ByteString::from_static(TOPIC),
+            payload: Bytes::from(payload),
+            qos,
+            retain: flags & 1 != 0,
+        };
+        let eff = qos.min(granted);
+        self.sent
+            .push((eff, msg.retain, msg.topic.len() + msg.payload.len()));
+        let before = s.stats();
+        let delivery = s.deliver(&msg, granted, &mut self.out);
+        let packets = std::mem::take(&mut self.out.packets);
+        assert!(self.out.publishes.is_empty());
+        match delivery {
+            Delivery::Sent => {
+                assert!(self.connected && self.writable, "sent while it cannot be");
+                assert_eq!(packets.len(), 1);
+                assert_eq!(before.queued, 0, "sent ahead of queued messages");
+            }
+            Delivery::Queued => assert!(packets.is_empty()),
+            Delivery::Dropped(DropReason::OfflineQoS0) => {
+                assert!(!self.connected && eff == QoS::AtMostOnce);
+                assert!(packets.is_empty());
+            }
+            Delivery::Dropped(DropReason::QueueFull) => assert!(packets.is_empty()),
+        }
+        if !self.connected && eff == QoS::AtMostOnce {
+            assert_eq!(delivery, Delivery::Dropped(DropReason::OfflineQoS0));
+        }
+        if matches!(delivery, Delivery::Sent | Delivery::Queued) {
+            self.held += 1;
+            if eff != QoS::AtMostOnce {
+                self.unsent.insert(seq);
+            }
+        }
+        self.absorb(&packets);
+        self.after_call();
+    }
+
+    fn set_writable(&mut self, writable: bool) {
+        let Some(s) = self.session.as_mut() else {
+            return;
+        };
+        s.set_writable(writable, &mut self.out);
+        if self.connected {
+            self.writable = writable;
+        }
+        let packets = std::mem::take(&mut self.out.packets);
+        if !writable {
+            assert!(packets.is_empty(), "sent while not writable");
+        }
+        self.absorb(&packets);
+        self.after_call();
+    }
+
+    fn subscription(&mut self, filter: &str, subscribe: bool, qos: QoS) {
+        let Some(s) = self.session.as_mut() else {
+            return;
+        };
+        if subscribe {
+            let prev = s.subscribe(ByteString::from(filter), qos);
+            assert_eq!(prev, self.subscriptions.insert(filter.to_owned(), qos));
+        } else {
+            let prev = s.unsubscribe(filter);
+            assert_eq!(prev, self.subscriptions.remove(filter));
+        }
+    }
+
+    /// Checks new PUBLISH packets the session wrote (not resends) and records them.
+    fn absorb(&mut self, packets: &[Packet]) {
+        for packet in packets {
+            let Packet::Publish(p) = packet else {
+                panic!("unexpected {packet:?} from the session");
+            };
+            assert!(
+                self.connected && self.writable,
+                "PUBLISH while it cannot be"
+            );
+            assert!(!p.dup, "new PUBLISH with DUP");
+            let seq = seq_of(p);
+            let &(eff, retain, cost) = self
+                .sent
+                .get(seq as usize)
+                .expect("PUBLISH of a message never delivered");
+            assert_eq!(p.qos, eff, "wrong QoS");
+            assert_eq!(p.retain, retain, "wrong retain flag");
+            assert_eq!(&*p.topic, TOPIC);
+            if p.qos == QoS::AtMostOnce {
+                assert_eq!(p.pkid, 0);
+                self.held -= 1;
+            } else {
+                assert_ne!(p.pkid, 0, "packet id 0");
+                assert!(
+                    self.flows.iter().all(|f| f.pkid != p.pkid),
+                    "packet id {} reused while in flight",
+                    p.pkid
+                );
+                assert!(self.unsent.remove(&seq), "message {seq} sent twice");
+                self.flows.push(Flow {
+                    pkid: p.pkid,
+                    seq,
+                    qos: p.qos,
+                    cost,
+                    released: false,
+                });
+            }
+            if let Some(last) = self.last_first {
+                assert!(seq > last, "message {seq} sent after {last}: out of order");
+            }
+            self.last_first = Some(seq);
+        }
+    }
+
+    fn after_call(&mut self) {
+        assert!(self.out.packets.is_empty() && self.out.publishes.is_empty());
+    }
+
+    /// Invariants after every step.
+    fn check(&mut self) {
+        let max_inflight = self.max_inflight();
+        let Some(s) = &mut self.session else {
+            assert!(!self.connected);
+            return;
+        };
+        self.evictions_taken += s.take_evictions();
+        let st = s.stats();
+        let max_bytes = self.limits.max_queued_bytes;
+        // The bounds that keep a client's memory bounded.
+        assert!(st.inflight <= max_inflight, "window: {st:?}");
+        assert!(
+            st.queued <= self.limits.max_queued_messages,
+            "queue: {st:?}"
+        );
+        assert!(st.queued_bytes <= max_bytes, "queued bytes: {st:?}");
+        let held_flows = self.flows.iter().filter(|f| !f.released).count();
+        assert!(
+            st.inflight_bytes <= max_bytes || held_flows == 1,
+            "in-flight bytes over the bound with {held_flows} messages held: {st:?}"
+        );
+        // The session's books agree with what it sent and was told.
+        assert!(
+            st.queued_bytes >= st.queued * MIN_COST && st.queued_bytes <= st.queued * MAX_COST,
+            "queued bytes do not add up: {st:?}"
+        );
+        assert_eq!(st.inflight, self.flows.len(), "in-flight count");
+        let inflight_bytes: usize = self
+            .flows
+            .iter()
+            .filter(|f| !f.released)
+            .map(|f| f.cost)
+            .sum();
+        assert_eq!(st.inflight_bytes, inflight_bytes, "in-flight bytes");
+        assert_eq!(
+            st.inflight as u64 + st.queued as u64 + st.evicted_qos0,
+            self.held,
+            "messages lost or invented: {st:?}"
+        );
+        assert_eq!(self.evictions_taken, st.evicted_qos0, "evictions reported");
+        assert_eq!(st.awaiting_pubrel, self.awaiting_pubrel.len());
+        // Nothing waits in the queue that could go out: QoS 0 goes whenever the
+        // connection is writable, the front QoS 1/2 message (no bigger than everything
+        // queued) when the window has a slot and the bytes held stay in bounds.
+        let front_fits = st.inflight_bytes == 0 || st.inflight_bytes + st.queued_bytes <= max_bytes;
+        if self.connected && self.writable && st.inflight < max_inflight && front_fits {
+            assert_eq!(
+                st.queued, 0,
+                "queue stalled with room in the window: {st:?}"
+            );
+        }
+        assert_eq!(s.is_connected(), self.connected);
+        assert_eq!(s.clean_session(), self.clean);
+        assert_eq!(&**s.client_id(), "fuzz");
+        let deadline = (self.connected && self.keep_alive > 0)
+            .then(|| self.last_activity + Duration::from_millis(u64::from(self.keep_alive) * 1500));
+        assert_eq!(s.keep_alive_deadline(), deadline);
+        let subs: BTreeMap<String, QoS> =
+            s.subscriptions().map(|(f, q)| (f.to_string(), q)).collect();
+        assert_eq!(subs, self.subscriptions);
+    }
+
+    /// Reconnects if needed and acknowledges every flow until nothing is left; every
+    /// accepted QoS 1/2 message must have been sent by then.
+    fn drain(&mut self) {
+        if self.session.is_none() {
+            return;
+        }
+        if !self.connected {
+            self.connect(false, 0, None);
+        }
+        self.set_writable(true);
+        self.check();
+        for _ in 0..64 {
+            let Some(flow) = self.flows.first().copied() else {
+                break;
+            };
+            match (flow.qos, flow.released) {
+                (QoS::AtLeastOnce, _) => self.client(Packet::PubAck(flow.pkid)),
+                (_, false) => self.client(Packet::PubRec(flow.pkid)),
+                (_, true) => self.client(Packet::PubComp(flow.pkid)),
+            }
+            self.check();
+        }
+        let st = self.session.as_ref().expect("connected session").stats();
+        assert_eq!((st.inflight, st.queued), (0, 0), "not drained: {st:?}");
+        assert!(
+            self.unsent.is_empty(),
+            "accepted but never sent: {:?}",
+            self.unsent
+        );
+        // Finish the client's own QoS 2 flows.
+        let ids: Vec<u16> = self.awaiting_pubrel.iter().copied().collect();
+        for id in ids {
+            self.client(Packet::PubRel(id));
+        }
+        self.check();
+        assert_eq!(
+            self.session.as_ref().map(|s| s.stats().awaiting_pubrel),
+            Some(0)
+        );
+    }
+}
+
+/// The sequence number at the front of a delivered message's payload.
+fn seq_of(p: &Publish) -> u64 {
+    let head = p
+        .payload
+        .get(..8)
+        .expect("payload carries a sequence number");
+    u64::from_be_bytes(head.try_into().expect("8 bytes"))
+}
+
+/// A packet a client must not send to a server (or that the shard handles itself).
+fn server_only_packet(which: u8) -> Packet {
+    match which % 7 {
+        0 => Packet::ConnAck(ConnAck {
+            session_present: false,
+            code: ConnectReturnCode::Accepted,
+        }),
+        1 => Packet::SubAck(SubAck {
+            pkid: 1,
+            codes: vec![SubAckCode::Failure],
+        }),
+        2 => Packet::UnsubAck(1),
+        3 => Packet::PingResp,
+        4 => Packet::Subscribe(Subscribe {
+            pkid: 1,
+            filters: vec![SubscribeFilter {
+                filter: ByteString::from_static("t/x"),
+                qos: QoS::AtLeastOnce,
+            }],
+        }),
+        5 => Packet::Unsubscribe(Unsubscribe {
+            pkid: 1,
+            filters: vec![ByteString::from_static("t/x")],
+        }),
+        _ => Packet::Connect(Box::new(Connect {
+            protocol: Protocol::V311,
+            clean_session: true,
+            keep_alive: 0,
+            client_id: ByteString::from_static("fuzz"),
+            will: None,
+            username: None,
+            password: None,
+        })),
+    }
+}
