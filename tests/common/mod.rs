@@ -1024,3 +1024,15 @@ impl Drop for Mq {
         }
     }
 }
+
+// ---------------------------------------------------------------------------------
+// Load (robustness and soak tests)
+// ---------------------------------------------------------------------------------
+
+pub mod load;
+#[allow(unused_imports)]
+pub use load::*;
+
+pub mod churn;
+#[allow(unused_imports)]
+pub use churn::*;
