@@ -6,8 +6,8 @@
 //! - `cross_shard/N`: the same path as the broker, between two glommio executors pinned
 //!   to two CPUs and joined by a full channel mesh of `Batch` with the default
 //!   capacity. On the sending executor a producer task pushes N publishes and parks on
-//!   [`Backpressure`] (as a reader does) until a flusher task, the same loop as the
-//!   runtime's, has taken the outbox and sent it; the receiving executor's task
+//!   [`Backpressure`] (as a reader does) until the runtime's own flusher task
+//!   has taken the outbox and sent it; the receiving executor's task
 //!   consumes each batch as `handle_mesh_batch` does (by value, dropping every message
 //!   on the receiving CPU). Parking per batch keeps every batch exactly N long; the
 //!   channel still pipelines up to its capacity. Each sample times `iters` batches
@@ -21,9 +21,9 @@
 use bytes::Bytes;
 use bytestring::ByteString;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use glommio::channels::channel_mesh::{Full, MeshBuilder, Senders};
+use glommio::channels::channel_mesh::{Full, MeshBuilder};
 use glommio::{spawn_local, ExecutorJoinHandle, LocalExecutorBuilder, Placement};
-use shardmq::bench_support::{Backpressure, Batch, MeshMsg, Outbox};
+use shardmq::bench_support::{allowed_cpus, flusher, Backpressure, Batch, MeshMsg, Outbox};
 use shardmq::config::Config;
 use shardmq::message::Message;
 use shardmq::protocol::QoS;
@@ -146,27 +146,6 @@ impl Drop for ShardPair {
     }
 }
 
-/// The runtime's flusher: moves the whole outbox as one channel item, then releases
-/// parked producers.
-async fn flusher(
-    senders: Rc<Senders<Batch>>,
-    outbox: Rc<Outbox>,
-    dest: usize,
-    backpressure: Rc<Backpressure>,
-) {
-    loop {
-        let batch = poll_fn(|cx| match outbox.take_or_register(cx.waker()) {
-            Some(b) => Poll::Ready(b),
-            None => Poll::Pending,
-        })
-        .await;
-        if senders.send_to(dest, batch).await.is_err() {
-            return;
-        }
-        backpressure.release();
-    }
-}
-
 async fn sending_shard(
     mesh: MeshBuilder<Batch, Full>,
     runs: crossbeam_channel::Receiver<Option<Run>>,
@@ -176,11 +155,13 @@ async fn sending_shard(
     let peer = 1 - senders.peer_id();
     let (_, echoes) = receivers.streams().pop().expect("a stream from the peer");
     let senders = Rc::new(senders);
-    let outbox = Rc::new(Outbox::default());
+    // One outbox per shard, as the runtime has; only the peer's is used.
+    let outboxes: Rc<[Outbox]> = (0..2).map(|_| Outbox::default()).collect();
+    let outbox = &outboxes[peer];
     let backpressure = Rc::new(Backpressure::default());
     spawn_local(flusher(
         senders.clone(),
-        outbox.clone(),
+        outboxes.clone(),
         peer,
         backpressure.clone(),
     ))
@@ -241,26 +222,6 @@ fn bench_cross_shard(c: &mut Criterion) {
         });
     }
     group.finish();
-}
-
-/// CPUs this process may run on (its affinity mask), to pin one executor to each, as
-/// the broker does.
-fn allowed_cpus() -> Option<Vec<usize>> {
-    // SAFETY: `cpu_set_t` is plain data for which all-zero is a valid value.
-    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    // SAFETY: `set` is a valid, writable cpu_set_t of the size passed; pid 0 is the
-    // calling thread.
-    let rc =
-        unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) };
-    if rc != 0 {
-        return None;
-    }
-    // SAFETY: `set` was filled in by sched_getaffinity above.
-    Some(
-        (0..libc::CPU_SETSIZE as usize)
-            .filter(|&c| unsafe { libc::CPU_ISSET(c, &set) })
-            .collect(),
-    )
 }
 
 criterion_group!(benches, bench_outbox_local, bench_cross_shard);

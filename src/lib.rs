@@ -19,6 +19,7 @@
 //! # }
 //! ```
 
+mod affinity;
 pub mod auth;
 pub mod config;
 pub mod fuzz_support;
@@ -33,7 +34,9 @@ pub mod topic;
 /// stable API.
 #[doc(hidden)]
 pub mod bench_support {
+    pub use crate::affinity::allowed_cpus;
     pub use crate::shard::mesh::{Batch, MeshMsg, Outbox};
+    pub use crate::shard::runtime::flusher;
     pub use crate::shard::Backpressure;
 }
 
@@ -222,7 +225,7 @@ impl Broker {
             connections: AtomicUsize::new(0),
         });
         let mesh = (n > 1).then(|| MeshBuilder::full(n, shared.config.mesh_channel_capacity));
-        let cpus = allowed_cpus();
+        let cpus = affinity::allowed_cpus();
         let mut broker = Broker {
             addrs: Vec::new(),
             controls: Vec::new(),
@@ -339,23 +342,4 @@ impl Drop for Broker {
     fn drop(&mut self) {
         self.stop();
     }
-}
-
-/// CPUs this process may run on (its affinity mask), to pin one shard to each.
-fn allowed_cpus() -> Option<Vec<usize>> {
-    // SAFETY: `cpu_set_t` is plain data for which all-zero is a valid value.
-    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    // SAFETY: `set` is a valid, writable cpu_set_t of the size passed; pid 0 is the
-    // calling thread.
-    let rc =
-        unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) };
-    if rc != 0 {
-        return None;
-    }
-    // SAFETY: `set` was filled in by sched_getaffinity above.
-    Some(
-        (0..libc::CPU_SETSIZE as usize)
-            .filter(|&c| unsafe { libc::CPU_ISSET(c, &set) })
-            .collect(),
-    )
 }

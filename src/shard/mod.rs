@@ -14,7 +14,7 @@
 
 pub mod mesh;
 pub mod retained;
-mod runtime;
+pub(crate) mod runtime;
 pub mod stats;
 
 pub(crate) use runtime::{run, Control, ShardInit};

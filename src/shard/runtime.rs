@@ -139,7 +139,7 @@ pub async fn run(init: ShardInit) {
 
 /// Moves one destination's outbox over the mesh, a whole outbox per channel item.
 /// Parked readers are released once a batch has left (the channel took it).
-async fn flusher(
+pub async fn flusher(
     senders: Rc<Senders<Batch>>,
     outboxes: Rc<[Outbox]>,
     dest: usize,
