@@ -126,6 +126,8 @@ pub struct WorkerResult {
     pub errors: Vec<String>,
 }
 
+/// Errors a worker keeps for the report.
+const MAX_ERRORS_KEPT: usize = 20;
 /// A client the broker dropped mid-run reconnects after this long.
 const RECONNECT_DELAY: Duration = Duration::from_millis(100);
 /// Token of the pacing timer.
@@ -341,8 +343,16 @@ impl Worker {
     }
 
     fn fatal(&mut self, msg: String) {
-        self.result.errors.push(msg.clone());
+        self.note_error(msg.clone());
         self.shared.set_fatal(msg);
+    }
+
+    /// Keeps the first few errors for the report; a broker that keeps failing
+    /// reconnects must not grow the list without bound.
+    fn note_error(&mut self, msg: String) {
+        if self.result.errors.len() < MAX_ERRORS_KEPT {
+            self.result.errors.push(msg);
+        }
     }
 
     // ---- connecting ----
@@ -402,9 +412,7 @@ impl Worker {
             self.conns[i].state = State::Waiting;
             self.waiting
                 .push_back((i, Instant::now() + RECONNECT_DELAY));
-            self.result
-                .errors
-                .push(format!("{}: {why}", self.conns[i].spec.client_id));
+            self.note_error(format!("{}: {why}", self.conns[i].spec.client_id));
             return;
         }
         self.conns[i].state = State::Closed;
@@ -412,9 +420,7 @@ impl Worker {
         self.result.connect_failures += 1;
         let msg = format!("{}: {why}", self.conns[i].spec.client_id);
         if self.shared.opts.tolerate_connect_failures {
-            if self.result.errors.len() < 20 {
-                self.result.errors.push(msg);
-            }
+            self.note_error(msg);
         } else {
             self.fatal(msg);
         }
@@ -437,12 +443,10 @@ impl Worker {
         self.ready -= 1;
         self.result.disconnects += 1;
         self.shared.connected.fetch_sub(1, Relaxed);
-        if self.result.errors.len() < 20 {
-            self.result.errors.push(format!(
-                "{}: connection lost: {why}",
-                self.conns[i].spec.client_id
-            ));
-        }
+        self.note_error(format!(
+            "{}: connection lost: {why}",
+            self.conns[i].spec.client_id
+        ));
         let c = &mut self.conns[i];
         if let Some(p) = c.publisher.as_mut() {
             // A clean session forgets what was in flight: those messages may be lost.
@@ -535,9 +539,7 @@ impl Worker {
                 Ok(n) => {
                     self.conns[i].rlen += n;
                     if let Err(e) = self.process(i, now) {
-                        self.result
-                            .errors
-                            .push(format!("{}: {e}", self.conns[i].spec.client_id));
+                        self.note_error(format!("{}: {e}", self.conns[i].spec.client_id));
                         self.shared.protocol_errors.fetch_add(1, Relaxed);
                         return self.connection_lost(i, e);
                     }
