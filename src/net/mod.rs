@@ -72,6 +72,16 @@ impl Conn {
         self.wake_writer();
     }
 
+    /// Appends bytes already encoded as whole packets (one encoding of a publish
+    /// shared by many subscribers); ignored once closing.
+    pub fn write_encoded(&self, bytes: &[u8]) {
+        if self.closing.get() {
+            return;
+        }
+        self.wbuf.borrow_mut().extend_from_slice(bytes);
+        self.wake_writer();
+    }
+
     /// Encodes and drains a batch of packets.
     pub fn write_packets(&self, packets: &mut Vec<Packet>) {
         if packets.is_empty() {

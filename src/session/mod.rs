@@ -369,6 +369,14 @@ impl Session {
         }
     }
 
+    /// Whether a QoS 0 delivery would go out at once, as a plain PUBLISH with the
+    /// message's retain flag, changing no state: connected, writable, nothing queued
+    /// ahead. The shard then writes one encoding of the message, shared by every such
+    /// subscriber, instead of calling [`Session::deliver`] (see `Shard::deliver_local`).
+    pub fn sends_qos0_at_once(&self) -> bool {
+        self.connected && self.writable && self.queue.is_empty()
+    }
+
     /// The connection's write buffer went over (`false`) or back under (`true`) its
     /// high-water mark. On `true`, sends queued messages in FIFO order: QoS 0 freely,
     /// QoS 1/2 while the window has room.

@@ -1737,3 +1737,82 @@ fn randomized_client_keeps_every_guarantee() {
         sim.finish();
     }
 }
+
+/// The shard writes a shared encoding instead of calling `deliver` exactly when
+/// `sends_qos0_at_once` holds; that is only right if `deliver` would then have sent the
+/// same plain PUBLISH and changed nothing else, and if it would not have sent at once
+/// whenever it does not hold.
+#[test]
+fn sends_qos0_at_once_agrees_with_deliver() {
+    let retained = Message {
+        retain: true,
+        ..msg("t", "r", QoS::AtMostOnce)
+    };
+    // (state name, session in that state)
+    let mut states: Vec<(&str, Session)> = Vec::new();
+    states.push(("offline", session(roomy())));
+    let (s, _, _) = connected(roomy());
+    states.push(("idle", s));
+    let (mut s, mut out, _) = connected(roomy());
+    s.set_writable(false, &mut out);
+    states.push(("not writable", s));
+    let (mut s, mut out, _) = connected(roomy());
+    s.set_writable(false, &mut out);
+    s.deliver(
+        &msg("t", "queued", QoS::AtLeastOnce),
+        QoS::AtLeastOnce,
+        &mut out,
+    );
+    s.set_writable(true, &mut out);
+    s.set_writable(false, &mut out);
+    s.deliver(
+        &msg("t", "queued", QoS::AtMostOnce),
+        QoS::AtMostOnce,
+        &mut out,
+    );
+    states.push(("queue not empty", s));
+    let (mut s, mut out, _) = connected(limits(1, 100, 1 << 20));
+    s.deliver(&msg("t", "a", QoS::AtLeastOnce), QoS::AtLeastOnce, &mut out);
+    states.push(("window full, nothing queued", s));
+    let (mut s, mut out, _) = connected(limits(1, 100, 1 << 20));
+    s.deliver(&msg("t", "a", QoS::AtLeastOnce), QoS::AtLeastOnce, &mut out);
+    s.deliver(&msg("t", "b", QoS::AtLeastOnce), QoS::AtLeastOnce, &mut out);
+    states.push(("window full, QoS 1 queued", s));
+
+    for (name, mut s) in states {
+        let at_once = s.sends_qos0_at_once();
+        let before = s.stats();
+        for m in [&msg("t", "p", QoS::AtMostOnce), &retained] {
+            for granted in [QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce] {
+                let mut out = Output::default();
+                let mut probe = s.stats();
+                let d = s.deliver(m, granted, &mut out);
+                if at_once {
+                    assert_eq!(d, Delivery::Sent, "{name}");
+                    assert_eq!(
+                        take(&mut out),
+                        vec![Packet::Publish(Publish {
+                            dup: false,
+                            qos: QoS::AtMostOnce,
+                            retain: m.retain,
+                            topic: m.topic.clone(),
+                            pkid: 0,
+                            payload: m.payload.clone(),
+                        })],
+                        "{name}"
+                    );
+                    probe.evicted_qos0 = s.stats().evicted_qos0;
+                    assert_eq!(s.stats(), probe, "{name}: state changed");
+                } else {
+                    assert_ne!(d, Delivery::Sent, "{name}");
+                    assert!(publishes(&out.packets).is_empty(), "{name}");
+                }
+                assert!(out.publishes.is_empty());
+            }
+        }
+        assert_eq!(at_once, s.sends_qos0_at_once(), "{name}");
+        if at_once {
+            assert_eq!(s.stats(), before, "{name}");
+        }
+    }
+}

@@ -24,12 +24,13 @@ use crate::config::Config;
 use crate::message::Message;
 use crate::net::Conn;
 use crate::protocol::{
-    topic, ConnAck, Connect, ConnectReturnCode, Packet, Protocol, QoS, SubAck, SubAckCode,
-    Subscribe, Unsubscribe,
+    encode_publish, topic, ConnAck, Connect, ConnectReturnCode, Packet, Protocol, QoS, SubAck,
+    SubAckCode, Subscribe, Unsubscribe,
 };
 use crate::session::{Delivery, DropReason, Limits, Output, Session};
 use crate::topic::TopicTrie;
 use ahash::AHashMap;
+use bytes::BytesMut;
 use bytestring::ByteString;
 use mesh::{Handoff, MeshMsg, Outbox};
 use retained::{LocalUpdate, Retained};
@@ -57,6 +58,9 @@ pub fn home_shard(client_id: &str, shards: usize) -> usize {
 /// Publishes waiting in one outbox above which this shard stops reading from its
 /// clients' sockets until the outbox drains (TCP then pushes back on publishers).
 const OUTBOX_HIGH_WATER: usize = 4096;
+
+/// The shared fan-out encoding buffer is released after a message larger than this.
+const FANOUT_BUFFER_KEEP: usize = 64 * 1024;
 
 /// What the connection layer should do after a packet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -146,6 +150,8 @@ pub struct Shard {
     matched: Vec<(u32, QoS)>,
     match_seq: u64,
     dests: Vec<bool>,
+    /// One QoS 0 PUBLISH encoding shared by the subscribers of a fan-out.
+    fanout: BytesMut,
     pub stats: ShardStats,
     pub stopping: bool,
 }
@@ -208,6 +214,7 @@ impl Shard {
             matched: Vec::new(),
             match_seq: 0,
             dests: vec![false; shards],
+            fanout: BytesMut::new(),
             stats: ShardStats::default(),
             stopping: false,
         }
@@ -627,6 +634,7 @@ impl Shard {
             matched,
             out,
             stats,
+            fanout,
             ..
         } = self;
         matched.clear();
@@ -643,12 +651,41 @@ impl Shard {
                 matched.push((k, qos));
             }
         });
+        // Encoded at most once per message, on the first subscriber that takes it as
+        // is; every other such subscriber gets a copy of these bytes. Cloning the
+        // message's topic and payload per subscriber instead would touch their shared
+        // reference count (on a cache line the publisher's shard also writes) twice
+        // per delivery.
+        fanout.clear();
         for &(k, qos) in matched.iter() {
-            if let Some(e) = sessions.get_mut(k as usize) {
-                let d = e.session.deliver(msg, qos, out);
-                count_delivery(stats, d, &mut e.session);
-                write_out(e, out, high_water);
+            let Some(e) = sessions.get_mut(k as usize) else {
+                continue;
+            };
+            if msg.qos.min(qos) == QoS::AtMostOnce && e.session.sends_qos0_at_once() {
+                if let Some(conn) = &e.conn {
+                    if fanout.is_empty() {
+                        encode_publish(
+                            fanout,
+                            &msg.topic,
+                            &msg.payload,
+                            QoS::AtMostOnce,
+                            msg.retain,
+                            false,
+                            0,
+                        );
+                    }
+                    conn.write_encoded(fanout);
+                    stats.delivered += 1;
+                    write_out(e, out, high_water);
+                    continue;
+                }
             }
+            let d = e.session.deliver(msg, qos, out);
+            count_delivery(stats, d, &mut e.session);
+            write_out(e, out, high_water);
+        }
+        if fanout.capacity() > FANOUT_BUFFER_KEEP {
+            *fanout = BytesMut::new();
         }
     }
 
