@@ -23,6 +23,7 @@ mod affinity;
 pub mod auth;
 pub mod config;
 pub mod fuzz_support;
+mod hash;
 pub mod message;
 mod net;
 pub mod protocol;

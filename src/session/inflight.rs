@@ -39,11 +39,80 @@ struct Slot {
 /// than live slots; below it the deque is small enough that they cost nothing.
 const COMPACT_MIN_TOMBSTONES: usize = 16;
 
-/// See the module documentation.
+/// See the module documentation. Allocated on a session's first QoS 1/2 flow: a
+/// session that never has one (most of an idle fleet) holds a null pointer.
+#[derive(Debug, Default)]
+pub(crate) struct Inflight(Option<Box<Flows>>);
+
+impl Inflight {
+    pub(crate) fn new() -> Inflight {
+        Inflight(None)
+    }
+
+    fn get(&self) -> Option<&Flows> {
+        self.0.as_deref()
+    }
+
+    fn get_or_init(&mut self) -> &mut Flows {
+        self.0.get_or_insert_with(|| Box::new(Flows::new()))
+    }
+
+    /// Number of flows in flight (awaiting PUBACK, PUBREC or PUBCOMP).
+    pub(crate) fn len(&self) -> usize {
+        self.get().map_or(0, Flows::len)
+    }
+
+    /// Topic + payload bytes held for resending.
+    pub(crate) fn bytes(&self) -> usize {
+        self.get().map_or(0, |f| f.bytes)
+    }
+
+    /// The next packet id not in flight, cycling through 1..=65535; `None` when all are.
+    pub(crate) fn next_free_pkid(&mut self) -> Option<u16> {
+        self.get_or_init().next_free_pkid()
+    }
+
+    /// Records a PUBLISH sent with `pkid`; false (and nothing changes) if it is in use.
+    pub(crate) fn insert(&mut self, pkid: u16, msg: Message) -> bool {
+        self.get_or_init().insert(pkid, msg)
+    }
+
+    pub(crate) fn get_mut(&mut self, pkid: u16) -> Option<&mut Stage> {
+        self.0.as_deref_mut()?.get_mut(pkid)
+    }
+
+    /// PUBREC for a QoS 2 flow: see [`Flows::release`].
+    pub(crate) fn release(&mut self, pkid: u16) -> bool {
+        self.0.as_deref_mut().is_some_and(|f| f.release(pkid))
+    }
+
+    pub(crate) fn remove(&mut self, pkid: u16) -> Option<Stage> {
+        self.0.as_deref_mut()?.remove(pkid)
+    }
+
+    /// Live flows in send order, for resending on resume.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (u16, &Stage)> {
+        self.get().into_iter().flat_map(Flows::iter)
+    }
+
+    /// Slots held including tombstones (tests check the bound).
+    #[cfg(test)]
+    pub(crate) fn slot_count(&self) -> usize {
+        self.get().map_or(0, Flows::slot_count)
+    }
+
+    /// Moves the cyclic id allocator (tests exercise wrap-around with it).
+    #[cfg(test)]
+    pub(crate) fn set_next_pkid(&mut self, pkid: u16) {
+        self.get_or_init().set_next_pkid(pkid)
+    }
+}
+
+/// The window itself, behind [`Inflight`]'s pointer.
 #[derive(Debug)]
-pub(crate) struct Inflight {
+struct Flows {
     slots: VecDeque<Slot>,
-    index: HashMap<u16, u64, ahash::RandomState>,
+    index: HashMap<u16, u64, crate::hash::RandomKeys>,
     next_seq: u64,
     next_pkid: u16,
     tombstones: usize,
@@ -51,9 +120,9 @@ pub(crate) struct Inflight {
     bytes: usize,
 }
 
-impl Inflight {
-    pub(crate) fn new() -> Inflight {
-        Inflight {
+impl Flows {
+    fn new() -> Flows {
+        Flows {
             slots: VecDeque::new(),
             index: HashMap::default(),
             next_seq: 0,
@@ -66,11 +135,6 @@ impl Inflight {
     /// Number of flows in flight (awaiting PUBACK, PUBREC or PUBCOMP).
     pub(crate) fn len(&self) -> usize {
         self.index.len()
-    }
-
-    /// Topic + payload bytes of the messages held for resending.
-    pub(crate) fn bytes(&self) -> usize {
-        self.bytes
     }
 
     /// The next free packet id, cycling through 1..=65535 and skipping ids still in

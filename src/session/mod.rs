@@ -23,6 +23,7 @@ mod queue;
 #[cfg(test)]
 mod tests;
 
+use crate::hash::RandomKeys;
 use crate::message::Message;
 use crate::protocol::{LastWill, Packet, Publish, QoS};
 use bytestring::ByteString;
@@ -125,14 +126,16 @@ pub struct Session {
     writable: bool,
     keep_alive: u16,
     last_activity: Option<Instant>,
-    will: Option<LastWill>,
+    /// Boxed: most sessions have none, and it is large.
+    will: Option<Box<LastWill>>,
     /// `queue.evicted()` as of the last `take_evictions`.
     evictions_reported: u64,
     inflight: Inflight,
     queue: Queue,
     /// Incoming QoS 2 packet ids whose PUBLISH was routed and whose PUBREL has not come.
-    awaiting_pubrel: HashSet<u16, ahash::RandomState>,
-    subscriptions: HashMap<ByteString, QoS, ahash::RandomState>,
+    /// Allocated on the first incoming QoS 2 message.
+    awaiting_pubrel: Option<Box<HashSet<u16, RandomKeys>>>,
+    subscriptions: HashMap<ByteString, QoS, RandomKeys>,
 }
 
 fn publish_packet(msg: &Message, pkid: u16, dup: bool) -> Packet {
@@ -164,7 +167,7 @@ impl Session {
             evictions_reported: 0,
             inflight: Inflight::new(),
             queue: Queue::new(),
-            awaiting_pubrel: HashSet::default(),
+            awaiting_pubrel: None,
             subscriptions: HashMap::default(),
         }
     }
@@ -204,11 +207,11 @@ impl Session {
         // Held for the whole connection: not as a slice of the CONNECT's buffer.
         self.will = will.map(|w| {
             let (topic, payload) = crate::message::compact_parts(&w.topic, &w.payload);
-            LastWill {
+            Box::new(LastWill {
                 topic,
                 payload,
                 ..w
-            }
+            })
         });
         for (pkid, stage) in self.inflight.iter() {
             out.packets.push(match stage {
@@ -285,7 +288,9 @@ impl Session {
             }
             Packet::PubRel(pkid) => {
                 nonzero(pkid, "PUBREL")?;
-                self.awaiting_pubrel.remove(&pkid);
+                if let Some(ids) = &mut self.awaiting_pubrel {
+                    ids.remove(&pkid);
+                }
                 out.packets.push(Packet::PubComp(pkid));
             }
             Packet::PingReq => out.packets.push(Packet::PingResp),
@@ -324,7 +329,11 @@ impl Session {
             QoS::ExactlyOnce => {
                 nonzero(p.pkid, "PUBLISH")?;
                 let pkid = p.pkid;
-                if self.awaiting_pubrel.insert(pkid) {
+                if self
+                    .awaiting_pubrel
+                    .get_or_insert_with(Default::default)
+                    .insert(pkid)
+                {
                     out.publishes.push(msg(p));
                 }
                 out.packets.push(Packet::PubRec(pkid));
@@ -428,7 +437,7 @@ impl Session {
             inflight_bytes: self.inflight.bytes(),
             queued: self.queue.len(),
             queued_bytes: self.queue.bytes(),
-            awaiting_pubrel: self.awaiting_pubrel.len(),
+            awaiting_pubrel: self.awaiting_pubrel.as_ref().map_or(0, |ids| ids.len()),
             evicted_qos0: self.queue.evicted(),
         }
     }

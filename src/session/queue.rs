@@ -18,9 +18,64 @@ struct Entry {
     msg: Message,
 }
 
-/// See the module documentation.
+/// See the module documentation. Allocated on the first message queued: a session that
+/// never queues (most of an idle fleet) holds a null pointer. The evictions counter is
+/// cumulative, so the queue is kept once allocated.
+#[derive(Debug, Default)]
+pub(crate) struct Queue(Option<Box<Fifo>>);
+
+impl Queue {
+    pub(crate) fn new() -> Queue {
+        Queue(None)
+    }
+
+    fn get(&self) -> Option<&Fifo> {
+        self.0.as_deref()
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.get().map_or(0, Fifo::len)
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.get().is_none_or(Fifo::is_empty)
+    }
+
+    pub(crate) fn bytes(&self) -> usize {
+        self.get().map_or(0, |f| f.bytes)
+    }
+
+    /// QoS 0 messages evicted so far to make room for QoS 1/2 ones.
+    pub(crate) fn evicted(&self) -> u64 {
+        self.get().map_or(0, |f| f.evicted)
+    }
+
+    /// See [`Fifo::push`].
+    pub(crate) fn push(&mut self, msg: Message, limits: &Limits) -> Result<(), DropReason> {
+        self.0
+            .get_or_insert_with(|| Box::new(Fifo::new()))
+            .push(msg, limits)
+    }
+
+    /// Effective QoS of the oldest queued message.
+    pub(crate) fn front_qos(&self) -> Option<QoS> {
+        self.get()?.front_qos()
+    }
+
+    /// What the oldest queued message costs against the byte bounds.
+    pub(crate) fn front_cost(&self) -> Option<usize> {
+        self.get()?.front_cost()
+    }
+
+    /// Removes and returns the oldest queued message.
+    pub(crate) fn pop(&mut self) -> Option<Message> {
+        self.0.as_deref_mut()?.pop()
+    }
+}
+
+/// The queue itself, behind [`Queue`]'s pointer.
 #[derive(Debug)]
-pub(crate) struct Queue {
+struct Fifo {
     /// QoS 1 and 2 messages, oldest first.
     high: VecDeque<Entry>,
     /// QoS 0 messages, oldest first.
@@ -36,9 +91,9 @@ pub(crate) fn cost(msg: &Message) -> usize {
     msg.payload.len().saturating_add(msg.topic.len())
 }
 
-impl Queue {
-    pub(crate) fn new() -> Queue {
-        Queue {
+impl Fifo {
+    fn new() -> Fifo {
+        Fifo {
             high: VecDeque::new(),
             low: VecDeque::new(),
             next_seq: 0,
@@ -54,15 +109,6 @@ impl Queue {
 
     pub(crate) fn is_empty(&self) -> bool {
         self.high.is_empty() && self.low.is_empty()
-    }
-
-    pub(crate) fn bytes(&self) -> usize {
-        self.bytes
-    }
-
-    /// QoS 0 messages evicted so far to make room for QoS 1/2 ones.
-    pub(crate) fn evicted(&self) -> u64 {
-        self.evicted
     }
 
     /// Appends `msg` (its `qos` already the effective one) within `limits`, evicting the

@@ -1386,7 +1386,10 @@ impl Sim {
         assert!(st.queued <= self.l.max_queued_messages);
         assert!(st.queued_bytes <= self.l.max_queued_bytes);
         assert!(self.s.inflight.slot_count() <= 2 * st.inflight + 17);
-        assert_eq!(st.awaiting_pubrel, self.s.awaiting_pubrel.len());
+        assert_eq!(
+            st.awaiting_pubrel,
+            self.s.awaiting_pubrel.as_ref().map_or(0, |ids| ids.len())
+        );
     }
 
     fn send(&mut self, p: Packet) {
