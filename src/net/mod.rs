@@ -1,19 +1,27 @@
 //! Connections: accept, read CONNECT under a timeout, hand the socket to its home
-//! shard, then serve it with one reader task and one writer task.
+//! shard, then serve it with one reader task.
 //!
 //! The reader drains every complete packet from each read before it reads again and
 //! hands them to the shard; the shard writes replies and deliveries into the
-//! connection's [`Conn`] buffer; the writer sends whatever accumulated with one
-//! write per wake-up (glommio's stream writes are unbuffered, so this is where the
-//! batching happens).
+//! connection's [`Conn`] buffer, which puts the connection on its shard's list of
+//! connections with output ([`Writes`]). One writer task per shard sends each listed
+//! connection's whole buffer with one write, once the tasks that filled them have run
+//! (glommio's stream writes are unbuffered, so this is where the batching happens).
+//! Only a connection whose socket buffer is full gets a task of its own, which waits
+//! until the socket takes more. An idle connection therefore costs one task (its
+//! reader) and no buffers.
 
-use crate::protocol::{decode, ConnAck, Connect, ConnectReturnCode, DecodeError, Packet};
+use crate::protocol::{
+    decode, ConnAck, Connect, ConnectReturnCode, DecodeError, Packet, Subscribe,
+};
 use crate::shard::mesh::Handoff;
 use crate::shard::{home_shard, Flow, Shard, SubscribeWait};
 use crate::{ConnectionSlot, Shared};
+use bytes::Buf;
 use bytes::BytesMut;
 use glommio::net::{TcpListener, TcpStream};
 use glommio::spawn_local;
+use glommio::task::JoinHandle;
 use glommio::timer::Timer;
 use std::cell::{Cell, RefCell};
 use std::future::poll_fn;
@@ -23,7 +31,7 @@ use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, IntoRawFd};
 use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::task::{ready, Poll, Waker};
+use std::task::{ready, Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use futures_lite::{AsyncRead, AsyncWrite};
@@ -37,53 +45,91 @@ const KEEP_WRITE_BUFFER: usize = 1024 * 1024;
 /// How long a closing connection may take to flush what it still has to send.
 const WRITER_LINGER: Duration = Duration::from_secs(5);
 
-/// The shard's handle on one live connection: the output buffer the writer drains,
-/// and the flags that pace and close it.
+/// One shard's connections with output to send, and its writer task's waker.
+pub struct Writes {
+    dirty: RefCell<Vec<Rc<Conn>>>,
+    waker: Cell<Option<Waker>>,
+    /// `Config::write_buffer_high_water`: a congested connection resumes below half.
+    high_water: usize,
+}
+
+impl Writes {
+    pub(crate) fn new(high_water: usize) -> Rc<Writes> {
+        Rc::new(Writes {
+            dirty: RefCell::new(Vec::new()),
+            waker: Cell::new(None),
+            high_water,
+        })
+    }
+}
+
+/// The shard's handle on one live connection: its socket, the output buffer the
+/// shard's writer drains, and the flags that pace and close it.
 pub struct Conn {
     /// Unique per shard; tells a connection apart from the one that took it over.
     pub id: u64,
     pub peer: SocketAddr,
+    /// The session's key on the shard (for `Shard::resume_writes`).
+    key: Cell<usize>,
+    stream: RefCell<TcpStream>,
     wbuf: RefCell<BytesMut>,
-    writer: Cell<Option<Waker>>,
+    writes: Rc<Writes>,
     reader: Cell<Option<Waker>>,
+    /// Woken when `done` is set (the connection's end waits for its output).
+    drained: Cell<Option<Waker>>,
+    /// The socket buffer was full: a task of its own ([`write_blocked`]) waits for it
+    /// to take more, and it alone writes meanwhile.
+    blocked: Cell<bool>,
+    blocked_task: Cell<Option<JoinHandle<()>>>,
     closing: Cell<bool>,
     congested: Cell<bool>,
+    /// On its shard's [`Writes`] list.
+    listed: Cell<bool>,
+    /// Closing and everything sent (write side shut down), or writing failed.
+    done: Cell<bool>,
 }
 
 impl Conn {
-    fn new(id: u64, peer: SocketAddr) -> Rc<Conn> {
+    fn new(id: u64, peer: SocketAddr, stream: TcpStream, writes: Rc<Writes>) -> Rc<Conn> {
         Rc::new(Conn {
             id,
             peer,
+            key: Cell::new(usize::MAX),
+            stream: RefCell::new(stream),
             wbuf: RefCell::new(BytesMut::new()),
-            writer: Cell::new(None),
+            writes,
             reader: Cell::new(None),
+            drained: Cell::new(None),
+            blocked: Cell::new(false),
+            blocked_task: Cell::new(None),
             closing: Cell::new(false),
             congested: Cell::new(false),
+            listed: Cell::new(false),
+            done: Cell::new(false),
         })
     }
 
     /// Encodes a packet into the output buffer (ignored once closing).
-    pub fn write_packet(&self, packet: &Packet) {
+    pub fn write_packet(self: &Rc<Self>, packet: &Packet) {
         if self.closing.get() {
             return;
         }
         packet.encode(&mut self.wbuf.borrow_mut());
-        self.wake_writer();
+        self.schedule_write();
     }
 
     /// Appends bytes already encoded as whole packets (one encoding of a publish
     /// shared by many subscribers); ignored once closing.
-    pub fn write_encoded(&self, bytes: &[u8]) {
+    pub fn write_encoded(self: &Rc<Self>, bytes: &[u8]) {
         if self.closing.get() {
             return;
         }
         self.wbuf.borrow_mut().extend_from_slice(bytes);
-        self.wake_writer();
+        self.schedule_write();
     }
 
     /// Encodes and drains a batch of packets.
-    pub fn write_packets(&self, packets: &mut Vec<Packet>) {
+    pub fn write_packets(self: &Rc<Self>, packets: &mut Vec<Packet>) {
         if packets.is_empty() {
             return;
         }
@@ -93,9 +139,22 @@ impl Conn {
                 p.encode(&mut buf);
             }
             drop(buf);
-            self.wake_writer();
+            self.schedule_write();
         }
         packets.clear();
+    }
+
+    /// Puts the connection on its shard's write list (once) and wakes the writer,
+    /// unless a blocked-socket task owns its writes.
+    fn schedule_write(self: &Rc<Self>) {
+        if self.listed.get() || self.done.get() || self.blocked.get() {
+            return;
+        }
+        self.listed.set(true);
+        self.writes.dirty.borrow_mut().push(self.clone());
+        if let Some(w) = self.writes.waker.take() {
+            w.wake();
+        }
     }
 
     /// Bytes written by the shard and not yet handed to the kernel.
@@ -112,14 +171,26 @@ impl Conn {
     }
 
     /// Asks the writer to flush what is pending and close; stops the reader.
-    pub fn close(&self) {
-        self.closing.set(true);
-        self.wake_writer();
+    pub fn close(self: &Rc<Self>) {
+        if !self.closing.replace(true) {
+            self.schedule_write();
+        }
         self.wake_reader();
     }
 
-    fn wake_writer(&self) {
-        if let Some(w) = self.writer.take() {
+    pub fn is_closing(&self) -> bool {
+        self.closing.get()
+    }
+
+    /// The blocked-socket task is finishing.
+    fn unblock(&self) {
+        self.blocked.set(false);
+        self.blocked_task.take();
+    }
+
+    fn set_done(&self) {
+        self.done.set(true);
+        if let Some(w) = self.drained.take() {
             w.wake();
         }
     }
@@ -135,7 +206,6 @@ impl Conn {
 enum End {
     Eof,
     Disconnect,
-    KeepAlive,
     ClosedByBroker,
     Violation,
     Decode(DecodeError),
@@ -147,7 +217,6 @@ impl std::fmt::Debug for End {
         match self {
             End::Eof => f.write_str("closed by client"),
             End::Disconnect => f.write_str("DISCONNECT"),
-            End::KeepAlive => f.write_str("keep-alive timeout"),
             End::ClosedByBroker => f.write_str("closed by broker"),
             End::Violation => f.write_str("protocol violation"),
             End::Decode(e) => write!(f, "malformed packet: {e}"),
@@ -252,8 +321,14 @@ async fn handle_new(shard: Rc<RefCell<Shard>>, stream: TcpStream, slot: Option<C
     let me = shard.borrow().id;
     let stream = stream.into_inner();
     if home == me {
-        let stream = Rc::new(RefCell::new(stream));
-        spawn_local(serve(shard, stream, Box::new(connect), rbuf, peer, slot)).detach();
+        let accepted = Accepted {
+            stream,
+            connect: Box::new(connect),
+            rbuf,
+            peer,
+            slot,
+        };
+        spawn_local(serve(shard, Box::new(accepted))).detach();
         return;
     }
     // SAFETY: the descriptor belongs to `stream`, which stays alive for this statement;
@@ -322,84 +397,96 @@ pub(crate) async fn serve_handoff(shard: Rc<RefCell<Shard>>, h: Handoff) {
     // SAFETY: `fd` is an owned, open, connected TCP socket; ownership moves into the
     // stream, which closes it when dropped.
     let stream = unsafe { TcpStream::from_raw_fd(fd.into_raw_fd()) };
-    let stream = Rc::new(RefCell::new(stream));
     let rbuf = BytesMut::from(&leftover[..]);
-    spawn_local(serve(shard, stream, connect, rbuf, peer, slot)).detach();
+    let accepted = Accepted {
+        stream,
+        connect,
+        rbuf,
+        peer,
+        slot,
+    };
+    spawn_local(serve(shard, Box::new(accepted))).detach();
+}
+
+/// What [`serve`] starts from, in one allocation that ends when it starts.
+struct Accepted {
+    stream: TcpStream,
+    connect: Box<Connect>,
+    rbuf: BytesMut,
+    peer: SocketAddr,
+    slot: ConnectionSlot,
 }
 
 /// Serves a connection whose CONNECT was accepted, on its home shard, until it ends.
 ///
 /// Spawned as a task of its own: a future keeps room for its arguments for its whole
-/// life, so everything it takes is small (the stream and the CONNECT behind
-/// pointers), and the larger future that read the CONNECT ends first. This is most of
-/// what an idle connection costs.
-async fn serve(
-    shard: Rc<RefCell<Shard>>,
-    stream: Rc<RefCell<TcpStream>>,
-    connect: Box<Connect>,
-    rbuf: BytesMut,
-    peer: SocketAddr,
-    slot: ConnectionSlot,
-) {
-    let keep_alive = connect.keep_alive;
-    let client_id = connect.client_id.clone();
-    let (conn, key, max_packet, high_water) = {
+/// life, so it takes them behind one pointer, and the larger future that read the
+/// CONNECT ends first. This task is most of what an idle connection costs.
+async fn serve(shard: Rc<RefCell<Shard>>, accepted: Box<Accepted>) {
+    // A box moved out of is freed only when its binding goes out of scope: these
+    // blocks end the bindings here, not with the connection.
+    let (conn, key, max_packet, rbuf, peer, slot) = {
+        let Accepted {
+            stream,
+            connect,
+            rbuf,
+            peer,
+            slot,
+        } = *{ accepted };
         let mut s = shard.borrow_mut();
-        let conn = Conn::new(s.next_conn_id(), peer);
-        let key = s.attach(*connect, &conn, Instant::now());
-        (
-            conn,
-            key,
-            s.cfg.max_packet_size,
-            s.cfg.write_buffer_high_water,
-        )
+        let conn = Conn::new(s.next_conn_id(), peer, stream, s.writes().clone());
+        tracing::debug!(%peer, client = %connect.client_id, "connected");
+        let key = s.attach(*{ connect }, &conn, Instant::now());
+        conn.key.set(key);
+        (conn, key, s.cfg.max_packet_size, rbuf, peer, slot)
     };
-    // [MQTT-3.1.2-24]: one and a half times the keep-alive without a packet.
-    let keep_alive = (keep_alive > 0).then(|| Duration::from_millis(u64::from(keep_alive) * 1500));
-    let _ = stream.borrow().set_read_timeout(keep_alive);
-    tracing::debug!(%peer, client = %client_id, "connected");
-    let writer = spawn_local(write_loop(
-        shard.clone(),
-        stream.clone(),
-        conn.clone(),
-        key,
-        high_water,
-    ));
-    let end = read_loop(&shard, &stream, &conn, key, rbuf, max_packet, keep_alive).await;
+    // Keep-alive [MQTT-3.1.2-24] is enforced by the shard's sweep (`Shard::sweep_keep_alive`),
+    // which closes the connection; no timer per connection.
+    let end = read_loop(&shard, &conn, key, rbuf, max_packet).await;
     {
         let mut s = shard.borrow_mut();
-        match &end {
-            End::KeepAlive => s.stats.keepalive_timeouts += 1,
-            End::Decode(e) => {
-                if matches!(e, DecodeError::PacketTooLarge { .. }) {
-                    s.stats.oversized_packets += 1;
-                }
-                s.stats.protocol_errors += 1;
+        if let End::Decode(e) = &end {
+            if matches!(e, DecodeError::PacketTooLarge { .. }) {
+                s.stats.oversized_packets += 1;
             }
-            _ => {}
+            s.stats.protocol_errors += 1;
         }
+        tracing::debug!(%peer, client = ?s.client_id_of(key, conn.id), reason = ?end, "connection closed");
         s.connection_lost(key, conn.id, matches!(end, End::Disconnect));
     }
-    tracing::debug!(%peer, client = %client_id, reason = ?end, "connection closed");
     conn.close();
-    let _ = glommio::timer::timeout(WRITER_LINGER, async {
-        writer.await;
+    // Let what the connection still owes the client go out, for a while.
+    let flushed = glommio::timer::timeout(WRITER_LINGER, async {
+        poll_fn(|cx| {
+            if conn.done.get() {
+                return Poll::Ready(());
+            }
+            conn.drained.set(Some(cx.waker().clone()));
+            Poll::Pending
+        })
+        .await;
         Ok(())
     })
     .await;
+    if flushed.is_err() {
+        tracing::debug!(%peer, unsent = conn.pending(), "gave up flushing a closed connection");
+        if let Some(task) = conn.blocked_task.take() {
+            task.cancel();
+        }
+        conn.blocked.set(false);
+        conn.wbuf.borrow_mut().clear();
+        conn.set_done();
+    }
     drop(slot);
 }
-
 /// Decodes and dispatches every complete packet, then reads more, until the
 /// connection ends.
 async fn read_loop(
     shard: &Rc<RefCell<Shard>>,
-    stream: &RefCell<TcpStream>,
     conn: &Rc<Conn>,
     key: usize,
     mut rbuf: BytesMut,
     max_packet: usize,
-    keep_alive: Option<Duration>,
 ) -> End {
     let mut hot = false;
     loop {
@@ -411,19 +498,11 @@ async fn read_loop(
                 Err(e) => return End::Decode(e),
             };
             if let Packet::Subscribe(sub) = packet {
-                let start = shard.borrow_mut().subscribe_start(key, conn.id, &sub);
-                let Some(start) = start else {
+                // Boxed: the wait is rare and its state large, and an inline await
+                // would make every connection's reader that large for its whole life.
+                if !Box::pin(subscribe(shard, conn, key, sub)).await {
                     return End::ClosedByBroker;
-                };
-                if let Some(wait) = &start.wait {
-                    wait_interest(wait, conn).await;
-                    if conn.closing.get() {
-                        return End::ClosedByBroker;
-                    }
                 }
-                shard
-                    .borrow_mut()
-                    .subscribe_finish(key, conn.id, &sub, start.codes);
                 continue;
             }
             match shard.borrow_mut().handle_packet(key, conn.id, packet, now) {
@@ -432,29 +511,40 @@ async fn read_loop(
                 Flow::Close { graceful: false } => return End::Violation,
             }
         }
-        // A client that neither reads nor sends for the keep-alive period is gone,
-        // even while we are not reading from it.
-        let readable = match keep_alive {
-            Some(limit) => {
-                glommio::timer::timeout(limit, async { Ok(wait_until_readable(shard, conn).await) })
-                    .await
-                    .ok()
-            }
-            None => Some(wait_until_readable(shard, conn).await),
-        };
-        match readable {
-            None => return End::KeepAlive,
-            Some(false) => return End::ClosedByBroker,
-            Some(true) => {}
+        if !wait_until_readable(shard, conn).await {
+            return End::ClosedByBroker;
         }
-        match read_some(stream, &mut rbuf, &mut hot, Some(conn)).await {
+        match read_some(&conn.stream, &mut rbuf, &mut hot, Some(conn)).await {
             Ok(0) => return End::Eof,
             Ok(_) => {}
             Err(_) if conn.closing.get() => return End::ClosedByBroker,
-            Err(e) if e.kind() == io::ErrorKind::TimedOut => return End::KeepAlive,
             Err(e) => return End::Io(e),
         }
     }
+}
+
+/// SUBSCRIBE: routes at once, waits for other shards to confirm new interest, then
+/// SUBACK. False if the connection is closing or was taken over.
+async fn subscribe(
+    shard: &Rc<RefCell<Shard>>,
+    conn: &Rc<Conn>,
+    key: usize,
+    sub: Subscribe,
+) -> bool {
+    let start = shard.borrow_mut().subscribe_start(key, conn.id, &sub);
+    let Some(start) = start else {
+        return false;
+    };
+    if let Some(wait) = &start.wait {
+        wait_interest(wait, conn).await;
+        if conn.closing.get() {
+            return false;
+        }
+    }
+    shard
+        .borrow_mut()
+        .subscribe_finish(key, conn.id, &sub, start.codes);
+    true
 }
 
 /// Waits until every shard has confirmed a SUBSCRIBE's new interest (or the
@@ -566,48 +656,125 @@ async fn write_all(stream: &RefCell<TcpStream>, mut data: &[u8]) -> io::Result<(
     Ok(())
 }
 
-/// Sends whatever the shard wrote, one write per wake-up, until the connection
-/// closes and everything pending has gone out.
-async fn write_loop(
-    shard: Rc<RefCell<Shard>>,
-    stream: Rc<RefCell<TcpStream>>,
-    conn: Rc<Conn>,
-    key: usize,
-    high_water: usize,
-) {
-    let mut buf = BytesMut::new();
+/// The shard's writer: sends each listed connection's whole buffer with one write,
+/// after the tasks that filled the buffers have run. A socket that takes only part
+/// gets a task of its own ([`write_blocked`]) until it drains.
+pub(crate) async fn write_loop(shard: Rc<RefCell<Shard>>, writes: Rc<Writes>) {
+    let mut batch = Vec::new();
     loop {
-        let closing = poll_fn(|cx| {
-            if conn.pending() > 0 {
-                Poll::Ready(false)
-            } else if conn.closing.get() {
-                Poll::Ready(true)
-            } else {
-                conn.writer.set(Some(cx.waker().clone()));
+        poll_fn(|cx| {
+            if writes.dirty.borrow().is_empty() {
+                writes.waker.set(Some(cx.waker().clone()));
                 Poll::Pending
+            } else {
+                Poll::Ready(())
             }
         })
         .await;
-        if closing {
-            break;
-        }
-        std::mem::swap(&mut buf, &mut *conn.wbuf.borrow_mut());
-        if let Err(e) = write_all(&stream, &buf).await {
-            tracing::debug!(peer = %conn.peer, error = %e, "write failed");
-            conn.wbuf.borrow_mut().clear();
-            conn.close();
-            return;
-        }
-        buf.clear();
-        if buf.capacity() > KEEP_WRITE_BUFFER {
-            buf = BytesMut::new();
-        }
-        if conn.congested() && conn.pending() <= high_water / 2 {
-            conn.set_congested(false);
-            conn.wake_reader();
-            shard.borrow_mut().resume_writes(key, conn.id);
+        std::mem::swap(&mut batch, &mut *writes.dirty.borrow_mut());
+        for conn in batch.drain(..) {
+            conn.listed.set(false);
+            send_listed(&shard, &conn);
         }
     }
-    // Half-close: the client sees EOF after the last byte we owed it.
-    let _ = poll_fn(|cx| Pin::new(&mut *stream.borrow_mut()).poll_close(cx)).await;
+}
+
+/// Writes as much of `conn`'s buffer as its socket takes now.
+fn send_listed(shard: &Rc<RefCell<Shard>>, conn: &Rc<Conn>) {
+    if conn.done.get() {
+        return;
+    }
+    let mut cx = Context::from_waker(Waker::noop());
+    loop {
+        let mut buf = conn.wbuf.borrow_mut();
+        if buf.is_empty() {
+            break;
+        }
+        let res = Pin::new(&mut *conn.stream.borrow_mut()).poll_write(&mut cx, &buf);
+        match res {
+            Poll::Ready(Ok(n)) if n > 0 => buf.advance(n),
+            Poll::Ready(Ok(_)) => {
+                drop(buf);
+                return write_failed(conn, io::ErrorKind::WriteZero.into());
+            }
+            Poll::Ready(Err(e)) => {
+                drop(buf);
+                return write_failed(conn, e);
+            }
+            Poll::Pending => {
+                // The socket buffer is full: a task waits for room. (The stream now
+                // holds a readiness poll; the task's waker replaces the no-op one.)
+                // glommio starts running a new task at once: no borrow may be held.
+                drop(buf);
+                conn.blocked.set(true);
+                let task = spawn_local(write_blocked(shard.clone(), conn.clone())).detach();
+                if conn.blocked.get() {
+                    conn.blocked_task.set(Some(task));
+                }
+                return;
+            }
+        }
+    }
+    sent_all(shard, conn);
+}
+
+/// Sends `conn`'s buffer, waiting for the socket as needed, until it is empty; then
+/// the shard's writer takes over again.
+async fn write_blocked(shard: Rc<RefCell<Shard>>, conn: Rc<Conn>) {
+    loop {
+        let res = poll_fn(|cx| {
+            let buf = conn.wbuf.borrow();
+            if buf.is_empty() {
+                return Poll::Ready(Ok(None));
+            }
+            Pin::new(&mut *conn.stream.borrow_mut())
+                .poll_write(cx, &buf)
+                .map_ok(Some)
+        })
+        .await;
+        match res {
+            Ok(None) => break,
+            Ok(Some(0)) => {
+                conn.unblock();
+                return write_failed(&conn, io::ErrorKind::WriteZero.into());
+            }
+            Ok(Some(n)) => conn.wbuf.borrow_mut().advance(n),
+            Err(e) => {
+                conn.unblock();
+                return write_failed(&conn, e);
+            }
+        }
+    }
+    conn.unblock();
+    sent_all(&shard, &conn);
+}
+
+/// Everything written so far has gone to the kernel: release a burst's buffer, let a
+/// congested session send again, and finish a closing connection.
+fn sent_all(shard: &Rc<RefCell<Shard>>, conn: &Rc<Conn>) {
+    {
+        let mut buf = conn.wbuf.borrow_mut();
+        if buf.capacity() > KEEP_WRITE_BUFFER {
+            *buf = BytesMut::new();
+        }
+    }
+    if conn.congested() && conn.pending() <= conn.writes.high_water / 2 {
+        conn.set_congested(false);
+        conn.wake_reader();
+        // May write more: the connection is listed again.
+        shard.borrow_mut().resume_writes(conn.key.get(), conn.id);
+    }
+    if conn.closing.get() && conn.pending() == 0 && !conn.done.get() {
+        // Half-close: the client sees EOF after the last byte we owed it.
+        let mut cx = Context::from_waker(Waker::noop());
+        let _ = Pin::new(&mut *conn.stream.borrow_mut()).poll_close(&mut cx);
+        conn.set_done();
+    }
+}
+
+fn write_failed(conn: &Rc<Conn>, e: io::Error) {
+    tracing::debug!(peer = %conn.peer, error = %e, "write failed");
+    conn.wbuf.borrow_mut().clear();
+    conn.set_done();
+    conn.close();
 }

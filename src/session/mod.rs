@@ -394,6 +394,14 @@ impl Session {
         self.flush(out);
     }
 
+    /// Records activity from the client for keep-alive (for packets the shard handles
+    /// itself; [`Session::handle`] records its own).
+    pub fn touch(&mut self, now: Instant) {
+        if self.connected {
+            self.last_activity = Some(now);
+        }
+    }
+
     /// When the shard must close the connection for silence: last activity + 1.5 ×
     /// keep-alive (§3.1.2.10). `None` when keep-alive is 0 or not connected.
     pub fn keep_alive_deadline(&self) -> Option<Instant> {

@@ -22,7 +22,7 @@ pub(crate) use runtime::{run, Control, ShardInit};
 use crate::auth::Authenticator;
 use crate::config::Config;
 use crate::message::Message;
-use crate::net::Conn;
+use crate::net::{Conn, Writes};
 use crate::protocol::{
     encode_publish, topic, ConnAck, Connect, ConnectReturnCode, Packet, Protocol, QoS, SubAck,
     SubAckCode, Subscribe, Unsubscribe,
@@ -141,6 +141,7 @@ pub struct Shard {
     retained: Retained,
     outboxes: Rc<[Outbox]>,
     backpressure: Rc<Backpressure>,
+    writes: Rc<Writes>,
     pending_interest: AHashMap<u64, PendingInterest>,
     pending_filters: AHashMap<ByteString, u64>,
     next_token: u64,
@@ -188,6 +189,7 @@ impl Shard {
             max_queued_messages: cfg.max_queued_messages,
             max_queued_bytes: cfg.max_queued_bytes,
         };
+        let limits_high_water = cfg.write_buffer_high_water;
         Shard {
             id,
             shards,
@@ -203,6 +205,7 @@ impl Shard {
             by_client: AHashMap::new(),
             subs: TopicTrie::new(),
             interest: TopicTrie::new(),
+            writes: Writes::new(limits_high_water),
             outboxes,
             backpressure,
             pending_interest: AHashMap::new(),
@@ -235,6 +238,36 @@ impl Shard {
 
     pub fn backpressure(&self) -> &Rc<Backpressure> {
         &self.backpressure
+    }
+
+    /// The shard's list of connections with output, for its writer task.
+    pub(crate) fn writes(&self) -> &Rc<Writes> {
+        &self.writes
+    }
+
+    /// The client id of session `key` while `conn_id` is its connection (for logs).
+    pub fn client_id_of(&self, key: usize, conn_id: u64) -> Option<ByteString> {
+        self.is_current(key, conn_id)
+            .then(|| self.sessions[key].session.client_id().clone())
+    }
+
+    /// Closes every connection whose client has sent nothing for one and a half times
+    /// its keep-alive [MQTT-3.1.2-24] (the reader then ends and the will goes out).
+    /// Called periodically; a connection is closed at most one period late.
+    pub fn sweep_keep_alive(&mut self, now: Instant) {
+        for (_, e) in self.sessions.iter_mut() {
+            let Some(conn) = &e.conn else {
+                continue;
+            };
+            if conn.is_closing() {
+                continue;
+            }
+            if e.session.keep_alive_deadline().is_some_and(|d| d <= now) {
+                self.stats.keepalive_timeouts += 1;
+                tracing::debug!(peer = %conn.peer, client = %e.session.client_id(), "keep-alive timeout");
+                conn.close();
+            }
+        }
     }
 
     pub fn authenticator(&self) -> &Arc<dyn Authenticator> {
@@ -376,6 +409,8 @@ impl Shard {
         if !self.is_current(key, conn_id) {
             return Flow::Close { graceful: false };
         }
+        // Any control packet is activity for keep-alive, SUBSCRIBE and UNSUBSCRIBE too.
+        self.sessions[key].session.touch(now);
         match packet {
             Packet::Disconnect => Flow::Close { graceful: true },
             Packet::Unsubscribe(u) => {
@@ -430,6 +465,7 @@ impl Shard {
         if !self.is_current(key, conn_id) {
             return None;
         }
+        self.sessions[key].session.touch(Instant::now());
         let mut codes = Vec::with_capacity(sub.filters.len());
         let mut new_filters = Vec::new();
         let mut waits = Vec::new();

@@ -110,6 +110,9 @@ pub async fn run(init: ShardInit) {
             spawn_local(mesh_receiver(shard.clone(), src, rx)).detach();
         }
     }
+    let writes = shard.borrow().writes().clone();
+    spawn_local(net::write_loop(shard.clone(), writes)).detach();
+    spawn_local(keep_alive_sweep(shard.clone())).detach();
     for listener in listeners {
         spawn_local(net::accept_loop(
             shard.clone(),
@@ -134,6 +137,19 @@ pub async fn run(init: ShardInit) {
                 }
             }
         }
+    }
+}
+
+/// How often a shard looks for connections silent past their keep-alive.
+const KEEP_ALIVE_SWEEP: Duration = Duration::from_millis(250);
+
+/// Enforces keep-alive for all of the shard's connections with one timer.
+async fn keep_alive_sweep(shard: Rc<RefCell<Shard>>) {
+    loop {
+        Timer::new(KEEP_ALIVE_SWEEP).await;
+        shard
+            .borrow_mut()
+            .sweep_keep_alive(std::time::Instant::now());
     }
 }
 
