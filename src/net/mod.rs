@@ -17,7 +17,6 @@ use crate::protocol::{
 use crate::shard::mesh::Handoff;
 use crate::shard::{home_shard, Flow, Shard, SubscribeWait};
 use crate::{ConnectionSlot, Shared};
-use bytes::Buf;
 use bytes::BytesMut;
 use glommio::net::{TcpListener, TcpStream};
 use glommio::spawn_local;
@@ -73,6 +72,10 @@ pub struct Conn {
     key: Cell<usize>,
     stream: RefCell<TcpStream>,
     wbuf: RefCell<BytesMut>,
+    /// Bytes at the front of `wbuf` already sent. The buffer is cleared, not advanced,
+    /// once all is sent, so it is refilled from its start: advancing would walk every
+    /// connection's writes through its whole capacity, out of the cache.
+    sent: Cell<usize>,
     writes: Rc<Writes>,
     reader: Cell<Option<Waker>>,
     /// Woken when `done` is set (the connection's end waits for its output).
@@ -97,6 +100,7 @@ impl Conn {
             key: Cell::new(usize::MAX),
             stream: RefCell::new(stream),
             wbuf: RefCell::new(BytesMut::new()),
+            sent: Cell::new(0),
             writes,
             reader: Cell::new(None),
             drained: Cell::new(None),
@@ -159,7 +163,24 @@ impl Conn {
 
     /// Bytes written by the shard and not yet handed to the kernel.
     pub fn pending(&self) -> usize {
-        self.wbuf.borrow().len()
+        self.wbuf.borrow().len() - self.sent.get()
+    }
+
+    /// `n` more bytes went to the kernel.
+    fn consume(&self, buf: &mut BytesMut, n: usize) {
+        let sent = self.sent.get() + n;
+        if sent >= buf.len() {
+            buf.clear();
+            self.sent.set(0);
+        } else {
+            self.sent.set(sent);
+        }
+    }
+
+    /// Drops whatever is unsent.
+    fn discard_output(&self) {
+        self.wbuf.borrow_mut().clear();
+        self.sent.set(0);
     }
 
     pub fn congested(&self) -> bool {
@@ -474,7 +495,7 @@ async fn serve(shard: Rc<RefCell<Shard>>, accepted: Box<Accepted>) {
             task.cancel();
         }
         conn.blocked.set(false);
-        conn.wbuf.borrow_mut().clear();
+        conn.discard_output();
         conn.set_done();
     }
     drop(slot);
@@ -687,12 +708,13 @@ fn send_listed(shard: &Rc<RefCell<Shard>>, conn: &Rc<Conn>) {
     let mut cx = Context::from_waker(Waker::noop());
     loop {
         let mut buf = conn.wbuf.borrow_mut();
-        if buf.is_empty() {
+        let from = conn.sent.get();
+        if buf.len() == from {
             break;
         }
-        let res = Pin::new(&mut *conn.stream.borrow_mut()).poll_write(&mut cx, &buf);
+        let res = Pin::new(&mut *conn.stream.borrow_mut()).poll_write(&mut cx, &buf[from..]);
         match res {
-            Poll::Ready(Ok(n)) if n > 0 => buf.advance(n),
+            Poll::Ready(Ok(n)) if n > 0 => conn.consume(&mut buf, n),
             Poll::Ready(Ok(_)) => {
                 drop(buf);
                 return write_failed(conn, io::ErrorKind::WriteZero.into());
@@ -724,11 +746,12 @@ async fn write_blocked(shard: Rc<RefCell<Shard>>, conn: Rc<Conn>) {
     loop {
         let res = poll_fn(|cx| {
             let buf = conn.wbuf.borrow();
-            if buf.is_empty() {
+            let from = conn.sent.get();
+            if buf.len() == from {
                 return Poll::Ready(Ok(None));
             }
             Pin::new(&mut *conn.stream.borrow_mut())
-                .poll_write(cx, &buf)
+                .poll_write(cx, &buf[from..])
                 .map_ok(Some)
         })
         .await;
@@ -738,7 +761,7 @@ async fn write_blocked(shard: Rc<RefCell<Shard>>, conn: Rc<Conn>) {
                 conn.unblock();
                 return write_failed(&conn, io::ErrorKind::WriteZero.into());
             }
-            Ok(Some(n)) => conn.wbuf.borrow_mut().advance(n),
+            Ok(Some(n)) => conn.consume(&mut conn.wbuf.borrow_mut(), n),
             Err(e) => {
                 conn.unblock();
                 return write_failed(&conn, e);
@@ -774,7 +797,7 @@ fn sent_all(shard: &Rc<RefCell<Shard>>, conn: &Rc<Conn>) {
 
 fn write_failed(conn: &Rc<Conn>, e: io::Error) {
     tracing::debug!(peer = %conn.peer, error = %e, "write failed");
-    conn.wbuf.borrow_mut().clear();
+    conn.discard_output();
     conn.set_done();
     conn.close();
 }
