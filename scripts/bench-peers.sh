@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Compares shardmq with mosquitto and rumqttd on this machine. Installs what is missing,
+# Compares shardmq with mosquitto and rumqttd on this machine, and shardmq with itself on
+# one shard (shardmq-1, for the scaling figures). Installs what is missing,
 # builds the workspace, then for each broker in turn: starts it on its own loopback
 # port, runs the loadtest scenario set against that one process (so its memory at the
 # end of the set counts), and stops it. Writes one JSON file per run, a comparison
@@ -11,7 +12,10 @@ cd "$(dirname "$(readlink -f "$0")")/.."
 
 RUMQTTD_VERSION=0.20.0
 RUMQTTD_ROOT=${RUMQTTD_ROOT:-${CARGO_HOME:-$HOME/.cargo}}
-ALL_BROKERS="shardmq mosquitto rumqttd"
+# shardmq-1 is shardmq with --shards 1: a variant of shardmq, not a peer. It runs right
+# after shardmq, so that the two meet the machine in the same state, and the report
+# divides shardmq's figures by its own in a scaling table.
+ALL_BROKERS="shardmq shardmq-1 mosquitto rumqttd"
 # conns-50k runs first, on a broker that has not yet held a load: an allocator keeps
 # what it has freed, so the RSS-per-connection figure is only meaningful there.
 ALL_LABELS="conns-50k p2p-16-q0 p2p-16-q1 fanin-32-q0 fanout-100-q0 fanout-1000-q0 latency-50k"
@@ -28,9 +32,10 @@ Usage: scripts/bench-peers.sh [options]
   --brokers "A B"   brokers to run, in order (default "$ALL_BROKERS")
   --only L[,L]      scenario labels to run (default all: $ALL_LABELS)
   --quick           duration 3, warmup 1, conns-50k capped at 5000 connections
-  --shards N        shardmq shards (default 0: one per CPU)
-  --port-base P     loopback ports: shardmq P, mosquitto P+1, rumqttd P+2
-                    (default 18831)
+  --shards N        shardmq shards (default 0: one per CPU); shardmq-1 always
+                    runs the same binary and flags with --shards 1
+  --port-base P     loopback ports: shardmq P, mosquitto P+1, rumqttd P+2,
+                    shardmq-1 P+3 (default 18831)
   --no-build        use the binaries already in target/release
   --dry-run         install, build, start and stop each broker, but print the
                     loadtest commands instead of running them
@@ -66,7 +71,8 @@ else
 fi
 # scripts/peers/ holds the configs with the default ports; each run gets a copy with
 # the ports of this run.
-declare -A PORT=([shardmq]=$port_base [mosquitto]=$((port_base + 1)) [rumqttd]=$((port_base + 2)))
+declare -A PORT=([shardmq]=$port_base [mosquitto]=$((port_base + 1)) [rumqttd]=$((port_base + 2))
+    [shardmq-1]=$((port_base + 3)))
 for b in $brokers; do
     [ -n "${PORT[$b]:-}" ] || { echo "bench-peers: unknown broker $b (known: $ALL_BROKERS)" >&2; exit 2; }
 done
@@ -142,7 +148,7 @@ for bin in target/release/shardmq target/release/shardmq-loadtest; do
     if [ ! -x "$bin" ]; then
         if [ "$bin" = target/release/shardmq-loadtest ] && [ "$dry_run" = 1 ]; then
             echo "bench-peers: $bin is missing; fine for --dry-run"
-        elif [ "$bin" = target/release/shardmq ] && ! has_broker shardmq; then
+        elif [ "$bin" = target/release/shardmq ] && ! has_broker shardmq && ! has_broker shardmq-1; then
             :
         else
             echo "bench-peers: $bin is missing" >&2
@@ -188,6 +194,7 @@ echo "bench-peers: results in $run_dir"
     echo "cpus: $(nproc)"
     echo "open files: $nofile"
     echo "duration: $duration warmup: $warmup payload: $payload conns: $conns shards: $shards"
+    if has_broker shardmq-1; then echo "shardmq-1: shardmq with --shards 1"; fi
     if has_broker mosquitto; then echo "mosquitto: $("$mosquitto_bin" -h 2>&1 | head -n 1)"; fi
     if has_broker rumqttd; then echo "rumqttd: $("$rumqttd_bin" --version 2>&1)"; fi
 } >"$run_dir/meta.txt"
@@ -237,10 +244,13 @@ start_broker() {
         return 1
     fi
     case $name in
-        shardmq)
+        shardmq | shardmq-1)
             # Queues as deep as mosquitto's max_queued_messages; the byte bound is
             # above what 100000 small messages take, so the count binds first.
-            cmd=(target/release/shardmq --listen "127.0.0.1:$port" --shards "$shards"
+            # shardmq-1 differs only in its shard count.
+            local n=$shards
+            if [ "$name" = shardmq-1 ]; then n=1; fi
+            cmd=(target/release/shardmq --listen "127.0.0.1:$port" --shards "$n"
                 --max-queued-messages 100000 --max-queued-bytes 16777216) ;;
         mosquitto)
             sed -E "s/^listener [0-9]+ 127\.0\.0\.1\$/listener $port 127.0.0.1/" \
@@ -365,7 +375,8 @@ for label in $labels; do
         if [ -s "$f" ]; then files+=("$f"); fi
     done
 done
-report=(target/release/shardmq-loadtest report --reference shardmq)
+# shardmq-1 would count as a variant by its name alone; --variant says so outright.
+report=(target/release/shardmq-loadtest report --reference shardmq --variant shardmq-1)
 if [ "$dry_run" = 1 ]; then
     echo "+ ${report[*]} --svg $run_dir/chart.svg --json $run_dir/summary.json $run_dir/<broker>-<label>.json ... | tee $run_dir/table.txt"
     echo "+ ${report[*]} --markdown $run_dir/<broker>-<label>.json ... >$run_dir/table.md"

@@ -27,7 +27,8 @@ enum Command {
     /// p2p at a fixed total rate (--rate is required).
     Latency(RunArgs),
     /// Compare runs (their --json files): a table per scenario and broker, the
-    /// reference broker's ratio to the best peer, and an SVG chart.
+    /// reference broker's ratio to the best peer, a scaling table against the
+    /// reference's variants (--variant), and an SVG chart.
     Report(shardmq_loadtest::report::ReportArgs),
 }
 

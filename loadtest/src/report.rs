@@ -3,6 +3,11 @@
 //! shardmq and its peers reads as one table (plain text or Markdown), one SVG chart and
 //! one JSON summary. The figures are read defensively: a field missing from a run, or
 //! a run from an older generator, prints `-` rather than failing the report.
+//!
+//! A *variant* is the reference broker run another way (`shardmq-1`: the same binary
+//! with one shard). It is not a peer: it never counts as the best peer. Each variant
+//! gets a scaling table instead, the reference's figures divided by the variant's on
+//! the same load.
 
 use serde_json::{json, Map, Value};
 use std::collections::HashMap;
@@ -18,6 +23,12 @@ pub struct ReportArgs {
     /// Broker name whose figures are divided by the best of the others.
     #[arg(long, value_name = "NAME", default_value = "shardmq")]
     pub reference: String,
+    /// A broker that is the reference run another way (fewer shards, other flags), not
+    /// a peer: it is left out of the best-peer ratios and compared with the reference
+    /// in a scaling table. Repeatable. Brokers named `<reference>-...` (such as
+    /// `shardmq-1`) are variants without this option.
+    #[arg(long, value_name = "NAME")]
+    pub variant: Vec<String>,
     /// Write a self-contained SVG with throughput and p99 latency bar charts.
     #[arg(long, value_name = "FILE")]
     pub svg: Option<PathBuf>,
@@ -56,7 +67,7 @@ pub fn run(args: &ReportArgs) -> Result<(), String> {
     if runs.is_empty() {
         return Err("no run results to report".into());
     }
-    let report = Report::build(runs, &args.reference);
+    let report = Report::build(runs, &args.reference, &args.variant);
     if report.reference_runs == 0 {
         eprintln!(
             "report: no run has broker_name {:?}; ratios are left out",
@@ -165,6 +176,12 @@ const BROKER_RSS: Metric = Metric {
     pointer: "/broker_process/rss_bytes",
     unit: Unit::Bytes,
 };
+const BROKER_CORES: Metric = Metric {
+    key: "broker_cpu_cores",
+    name: "broker cores",
+    pointer: "/broker_process/cpu_cores",
+    unit: Unit::Plain,
+};
 const LOADTEST_CORES: Metric = Metric {
     key: "loadtest_cpu_cores",
     name: "loadtest cores",
@@ -203,6 +220,35 @@ fn metrics_for(scenario: &str) -> &'static [(Metric, Option<Better>)] {
     }
 }
 
+/// The figures of a scenario in the scaling table, reference against variant, each with
+/// the direction in which it improves (`None`: shown, not divided). Broker and generator
+/// cores are there to explain a ratio: both share the machine's cores.
+fn scaling_metrics_for(scenario: &str) -> &'static [(Metric, Option<Better>)] {
+    use Better::{Higher, Lower};
+    match scenario {
+        "latency" => &[
+            (P99, Some(Lower)),
+            (P50, None),
+            (CPU_PER_MSG, Some(Lower)),
+            (BROKER_CORES, None),
+            (LOADTEST_CORES, None),
+        ],
+        "conns" => &[
+            (CONNECT_RATE, Some(Higher)),
+            (RSS_PER_CONN, Some(Lower)),
+            (CONNECTED, None),
+            (LOADTEST_CORES, None),
+        ],
+        _ => &[
+            (DELIVERED, Some(Higher)),
+            (CPU_PER_MSG, Some(Lower)),
+            (P99, None),
+            (BROKER_CORES, None),
+            (LOADTEST_CORES, None),
+        ],
+    }
+}
+
 /// A load generator busier than this share of its threads may itself be the bottleneck.
 const SATURATED_SHARE: f64 = 0.9;
 
@@ -226,7 +272,10 @@ struct Row {
 struct Report {
     reference: String,
     reference_runs: usize,
+    /// The reference, then its peers: the columns of the main table.
     brokers: Vec<String>,
+    /// Variants of the reference, first seen first: the scaling table's columns.
+    variants: Vec<String>,
     rows: Vec<Row>,
 }
 
@@ -248,8 +297,14 @@ fn json_num_at(doc: &Value, pointer: &str) -> Value {
 
 impl Report {
     /// Groups runs; a second run of the same label and broker replaces the first.
-    fn build(runs: Vec<(PathBuf, Value)>, reference: &str) -> Report {
+    /// `variants` (and any broker named `<reference>-...`) are variants, not peers.
+    fn build(runs: Vec<(PathBuf, Value)>, reference: &str, variants: &[String]) -> Report {
         let mut brokers: Vec<String> = vec![reference.to_string()];
+        let mut found_variants: Vec<String> = Vec::new();
+        let variant_prefix = format!("{reference}-");
+        let is_variant = |b: &str| {
+            b != reference && (variants.iter().any(|v| v == b) || b.starts_with(&variant_prefix))
+        };
         let mut rows: Vec<Row> = Vec::new();
         let mut reference_runs = 0;
         for (path, doc) in runs {
@@ -265,7 +320,11 @@ impl Report {
             if broker == reference {
                 reference_runs += 1;
             }
-            if !brokers.contains(&broker) {
+            if is_variant(&broker) {
+                if !found_variants.contains(&broker) {
+                    found_variants.push(broker.clone());
+                }
+            } else if !brokers.contains(&broker) {
                 brokers.push(broker.clone());
             }
             let row = match rows.iter().position(|r| r.label == label) {
@@ -290,6 +349,7 @@ impl Report {
             reference: reference.to_string(),
             reference_runs,
             brokers,
+            variants: found_variants,
             rows,
         }
     }
@@ -324,6 +384,66 @@ impl Report {
         })
     }
 
+    /// The reference's figure over the variant's, on the same scenario. `None` when
+    /// either is missing or the variant's is zero.
+    fn scaling_ratio(&self, row: &Row, metric: &Metric, variant: &str) -> Option<f64> {
+        let reference = num_at(row.runs.get(&self.reference)?, metric.pointer)?;
+        let variant = num_at(row.runs.get(variant)?, metric.pointer)?;
+        (variant > 0.0).then(|| reference / variant)
+    }
+
+    /// One table line per figure of `metrics` that some column has (the first always):
+    /// the figure's name, one cell per column, then `ratios(metric, better)`. Sets
+    /// `saturated` when a generator cell gets the `*` mark.
+    fn figure_lines(
+        &self,
+        row: &Row,
+        metrics: &[(Metric, Option<Better>)],
+        columns: &[String],
+        saturated: &mut bool,
+        ratios: impl Fn(&Metric, Option<Better>) -> Vec<String>,
+    ) -> Vec<Vec<String>> {
+        let mut lines = Vec::new();
+        for (i, (metric, better)) in metrics.iter().enumerate() {
+            let values: Vec<Option<f64>> = columns
+                .iter()
+                .map(|b| row.runs.get(b).and_then(|d| num_at(d, metric.pointer)))
+                .collect();
+            // The key figure always has a line, so a missing one shows as `-`.
+            if i > 0 && values.iter().all(Option::is_none) {
+                continue;
+            }
+            let name = match better {
+                Some(Better::Higher) => format!("{} ↑", metric.name),
+                Some(Better::Lower) => format!("{} ↓", metric.name),
+                None => metric.name.to_string(),
+            };
+            let mut line = vec![String::new(), name];
+            for (broker, v) in columns.iter().zip(values) {
+                let doc = row.runs.get(broker);
+                let mut cell = v.map_or_else(|| "-".to_string(), |v| fmt_value(v, metric.unit));
+                if metric.key == LOADTEST_CORES.key {
+                    if let (Some(cores), Some(threads)) =
+                        (v, doc.and_then(|d| num_at(d, "/loadtest/threads")))
+                    {
+                        cell = format!("{cell} of {threads}");
+                        if threads > 0.0 && cores >= SATURATED_SHARE * threads {
+                            cell.push_str(" *");
+                            *saturated = true;
+                        }
+                    }
+                }
+                if i == 0 && doc.and_then(|d| d.get("ok")).and_then(Value::as_bool) == Some(false) {
+                    cell.push_str(" !");
+                }
+                line.push(cell);
+            }
+            line.extend(ratios(metric, *better));
+            lines.push(line);
+        }
+        lines
+    }
+
     /// Plain text (aligned columns) or Markdown, with notes on ratios, a saturated
     /// generator and failed runs below.
     fn table(&self, markdown: bool) -> String {
@@ -335,55 +455,23 @@ impl Report {
         let mut failures: Vec<String> = Vec::new();
         for row in &self.rows {
             let first_line = lines.len();
-            for (i, (metric, better)) in metrics_for(&row.scenario).iter().enumerate() {
-                let values: Vec<Option<&Value>> = self
-                    .brokers
-                    .iter()
-                    .map(|b| row.runs.get(b).and_then(|d| d.pointer(metric.pointer)))
-                    .collect();
-                // The key figure always has a line, so a missing one shows as `-`.
-                if i > 0 && values.iter().all(|v| v.and_then(Value::as_f64).is_none()) {
-                    continue;
-                }
-                let name = match better {
-                    Some(Better::Higher) => format!("{} ↑", metric.name),
-                    Some(Better::Lower) => format!("{} ↓", metric.name),
-                    None => metric.name.to_string(),
-                };
-                let mut line = vec![String::new(), name];
-                for broker in &self.brokers {
-                    let doc = row.runs.get(broker);
-                    let v = doc.and_then(|d| num_at(d, metric.pointer));
-                    let mut cell = v.map_or_else(|| "-".to_string(), |v| fmt_value(v, metric.unit));
-                    if metric.key == LOADTEST_CORES.key {
-                        if let (Some(cores), Some(threads)) =
-                            (v, doc.and_then(|d| num_at(d, "/loadtest/threads")))
-                        {
-                            cell = format!("{cell} of {threads}");
-                            if threads > 0.0 && cores >= SATURATED_SHARE * threads {
-                                cell.push_str(" *");
-                                saturated = true;
-                            }
-                        }
-                    }
-                    if i == 0
-                        && doc.and_then(|d| d.get("ok")).and_then(Value::as_bool) == Some(false)
-                    {
-                        cell.push_str(" !");
-                    }
-                    line.push(cell);
-                }
-                line.push(better.and_then(|b| self.ratio(row, metric, b)).map_or_else(
-                    || "-".to_string(),
-                    |r| format!("{:.2}x ({})", r.value, r.peer),
-                ));
-                lines.push(line);
-            }
-            if let Some(line) = self.integrity_line(row) {
+            lines.extend(self.figure_lines(
+                row,
+                metrics_for(&row.scenario),
+                &self.brokers,
+                &mut saturated,
+                |metric, better| {
+                    vec![better.and_then(|b| self.ratio(row, metric, b)).map_or_else(
+                        || "-".to_string(),
+                        |r| format!("{:.2}x ({})", r.value, r.peer),
+                    )]
+                },
+            ));
+            if let Some(line) = self.integrity_line(row, &self.brokers, 1) {
                 lines.push(line);
             }
             lines[first_line][0] = row.label.clone();
-            for broker in &self.brokers {
+            for broker in self.brokers.iter().chain(&self.variants) {
                 let Some(doc) = row.runs.get(broker) else {
                     continue;
                 };
@@ -403,11 +491,12 @@ impl Report {
             }
         }
 
-        let mut out = if markdown {
-            render_markdown(&header, &lines)
+        let render = if markdown {
+            render_markdown
         } else {
-            render_plain(&header, &lines)
+            render_plain
         };
+        let mut out = render(&header, &lines);
         let bullet = if markdown { "- " } else { "" };
         out.push('\n');
         let _ = writeln!(
@@ -415,6 +504,14 @@ impl Report {
             "{bullet}ratio: {} divided by the best other broker; ↑ higher is better, ↓ lower is better.",
             self.reference
         );
+        if !self.variants.is_empty() {
+            let _ = writeln!(
+                out,
+                "{bullet}{} are {} run another way, not peers: see the scaling table below.",
+                self.variants.join(", "),
+                self.reference
+            );
+        }
         if saturated {
             let _ = writeln!(
                 out,
@@ -428,21 +525,93 @@ impl Report {
                 let _ = writeln!(out, "{}{f}", if markdown { "  - " } else { "  " });
             }
         }
+        let mut saturated = false;
+        if let Some(lines) = self.scaling_lines(&mut saturated) {
+            let _ = writeln!(
+                out,
+                "\nScaling: {} against {}, the same broker run another way, on the same load.\n",
+                self.reference,
+                self.variants.join(", ")
+            );
+            let mut header = vec!["scenario".to_string(), "figure".to_string()];
+            header.push(self.reference.clone());
+            header.extend(self.variants.iter().cloned());
+            for v in &self.variants {
+                header.push(format!("{} / {v}", self.reference));
+            }
+            out.push_str(&render(&header, &lines));
+            out.push('\n');
+            let _ = writeln!(
+                out,
+                "{bullet}scaling ratio: {} divided by the variant; above 1 on ↑ or below 1 on ↓ is a gain for {}.",
+                self.reference, self.reference
+            );
+            if saturated {
+                let _ = writeln!(
+                    out,
+                    "{bullet}* as above: the load generator used at least {:.0}% of its threads.",
+                    SATURATED_SHARE * 100.0
+                );
+            }
+        }
         out
     }
 
-    /// `lost/duplicated/reordered` per broker, only when some broker has a non-zero one.
-    fn integrity_line(&self, row: &Row) -> Option<Vec<String>> {
+    /// The scaling table's lines: for each scenario that some variant ran, the
+    /// reference's and the variants' figures and the reference over each variant.
+    /// `None` when no variant ran anything.
+    fn scaling_lines(&self, saturated: &mut bool) -> Option<Vec<Vec<String>>> {
+        let mut columns = vec![self.reference.clone()];
+        columns.extend(self.variants.iter().cloned());
+        let mut lines: Vec<Vec<String>> = Vec::new();
+        for row in &self.rows {
+            if !self.variants.iter().any(|v| row.runs.contains_key(v)) {
+                continue;
+            }
+            let first_line = lines.len();
+            lines.extend(self.figure_lines(
+                row,
+                scaling_metrics_for(&row.scenario),
+                &columns,
+                saturated,
+                |metric, better| {
+                    self.variants
+                        .iter()
+                        .map(|v| match better {
+                            Some(_) => self
+                                .scaling_ratio(row, metric, v)
+                                .map_or_else(|| "-".to_string(), |r| format!("{r:.2}x")),
+                            None => "-".to_string(),
+                        })
+                        .collect()
+                },
+            ));
+            if let Some(line) = self.integrity_line(row, &columns, self.variants.len()) {
+                lines.push(line);
+            }
+            lines[first_line][0] = row.label.clone();
+        }
+        (!lines.is_empty()).then_some(lines)
+    }
+
+    /// `lost/duplicated/reordered` per column, only when some column has a non-zero
+    /// one; `ratio_cells` dashes fill the ratio columns.
+    fn integrity_line(
+        &self,
+        row: &Row,
+        columns: &[String],
+        ratio_cells: usize,
+    ) -> Option<Vec<String>> {
         const KEYS: [&str; 3] = ["/lost", "/duplicated", "/reordered"];
-        let any = row
-            .runs
-            .values()
+        let any = columns
+            .iter()
+            .filter_map(|b| row.runs.get(b))
             .any(|d| KEYS.iter().any(|k| num_at(d, k).is_some_and(|v| v != 0.0)));
         if !any {
             return None;
         }
         let mut line = vec![String::new(), "lost/dup/reordered".to_string()];
-        for broker in &self.brokers {
+        for broker in columns {
             line.push(match row.runs.get(broker) {
                 None => "-".into(),
                 Some(d) => KEYS
@@ -452,12 +621,14 @@ impl Report {
                     .join("/"),
             });
         }
-        line.push("-".into());
+        line.extend((0..ratio_cells).map(|_| "-".to_string()));
         Some(line)
     }
 
-    /// `{"reference", "brokers", "rows": [{label, scenario, brokers: {name: figures},
-    /// ratios: {key: ratio|null}, best_peers: {key: name}}]}`.
+    /// `{"reference", "brokers", "variants", "rows": [{label, scenario, brokers: {name:
+    /// figures}, ratios: {key: ratio|null}, best_peers: {key: name}, scaling: {variant:
+    /// {key: ratio|null}}}]}`. `brokers` lists the reference and its peers; a row's
+    /// `brokers` also holds the variants' figures.
     fn summary(&self) -> Value {
         let mut rows = Vec::new();
         let all_metrics = [
@@ -469,11 +640,12 @@ impl Report {
             CONNECT_RATE,
             CONNECTED,
             BROKER_RSS,
+            BROKER_CORES,
             LOADTEST_CORES,
         ];
         for row in &self.rows {
             let mut brokers = Map::new();
-            for broker in &self.brokers {
+            for broker in self.brokers.iter().chain(&self.variants) {
                 let Some(doc) = row.runs.get(broker) else {
                     continue;
                 };
@@ -505,17 +677,32 @@ impl Report {
                 ratios.insert(metric.key.into(), json!(r.as_ref().map(|r| r.value)));
                 best_peers.insert(metric.key.into(), json!(r.map(|r| r.peer)));
             }
+            let mut scaling = Map::new();
+            for variant in self.variants.iter().filter(|v| row.runs.contains_key(*v)) {
+                let mut ratios = Map::new();
+                for (metric, better) in scaling_metrics_for(&row.scenario) {
+                    if better.is_some() {
+                        ratios.insert(
+                            metric.key.into(),
+                            json!(self.scaling_ratio(row, metric, variant)),
+                        );
+                    }
+                }
+                scaling.insert(variant.clone(), Value::Object(ratios));
+            }
             rows.push(json!({
                 "label": row.label,
                 "scenario": row.scenario,
                 "brokers": brokers,
                 "ratios": ratios,
                 "best_peers": best_peers,
+                "scaling": scaling,
             }));
         }
         json!({
             "reference": self.reference,
             "brokers": self.brokers,
+            "variants": self.variants,
             "rows": rows,
         })
     }
@@ -938,6 +1125,7 @@ mod tests {
                 conns("rumqttd", None, 40_000.0),
             ],
             "shardmq",
+            &[],
         )
     }
 
@@ -1003,7 +1191,7 @@ mod tests {
 
     #[test]
     fn no_peer_means_no_ratio() {
-        let r = Report::build(vec![p2p("shardmq", 1.0, 1, 1.0)], "shardmq");
+        let r = Report::build(vec![p2p("shardmq", 1.0, 1, 1.0)], "shardmq", &[]);
         assert_eq!(r.ratio(&r.rows[0], &DELIVERED, Better::Higher), None);
         assert!(r.table(false).contains("p2p-16-q0"));
     }
@@ -1033,7 +1221,7 @@ mod tests {
         bad["loadtest"]["cpu_cores"] = json!(1.9);
         bad.as_object_mut().unwrap().remove("broker_process");
         runs.push((path, bad));
-        let text = Report::build(runs, "shardmq").table(false);
+        let text = Report::build(runs, "shardmq", &[]).table(false);
         assert!(text.contains("1000 !"), "{text}");
         assert!(text.contains("lost/dup/reordered"), "{text}");
         assert!(text.contains("7/0/0"), "{text}");
@@ -1102,7 +1290,7 @@ mod tests {
         let (path, mut other) = p2p("shardmq", 50_000.0, 90, 0.4);
         other["label"] = json!("fanout-<100>&q0");
         runs.push((path, other));
-        let svg = Report::build(runs, "shardmq").svg();
+        let svg = Report::build(runs, "shardmq", &[]).svg();
         assert!(svg.starts_with("<svg"));
         assert!(svg.trim_end().ends_with("</svg>"));
         assert_eq!(svg.matches("<svg").count(), 1);
@@ -1134,6 +1322,154 @@ mod tests {
         assert_eq!(fmt_value(0.5, Unit::Plain), "0.500");
         assert_eq!(fmt_value(1800.0, Unit::Bytes), "1.76 KiB");
         assert_eq!(fmt_value(12_345_678.0, Unit::Bytes), "11.8 MiB");
+    }
+
+    /// The sample's p2p and conns runs, a one-shard `shardmq-1` on both, and a
+    /// latency run on shardmq and shardmq-1 only.
+    fn with_variant() -> Report {
+        let mut runs = vec![
+            p2p("mosquitto", 100_000.0, 400, 2.0),
+            p2p("shardmq", 300_000.0, 200, 0.5),
+            p2p("rumqttd", 150_000.0, 100, 1.0),
+            // Faster and cheaper than every peer: were it a peer, it would be the best.
+            p2p("shardmq-1", 200_000.0, 50, 0.4),
+            conns("shardmq", Some(2000.0), 20_000.0),
+            conns("shardmq-1", Some(1000.0), 25_000.0),
+            conns("mosquitto", Some(1000.0), 10_000.0),
+        ];
+        for (broker, p99, cpu) in [("shardmq", 600, 20.0), ("shardmq-1", 400, 16.0)] {
+            let (path, mut doc) = p2p(broker, 50_000.0, p99, cpu);
+            doc["scenario"] = json!("latency");
+            doc["label"] = json!("latency-50k");
+            doc["broker_process"]["cpu_cores"] = json!(if broker == "shardmq" { 1.1 } else { 0.9 });
+            runs.push((path, doc));
+        }
+        Report::build(runs, "shardmq", &[])
+    }
+
+    #[test]
+    fn a_variant_of_the_reference_is_never_its_best_peer() {
+        let r = with_variant();
+        assert_eq!(r.brokers, ["shardmq", "mosquitto", "rumqttd"]);
+        assert_eq!(r.variants, ["shardmq-1"]);
+        let row = &r.rows[0];
+        let tp = r.ratio(row, &DELIVERED, Better::Higher).unwrap();
+        assert_eq!((tp.value, tp.peer.as_str()), (2.0, "rumqttd"));
+        let cpu = r.ratio(row, &CPU_PER_MSG, Better::Lower).unwrap();
+        assert_eq!((cpu.value, cpu.peer.as_str()), (0.5, "rumqttd"));
+        // Latency has no peer at all, only the variant: no best-peer ratio.
+        let latency = &r.rows[2];
+        assert_eq!(r.ratio(latency, &P99, Better::Lower), None);
+        let text = r.table(false);
+        let header = text.lines().next().unwrap();
+        assert!(!header.contains("shardmq-1"), "{header}");
+        assert!(!text.contains("(shardmq-1)"), "{text}");
+    }
+
+    #[test]
+    fn a_variant_can_be_named_and_then_is_not_a_peer() {
+        let runs = vec![
+            p2p("shardmq", 300_000.0, 200, 0.5),
+            p2p("one-shard", 200_000.0, 100, 0.4),
+            p2p("rumqttd", 150_000.0, 100, 1.0),
+        ];
+        let named = Report::build(runs.clone(), "shardmq", &["one-shard".to_string()]);
+        assert_eq!(named.brokers, ["shardmq", "rumqttd"]);
+        assert_eq!(named.variants, ["one-shard"]);
+        let tp = named
+            .ratio(&named.rows[0], &DELIVERED, Better::Higher)
+            .unwrap();
+        assert_eq!(tp.peer, "rumqttd");
+        // Unnamed, and without the reference's prefix, it is a peer like any other.
+        let unnamed = Report::build(runs, "shardmq", &[]);
+        assert_eq!(unnamed.brokers, ["shardmq", "one-shard", "rumqttd"]);
+        assert!(unnamed.variants.is_empty());
+        assert!(!unnamed.table(false).contains("Scaling"));
+    }
+
+    #[test]
+    fn scaling_divides_the_reference_by_the_variant_on_the_same_scenario() {
+        let r = with_variant();
+        let (p2p, conns, latency) = (&r.rows[0], &r.rows[1], &r.rows[2]);
+        assert_eq!(r.scaling_ratio(p2p, &DELIVERED, "shardmq-1"), Some(1.5));
+        assert_eq!(r.scaling_ratio(p2p, &CPU_PER_MSG, "shardmq-1"), Some(1.25));
+        assert_eq!(r.scaling_ratio(latency, &P99, "shardmq-1"), Some(1.5));
+        assert_eq!(
+            r.scaling_ratio(conns, &CONNECT_RATE, "shardmq-1"),
+            Some(0.8)
+        );
+        assert_eq!(r.scaling_ratio(p2p, &DELIVERED, "rumqttd-1"), None);
+    }
+
+    #[test]
+    fn table_ends_with_a_scaling_table_of_the_reference_and_its_variants() {
+        let text = with_variant().table(true);
+        let scaling = &text[text
+            .find("Scaling: shardmq against shardmq-1")
+            .expect(&text)..];
+        assert!(
+            scaling.contains("| scenario | figure | shardmq | shardmq-1 | shardmq / shardmq-1 |"),
+            "{scaling}"
+        );
+        for line in [
+            "| p2p-16-q0 | delivered msgs/s ↑ | 300k | 200k | 1.50x |",
+            "|  | broker CPU µs/msg ↓ | 0.500 | 0.400 | 1.25x |",
+            "|  | p99 µs | 200 | 50 | - |",
+            "| conns-50k | connects/s ↑ | 20k | 25k | 0.80x |",
+            "|  | broker RSS/conn ↓ | 1.95 KiB | 1000 B | 2.00x |",
+            "| latency-50k | p99 µs ↓ | 600 | 400 | 1.50x |",
+            "|  | broker cores | 1.10 | 0.900 | - |",
+        ] {
+            assert!(scaling.contains(line), "{line}\n{scaling}");
+        }
+        assert!(scaling.contains("scaling ratio: shardmq divided by the variant"));
+        // The main table above it has the peers only.
+        let main = &text[..text.find("Scaling:").unwrap()];
+        assert!(
+            main.contains("shardmq-1 are shardmq run another way"),
+            "{main}"
+        );
+        assert!(!main.contains("| 200k |"), "{main}");
+    }
+
+    #[test]
+    fn a_failed_variant_run_is_flagged_in_the_scaling_table_and_listed() {
+        let (path, mut bad) = p2p("shardmq-1", 1000.0, 400, 2.0);
+        bad["ok"] = json!(false);
+        bad["lost"] = json!(3);
+        bad["failures"] = json!(["lost 3 messages"]);
+        let runs = vec![p2p("shardmq", 300_000.0, 200, 0.5), (path, bad)];
+        let text = Report::build(runs, "shardmq", &[]).table(false);
+        let scaling = &text[text.find("Scaling:").expect(&text)..];
+        assert!(scaling.contains("1000 !"), "{scaling}");
+        let integrity = scaling.lines().find(|l| l.contains("lost/dup/reordered"));
+        let integrity = integrity.expect(scaling);
+        assert!(
+            integrity.contains("0/0/0") && integrity.contains("3/0/0"),
+            "{scaling}"
+        );
+        assert!(
+            text.contains("p2p-16-q0 on shardmq-1: lost 3 messages"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn summary_lists_variants_apart_and_carries_scaling_ratios() {
+        let s = with_variant().summary();
+        assert_eq!(s["brokers"], json!(["shardmq", "mosquitto", "rumqttd"]));
+        assert_eq!(s["variants"], json!(["shardmq-1"]));
+        let p2p = &s["rows"][0];
+        assert_eq!(p2p["best_peers"]["delivered_per_s"], "rumqttd");
+        assert_eq!(p2p["brokers"]["shardmq-1"]["delivered_per_s"], 200_000.0);
+        assert_eq!(p2p["scaling"]["shardmq-1"]["delivered_per_s"], 1.5);
+        assert_eq!(p2p["scaling"]["shardmq-1"]["cpu_us_per_msg"], 1.25);
+        assert_eq!(s["rows"][2]["scaling"]["shardmq-1"]["p99_us"], 1.5);
+        assert_eq!(s["rows"][2]["brokers"]["shardmq"]["broker_cpu_cores"], 1.1);
+        // No variant ran it: no scaling entry.
+        let plain = sample().summary();
+        assert_eq!(plain["variants"], json!([]));
+        assert_eq!(plain["rows"][0]["scaling"], json!({}));
     }
 
     #[test]
