@@ -4,7 +4,8 @@
 # builds the workspace, then for each broker in turn: starts it on its own loopback
 # port, runs the loadtest scenario set against that one process (so its memory at the
 # end of the set counts), and stops it. Writes one JSON file per run, a comparison
-# table (plain and Markdown), an SVG chart and a JSON summary under
+# table (plain and Markdown), an SVG chart, a JSON summary and noise.txt (CPU lost to
+# other processes and to the hypervisor during each run) under
 # bench-results/<run-id>/, and points bench-results/latest there.
 # Usage: scripts/bench-peers.sh [options]   (--help lists them)
 set -euo pipefail
@@ -320,11 +321,39 @@ stop_broker() {
     wait "$pid" 2>/dev/null || true
 }
 
+# CPU this run did not get while a scenario ran: time other processes were busy (the
+# machine's busy time in /proc/stat, less the broker's from /proc/PID/stat and this
+# script's children's from bash `times`, which counts the generator once it is
+# reaped), and time the hypervisor gave these virtual cores to someone else (steal).
+# Either skews every figure of that scenario.
+HZ=$(getconf CLK_TCK)
+NOISE_CORES=0.2
+# "busy steal": user + nice + system + irq + softirq, and steal.
+machine_ticks() { awk '/^cpu / { print $2 + $3 + $4 + $7 + $8, $9 }' /proc/stat; }
+proc_ticks() {
+    local stat
+    stat=$(cat "/proc/$1/stat" 2>/dev/null) || { echo 0; return; }
+    # shellcheck disable=SC2086 # split the fields after "pid (comm) "
+    set -- ${stat##*) }
+    echo $((${12} + ${13}))
+}
+# Sets $children: this shell's reaped children's CPU time, in ticks. Not a function
+# called in $(...): that would run `times` in a subshell, which has no children yet.
+children_ticks() {
+    times >"$run_dir/.times"
+    children=$(awk -v hz="$HZ" 'NR == 2 {
+        t = 0
+        for (i = 1; i <= 2; i++) { split($i, a, /[ms]/); t += a[1] * 60 + a[2] }
+        printf "%d", t * hz
+    }' "$run_dir/.times")
+}
+
 trap stop_broker EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
 failures=()
+noisy=()
 for name in $brokers; do
     echo
     echo "=== $name ==="
@@ -356,7 +385,26 @@ for name in $brokers; do
         echo "+ ${cmd[*]}"
         [ "$dry_run" = 1 ] && continue
         rc=0
+        children_ticks
+        read -r m0 s0 < <(machine_ticks)
+        b0=$(proc_ticks "$broker_pid") c0=$children t0=$(date +%s.%N)
         { "${cmd[@]}" 2>&1 | tee "$run_dir/$name-$label.log"; } || rc=$?
+        read -r m1 s1 < <(machine_ticks)
+        b1=$(proc_ticks "$broker_pid") t1=$(date +%s.%N)
+        children_ticks
+        c1=$children
+        # A broker that died in the run has no ticks left to read.
+        if [ "$b1" -lt "$b0" ]; then b1=$b0; fi
+        read -r other stolen < <(awk -v m=$((m1 - m0)) -v s=$((s1 - s0)) -v b=$((b1 - b0)) \
+            -v c=$((c1 - c0)) -v t="$(awk -v a="$t0" -v b="$t1" 'BEGIN { print b - a }')" -v hz="$HZ" \
+            'BEGIN { o = (m - b - c) / hz / t; printf "%.2f %.2f\n", o < 0 ? 0 : o, s / hz / t }')
+        echo "$name $label: other processes $other cores, stolen by the hypervisor $stolen cores" \
+            >>"$run_dir/noise.txt"
+        if awk -v o="$other" -v s="$stolen" -v n="$NOISE_CORES" 'BEGIN { exit !(o + s > n) }'; then
+            noisy+=("$name $label: other processes $other cores, stolen $stolen cores")
+            echo "bench-peers: $name $label lost $other cores to other processes and $stolen" \
+                "to the hypervisor; its figures are suspect" >&2
+        fi
         if [ "$rc" != 0 ]; then
             failures+=("$name $label: exit $rc")
             echo "bench-peers: $name $label failed (exit $rc); going on" >&2
@@ -364,6 +412,7 @@ for name in $brokers; do
     done
     stop_broker
 done
+rm -f "$run_dir/.times"
 
 # --- 5. Report --------------------------------------------------------------------
 
@@ -394,6 +443,12 @@ else
 fi
 
 echo
+if [ ${#noisy[@]} -gt 0 ]; then
+    echo "bench-peers: other processes and the hypervisor took more than $NOISE_CORES cores" \
+        "(on average) during ${#noisy[@]} scenario(s); rerun those on a quiet machine" \
+        "($run_dir/noise.txt):" >&2
+    printf '  %s\n' "${noisy[@]}" >&2
+fi
 if [ ${#failures[@]} -gt 0 ]; then
     echo "bench-peers: ${#failures[@]} failure(s):" >&2
     printf '  %s\n' "${failures[@]}" >&2
