@@ -409,11 +409,12 @@ impl Shard {
         if !self.is_current(key, conn_id) {
             return Flow::Close { graceful: false };
         }
-        // Any control packet is activity for keep-alive, SUBSCRIBE and UNSUBSCRIBE too.
-        self.sessions[key].session.touch(now);
         match packet {
             Packet::Disconnect => Flow::Close { graceful: true },
             Packet::Unsubscribe(u) => {
+                // Activity for keep-alive; packets that go through the session record
+                // their own.
+                self.sessions[key].session.touch(now);
                 self.unsubscribe(key, u);
                 Flow::Continue
             }
