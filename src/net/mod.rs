@@ -35,21 +35,25 @@ use std::time::{Duration, Instant};
 
 use futures_lite::{AsyncRead, AsyncWrite};
 
+mod output;
+pub use output::Encoded;
+use output::{Chunks, Output};
+
 /// Bytes asked of the kernel per read.
 const READ_CHUNK: usize = 16 * 1024;
 /// The first read after a connection has waited with nothing buffered.
 const SMALL_READ: usize = 1024;
-/// A write buffer grown past this by a burst is released once sent.
-const KEEP_WRITE_BUFFER: usize = 1024 * 1024;
 /// How long a closing connection may take to flush what it still has to send.
 const WRITER_LINGER: Duration = Duration::from_secs(5);
 
-/// One shard's connections with output to send, and its writer task's waker.
+/// One shard's connections with output to send, its writer task's waker, and the
+/// encodings its deliveries share.
 pub struct Writes {
     dirty: RefCell<Vec<Rc<Conn>>>,
     waker: Cell<Option<Waker>>,
     /// `Config::write_buffer_high_water`: a congested connection resumes below half.
     high_water: usize,
+    chunks: Chunks,
 }
 
 impl Writes {
@@ -58,7 +62,13 @@ impl Writes {
             dirty: RefCell::new(Vec::new()),
             waker: Cell::new(None),
             high_water,
+            chunks: Chunks::default(),
         })
+    }
+
+    /// Encodes once for any number of connections ([`Conn::write_shared`]).
+    pub fn share(&self, encode: impl FnOnce(&mut BytesMut)) -> Encoded {
+        self.chunks.share(encode)
     }
 }
 
@@ -71,11 +81,7 @@ pub struct Conn {
     /// The session's key on the shard (for `Shard::resume_writes`).
     key: Cell<usize>,
     stream: RefCell<TcpStream>,
-    wbuf: RefCell<BytesMut>,
-    /// Bytes at the front of `wbuf` already sent. The buffer is cleared, not advanced,
-    /// once all is sent, so it is refilled from its start: advancing would walk every
-    /// connection's writes through its whole capacity, out of the cache.
-    sent: Cell<usize>,
+    out: RefCell<Output>,
     writes: Rc<Writes>,
     reader: Cell<Option<Waker>>,
     /// Woken when `done` is set (the connection's end waits for its output).
@@ -99,8 +105,7 @@ impl Conn {
             peer,
             key: Cell::new(usize::MAX),
             stream: RefCell::new(stream),
-            wbuf: RefCell::new(BytesMut::new()),
-            sent: Cell::new(0),
+            out: RefCell::new(Output::default()),
             writes,
             reader: Cell::new(None),
             drained: Cell::new(None),
@@ -118,17 +123,22 @@ impl Conn {
         if self.closing.get() {
             return;
         }
-        packet.encode(&mut self.wbuf.borrow_mut());
+        self.out.borrow_mut().push_own(|buf| packet.encode(buf));
         self.schedule_write();
     }
 
-    /// Appends bytes already encoded as whole packets (one encoding of a publish
-    /// shared by many subscribers); ignored once closing.
-    pub fn write_encoded(self: &Rc<Self>, bytes: &[u8]) {
+    /// Appends whole packets encoded once for many connections ([`Writes::share`]),
+    /// by reference; a connection waiting for its socket takes a copy instead, so
+    /// that it does not hold the shared bytes. Ignored once closing.
+    pub fn write_shared(self: &Rc<Self>, shared: &Encoded) {
         if self.closing.get() {
             return;
         }
-        self.wbuf.borrow_mut().extend_from_slice(bytes);
+        if self.blocked.get() {
+            self.out.borrow_mut().push_copy(shared);
+        } else {
+            self.out.borrow_mut().push_shared(shared);
+        }
         self.schedule_write();
     }
 
@@ -138,11 +148,11 @@ impl Conn {
             return;
         }
         if !self.closing.get() {
-            let mut buf = self.wbuf.borrow_mut();
-            for p in packets.iter() {
-                p.encode(&mut buf);
-            }
-            drop(buf);
+            self.out.borrow_mut().push_own(|buf| {
+                for p in packets.iter() {
+                    p.encode(buf);
+                }
+            });
             self.schedule_write();
         }
         packets.clear();
@@ -163,24 +173,12 @@ impl Conn {
 
     /// Bytes written by the shard and not yet handed to the kernel.
     pub fn pending(&self) -> usize {
-        self.wbuf.borrow().len() - self.sent.get()
-    }
-
-    /// `n` more bytes went to the kernel.
-    fn consume(&self, buf: &mut BytesMut, n: usize) {
-        let sent = self.sent.get() + n;
-        if sent >= buf.len() {
-            buf.clear();
-            self.sent.set(0);
-        } else {
-            self.sent.set(sent);
-        }
+        self.out.borrow().len()
     }
 
     /// Drops whatever is unsent.
     fn discard_output(&self) {
-        self.wbuf.borrow_mut().clear();
-        self.sent.set(0);
+        self.out.borrow_mut().discard();
     }
 
     pub fn congested(&self) -> bool {
@@ -697,61 +695,44 @@ pub(crate) async fn write_loop(shard: Rc<RefCell<Shard>>, writes: Rc<Writes>) {
             conn.listed.set(false);
             send_listed(&shard, &conn);
         }
+        writes.chunks.recycle();
     }
 }
 
-/// Writes as much of `conn`'s buffer as its socket takes now.
+/// Writes as much of `conn`'s output as its socket takes now.
 fn send_listed(shard: &Rc<RefCell<Shard>>, conn: &Rc<Conn>) {
     if conn.done.get() {
         return;
     }
-    let mut cx = Context::from_waker(Waker::noop());
-    loop {
-        let mut buf = conn.wbuf.borrow_mut();
-        let from = conn.sent.get();
-        if buf.len() == from {
-            break;
-        }
-        let res = Pin::new(&mut *conn.stream.borrow_mut()).poll_write(&mut cx, &buf[from..]);
-        match res {
-            Poll::Ready(Ok(n)) if n > 0 => conn.consume(&mut buf, n),
-            Poll::Ready(Ok(_)) => {
-                drop(buf);
-                return write_failed(conn, io::ErrorKind::WriteZero.into());
-            }
-            Poll::Ready(Err(e)) => {
-                drop(buf);
-                return write_failed(conn, e);
-            }
-            Poll::Pending => {
-                // The socket buffer is full: a task waits for room. (The stream now
-                // holds a readiness poll; the task's waker replaces the no-op one.)
-                // glommio starts running a new task at once: no borrow may be held.
-                drop(buf);
-                conn.blocked.set(true);
-                let task = spawn_local(write_blocked(shard.clone(), conn.clone())).detach();
-                if conn.blocked.get() {
-                    conn.blocked_task.set(Some(task));
-                }
-                return;
+    let fd = conn.stream.borrow().as_raw_fd();
+    let res = conn.out.borrow_mut().send_now(fd);
+    match res {
+        Ok(true) => sent_all(shard, conn),
+        Ok(false) => {
+            // The socket buffer is full: a task waits for room.
+            // glommio starts running a new task at once: no borrow may be held.
+            conn.blocked.set(true);
+            let task = spawn_local(write_blocked(shard.clone(), conn.clone())).detach();
+            if conn.blocked.get() {
+                conn.blocked_task.set(Some(task));
             }
         }
+        Err(e) => write_failed(conn, e),
     }
-    sent_all(shard, conn);
 }
 
-/// Sends `conn`'s buffer, waiting for the socket as needed, until it is empty; then
-/// the shard's writer takes over again.
+/// Sends `conn`'s output, waiting for the socket as needed, until it is empty; then
+/// the shard's writer takes over again. Meanwhile the output stays plain (see
+/// [`Conn::write_shared`]).
 async fn write_blocked(shard: Rc<RefCell<Shard>>, conn: Rc<Conn>) {
     loop {
         let res = poll_fn(|cx| {
-            let buf = conn.wbuf.borrow();
-            let from = conn.sent.get();
-            if buf.len() == from {
+            let out = conn.out.borrow();
+            if out.len() == 0 {
                 return Poll::Ready(Ok(None));
             }
             Pin::new(&mut *conn.stream.borrow_mut())
-                .poll_write(cx, &buf[from..])
+                .poll_write(cx, out.plain_unsent())
                 .map_ok(Some)
         })
         .await;
@@ -761,7 +742,7 @@ async fn write_blocked(shard: Rc<RefCell<Shard>>, conn: Rc<Conn>) {
                 conn.unblock();
                 return write_failed(&conn, io::ErrorKind::WriteZero.into());
             }
-            Ok(Some(n)) => conn.consume(&mut conn.wbuf.borrow_mut(), n),
+            Ok(Some(n)) => conn.out.borrow_mut().consume(n),
             Err(e) => {
                 conn.unblock();
                 return write_failed(&conn, e);
@@ -772,15 +753,9 @@ async fn write_blocked(shard: Rc<RefCell<Shard>>, conn: Rc<Conn>) {
     sent_all(&shard, &conn);
 }
 
-/// Everything written so far has gone to the kernel: release a burst's buffer, let a
-/// congested session send again, and finish a closing connection.
+/// Everything written so far has gone to the kernel: let a congested session send
+/// again, and finish a closing connection.
 fn sent_all(shard: &Rc<RefCell<Shard>>, conn: &Rc<Conn>) {
-    {
-        let mut buf = conn.wbuf.borrow_mut();
-        if buf.capacity() > KEEP_WRITE_BUFFER {
-            *buf = BytesMut::new();
-        }
-    }
     if conn.congested() && conn.pending() <= conn.writes.high_water / 2 {
         conn.set_congested(false);
         conn.wake_reader();

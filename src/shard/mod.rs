@@ -30,7 +30,6 @@ use crate::protocol::{
 use crate::session::{Delivery, DropReason, Limits, Output, Session};
 use crate::topic::TopicTrie;
 use ahash::AHashMap;
-use bytes::BytesMut;
 use bytestring::ByteString;
 use mesh::{Handoff, MeshMsg, Outbox};
 use retained::{LocalUpdate, Retained};
@@ -58,9 +57,6 @@ pub fn home_shard(client_id: &str, shards: usize) -> usize {
 /// Publishes waiting in one outbox above which this shard stops reading from its
 /// clients' sockets until the outbox drains (TCP then pushes back on publishers).
 const OUTBOX_HIGH_WATER: usize = 4096;
-
-/// The shared fan-out encoding buffer is released after a message larger than this.
-const FANOUT_BUFFER_KEEP: usize = 64 * 1024;
 
 /// What the connection layer should do after a packet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -151,8 +147,6 @@ pub struct Shard {
     matched: Vec<(u32, QoS)>,
     match_seq: u64,
     dests: Vec<bool>,
-    /// One QoS 0 PUBLISH encoding shared by the subscribers of a fan-out.
-    fanout: BytesMut,
     pub stats: ShardStats,
     pub stopping: bool,
 }
@@ -217,7 +211,6 @@ impl Shard {
             matched: Vec::new(),
             match_seq: 0,
             dests: vec![false; shards],
-            fanout: BytesMut::new(),
             stats: ShardStats::default(),
             stopping: false,
         }
@@ -671,7 +664,7 @@ impl Shard {
             matched,
             out,
             stats,
-            fanout,
+            writes,
             ..
         } = self;
         matched.clear();
@@ -689,29 +682,33 @@ impl Shard {
             }
         });
         // Encoded at most once per message, on the first subscriber that takes it as
-        // is; every other such subscriber gets a copy of these bytes. Cloning the
+        // is, into bytes every other such subscriber's output refers to (sent with
+        // one gathered write per connection, see `net::Writes::share`). Cloning the
         // message's topic and payload per subscriber instead would touch their shared
         // reference count (on a cache line the publisher's shard also writes) twice
-        // per delivery.
-        fanout.clear();
+        // per delivery; copying the encoding per subscriber would touch one cold
+        // write buffer per subscriber.
+        let mut shared = None;
         for &(k, qos) in matched.iter() {
             let Some(e) = sessions.get_mut(k as usize) else {
                 continue;
             };
             if msg.qos.min(qos) == QoS::AtMostOnce && e.session.sends_qos0_at_once() {
                 if let Some(conn) = &e.conn {
-                    if fanout.is_empty() {
-                        encode_publish(
-                            fanout,
-                            &msg.topic,
-                            &msg.payload,
-                            QoS::AtMostOnce,
-                            msg.retain,
-                            false,
-                            0,
-                        );
-                    }
-                    conn.write_encoded(fanout);
+                    let shared = shared.get_or_insert_with(|| {
+                        writes.share(|buf| {
+                            encode_publish(
+                                buf,
+                                &msg.topic,
+                                &msg.payload,
+                                QoS::AtMostOnce,
+                                msg.retain,
+                                false,
+                                0,
+                            )
+                        })
+                    });
+                    conn.write_shared(shared);
                     stats.delivered += 1;
                     write_out(e, out, high_water);
                     continue;
@@ -720,9 +717,6 @@ impl Shard {
             let d = e.session.deliver(msg, qos, out);
             count_delivery(stats, d, &mut e.session);
             write_out(e, out, high_water);
-        }
-        if fanout.capacity() > FANOUT_BUFFER_KEEP {
-            *fanout = BytesMut::new();
         }
     }
 
