@@ -2,6 +2,7 @@
 
 mod common;
 use common::*;
+use std::time::Duration;
 
 #[test]
 fn retained_message_is_sent_on_exact_subscribe_from_the_other_shard() {
@@ -473,5 +474,31 @@ fn retained_copy_does_not_repeat_a_qos2_message_already_delivered_live() {
         sub.disconnect();
     }
     drop(ticker);
+    assert_no_leaks(&b);
+}
+
+#[test]
+fn retained_message_acknowledged_just_before_a_subscribe_on_the_other_shard_is_delivered() {
+    // The subscriber is connected already, so its SUBSCRIBE can reach its shard while
+    // the retained update is still on its way there from the publisher's shard.
+    let b = broker();
+    let mut publ = Raw::connect(b.local_addr(), &id_on_shard("rh-pub", 0), true).0;
+    let mut sub = Raw::connect(b.local_addr(), &id_on_shard("rh-sub", 1), true).0;
+    for i in 0..200u16 {
+        let topic = format!("rh/{i}");
+        publ.publish(&topic, format!("v{i}").as_bytes(), 1, true);
+        assert_eq!(sub.subscribe(i + 1, &[(&topic, 0)]), vec![0]);
+        let p = sub
+            .recv_within(TIMEOUT)
+            .unwrap_or_else(|| panic!("iteration {i}: retained message not delivered"))
+            .publish();
+        assert_eq!(
+            (p.topic.as_str(), p.payload_str(), p.retain, p.qos),
+            (topic.as_str(), format!("v{i}"), true, 0)
+        );
+    }
+    sub.expect_silence(Duration::from_millis(100));
+    publ.disconnect();
+    sub.disconnect();
     assert_no_leaks(&b);
 }

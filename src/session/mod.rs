@@ -425,6 +425,11 @@ impl Session {
         self.subscriptions.remove(filter)
     }
 
+    /// The QoS granted to `filter`, if subscribed.
+    pub fn subscription(&self, filter: &str) -> Option<QoS> {
+        self.subscriptions.get(filter).copied()
+    }
+
     /// The session's subscriptions, in no particular order (to rebuild routes on resume
     /// or remove them when the session ends).
     pub fn subscriptions(&self) -> impl Iterator<Item = (&ByteString, QoS)> {

@@ -112,8 +112,12 @@ impl SubscribeWait {
 /// An `InterestAdd` broadcast awaiting acks from every other shard.
 struct PendingInterest {
     remaining: usize,
+    /// Per shard: has it confirmed?
+    confirmed: Vec<bool>,
     filters: Vec<ByteString>,
     waiters: Vec<Rc<SubscribeWait>>,
+    /// The sessions (key, connection id) held until these filters are confirmed.
+    held: Vec<(usize, u64)>,
 }
 
 /// The first half of a SUBSCRIBE: codes to send, and what to wait for first.
@@ -501,8 +505,10 @@ impl Shard {
                 token,
                 PendingInterest {
                     remaining: self.shards - 1,
+                    confirmed: (0..self.shards).map(|s| s == self.id).collect(),
                     filters: new_filters,
                     waiters: Vec::new(),
+                    held: Vec::new(),
                 },
             );
             waits.push(token);
@@ -535,6 +541,7 @@ impl Shard {
             for token in &waits {
                 if let Some(p) = self.pending_interest.get_mut(token) {
                     p.waiters.push(wait.clone());
+                    p.held.push((key, conn_id));
                 }
             }
             wait
@@ -734,7 +741,14 @@ impl Shard {
                     self.stats.forwarded_in += 1;
                     self.deliver_local(&m);
                 }
-                MeshMsg::Retain { msg, version } => self.retained.apply(&msg, version),
+                MeshMsg::Retain { msg, version } => {
+                    if self.retained.apply(&msg, version)
+                        && !msg.payload.is_empty()
+                        && !self.pending_interest.is_empty()
+                    {
+                        self.retained_while_held(src, &msg);
+                    }
+                }
                 MeshMsg::InterestAdd { filters, token } => {
                     for f in &filters {
                         self.interest.insert(f, src as u16, ());
@@ -744,7 +758,7 @@ impl Shard {
                 MeshMsg::InterestRemove { filter } => {
                     self.interest.remove(&filter, &(src as u16));
                 }
-                MeshMsg::InterestAck { token } => self.interest_acked(token),
+                MeshMsg::InterestAck { token } => self.interest_acked(src, token),
                 MeshMsg::Handoff(h) => {
                     self.stats.handoffs_in += 1;
                     handoffs.push(*h);
@@ -753,10 +767,58 @@ impl Shard {
         }
     }
 
-    fn interest_acked(&mut self, token: u64) {
+    /// A retained message from shard `src` reached this shard's replica while
+    /// SUBSCRIBEs here wait for `src` to confirm new filters that match it. `src` sent
+    /// it before it learned of those filters (the confirmation travels behind it), so
+    /// it did not forward the message live, and the retained messages taken when the
+    /// filters went in predate it: without this, a message retained and acknowledged
+    /// just before the SUBSCRIBE would reach none of the held sessions. Delivered
+    /// once per session, at the highest QoS granted among those filters, behind the
+    /// retained messages already queued.
+    fn retained_while_held(&mut self, src: usize, msg: &Message) {
+        let mut hits: smallvec::SmallVec<[(usize, QoS); 4]> = smallvec::SmallVec::new();
+        for p in self.pending_interest.values() {
+            if p.confirmed[src] {
+                continue;
+            }
+            for f in p.filters.iter().filter(|f| topic::matches(f, &msg.topic)) {
+                for &(key, conn_id) in &p.held {
+                    let Some(e) = self.sessions.get(key) else {
+                        continue;
+                    };
+                    if !e.held || e.conn.as_ref().is_none_or(|c| c.id != conn_id) {
+                        continue;
+                    }
+                    let Some(qos) = e.session.subscription(f) else {
+                        continue;
+                    };
+                    match hits.iter_mut().find(|(k, _)| *k == key) {
+                        Some((_, q)) => *q = (*q).max(qos),
+                        None => hits.push((key, qos)),
+                    }
+                }
+            }
+        }
+        let retained = Message {
+            retain: true,
+            ..msg.clone()
+        };
+        let high_water = self.cfg.write_buffer_high_water;
+        for (key, qos) in hits {
+            let entry = &mut self.sessions[key];
+            let d = entry.session.deliver(&retained, qos, &mut self.out);
+            count_delivery(&mut self.stats, d, &mut entry.session);
+            write_out(entry, &mut self.out, high_water);
+        }
+    }
+
+    fn interest_acked(&mut self, src: usize, token: u64) {
         let Some(p) = self.pending_interest.get_mut(&token) else {
             return;
         };
+        if std::mem::replace(&mut p.confirmed[src], true) {
+            return;
+        }
         p.remaining -= 1;
         if p.remaining > 0 {
             return;

@@ -79,8 +79,8 @@ impl Retained {
         LocalUpdate::Applied(version)
     }
 
-    /// Applies an update if it is newer than the held one.
-    pub fn apply(&mut self, msg: &Message, version: RetainVersion) {
+    /// Applies an update if it is newer than the held one; true if it was.
+    pub fn apply(&mut self, msg: &Message, version: RetainVersion) -> bool {
         self.clock = self.clock.max(version.0);
         // Stored for long: copy, so the message does not pin the whole read buffer
         // its topic and payload were sliced from.
@@ -91,16 +91,18 @@ impl Retained {
             retain: true,
         });
         match self.entries.get_mut(&msg.topic) {
-            Some(e) if e.version >= version => {}
+            Some(e) if e.version >= version => false,
             Some(e) => {
                 self.live = self.live + new.is_some() as usize - e.msg.is_some() as usize;
                 e.msg = new;
                 e.version = version;
+                true
             }
             None => {
                 self.live += new.is_some() as usize;
                 self.entries
                     .insert(msg.topic.clone(), Entry { msg: new, version });
+                true
             }
         }
     }
