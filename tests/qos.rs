@@ -1028,3 +1028,67 @@ fn connection_dropped_while_subscribe_is_pending_leaks_nothing() {
     assert_broker_healthy(b.local_addr());
     assert_no_leaks(&b);
 }
+
+#[test]
+fn a_burst_of_mixed_publishes_in_one_segment_arrives_complete_and_in_order_on_both_shards() {
+    // One write carries runs of QoS 0 messages on one topic, broken by other topics,
+    // a QoS 1 message and a retained one, then DISCONNECT: every subscriber gets its
+    // matching messages once, in publish order, at its QoS, on either shard.
+    let b = broker();
+    let mut all = Raw::connect(b.local_addr(), &id_on_shard("bu-all", 0), true).0;
+    assert_eq!(all.subscribe(1, &[("burst/#", 1)]), vec![1]);
+    let mut only_a = Raw::connect(b.local_addr(), &id_on_shard("bu-a", 1), true).0;
+    assert_eq!(only_a.subscribe(1, &[("burst/a", 0)]), vec![0]);
+    let mut publ = Raw::connect(b.local_addr(), &id_on_shard("bu-pub", 0), true).0;
+
+    // (topic, payload, qos, retain)
+    let mut sent: Vec<(&str, String, u8, bool)> = Vec::new();
+    for i in 0..100 {
+        sent.push(("burst/a", format!("a{i}"), 0, false));
+    }
+    for i in 0..3 {
+        sent.push(("burst/b", format!("b{i}"), 0, false));
+    }
+    sent.push(("burst/a", "q1".into(), 1, false));
+    sent.push(("burst/a", "kept".into(), 0, true));
+    for i in 100..300 {
+        sent.push(("burst/a", format!("a{i}"), 0, false));
+    }
+    let mut bytes = Vec::new();
+    for (topic, payload, qos, retain) in &sent {
+        bytes.extend(publish_packet(
+            topic,
+            payload.as_bytes(),
+            *qos,
+            *retain,
+            false,
+            7,
+        ));
+    }
+    bytes.extend([0xE0, 0x00]);
+    publ.send(&bytes);
+    assert_eq!(publ.recv_kind(PUBACK).pid(), 7);
+    publ.expect_closed();
+
+    let check = |sub: &mut Raw, filter: &str, granted: u8| {
+        let matches = |t: &str| filter == "burst/#" || t == filter;
+        for (topic, payload, qos, _) in sent.iter().filter(|m| matches(m.0)) {
+            let p = sub
+                .recv_within(TIMEOUT)
+                .unwrap_or_else(|| panic!("{filter}: {topic} {payload} not delivered"))
+                .publish();
+            assert_eq!(
+                (p.topic.as_str(), p.payload_str(), p.qos, p.retain),
+                (*topic, payload.clone(), (*qos).min(granted), false),
+                "{filter}: publish order and QoS"
+            );
+            sub.ack(&p);
+        }
+        sub.expect_silence(std::time::Duration::from_millis(100));
+    };
+    check(&mut all, "burst/#", 1);
+    check(&mut only_a, "burst/a", 0);
+    all.disconnect();
+    only_a.disconnect();
+    assert_no_leaks(&b);
+}

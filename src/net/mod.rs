@@ -470,6 +470,8 @@ async fn serve(shard: Rc<RefCell<Shard>>, accepted: Box<Accepted>) {
             }
             s.stats.protocol_errors += 1;
         }
+        // What the client published before it went is routed before its will.
+        s.route_pending();
         tracing::debug!(%peer, client = ?s.client_id_of(key, conn.id), reason = ?end, "connection closed");
         s.connection_lost(key, conn.id, matches!(end, End::Disconnect));
     }
@@ -517,6 +519,7 @@ async fn read_loop(
                 Err(e) => return End::Decode(e),
             };
             if let Packet::Subscribe(sub) = packet {
+                shard.borrow_mut().route_pending();
                 // Boxed: the wait is rare and its state large, and an inline await
                 // would make every connection's reader that large for its whole life.
                 if !Box::pin(subscribe(shard, conn, key, sub)).await {
@@ -530,6 +533,7 @@ async fn read_loop(
                 Flow::Close { graceful: false } => return End::Violation,
             }
         }
+        shard.borrow_mut().route_pending();
         if !wait_until_readable(shard, conn).await {
             return End::ClosedByBroker;
         }

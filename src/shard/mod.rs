@@ -8,9 +8,12 @@
 //! to write packets to.
 //!
 //! The publish path, in order: a client's PUBLISH goes through its `Session`
-//! (QoS handshake, acks), then [`Shard::publish_from_client`] updates the retained
-//! store, delivers to local subscribers and appends the message to the outbox of
-//! every shard whose interest matches; that shard delivers it to its own subscribers.
+//! (QoS handshake, acks); once its reader has handled a whole read,
+//! [`Shard::route_pending`] routes what it published: [`Shard::publish_from_client`]
+//! updates the retained store, delivers to local subscribers and appends the message
+//! to the outbox of every shard whose interest matches; that shard delivers it to its
+//! own subscribers. Consecutive QoS 0 messages on one topic travel as a run, matched
+//! and written to each subscriber once.
 
 pub mod mesh;
 pub mod retained;
@@ -57,6 +60,12 @@ pub fn home_shard(client_id: &str, shards: usize) -> usize {
 /// Publishes waiting in one outbox above which this shard stops reading from its
 /// clients' sockets until the outbox drains (TCP then pushes back on publishers).
 const OUTBOX_HIGH_WATER: usize = 4096;
+
+/// Consecutive QoS 0 messages on one topic are delivered as one run, up to this many
+/// messages and bytes: a run goes to a subscriber's output whole, so these bound how
+/// far one run takes a connection past its write high-water mark.
+const MAX_RUN: usize = 64;
+const MAX_RUN_BYTES: usize = 32 * 1024;
 
 /// What the connection layer should do after a packet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -151,6 +160,11 @@ pub struct Shard {
     matched: Vec<(u32, QoS)>,
     match_seq: u64,
     dests: Vec<bool>,
+    /// Messages accepted from the client being read, routed by [`Shard::route_pending`]
+    /// before its reader waits again.
+    routing: Vec<Message>,
+    /// A run of messages being gathered for [`Shard::deliver_local`].
+    run: Vec<Message>,
     pub stats: ShardStats,
     pub stopping: bool,
 }
@@ -215,6 +229,8 @@ impl Shard {
             matched: Vec::new(),
             match_seq: 0,
             dests: vec![false; shards],
+            routing: Vec::new(),
+            run: Vec::new(),
             stats: ShardStats::default(),
             stopping: false,
         }
@@ -406,6 +422,10 @@ impl Shard {
         if !self.is_current(key, conn_id) {
             return Flow::Close { graceful: false };
         }
+        if !matches!(packet, Packet::Publish(_)) {
+            // Whatever the client published before this packet goes first.
+            self.route_pending();
+        }
         match packet {
             Packet::Disconnect => Flow::Close { graceful: true },
             Packet::Unsubscribe(u) => {
@@ -438,7 +458,7 @@ impl Shard {
                             .auth
                             .publish(self.sessions[key].session.client_id(), &msg.topic)
                         {
-                            self.publish_from_client(msg);
+                            self.routing.push(msg);
                         } else {
                             self.stats.publishes_refused += 1;
                         }
@@ -617,6 +637,65 @@ impl Shard {
         write_out(entry, &mut self.out, self.cfg.write_buffer_high_water);
     }
 
+    /// Routes, in order, what the client being read has published since the last
+    /// call ([`Shard::handle_packet`] only accepts and acknowledges). Its reader calls
+    /// this before it waits, so one read's publishes are routed together, and
+    /// consecutive QoS 0 messages on one topic go as one run: one match, one encoding
+    /// range and one output update per subscriber, one interest match.
+    pub fn route_pending(&mut self) {
+        if self.routing.is_empty() {
+            return;
+        }
+        let mut routing = std::mem::take(&mut self.routing);
+        let mut run = std::mem::take(&mut self.run);
+        let mut run_bytes = 0;
+        for msg in routing.drain(..) {
+            let runs = msg.qos == QoS::AtMostOnce && !msg.retain;
+            let joins = runs && (run.is_empty() || extends(&run, run_bytes, &msg));
+            if !joins && !run.is_empty() {
+                self.publish_run(&mut run);
+                run_bytes = 0;
+            }
+            if runs {
+                run_bytes += msg.topic.len() + msg.payload.len();
+                run.push(msg);
+            } else {
+                self.publish_from_client(msg);
+            }
+        }
+        if !run.is_empty() {
+            self.publish_run(&mut run);
+        }
+        self.routing = routing;
+        self.run = run;
+    }
+
+    /// Publishes a run of QoS 0, non-retained messages on one topic (and empties it).
+    fn publish_run(&mut self, run: &mut Vec<Message>) {
+        if run.len() == 1 {
+            if let Some(msg) = run.pop() {
+                self.publish_from_client(msg);
+            }
+            return;
+        }
+        self.stats.publishes_received += run.len() as u64;
+        self.deliver_local(run);
+        if self.shards > 1 {
+            let dests = &mut self.dests;
+            self.interest
+                .for_each_match(&run[0].topic, |&shard, _| dests[shard as usize] = true);
+            for dest in 0..self.dests.len() {
+                if std::mem::take(&mut self.dests[dest]) {
+                    for msg in run.iter() {
+                        self.outboxes[dest].push(MeshMsg::Publish(msg.clone()));
+                    }
+                    self.stats.forwarded += run.len() as u64;
+                }
+            }
+        }
+        run.clear();
+    }
+
     /// A message published by one of this shard's clients (or a will): retained
     /// store, local subscribers, then every shard with matching interest.
     pub fn publish_from_client(&mut self, msg: Message) {
@@ -645,7 +724,7 @@ impl Shard {
             // Normal forwarding clears the flag [MQTT-3.3.1-9].
             msg.retain = false;
         }
-        self.deliver_local(&msg);
+        self.deliver_local(std::slice::from_ref(&msg));
         if self.shards > 1 {
             let dests = &mut self.dests;
             self.interest
@@ -659,9 +738,11 @@ impl Shard {
         }
     }
 
-    /// Delivers a message to this shard's matching sessions, once per session at
-    /// the highest QoS among its matching subscriptions.
-    fn deliver_local(&mut self, msg: &Message) {
+    /// Delivers messages on one topic to this shard's matching sessions, once per
+    /// session at the highest QoS among its matching subscriptions: one message, or a
+    /// run of QoS 0 messages with the same retain flag.
+    fn deliver_local(&mut self, run: &[Message]) {
+        let msg = &run[0];
         self.match_seq += 1;
         let seq = self.match_seq;
         let high_water = self.cfg.write_buffer_high_water;
@@ -675,6 +756,8 @@ impl Shard {
             ..
         } = self;
         matched.clear();
+        debug_assert!(run.iter().all(|m| m.topic == msg.topic
+            && (run.len() == 1 || (m.qos == QoS::AtMostOnce && m.retain == msg.retain))));
         subs.for_each_match(&msg.topic, |&k, &qos| {
             let Some(e) = sessions.get_mut(k as usize) else {
                 return;
@@ -702,28 +785,33 @@ impl Shard {
             };
             if msg.qos.min(qos) == QoS::AtMostOnce && e.session.sends_qos0_at_once() {
                 if let Some(conn) = &e.conn {
+                    // The run's encodings lie next to each other: one range.
                     let shared = shared.get_or_insert_with(|| {
                         writes.share(|buf| {
-                            encode_publish(
-                                buf,
-                                &msg.topic,
-                                &msg.payload,
-                                QoS::AtMostOnce,
-                                msg.retain,
-                                false,
-                                0,
-                            )
+                            for m in run {
+                                encode_publish(
+                                    buf,
+                                    &m.topic,
+                                    &m.payload,
+                                    QoS::AtMostOnce,
+                                    m.retain,
+                                    false,
+                                    0,
+                                );
+                            }
                         })
                     });
                     conn.write_shared(shared);
-                    stats.delivered += 1;
+                    stats.delivered += run.len() as u64;
                     write_out(e, out, high_water);
                     continue;
                 }
             }
-            let d = e.session.deliver(msg, qos, out);
-            count_delivery(stats, d, &mut e.session);
-            write_out(e, out, high_water);
+            for m in run {
+                let d = e.session.deliver(m, qos, out);
+                count_delivery(stats, d, &mut e.session);
+                write_out(e, out, high_water);
+            }
         }
     }
 
@@ -735,34 +823,72 @@ impl Shard {
         batch: Vec<MeshMsg>,
         handoffs: &mut Vec<Handoff>,
     ) {
+        // Readers route before they yield, and this runs in a task of its own.
+        debug_assert!(self.routing.is_empty());
+        // Consecutive QoS 0 messages on one topic are delivered as one run, as on
+        // the publisher's shard (see `route_pending`).
+        let mut run = std::mem::take(&mut self.run);
+        let mut run_bytes = 0;
         for msg in batch {
-            match msg {
+            let msg = match msg {
                 MeshMsg::Publish(m) => {
                     self.stats.forwarded_in += 1;
-                    self.deliver_local(&m);
-                }
-                MeshMsg::Retain { msg, version } => {
-                    if self.retained.apply(&msg, version)
-                        && !msg.payload.is_empty()
-                        && !self.pending_interest.is_empty()
-                    {
-                        self.retained_while_held(src, &msg);
+                    let runs = m.qos == QoS::AtMostOnce && !m.retain;
+                    let joins = runs && (run.is_empty() || extends(&run, run_bytes, &m));
+                    if !joins && !run.is_empty() {
+                        self.deliver_local(&run);
+                        run.clear();
+                        run_bytes = 0;
                     }
-                }
-                MeshMsg::InterestAdd { filters, token } => {
-                    for f in &filters {
-                        self.interest.insert(f, src as u16, ());
+                    if runs {
+                        run_bytes += m.topic.len() + m.payload.len();
+                        run.push(m);
+                    } else {
+                        self.deliver_local(std::slice::from_ref(&m));
                     }
-                    self.outboxes[src].push(MeshMsg::InterestAck { token });
+                    continue;
                 }
-                MeshMsg::InterestRemove { filter } => {
-                    self.interest.remove(&filter, &(src as u16));
+                other => other,
+            };
+            if !run.is_empty() {
+                self.deliver_local(&run);
+                run.clear();
+                run_bytes = 0;
+            }
+            self.handle_mesh_control(src, msg, handoffs);
+        }
+        if !run.is_empty() {
+            self.deliver_local(&run);
+            run.clear();
+        }
+        self.run = run;
+    }
+
+    /// A mesh message other than a forwarded publish.
+    fn handle_mesh_control(&mut self, src: usize, msg: MeshMsg, handoffs: &mut Vec<Handoff>) {
+        match msg {
+            MeshMsg::Publish(m) => self.deliver_local(std::slice::from_ref(&m)),
+            MeshMsg::Retain { msg, version } => {
+                if self.retained.apply(&msg, version)
+                    && !msg.payload.is_empty()
+                    && !self.pending_interest.is_empty()
+                {
+                    self.retained_while_held(src, &msg);
                 }
-                MeshMsg::InterestAck { token } => self.interest_acked(src, token),
-                MeshMsg::Handoff(h) => {
-                    self.stats.handoffs_in += 1;
-                    handoffs.push(*h);
+            }
+            MeshMsg::InterestAdd { filters, token } => {
+                for f in &filters {
+                    self.interest.insert(f, src as u16, ());
                 }
+                self.outboxes[src].push(MeshMsg::InterestAck { token });
+            }
+            MeshMsg::InterestRemove { filter } => {
+                self.interest.remove(&filter, &(src as u16));
+            }
+            MeshMsg::InterestAck { token } => self.interest_acked(src, token),
+            MeshMsg::Handoff(h) => {
+                self.stats.handoffs_in += 1;
+                handoffs.push(*h);
             }
         }
     }
@@ -893,6 +1019,12 @@ fn deliver_retained(
             });
         }
     }
+}
+
+/// Whether `msg` (a QoS 0, non-retained message) may join `run`, which holds
+/// `run_bytes` of topics and payloads.
+fn extends(run: &[Message], run_bytes: usize, msg: &Message) -> bool {
+    run.len() < MAX_RUN && run_bytes < MAX_RUN_BYTES && run[0].topic == msg.topic
 }
 
 fn count_delivery(stats: &mut ShardStats, d: Delivery, session: &mut Session) {
