@@ -4,6 +4,20 @@ mod common;
 use common::*;
 use std::time::Duration;
 
+/// The retained message `v{i}` on `topic`, at `qos`: [MQTT-3.3.1-5] stored;
+/// [MQTT-3.3.1-6] sent to a new matching subscription with RETAIN = 1 [MQTT-3.3.1-8].
+fn expect_retained(sub: &mut Raw, i: impl std::fmt::Display, topic: &str, qos: u8) -> Publish {
+    let p = sub
+        .recv_within(TIMEOUT)
+        .unwrap_or_else(|| panic!("iteration {i}: retained message not delivered"))
+        .publish();
+    assert_eq!(
+        (p.topic.as_str(), p.payload_str(), p.retain, p.qos),
+        (topic, format!("v{i}"), true, qos)
+    );
+    p
+}
+
 #[test]
 fn retained_message_is_sent_on_exact_subscribe_from_the_other_shard() {
     let b = broker();
@@ -14,16 +28,7 @@ fn retained_message_is_sent_on_exact_subscribe_from_the_other_shard() {
         publ.publish(&topic, format!("v{i}").as_bytes(), 1, true);
         let mut sub = Raw::connect(b.local_addr(), &id_on_shard("rt-sub", 1), true).0;
         assert_eq!(sub.subscribe(1, &[(&topic, 1)]), vec![1]);
-        // [MQTT-3.3.1-5] stored; [MQTT-3.3.1-6] sent to a new matching subscription
-        // with RETAIN = 1 [MQTT-3.3.1-8].
-        let p = sub
-            .recv_within(TIMEOUT)
-            .unwrap_or_else(|| panic!("iteration {i}: retained message not delivered"))
-            .publish();
-        assert_eq!(
-            (p.topic.as_str(), p.payload_str(), p.retain, p.qos),
-            (topic.as_str(), format!("v{i}"), true, 1)
-        );
+        let p = expect_retained(&mut sub, i, &topic, 1);
         sub.ack(&p);
         sub.disconnect();
     }
@@ -488,14 +493,7 @@ fn retained_message_acknowledged_just_before_a_subscribe_on_the_other_shard_is_d
         let topic = format!("rh/{i}");
         publ.publish(&topic, format!("v{i}").as_bytes(), 1, true);
         assert_eq!(sub.subscribe(i + 1, &[(&topic, 0)]), vec![0]);
-        let p = sub
-            .recv_within(TIMEOUT)
-            .unwrap_or_else(|| panic!("iteration {i}: retained message not delivered"))
-            .publish();
-        assert_eq!(
-            (p.topic.as_str(), p.payload_str(), p.retain, p.qos),
-            (topic.as_str(), format!("v{i}"), true, 0)
-        );
+        expect_retained(&mut sub, i, &topic, 0);
     }
     sub.expect_silence(Duration::from_millis(100));
     publ.disconnect();

@@ -164,7 +164,7 @@ pub struct Shard {
     /// before its reader waits again.
     routing: Vec<Message>,
     /// A run of messages being gathered for [`Shard::deliver_local`].
-    run: Vec<Message>,
+    run: Run,
     pub stats: ShardStats,
     pub stopping: bool,
 }
@@ -230,7 +230,7 @@ impl Shard {
             match_seq: 0,
             dests: vec![false; shards],
             routing: Vec::new(),
-            run: Vec::new(),
+            run: Run::default(),
             stats: ShardStats::default(),
             stopping: false,
         }
@@ -648,52 +648,55 @@ impl Shard {
         }
         let mut routing = std::mem::take(&mut self.routing);
         let mut run = std::mem::take(&mut self.run);
-        let mut run_bytes = 0;
         for msg in routing.drain(..) {
-            let runs = msg.qos == QoS::AtMostOnce && !msg.retain;
-            let joins = runs && (run.is_empty() || extends(&run, run_bytes, &msg));
-            if !joins && !run.is_empty() {
+            if run.breaks(&msg) {
                 self.publish_run(&mut run);
-                run_bytes = 0;
             }
-            if runs {
-                run_bytes += msg.topic.len() + msg.payload.len();
+            if Run::eligible(&msg) {
                 run.push(msg);
             } else {
                 self.publish_from_client(msg);
             }
         }
-        if !run.is_empty() {
-            self.publish_run(&mut run);
-        }
+        self.publish_run(&mut run);
         self.routing = routing;
         self.run = run;
     }
 
-    /// Publishes a run of QoS 0, non-retained messages on one topic (and empties it).
-    fn publish_run(&mut self, run: &mut Vec<Message>) {
-        if run.len() == 1 {
-            if let Some(msg) = run.pop() {
+    /// Publishes the run gathered so far (if any) and empties it.
+    fn publish_run(&mut self, run: &mut Run) {
+        match run.msgs.len() {
+            0 => {}
+            1 => {
+                let msg = run.msgs.remove(0);
                 self.publish_from_client(msg);
             }
-            return;
-        }
-        self.stats.publishes_received += run.len() as u64;
-        self.deliver_local(run);
-        if self.shards > 1 {
-            let dests = &mut self.dests;
-            self.interest
-                .for_each_match(&run[0].topic, |&shard, _| dests[shard as usize] = true);
-            for dest in 0..self.dests.len() {
-                if std::mem::take(&mut self.dests[dest]) {
-                    for msg in run.iter() {
-                        self.outboxes[dest].push(MeshMsg::Publish(msg.clone()));
-                    }
-                    self.stats.forwarded += run.len() as u64;
-                }
+            n => {
+                self.stats.publishes_received += n as u64;
+                self.deliver_local(&run.msgs);
+                self.forward(&run.msgs);
             }
         }
         run.clear();
+    }
+
+    /// Appends messages on one topic to the outbox of every shard whose interest
+    /// matches it.
+    fn forward(&mut self, msgs: &[Message]) {
+        if self.shards == 1 {
+            return;
+        }
+        let dests = &mut self.dests;
+        self.interest
+            .for_each_match(&msgs[0].topic, |&shard, _| dests[shard as usize] = true);
+        for dest in 0..self.dests.len() {
+            if std::mem::take(&mut self.dests[dest]) {
+                for msg in msgs {
+                    self.outboxes[dest].push(MeshMsg::Publish(msg.clone()));
+                }
+                self.stats.forwarded += msgs.len() as u64;
+            }
+        }
     }
 
     /// A message published by one of this shard's clients (or a will): retained
@@ -724,18 +727,9 @@ impl Shard {
             // Normal forwarding clears the flag [MQTT-3.3.1-9].
             msg.retain = false;
         }
-        self.deliver_local(std::slice::from_ref(&msg));
-        if self.shards > 1 {
-            let dests = &mut self.dests;
-            self.interest
-                .for_each_match(&msg.topic, |&shard, _| dests[shard as usize] = true);
-            for (dest, hit) in self.dests.iter_mut().enumerate() {
-                if std::mem::take(hit) {
-                    self.outboxes[dest].push(MeshMsg::Publish(msg.clone()));
-                    self.stats.forwarded += 1;
-                }
-            }
-        }
+        let msg = std::slice::from_ref(&msg);
+        self.deliver_local(msg);
+        self.forward(msg);
     }
 
     /// Delivers messages on one topic to this shard's matching sessions, once per
@@ -828,20 +822,14 @@ impl Shard {
         // Consecutive QoS 0 messages on one topic are delivered as one run, as on
         // the publisher's shard (see `route_pending`).
         let mut run = std::mem::take(&mut self.run);
-        let mut run_bytes = 0;
         for msg in batch {
             let msg = match msg {
                 MeshMsg::Publish(m) => {
                     self.stats.forwarded_in += 1;
-                    let runs = m.qos == QoS::AtMostOnce && !m.retain;
-                    let joins = runs && (run.is_empty() || extends(&run, run_bytes, &m));
-                    if !joins && !run.is_empty() {
-                        self.deliver_local(&run);
-                        run.clear();
-                        run_bytes = 0;
+                    if run.breaks(&m) {
+                        self.deliver_run(&mut run);
                     }
-                    if runs {
-                        run_bytes += m.topic.len() + m.payload.len();
+                    if Run::eligible(&m) {
                         run.push(m);
                     } else {
                         self.deliver_local(std::slice::from_ref(&m));
@@ -850,18 +838,19 @@ impl Shard {
                 }
                 other => other,
             };
-            if !run.is_empty() {
-                self.deliver_local(&run);
-                run.clear();
-                run_bytes = 0;
-            }
+            self.deliver_run(&mut run);
             self.handle_mesh_control(src, msg, handoffs);
         }
-        if !run.is_empty() {
-            self.deliver_local(&run);
+        self.deliver_run(&mut run);
+        self.run = run;
+    }
+
+    /// Delivers the run gathered so far (if any) and empties it.
+    fn deliver_run(&mut self, run: &mut Run) {
+        if !run.msgs.is_empty() {
+            self.deliver_local(&run.msgs);
             run.clear();
         }
-        self.run = run;
     }
 
     /// A mesh message other than a forwarded publish.
@@ -1021,10 +1010,43 @@ fn deliver_retained(
     }
 }
 
-/// Whether `msg` (a QoS 0, non-retained message) may join `run`, which holds
-/// `run_bytes` of topics and payloads.
-fn extends(run: &[Message], run_bytes: usize, msg: &Message) -> bool {
-    run.len() < MAX_RUN && run_bytes < MAX_RUN_BYTES && run[0].topic == msg.topic
+/// Consecutive QoS 0, non-retained messages on one topic, gathered to be routed as
+/// one (see [`Shard::route_pending`]).
+#[derive(Default)]
+struct Run {
+    msgs: Vec<Message>,
+    /// Their topics and payloads, in bytes.
+    bytes: usize,
+}
+
+impl Run {
+    /// Whether `msg` can be part of a run at all.
+    fn eligible(msg: &Message) -> bool {
+        msg.qos == QoS::AtMostOnce && !msg.retain
+    }
+
+    /// Whether the messages gathered so far must go before `msg`: it cannot join them
+    /// (another topic, not eligible, or the run is full).
+    fn breaks(&self, msg: &Message) -> bool {
+        let Some(first) = self.msgs.first() else {
+            return false;
+        };
+        let joins = Self::eligible(msg)
+            && self.msgs.len() < MAX_RUN
+            && self.bytes < MAX_RUN_BYTES
+            && first.topic == msg.topic;
+        !joins
+    }
+
+    fn push(&mut self, msg: Message) {
+        self.bytes += msg.topic.len() + msg.payload.len();
+        self.msgs.push(msg);
+    }
+
+    fn clear(&mut self) {
+        self.msgs.clear();
+        self.bytes = 0;
+    }
 }
 
 fn count_delivery(stats: &mut ShardStats, d: Delivery, session: &mut Session) {
