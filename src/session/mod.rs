@@ -425,6 +425,12 @@ impl Session {
         self.subscriptions.remove(filter)
     }
 
+    /// Drops queued retained copies of messages on `topic`: a newer retained message
+    /// (or its deletion) has replaced them while they waited.
+    pub fn remove_queued_retained(&mut self, topic: &str) {
+        self.queue.remove_retained(topic);
+    }
+
     /// The QoS granted to `filter`, if subscribed.
     pub fn subscription(&self, filter: &str) -> Option<QoS> {
         self.subscriptions.get(filter).copied()

@@ -71,6 +71,13 @@ impl Queue {
     pub(crate) fn pop(&mut self) -> Option<Message> {
         self.0.as_deref_mut()?.pop()
     }
+
+    /// Drops the queued retained copies (retain flag set) of messages on `topic`.
+    pub(crate) fn remove_retained(&mut self, topic: &str) {
+        if let Some(f) = self.0.as_deref_mut() {
+            f.remove_retained(topic);
+        }
+    }
 }
 
 /// The queue itself, behind [`Queue`]'s pointer.
@@ -182,6 +189,27 @@ impl Fifo {
             self.high.front()?
         };
         Some(cost(&e.msg))
+    }
+
+    fn remove_retained(&mut self, topic: &str) {
+        let (mut removed, mut removed_low) = (0, 0);
+        let stale = |e: &Entry| e.msg.retain && e.msg.topic == topic;
+        self.high.retain(|e| {
+            let keep = !stale(e);
+            if !keep {
+                removed += cost(&e.msg);
+            }
+            keep
+        });
+        self.low.retain(|e| {
+            let keep = !stale(e);
+            if !keep {
+                removed_low += cost(&e.msg);
+            }
+            keep
+        });
+        self.bytes -= removed + removed_low;
+        self.low_bytes -= removed_low;
     }
 
     /// Removes and returns the oldest queued message.

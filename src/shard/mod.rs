@@ -858,10 +858,7 @@ impl Shard {
         match msg {
             MeshMsg::Publish(m) => self.deliver_local(std::slice::from_ref(&m)),
             MeshMsg::Retain { msg, version } => {
-                if self.retained.apply(&msg, version)
-                    && !msg.payload.is_empty()
-                    && !self.pending_interest.is_empty()
-                {
+                if self.retained.apply(&msg, version) && !self.pending_interest.is_empty() {
                     self.retained_while_held(src, &msg);
                 }
             }
@@ -889,7 +886,8 @@ impl Shard {
     /// filters went in predate it: without this, a message retained and acknowledged
     /// just before the SUBSCRIBE would reach none of the held sessions. Delivered
     /// once per session, at the highest QoS granted among those filters, behind the
-    /// retained messages already queued.
+    /// retained messages already queued, and replacing any copy of the topic's
+    /// earlier retained message still queued there (a deletion only removes it).
     fn retained_while_held(&mut self, src: usize, msg: &Message) {
         let mut hits: smallvec::SmallVec<[(usize, QoS); 4]> = smallvec::SmallVec::new();
         for p in self.pending_interest.values() {
@@ -921,6 +919,11 @@ impl Shard {
         let high_water = self.cfg.write_buffer_high_water;
         for (key, qos) in hits {
             let entry = &mut self.sessions[key];
+            // Held: nothing has gone out since the filters went in.
+            entry.session.remove_queued_retained(&msg.topic);
+            if msg.payload.is_empty() {
+                continue;
+            }
             let d = entry.session.deliver(&retained, qos, &mut self.out);
             count_delivery(&mut self.stats, d, &mut entry.session);
             write_out(entry, &mut self.out, high_water);
