@@ -60,6 +60,16 @@ pub struct Config {
     pub write_buffer_high_water: usize,
     /// Capacity, in batches, of each cross-shard channel.
     pub mesh_channel_capacity: usize,
+    /// Most levels in a topic name or filter. A PUBLISH (or will) over it closes the
+    /// connection; a SUBSCRIBE filter over it gets SUBACK 0x80.
+    pub max_topic_levels: usize,
+    /// Longest topic name or filter, in bytes; over it, as for `max_topic_levels`.
+    pub max_topic_length: usize,
+    /// Subscriptions one session may hold; a SUBSCRIBE filter beyond it (one the
+    /// session does not hold already) gets SUBACK 0x80.
+    pub max_subscriptions_per_client: usize,
+    /// Longest client identifier, in bytes; a longer one gets CONNACK 0x02.
+    pub max_client_id_length: usize,
 }
 
 impl Default for Config {
@@ -77,6 +87,10 @@ impl Default for Config {
             max_retained_payload: 1024 * 1024,
             write_buffer_high_water: 256 * 1024,
             mesh_channel_capacity: 32,
+            max_topic_levels: 128,
+            max_topic_length: 4096,
+            max_subscriptions_per_client: 1000,
+            max_client_id_length: 1024,
         }
     }
 }
@@ -112,6 +126,17 @@ impl Config {
     /// The connect timeout as a `Duration`.
     pub fn connect_timeout(&self) -> Duration {
         Duration::from_secs_f64(self.connect_timeout)
+    }
+
+    /// What each connection's decoder enforces; `mqtt31` for a 3.1 (`MQIsdp`) client.
+    pub fn decode_options(&self, mqtt31: bool) -> crate::protocol::DecodeOptions {
+        crate::protocol::DecodeOptions {
+            max_packet_size: self.max_packet_size,
+            max_topic_length: self.max_topic_length,
+            max_topic_levels: self.max_topic_levels,
+            max_client_id_length: self.max_client_id_length,
+            mqtt31,
+        }
     }
 
     /// Number of shards to start: `shards`, or the CPUs this process may use.
@@ -157,6 +182,19 @@ impl Config {
         if self.mesh_channel_capacity == 0 {
             return invalid("mesh_channel_capacity", "must be at least 1");
         }
+        if self.max_topic_levels == 0 {
+            return invalid("max_topic_levels", "must be at least 1");
+        }
+        if self.max_topic_length == 0 || self.max_topic_length > 65_535 {
+            return invalid("max_topic_length", "must be between 1 and 65535");
+        }
+        if self.max_subscriptions_per_client == 0 {
+            return invalid("max_subscriptions_per_client", "must be at least 1");
+        }
+        if self.max_client_id_length < 23 || self.max_client_id_length > 65_535 {
+            // MQTT 3.1.1 requires a server to accept ids of 1 to 23 characters [MQTT-3.1.3-5].
+            return invalid("max_client_id_length", "must be between 23 and 65535");
+        }
         Ok(())
     }
 }
@@ -187,6 +225,52 @@ mod tests {
     #[test]
     fn unknown_key_is_an_error() {
         assert!(Config::from_toml("max_inflite = 3").is_err());
+    }
+
+    #[test]
+    fn topic_and_client_id_limits_are_checked() {
+        for (key, c) in [
+            (
+                "max_topic_levels",
+                Config {
+                    max_topic_levels: 0,
+                    ..Config::default()
+                },
+            ),
+            (
+                "max_topic_length",
+                Config {
+                    max_topic_length: 65_536,
+                    ..Config::default()
+                },
+            ),
+            (
+                "max_subscriptions_per_client",
+                Config {
+                    max_subscriptions_per_client: 0,
+                    ..Config::default()
+                },
+            ),
+            (
+                "max_client_id_length",
+                Config {
+                    max_client_id_length: 22,
+                    ..Config::default()
+                },
+            ),
+        ] {
+            match c.validate() {
+                Err(ConfigError::Invalid { key: k, .. }) => assert_eq!(k, key),
+                other => panic!("{key}: {other:?}"),
+            }
+        }
+        let c = Config::from_toml("max_topic_levels = 8\nmax_client_id_length = 64\n").unwrap();
+        assert_eq!((c.max_topic_levels, c.max_client_id_length), (8, 64));
+        let d = c.decode_options(true);
+        assert_eq!(
+            (d.max_topic_levels, d.max_client_id_length, d.mqtt31),
+            (8, 64, true)
+        );
     }
 
     #[test]

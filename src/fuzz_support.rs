@@ -11,11 +11,13 @@
 
 #![doc(hidden)]
 
+use crate::config::Config;
 use crate::message::Message;
-use crate::protocol::topic::{matches, valid_topic_filter};
+use crate::protocol::topic::{level_count, matches, valid_topic_filter};
 use crate::protocol::{
-    decode, encoded_len, ConnAck, Connect, ConnectReturnCode, DecodeError, LastWill, Packet,
-    Protocol, Publish, QoS, SubAck, SubAckCode, Subscribe, SubscribeFilter, Unsubscribe,
+    decode, decode_with, encoded_len, ConnAck, Connect, ConnectReturnCode, DecodeError,
+    DecodeOptions, LastWill, Packet, Protocol, Publish, QoS, SubAck, SubAckCode, Subscribe,
+    SubscribeFilter, Unsubscribe,
 };
 use crate::session::{Delivery, DropReason, Limits, Output, Session, SessionError};
 use crate::topic::TopicTrie;
@@ -31,14 +33,19 @@ const LARGE_MAX_PACKET: usize = 1 << 20;
 
 /// Feeds `data` to the decoder the way a connection's read loop does.
 ///
-/// Layout: byte 0 picks a small maximum packet size (2 + byte), bytes 1 and 2 seed the
-/// sizes of the chunks the rest arrives in (1 to byte 1 + 1 bytes each), and the rest is
-/// the byte stream a client sends. For the small and the large maximum packet size, the
-/// stream is decoded both as it arrives in chunks and all at once; checked:
+/// Layout: byte 0 picks a small maximum packet size (2 + byte) and small topic limits
+/// (levels: 1 + its top three bits; length: the small packet size), bytes 1 and 2 seed
+/// the sizes of the chunks the rest arrives in (1 to byte 1 + 1 bytes each), bit 7 of
+/// byte 2 decodes under MQTT 3.1's flag rules, and the rest is the byte stream a client
+/// sends. For the small limits and the configuration's defaults, the stream is decoded
+/// both as it arrives in chunks and all at once; checked:
 /// - the chunking changes nothing: the same packets, then the same error or the same
 ///   number of bytes left over waiting for more;
 /// - `Ok(None)` leaves the buffer untouched; a packet consumes at least one byte and at
 ///   most the maximum packet size;
+/// - nothing decoded breaks a limit or a string rule: topics within the length and
+///   level limits, client ids within theirs, no control character in any string, no
+///   empty topic filter;
 /// - every packet re-encodes to `encoded_len` bytes, no more than it arrived in, and
 ///   decodes back to an equal packet;
 /// - routing what was decoded (SUBSCRIBE/UNSUBSCRIBE filters into a [`TopicTrie`],
@@ -50,17 +57,62 @@ pub fn decode_case(data: &[u8]) {
     let small_max = 2 + usize::from(byte(0));
     let max_chunk = usize::from(byte(1)) + 1;
     let seed = u64::from(byte(1)) << 8 | u64::from(byte(2));
+    let mqtt31 = byte(2) & 0x80 != 0;
     let chunks = chunk_sizes(stream.len(), max_chunk, seed);
-    for max in [small_max, LARGE_MAX_PACKET] {
-        let whole = decode_stream(stream, &[stream.len()], max);
-        let chunked = decode_stream(stream, &chunks, max);
+    let small = DecodeOptions {
+        max_packet_size: small_max,
+        max_topic_length: small_max,
+        max_topic_levels: 1 + usize::from(byte(0) >> 5),
+        max_client_id_length: 23,
+        mqtt31,
+    };
+    let defaults = Config::default().decode_options(mqtt31);
+    for opts in [small, defaults] {
+        let whole = decode_stream(stream, &[stream.len()], &opts);
+        let chunked = decode_stream(stream, &chunks, &opts);
         assert_eq!(whole, chunked, "chunking changed what was decoded");
         for (packet, frame_len) in &whole.packets {
+            assert_within_limits(packet, &opts);
             assert_round_trip(packet, *frame_len);
         }
-        if max == LARGE_MAX_PACKET {
+        if opts == defaults {
             route(whole.packets.iter().map(|(p, _)| p));
         }
+    }
+}
+
+/// What the decoder let through keeps to the limits and string rules it enforces.
+fn assert_within_limits(packet: &Packet, opts: &DecodeOptions) {
+    let clean = |s: &str| {
+        !s.chars()
+            .any(|c| matches!(c, '\0'..='\u{1f}' | '\u{7f}'..='\u{9f}'))
+    };
+    let topic_ok = |t: &str| {
+        clean(t)
+            && !t.is_empty()
+            && t.len() <= opts.max_topic_length
+            && level_count(t.as_bytes()) <= opts.max_topic_levels
+    };
+    match packet {
+        Packet::Publish(p) => assert!(topic_ok(&p.topic), "topic {:?}", p.topic),
+        Packet::Connect(c) => {
+            assert!(clean(&c.client_id) && c.client_id.len() <= opts.max_client_id_length);
+            assert!(c.username.as_deref().is_none_or(clean));
+            if let Some(w) = &c.will {
+                assert!(topic_ok(&w.topic), "will topic {:?}", w.topic);
+            }
+        }
+        Packet::Subscribe(s) => {
+            for f in &s.filters {
+                assert!(clean(&f.filter) && !f.filter.is_empty(), "{:?}", f.filter);
+            }
+        }
+        Packet::Unsubscribe(u) => {
+            for f in &u.filters {
+                assert!(clean(f) && !f.is_empty(), "{f:?}");
+            }
+        }
+        _ => {}
     }
 }
 
@@ -92,7 +144,8 @@ fn chunk_sizes(len: usize, max_chunk: usize, seed: u64) -> Vec<usize> {
 
 /// Appends `stream` to a read buffer chunk by chunk and, after each chunk, decodes every
 /// complete packet, like the read loop; stops at the first error.
-fn decode_stream(stream: &[u8], chunks: &[usize], max: usize) -> Decoded {
+fn decode_stream(stream: &[u8], chunks: &[usize], opts: &DecodeOptions) -> Decoded {
+    let max = opts.max_packet_size;
     let mut buf = BytesMut::new();
     let mut packets = Vec::new();
     let mut rest = stream;
@@ -102,7 +155,7 @@ fn decode_stream(stream: &[u8], chunks: &[usize], max: usize) -> Decoded {
         buf.extend_from_slice(chunk);
         loop {
             let before = buf.len();
-            match decode(&mut buf, max) {
+            match decode_with(&mut buf, opts) {
                 Ok(Some(packet)) => {
                     let used = before - buf.len();
                     assert!(used >= 2 && used <= max, "{used} bytes used, max {max}");
@@ -314,6 +367,11 @@ impl Input<'_> {
     fn qos(&mut self) -> QoS {
         QoS::from_u8(self.byte() % 3).unwrap_or(QoS::AtMostOnce)
     }
+}
+
+/// Whether a flow in flight uses `pkid` and meets `test`.
+fn in_flight(flows: &[Flow], pkid: u16, test: impl Fn(&Flow) -> bool) -> bool {
+    flows.iter().any(|f| f.pkid == pkid && test(f))
 }
 
 /// The model's view of one outgoing QoS 1/2 flow.
@@ -593,9 +651,16 @@ impl Harness {
                     p.pkid == 0
                 }
             }
-            Packet::PubAck(id) | Packet::PubRec(id) | Packet::PubRel(id) | Packet::PubComp(id) => {
-                *id == 0
+            // An acknowledgement of the wrong kind for a flow in flight closes the
+            // connection; one for an id not in flight is a late duplicate.
+            Packet::PubAck(id) => {
+                *id == 0 || in_flight(&self.flows, *id, |f| f.qos != QoS::AtLeastOnce)
             }
+            Packet::PubRec(id) => {
+                *id == 0 || in_flight(&self.flows, *id, |f| f.qos == QoS::AtLeastOnce)
+            }
+            Packet::PubComp(id) => *id == 0 || in_flight(&self.flows, *id, |f| !f.released),
+            Packet::PubRel(id) => *id == 0,
             Packet::PingReq | Packet::Disconnect => false,
             _ => true,
         };
@@ -661,8 +726,6 @@ impl Harness {
             Packet::PubRec(id) => {
                 expect_routed(false);
                 match self.flows.iter().position(|f| f.pkid == *id) {
-                    // PUBREC for a QoS 1 flow is not ours to answer.
-                    Some(i) if self.flows[i].qos == QoS::AtLeastOnce => (None, &packets[..]),
                     Some(i) => {
                         self.flows[i].released = true;
                         (Some(Packet::PubRel(*id)), packets.get(1..).unwrap_or(&[]))

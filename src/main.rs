@@ -54,6 +54,18 @@ struct Args {
     /// Capacity in batches of each cross-shard channel [mesh_channel_capacity].
     #[arg(long, value_name = "N")]
     mesh_channel_capacity: Option<usize>,
+    /// Most levels in a topic name or filter [max_topic_levels].
+    #[arg(long, value_name = "N")]
+    max_topic_levels: Option<usize>,
+    /// Longest topic name or filter, in bytes [max_topic_length].
+    #[arg(long, value_name = "BYTES")]
+    max_topic_length: Option<usize>,
+    /// Subscriptions one session may hold [max_subscriptions_per_client].
+    #[arg(long, value_name = "N")]
+    max_subscriptions_per_client: Option<usize>,
+    /// Longest client identifier, in bytes [max_client_id_length].
+    #[arg(long, value_name = "BYTES")]
+    max_client_id_length: Option<usize>,
 }
 
 impl Args {
@@ -79,7 +91,11 @@ impl Args {
             max_retained_messages,
             max_retained_payload,
             write_buffer_high_water,
-            mesh_channel_capacity
+            mesh_channel_capacity,
+            max_topic_levels,
+            max_topic_length,
+            max_subscriptions_per_client,
+            max_client_id_length
         );
         c.validate()?;
         Ok(c)

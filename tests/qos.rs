@@ -421,17 +421,6 @@ fn suback_has_0x80_for_invalid_filters_and_grants_the_others() {
 }
 
 #[test]
-fn suback_has_0x80_for_an_empty_filter() {
-    let b = broker();
-    let mut sub = Raw::connect(b.local_addr(), &unique("empty-f"), true).0;
-    // [MQTT-4.7.3-1] topic filters are at least one character long.
-    assert_eq!(sub.subscribe(5, &[("", 1), ("ok", 1)]), vec![0x80, 1]);
-    sub.ping();
-    sub.disconnect();
-    assert_no_leaks(&b);
-}
-
-#[test]
 fn unsubscribe_stops_delivery_and_unsuback_arrives() {
     let b = broker();
     let mut sub = Raw::connect(b.local_addr(), &id_on_shard("un-sub", 1), true).0;

@@ -12,7 +12,8 @@
 //! reader) and no buffers.
 
 use crate::protocol::{
-    decode, ConnAck, Connect, ConnectReturnCode, DecodeError, Packet, Subscribe,
+    decode_with, ConnAck, Connect, ConnectReturnCode, DecodeError, DecodeOptions, Packet, Protocol,
+    Subscribe,
 };
 use crate::shard::mesh::Handoff;
 use crate::shard::{home_shard, Flow, Shard, SubscribeWait};
@@ -275,14 +276,14 @@ async fn handle_new(shard: Rc<RefCell<Shard>>, stream: TcpStream, slot: Option<C
         .peer_addr()
         .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
     let _ = stream.set_nodelay(true);
-    let (timeout, max_packet) = {
+    let (timeout, limits) = {
         let s = shard.borrow();
-        (s.cfg.connect_timeout(), s.cfg.max_packet_size)
+        (s.cfg.connect_timeout(), s.cfg.decode_options(false))
     };
     let stream = RefCell::new(stream);
     let mut rbuf = BytesMut::new();
     let first = glommio::timer::timeout(timeout, async {
-        Ok(read_first_packet(&stream, &mut rbuf, max_packet).await)
+        Ok(read_first_packet(&stream, &mut rbuf, &limits).await)
     })
     .await;
     let connect = match first {
@@ -376,10 +377,10 @@ async fn handle_new(shard: Rc<RefCell<Shard>>, stream: TcpStream, slot: Option<C
 async fn read_first_packet(
     stream: &RefCell<TcpStream>,
     rbuf: &mut BytesMut,
-    max_packet: usize,
+    limits: &DecodeOptions,
 ) -> Result<Connect, End> {
     loop {
-        match decode(rbuf, max_packet) {
+        match decode_with(rbuf, limits) {
             Ok(Some(Packet::Connect(c))) => return Ok(*c),
             Ok(Some(_)) => return Err(End::Violation),
             Ok(None) => {}
@@ -444,7 +445,7 @@ struct Accepted {
 async fn serve(shard: Rc<RefCell<Shard>>, accepted: Box<Accepted>) {
     // A box moved out of is freed only when its binding goes out of scope: these
     // blocks end the bindings here, not with the connection.
-    let (conn, key, max_packet, rbuf, peer, slot) = {
+    let (conn, key, mqtt31, rbuf, peer, slot) = {
         let Accepted {
             stream,
             connect,
@@ -455,13 +456,14 @@ async fn serve(shard: Rc<RefCell<Shard>>, accepted: Box<Accepted>) {
         let mut s = shard.borrow_mut();
         let conn = Conn::new(s.next_conn_id(), peer, stream, s.writes().clone());
         tracing::debug!(%peer, client = %connect.client_id, "connected");
+        let mqtt31 = connect.protocol == Protocol::V31;
         let key = s.attach(*{ connect }, &conn, Instant::now());
         conn.key.set(key);
-        (conn, key, s.cfg.max_packet_size, rbuf, peer, slot)
+        (conn, key, mqtt31, rbuf, peer, slot)
     };
     // Keep-alive [MQTT-3.1.2-24] is enforced by the shard's sweep (`Shard::sweep_keep_alive`),
     // which closes the connection; no timer per connection.
-    let end = read_loop(&shard, &conn, key, rbuf, max_packet).await;
+    let end = read_loop(&shard, &conn, key, rbuf, mqtt31).await;
     {
         let mut s = shard.borrow_mut();
         if let End::Decode(e) = &end {
@@ -507,13 +509,19 @@ async fn read_loop(
     conn: &Rc<Conn>,
     key: usize,
     mut rbuf: BytesMut,
-    max_packet: usize,
+    mqtt31: bool,
 ) -> End {
     let mut hot = false;
     loop {
         let now = Instant::now();
         loop {
-            let packet = match decode(&mut rbuf, max_packet) {
+            // The limits are read per packet rather than kept: every byte a reader
+            // keeps across a wait is a byte every idle connection costs.
+            let decoded = {
+                let limits = shard.borrow().cfg.decode_options(mqtt31);
+                decode_with(&mut rbuf, &limits)
+            };
+            let packet = match decoded {
                 Ok(Some(p)) => p,
                 Ok(None) => break,
                 Err(e) => return End::Decode(e),

@@ -56,6 +56,11 @@ pub enum DecodeError {
     /// A UTF-8 string field contains U+0000 [MQTT-1.5.3-2].
     #[error("string contains U+0000")]
     NullCharacter,
+    /// A client id, username, will topic, topic name or topic filter contains a
+    /// control character (U+0001..U+001F, U+007F..U+009F). §1.5.3 says such data
+    /// SHOULD NOT be sent and lets the receiver close the connection over it.
+    #[error("string contains a control character")]
+    ControlCharacter,
     /// CONNECT protocol name is neither "MQTT" nor "MQIsdp" [MQTT-3.1.2-1].
     #[error("invalid protocol name")]
     InvalidProtocolName,
@@ -88,6 +93,25 @@ pub enum DecodeError {
     /// UNSUBSCRIBE without any topic filter [MQTT-3.10.3-2].
     #[error("UNSUBSCRIBE without topic filters")]
     EmptyUnsubscribe,
+    /// A zero-length topic filter in SUBSCRIBE or UNSUBSCRIBE [MQTT-4.7.3-1]: a protocol
+    /// violation [MQTT-4.8.0-1], unlike a malformed but non-empty filter, which only
+    /// gets SUBACK 0x80.
+    #[error("zero-length topic filter")]
+    EmptyTopicFilter,
+    /// A PUBLISH or will topic longer than [`DecodeOptions::max_topic_length`].
+    #[error("topic of {len} bytes exceeds the maximum of {max}")]
+    TopicTooLong {
+        /// Length of the topic in bytes.
+        len: usize,
+        /// The configured maximum.
+        max: usize,
+    },
+    /// A PUBLISH or will topic with more levels than [`DecodeOptions::max_topic_levels`].
+    #[error("topic has more than {max} levels")]
+    TooManyTopicLevels {
+        /// The configured maximum.
+        max: usize,
+    },
     /// CONNACK acknowledge-flags byte with reserved bits 7-1 set (§3.2.2.1).
     #[error("invalid CONNACK flags {0:#04x}")]
     InvalidConnAckFlags(u8),
@@ -131,28 +155,69 @@ const PINGREQ: u8 = 12;
 const PINGRESP: u8 = 13;
 const DISCONNECT: u8 = 14;
 
+/// What a connection's decoder enforces beyond the fixed rules of the protocol: the
+/// configured size limits, and which revision's rules apply to the flag bits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DecodeOptions {
+    /// Largest packet accepted, fixed header included.
+    pub max_packet_size: usize,
+    /// Longest PUBLISH or will topic, in bytes.
+    pub max_topic_length: usize,
+    /// Most levels in a PUBLISH or will topic (`a/b/c` has 3).
+    pub max_topic_levels: usize,
+    /// Longest client identifier, in bytes; a longer one gets CONNACK 0x02.
+    pub max_client_id_length: usize,
+    /// The connection speaks MQTT 3.1 (`MQIsdp`), which has no rule on the fixed-header
+    /// flags of packets other than PUBLISH: a 3.1 client may set DUP on a resent PUBREL,
+    /// SUBSCRIBE or UNSUBSCRIBE. Before CONNECT this is unknown and false; CONNECT's own
+    /// flags are judged once its protocol name is read.
+    pub mqtt31: bool,
+}
+
+impl DecodeOptions {
+    /// Only the packet-size limit; every other limit is as wide as the wire allows.
+    pub fn new(max_packet_size: usize) -> DecodeOptions {
+        DecodeOptions {
+            max_packet_size,
+            max_topic_length: usize::MAX,
+            max_topic_levels: usize::MAX,
+            max_client_id_length: usize::MAX,
+            mqtt31: false,
+        }
+    }
+}
+
+/// Decodes the packet at the front of `buf`, if it is complete, with no limit other
+/// than `max_packet_size` (see [`decode_with`]).
+pub fn decode(buf: &mut BytesMut, max_packet_size: usize) -> Result<Option<Packet>, DecodeError> {
+    decode_with(buf, &DecodeOptions::new(max_packet_size))
+}
+
 /// Decodes the packet at the front of `buf`, if it is complete.
 ///
 /// Returns `Ok(None)` (leaving `buf` untouched) when more bytes are needed, and
 /// `Ok(Some(packet))` after removing exactly that packet's bytes from `buf`. The type
-/// and flags of the first byte are checked as soon as it arrives, and the total size
-/// as soon as the remaining-length field is complete, so an oversized packet is refused
-/// before it is buffered. After an `Err` the connection must be closed; the contents of
-/// `buf` are then unspecified.
-pub fn decode(buf: &mut BytesMut, max_packet_size: usize) -> Result<Option<Packet>, DecodeError> {
+/// and flags of the first byte are checked as soon as it arrives (CONNECT's flags once
+/// its protocol name is known), and the total size as soon as the remaining-length
+/// field is complete, so an oversized packet is refused before it is buffered. After
+/// an `Err` the connection must be closed; the contents of `buf` are then unspecified.
+pub fn decode_with(
+    buf: &mut BytesMut,
+    opts: &DecodeOptions,
+) -> Result<Option<Packet>, DecodeError> {
     let Some((&first, rest)) = buf.split_first() else {
         return Ok(None);
     };
-    check_fixed_header(first)?;
+    check_fixed_header(first, opts.mqtt31)?;
     let Some((remaining, field_len)) = read_remaining_length(rest)? else {
         return Ok(None);
     };
     let header_len = 1 + field_len;
     let total = header_len + remaining;
-    if total > max_packet_size {
+    if total > opts.max_packet_size {
         return Err(DecodeError::PacketTooLarge {
             size: total,
-            max: max_packet_size,
+            max: opts.max_packet_size,
         });
     }
     if buf.len() < total {
@@ -160,7 +225,7 @@ pub fn decode(buf: &mut BytesMut, max_packet_size: usize) -> Result<Option<Packe
     }
     let kind = first >> 4;
     let packet = match kind {
-        PUBLISH => decode_publish(first, buf.split_to(total).freeze(), header_len)?,
+        PUBLISH => decode_publish(first, buf.split_to(total).freeze(), header_len, opts)?,
         CONNECT | SUBSCRIBE | UNSUBSCRIBE => {
             // These carry strings or payloads: share the bytes instead of copying.
             let frame = buf.split_to(total).freeze();
@@ -169,7 +234,7 @@ pub fn decode(buf: &mut BytesMut, max_packet_size: usize) -> Result<Option<Packe
                 pos: header_len,
             };
             match kind {
-                CONNECT => decode_connect(&mut r)?,
+                CONNECT => decode_connect(&mut r, first & 0x0F, opts)?,
                 SUBSCRIBE => decode_subscribe(&mut r)?,
                 _ => decode_unsubscribe(&mut r)?,
             }
@@ -184,11 +249,13 @@ pub fn decode(buf: &mut BytesMut, max_packet_size: usize) -> Result<Option<Packe
     Ok(Some(packet))
 }
 
-/// Checks the packet type and the fixed-header flags (§2.2.2).
-fn check_fixed_header(first: u8) -> Result<(), DecodeError> {
+/// Checks the packet type and the fixed-header flags (§2.2.2). Under MQTT 3.1
+/// (`mqtt31`) only PUBLISH's flags have rules. CONNECT's flags are checked by
+/// [`decode_connect`], once the protocol name says which revision applies.
+fn check_fixed_header(first: u8, mqtt31: bool) -> Result<(), DecodeError> {
     let flags = first & 0x0F;
     let (packet, expected) = match first >> 4 {
-        CONNECT => ("CONNECT", 0),
+        CONNECT => return Ok(()),
         CONNACK => ("CONNACK", 0),
         PUBLISH => {
             let qos = (flags >> 1) & 0b11;
@@ -213,7 +280,7 @@ fn check_fixed_header(first: u8) -> Result<(), DecodeError> {
         DISCONNECT => ("DISCONNECT", 0),
         other => return Err(DecodeError::InvalidPacketType(other)),
     };
-    if flags == expected {
+    if flags == expected || mqtt31 {
         Ok(())
     } else {
         Err(DecodeError::InvalidFlags { packet, flags })
@@ -313,38 +380,88 @@ fn nonzero_packet_id(id: u16) -> Result<u16, DecodeError> {
 }
 
 /// Checks a topic name's bytes (already known to be UTF-8): non-empty, no wildcards
-/// [MQTT-3.3.2-2], no U+0000 [MQTT-1.5.3-2].
-fn check_topic_name(topic: &str) -> Result<(), DecodeError> {
+/// [MQTT-3.3.2-2], no U+0000 [MQTT-1.5.3-2], no control character (§1.5.3), and within
+/// the configured length and level limits.
+fn check_topic_name(topic: &str, opts: &DecodeOptions) -> Result<(), DecodeError> {
     let bytes = topic.as_bytes();
     if bytes.is_empty() {
         return Err(DecodeError::InvalidTopicName);
     }
-    // Fast scan; find out which rule was broken only on failure.
-    if !has_nul_or_wildcard(bytes) {
-        Ok(())
-    } else if bytes.contains(&0) {
-        Err(DecodeError::NullCharacter)
-    } else {
-        Err(DecodeError::InvalidTopicName)
+    // Fast scan; find out which rule was broken only when it flags something.
+    if may_be_invalid_in_topic(bytes) {
+        check_characters(topic)?;
+        if bytes.iter().any(|&b| matches!(b, b'+' | b'#')) {
+            return Err(DecodeError::InvalidTopicName);
+        }
     }
+    check_topic_limits(bytes, opts)
 }
 
-/// Whether `bytes` contains 0, '+' or '#', eight bytes at a time (SWAR): a word has a
-/// zero byte iff `(w - 0x01..01) & !w & 0x80..80` is non-zero, and XOR with a repeated
-/// byte turns that byte into zero.
-fn has_nul_or_wildcard(bytes: &[u8]) -> bool {
+/// The configured length and level limits of a PUBLISH or will topic.
+fn check_topic_limits(bytes: &[u8], opts: &DecodeOptions) -> Result<(), DecodeError> {
+    if bytes.len() > opts.max_topic_length {
+        return Err(DecodeError::TopicTooLong {
+            len: bytes.len(),
+            max: opts.max_topic_length,
+        });
+    }
+    // A topic of n levels has n - 1 slashes, so one shorter than the limit is within it
+    // without counting (the common case: short topics cost nothing here).
+    if bytes.len() >= opts.max_topic_levels
+        && crate::protocol::topic::level_count(bytes) > opts.max_topic_levels
+    {
+        return Err(DecodeError::TooManyTopicLevels {
+            max: opts.max_topic_levels,
+        });
+    }
+    Ok(())
+}
+
+/// U+0000 [MQTT-1.5.3-2] and the control characters U+0001..U+001F and U+007F..U+009F,
+/// which §1.5.3 lets a server close the connection over.
+fn check_characters(s: &str) -> Result<(), DecodeError> {
+    let bytes = s.as_bytes();
+    if bytes.contains(&0) {
+        return Err(DecodeError::NullCharacter);
+    }
+    if s.chars()
+        .any(|c| matches!(c, '\u{1}'..='\u{1f}' | '\u{7f}'..='\u{9f}'))
+    {
+        return Err(DecodeError::ControlCharacter);
+    }
+    Ok(())
+}
+
+/// Whether `bytes` may hold U+0000, '+', '#' or a control character: a byte below
+/// 0x20, 0x7F, or 0xC2 (the lead byte of U+0080..U+009F, and of other characters,
+/// which the exact check then tells apart). Eight bytes at a time (SWAR): a word has a
+/// byte below `n` (n <= 0x80) iff `(w - n·0x01..01) & !w & 0x80..80` is non-zero, and
+/// XOR with a repeated byte turns that byte into zero (below 1).
+fn may_be_invalid_in_topic(bytes: &[u8]) -> bool {
     const LO: u64 = u64::from_ne_bytes([0x01; 8]);
     const HI: u64 = u64::from_ne_bytes([0x80; 8]);
+    const SPACE: u64 = u64::from_ne_bytes([0x20; 8]);
     const PLUS: u64 = u64::from_ne_bytes([b'+'; 8]);
     const HASH: u64 = u64::from_ne_bytes([b'#'; 8]);
+    const DEL: u64 = u64::from_ne_bytes([0x7F; 8]);
+    const C2: u64 = u64::from_ne_bytes([0xC2; 8]);
+    fn has_byte_below(w: u64, n: u64) -> bool {
+        w.wrapping_sub(n) & !w & HI != 0
+    }
     fn has_zero_byte(w: u64) -> bool {
-        w.wrapping_sub(LO) & !w & HI != 0
+        has_byte_below(w, LO)
     }
     let (words, tail) = bytes.as_chunks::<8>();
     words.iter().any(|word| {
         let w = u64::from_ne_bytes(*word);
-        has_zero_byte(w) | has_zero_byte(w ^ PLUS) | has_zero_byte(w ^ HASH)
-    }) || tail.iter().any(|&b| matches!(b, 0 | b'+' | b'#'))
+        has_byte_below(w, SPACE)
+            | has_zero_byte(w ^ PLUS)
+            | has_zero_byte(w ^ HASH)
+            | has_zero_byte(w ^ DEL)
+            | has_zero_byte(w ^ C2)
+    }) || tail
+        .iter()
+        .any(|&b| b < 0x20 || matches!(b, b'+' | b'#' | 0x7F | 0xC2))
 }
 
 /// A cursor over one complete frozen packet; every read is bounds-checked.
@@ -404,12 +521,11 @@ impl<'a> Reader<'a> {
     }
 
     /// A UTF-8 encoded string: well-formed UTF-8 [MQTT-1.5.3-1] without U+0000
-    /// [MQTT-1.5.3-2].
+    /// [MQTT-1.5.3-2] and without control characters (§1.5.3). Every string a client
+    /// sends (client id, will topic, username, topic filters) is read this way.
     fn string(&mut self) -> Result<ByteString, DecodeError> {
         let s = self.utf8()?;
-        if s.as_bytes().contains(&0) {
-            return Err(DecodeError::NullCharacter);
-        }
+        check_characters(&s)?;
         Ok(s)
     }
 
@@ -418,10 +534,20 @@ impl<'a> Reader<'a> {
         ByteString::try_from(self.binary()?).map_err(|_| DecodeError::InvalidUtf8)
     }
 
-    /// A topic name: a string that is non-empty and free of wildcards [MQTT-3.3.2-2].
-    fn topic_name(&mut self) -> Result<ByteString, DecodeError> {
+    /// A topic name: a string that is non-empty and free of wildcards [MQTT-3.3.2-2],
+    /// within the configured limits.
+    fn topic_name(&mut self, opts: &DecodeOptions) -> Result<ByteString, DecodeError> {
         let s = self.utf8()?;
-        check_topic_name(&s)?;
+        check_topic_name(&s, opts)?;
+        Ok(s)
+    }
+
+    /// A topic filter in SUBSCRIBE or UNSUBSCRIBE: a string, non-empty [MQTT-4.7.3-1].
+    fn topic_filter(&mut self) -> Result<ByteString, DecodeError> {
+        let s = self.string()?;
+        if s.is_empty() {
+            return Err(DecodeError::EmptyTopicFilter);
+        }
         Ok(s)
     }
 
@@ -434,7 +560,12 @@ impl<'a> Reader<'a> {
     }
 }
 
-fn decode_connect(r: &mut Reader<'_>) -> Result<Packet, DecodeError> {
+/// CONNECT (§3.1); `header_flags` are the low four bits of its first byte.
+fn decode_connect(
+    r: &mut Reader<'_>,
+    header_flags: u8,
+    opts: &DecodeOptions,
+) -> Result<Packet, DecodeError> {
     // §3.1.2.1-2: the level is checked right away, before the rest is parsed, so that a
     // newer client (e.g. MQTT 5, level 5, whose CONNECT has a different layout) gets
     // CONNACK 0x01 rather than a closed connection.
@@ -449,9 +580,19 @@ fn decode_connect(r: &mut Reader<'_>) -> Result<Packet, DecodeError> {
         _ => return Err(DecodeError::InvalidProtocolName),
     };
 
+    // MQTT 3.1 has no rule on CONNECT's fixed-header flags or its reserved flag bit
+    // (Mosquitto accepts both from 3.1 clients); 3.1.1 requires zeros [MQTT-2.2.2-2].
+    let v311 = protocol == Protocol::V311;
+    if v311 && header_flags != 0 {
+        return Err(DecodeError::InvalidFlags {
+            packet: "CONNECT",
+            flags: header_flags,
+        });
+    }
+
     // §3.1.2.3
     let flags = r.u8()?;
-    if flags & 0x01 != 0 {
+    if v311 && flags & 0x01 != 0 {
         return Err(DecodeError::InvalidConnectFlags("reserved flag is set")); // [MQTT-3.1.2-3]
     }
     let clean_session = flags & 0x02 != 0;
@@ -483,7 +624,7 @@ fn decode_connect(r: &mut Reader<'_>) -> Result<Packet, DecodeError> {
     // §3.1.3
     let client_id = r.string()?;
     let will = if will_flag {
-        let topic = r.topic_name()?;
+        let topic = r.topic_name(opts)?;
         let payload = r.binary()?;
         Some(LastWill {
             topic,
@@ -512,6 +653,9 @@ fn decode_connect(r: &mut Reader<'_>) -> Result<Packet, DecodeError> {
     if client_id.is_empty() && (protocol == Protocol::V31 || !clean_session) {
         return Err(DecodeError::IdentifierRejected); // [MQTT-3.1.3-8]
     }
+    if client_id.len() > opts.max_client_id_length {
+        return Err(DecodeError::IdentifierRejected); // [MQTT-3.1.3-5]: the server MAY refuse
+    }
     Ok(Packet::Connect(Box::new(Connect {
         protocol,
         clean_session,
@@ -525,7 +669,12 @@ fn decode_connect(r: &mut Reader<'_>) -> Result<Packet, DecodeError> {
 
 /// PUBLISH (§3.3). The hot path: the frozen frame itself becomes the topic and one
 /// split yields the payload, so decoding costs a single reference-count increment.
-fn decode_publish(first: u8, mut frame: Bytes, header_len: usize) -> Result<Packet, DecodeError> {
+fn decode_publish(
+    first: u8,
+    mut frame: Bytes,
+    header_len: usize,
+    opts: &DecodeOptions,
+) -> Result<Packet, DecodeError> {
     let dup = first & 0b1000 != 0;
     // check_fixed_header has already refused QoS 3.
     let qos = QoS::from_u8((first >> 1) & 0b11).ok_or(DecodeError::InvalidQoS)?;
@@ -552,7 +701,7 @@ fn decode_publish(first: u8, mut frame: Bytes, header_len: usize) -> Result<Pack
     frame.truncate(topic_range.end);
     frame.advance(topic_range.start);
     let topic = ByteString::try_from(frame).map_err(|_| DecodeError::InvalidUtf8)?;
-    check_topic_name(&topic)?;
+    check_topic_name(&topic, opts)?;
     Ok(Packet::Publish(Publish {
         dup,
         qos,
@@ -567,8 +716,9 @@ fn decode_subscribe(r: &mut Reader<'_>) -> Result<Packet, DecodeError> {
     let pkid = r.packet_id()?;
     let mut filters = Vec::new();
     while r.remaining() > 0 {
-        // Wildcard placement is the broker's call (SUBACK 0x80), not a decode error.
-        let filter = r.string()?;
+        // Wildcard placement is the broker's call (SUBACK 0x80), not a decode error;
+        // an empty filter is a protocol violation.
+        let filter = r.topic_filter()?;
         // Requested QoS: bits 7-2 reserved, value 0..=2 [MQTT-3-8.3-4].
         let qos = QoS::from_u8(r.u8()?).ok_or(DecodeError::InvalidQoS)?;
         filters.push(SubscribeFilter { filter, qos });
@@ -583,7 +733,7 @@ fn decode_unsubscribe(r: &mut Reader<'_>) -> Result<Packet, DecodeError> {
     let pkid = r.packet_id()?;
     let mut filters = Vec::new();
     while r.remaining() > 0 {
-        filters.push(r.string()?);
+        filters.push(r.topic_filter()?);
     }
     if filters.is_empty() {
         return Err(DecodeError::EmptyUnsubscribe); // [MQTT-3.10.3-2]
@@ -890,12 +1040,12 @@ mod tests {
 
     #[test]
     fn subscribe_filters_with_bad_wildcards_are_left_to_the_broker() {
-        let bytes = raw_subscribe(1, &[(b"a/#/b", 0), (b"sport+", 1), (b"", 2)]);
+        let bytes = raw_subscribe(1, &[(b"a/#/b", 0), (b"sport+", 1), (b"#/", 2)]);
         let Ok(Some(Packet::Subscribe(s))) = decode_all(&bytes) else {
             panic!("expected a SUBSCRIBE");
         };
         let filters: Vec<&str> = s.filters.iter().map(|f| &*f.filter).collect();
-        assert_eq!(filters, ["a/#/b", "sport+", ""]);
+        assert_eq!(filters, ["a/#/b", "sport+", "#/"]);
     }
 
     // ---- framing --------------------------------------------------------------------
@@ -1046,8 +1196,9 @@ mod tests {
 
     #[test]
     fn wrong_fixed_header_flags_are_rejected() {
-        let cases: [(u8, &str, u8); 13] = [
-            (1, "CONNECT", 0),
+        // CONNECT's are judged once its protocol name is known (see
+        // mqtt31_flag_bits_are_accepted_from_31_clients_only).
+        let cases: [(u8, &str, u8); 12] = [
             (2, "CONNACK", 0),
             (4, "PUBACK", 0),
             (5, "PUBREC", 0),
@@ -1386,19 +1537,183 @@ mod tests {
 
     #[test]
     fn topic_scan_finds_forbidden_bytes_at_every_position() {
+        let flagged = |b: u8| b < 0x20 || matches!(b, b'+' | b'#' | 0x7F | 0xC2);
         for len in 1..40 {
-            assert!(!has_nul_or_wildcard(&vec![b'a'; len]), "clean {len}");
+            assert!(!may_be_invalid_in_topic(&vec![b'a'; len]), "clean {len}");
             for at in 0..len {
-                for bad in [0, b'+', b'#'] {
+                for bad in (0..=255u8).filter(|&b| flagged(b)) {
                     let mut topic = vec![b'a'; len];
                     topic[at] = bad;
-                    assert!(has_nul_or_wildcard(&topic), "{bad} at {at} of {len}");
+                    assert!(may_be_invalid_in_topic(&topic), "{bad} at {at} of {len}");
                 }
             }
         }
         // Bytes next to the forbidden ones must not be mistaken for them.
-        let near: Vec<u8> = (1..=255u8).filter(|b| !matches!(b, b'+' | b'#')).collect();
-        assert!(!has_nul_or_wildcard(&near));
+        let near: Vec<u8> = (1..=255u8).filter(|&b| !flagged(b)).collect();
+        assert!(!may_be_invalid_in_topic(&near));
+        for start in 0..near.len() {
+            assert!(!may_be_invalid_in_topic(&near[start..]), "from {start}");
+        }
+    }
+
+    #[test]
+    fn control_characters_close_in_every_string_a_client_sends() {
+        for bad in ["a\u{1}b", "\u{1f}", "x\u{7f}", "\u{80}", "t/\u{9f}/u"] {
+            let b = bad.as_bytes();
+            assert_eq!(
+                decode_err(&raw_publish(0x30, b, None, b"p")),
+                DecodeError::ControlCharacter,
+                "topic name {bad:?}"
+            );
+            assert_eq!(
+                decode_err(&raw_subscribe(1, &[(b"ok", 0), (b, 0)])),
+                DecodeError::ControlCharacter,
+                "filter {bad:?}"
+            );
+            assert_eq!(
+                decode_err(&raw_unsubscribe(1, &[b])),
+                DecodeError::ControlCharacter,
+                "unsubscribe filter {bad:?}"
+            );
+            // Client id, will topic, username.
+            let id = raw_connect(b"MQTT", 4, 0x02, &[b]);
+            assert_eq!(
+                decode_err(&id),
+                DecodeError::ControlCharacter,
+                "client id {bad:?}"
+            );
+            let will = raw_connect(b"MQTT", 4, 0x06, &[b"c", b, b"payload"]);
+            assert_eq!(
+                decode_err(&will),
+                DecodeError::ControlCharacter,
+                "will {bad:?}"
+            );
+            let user = raw_connect(b"MQTT", 4, 0x82, &[b"c", b]);
+            assert_eq!(
+                decode_err(&user),
+                DecodeError::ControlCharacter,
+                "user {bad:?}"
+            );
+        }
+        // Neighbours of the control ranges are fine: space, '~', U+00A0, 'é', '😀'.
+        for ok in [" ", "~", "\u{a0}", "é", "😀", "a/\u{c2}\u{a9}"] {
+            let b = ok.as_bytes();
+            assert!(decode_all(&raw_publish(0x30, b, None, b"p"))
+                .unwrap()
+                .is_some());
+            assert!(decode_all(&raw_subscribe(1, &[(b, 0)])).unwrap().is_some());
+        }
+        // The password is binary data, not a string.
+        let pass = raw_connect(b"MQTT", 4, 0xC2, &[b"c", b"u", b"\x01\x7f"]);
+        assert!(decode_all(&pass).unwrap().is_some());
+    }
+
+    #[test]
+    fn an_empty_topic_filter_is_a_protocol_violation() {
+        for bytes in [
+            raw_subscribe(1, &[(b"", 0)]),
+            raw_subscribe(1, &[(b"a", 0), (b"", 1)]),
+            raw_unsubscribe(1, &[b""]),
+            raw_unsubscribe(1, &[b"a", b""]),
+        ] {
+            assert_eq!(
+                decode_err(&bytes),
+                DecodeError::EmptyTopicFilter,
+                "{bytes:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn topic_limits_apply_to_publish_and_will_topics_and_the_client_id_to_its_limit() {
+        let opts = DecodeOptions {
+            max_topic_length: 12,
+            max_topic_levels: 3,
+            max_client_id_length: 5,
+            ..DecodeOptions::new(MAX)
+        };
+        let with = |bytes: &[u8]| decode_with(&mut BytesMut::from(bytes), &opts);
+        assert!(with(&raw_publish(0x30, b"a/b/c", None, b""))
+            .unwrap()
+            .is_some());
+        assert!(with(&raw_publish(0x30, b"abcdefghijkl", None, b""))
+            .unwrap()
+            .is_some());
+        assert_eq!(
+            with(&raw_publish(0x30, b"a/b/c/d", None, b"")),
+            Err(DecodeError::TooManyTopicLevels { max: 3 })
+        );
+        assert_eq!(
+            with(&raw_publish(0x30, b"///", None, b"")),
+            Err(DecodeError::TooManyTopicLevels { max: 3 })
+        );
+        assert_eq!(
+            with(&raw_publish(0x30, b"abcdefghijklm", None, b"")),
+            Err(DecodeError::TopicTooLong { len: 13, max: 12 })
+        );
+        let will = raw_connect(b"MQTT", 4, 0x06, &[b"c", b"w/x/y/z", b"p"]);
+        assert_eq!(with(&will), Err(DecodeError::TooManyTopicLevels { max: 3 }));
+        let long_id = raw_connect(b"MQTT", 4, 0x02, &[b"abcdef"]);
+        let e = with(&long_id).unwrap_err();
+        assert_eq!(e, DecodeError::IdentifierRejected);
+        assert_eq!(
+            e.connack_code(),
+            Some(ConnectReturnCode::IdentifierRejected)
+        );
+        assert!(with(&raw_connect(b"MQTT", 4, 0x02, &[b"abcde"]))
+            .unwrap()
+            .is_some());
+        // Filters are the broker's to judge (SUBACK 0x80), not the decoder's.
+        assert!(with(&raw_subscribe(1, &[(b"a/b/c/d/e", 0)]))
+            .unwrap()
+            .is_some());
+    }
+
+    #[test]
+    fn mqtt31_flag_bits_are_accepted_from_31_clients_only() {
+        // CONNECT with fixed-header flags, and with the reserved flag bit.
+        for (first, flags) in [(0x11, 0x02), (0x10, 0x03), (0x1F, 0x03)] {
+            let mut c = raw_connect(b"MQIsdp", 3, flags, &[b"c"]);
+            c[0] = first;
+            assert!(matches!(
+                decode_all(&c),
+                Ok(Some(Packet::Connect(ref c))) if c.protocol == Protocol::V31
+            ));
+            let mut c = raw_connect(b"MQTT", 4, flags, &[b"c"]);
+            c[0] = first;
+            assert!(
+                decode_all(&c).is_err(),
+                "3.1.1 CONNECT {first:#x} {flags:#x}"
+            );
+        }
+        // DUP on a resent PUBREL, SUBSCRIBE, UNSUBSCRIBE.
+        let v31 = DecodeOptions {
+            mqtt31: true,
+            ..DecodeOptions::new(MAX)
+        };
+        let pubrel = raw(0x6A, &[0, 7]);
+        assert_eq!(
+            decode_with(&mut BytesMut::from(&pubrel[..]), &v31),
+            Ok(Some(Packet::PubRel(7)))
+        );
+        assert!(decode_all(&pubrel).is_err());
+        let mut sub = raw_subscribe(3, &[(b"a", 1)]);
+        sub[0] = 0x8A;
+        assert!(decode_with(&mut BytesMut::from(&sub[..]), &v31)
+            .unwrap()
+            .is_some());
+        assert!(decode_all(&sub).is_err());
+        let mut unsub = raw_unsubscribe(3, &[b"a"]);
+        unsub[0] = 0xAA;
+        assert!(decode_with(&mut BytesMut::from(&unsub[..]), &v31)
+            .unwrap()
+            .is_some());
+        assert!(decode_all(&unsub).is_err());
+        // PUBLISH keeps its rules under 3.1.
+        assert_eq!(
+            decode_with(&mut BytesMut::from(&[0x36u8][..]), &v31),
+            Err(DecodeError::InvalidQoS)
+        );
     }
 
     #[test]

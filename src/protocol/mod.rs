@@ -9,6 +9,6 @@ mod encode;
 mod packet;
 pub mod topic;
 
-pub use decode::{decode, DecodeError};
+pub use decode::{decode, decode_with, DecodeError, DecodeOptions};
 pub use encode::{encode_publish, encoded_len};
 pub use packet::*;

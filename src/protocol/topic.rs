@@ -38,6 +38,19 @@ pub fn valid_topic_filter(filter: &str) -> bool {
     true
 }
 
+/// Number of levels in a topic name or filter (`a/b/c` has 3, `/` has 2).
+pub fn level_count(bytes: &[u8]) -> usize {
+    1 + bytes.iter().filter(|&&b| b == b'/').count()
+}
+
+/// Whether `topic` (a name or a filter) is within the configured length (bytes) and
+/// level limits. A topic shorter than `max_levels` bytes cannot have more levels than
+/// that, so short topics are never scanned.
+pub fn within_limits(topic: &str, max_length: usize, max_levels: usize) -> bool {
+    topic.len() <= max_length
+        && (topic.len() < max_levels || level_count(topic.as_bytes()) <= max_levels)
+}
+
 /// Whether the topic filter `filter` matches the topic name `topic` (§4.7). Used to
 /// pick retained messages for a new subscription, so it never allocates.
 ///
@@ -68,6 +81,20 @@ pub fn matches(filter: &str, topic: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn levels_are_counted_by_separators_and_limits_include_their_bounds() {
+        assert_eq!(level_count(b"a"), 1);
+        assert_eq!(level_count(b"/"), 2);
+        assert_eq!(level_count(b"a/b/c"), 3);
+        assert_eq!(level_count(b"a//"), 3);
+        assert!(within_limits("a/b/c", 5, 3));
+        assert!(!within_limits("a/b/c", 4, 3));
+        assert!(!within_limits("a/b/c", 5, 2));
+        assert!(within_limits("abcdef", 6, 1));
+        assert!(!within_limits("///", 10, 3));
+        assert!(within_limits("///", 10, 4));
+    }
 
     #[test]
     fn topic_name_must_be_non_empty_and_wildcard_free() {

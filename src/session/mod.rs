@@ -93,6 +93,11 @@ pub enum SessionError {
     /// A QoS 0 PUBLISH with the DUP flag set [MQTT-3.3.1-2].
     #[error("QoS 0 PUBLISH with DUP set")]
     DupOnQoS0,
+    /// An acknowledgement of the wrong kind for an outgoing flow in flight: PUBREC or
+    /// PUBCOMP for a QoS 1 delivery, PUBACK or PUBCOMP for a QoS 2 delivery awaiting
+    /// PUBREC, PUBACK for one awaiting PUBCOMP (§4.3.2, §4.3.3).
+    #[error("{0} for packet identifier {1}, whose flow expects another acknowledgement")]
+    WrongAcknowledgement(&'static str, u16),
     /// `handle` was called while no connection is attached.
     #[error("packet received while no connection is attached")]
     NotConnected,
@@ -260,32 +265,49 @@ impl Session {
             Packet::Publish(p) => self.receive_publish(p, out)?,
             Packet::PubAck(pkid) => {
                 nonzero(pkid, "PUBACK")?;
-                if let Some(Stage::Published(m)) = self.inflight.get_mut(pkid) {
-                    if m.qos == QoS::AtLeastOnce {
+                match self.inflight.get_mut(pkid) {
+                    Some(Stage::Published(m)) if m.qos == QoS::AtLeastOnce => {
                         self.inflight.remove(pkid);
                         self.flush(out);
                     }
+                    // A QoS 2 flow is acknowledged with PUBREC, then PUBCOMP.
+                    Some(_) => return Err(SessionError::WrongAcknowledgement("PUBACK", pkid)),
+                    // Not in flight: a late duplicate; nothing to do.
+                    None => {}
                 }
             }
             Packet::PubRec(pkid) => {
                 nonzero(pkid, "PUBREC")?;
                 match self.inflight.get_mut(pkid) {
+                    Some(Stage::Published(m)) if m.qos == QoS::AtLeastOnce => {
+                        return Err(SessionError::WrongAcknowledgement("PUBREC", pkid));
+                    }
                     Some(Stage::Published(_)) => {
                         if self.inflight.release(pkid) {
                             out.packets.push(Packet::PubRel(pkid));
                             // The message's bytes are freed: the window may have room.
                             self.flush(out);
                         }
-                        // PUBREC for a QoS 1 flow: not ours to answer; ignored.
                     }
+                    // A repeated PUBREC (our PUBREL may have crossed it) is answered
+                    // with PUBREL again [MQTT-4.3.3-1]; so is one for an id no longer
+                    // in flight, which completes the client's side of the flow.
                     Some(Stage::Released) | None => out.packets.push(Packet::PubRel(pkid)),
                 }
             }
             Packet::PubComp(pkid) => {
                 nonzero(pkid, "PUBCOMP")?;
-                if let Some(Stage::Released) = self.inflight.get_mut(pkid) {
-                    self.inflight.remove(pkid);
-                    self.flush(out);
+                match self.inflight.get_mut(pkid) {
+                    Some(Stage::Released) => {
+                        self.inflight.remove(pkid);
+                        self.flush(out);
+                    }
+                    // PUBCOMP answers PUBREL: for a QoS 1 flow, or a QoS 2 flow still
+                    // awaiting PUBREC, it is the wrong packet.
+                    Some(Stage::Published(_)) => {
+                        return Err(SessionError::WrongAcknowledgement("PUBCOMP", pkid));
+                    }
+                    None => {}
                 }
             }
             Packet::PubRel(pkid) => {
@@ -434,6 +456,11 @@ impl Session {
     /// The QoS granted to `filter`, if subscribed.
     pub fn subscription(&self, filter: &str) -> Option<QoS> {
         self.subscriptions.get(filter).copied()
+    }
+
+    /// Number of subscriptions held (bounded by `max_subscriptions_per_client`).
+    pub fn subscription_count(&self) -> usize {
+        self.subscriptions.len()
     }
 
     /// The session's subscriptions, in no particular order (to rebuild routes on resume

@@ -399,7 +399,44 @@ fn pubrec_for_unknown_id_is_answered_with_pubrel() {
 }
 
 #[test]
-fn acks_of_the_wrong_kind_are_ignored() {
+fn acks_of_the_wrong_kind_are_protocol_violations() {
+    // (ack, stage to bring flow 2 to first): flow 1 is QoS 1, flow 2 is QoS 2.
+    let wrong = [
+        (Packet::PubRec(1), false), // PUBREC for a QoS 1 flow
+        (Packet::PubComp(1), false),
+        (Packet::PubAck(2), false), // PUBACK for a QoS 2 flow awaiting PUBREC
+        (Packet::PubComp(2), false), // PUBCOMP before PUBREC
+        (Packet::PubAck(2), true),  // PUBACK for a flow awaiting PUBCOMP
+    ];
+    for (ack, released) in wrong {
+        let (mut s, mut out, now) = connected(roomy());
+        s.deliver(
+            &msg("t", "q1", QoS::AtLeastOnce),
+            QoS::AtLeastOnce,
+            &mut out,
+        );
+        s.deliver(
+            &msg("t", "q2", QoS::ExactlyOnce),
+            QoS::ExactlyOnce,
+            &mut out,
+        );
+        if released {
+            s.handle(Packet::PubRec(2), now, &mut out).unwrap();
+        }
+        out.packets.clear();
+        let name = ack.name();
+        assert!(
+            matches!(
+                s.handle(ack.clone(), now, &mut out),
+                Err(SessionError::WrongAcknowledgement(n, _)) if n == name
+            ),
+            "{ack:?} (released: {released})"
+        );
+    }
+}
+
+#[test]
+fn right_acks_complete_flows_and_a_repeated_pubrec_gets_pubrel_again() {
     let (mut s, mut out, now) = connected(roomy());
     s.deliver(
         &msg("t", "q1", QoS::AtLeastOnce),
@@ -412,17 +449,15 @@ fn acks_of_the_wrong_kind_are_ignored() {
         &mut out,
     );
     out.packets.clear();
-    s.handle(Packet::PubRec(1), now, &mut out).unwrap(); // PUBREC for a QoS 1 flow
-    s.handle(Packet::PubComp(1), now, &mut out).unwrap();
-    s.handle(Packet::PubAck(2), now, &mut out).unwrap(); // PUBACK for a QoS 2 flow
-    s.handle(Packet::PubComp(2), now, &mut out).unwrap(); // PUBCOMP before PUBREC
-    assert!(out.packets.is_empty());
-    assert_eq!(s.stats().inflight, 2);
     s.handle(Packet::PubAck(1), now, &mut out).unwrap();
     s.handle(Packet::PubRec(2), now, &mut out).unwrap();
+    s.handle(Packet::PubRec(2), now, &mut out).unwrap(); // repeated while awaiting PUBCOMP
+    assert_eq!(out.packets, vec![Packet::PubRel(2), Packet::PubRel(2)]);
     s.handle(Packet::PubComp(2), now, &mut out).unwrap();
-    assert_eq!(out.packets, vec![Packet::PubRel(2)]);
     assert_eq!(s.stats().inflight, 0);
+    // Acks for ids no longer in flight (late duplicates) are not violations.
+    s.handle(Packet::PubAck(1), now, &mut out).unwrap();
+    s.handle(Packet::PubComp(2), now, &mut out).unwrap();
 }
 
 #[test]
@@ -1518,20 +1553,14 @@ impl Sim {
         self.send(packet);
     }
 
-    /// Acks of the wrong kind for flows the client holds: the broker must ignore them.
+    /// Repeated acknowledgements the protocol allows: PUBREC again for a QoS 2 flow
+    /// the client has acknowledged once (the broker answers PUBREL again).
     fn noise(&mut self) {
         let Some((&id, f)) = self.flows.iter().next() else {
             return;
         };
         let p = match (f.qos, f.stage) {
-            (QoS::ExactlyOnce, ClientStage::Published) => {
-                if self.rng.chance(50) {
-                    Packet::PubAck(id)
-                } else {
-                    Packet::PubComp(id)
-                }
-            }
-            (QoS::ExactlyOnce, _) => Packet::PubRec(id),
+            (QoS::ExactlyOnce, ClientStage::RecSent | ClientStage::Released) => Packet::PubRec(id),
             _ => Packet::PingReq,
         };
         self.send(p);

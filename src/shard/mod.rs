@@ -488,8 +488,16 @@ impl Shard {
         let mut new_filters = Vec::new();
         let mut waits = Vec::new();
         for f in &sub.filters {
-            let client_id = self.sessions[key].session.client_id();
-            if !topic::valid_topic_filter(&f.filter) || !self.auth.subscribe(client_id, &f.filter) {
+            let session = &self.sessions[key].session;
+            let acceptable = topic::valid_topic_filter(&f.filter)
+                && topic::within_limits(
+                    &f.filter,
+                    self.cfg.max_topic_length,
+                    self.cfg.max_topic_levels,
+                )
+                && (session.subscription_count() < self.cfg.max_subscriptions_per_client
+                    || session.subscription(&f.filter).is_some());
+            if !acceptable || !self.auth.subscribe(session.client_id(), &f.filter) {
                 self.stats.subscriptions_refused += 1;
                 codes.push(SubAckCode::Failure);
                 continue;

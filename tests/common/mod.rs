@@ -117,6 +117,44 @@ pub fn assert_broker_healthy(addr: SocketAddr) {
     sub.disconnect();
 }
 
+/// Connects a client (whose will tells us the broker saw an abnormal close), sends
+/// `bad`, and checks: the broker closes the connection sending nothing but `allowed`
+/// packet types first, the will is published, and another client still works.
+pub fn assert_closed_after(bad: &[u8], what: &str) -> Broker {
+    let b = broker();
+    let mut w = Raw::connect(b.local_addr(), &id_on_shard("mw", 0), true).0;
+    assert_eq!(w.subscribe(1, &[("mal/will", 1)]), vec![1]);
+    let opts =
+        ConnectOpts::new(&id_on_shard("mal", 1), true).will("mal/will", what.as_bytes(), 1, false);
+    let (mut c, _) = Raw::connect_with(b.local_addr(), &opts);
+    c.ping();
+    c.send_lossy(bad);
+    let got = c.expect_closed();
+    assert!(
+        got.iter().all(|p| p.kind() != PUBACK
+            && p.kind() != SUBACK
+            && p.kind() != PUBREC
+            && p.kind() != PUBCOMP
+            && p.kind() != UNSUBACK),
+        "{what}: the bad packet must not be acknowledged; got {got:?}"
+    );
+    // The broker closed it without DISCONNECT from the client: will is published.
+    let p = w.expect_publish();
+    assert_eq!(p.payload_str(), what);
+    w.ack(&p);
+    w.disconnect();
+    assert_broker_healthy(b.local_addr());
+    b
+}
+
+pub fn assert_protocol_error(bad: &[u8], what: &str) {
+    let b = assert_closed_after(bad, what);
+    wait_stats(&b, &format!("{what}: protocol_errors >= 1"), |s| {
+        s.protocol_errors >= 1
+    });
+    assert_no_leaks(&b);
+}
+
 // ---------------------------------------------------------------------------------
 // Packet encoding
 // ---------------------------------------------------------------------------------
