@@ -11,6 +11,7 @@ pub mod procfs;
 pub mod report;
 pub mod run;
 pub mod track;
+pub mod window;
 mod worker;
 
 pub use plan::Scenario;

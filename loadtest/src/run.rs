@@ -3,6 +3,7 @@
 
 use crate::plan::{self, Scenario};
 use crate::procfs;
+use crate::window::Window;
 use crate::worker::{Worker, WorkerResult};
 use hdrhistogram::Histogram;
 use serde::Serialize;
@@ -18,8 +19,9 @@ use std::time::{Duration, Instant};
 pub enum Pacing {
     /// A fixed total rate, in messages per second, shared by all publishers.
     Rate(f64),
-    /// Closed loop: publishers stop while outstanding deliveries
-    /// (published × fan-out − received) reach this many.
+    /// Closed loop: outstanding deliveries (published × fan-out − received) never
+    /// pass this many, at any instant and whatever the number of threads; each
+    /// publisher has its share of them (see `window`).
     Window(u64),
 }
 
@@ -127,17 +129,14 @@ pub struct Shared {
     pub opts: WorkerOptions,
     pub fanout: u64,
     pub plan_publishers: usize,
-    pub publishing_threads: usize,
+    /// Messages published, deliveries settled, and the bound between them.
+    pub window: Window,
     base: Instant,
     phase: AtomicU8,
     start_ns: AtomicU64,
     measure_start_ns: AtomicU64,
     measure_end_ns: AtomicU64,
-    pub published: AtomicU64,
     pub delivered: AtomicU64,
-    /// Deliveries plus messages known missing (a later one arrived first): what the
-    /// window counts as no longer outstanding.
-    pub settled: AtomicU64,
     pub unacked: AtomicI64,
     pub connected: AtomicU64,
     pub ready_workers: AtomicUsize,
@@ -228,6 +227,15 @@ pub struct BrokerProcess {
     pub rss_start_bytes: u64,
 }
 
+/// Messages each publisher sent over the whole run: how evenly the publishers
+/// shared the window (or the rate).
+#[derive(Debug, Clone, Serialize)]
+pub struct PerPublisherReport {
+    pub min: u64,
+    pub mean: f64,
+    pub max: u64,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct ConnsReport {
     pub target: usize,
@@ -270,6 +278,8 @@ pub struct RunReport {
     pub published_total: u64,
     pub delivered_total: u64,
     pub expected_total: u64,
+    /// `None` without publishers.
+    pub per_publisher: Option<PerPublisherReport>,
     pub lost: u64,
     pub duplicated: u64,
     pub reordered: u64,
@@ -301,7 +311,7 @@ struct Snapshot {
 fn snapshot(shared: &Shared, pid: Option<u32>) -> Snapshot {
     Snapshot {
         at: Instant::now(),
-        published: shared.published.load(Relaxed),
+        published: shared.window.published(),
         delivered: shared.delivered.load(Relaxed),
         own_cpu: procfs::own_cpu(),
         broker_cpu: pid.and_then(procfs::process_cpu),
@@ -391,15 +401,16 @@ pub fn run(opts: &Options) -> Result<RunReport, String> {
     let pacing = opts.pacing.unwrap_or(Pacing::Window(
         100 * plan.publishers.max(plan.subscribers).max(1) as u64,
     ));
+    if let Pacing::Window(w) = pacing {
+        if w < plan.fanout {
+            return Err(format!(
+                "--window must hold one message's deliveries: at least the fan-out, {}",
+                plan.fanout
+            ));
+        }
+    }
     let threads = opts.threads.max(1).min(plan.clients.len());
     let dealt = plan::deal(plan.clients.clone(), threads);
-    let publishing_threads = dealt
-        .iter()
-        .filter(|t| {
-            t.iter()
-                .any(|c| matches!(c.role, plan::Role::Publisher { .. }))
-        })
-        .count();
     let shared = Arc::new(Shared {
         opts: WorkerOptions {
             broker: opts.broker,
@@ -414,15 +425,20 @@ pub fn run(opts: &Options) -> Result<RunReport, String> {
         },
         fanout: plan.fanout,
         plan_publishers: plan.publishers,
-        publishing_threads,
+        window: Window::new(
+            match pacing {
+                Pacing::Window(w) => Some(w),
+                Pacing::Rate(_) => None,
+            },
+            plan.fanout,
+            plan.publishers,
+        ),
         base: Instant::now(),
         phase: AtomicU8::new(Phase::Setup as u8),
         start_ns: AtomicU64::new(0),
         measure_start_ns: AtomicU64::new(u64::MAX),
         measure_end_ns: AtomicU64::new(u64::MAX),
-        published: AtomicU64::new(0),
         delivered: AtomicU64::new(0),
-        settled: AtomicU64::new(0),
         unacked: AtomicI64::new(0),
         connected: AtomicU64::new(0),
         ready_workers: AtomicUsize::new(0),
@@ -528,13 +544,13 @@ pub fn run(opts: &Options) -> Result<RunReport, String> {
                 failures.push(f);
                 break;
             }
-            let settled = shared.settled.load(Relaxed);
+            let settled = shared.window.settled();
             if settled != last_settled.0 {
                 last_settled = (settled, now);
             } else if now - last_settled.1 > Duration::from_secs(5) {
                 failures.push(format!(
                     "no deliveries for 5 s with {} outstanding",
-                    (shared.published.load(Relaxed) * plan.fanout).saturating_sub(settled)
+                    (shared.window.published() * plan.fanout).saturating_sub(settled)
                 ));
                 break;
             }
@@ -547,7 +563,7 @@ pub fn run(opts: &Options) -> Result<RunReport, String> {
                     (now - start).as_secs_f64(),
                     (cur.published - prev.published) as f64 / dt,
                     (cur.delivered - prev.delivered) as f64 / dt,
-                    (cur.published * plan.fanout).saturating_sub(shared.settled.load(Relaxed)),
+                    (cur.published * plan.fanout).saturating_sub(shared.window.settled()),
                     shared.connected.load(Relaxed),
                 ));
                 prev = cur;
@@ -570,8 +586,8 @@ pub fn run(opts: &Options) -> Result<RunReport, String> {
             Instant::now(),
         );
         loop {
-            let expected = shared.published.load(Relaxed) * plan.fanout;
-            let settled = shared.settled.load(Relaxed);
+            let expected = shared.window.published() * plan.fanout;
+            let settled = shared.window.settled();
             let unacked = shared.unacked.load(Relaxed);
             if settled >= expected && unacked <= 0 {
                 break;
@@ -615,7 +631,7 @@ pub fn run(opts: &Options) -> Result<RunReport, String> {
         threads,
         &shared,
         results,
-        Window {
+        Span {
             first,
             last,
             rss_start,
@@ -626,7 +642,8 @@ pub fn run(opts: &Options) -> Result<RunReport, String> {
     ))
 }
 
-struct Window {
+/// The measured span of a run.
+struct Span {
     first: Snapshot,
     last: Snapshot,
     rss_start: Option<u64>,
@@ -642,7 +659,7 @@ fn build_report(
     threads: usize,
     shared: &Shared,
     results: Vec<WorkerResult>,
-    w: Window,
+    w: Span,
     mut failures: Vec<String>,
 ) -> RunReport {
     let secs = (w.last.at - w.first.at).as_secs_f64().max(1e-9);
@@ -679,6 +696,11 @@ fn build_report(
         }
     }
     let published_total: u64 = sent.iter().sum();
+    let per_publisher = (!sent.is_empty()).then(|| PerPublisherReport {
+        min: sent.iter().copied().min().unwrap_or(0),
+        mean: published_total as f64 / sent.len() as f64,
+        max: sent.iter().copied().max().unwrap_or(0),
+    });
     let has_subs = plan.subscribers > 0;
     let granted_qos = has_subs.then_some(min_granted);
     let effective_qos = opts.pub_qos.min(granted_qos.unwrap_or(opts.sub_qos));
@@ -797,6 +819,7 @@ fn build_report(
         published_total,
         delivered_total,
         expected_total: published_total * plan.fanout,
+        per_publisher,
         lost,
         duplicated: dup,
         reordered: reorder,
@@ -974,6 +997,15 @@ impl RunReport {
                     self.disconnects
                 ),
             );
+            if let Some(p) = self.per_publisher.as_ref().filter(|_| self.publishers > 1) {
+                row(
+                    "publishers",
+                    format!(
+                        "sent per publisher: min {}, mean {:.0}, max {}",
+                        p.min, p.mean, p.max
+                    ),
+                );
+            }
             if self.late_sends > 0 {
                 row(
                     "pacing",

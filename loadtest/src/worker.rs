@@ -6,6 +6,7 @@ use crate::mqtt::{self, Incoming};
 use crate::plan::{ClientSpec, Role};
 use crate::run::{Pacing, Phase, Shared};
 use crate::track::{self, Arrival, Stream};
+use crate::window::Window;
 use hdrhistogram::Histogram;
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
@@ -109,6 +110,47 @@ struct Conn {
     subscriber: Option<Subscriber>,
 }
 
+/// Settled deliveries a subscribing thread has not yet added to the window, in all
+/// and per publisher: kept locally so the per-message path touches no atomics, and
+/// added once per turn of the loop.
+struct Settles {
+    total: u64,
+    /// Indexed by publisher; empty on a thread without subscribers.
+    by_publisher: Vec<u64>,
+    /// Publishers with a non-zero entry, so a flush is not a walk over all of them.
+    touched: Vec<u32>,
+}
+
+impl Settles {
+    fn new(publishers: usize) -> Settles {
+        Settles {
+            total: 0,
+            by_publisher: vec![0; publishers],
+            touched: Vec::new(),
+        }
+    }
+
+    fn add(&mut self, publisher: u32, n: u64) {
+        self.total += n;
+        if let Some(d) = self.by_publisher.get_mut(publisher as usize) {
+            if *d == 0 {
+                self.touched.push(publisher);
+            }
+            *d += n;
+        }
+    }
+
+    fn flush(&mut self, window: &Window) {
+        if self.total == 0 {
+            return;
+        }
+        for p in self.touched.drain(..) {
+            window.settle_publisher(p, std::mem::take(&mut self.by_publisher[p as usize]));
+        }
+        window.settle(std::mem::take(&mut self.total));
+    }
+}
+
 /// What a worker hands back when the run ends.
 pub struct WorkerResult {
     pub latency: Histogram<u64>,
@@ -152,10 +194,12 @@ pub struct Worker {
     rr: usize,
     dirty: Vec<usize>,
     /// Counts not yet added to the shared totals.
-    d_published: u64,
     d_delivered: u64,
-    d_settled: u64,
     d_unacked: i64,
+    settles: Settles,
+    /// Publish step scratch: (connection, messages it may send) per publisher ready
+    /// to send, kept to reuse its allocation.
+    wants: Vec<(usize, u64)>,
     /// Rate pacing: messages this thread has sent, and its share of the rate.
     rate_sent: u64,
     rate_share: f64,
@@ -227,7 +271,9 @@ impl Worker {
                 }
             })
             .collect();
-        let total_pubs = shared.plan_publishers.max(1) as f64;
+        let has_subscribers = conns.iter().any(|c| c.subscriber.is_some());
+        let plan_publishers = shared.plan_publishers;
+        let total_pubs = plan_publishers.max(1) as f64;
         let rate_share = match opts.pacing {
             Pacing::Rate(r) => r * publishers.len() as f64 / total_pubs,
             Pacing::Window(_) => 0.0,
@@ -255,10 +301,10 @@ impl Worker {
             publishers,
             rr: 0,
             dirty: Vec::new(),
-            d_published: 0,
             d_delivered: 0,
-            d_settled: 0,
             d_unacked: 0,
+            settles: Settles::new(if has_subscribers { plan_publishers } else { 0 }),
+            wants: Vec::new(),
             rate_sent: 0,
             rate_share,
             latency: new_histogram(),
@@ -333,7 +379,8 @@ impl Worker {
             // The timer wakes the loop when the next message is due.
             Pacing::Rate(_) => Duration::from_millis(100),
             Pacing::Window(_) => {
-                if self.window_budget() > 0 && self.any_publisher_can_send() {
+                if self.shared.window.room() >= self.shared.fanout && self.any_publisher_can_send()
+                {
                     Duration::ZERO
                 } else {
                     Duration::from_millis(1)
@@ -618,10 +665,11 @@ impl Worker {
                     match stream.arrive(seq) {
                         Arrival::Duplicate => {}
                         arrival => {
-                            self.d_settled += 1;
-                            if let Arrival::Ahead { skipped } = arrival {
-                                self.d_settled += skipped;
-                            }
+                            let skipped = match arrival {
+                                Arrival::Ahead { skipped } => skipped,
+                                _ => 0,
+                            };
+                            self.settles.add(publisher, 1 + skipped);
                             if now_ns >= m_start && now_ns < m_end {
                                 let lat = now_ns.saturating_sub(sent_ns).max(1);
                                 let _ = self.latency.record(lat.min(100_000_000_000));
@@ -732,123 +780,129 @@ impl Worker {
 
     // ---- publishing ----
 
-    /// Deliveries this thread may still start under a closed-loop window.
-    fn window_budget(&self) -> u64 {
-        let Pacing::Window(window) = self.shared.opts.pacing else {
-            return u64::MAX;
+    fn any_publisher_can_send(&self) -> bool {
+        self.publishers.iter().any(|&i| self.sendable(i) > 0)
+    }
+
+    /// Messages publisher connection `i` may write now: none unless it is ready and
+    /// its socket keeps up; at most its free packet ids (QoS 1/2), its room in the
+    /// window and one batch.
+    fn sendable(&self, i: usize) -> u64 {
+        let c = &self.conns[i];
+        let Some(p) = c.publisher.as_ref() else {
+            return 0;
         };
-        let s = &self.shared;
-        let expected = (s.published.load(Relaxed) + self.d_published) * s.fanout;
-        let settled = s.settled.load(Relaxed) + self.d_settled;
-        let outstanding = expected.saturating_sub(settled);
-        if outstanding >= window {
+        if c.state != State::Ready || c.wbuf.len() - c.wpos >= WRITE_HIGH_WATER {
             return 0;
         }
-        // Each publishing thread takes its share, so together they stay near the window.
-        (window - outstanding).div_ceil(s.publishing_threads.max(1) as u64)
-    }
-
-    fn any_publisher_can_send(&self) -> bool {
-        self.publishers.iter().any(|&i| self.can_send(i))
-    }
-
-    fn can_send(&self, i: usize) -> bool {
-        let c = &self.conns[i];
-        c.state == State::Ready
-            && c.wbuf.len() - c.wpos < WRITE_HIGH_WATER
-            && c.publisher
-                .as_ref()
-                .is_some_and(|p| p.inflight_count < self.shared.opts.pub_inflight)
+        let opts = &self.shared.opts;
+        let inflight = if opts.pub_qos > 0 {
+            opts.pub_inflight.saturating_sub(p.inflight_count) as u64
+        } else {
+            u64::MAX
+        };
+        inflight
+            .min(self.shared.window.publisher_room(p.index, p.seq))
+            .min(PUBLISH_BATCH)
     }
 
     fn publish_step(&mut self, now: Instant) {
         if self.publishers.is_empty() {
             return;
         }
-        let opts = &self.shared.opts;
-        let (mut budget, scheduled) = match opts.pacing {
+        // This thread's own deliveries count before it claims room.
+        self.flush_settles();
+        let n = self.publishers.len();
+        let mut wants = std::mem::take(&mut self.wants);
+        wants.clear();
+        let want = match self.shared.opts.pacing {
             Pacing::Window(_) => {
-                // At least one publish whenever any delivery fits in the window.
-                let deliveries = self.window_budget();
-                (deliveries.div_ceil(self.shared.fanout.max(1)), None)
+                // Each publisher asks for what it can send, beginning with a
+                // different one each turn so none is always last to get room.
+                for k in 0..n {
+                    let i = self.publishers[(self.rr + k) % n];
+                    let w = self.sendable(i);
+                    if w > 0 {
+                        wants.push((i, w));
+                    }
+                }
+                wants.iter().map(|&(_, w)| w).sum()
             }
             Pacing::Rate(_) => {
                 let elapsed = now.saturating_duration_since(self.shared.start_instant());
                 let due = (elapsed.as_secs_f64() * self.rate_share) as u64;
-                (due.saturating_sub(self.rate_sent), Some(self.rate_share))
+                let budget = due.saturating_sub(self.rate_sent);
+                let share = self.rate_share;
+                // Message k is due at k / share seconds after the start; those due
+                // over a millisecond ago are late.
+                let late = ((elapsed.as_secs_f64() - 0.001) * share).max(0.0) as u64;
+                self.result.late_sends += late.saturating_sub(self.rate_sent).min(budget);
+                let next_due = (self.rate_sent + budget + 1) as f64 / share;
+                let wait = Duration::from_secs_f64((next_due - elapsed.as_secs_f64()).max(0.0));
+                if let Some(t) = &self.timer {
+                    t.arm(wait.max(MIN_TICK));
+                }
+                if budget > 0 {
+                    let per_pub = budget.div_ceil(n as u64).clamp(1, PUBLISH_BATCH);
+                    for k in 0..n {
+                        let i = self.publishers[(self.rr + k) % n];
+                        let w = self.sendable(i).min(per_pub);
+                        if w > 0 {
+                            wants.push((i, w));
+                        }
+                    }
+                }
+                budget.min(wants.iter().map(|&(_, w)| w).sum())
             }
         };
-        if let Some(share) = scheduled {
-            // Message k is due at k / share seconds after the start; those due
-            // over a millisecond ago are late.
-            let elapsed = now.saturating_duration_since(self.shared.start_instant());
-            let late = ((elapsed.as_secs_f64() - 0.001) * share).max(0.0) as u64;
-            self.result.late_sends += late.saturating_sub(self.rate_sent).min(budget);
-            let next_due = (self.rate_sent + budget + 1) as f64 / share;
-            let wait = Duration::from_secs_f64((next_due - elapsed.as_secs_f64()).max(0.0));
-            if let Some(t) = &self.timer {
-                t.arm(wait.max(MIN_TICK));
-            }
-        }
-        if budget == 0 {
-            return;
-        }
-        let now_ns = self.shared.clock_ns(now);
-        let qos = opts.pub_qos;
-        let payload = opts.payload;
-        let inflight_cap = opts.pub_inflight;
-        let n = self.publishers.len();
-        let per_pub = budget.div_ceil(n as u64).clamp(1, PUBLISH_BATCH);
-        let mut sent_total = 0u64;
-        for k in 0..n {
-            if budget == 0 {
-                break;
-            }
-            let i = self.publishers[(self.rr + k) % n];
-            if !self.can_send(i) {
-                continue;
-            }
-            let c = &mut self.conns[i];
-            let p = c.publisher.as_mut().expect("publisher");
-            let mut count = per_pub.min(budget);
-            if qos > 0 {
-                count = count.min((inflight_cap - p.inflight_count) as u64);
-            }
-            for _ in 0..count {
-                let pid = if qos > 0 { p.take_pid() } else { 0 };
-                let head = track::encode_header(p.index, p.seq, now_ns);
-                p.seq += 1;
-                mqtt::publish(&mut c.wbuf, &p.topic, qos, pid, &head, payload);
-            }
-            budget -= count;
-            sent_total += count;
-            if count > 0 {
+        // Reserved before anything is written, so the window holds whatever the
+        // other threads do meanwhile; what is not written goes back at once.
+        let granted = self.shared.window.claim(want);
+        let mut budget = granted;
+        if budget > 0 {
+            let now_ns = self.shared.clock_ns(now);
+            let opts = &self.shared.opts;
+            let (qos, payload) = (opts.pub_qos, opts.payload);
+            for &(i, w) in &wants {
+                if budget == 0 {
+                    break;
+                }
+                let count = w.min(budget);
+                let c = &mut self.conns[i];
+                let p = c.publisher.as_mut().expect("publisher");
+                for _ in 0..count {
+                    let pid = if qos > 0 { p.take_pid() } else { 0 };
+                    let head = track::encode_header(p.index, p.seq, now_ns);
+                    p.seq += 1;
+                    mqtt::publish(&mut c.wbuf, &p.topic, qos, pid, &head, payload);
+                }
+                budget -= count;
                 self.mark_dirty(i);
             }
         }
+        self.shared.window.give_back(budget);
+        let sent_total = granted - budget;
+        self.wants = wants;
         self.rr = (self.rr + 1) % n;
         self.rate_sent += sent_total;
-        self.d_published += sent_total;
-        if qos > 0 {
+        if self.shared.opts.pub_qos > 0 {
             self.d_unacked += sent_total as i64;
         }
     }
 
     // ---- bookkeeping ----
 
+    /// Adds this thread's settled deliveries to the window's counts.
+    fn flush_settles(&mut self) {
+        self.settles.flush(&self.shared.window);
+    }
+
     fn report_progress(&mut self) {
+        self.flush_settles();
         let s = &self.shared;
-        if self.d_published > 0 {
-            s.published
-                .fetch_add(std::mem::take(&mut self.d_published), Relaxed);
-        }
         if self.d_delivered > 0 {
             s.delivered
                 .fetch_add(std::mem::take(&mut self.d_delivered), Relaxed);
-        }
-        if self.d_settled > 0 {
-            s.settled
-                .fetch_add(std::mem::take(&mut self.d_settled), Relaxed);
         }
         if self.d_unacked != 0 {
             s.unacked

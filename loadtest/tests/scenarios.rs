@@ -105,9 +105,54 @@ fn opts(scenario: Scenario, broker: SocketAddr, clients: usize, qos: u8) -> Opti
     o
 }
 
-/// A run that must pass and must have moved real traffic.
-fn check_active(r: &RunReport, what: &str) {
-    assert!(r.ok, "{what}: {}\n{:?}", r.table(), r.errors);
+/// The drop counters of a broker that has them (shardmq, in this process).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Drops {
+    queue_full: u64,
+    offline_qos0: u64,
+    evicted_qos0: u64,
+}
+
+impl Drops {
+    fn of(broker: &shardmq::Broker) -> Drops {
+        let t = broker.stats().total();
+        Drops {
+            queue_full: t.dropped_queue_full,
+            offline_qos0: t.dropped_offline_qos0,
+            evicted_qos0: t.dropped_evicted_qos0,
+        }
+    }
+}
+
+impl std::fmt::Display for Drops {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        write!(
+            f,
+            "broker drops: queue_full={}, offline_qos0={}, evicted_qos0={}",
+            self.queue_full, self.offline_qos0, self.evicted_qos0
+        )
+    }
+}
+
+/// Reads a broker's drop counters; `None` for a broker without them (Mosquitto).
+type DropsOf<'a> = Option<&'a dyn Fn() -> Drops>;
+
+/// A run that must pass and must have moved real traffic. With `drops`, the broker
+/// must have dropped nothing (its counters are since it started, so a drop fails
+/// the scenario it happened in and every later one), and every failure says what it
+/// dropped: a run the broker's queue bound cut short reads as such, not as a loss.
+fn check_active(r: &RunReport, what: &str, drops: DropsOf) {
+    let drops = drops.map(|f| f());
+    let said = drops.map_or(String::new(), |d| format!("\n{d}"));
+    if let Some(d) = drops {
+        assert_eq!(
+            d,
+            Drops::default(),
+            "{what}: the broker dropped messages: {d}\n{}",
+            r.table()
+        );
+    }
+    assert!(r.ok, "{what}: {}\n{:?}{said}", r.table(), r.errors);
     assert!(r.published_total > 0, "{what}: nothing published");
     assert!(r.delivered > 0, "{what}: nothing delivered in the window");
     assert!(r.latency_us.is_some(), "{what}: no latency samples");
@@ -118,13 +163,18 @@ fn check_active(r: &RunReport, what: &str) {
         "{what}"
     );
     if r.effective_qos >= 1 {
-        assert_eq!(r.lost, 0, "{what}");
-        assert_eq!(r.delivered_total, r.expected_total, "{what}: {}", r.table());
+        assert_eq!(r.lost, 0, "{what}{said}");
+        assert_eq!(
+            r.delivered_total,
+            r.expected_total,
+            "{what}: {}{said}",
+            r.table()
+        );
     }
 }
 
 /// Every scenario against one broker.
-fn all_scenarios(broker: SocketAddr, pid: Option<u32>, name: &str) {
+fn all_scenarios(broker: SocketAddr, pid: Option<u32>, name: &str, drops: DropsOf) {
     let with_pid = |mut o: Options| {
         o.broker_pid = pid;
         o.broker_name = Some(name.to_string());
@@ -132,23 +182,23 @@ fn all_scenarios(broker: SocketAddr, pid: Option<u32>, name: &str) {
     };
     for qos in [0, 1, 2] {
         let r = run(&with_pid(opts(Scenario::P2p, broker, 4, qos))).expect("p2p runs");
-        check_active(&r, &format!("{name} p2p qos {qos}"));
+        check_active(&r, &format!("{name} p2p qos {qos}"), drops);
         assert_eq!((r.publishers, r.subscribers, r.effective_qos), (4, 4, qos));
     }
     let r = run(&with_pid(opts(Scenario::Fanin, broker, 8, 1))).expect("fanin runs");
-    check_active(&r, &format!("{name} fanin"));
+    check_active(&r, &format!("{name} fanin"), drops);
     assert_eq!((r.publishers, r.subscribers, r.fanout), (8, 1, 1));
 
     let mut o = with_pid(opts(Scenario::Fanout, broker, 20, 1));
     o.publishers = Some(2);
     let r = run(&o).expect("fanout runs");
-    check_active(&r, &format!("{name} fanout"));
+    check_active(&r, &format!("{name} fanout"), drops);
     assert_eq!((r.publishers, r.subscribers, r.fanout), (2, 20, 20));
 
     let mut o = with_pid(opts(Scenario::Latency, broker, 4, 0));
     o.pacing = Some(Pacing::Rate(2000.0));
     let r = run(&o).expect("latency runs");
-    check_active(&r, &format!("{name} latency"));
+    check_active(&r, &format!("{name} latency"), drops);
     // About 2000 msgs/s over about a second: the pacing is followed, loosely (the
     // bound is on counts; a slow machine only makes it smaller).
     assert!(r.published_total <= 2000 * 3, "{}", r.table());
@@ -169,7 +219,8 @@ fn all_scenarios(broker: SocketAddr, pid: Option<u32>, name: &str) {
 #[test]
 fn every_scenario_against_shardmq() {
     let broker = shardmq();
-    all_scenarios(broker.local_addr(), None, "shardmq");
+    let drops = || Drops::of(&broker);
+    all_scenarios(broker.local_addr(), None, "shardmq", Some(&drops));
     // Every client said DISCONNECT and closed; the broker notices within moments.
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
@@ -185,7 +236,29 @@ fn every_scenario_against_shardmq() {
 #[test]
 fn every_scenario_against_mosquitto() {
     let m = Mosquitto::start();
-    all_scenarios(m.addr, Some(m.child.id()), "mosquitto");
+    all_scenarios(m.addr, Some(m.child.id()), "mosquitto", None);
+}
+
+/// In a fanin run the publishers on the subscriber's thread, which spends its
+/// turns reading deliveries, get about as many messages out as those on threads that
+/// only publish: each publisher has its share of the window.
+#[test]
+fn fanin_publishers_share_the_window_fairly() {
+    let broker = shardmq();
+    let drops = || Drops::of(&broker);
+    for (threads, qos) in [(2, 1), (3, 0)] {
+        let mut o = opts(Scenario::Fanin, broker.local_addr(), 8, qos);
+        o.threads = threads;
+        let r = run(&o).expect("fanin runs");
+        let what = format!("fanin on {threads} threads at QoS {qos}");
+        check_active(&r, &what, Some(&drops));
+        let p = r.per_publisher.as_ref().expect("per-publisher figures");
+        assert!(
+            p.min as f64 >= p.mean / 4.0,
+            "{what}: a publisher starved: {p:?}\n{}",
+            r.table()
+        );
+    }
 }
 
 #[test]
