@@ -103,6 +103,18 @@ def decode_seeds():
     write("decode", "seed-mqtt5-connect", decode_seed(256, 5, 4, connect(b"MQTT", 5, fields=("v5",))))
     write("decode", "seed-bad-utf8-and-nul", decode_seed(
         256, 3, 5, publish(b"a\xff", b"") + subscribe(3, [(b"a\x00b", 0)])))
+    write("decode", "seed-control-characters", decode_seed(
+        256, 3, 6, connect(fields=("c",)) + publish("a/\u0085", b"") + subscribe(4, [("a\x1f", 0)])))
+    write("decode", "seed-empty-filter", decode_seed(
+        256, 3, 8, connect(fields=("c",)) + subscribe(5, [("ok", 0), ("", 1)])))
+    write("decode", "seed-deep-topic", decode_seed(
+        256, 64, 10, connect(fields=("c",)) + publish("/" * 200, b"d") + subscribe(6, [("+/" * 100 + "#", 0)])))
+    # Bit 7 of byte 2: MQTT 3.1 flag rules (DUP on PUBREL, SUBSCRIBE, UNSUBSCRIBE).
+    v31 = (connect(b"MQIsdp", 3, 0x03, fields=("legacy",))
+           + packet(0x6A, struct.pack(">H", 3))
+           + packet(0x8A, struct.pack(">H", 4) + field("a/b") + bytes([1]))
+           + packet(0xAA, struct.pack(">H", 5) + field("a/b")))
+    write("decode", "seed-mqtt31-dup-flags", decode_seed(256, 5, 0x81, v31))
 
 
 # ------------------------------------------------------------- session operations
