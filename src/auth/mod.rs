@@ -1,6 +1,7 @@
 //! The authentication and authorisation seam: one hook on CONNECT, PUBLISH and
 //! SUBSCRIBE. The default allows everything; a deployment plugs in its own.
 
+pub mod acl;
 pub mod password;
 
 use crate::protocol::{Connect, ConnectReturnCode};
