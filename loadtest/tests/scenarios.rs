@@ -191,6 +191,11 @@ fn all_scenarios(broker: SocketAddr, pid: Option<u32>, name: &str, drops: DropsO
 
     let mut o = with_pid(opts(Scenario::Fanout, broker, 20, 1));
     o.publishers = Some(2);
+    // The window bounds the deliveries in flight across all subscribers, so one
+    // subscriber far behind the rest could hold all of them. At 1000 (the default
+    // would be 2000), even that stays inside a session's bound of
+    // max_queued_messages + max_inflight = 1064, so no drop is possible.
+    o.pacing = Some(Pacing::Window(1000));
     let r = run(&o).expect("fanout runs");
     check_active(&r, &format!("{name} fanout"), drops);
     assert_eq!((r.publishers, r.subscribers, r.fanout), (2, 20, 20));
