@@ -5,7 +5,7 @@
 
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// Errors reading or checking a configuration.
@@ -70,6 +70,15 @@ pub struct Config {
     pub max_subscriptions_per_client: usize,
     /// Longest client identifier, in bytes; a longer one gets CONNACK 0x02.
     pub max_client_id_length: usize,
+    /// Mosquitto password file (`user:$7$…` lines, see `shardmq passwd`). A client
+    /// giving a username must give its password; a bad pair gets CONNACK 0x04.
+    pub password_file: Option<PathBuf>,
+    /// Mosquitto ACL file (`topic`, `user`, `pattern` lines). Without one, every
+    /// client may publish and subscribe to everything.
+    pub acl_file: Option<PathBuf>,
+    /// Whether clients without a username are accepted (refused with CONNACK 0x05).
+    /// Unset: true without a password file, false with one.
+    pub allow_anonymous: Option<bool>,
 }
 
 impl Default for Config {
@@ -91,6 +100,9 @@ impl Default for Config {
             max_topic_length: 4096,
             max_subscriptions_per_client: 1000,
             max_client_id_length: 1024,
+            password_file: None,
+            acl_file: None,
+            allow_anonymous: None,
         }
     }
 }
@@ -137,6 +149,17 @@ impl Config {
             max_client_id_length: self.max_client_id_length,
             mqtt31,
         }
+    }
+
+    /// Whether clients without a username are accepted, once the default is applied.
+    pub fn anonymous_allowed(&self) -> bool {
+        self.allow_anonymous.unwrap_or(self.password_file.is_none())
+    }
+
+    /// Whether any security file or setting is configured (else everyone may do
+    /// everything, at no cost per message).
+    pub fn has_security(&self) -> bool {
+        self.password_file.is_some() || self.acl_file.is_some() || self.allow_anonymous.is_some()
     }
 
     /// Number of shards to start: `shards`, or the CPUs this process may use.

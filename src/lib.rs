@@ -41,7 +41,7 @@ pub mod bench_support {
     pub use crate::shard::Backpressure;
 }
 
-pub use auth::{AllowAll, Authenticator};
+pub use auth::{AllowAll, AuthError, Authenticator, FileAuth, Rights};
 pub use config::{Config, ConfigError};
 pub use shard::home_shard;
 pub use shard::stats::{BrokerStats, ShardStats};
@@ -106,6 +106,8 @@ pub enum StartError {
     },
     #[error("cannot start shard {shard}: {why}")]
     Shard { shard: usize, why: String },
+    #[error(transparent)]
+    Auth(#[from] AuthError),
 }
 
 /// State every shard may read: the configuration, the auth hook, and the one
@@ -141,20 +143,11 @@ impl Drop for ConnectionSlot {
 }
 
 /// Builds a [`Broker`]: start from defaults or a [`Config`], adjust, `start()`.
+#[derive(Default)]
 pub struct BrokerBuilder {
     config: Config,
     listeners_set: bool,
-    auth: Arc<dyn Authenticator>,
-}
-
-impl Default for BrokerBuilder {
-    fn default() -> Self {
-        BrokerBuilder {
-            config: Config::default(),
-            listeners_set: false,
-            auth: Arc::new(AllowAll),
-        }
-    }
+    auth: Option<Arc<dyn Authenticator>>,
 }
 
 impl BrokerBuilder {
@@ -182,9 +175,10 @@ impl BrokerBuilder {
         self
     }
 
-    /// Plugs in authentication and authorisation.
+    /// Plugs in authentication and authorisation, in place of the configuration's
+    /// password and ACL files.
     pub fn authenticator(mut self, auth: Arc<dyn Authenticator>) -> Self {
-        self.auth = auth;
+        self.auth = Some(auth);
         self
     }
 
@@ -195,7 +189,10 @@ impl BrokerBuilder {
     }
 
     pub fn start(self) -> Result<Broker, StartError> {
-        Broker::start_with(self.config, self.auth)
+        match self.auth {
+            Some(auth) => Broker::start_with(self.config, auth, false),
+            None => Broker::start(self.config),
+        }
     }
 }
 
@@ -204,6 +201,9 @@ pub struct Broker {
     addrs: Vec<SocketAddr>,
     controls: Vec<crossbeam_channel::Sender<Control>>,
     handles: Vec<ExecutorJoinHandle<()>>,
+    config: Arc<Config>,
+    /// The security comes from the configuration's files (so `reload` re-reads them).
+    file_auth: bool,
 }
 
 impl Broker {
@@ -211,12 +211,26 @@ impl Broker {
         BrokerBuilder::default()
     }
 
-    /// Starts a broker with this configuration and no authentication.
+    /// Starts a broker with this configuration: its password and ACL files, if any,
+    /// decide who may connect and what each client may do.
     pub fn start(config: Config) -> Result<Broker, StartError> {
-        Broker::start_with(config, Arc::new(AllowAll))
+        config.validate()?;
+        if !config.has_security() {
+            return Broker::start_with(config, Arc::new(AllowAll), false);
+        }
+        let auth = FileAuth::load(
+            config.password_file.as_deref(),
+            config.acl_file.as_deref(),
+            config.allow_anonymous,
+        )?;
+        Broker::start_with(config, Arc::new(auth), true)
     }
 
-    fn start_with(config: Config, auth: Arc<dyn Authenticator>) -> Result<Broker, StartError> {
+    fn start_with(
+        config: Config,
+        auth: Arc<dyn Authenticator>,
+        file_auth: bool,
+    ) -> Result<Broker, StartError> {
         config.validate()?;
         abort_on_shard_panic();
         let n = config.shard_count();
@@ -231,6 +245,8 @@ impl Broker {
             addrs: Vec::new(),
             controls: Vec::new(),
             handles: Vec::new(),
+            config: shared.config.clone(),
+            file_auth,
         };
         for i in 0..n {
             let (control_tx, control_rx) = crossbeam_channel::unbounded();
@@ -305,6 +321,11 @@ impl Broker {
         &self.addrs
     }
 
+    /// The configuration the broker runs with.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
     /// Number of shards running.
     pub fn shards(&self) -> usize {
         self.handles.len()
@@ -322,6 +343,42 @@ impl Broker {
             }
         }
         BrokerStats { shards }
+    }
+
+    /// Reads the password and ACL files again (SIGHUP). On success every shard
+    /// switches to them: new connections are checked against the new passwords, and
+    /// every session, connected or not, gets its rights from the new ACL. On failure
+    /// (unreadable file, bad line) nothing changes. A broker started without files,
+    /// or with an embedder's authenticator, has nothing to reload.
+    pub fn reload(&self) -> Result<bool, AuthError> {
+        if !self.file_auth {
+            return Ok(false);
+        }
+        let c = &self.config;
+        let auth = FileAuth::load(
+            c.password_file.as_deref(),
+            c.acl_file.as_deref(),
+            c.allow_anonymous,
+        )?;
+        self.set_authenticator(Arc::new(auth));
+        Ok(true)
+    }
+
+    /// Switches every shard to `auth` (as [`Broker::reload`] does with the files);
+    /// returns once every shard has.
+    pub fn set_authenticator(&self, auth: Arc<dyn Authenticator>) {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let mut sent = 0;
+        for c in &self.controls {
+            if c.send(Control::Auth(auth.clone(), tx.clone())).is_ok() {
+                sent += 1;
+            }
+        }
+        for _ in 0..sent {
+            if rx.recv_timeout(Duration::from_secs(5)).is_err() {
+                break;
+            }
+        }
     }
 
     /// Closes every connection and stops every shard; returns when all have exited.

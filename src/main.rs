@@ -1,6 +1,8 @@
 //! The `shardmq` command: flags and config file → `Config` → `Broker` → signals.
 
-use clap::Parser;
+mod passwd;
+
+use clap::{Parser, Subcommand};
 use shardmq::{Broker, Config};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
@@ -12,7 +14,10 @@ use std::process::ExitCode;
 /// config file; the key names are given in brackets.
 #[derive(Debug, Parser)]
 #[command(name = "shardmq", version, about)]
+#[command(args_conflicts_with_subcommands = true)]
 struct Args {
+    #[command(subcommand)]
+    command: Option<Command>,
     /// TOML configuration file.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
@@ -66,6 +71,23 @@ struct Args {
     /// Longest client identifier, in bytes [max_client_id_length].
     #[arg(long, value_name = "BYTES")]
     max_client_id_length: Option<usize>,
+    /// Mosquitto password file; clients giving a username must give its password
+    /// [password_file].
+    #[arg(long, value_name = "FILE")]
+    password_file: Option<PathBuf>,
+    /// Mosquitto ACL file [acl_file].
+    #[arg(long, value_name = "FILE")]
+    acl_file: Option<PathBuf>,
+    /// Accept clients without a username; default true without a password file,
+    /// false with one [allow_anonymous].
+    #[arg(long, value_name = "true|false")]
+    allow_anonymous: Option<bool>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Create, update or delete users in a Mosquitto-format password file.
+    Passwd(passwd::PasswdArgs),
 }
 
 impl Args {
@@ -97,6 +119,15 @@ impl Args {
             max_subscriptions_per_client,
             max_client_id_length
         );
+        if let Some(p) = self.password_file {
+            c.password_file = Some(p);
+        }
+        if let Some(p) = self.acl_file {
+            c.acl_file = Some(p);
+        }
+        if let Some(a) = self.allow_anonymous {
+            c.allow_anonymous = Some(a);
+        }
         c.validate()?;
         Ok(c)
     }
@@ -109,7 +140,11 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .init();
-    let config = match Args::parse().into_config() {
+    let args = Args::parse();
+    if let Some(Command::Passwd(p)) = args.command {
+        return passwd::run(p);
+    }
+    let config = match args.into_config() {
         Ok(c) => c,
         Err(e) => {
             tracing::error!("{e}");
@@ -132,6 +167,14 @@ fn main() -> ExitCode {
         }
     };
     let listeners: Vec<String> = broker.local_addrs().iter().map(|a| a.to_string()).collect();
+    if broker.config().anonymous_allowed()
+        && broker.local_addrs().iter().any(|a| !a.ip().is_loopback())
+    {
+        tracing::warn!(
+            "anonymous clients are accepted on a non-loopback address: anyone who reaches \
+             it may publish and subscribe (set a password file, or allow_anonymous = false)"
+        );
+    }
     tracing::info!(
         listeners = %listeners.join(","),
         shards = broker.shards(),
@@ -140,9 +183,13 @@ fn main() -> ExitCode {
     );
     for signal in signals.forever() {
         match signal {
-            SIGHUP => tracing::warn!(
-                "SIGHUP received: this version reloads no settings at run time; restart to apply config changes"
-            ),
+            SIGHUP => match broker.reload() {
+                Ok(true) => tracing::info!("SIGHUP: password and ACL files reloaded"),
+                Ok(false) => tracing::info!("SIGHUP: no password or ACL file to reload"),
+                Err(e) => {
+                    tracing::error!("SIGHUP: reload refused, the previous files stay in force: {e}")
+                }
+            },
             _ => {
                 tracing::info!(signal, "shutting down");
                 break;

@@ -324,16 +324,29 @@ async fn handle_new(shard: Rc<RefCell<Shard>>, stream: TcpStream, slot: Option<C
         refuse(&stream, ConnectReturnCode::ServerUnavailable).await;
         return;
     };
-    let mut connect = connect;
-    let (home, code) = {
+    // An expensive password hash is verified on a blocking thread, so the shard's
+    // other connections never wait for it (DESIGN §9).
+    let auth = shard.borrow().authenticator().clone();
+    let (mut connect, code) = if auth.connect_is_slow(&connect) {
+        glommio::executor()
+            .spawn_blocking(move || {
+                let code = auth.connect(&connect, peer);
+                (connect, code)
+            })
+            .await
+    } else {
+        let code = auth.connect(&connect, peer);
+        (connect, code)
+    };
+    let home = {
         let mut s = shard.borrow_mut();
-        let code = s.authenticator().connect(&connect, peer);
         if connect.client_id.is_empty() {
             connect.client_id = s.generate_client_id();
         }
-        (home_shard(&connect.client_id, s.shards), code)
+        home_shard(&connect.client_id, s.shards)
     };
     if code != ConnectReturnCode::Accepted {
+        shard.borrow_mut().stats.connects_refused += 1;
         tracing::debug!(%peer, client = %connect.client_id, ?code, "CONNECT refused");
         refuse(&stream, code).await;
         return;
@@ -458,13 +471,17 @@ async fn serve(shard: Rc<RefCell<Shard>>, accepted: Box<Accepted>) {
         tracing::debug!(%peer, client = %connect.client_id, "connected");
         let mqtt31 = connect.protocol == Protocol::V31;
         let key = s.attach(*{ connect }, &conn, Instant::now());
-        conn.key.set(key);
+        if let Some(key) = key {
+            conn.key.set(key);
+        }
         (conn, key, mqtt31, rbuf, peer, slot)
     };
-    // Keep-alive [MQTT-3.1.2-24] is enforced by the shard's sweep (`Shard::sweep_keep_alive`),
-    // which closes the connection; no timer per connection.
-    let end = read_loop(&shard, &conn, key, rbuf, mqtt31).await;
-    {
+    // Refused at attach (a will it may not publish): the CONNACK still goes out.
+    if let Some(key) = key {
+        // Keep-alive [MQTT-3.1.2-24] is enforced by the shard's sweep
+        // (`Shard::sweep_keep_alive`), which closes the connection; no timer per
+        // connection.
+        let end = read_loop(&shard, &conn, key, rbuf, mqtt31).await;
         let mut s = shard.borrow_mut();
         if let End::Decode(e) = &end {
             if matches!(e, DecodeError::PacketTooLarge { .. }) {
@@ -476,6 +493,8 @@ async fn serve(shard: Rc<RefCell<Shard>>, accepted: Box<Accepted>) {
         s.route_pending();
         tracing::debug!(%peer, client = ?s.client_id_of(key, conn.id), reason = ?end, "connection closed");
         s.connection_lost(key, conn.id, matches!(end, End::Disconnect));
+    } else {
+        drop(rbuf);
     }
     conn.close();
     // Let what the connection still owes the client go out, for a while.

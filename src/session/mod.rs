@@ -447,6 +447,28 @@ impl Session {
         self.subscriptions.remove(filter)
     }
 
+    /// Drops what the session holds for its client on topics `keep` refuses: queued
+    /// messages, and in-flight ones not yet acknowledged at all (a QoS 2 flow past
+    /// PUBREC has already been delivered and completes). Used when a persistent
+    /// session resumes under rights that may differ from those it queued under.
+    /// Returns how many were dropped.
+    pub fn retain_messages(&mut self, mut keep: impl FnMut(&str) -> bool) -> usize {
+        let mut dropped = self.queue.retain_topics(&mut keep);
+        let refused: Vec<u16> = self
+            .inflight
+            .iter()
+            .filter_map(|(pkid, stage)| match stage {
+                Stage::Published(m) if !keep(&m.topic) => Some(pkid),
+                _ => None,
+            })
+            .collect();
+        for pkid in refused {
+            self.inflight.remove(pkid);
+            dropped += 1;
+        }
+        dropped
+    }
+
     /// Drops queued retained copies of messages on `topic`: a newer retained message
     /// (or its deletion) has replaced them while they waited.
     pub fn remove_queued_retained(&mut self, topic: &str) {

@@ -78,6 +78,14 @@ impl Queue {
             f.remove_retained(topic);
         }
     }
+
+    /// Drops every queued message whose topic fails `keep`; returns how many.
+    pub(crate) fn retain_topics(&mut self, keep: &mut dyn FnMut(&str) -> bool) -> usize {
+        match self.0.as_deref_mut() {
+            Some(f) => f.retain_topics(keep),
+            None => 0,
+        }
+    }
 }
 
 /// The queue itself, behind [`Queue`]'s pointer.
@@ -189,6 +197,29 @@ impl Fifo {
             self.high.front()?
         };
         Some(cost(&e.msg))
+    }
+
+    fn retain_topics(&mut self, keep: &mut dyn FnMut(&str) -> bool) -> usize {
+        let (mut removed, mut removed_low, mut count) = (0, 0, 0);
+        self.high.retain(|e| {
+            let k = keep(&e.msg.topic);
+            if !k {
+                removed += cost(&e.msg);
+                count += 1;
+            }
+            k
+        });
+        self.low.retain(|e| {
+            let k = keep(&e.msg.topic);
+            if !k {
+                removed_low += cost(&e.msg);
+                count += 1;
+            }
+            k
+        });
+        self.bytes -= removed + removed_low;
+        self.low_bytes -= removed_low;
+        count
     }
 
     fn remove_retained(&mut self, topic: &str) {

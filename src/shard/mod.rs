@@ -17,6 +17,7 @@
 
 pub mod mesh;
 pub mod retained;
+mod rights;
 pub(crate) mod runtime;
 pub mod stats;
 
@@ -36,6 +37,7 @@ use ahash::AHashMap;
 use bytestring::ByteString;
 use mesh::{Handoff, MeshMsg, Outbox};
 use retained::{LocalUpdate, Retained};
+use rights::{may_read, may_write, ClientAuth};
 use slab::Slab;
 use stats::ShardStats;
 use std::cell::Cell;
@@ -89,6 +91,8 @@ struct SessionEntry {
     /// (behind the retained messages taken when the filters were inserted) until
     /// SUBACK has been written, so nothing arrives twice or out of order.
     held: bool,
+    /// The client's username and rights, when it has either.
+    auth: Option<Box<ClientAuth>>,
 }
 
 /// Waits of one SUBSCRIBE for other shards to confirm new interest.
@@ -310,7 +314,26 @@ impl Shard {
     /// A CONNECT accepted for a client id homed here: takes over an existing
     /// connection, resumes or discards the old session, writes CONNACK and whatever
     /// the session must resend. Returns the session's key.
-    pub fn attach(&mut self, connect: Connect, conn: &Rc<Conn>, now: Instant) -> usize {
+    pub fn attach(&mut self, connect: Connect, conn: &Rc<Conn>, now: Instant) -> Option<usize> {
+        let mut auth = ClientAuth::new(
+            self.auth.as_ref(),
+            &connect.client_id,
+            connect.username.clone(),
+        );
+        if let Some(will) = &connect.will {
+            if !may_write(&auth, &will.topic) {
+                // A will the client could not publish itself: refused, as Mosquitto
+                // refuses it, before anything of an existing session is touched.
+                self.stats.publishes_refused += 1;
+                tracing::debug!(client = %connect.client_id, topic = %will.topic, "will topic not authorised");
+                conn.write_packet(&Packet::ConnAck(ConnAck {
+                    session_present: false,
+                    code: ConnectReturnCode::NotAuthorized,
+                }));
+                conn.close();
+                return None;
+            }
+        }
         let mut wills = Vec::new();
         let mut resumed = None;
         if let Some(&key) = self.by_client.get(&connect.client_id) {
@@ -341,6 +364,7 @@ impl Shard {
                 match_seq: 0,
                 match_slot: 0,
                 held: false,
+                auth: None,
             });
             self.by_client.insert(connect.client_id.clone(), key);
             key
@@ -354,6 +378,18 @@ impl Shard {
         let entry = &mut self.sessions[key];
         entry.conn = Some(conn.clone());
         entry.held = false;
+        if let Some(a) = auth.as_mut() {
+            // A resumed session's subscriptions, and what it kept for its client,
+            // answer to the rights of whoever connected now.
+            a.admit_existing(entry.session.subscriptions().map(|(f, _)| f));
+            if let Some(rights) = &a.rights {
+                self.stats.deliveries_refused += entry
+                    .session
+                    .retain_messages(|topic| rights.can_read(topic))
+                    as u64;
+            }
+        }
+        entry.auth = auth;
         entry
             .session
             .connect(connect.keep_alive, connect.will, now, &mut self.out);
@@ -362,7 +398,21 @@ impl Shard {
             self.stats.wills_published += 1;
             self.publish_from_client(will);
         }
-        key
+        Some(key)
+    }
+
+    /// New rights for every session, from a reloaded authenticator; connected
+    /// clients answer to them from their next packet and delivery on.
+    pub fn set_authenticator(&mut self, auth: Arc<dyn Authenticator>) {
+        self.auth = auth;
+        for (_, e) in self.sessions.iter_mut() {
+            let username = e.auth.take().and_then(|a| a.username);
+            let mut a = ClientAuth::new(self.auth.as_ref(), e.session.client_id(), username);
+            if let Some(a) = a.as_mut() {
+                a.admit_existing(e.session.subscriptions().map(|(f, _)| f));
+            }
+            e.auth = a;
+        }
     }
 
     /// The connection of session `key` ended (socket closed, error, timeout, or
@@ -454,10 +504,7 @@ impl Shard {
                 if !self.out.publishes.is_empty() {
                     let mut publishes = std::mem::take(&mut self.out.publishes);
                     for msg in publishes.drain(..) {
-                        if self
-                            .auth
-                            .publish(self.sessions[key].session.client_id(), &msg.topic)
-                        {
+                        if may_write(&self.sessions[key].auth, &msg.topic) {
                             self.routing.push(msg);
                         } else {
                             self.stats.publishes_refused += 1;
@@ -488,7 +535,8 @@ impl Shard {
         let mut new_filters = Vec::new();
         let mut waits = Vec::new();
         for f in &sub.filters {
-            let session = &self.sessions[key].session;
+            let entry = &mut self.sessions[key];
+            let session = &entry.session;
             let acceptable = topic::valid_topic_filter(&f.filter)
                 && topic::within_limits(
                     &f.filter,
@@ -497,7 +545,12 @@ impl Shard {
                 )
                 && (session.subscription_count() < self.cfg.max_subscriptions_per_client
                     || session.subscription(&f.filter).is_some());
-            if !acceptable || !self.auth.subscribe(session.client_id(), &f.filter) {
+            if !acceptable
+                || !entry
+                    .auth
+                    .as_mut()
+                    .is_none_or(|a| a.admit_filter(&f.filter))
+            {
                 self.stats.subscriptions_refused += 1;
                 codes.push(SubAckCode::Failure);
                 continue;
@@ -785,6 +838,10 @@ impl Shard {
             let Some(e) = sessions.get_mut(k as usize) else {
                 continue;
             };
+            if !may_read(&e.auth, &msg.topic) {
+                stats.deliveries_refused += run.len() as u64;
+                continue;
+            }
             if msg.qos.min(qos) == QoS::AtMostOnce && e.session.sends_qos0_at_once() {
                 if let Some(conn) = &e.conn {
                     // The run's encodings lie next to each other: one range.
@@ -932,6 +989,10 @@ impl Shard {
             if msg.payload.is_empty() {
                 continue;
             }
+            if !may_read(&entry.auth, &msg.topic) {
+                self.stats.deliveries_refused += 1;
+                continue;
+            }
             let d = entry.session.deliver(&retained, qos, &mut self.out);
             count_delivery(&mut self.stats, d, &mut entry.session);
             write_out(entry, &mut self.out, high_water);
@@ -1014,6 +1075,10 @@ fn deliver_retained(
     for (f, code) in sub.filters.iter().zip(codes) {
         if let SubAckCode::Granted(qos) = *code {
             retained.for_each_match(&f.filter, |m| {
+                if !may_read(&entry.auth, &m.topic) {
+                    stats.deliveries_refused += 1;
+                    return;
+                }
                 let d = entry.session.deliver(m, qos, out);
                 count_delivery(stats, d, &mut entry.session);
             });

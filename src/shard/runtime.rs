@@ -28,6 +28,12 @@ pub enum Control {
     Stats(crossbeam_channel::Sender<ShardStats>),
     /// Close every connection and stop.
     Shutdown,
+    /// Reloaded security: every session gets its rights from this from now on;
+    /// replies once applied.
+    Auth(
+        Arc<dyn crate::auth::Authenticator>,
+        crossbeam_channel::Sender<()>,
+    ),
 }
 
 /// Result of binding a shard's listeners, reported to the main thread.
@@ -129,6 +135,10 @@ pub async fn run(init: ShardInit) {
                 Control::Go => {}
                 Control::Stats(reply) => {
                     let _ = reply.send(shard.borrow().snapshot());
+                }
+                Control::Auth(auth, done) => {
+                    shard.borrow_mut().set_authenticator(auth);
+                    let _ = done.send(());
                 }
                 Control::Shutdown => {
                     shard.borrow_mut().close_all();

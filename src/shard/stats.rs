@@ -24,7 +24,10 @@ pub struct ShardStats {
     pub handoffs_out: u64,
     pub handoffs_in: u64,
     pub publishes_received: u64,
+    /// Publishes the client's rights refused (acknowledged, not routed), wills included.
     pub publishes_refused: u64,
+    /// Deliveries the subscriber's rights refused (topics it may not read).
+    pub deliveries_refused: u64,
     pub forwarded: u64,
     pub forwarded_in: u64,
     pub delivered: u64,
@@ -42,6 +45,8 @@ pub struct ShardStats {
     pub keepalive_timeouts: u64,
     pub oversized_packets: u64,
     pub refused_max_connections: u64,
+    /// CONNECTs the authenticator refused (bad credentials, anonymous not allowed).
+    pub connects_refused: u64,
 }
 
 /// Every shard's stats, in shard order.
@@ -73,6 +78,7 @@ impl BrokerStats {
                 handoffs_in,
                 publishes_received,
                 publishes_refused,
+                deliveries_refused,
                 forwarded,
                 forwarded_in,
                 delivered,
@@ -87,7 +93,8 @@ impl BrokerStats {
                 connect_timeouts,
                 keepalive_timeouts,
                 oversized_packets,
-                refused_max_connections
+                refused_max_connections,
+                connects_refused
             );
             // Every shard holds a full replica of the retained store.
             t.retained = t.retained.max(s.retained);
