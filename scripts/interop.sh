@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs shardmq against clients nobody here wrote: Debian's mosquitto clients
-# (quickstart.sh), Eclipse paho-mqtt for Python and MQTT.js for Node. Installs what is
+# (quickstart.sh, and secured_check.sh: passwords and ACLs with -u/-P), Eclipse
+# paho-mqtt for Python and MQTT.js for Node. Installs what is
 # missing into a scratch folder, starts a 2-shard release broker on a free port, runs
 # every check, stops the broker. Usage: scripts/interop.sh
 set -euo pipefail
@@ -19,4 +20,6 @@ status=0
 bash scripts/quickstart.sh 127.0.0.1 "$port" || status=1
 PYTHONPATH="$work/py" python3 scripts/interop/paho_check.py 127.0.0.1 "$port" || status=1
 NODE_PATH="$work/node_modules" node scripts/interop/mqttjs_check.js 127.0.0.1 "$port" || status=1
+port2=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+bash scripts/interop/secured_check.sh ./target/release/shardmq "$port2" "$work/secured" || status=1
 exit $status

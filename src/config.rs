@@ -246,6 +246,12 @@ mod tests {
     }
 
     #[test]
+    fn the_example_file_lists_the_defaults() {
+        let c = Config::from_toml(include_str!("../shardmq.example.toml")).unwrap();
+        assert_eq!(c, Config::default());
+    }
+
+    #[test]
     fn unknown_key_is_an_error() {
         assert!(Config::from_toml("max_inflite = 3").is_err());
     }
