@@ -25,12 +25,131 @@ pub enum ConfigError {
     Invalid { key: &'static str, why: String },
 }
 
+/// How a listener carries MQTT.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    /// MQTT over TCP.
+    #[default]
+    Tcp,
+    /// MQTT over TLS (1.2 and 1.3).
+    Tls,
+    /// MQTT over WebSocket (RFC 6455, subprotocol `mqtt`).
+    Ws,
+    /// MQTT over WebSocket over TLS.
+    Wss,
+}
+
+impl Transport {
+    pub fn uses_tls(self) -> bool {
+        matches!(self, Transport::Tls | Transport::Wss)
+    }
+
+    pub fn uses_websocket(self) -> bool {
+        matches!(self, Transport::Ws | Transport::Wss)
+    }
+}
+
+/// A `[[listener]]` table. Keys left out take the top-level key of the same name.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerConfig {
+    pub address: SocketAddr,
+    #[serde(default)]
+    pub transport: Transport,
+    /// WebSocket path (default `/mqtt`).
+    pub path: Option<String>,
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    pub client_ca: Option<PathBuf>,
+    pub require_client_cert: Option<bool>,
+    pub use_identity_as_username: Option<bool>,
+    pub password_file: Option<PathBuf>,
+    pub acl_file: Option<PathBuf>,
+    pub allow_anonymous: Option<bool>,
+}
+
+impl ListenerConfig {
+    /// A listener on `address` with every other key taken from the top level.
+    pub fn new(address: SocketAddr, transport: Transport) -> ListenerConfig {
+        ListenerConfig {
+            address,
+            transport,
+            path: None,
+            cert: None,
+            key: None,
+            client_ca: None,
+            require_client_cert: None,
+            use_identity_as_username: None,
+            password_file: None,
+            acl_file: None,
+            allow_anonymous: None,
+        }
+    }
+}
+
+/// A listener's TLS settings, resolved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsSettings {
+    /// PEM: the certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// PEM: the private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+    /// PEM: the CAs client certificates are verified against.
+    pub client_ca: Option<PathBuf>,
+    pub require_client_cert: bool,
+    /// The client certificate's common name becomes the username; no password.
+    pub use_identity_as_username: bool,
+}
+
+/// Who may connect through a listener and what they may do: the files, resolved.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
+pub struct Security {
+    pub password_file: Option<PathBuf>,
+    pub acl_file: Option<PathBuf>,
+    pub allow_anonymous: Option<bool>,
+}
+
+impl Security {
+    /// Whether anything is to be checked (else everyone may do everything).
+    pub fn is_set(&self) -> bool {
+        self.password_file.is_some() || self.acl_file.is_some() || self.allow_anonymous.is_some()
+    }
+
+    /// Whether clients without a username are accepted, the default applied.
+    pub fn anonymous_allowed(&self) -> bool {
+        self.allow_anonymous.unwrap_or(self.password_file.is_none())
+    }
+}
+
+/// One listener, every setting resolved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenerSpec {
+    pub address: SocketAddr,
+    pub transport: Transport,
+    pub path: String,
+    pub tls: Option<TlsSettings>,
+    pub security: Security,
+}
+
 /// The whole configuration of one broker. Field names are the TOML keys.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
-    /// TCP addresses to accept MQTT connections on; every shard binds each one.
+    /// TCP addresses to accept plain MQTT connections on; every shard binds each one.
     pub listeners: Vec<SocketAddr>,
+    /// Listeners of any transport, each with its own settings (`[[listener]]`).
+    pub listener: Vec<ListenerConfig>,
+    /// Default certificate chain (PEM) of TLS listeners.
+    pub cert: Option<PathBuf>,
+    /// Default private key (PEM) of TLS listeners.
+    pub key: Option<PathBuf>,
+    /// Default CA file (PEM) client certificates are verified against.
+    pub client_ca: Option<PathBuf>,
+    /// Default: a TLS client must present a certificate signed by `client_ca`.
+    pub require_client_cert: bool,
+    /// Default: a TLS client certificate's common name is its username.
+    pub use_identity_as_username: bool,
     /// Number of shards (one executor thread each). 0: one per CPU the process may use.
     pub shards: usize,
     /// Largest packet accepted from a client, in bytes (fixed header included).
@@ -85,6 +204,12 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             listeners: vec![SocketAddr::from(([0, 0, 0, 0], 1883))],
+            listener: Vec::new(),
+            cert: None,
+            key: None,
+            client_ca: None,
+            require_client_cert: false,
+            use_identity_as_username: false,
             shards: 0,
             max_packet_size: 1024 * 1024,
             max_inflight: 64,
@@ -127,12 +252,75 @@ impl Config {
         })
     }
 
-    /// Parses TOML text (see [`Config`] for the keys).
+    /// Parses TOML text (see [`Config`] for the keys). A file with `[[listener]]`
+    /// tables and no `listeners` key listens only where its tables say.
     pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
-        toml::from_str(text).map_err(|source| ConfigError::Parse {
+        let parse_error = |source| ConfigError::Parse {
             path: "<text>".into(),
             source: Box::new(source),
-        })
+        };
+        let table: toml::Table = toml::from_str(text).map_err(parse_error)?;
+        let explicit_listeners = table.contains_key("listeners");
+        let mut c: Config = toml::from_str(text).map_err(parse_error)?;
+        if !explicit_listeners && !c.listener.is_empty() {
+            c.listeners.clear();
+        }
+        Ok(c)
+    }
+
+    /// Every listener, plain `listeners` first, then the `[[listener]]` tables, with
+    /// the top-level keys filled in.
+    pub fn listener_specs(&self) -> Vec<ListenerSpec> {
+        let top_security = Security {
+            password_file: self.password_file.clone(),
+            acl_file: self.acl_file.clone(),
+            allow_anonymous: self.allow_anonymous,
+        };
+        let mut specs: Vec<ListenerSpec> = self
+            .listeners
+            .iter()
+            .map(|&address| ListenerSpec {
+                address,
+                transport: Transport::Tcp,
+                path: "/mqtt".into(),
+                tls: None,
+                security: top_security.clone(),
+            })
+            .collect();
+        for l in &self.listener {
+            let tls = l.transport.uses_tls().then(|| TlsSettings {
+                cert: l
+                    .cert
+                    .clone()
+                    .or_else(|| self.cert.clone())
+                    .unwrap_or_default(),
+                key: l
+                    .key
+                    .clone()
+                    .or_else(|| self.key.clone())
+                    .unwrap_or_default(),
+                client_ca: l.client_ca.clone().or_else(|| self.client_ca.clone()),
+                require_client_cert: l.require_client_cert.unwrap_or(self.require_client_cert),
+                use_identity_as_username: l
+                    .use_identity_as_username
+                    .unwrap_or(self.use_identity_as_username),
+            });
+            specs.push(ListenerSpec {
+                address: l.address,
+                transport: l.transport,
+                path: l.path.clone().unwrap_or_else(|| "/mqtt".into()),
+                tls,
+                security: Security {
+                    password_file: l
+                        .password_file
+                        .clone()
+                        .or_else(|| self.password_file.clone()),
+                    acl_file: l.acl_file.clone().or_else(|| self.acl_file.clone()),
+                    allow_anonymous: l.allow_anonymous.or(self.allow_anonymous),
+                },
+            });
+        }
+        specs
     }
 
     /// The connect timeout as a `Duration`.
@@ -149,17 +337,6 @@ impl Config {
             max_client_id_length: self.max_client_id_length,
             mqtt31,
         }
-    }
-
-    /// Whether clients without a username are accepted, once the default is applied.
-    pub fn anonymous_allowed(&self) -> bool {
-        self.allow_anonymous.unwrap_or(self.password_file.is_none())
-    }
-
-    /// Whether any security file or setting is configured (else everyone may do
-    /// everything, at no cost per message).
-    pub fn has_security(&self) -> bool {
-        self.password_file.is_some() || self.acl_file.is_some() || self.allow_anonymous.is_some()
     }
 
     /// Number of shards to start: `shards`, or the CPUs this process may use.
@@ -181,8 +358,36 @@ impl Config {
                 why: why.into(),
             })
         }
-        if self.listeners.is_empty() {
+        if self.listeners.is_empty() && self.listener.is_empty() {
             return invalid("listeners", "at least one listener is required");
+        }
+        for spec in self.listener_specs() {
+            if spec.transport.uses_websocket() && !spec.path.starts_with('/') {
+                return invalid(
+                    "listener.path",
+                    format!("{:?} must start with '/'", spec.path),
+                );
+            }
+            if let Some(tls) = &spec.tls {
+                if tls.cert.as_os_str().is_empty() || tls.key.as_os_str().is_empty() {
+                    return invalid(
+                        "cert",
+                        format!("the TLS listener on {} needs cert and key", spec.address),
+                    );
+                }
+                if tls.require_client_cert && tls.client_ca.is_none() {
+                    return invalid(
+                        "client_ca",
+                        format!("{}: require_client_cert needs client_ca", spec.address),
+                    );
+                }
+                if tls.use_identity_as_username && !tls.require_client_cert {
+                    return invalid(
+                        "use_identity_as_username",
+                        format!("{}: needs require_client_cert", spec.address),
+                    );
+                }
+            }
         }
         if self.shards > 1024 {
             return invalid("shards", "at most 1024 shards");
@@ -249,6 +454,89 @@ mod tests {
     fn the_example_file_lists_the_defaults() {
         let c = Config::from_toml(include_str!("../shardmq.example.toml")).unwrap();
         assert_eq!(c, Config::default());
+    }
+
+    #[test]
+    fn listener_tables_take_top_level_defaults_and_replace_the_default_listener() {
+        let c = Config::from_toml(
+            r#"
+cert = "/etc/c.pem"
+key = "/etc/k.pem"
+password_file = "/etc/pw"
+
+[[listener]]
+address = "0.0.0.0:8883"
+transport = "tls"
+allow_anonymous = true
+
+[[listener]]
+address = "127.0.0.1:8080"
+transport = "ws"
+path = "/ws"
+password_file = "/etc/pw2"
+"#,
+        )
+        .unwrap();
+        c.validate().unwrap();
+        assert!(
+            c.listeners.is_empty(),
+            "no default 1883 when tables are given"
+        );
+        let specs = c.listener_specs();
+        assert_eq!(specs.len(), 2);
+        let tls = specs[0].tls.as_ref().unwrap();
+        assert_eq!(tls.cert, PathBuf::from("/etc/c.pem"));
+        assert!(!tls.require_client_cert);
+        assert_eq!(
+            specs[0].security.password_file,
+            Some(PathBuf::from("/etc/pw"))
+        );
+        assert!(specs[0].security.anonymous_allowed());
+        assert_eq!(
+            (specs[1].transport, specs[1].path.as_str()),
+            (Transport::Ws, "/ws")
+        );
+        assert!(specs[1].tls.is_none());
+        assert_eq!(
+            specs[1].security.password_file,
+            Some(PathBuf::from("/etc/pw2"))
+        );
+        assert!(!specs[1].security.anonymous_allowed());
+        // Both kinds together.
+        let c = Config::from_toml(
+            "listeners = [\"127.0.0.1:1883\"]\n[[listener]]\naddress = \"127.0.0.1:9001\"\ntransport = \"ws\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.listener_specs().len(), 2);
+    }
+
+    #[test]
+    fn tls_listeners_need_their_files() {
+        let mut c = Config::default();
+        c.listener.push(ListenerConfig::new(
+            "127.0.0.1:8883".parse().unwrap(),
+            Transport::Tls,
+        ));
+        assert!(matches!(
+            c.validate(),
+            Err(ConfigError::Invalid { key: "cert", .. })
+        ));
+        c.cert = Some("c".into());
+        c.key = Some("k".into());
+        c.validate().unwrap();
+        c.require_client_cert = true;
+        assert!(matches!(
+            c.validate(),
+            Err(ConfigError::Invalid {
+                key: "client_ca",
+                ..
+            })
+        ));
+        c.client_ca = Some("ca".into());
+        c.use_identity_as_username = true;
+        c.validate().unwrap();
+        c.require_client_cert = false;
+        assert!(c.validate().is_err());
     }
 
     #[test]

@@ -108,15 +108,52 @@ pub enum StartError {
     Shard { shard: usize, why: String },
     #[error(transparent)]
     Auth(#[from] AuthError),
+    #[error(transparent)]
+    Tls(#[from] net::tls::TlsError),
 }
 
-/// State every shard may read: the configuration, the auth hook, and the one
-/// process-wide count (open connections, for `max_connections`; touched once per
-/// connection, never per message).
+/// State every shard may read: the configuration, the listeners as they started,
+/// and the one process-wide count (open connections, for `max_connections`; touched
+/// once per connection, never per message).
 pub(crate) struct Shared {
     pub config: Arc<Config>,
-    pub auth: Arc<dyn Authenticator>,
+    pub listeners: Arc<[net::Listener]>,
     connections: AtomicUsize,
+}
+
+/// Every listener's runtime state: its authenticator (the embedder's, or one per
+/// distinct set of security files, else [`AllowAll`]) and its TLS configuration.
+fn build_listeners(
+    config: &Config,
+    custom: Option<&Arc<dyn Authenticator>>,
+) -> Result<Arc<[net::Listener]>, StartError> {
+    let mut by_files: Vec<(config::Security, Arc<dyn Authenticator>)> = Vec::new();
+    let mut out = Vec::new();
+    for spec in config.listener_specs() {
+        let auth: Arc<dyn Authenticator> = match custom {
+            Some(a) => a.clone(),
+            None if !spec.security.is_set() => Arc::new(AllowAll),
+            None => match by_files.iter().find(|(s, _)| *s == spec.security) {
+                Some((_, a)) => a.clone(),
+                None => {
+                    let s = &spec.security;
+                    let a: Arc<dyn Authenticator> = Arc::new(FileAuth::load(
+                        s.password_file.as_deref(),
+                        s.acl_file.as_deref(),
+                        s.allow_anonymous,
+                    )?);
+                    by_files.push((spec.security.clone(), a.clone()));
+                    a
+                }
+            },
+        };
+        let tls = match &spec.tls {
+            Some(t) => Some(net::tls::server_config(t)?),
+            None => None,
+        };
+        out.push(net::Listener { spec, auth, tls });
+    }
+    Ok(out.into())
 }
 
 impl Shared {
@@ -189,10 +226,7 @@ impl BrokerBuilder {
     }
 
     pub fn start(self) -> Result<Broker, StartError> {
-        match self.auth {
-            Some(auth) => Broker::start_with(self.config, auth, false),
-            None => Broker::start(self.config),
-        }
+        Broker::start_with(self.config, self.auth)
     }
 }
 
@@ -202,8 +236,8 @@ pub struct Broker {
     controls: Vec<crossbeam_channel::Sender<Control>>,
     handles: Vec<ExecutorJoinHandle<()>>,
     config: Arc<Config>,
-    /// The security comes from the configuration's files (so `reload` re-reads them).
-    file_auth: bool,
+    /// The embedder's authenticator, used on every listener in place of files.
+    custom_auth: Option<Arc<dyn Authenticator>>,
 }
 
 impl Broker {
@@ -212,31 +246,22 @@ impl Broker {
     }
 
     /// Starts a broker with this configuration: its password and ACL files, if any,
-    /// decide who may connect and what each client may do.
+    /// decide who may connect through each listener and what each client may do.
     pub fn start(config: Config) -> Result<Broker, StartError> {
-        config.validate()?;
-        if !config.has_security() {
-            return Broker::start_with(config, Arc::new(AllowAll), false);
-        }
-        let auth = FileAuth::load(
-            config.password_file.as_deref(),
-            config.acl_file.as_deref(),
-            config.allow_anonymous,
-        )?;
-        Broker::start_with(config, Arc::new(auth), true)
+        Broker::start_with(config, None)
     }
 
     fn start_with(
         config: Config,
-        auth: Arc<dyn Authenticator>,
-        file_auth: bool,
+        custom_auth: Option<Arc<dyn Authenticator>>,
     ) -> Result<Broker, StartError> {
         config.validate()?;
+        let listeners = build_listeners(&config, custom_auth.as_ref())?;
         abort_on_shard_panic();
         let n = config.shard_count();
         let shared = Arc::new(Shared {
             config: Arc::new(config),
-            auth,
+            listeners,
             connections: AtomicUsize::new(0),
         });
         let mesh = (n > 1).then(|| MeshBuilder::full(n, shared.config.mesh_channel_capacity));
@@ -246,7 +271,7 @@ impl Broker {
             controls: Vec::new(),
             handles: Vec::new(),
             config: shared.config.clone(),
-            file_auth,
+            custom_auth,
         };
         for i in 0..n {
             let (control_tx, control_rx) = crossbeam_channel::unbounded();
@@ -254,7 +279,7 @@ impl Broker {
             // The first shard binds what was asked (port 0 included); the others bind
             // the addresses it got, so all share each port through SO_REUSEPORT.
             let listen = if i == 0 {
-                shared.config.listeners.clone()
+                shared.listeners.iter().map(|l| l.spec.address).collect()
             } else {
                 broker.addrs.clone()
             };
@@ -345,32 +370,32 @@ impl Broker {
         BrokerStats { shards }
     }
 
-    /// Reads the password and ACL files again (SIGHUP). On success every shard
-    /// switches to them: new connections are checked against the new passwords, and
-    /// every session, connected or not, gets its rights from the new ACL. On failure
-    /// (unreadable file, bad line) nothing changes. A broker started without files,
-    /// or with an embedder's authenticator, has nothing to reload.
-    pub fn reload(&self) -> Result<bool, AuthError> {
-        if !self.file_auth {
-            return Ok(false);
-        }
-        let c = &self.config;
-        let auth = FileAuth::load(
-            c.password_file.as_deref(),
-            c.acl_file.as_deref(),
-            c.allow_anonymous,
-        )?;
-        self.set_authenticator(Arc::new(auth));
-        Ok(true)
+    /// Reads the password files, ACL files, certificates and keys again (SIGHUP).
+    /// On success every shard switches to them, and this returns once all have: new
+    /// connections are checked against the new passwords and handshake with the new
+    /// certificates, existing connections stay, and every session, connected or not,
+    /// gets its rights from the new ACLs. On failure (an unreadable file, a bad line)
+    /// nothing changes. An embedder's authenticator is kept as it is.
+    pub fn reload(&self) -> Result<(), StartError> {
+        let listeners = build_listeners(&self.config, self.custom_auth.as_ref())?;
+        self.set_listeners(listeners);
+        Ok(())
     }
 
-    /// Switches every shard to `auth` (as [`Broker::reload`] does with the files);
-    /// returns once every shard has.
-    pub fn set_authenticator(&self, auth: Arc<dyn Authenticator>) {
+    /// Switches every listener to `auth` in place of the configuration's files.
+    pub fn set_authenticator(&self, auth: Arc<dyn Authenticator>) -> Result<(), StartError> {
+        let listeners = build_listeners(&self.config, Some(&auth))?;
+        self.set_listeners(listeners);
+        Ok(())
+    }
+
+    fn set_listeners(&self, listeners: Arc<[net::Listener]>) {
         let (tx, rx) = crossbeam_channel::unbounded();
         let mut sent = 0;
         for c in &self.controls {
-            if c.send(Control::Auth(auth.clone(), tx.clone())).is_ok() {
+            if c.send(Control::Reload(listeners.clone(), tx.clone()))
+                .is_ok()
+            {
                 sent += 1;
             }
         }

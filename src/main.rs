@@ -3,6 +3,7 @@
 mod passwd;
 
 use clap::{Parser, Subcommand};
+use shardmq::config::{ListenerConfig, Transport};
 use shardmq::{Broker, Config};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
@@ -21,10 +22,36 @@ struct Args {
     /// TOML configuration file.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
-    /// Address to accept MQTT connections on; repeat for several [listeners]
-    /// (default 0.0.0.0:1883).
+    /// Address to accept MQTT over TCP on; repeat for several [listeners]
+    /// (default 0.0.0.0:1883). Any --*listen flag replaces the file's listeners.
     #[arg(long = "listen", value_name = "ADDR")]
     listen: Vec<SocketAddr>,
+    /// Address to accept MQTT over TLS on (needs --cert and --key) [listener].
+    #[arg(long = "tls-listen", value_name = "ADDR")]
+    tls_listen: Vec<SocketAddr>,
+    /// Address to accept MQTT over WebSocket on, path /mqtt [listener].
+    #[arg(long = "ws-listen", value_name = "ADDR")]
+    ws_listen: Vec<SocketAddr>,
+    /// Address to accept MQTT over WebSocket over TLS on [listener].
+    #[arg(long = "wss-listen", value_name = "ADDR")]
+    wss_listen: Vec<SocketAddr>,
+    /// Certificate chain of the TLS listeners, PEM [cert].
+    #[arg(long, value_name = "FILE")]
+    cert: Option<PathBuf>,
+    /// Private key of the TLS listeners, PEM [key].
+    #[arg(long, value_name = "FILE")]
+    key: Option<PathBuf>,
+    /// CA certificates (PEM) client certificates are verified against [client_ca].
+    #[arg(long, value_name = "FILE")]
+    client_ca: Option<PathBuf>,
+    /// TLS clients must present a certificate signed by --client-ca
+    /// [require_client_cert].
+    #[arg(long)]
+    require_client_cert: bool,
+    /// A TLS client certificate's common name is the client's username
+    /// [use_identity_as_username].
+    #[arg(long)]
+    use_identity_as_username: bool,
     /// Number of shards; 0 = one per CPU available [shards].
     #[arg(long, value_name = "N")]
     shards: Option<usize>,
@@ -96,8 +123,37 @@ impl Args {
             Some(path) => Config::from_file(path)?,
             None => Config::default(),
         };
-        if !self.listen.is_empty() {
+        let flagged = !(self.listen.is_empty()
+            && self.tls_listen.is_empty()
+            && self.ws_listen.is_empty()
+            && self.wss_listen.is_empty());
+        if flagged {
             c.listeners = self.listen;
+            c.listener.clear();
+            for (addrs, transport) in [
+                (self.tls_listen, Transport::Tls),
+                (self.ws_listen, Transport::Ws),
+                (self.wss_listen, Transport::Wss),
+            ] {
+                for a in addrs {
+                    c.listener.push(ListenerConfig::new(a, transport));
+                }
+            }
+        }
+        if let Some(p) = self.cert {
+            c.cert = Some(p);
+        }
+        if let Some(p) = self.key {
+            c.key = Some(p);
+        }
+        if let Some(p) = self.client_ca {
+            c.client_ca = Some(p);
+        }
+        if self.require_client_cert {
+            c.require_client_cert = true;
+        }
+        if self.use_identity_as_username {
+            c.use_identity_as_username = true;
         }
         macro_rules! set {
             ($($f:ident),*) => { $( if let Some(v) = self.$f { c.$f = v; } )* };
@@ -167,13 +223,16 @@ fn main() -> ExitCode {
         }
     };
     let listeners: Vec<String> = broker.local_addrs().iter().map(|a| a.to_string()).collect();
-    if broker.config().anonymous_allowed()
-        && broker.local_addrs().iter().any(|a| !a.ip().is_loopback())
-    {
-        tracing::warn!(
-            "anonymous clients are accepted on a non-loopback address: anyone who reaches \
-             it may publish and subscribe (set a password file, or allow_anonymous = false)"
-        );
+    for spec in broker.config().listener_specs() {
+        let by_certificate = spec.tls.as_ref().is_some_and(|t| t.require_client_cert);
+        if spec.security.anonymous_allowed() && !by_certificate && !spec.address.ip().is_loopback()
+        {
+            tracing::warn!(
+                listener = %spec.address,
+                "anonymous clients are accepted on a non-loopback address: anyone who reaches \
+                 it may publish and subscribe (set a password file, or allow_anonymous = false)"
+            );
+        }
     }
     tracing::info!(
         listeners = %listeners.join(","),
@@ -184,8 +243,9 @@ fn main() -> ExitCode {
     for signal in signals.forever() {
         match signal {
             SIGHUP => match broker.reload() {
-                Ok(true) => tracing::info!("SIGHUP: password and ACL files reloaded"),
-                Ok(false) => tracing::info!("SIGHUP: no password or ACL file to reload"),
+                Ok(()) => {
+                    tracing::info!("SIGHUP: password, ACL, certificate and key files reloaded")
+                }
                 Err(e) => {
                     tracing::error!("SIGHUP: reload refused, the previous files stay in force: {e}")
                 }

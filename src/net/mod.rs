@@ -11,6 +11,8 @@
 //! until the socket takes more. An idle connection therefore costs one task (its
 //! reader) and no buffers.
 
+use crate::auth::Authenticator;
+use crate::config::{ListenerSpec, Transport};
 use crate::protocol::{
     decode_with, ConnAck, Connect, ConnectReturnCode, DecodeError, DecodeOptions, Packet, Protocol,
     Subscribe,
@@ -37,8 +39,11 @@ use std::time::{Duration, Instant};
 use futures_lite::{AsyncRead, AsyncWrite};
 
 mod output;
+pub mod tls;
+pub(crate) mod wire;
 pub use output::Encoded;
 use output::{Chunks, Output};
+use wire::{Peer, Wire, WireError};
 
 /// Bytes asked of the kernel per read.
 const READ_CHUNK: usize = 16 * 1024;
@@ -46,6 +51,39 @@ const READ_CHUNK: usize = 16 * 1024;
 const SMALL_READ: usize = 1024;
 /// How long a closing connection may take to flush what it still has to send.
 const WRITER_LINGER: Duration = Duration::from_secs(5);
+
+/// One listener at run time: what it was configured with, who may connect through
+/// it and what they may do, and its TLS configuration. Replaced whole on reload.
+pub struct Listener {
+    pub spec: ListenerSpec,
+    pub auth: Arc<dyn Authenticator>,
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+}
+
+impl Listener {
+    /// The transport state a new connection on this listener starts with.
+    fn new_wire(&self, max_packet_size: usize) -> Result<Option<Box<Wire>>, WireError> {
+        let tls = match &self.tls {
+            Some(cfg) => Some(rustls::ServerConnection::new(cfg.clone())?),
+            None => None,
+        };
+        Ok(match (self.spec.transport, tls) {
+            (Transport::Tcp, _) => None,
+            (Transport::Tls, Some(t)) => Some(Box::new(Wire::tls(t))),
+            (Transport::Ws, _) => Some(Box::new(Wire::ws(&self.spec.path, None, max_packet_size))),
+            (Transport::Wss, Some(t)) => Some(Box::new(Wire::ws(
+                &self.spec.path,
+                Some(t),
+                max_packet_size,
+            ))),
+            (Transport::Tls | Transport::Wss, None) => {
+                return Err(WireError::Ws(
+                    "TLS listener without a TLS configuration".into(),
+                ))
+            }
+        })
+    }
+}
 
 /// One shard's connections with output to send, its writer task's waker, and the
 /// encodings its deliveries share.
@@ -82,6 +120,8 @@ pub struct Conn {
     /// The session's key on the shard (for `Shard::resume_writes`).
     key: Cell<usize>,
     stream: RefCell<TcpStream>,
+    /// TLS and/or WebSocket between the socket and MQTT; `None` for plain TCP.
+    wire: RefCell<Option<Box<Wire>>>,
     out: RefCell<Output>,
     writes: Rc<Writes>,
     reader: Cell<Option<Waker>>,
@@ -100,12 +140,19 @@ pub struct Conn {
 }
 
 impl Conn {
-    fn new(id: u64, peer: SocketAddr, stream: TcpStream, writes: Rc<Writes>) -> Rc<Conn> {
+    fn new(
+        id: u64,
+        peer: SocketAddr,
+        stream: TcpStream,
+        wire: Option<Box<Wire>>,
+        writes: Rc<Writes>,
+    ) -> Rc<Conn> {
         Rc::new(Conn {
             id,
             peer,
             key: Cell::new(usize::MAX),
             stream: RefCell::new(stream),
+            wire: RefCell::new(wire),
             out: RefCell::new(Output::default()),
             writes,
             reader: Cell::new(None),
@@ -174,12 +221,38 @@ impl Conn {
 
     /// Bytes written by the shard and not yet handed to the kernel.
     pub fn pending(&self) -> usize {
-        self.out.borrow().len()
+        self.out.borrow().len() + self.wire.borrow().as_ref().map_or(0, |w| w.out.len())
+    }
+
+    /// Moves the MQTT output through the connection's TLS or WebSocket layer into
+    /// the bytes for its socket. Nothing to do for plain TCP.
+    fn encode_output(&self) -> io::Result<()> {
+        let mut wire = self.wire.borrow_mut();
+        let Some(w) = wire.as_mut() else {
+            return Ok(());
+        };
+        let mut out = self.out.borrow_mut();
+        if out.len() == 0 {
+            return Ok(());
+        }
+        out.take_all(|bytes| w.encode(bytes))
+            .map_err(|e| io::Error::other(e.to_string()))
+    }
+
+    /// Sends what the TLS or WebSocket layer holds for the socket, without waiting.
+    fn send_wire(&self, fd: std::os::fd::RawFd) -> io::Result<bool> {
+        match self.wire.borrow_mut().as_mut() {
+            Some(w) => output::send_bytes(fd, &mut w.out),
+            None => Ok(true),
+        }
     }
 
     /// Drops whatever is unsent.
     fn discard_output(&self) {
         self.out.borrow_mut().discard();
+        if let Some(w) = self.wire.borrow_mut().as_mut() {
+            w.out.clear();
+        }
     }
 
     pub fn congested(&self) -> bool {
@@ -230,6 +303,8 @@ enum End {
     Violation,
     Decode(DecodeError),
     Io(io::Error),
+    /// TLS or WebSocket failed (handshake, upgrade, record, frame).
+    Transport(WireError),
 }
 
 impl std::fmt::Debug for End {
@@ -241,6 +316,7 @@ impl std::fmt::Debug for End {
             End::Violation => f.write_str("protocol violation"),
             End::Decode(e) => write!(f, "malformed packet: {e}"),
             End::Io(e) => write!(f, "i/o error: {e}"),
+            End::Transport(e) => write!(f, "transport error: {e}"),
         }
     }
 }
@@ -249,6 +325,7 @@ impl std::fmt::Debug for End {
 pub(crate) async fn accept_loop(
     shard: Rc<RefCell<Shard>>,
     listener: TcpListener,
+    index: u16,
     shared: Arc<Shared>,
 ) {
     loop {
@@ -258,7 +335,7 @@ pub(crate) async fn accept_loop(
                     return;
                 }
                 let slot = shared.acquire_connection();
-                spawn_local(handle_new(shard.clone(), stream, slot)).detach();
+                spawn_local(handle_new(shard.clone(), stream, slot, index)).detach();
             }
             Err(e) => {
                 // Typically out of file descriptors: back off instead of spinning.
@@ -271,25 +348,56 @@ pub(crate) async fn accept_loop(
 
 /// A new socket: read and check CONNECT, then serve it here or hand it to the
 /// client id's home shard.
-async fn handle_new(shard: Rc<RefCell<Shard>>, stream: TcpStream, slot: Option<ConnectionSlot>) {
+async fn handle_new(
+    shard: Rc<RefCell<Shard>>,
+    stream: TcpStream,
+    slot: Option<ConnectionSlot>,
+    listener: u16,
+) {
     let peer = stream
         .peer_addr()
         .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
     let _ = stream.set_nodelay(true);
-    let (timeout, limits) = {
+    let (timeout, limits, wire, identity) = {
         let s = shard.borrow();
-        (s.cfg.connect_timeout(), s.cfg.decode_options(false))
+        let l = s.listener(listener);
+        let identity = l
+            .spec
+            .tls
+            .as_ref()
+            .is_some_and(|t| t.use_identity_as_username);
+        (
+            s.cfg.connect_timeout(),
+            s.cfg.decode_options(false),
+            l.new_wire(s.cfg.max_packet_size),
+            identity,
+        )
+    };
+    let mut wire = match wire {
+        Ok(w) => w,
+        Err(e) => {
+            tracing::warn!(%peer, error = %e, "cannot start the connection's transport");
+            return;
+        }
     };
     let stream = RefCell::new(stream);
     let mut rbuf = BytesMut::new();
+    // The TLS handshake and the WebSocket upgrade happen here too, under the same
+    // timeout as CONNECT.
     let first = glommio::timer::timeout(timeout, async {
-        Ok(read_first_packet(&stream, &mut rbuf, &limits).await)
+        Ok(read_first_packet(&stream, &mut rbuf, &limits, &mut wire).await)
     })
     .await;
     let connect = match first {
         Err(_) => {
-            shard.borrow_mut().stats.connect_timeouts += 1;
-            tracing::debug!(%peer, "no CONNECT within the connect timeout");
+            let mut s = shard.borrow_mut();
+            s.stats.connect_timeouts += 1;
+            if wire.as_ref().is_some_and(|w| !w.is_established()) {
+                s.stats.transport_errors += 1;
+                tracing::info!(%peer, "TLS handshake or WebSocket upgrade not done within the connect timeout");
+            } else {
+                tracing::debug!(%peer, "no CONNECT within the connect timeout");
+            }
             return;
         }
         Ok(Err(end)) => {
@@ -307,11 +415,22 @@ async fn handle_new(shard: Rc<RefCell<Shard>>, stream: TcpStream, slot: Option<C
                         s.stats.protocol_errors += 1;
                         None
                     }
+                    End::Transport(e) => {
+                        s.stats.transport_errors += 1;
+                        // Logged at info: a failed handshake is an operator's concern
+                        // (a wrong certificate, a client of the wrong kind).
+                        tracing::info!(%peer, error = %e, "TLS handshake or WebSocket upgrade failed");
+                        None
+                    }
                     _ => None,
                 }
             };
             if let Some(code) = refusal {
-                refuse(&stream, code).await;
+                refuse(&stream, &mut wire, code).await;
+            } else if let Some(w) = wire.as_mut() {
+                // A TLS alert or an HTTP refusal, if the transport has one to send.
+                let bytes = std::mem::take(&mut w.out);
+                let _ = write_all(&stream, &bytes).await;
             }
             tracing::debug!(%peer, reason = ?end, "connection closed before CONNECT completed");
             return;
@@ -321,13 +440,34 @@ async fn handle_new(shard: Rc<RefCell<Shard>>, stream: TcpStream, slot: Option<C
     let Some(slot) = slot else {
         shard.borrow_mut().stats.refused_max_connections += 1;
         tracing::debug!(%peer, "max_connections reached");
-        refuse(&stream, ConnectReturnCode::ServerUnavailable).await;
+        refuse(&stream, &mut wire, ConnectReturnCode::ServerUnavailable).await;
         return;
     };
+    let mut connect = connect;
+    // The client certificate's common name as the username: verified by the TLS
+    // handshake, so no password check (Mosquitto's use_identity_as_username).
+    let identity_code = identity.then(|| {
+        let cn = wire
+            .as_ref()
+            .and_then(|w| w.tls_session())
+            .and_then(|t| t.peer_certificates())
+            .and_then(|certs| certs.first())
+            .and_then(tls::common_name);
+        match cn {
+            Some(cn) => {
+                connect.username = Some(cn.into());
+                connect.password = None;
+                ConnectReturnCode::Accepted
+            }
+            None => ConnectReturnCode::NotAuthorized,
+        }
+    });
     // An expensive password hash is verified on a blocking thread, so the shard's
     // other connections never wait for it (DESIGN §9).
-    let auth = shard.borrow().authenticator().clone();
-    let (mut connect, code) = if auth.connect_is_slow(&connect) {
+    let auth = shard.borrow().listener(listener).auth.clone();
+    let (mut connect, code) = if let Some(code) = identity_code {
+        (connect, code)
+    } else if auth.connect_is_slow(&connect) {
         glommio::executor()
             .spawn_blocking(move || {
                 let code = auth.connect(&connect, peer);
@@ -348,7 +488,7 @@ async fn handle_new(shard: Rc<RefCell<Shard>>, stream: TcpStream, slot: Option<C
     if code != ConnectReturnCode::Accepted {
         shard.borrow_mut().stats.connects_refused += 1;
         tracing::debug!(%peer, client = %connect.client_id, ?code, "CONNECT refused");
-        refuse(&stream, code).await;
+        refuse(&stream, &mut wire, code).await;
         return;
     }
     let me = shard.borrow().id;
@@ -356,10 +496,12 @@ async fn handle_new(shard: Rc<RefCell<Shard>>, stream: TcpStream, slot: Option<C
     if home == me {
         let accepted = Accepted {
             stream,
+            wire,
             connect: Box::new(connect),
             rbuf,
             peer,
             slot,
+            listener,
         };
         spawn_local(serve(shard, Box::new(accepted))).detach();
         return;
@@ -378,20 +520,26 @@ async fn handle_new(shard: Rc<RefCell<Shard>>, stream: TcpStream, slot: Option<C
         home,
         Handoff {
             fd,
+            wire,
             connect: Box::new(connect),
             leftover: rbuf.freeze(),
             peer,
             slot,
+            listener,
         },
     );
 }
 
 /// Reads until the first packet is complete; it must be CONNECT [MQTT-3.1.0-1].
+/// Through a `wire`, the TLS handshake and the WebSocket upgrade come first: their
+/// answers are sent as they are produced.
 async fn read_first_packet(
     stream: &RefCell<TcpStream>,
     rbuf: &mut BytesMut,
     limits: &DecodeOptions,
+    wire: &mut Option<Box<Wire>>,
 ) -> Result<Connect, End> {
+    let mut raw = BytesMut::new();
     loop {
         match decode_with(rbuf, limits) {
             Ok(Some(Packet::Connect(c))) => return Ok(*c),
@@ -399,22 +547,54 @@ async fn read_first_packet(
             Ok(None) => {}
             Err(e) => return Err(End::Decode(e)),
         }
-        match read_some(stream, rbuf, &mut false, None).await {
+        let Some(w) = wire.as_mut() else {
+            match read_some(stream, rbuf, &mut false, None).await {
+                Ok(0) => return Err(End::Eof),
+                Ok(_) => {}
+                Err(e) => return Err(End::Io(e)),
+            }
+            continue;
+        };
+        raw.clear();
+        match read_some(stream, &mut raw, &mut false, None).await {
             Ok(0) => return Err(End::Eof),
             Ok(_) => {}
             Err(e) => return Err(End::Io(e)),
+        }
+        let decoded = w.decode(&raw, rbuf);
+        if !w.out.is_empty() {
+            let bytes = std::mem::take(&mut w.out);
+            if let Err(e) = write_all(stream, &bytes).await {
+                return Err(End::Io(e));
+            }
+        }
+        match decoded {
+            Ok(Peer::Open) => {}
+            Ok(Peer::Closed) => return Err(End::Eof),
+            Err(e) => return Err(End::Transport(e)),
         }
     }
 }
 
 /// Answers CONNECT with a refusal (then the caller drops the socket).
-async fn refuse(stream: &RefCell<TcpStream>, code: ConnectReturnCode) {
+async fn refuse(
+    stream: &RefCell<TcpStream>,
+    wire: &mut Option<Box<Wire>>,
+    code: ConnectReturnCode,
+) {
     let mut buf = BytesMut::with_capacity(4);
     Packet::ConnAck(ConnAck {
         session_present: false,
         code,
     })
     .encode(&mut buf);
+    if let Some(w) = wire.as_mut() {
+        if w.encode(&buf).is_err() {
+            return;
+        }
+        w.close();
+        buf = std::mem::take(&mut w.out);
+    }
     let _ = write_all(stream, &buf).await;
 }
 
@@ -422,10 +602,12 @@ async fn refuse(stream: &RefCell<TcpStream>, code: ConnectReturnCode) {
 pub(crate) async fn serve_handoff(shard: Rc<RefCell<Shard>>, h: Handoff) {
     let Handoff {
         fd,
+        wire,
         connect,
         leftover,
         peer,
         slot,
+        listener,
     } = h;
     // SAFETY: `fd` is an owned, open, connected TCP socket; ownership moves into the
     // stream, which closes it when dropped.
@@ -433,10 +615,12 @@ pub(crate) async fn serve_handoff(shard: Rc<RefCell<Shard>>, h: Handoff) {
     let rbuf = BytesMut::from(&leftover[..]);
     let accepted = Accepted {
         stream,
+        wire,
         connect,
         rbuf,
         peer,
         slot,
+        listener,
     };
     spawn_local(serve(shard, Box::new(accepted))).detach();
 }
@@ -444,10 +628,12 @@ pub(crate) async fn serve_handoff(shard: Rc<RefCell<Shard>>, h: Handoff) {
 /// What [`serve`] starts from, in one allocation that ends when it starts.
 struct Accepted {
     stream: TcpStream,
+    wire: Option<Box<Wire>>,
     connect: Box<Connect>,
     rbuf: BytesMut,
     peer: SocketAddr,
     slot: ConnectionSlot,
+    listener: u16,
 }
 
 /// Serves a connection whose CONNECT was accepted, on its home shard, until it ends.
@@ -461,16 +647,18 @@ async fn serve(shard: Rc<RefCell<Shard>>, accepted: Box<Accepted>) {
     let (conn, key, mqtt31, rbuf, peer, slot) = {
         let Accepted {
             stream,
+            wire,
             connect,
             rbuf,
             peer,
             slot,
+            listener,
         } = *{ accepted };
         let mut s = shard.borrow_mut();
-        let conn = Conn::new(s.next_conn_id(), peer, stream, s.writes().clone());
+        let conn = Conn::new(s.next_conn_id(), peer, stream, wire, s.writes().clone());
         tracing::debug!(%peer, client = %connect.client_id, "connected");
         let mqtt31 = connect.protocol == Protocol::V31;
-        let key = s.attach(*{ connect }, &conn, Instant::now());
+        let key = s.attach(*{ connect }, &conn, listener, Instant::now());
         if let Some(key) = key {
             conn.key.set(key);
         }
@@ -488,6 +676,10 @@ async fn serve(shard: Rc<RefCell<Shard>>, accepted: Box<Accepted>) {
                 s.stats.oversized_packets += 1;
             }
             s.stats.protocol_errors += 1;
+        }
+        if let End::Transport(e) = &end {
+            s.stats.transport_errors += 1;
+            tracing::info!(%peer, error = %e, "TLS or WebSocket error");
         }
         // What the client published before it went is routed before its will.
         s.route_pending();
@@ -531,6 +723,9 @@ async fn read_loop(
     mqtt31: bool,
 ) -> End {
     let mut hot = false;
+    // Bytes as read from the socket when a TLS or WebSocket layer is between it and
+    // MQTT; empty (and unallocated) while the connection waits.
+    let mut raw = BytesMut::new();
     loop {
         let now = Instant::now();
         loop {
@@ -564,11 +759,38 @@ async fn read_loop(
         if !wait_until_readable(shard, conn).await {
             return End::ClosedByBroker;
         }
-        match read_some(&conn.stream, &mut rbuf, &mut hot, Some(conn)).await {
+        if conn.wire.borrow().is_none() {
+            match read_some(&conn.stream, &mut rbuf, &mut hot, Some(conn)).await {
+                Ok(0) => return End::Eof,
+                Ok(_) => {}
+                Err(_) if conn.closing.get() => return End::ClosedByBroker,
+                Err(e) => return End::Io(e),
+            }
+            continue;
+        }
+        match read_some(&conn.stream, &mut raw, &mut hot, Some(conn)).await {
             Ok(0) => return End::Eof,
             Ok(_) => {}
             Err(_) if conn.closing.get() => return End::ClosedByBroker,
             Err(e) => return End::Io(e),
+        }
+        let (decoded, reply) = {
+            let mut wire = conn.wire.borrow_mut();
+            let Some(w) = wire.as_mut() else {
+                return End::ClosedByBroker;
+            };
+            let decoded = w.decode(&raw, &mut rbuf);
+            (decoded, !w.out.is_empty())
+        };
+        raw.clear();
+        if reply {
+            // Pongs, close replies, TLS records rustls produced on reading.
+            conn.schedule_write();
+        }
+        match decoded {
+            Ok(Peer::Open) => {}
+            Ok(Peer::Closed) => return End::Eof,
+            Err(e) => return End::Transport(e),
         }
     }
 }
@@ -736,7 +958,11 @@ fn send_listed(shard: &Rc<RefCell<Shard>>, conn: &Rc<Conn>) {
         return;
     }
     let fd = conn.stream.borrow().as_raw_fd();
-    let res = conn.out.borrow_mut().send_now(fd);
+    let res = if conn.wire.borrow().is_some() {
+        conn.encode_output().and_then(|_| conn.send_wire(fd))
+    } else {
+        conn.out.borrow_mut().send_now(fd)
+    };
     match res {
         Ok(true) => sent_all(shard, conn),
         Ok(false) => {
@@ -757,13 +983,22 @@ fn send_listed(shard: &Rc<RefCell<Shard>>, conn: &Rc<Conn>) {
 /// [`Conn::write_shared`]).
 async fn write_blocked(shard: Rc<RefCell<Shard>>, conn: Rc<Conn>) {
     loop {
+        if let Err(e) = conn.encode_output() {
+            conn.unblock();
+            return write_failed(&conn, e);
+        }
         let res = poll_fn(|cx| {
+            let wire = conn.wire.borrow();
             let out = conn.out.borrow();
-            if out.len() == 0 {
+            let bytes: &[u8] = match wire.as_ref() {
+                Some(w) => &w.out,
+                None => out.plain_unsent(),
+            };
+            if bytes.is_empty() {
                 return Poll::Ready(Ok(None));
             }
             Pin::new(&mut *conn.stream.borrow_mut())
-                .poll_write(cx, out.plain_unsent())
+                .poll_write(cx, bytes)
                 .map_ok(Some)
         })
         .await;
@@ -773,7 +1008,10 @@ async fn write_blocked(shard: Rc<RefCell<Shard>>, conn: Rc<Conn>) {
                 conn.unblock();
                 return write_failed(&conn, io::ErrorKind::WriteZero.into());
             }
-            Ok(Some(n)) => conn.out.borrow_mut().consume(n),
+            Ok(Some(n)) => match conn.wire.borrow_mut().as_mut() {
+                Some(w) => bytes::Buf::advance(&mut w.out, n),
+                None => conn.out.borrow_mut().consume(n),
+            },
             Err(e) => {
                 conn.unblock();
                 return write_failed(&conn, e);
@@ -794,6 +1032,16 @@ fn sent_all(shard: &Rc<RefCell<Shard>>, conn: &Rc<Conn>) {
         shard.borrow_mut().resume_writes(conn.key.get(), conn.id);
     }
     if conn.closing.get() && conn.pending() == 0 && !conn.done.get() {
+        // A WebSocket close frame and TLS close_notify, best effort, so the client
+        // can tell a close from a cut.
+        let goodbye = conn.wire.borrow_mut().as_mut().map(|w| {
+            w.close();
+            std::mem::take(&mut w.out)
+        });
+        if let Some(mut bytes) = goodbye {
+            let fd = conn.stream.borrow().as_raw_fd();
+            let _ = output::send_bytes(fd, &mut bytes);
+        }
         // Half-close: the client sees EOF after the last byte we owed it.
         let mut cx = Context::from_waker(Waker::noop());
         let _ = Pin::new(&mut *conn.stream.borrow_mut()).poll_close(&mut cx);

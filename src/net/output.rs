@@ -206,6 +206,17 @@ impl Output {
         self.reset();
     }
 
+    /// Hands everything unsent to `f` as one slice (for a transport that frames or
+    /// encrypts it), then empties the output.
+    pub fn take_all<R>(&mut self, f: impl FnOnce(&[u8]) -> R) -> R {
+        if !self.segs.is_empty() {
+            self.make_plain();
+        }
+        let r = f(&self.buf[self.sent..]);
+        self.reset();
+        r
+    }
+
     fn reset(&mut self) {
         if self.buf.capacity() > KEEP_OWN_BUFFER {
             self.buf = BytesMut::new();
@@ -299,6 +310,20 @@ impl Output {
         self.buf = plain;
         self.sent = 0;
     }
+}
+
+/// Sends as much of `buf` as the socket takes now, without waiting; `Ok(true)` when
+/// all of it went.
+pub(crate) fn send_bytes(fd: RawFd, buf: &mut BytesMut) -> io::Result<bool> {
+    while !buf.is_empty() {
+        match send(fd, &[IoSlice::new(buf)]) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => bytes::Buf::advance(buf, n),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(true)
 }
 
 /// One `sendmsg` that does not wait (the socket is left blocking by the runtime).

@@ -49,12 +49,17 @@ pub enum MeshMsg {
 /// A socket moving to its home shard with everything read from it so far.
 pub struct Handoff {
     pub fd: OwnedFd,
+    /// TLS and WebSocket state, for a connection on such a listener (rustls's
+    /// connection is `Send`): the handshake is done, CONNECT read.
+    pub wire: Option<Box<crate::net::wire::Wire>>,
     /// Boxed: it is held for the whole life of the connection's task.
     pub connect: Box<Connect>,
     /// Bytes read after the CONNECT packet.
     pub leftover: Bytes,
     pub peer: SocketAddr,
     pub slot: ConnSlot,
+    /// Index of the listener it came through.
+    pub listener: u16,
 }
 
 /// The batch one channel item carries.

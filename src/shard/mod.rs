@@ -23,10 +23,9 @@ pub mod stats;
 
 pub(crate) use runtime::{run, Control, ShardInit};
 
-use crate::auth::Authenticator;
 use crate::config::Config;
 use crate::message::Message;
-use crate::net::{Conn, Writes};
+use crate::net::{Conn, Listener, Writes};
 use crate::protocol::{
     encode_publish, topic, ConnAck, Connect, ConnectReturnCode, Packet, Protocol, QoS, SubAck,
     SubAckCode, Subscribe, Unsubscribe,
@@ -93,6 +92,8 @@ struct SessionEntry {
     held: bool,
     /// The client's username and rights, when it has either.
     auth: Option<Box<ClientAuth>>,
+    /// The listener its client last connected through (whose files decide its rights).
+    listener: u16,
 }
 
 /// Waits of one SUBSCRIBE for other shards to confirm new interest.
@@ -145,7 +146,9 @@ pub struct Shard {
     pub id: usize,
     pub shards: usize,
     pub cfg: Arc<Config>,
-    auth: Arc<dyn Authenticator>,
+    /// Every listener's authenticator and TLS configuration, by listener index;
+    /// replaced whole on reload.
+    listeners: Arc<[Listener]>,
     limits: Limits,
     sessions: Slab<SessionEntry>,
     by_client: AHashMap<ByteString, usize>,
@@ -196,7 +199,7 @@ impl Shard {
         id: usize,
         shards: usize,
         cfg: Arc<Config>,
-        auth: Arc<dyn Authenticator>,
+        listeners: Arc<[Listener]>,
         outboxes: Rc<[Outbox]>,
         backpressure: Rc<Backpressure>,
     ) -> Shard {
@@ -215,7 +218,7 @@ impl Shard {
                 cfg.max_retained_payload,
             ),
             cfg,
-            auth,
+            listeners,
             limits,
             sessions: Slab::new(),
             by_client: AHashMap::new(),
@@ -287,8 +290,9 @@ impl Shard {
         }
     }
 
-    pub fn authenticator(&self) -> &Arc<dyn Authenticator> {
-        &self.auth
+    /// Listener `index` as it is now (after any reload).
+    pub fn listener(&self, index: u16) -> &Listener {
+        &self.listeners[usize::from(index).min(self.listeners.len() - 1)]
     }
 
     /// A client id for a client that sent an empty one: unique, and homed on this
@@ -314,9 +318,15 @@ impl Shard {
     /// A CONNECT accepted for a client id homed here: takes over an existing
     /// connection, resumes or discards the old session, writes CONNACK and whatever
     /// the session must resend. Returns the session's key.
-    pub fn attach(&mut self, connect: Connect, conn: &Rc<Conn>, now: Instant) -> Option<usize> {
+    pub fn attach(
+        &mut self,
+        connect: Connect,
+        conn: &Rc<Conn>,
+        listener: u16,
+        now: Instant,
+    ) -> Option<usize> {
         let mut auth = ClientAuth::new(
-            self.auth.as_ref(),
+            self.listener(listener).auth.as_ref(),
             &connect.client_id,
             connect.username.clone(),
         );
@@ -365,6 +375,7 @@ impl Shard {
                 match_slot: 0,
                 held: false,
                 auth: None,
+                listener,
             });
             self.by_client.insert(connect.client_id.clone(), key);
             key
@@ -390,6 +401,7 @@ impl Shard {
             }
         }
         entry.auth = auth;
+        entry.listener = listener;
         entry
             .session
             .connect(connect.keep_alive, connect.will, now, &mut self.out);
@@ -401,13 +413,16 @@ impl Shard {
         Some(key)
     }
 
-    /// New rights for every session, from a reloaded authenticator; connected
-    /// clients answer to them from their next packet and delivery on.
-    pub fn set_authenticator(&mut self, auth: Arc<dyn Authenticator>) {
-        self.auth = auth;
+    /// Reloaded listeners: new connections use them, and every session gets its
+    /// rights anew from its listener's authenticator; connected clients answer to
+    /// them from their next packet and delivery on.
+    pub fn set_listeners(&mut self, listeners: Arc<[Listener]>) {
+        self.listeners = listeners;
         for (_, e) in self.sessions.iter_mut() {
             let username = e.auth.take().and_then(|a| a.username);
-            let mut a = ClientAuth::new(self.auth.as_ref(), e.session.client_id(), username);
+            let index = usize::from(e.listener).min(self.listeners.len() - 1);
+            let auth = self.listeners[index].auth.as_ref();
+            let mut a = ClientAuth::new(auth, e.session.client_id(), username);
             if let Some(a) = a.as_mut() {
                 a.admit_existing(e.session.subscriptions().map(|(f, _)| f));
             }

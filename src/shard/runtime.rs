@@ -28,12 +28,9 @@ pub enum Control {
     Stats(crossbeam_channel::Sender<ShardStats>),
     /// Close every connection and stop.
     Shutdown,
-    /// Reloaded security: every session gets its rights from this from now on;
-    /// replies once applied.
-    Auth(
-        Arc<dyn crate::auth::Authenticator>,
-        crossbeam_channel::Sender<()>,
-    ),
+    /// Reloaded listeners (authenticators, TLS configurations): new connections
+    /// use them, and every session gets its rights anew; replies once applied.
+    Reload(Arc<[crate::net::Listener]>, crossbeam_channel::Sender<()>),
 }
 
 /// Result of binding a shard's listeners, reported to the main thread.
@@ -95,7 +92,7 @@ pub async fn run(init: ShardInit) {
         id,
         n,
         init.shared.config.clone(),
-        init.shared.auth.clone(),
+        init.shared.listeners.clone(),
         outboxes.clone(),
         backpressure.clone(),
     )));
@@ -119,10 +116,11 @@ pub async fn run(init: ShardInit) {
     let writes = shard.borrow().writes().clone();
     spawn_local(net::write_loop(shard.clone(), writes)).detach();
     spawn_local(keep_alive_sweep(shard.clone())).detach();
-    for listener in listeners {
+    for (index, listener) in listeners.into_iter().enumerate() {
         spawn_local(net::accept_loop(
             shard.clone(),
             listener,
+            index as u16,
             init.shared.clone(),
         ))
         .detach();
@@ -136,8 +134,8 @@ pub async fn run(init: ShardInit) {
                 Control::Stats(reply) => {
                     let _ = reply.send(shard.borrow().snapshot());
                 }
-                Control::Auth(auth, done) => {
-                    shard.borrow_mut().set_authenticator(auth);
+                Control::Reload(listeners, done) => {
+                    shard.borrow_mut().set_listeners(listeners);
                     let _ = done.send(());
                 }
                 Control::Shutdown => {

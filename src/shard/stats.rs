@@ -47,6 +47,9 @@ pub struct ShardStats {
     pub refused_max_connections: u64,
     /// CONNECTs the authenticator refused (bad credentials, anonymous not allowed).
     pub connects_refused: u64,
+    /// TLS handshakes and WebSocket upgrades that failed or timed out, and TLS or
+    /// WebSocket errors on established connections.
+    pub transport_errors: u64,
 }
 
 /// Every shard's stats, in shard order.
@@ -94,7 +97,8 @@ impl BrokerStats {
                 keepalive_timeouts,
                 oversized_packets,
                 refused_max_connections,
-                connects_refused
+                connects_refused,
+                transport_errors
             );
             // Every shard holds a full replica of the retained store.
             t.retained = t.retained.max(s.retained);

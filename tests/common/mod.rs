@@ -848,8 +848,16 @@ pub fn mq_with(
     clean: bool,
     f: impl FnOnce(&mut rumqttc::MqttOptions),
 ) -> Mq {
-    let mut opts = rumqttc::MqttOptions::new(id, addr.ip().to_string(), addr.port());
-    opts.set_clean_session(clean);
+    mq_on(addr.ip().to_string(), addr.port(), id, move |o| {
+        o.set_clean_session(clean);
+        f(o);
+    })
+}
+
+/// Like [`mq_with`] (clean session), to a host name: a TLS server name, or a
+/// `ws://` / `wss://` URL with the WebSocket transports.
+pub fn mq_on(host: String, port: u16, id: &str, f: impl FnOnce(&mut rumqttc::MqttOptions)) -> Mq {
+    let mut opts = rumqttc::MqttOptions::new(id, host, port);
     opts.set_keep_alive(Duration::from_secs(30));
     f(&mut opts);
     let (client, mut connection) = rumqttc::Client::new(opts, 128);
