@@ -132,16 +132,36 @@ impl AclFile {
                     .filter(|r| username.is_some() || !r.topic.contains("%u"))
                     .map(|r| Rule {
                         access: r.access,
-                        topic: r
-                            .topic
-                            .replace("%c", client_id)
-                            .replace("%u", username.unwrap_or("")),
+                        topic: substitute(&r.topic, client_id, username.unwrap_or("")),
                     })
                     .collect(),
             )
         };
         ClientAcl { own, patterns }
     }
+}
+
+/// `%c` → client id, `%u` → username, in one pass over the pattern: what is put in
+/// is never read again (a client id holding `%u` must not become the username).
+fn substitute(pattern: &str, client_id: &str, username: &str) -> String {
+    let mut out = String::with_capacity(pattern.len() + client_id.len());
+    let mut rest = pattern;
+    while let Some(i) = rest.find('%') {
+        out.push_str(&rest[..i]);
+        let after = &rest[i + 1..];
+        if let Some(tail) = after.strip_prefix('c') {
+            out.push_str(client_id);
+            rest = tail;
+        } else if let Some(tail) = after.strip_prefix('u') {
+            out.push_str(username);
+            rest = tail;
+        } else {
+            out.push('%');
+            rest = after;
+        }
+    }
+    out.push_str(rest);
+    out
 }
 
 /// The first whitespace-separated word of `s`, and the rest, trimmed.
@@ -425,6 +445,15 @@ pattern deny devices/%c/locked
         }
         // Alice's own rules still apply.
         assert!(acl.for_client("#", Some("alice")).can_read("alice/x"));
+    }
+
+    #[test]
+    fn substitution_is_one_pass_so_a_client_id_holding_percent_u_stays_itself() {
+        assert_eq!(substitute("d/%c/%u/%x%", "%u", "bob"), "d/%u/bob/%x%");
+        let acl = AclFile::parse("pattern readwrite devices/%c/#\n").unwrap();
+        let c = acl.for_client("%u", Some("bob"));
+        assert!(c.can_write("devices/%u/x"));
+        assert!(!c.can_write("devices/bob/x"), "not the client id bob's topics");
     }
 
     #[test]
