@@ -435,3 +435,146 @@ fn ws_encode(ws: &mut Ws, mqtt: &[u8]) -> Result<Vec<u8>, WireError> {
         .map_err(|e| WireError::Ws(e.to_string()))?;
     Ok(std::mem::take(&mut socket.get_mut().output))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const UPGRADE: &str = "GET /mqtt HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\n\
+        Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+        Sec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: mqtt\r\n\r\n";
+
+    /// A masked client frame (RFC 6455 §5.2) with the given opcode.
+    fn frame(opcode: u8, fin: bool, payload: &[u8]) -> Vec<u8> {
+        let mask = [0x11u8, 0x22, 0x33, 0x44];
+        let mut f = vec![(if fin { 0x80 } else { 0 }) | opcode];
+        match payload.len() {
+            n if n < 126 => f.push(0x80 | n as u8),
+            n => {
+                f.push(0x80 | 126);
+                f.extend((n as u16).to_be_bytes());
+            }
+        }
+        f.extend(mask);
+        f.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        f
+    }
+
+    fn upgraded() -> Wire {
+        let mut w = Wire::ws("/mqtt", None, 1 << 20);
+        let mut mqtt = BytesMut::new();
+        assert_eq!(w.decode(UPGRADE.as_bytes(), &mut mqtt).unwrap(), Peer::Open);
+        let reply = String::from_utf8(w.out.split().to_vec()).unwrap();
+        assert!(reply.starts_with("HTTP/1.1 101"), "{reply}");
+        assert!(
+            reply
+                .to_ascii_lowercase()
+                .contains("sec-websocket-protocol: mqtt"),
+            "{reply}"
+        );
+        assert!(w.is_established());
+        w
+    }
+
+    #[test]
+    fn the_upgrade_may_arrive_in_pieces() {
+        // tungstenite refuses an upgrade dribbled in dozens of tiny reads (a slow
+        // client attack), and bytes sent before the server's answer ("a client MUST
+        // wait for a response", RFC 6455 §4.1); a few pieces are fine.
+        let mut w = Wire::ws("/mqtt", None, 1 << 20);
+        let mut mqtt = BytesMut::new();
+        for piece in UPGRADE.as_bytes().chunks(16) {
+            assert_eq!(w.decode(piece, &mut mqtt).unwrap(), Peer::Open);
+        }
+        assert!(w.is_established());
+        w.decode(&frame(2, true, b"\x10\x00"), &mut mqtt).unwrap();
+        assert_eq!(&mqtt[..], b"\x10\x00");
+    }
+
+    #[test]
+    fn frames_split_anywhere_and_fragmented_messages_give_the_same_bytes() {
+        let payload: Vec<u8> = (0..300u32).map(|i| i as u8).collect();
+        let mut stream = frame(2, false, &payload[..100]);
+        stream.extend(frame(0, false, &payload[100..250]));
+        stream.extend(frame(9, true, b"ping")); // a ping between fragments
+        stream.extend(frame(0, true, &payload[250..]));
+        stream.extend(frame(2, true, b"second"));
+        for cut in [1usize, 2, 7, 100, stream.len()] {
+            let mut w = upgraded();
+            let mut mqtt = BytesMut::new();
+            for chunk in stream.chunks(cut) {
+                assert_eq!(w.decode(chunk, &mut mqtt).unwrap(), Peer::Open);
+            }
+            let mut want = payload.clone();
+            want.extend_from_slice(b"second");
+            assert_eq!(&mqtt[..], &want[..], "cut {cut}");
+            // The ping was answered: an unmasked pong frame with its payload.
+            assert_eq!(
+                &w.out[..],
+                &[0x8A, 4, b'p', b'i', b'n', b'g'][..],
+                "cut {cut}"
+            );
+        }
+    }
+
+    #[test]
+    fn output_is_one_unmasked_binary_frame() {
+        let mut w = upgraded();
+        w.encode(b"\x20\x02\x00\x00").unwrap();
+        assert_eq!(&w.out[..], &[0x82, 4, 0x20, 2, 0, 0][..]);
+    }
+
+    #[test]
+    fn text_frames_and_garbage_are_errors_and_close_frames_end_the_connection() {
+        let mut mqtt = BytesMut::new();
+        let mut w = upgraded();
+        assert!(matches!(
+            w.decode(&frame(1, true, b"hi"), &mut mqtt),
+            Err(WireError::TextFrame)
+        ));
+        let mut w = upgraded();
+        assert!(
+            w.decode(&[0x82, 0x05, 1, 2, 3, 4, 5], &mut mqtt).is_err(),
+            "unmasked"
+        );
+        let mut w = upgraded();
+        assert_eq!(
+            w.decode(&frame(8, true, &[3, 232]), &mut mqtt).unwrap(),
+            Peer::Closed
+        );
+        assert_eq!(w.out[0], 0x88, "the close is answered");
+    }
+
+    #[test]
+    fn refused_upgrades_get_an_http_status() {
+        for (request, status) in [
+            (UPGRADE.replace("/mqtt", "/other"), "404"),
+            (
+                UPGRADE.replace("Sec-WebSocket-Protocol: mqtt\r\n", ""),
+                "400",
+            ),
+            ("PUT / HTTP/1.1\r\n\r\n".to_string(), "400"),
+        ] {
+            let mut w = Wire::ws("/mqtt", None, 1 << 20);
+            let mut mqtt = BytesMut::new();
+            assert!(
+                w.decode(request.as_bytes(), &mut mqtt).is_err(),
+                "{request}"
+            );
+            let reply = String::from_utf8(w.out.to_vec()).unwrap();
+            assert!(reply.starts_with(&format!("HTTP/1.1 {status}")), "{reply}");
+        }
+    }
+
+    #[test]
+    fn a_message_over_the_size_limit_is_an_error() {
+        let mut w = Wire::ws("/mqtt", None, 100);
+        let mut mqtt = BytesMut::new();
+        w.decode(UPGRADE.as_bytes(), &mut mqtt).unwrap();
+        // A header announcing 2^40 bytes.
+        let mut huge = vec![0x82, 0x80 | 127];
+        huge.extend((1u64 << 40).to_be_bytes());
+        huge.extend([0, 0, 0, 0]);
+        assert!(w.decode(&huge, &mut mqtt).is_err());
+    }
+}
