@@ -453,7 +453,10 @@ pattern deny devices/%c/locked
         let acl = AclFile::parse("pattern readwrite devices/%c/#\n").unwrap();
         let c = acl.for_client("%u", Some("bob"));
         assert!(c.can_write("devices/%u/x"));
-        assert!(!c.can_write("devices/bob/x"), "not the client id bob's topics");
+        assert!(
+            !c.can_write("devices/bob/x"),
+            "not the client id bob's topics"
+        );
     }
 
     #[test]
