@@ -24,9 +24,11 @@ pub mod auth;
 pub mod config;
 pub mod fuzz_support;
 mod hash;
+pub(crate) mod link;
 pub mod message;
 mod net;
 pub mod protocol;
+mod runtime;
 pub mod session;
 mod shard;
 pub mod topic;
@@ -36,8 +38,8 @@ pub mod topic;
 #[doc(hidden)]
 pub mod bench_support {
     pub use crate::affinity::allowed_cpus;
+    pub use crate::runtime::flusher;
     pub use crate::shard::mesh::{Batch, MeshMsg, Outbox};
-    pub use crate::shard::runtime::flusher;
     pub use crate::shard::Backpressure;
 }
 
@@ -48,7 +50,7 @@ pub use shard::stats::{BrokerStats, ShardStats};
 
 use glommio::channels::channel_mesh::MeshBuilder;
 use glommio::{ExecutorJoinHandle, LocalExecutorBuilder, Placement};
-use shard::{Control, ShardInit};
+use runtime::{Control, ShardInit};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -117,7 +119,7 @@ pub enum StartError {
 /// once per connection, never per message).
 pub(crate) struct Shared {
     pub config: Arc<Config>,
-    pub listeners: Arc<[net::Listener]>,
+    pub listeners: Arc<[link::Listener]>,
     connections: AtomicUsize,
 }
 
@@ -126,7 +128,7 @@ pub(crate) struct Shared {
 fn build_listeners(
     config: &Config,
     custom: Option<&Arc<dyn Authenticator>>,
-) -> Result<Arc<[net::Listener]>, StartError> {
+) -> Result<Arc<[link::Listener]>, StartError> {
     let mut by_files: Vec<(config::Security, Arc<dyn Authenticator>)> = Vec::new();
     let mut out = Vec::new();
     for spec in config.listener_specs() {
@@ -151,7 +153,7 @@ fn build_listeners(
             Some(t) => Some(net::tls::server_config(t)?),
             None => None,
         };
-        out.push(net::Listener { spec, auth, tls });
+        out.push(link::Listener { spec, auth, tls });
     }
     Ok(out.into())
 }
@@ -298,7 +300,7 @@ impl Broker {
             let spawned = LocalExecutorBuilder::new(placement)
                 .name(&format!("{SHARD_THREAD_PREFIX}{i}"))
                 .io_memory(IO_MEMORY)
-                .spawn(move || shard::run(init));
+                .spawn(move || runtime::run(init));
             let handle = match spawned {
                 Ok(h) => h,
                 Err(e) => {
@@ -389,7 +391,7 @@ impl Broker {
         Ok(())
     }
 
-    fn set_listeners(&self, listeners: Arc<[net::Listener]>) {
+    fn set_listeners(&self, listeners: Arc<[link::Listener]>) {
         let (tx, rx) = crossbeam_channel::unbounded();
         let mut sent = 0;
         for c in &self.controls {

@@ -1,5 +1,7 @@
-//! Connections: accept, read CONNECT under a timeout, hand the socket to its home
-//! shard, then serve it with one reader task.
+//! Connections: accept, the TLS handshake and WebSocket upgrade, read CONNECT under a
+//! timeout, hand the socket to its home shard, then serve it with one reader task
+//! and the shard's writer. The connection object itself lives in `link/`, below both
+//! this folder and `shard/`.
 //!
 //! The reader drains every complete packet from each read before it reads again and
 //! hands them to the shard; the shard writes replies and deliveries into the
@@ -11,8 +13,6 @@
 //! until the socket takes more. An idle connection therefore costs one task (its
 //! reader) and no buffers.
 
-use crate::auth::Authenticator;
-use crate::config::{ListenerSpec, Transport};
 use crate::protocol::{
     decode_with, ConnAck, Connect, ConnectReturnCode, DecodeError, DecodeOptions, Packet, Protocol,
     Subscribe,
@@ -23,9 +23,8 @@ use crate::{ConnectionSlot, Shared};
 use bytes::BytesMut;
 use glommio::net::{TcpListener, TcpStream};
 use glommio::spawn_local;
-use glommio::task::JoinHandle;
 use glommio::timer::Timer;
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::future::poll_fn;
 use std::io;
 use std::net::SocketAddr;
@@ -38,12 +37,10 @@ use std::time::{Duration, Instant};
 
 use futures_lite::{AsyncRead, AsyncWrite};
 
-mod output;
 pub mod tls;
-pub(crate) mod wire;
-pub use output::Encoded;
-use output::{Chunks, Output};
-use wire::{Peer, Wire, WireError};
+use crate::link::output;
+use crate::link::wire::{Peer, Wire, WireError};
+use crate::link::{Conn, Writes};
 
 /// Bytes asked of the kernel per read.
 const READ_CHUNK: usize = 16 * 1024;
@@ -51,249 +48,6 @@ const READ_CHUNK: usize = 16 * 1024;
 const SMALL_READ: usize = 1024;
 /// How long a closing connection may take to flush what it still has to send.
 const WRITER_LINGER: Duration = Duration::from_secs(5);
-
-/// One listener at run time: what it was configured with, who may connect through
-/// it and what they may do, and its TLS configuration. Replaced whole on reload.
-pub struct Listener {
-    pub spec: ListenerSpec,
-    pub auth: Arc<dyn Authenticator>,
-    pub tls: Option<Arc<rustls::ServerConfig>>,
-}
-
-impl Listener {
-    /// The transport state a new connection on this listener starts with.
-    fn new_wire(&self, max_packet_size: usize) -> Result<Option<Box<Wire>>, WireError> {
-        let tls = match &self.tls {
-            Some(cfg) => Some(rustls::ServerConnection::new(cfg.clone())?),
-            None => None,
-        };
-        Ok(match (self.spec.transport, tls) {
-            (Transport::Tcp, _) => None,
-            (Transport::Tls, Some(t)) => Some(Box::new(Wire::tls(t))),
-            (Transport::Ws, _) => Some(Box::new(Wire::ws(&self.spec.path, None, max_packet_size))),
-            (Transport::Wss, Some(t)) => Some(Box::new(Wire::ws(
-                &self.spec.path,
-                Some(t),
-                max_packet_size,
-            ))),
-            (Transport::Tls | Transport::Wss, None) => {
-                return Err(WireError::Ws(
-                    "TLS listener without a TLS configuration".into(),
-                ))
-            }
-        })
-    }
-}
-
-/// One shard's connections with output to send, its writer task's waker, and the
-/// encodings its deliveries share.
-pub struct Writes {
-    dirty: RefCell<Vec<Rc<Conn>>>,
-    waker: Cell<Option<Waker>>,
-    /// `Config::write_buffer_high_water`: a congested connection resumes below half.
-    high_water: usize,
-    chunks: Chunks,
-}
-
-impl Writes {
-    pub(crate) fn new(high_water: usize) -> Rc<Writes> {
-        Rc::new(Writes {
-            dirty: RefCell::new(Vec::new()),
-            waker: Cell::new(None),
-            high_water,
-            chunks: Chunks::default(),
-        })
-    }
-
-    /// Encodes once for any number of connections ([`Conn::write_shared`]).
-    pub fn share(&self, encode: impl FnOnce(&mut BytesMut)) -> Encoded {
-        self.chunks.share(encode)
-    }
-}
-
-/// The shard's handle on one live connection: its socket, the output buffer the
-/// shard's writer drains, and the flags that pace and close it.
-pub struct Conn {
-    /// Unique per shard; tells a connection apart from the one that took it over.
-    pub id: u64,
-    pub peer: SocketAddr,
-    /// The session's key on the shard (for `Shard::resume_writes`).
-    key: Cell<usize>,
-    stream: RefCell<TcpStream>,
-    /// TLS and/or WebSocket between the socket and MQTT; `None` for plain TCP.
-    wire: RefCell<Option<Box<Wire>>>,
-    out: RefCell<Output>,
-    writes: Rc<Writes>,
-    reader: Cell<Option<Waker>>,
-    /// Woken when `done` is set (the connection's end waits for its output).
-    drained: Cell<Option<Waker>>,
-    /// The socket buffer was full: a task of its own ([`write_blocked`]) waits for it
-    /// to take more, and it alone writes meanwhile.
-    blocked: Cell<bool>,
-    blocked_task: Cell<Option<JoinHandle<()>>>,
-    closing: Cell<bool>,
-    congested: Cell<bool>,
-    /// On its shard's [`Writes`] list.
-    listed: Cell<bool>,
-    /// Closing and everything sent (write side shut down), or writing failed.
-    done: Cell<bool>,
-}
-
-impl Conn {
-    fn new(
-        id: u64,
-        peer: SocketAddr,
-        stream: TcpStream,
-        wire: Option<Box<Wire>>,
-        writes: Rc<Writes>,
-    ) -> Rc<Conn> {
-        Rc::new(Conn {
-            id,
-            peer,
-            key: Cell::new(usize::MAX),
-            stream: RefCell::new(stream),
-            wire: RefCell::new(wire),
-            out: RefCell::new(Output::default()),
-            writes,
-            reader: Cell::new(None),
-            drained: Cell::new(None),
-            blocked: Cell::new(false),
-            blocked_task: Cell::new(None),
-            closing: Cell::new(false),
-            congested: Cell::new(false),
-            listed: Cell::new(false),
-            done: Cell::new(false),
-        })
-    }
-
-    /// Encodes a packet into the output buffer (ignored once closing).
-    pub fn write_packet(self: &Rc<Self>, packet: &Packet) {
-        if self.closing.get() {
-            return;
-        }
-        self.out.borrow_mut().push_own(|buf| packet.encode(buf));
-        self.schedule_write();
-    }
-
-    /// Appends whole packets encoded once for many connections ([`Writes::share`]),
-    /// by reference; a connection waiting for its socket takes a copy instead, so
-    /// that it does not hold the shared bytes. Ignored once closing.
-    pub fn write_shared(self: &Rc<Self>, shared: &Encoded) {
-        if self.closing.get() {
-            return;
-        }
-        if self.blocked.get() {
-            self.out.borrow_mut().push_copy(shared);
-        } else {
-            self.out.borrow_mut().push_shared(shared);
-        }
-        self.schedule_write();
-    }
-
-    /// Encodes and drains a batch of packets.
-    pub fn write_packets(self: &Rc<Self>, packets: &mut Vec<Packet>) {
-        if packets.is_empty() {
-            return;
-        }
-        if !self.closing.get() {
-            self.out.borrow_mut().push_own(|buf| {
-                for p in packets.iter() {
-                    p.encode(buf);
-                }
-            });
-            self.schedule_write();
-        }
-        packets.clear();
-    }
-
-    /// Puts the connection on its shard's write list (once) and wakes the writer,
-    /// unless a blocked-socket task owns its writes.
-    fn schedule_write(self: &Rc<Self>) {
-        if self.listed.get() || self.done.get() || self.blocked.get() {
-            return;
-        }
-        self.listed.set(true);
-        self.writes.dirty.borrow_mut().push(self.clone());
-        if let Some(w) = self.writes.waker.take() {
-            w.wake();
-        }
-    }
-
-    /// Bytes written by the shard and not yet handed to the kernel.
-    pub fn pending(&self) -> usize {
-        self.out.borrow().len() + self.wire.borrow().as_ref().map_or(0, |w| w.out.len())
-    }
-
-    /// Moves the MQTT output through the connection's TLS or WebSocket layer into
-    /// the bytes for its socket. Nothing to do for plain TCP.
-    fn encode_output(&self) -> io::Result<()> {
-        let mut wire = self.wire.borrow_mut();
-        let Some(w) = wire.as_mut() else {
-            return Ok(());
-        };
-        let mut out = self.out.borrow_mut();
-        if out.len() == 0 {
-            return Ok(());
-        }
-        out.take_all(|bytes| w.encode(bytes))
-            .map_err(|e| io::Error::other(e.to_string()))
-    }
-
-    /// Sends what the TLS or WebSocket layer holds for the socket, without waiting.
-    fn send_wire(&self, fd: std::os::fd::RawFd) -> io::Result<bool> {
-        match self.wire.borrow_mut().as_mut() {
-            Some(w) => output::send_bytes(fd, &mut w.out),
-            None => Ok(true),
-        }
-    }
-
-    /// Drops whatever is unsent.
-    fn discard_output(&self) {
-        self.out.borrow_mut().discard();
-        if let Some(w) = self.wire.borrow_mut().as_mut() {
-            w.out.clear();
-        }
-    }
-
-    pub fn congested(&self) -> bool {
-        self.congested.get()
-    }
-
-    pub fn set_congested(&self, congested: bool) {
-        self.congested.set(congested);
-    }
-
-    /// Asks the writer to flush what is pending and close; stops the reader.
-    pub fn close(self: &Rc<Self>) {
-        if !self.closing.replace(true) {
-            self.schedule_write();
-        }
-        self.wake_reader();
-    }
-
-    pub fn is_closing(&self) -> bool {
-        self.closing.get()
-    }
-
-    /// The blocked-socket task is finishing.
-    fn unblock(&self) {
-        self.blocked.set(false);
-        self.blocked_task.take();
-    }
-
-    fn set_done(&self) {
-        self.done.set(true);
-        if let Some(w) = self.drained.take() {
-            w.wake();
-        }
-    }
-
-    fn wake_reader(&self) {
-        if let Some(w) = self.reader.take() {
-            w.wake();
-        }
-    }
-}
 
 /// Why a connection ended, for the log and the counters.
 enum End {

@@ -51,7 +51,7 @@ pub struct Handoff {
     pub fd: OwnedFd,
     /// TLS and WebSocket state, for a connection on such a listener (rustls's
     /// connection is `Send`): the handshake is done, CONNECT read.
-    pub wire: Option<Box<crate::net::wire::Wire>>,
+    pub wire: Option<Box<crate::link::wire::Wire>>,
     /// Boxed: it is held for the whole life of the connection's task.
     pub connect: Box<Connect>,
     /// Bytes read after the CONNECT packet.

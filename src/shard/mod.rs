@@ -18,14 +18,11 @@
 pub mod mesh;
 pub mod retained;
 mod rights;
-pub(crate) mod runtime;
 pub mod stats;
 
-pub(crate) use runtime::{run, Control, ShardInit};
-
 use crate::config::Config;
+use crate::link::{Conn, Listener, Writes};
 use crate::message::Message;
-use crate::net::{Conn, Listener, Writes};
 use crate::protocol::{
     encode_publish, topic, ConnAck, Connect, ConnectReturnCode, Packet, Protocol, QoS, SubAck,
     SubAckCode, Subscribe, Unsubscribe,

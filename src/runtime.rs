@@ -2,9 +2,9 @@
 //! spawn the flusher and receiver tasks, accept connections, and poll the control
 //! plane until shutdown.
 
-use super::mesh::{Batch, Outbox};
-use super::stats::ShardStats;
-use super::{Backpressure, Shard};
+use crate::shard::mesh::{Batch, Outbox};
+use crate::shard::stats::ShardStats;
+use crate::shard::{Backpressure, Shard};
 use crate::{net, Shared};
 use glommio::channels::channel_mesh::{Full, MeshBuilder, Senders};
 use glommio::channels::shared_channel::ConnectedReceiver;
@@ -30,7 +30,7 @@ pub enum Control {
     Shutdown,
     /// Reloaded listeners (authenticators, TLS configurations): new connections
     /// use them, and every session gets its rights anew; replies once applied.
-    Reload(Arc<[crate::net::Listener]>, crossbeam_channel::Sender<()>),
+    Reload(Arc<[crate::link::Listener]>, crossbeam_channel::Sender<()>),
 }
 
 /// Result of binding a shard's listeners, reported to the main thread.
