@@ -385,3 +385,42 @@ fn without_security_files_nothing_is_checked() {
     );
     assert_eq!(rumqttc_connect(b.local_addr(), "free2", None), Ok(()));
 }
+
+#[test]
+fn each_listener_has_its_own_password_file_acl_and_anonymous_access() {
+    let dir = Dir::new("per-listener");
+    let pw = dir.write("passwd", &password_file(&[("alice", "a")]));
+    let acl = dir.write(
+        "acl",
+        "topic read public/#\nuser alice\ntopic readwrite #\n",
+    );
+    let b = broker_with(|c| {
+        // The plain listener takes the top-level keys: password file, anonymous off.
+        c.password_file = Some(pw.clone());
+        // A second, for anonymous readers, with the ACL.
+        let mut open = shardmq::config::ListenerConfig::new(
+            "127.0.0.1:0".parse().unwrap(),
+            shardmq::config::Transport::Tcp,
+        );
+        open.password_file = None;
+        open.acl_file = Some(acl.clone());
+        open.allow_anonymous = Some(true);
+        c.listener.push(open);
+    });
+    let (secured, open) = (b.local_addrs()[0], b.local_addrs()[1]);
+    use rumqttc::ConnectReturnCode::*;
+    assert_eq!(rumqttc_connect(secured, "a1", None), Err(NotAuthorized));
+    assert_eq!(rumqttc_connect(secured, "a2", Some(("alice", "a"))), Ok(()));
+    assert_eq!(rumqttc_connect(open, "a3", None), Ok(()));
+    // On the open listener, anonymous clients only read public/#; there is no ACL on
+    // the secured one, so alice may do anything there.
+    let mut reader = mq(open, &id_on_shard("pl-r", 0), true);
+    assert_eq!(reader.subscribe("public/#", 1), Some(1));
+    assert_eq!(reader.subscribe("private/#", 1), None);
+    let mut alice = user(secured, &id_on_shard("pl-a", 1), "alice", "a", true);
+    alice.publish_acked("public/news", 1, false, b"hello");
+    assert_eq!(&reader.recv_publish().payload[..], b"hello");
+    reader.disconnect();
+    alice.disconnect();
+    assert_no_leaks(&b);
+}
