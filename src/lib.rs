@@ -247,6 +247,14 @@ impl Broker {
         BrokerBuilder::default()
     }
 
+    /// Checks a configuration as `start` would, without starting anything: every
+    /// setting, and every password, ACL, certificate and key file it names.
+    pub fn check(config: &Config) -> Result<(), StartError> {
+        config.validate()?;
+        build_listeners(config, None)?;
+        Ok(())
+    }
+
     /// Starts a broker with this configuration: its password and ACL files, if any,
     /// decide who may connect through each listener and what each client may do.
     pub fn start(config: Config) -> Result<Broker, StartError> {

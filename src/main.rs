@@ -115,6 +115,11 @@ struct Args {
 enum Command {
     /// Create, update or delete users in a Mosquitto-format password file.
     Passwd(passwd::PasswdArgs),
+    /// Check a configuration file, and every file it names, without starting.
+    CheckConfig {
+        /// The TOML configuration file.
+        file: PathBuf,
+    },
 }
 
 impl Args {
@@ -197,8 +202,10 @@ fn main() -> ExitCode {
         )
         .init();
     let args = Args::parse();
-    if let Some(Command::Passwd(p)) = args.command {
-        return passwd::run(p);
+    match args.command {
+        Some(Command::Passwd(p)) => return passwd::run(p),
+        Some(Command::CheckConfig { file }) => return check_config(&file),
+        None => {}
     }
     let config = match args.into_config() {
         Ok(c) => c,
@@ -273,5 +280,27 @@ fn raise_fd_limit() {
         lim.rlim_cur = lim.rlim_max;
         // SAFETY: `lim` holds the limits read above with the soft one raised to the hard one.
         unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) };
+    }
+}
+
+/// `shardmq check-config FILE`: exit 0 and a summary, or exit 2 and the reason (TOML
+/// errors name the line).
+fn check_config(file: &std::path::Path) -> ExitCode {
+    let result = Config::from_file(file)
+        .map_err(shardmq::StartError::from)
+        .and_then(|c| Broker::check(&c).map(|()| c));
+    match result {
+        Ok(c) => {
+            let specs = c.listener_specs();
+            println!("{}: ok, {} listener(s)", file.display(), specs.len());
+            for s in specs {
+                println!("  {} {:?}", s.address, s.transport);
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{}: {e}", file.display());
+            ExitCode::from(2)
+        }
     }
 }
