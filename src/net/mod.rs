@@ -477,9 +477,6 @@ async fn read_loop(
     mqtt31: bool,
 ) -> End {
     let mut hot = false;
-    // Bytes as read from the socket when a TLS or WebSocket layer is between it and
-    // MQTT; empty (and unallocated) while the connection waits.
-    let mut raw = BytesMut::new();
     loop {
         let now = Instant::now();
         loop {
@@ -522,21 +519,12 @@ async fn read_loop(
             }
             continue;
         }
-        match read_some(&conn.stream, &mut raw, &mut hot, Some(conn)).await {
-            Ok(0) => return End::Eof,
-            Ok(_) => {}
+        let (decoded, reply) = match read_wire(conn, &mut rbuf).await {
+            Ok(Some(r)) => r,
+            Ok(None) => return End::Eof,
             Err(_) if conn.closing.get() => return End::ClosedByBroker,
             Err(e) => return End::Io(e),
-        }
-        let (decoded, reply) = {
-            let mut wire = conn.wire.borrow_mut();
-            let Some(w) = wire.as_mut() else {
-                return End::ClosedByBroker;
-            };
-            let decoded = w.decode(&raw, &mut rbuf);
-            (decoded, !w.out.is_empty())
         };
-        raw.clear();
         if reply {
             // Pongs, close replies, TLS records rustls produced on reading.
             conn.schedule_write();
@@ -547,6 +535,37 @@ async fn read_loop(
             Err(e) => return End::Transport(e),
         }
     }
+}
+
+/// One read from a TLS or WebSocket connection's socket, decoded at once into
+/// `rbuf`: `None` at EOF, else what the layer made of it and whether it has bytes to
+/// send back. The raw bytes live on the stack only while the read completes, so a
+/// waiting connection holds no buffer for them.
+async fn read_wire(
+    conn: &Rc<Conn>,
+    rbuf: &mut BytesMut,
+) -> io::Result<Option<(Result<Peer, WireError>, bool)>> {
+    poll_fn(|cx| {
+        if conn.closing.get() {
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::ConnectionAborted,
+                "closed by the broker",
+            )));
+        }
+        conn.reader.set(Some(cx.waker().clone()));
+        let mut raw = [0u8; READ_CHUNK];
+        let n = ready!(Pin::new(&mut *conn.stream.borrow_mut()).poll_read(cx, &mut raw))?;
+        if n == 0 {
+            return Poll::Ready(Ok(None));
+        }
+        let mut wire = conn.wire.borrow_mut();
+        let Some(w) = wire.as_mut() else {
+            return Poll::Ready(Ok(None));
+        };
+        let decoded = w.decode(&raw[..n], rbuf);
+        Poll::Ready(Ok(Some((decoded, !w.out.is_empty()))))
+    })
+    .await
 }
 
 /// SUBSCRIBE: routes at once, waits for other shards to confirm new interest, then
