@@ -5,15 +5,20 @@ first; src/fuzz_support.rs documents both layouts.
 
 Usage: python3 fuzz/make_seeds.py
 """
+import base64
+import hashlib
 import os
 import struct
 
-ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "regressions")
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.join(HERE, "regressions")
+# Inputs that show a bug not fixed yet: they fail, so they wait here, not in regressions/.
+FINDINGS = os.path.join(HERE, "findings")
 
 
-def write(target, name, data):
-    os.makedirs(os.path.join(ROOT, target), exist_ok=True)
-    with open(os.path.join(ROOT, target, name), "wb") as f:
+def write(target, name, data, root=ROOT):
+    os.makedirs(os.path.join(root, target), exist_ok=True)
+    with open(os.path.join(root, target, name), "wb") as f:
         f.write(data)
 
 
@@ -178,6 +183,133 @@ def session_seeds():
           + ack_flow(PUBACK) + ack_flow(PUBREC) + ack_flow(PUBCOMP))
 
 
+# ----------------------------------------------------------------- password files
+# Byte 0: bits 0-1 iterations - 1 of the $7$ hash the case makes, bits 2-6 which user
+# to remove, bit 7 replace the first user's hash; the rest is the file.
+
+
+def b64(data):
+    return base64.b64encode(data).decode()
+
+
+def sha512_line(user, password, salt):
+    """A $6$ line: SHA-512 of the password followed by the salt."""
+    digest = hashlib.sha512(password + salt).digest()
+    return f"{user}:$6${b64(salt)}${b64(digest)}"
+
+
+def pbkdf2_line(user, password, salt, iterations):
+    """A $7$ line: PBKDF2-HMAC-SHA512, 64 bytes, as mosquitto_passwd writes."""
+    digest = hashlib.pbkdf2_hmac("sha512", password, salt, iterations, 64)
+    return f"{user}:$7${iterations}${b64(salt)}${b64(digest)}"
+
+
+def passwd_seed(control, lines):
+    return bytes([control]) + "\n".join(lines).encode() + b"\n"
+
+
+def passwd_seeds():
+    write("passwd", "seed-valid-mosquitto-file", passwd_seed(0x05, [
+        "# written by mosquitto_passwd",
+        "",
+        pbkdf2_line("alice", b"secret", b"NprJc5G4YcVO", 101),
+        sha512_line("bob", b"hunter2", b"0123456789ab"),
+        "  " + pbkdf2_line("carol", b"pw", bytes(range(64)), 3) + "  \r",
+        pbkdf2_line("dave with space", b"", b"s", 1),
+        sha512_line("\u00e9ve", "p\u00e4ss".encode(), b"\x00\xff"),
+    ]))
+    write("passwd", "seed-valid-replace-first-user", passwd_seed(0x83, [
+        sha512_line("admin", b"admin", b"saltsaltsalt"),
+        pbkdf2_line("guest", b"guest", b"saltsaltsalt", 16),
+    ]))
+    good = pbkdf2_line("alice", b"a", b"saltsaltsalt", 101)
+    write("passwd", "seed-bad-lines", passwd_seed(0x00, [
+        good,
+        "bob:plaintext",
+        "no colon here",
+        ":" + good.split(":", 1)[1],
+        "carol:$7$abc$c2FsdA==$aGFzaA==",
+        "dave:$7$101$!!!$aGFzaA==",
+        "erin:$7$101$c2FsdA==$aGFzaA==",
+        "frank:$5$abc$def",
+        good,
+        "gina:$7$0$c2FsdA==$aGFzaA==",
+        "hank:$7$1000001$" + good.split("$", 4)[3] + "$" + good.split("$")[-1],
+        "ivan:$6$$" + b64(bytes(64)),
+        "jo:$6$c2FsdA==$" + b64(bytes(63)),
+        "kim:$7$4294967296$c2FsdA==$" + b64(bytes(64)),
+        "lee:$6$c2FsdA=$" + b64(bytes(64)),
+    ]))
+    write("passwd", "seed-empty-and-comments", passwd_seed(0x00, ["", "# only", "   ", "\t#x"]))
+    write("passwd", "seed-crlf-and-unicode-whitespace", bytes([0x02]) + (
+        sha512_line("u1", b"x", b"y") + "\r\n\u2003"
+        + pbkdf2_line("u2", b"x", b"y", 2) + "\u2003\r\n\r\n").encode())
+
+
+# ---------------------------------------------------------------------- ACL files
+# Byte 0 bit 0: the client gives a username. The rest is split at NUL: the file, the
+# client id, the username (with bit 0), then topics and filters.
+
+
+def acl_seed(text, client_id, username, entries):
+    parts = [text, client_id] + ([username] if username is not None else []) + entries
+    return bytes([1 if username is not None else 0]) + "\0".join(parts).encode()
+
+
+ACL = """\
+# anonymous clients
+topic read public/#
+topic deny public/secret
+
+user alice
+topic readwrite alice/#
+topic read sensors/+/temp
+topic deny sensors/roof/temp
+
+user bob
+topic sensors/#
+topic write  cmd/with space/x
+
+pattern readwrite devices/%c/#
+pattern read users/%u/inbox
+pattern deny devices/%c/locked
+pattern write %u/%c/out
+topic read $SYS/broker/#
+"""
+
+ACL_ENTRIES = ["#", "+", "+/+", "public/+", "public/secret", "public/news", "alice/#",
+               "sensors/+/temp", "sensors/roof/temp", "devices/c1/#", "devices/c1/locked",
+               "users/+/inbox", "users/alice/inbox", "$SYS/#", "$SYS/broker/load",
+               "alice/c1/out"]
+
+
+def acl_seeds():
+    write("acl", "seed-alice", acl_seed(ACL, "c1", "alice", ACL_ENTRIES))
+    write("acl", "seed-anonymous", acl_seed(ACL, "c1", None, ACL_ENTRIES))
+    write("acl", "seed-unknown-user", acl_seed(ACL, "c1", "carol",
+                                               ["users/carol/inbox", "carol/c1/out", "#"]))
+    write("acl", "seed-wildcard-client-id", acl_seed(ACL, "dev+", "alice",
+                                                     ["devices/dev+/x", "devices/#", "alice/x"]))
+    # A client id holding "%u" must not be replaced again by the username (Mosquitto
+    # substitutes in one pass; fixed in d093603, the acl target's first finding).
+    write("acl", "seed-percent-in-client-id", acl_seed(ACL, "%u", "bob",
+                                                       ["devices/bob/x", "devices/%u/x",
+                                                        "devices/+/x", "bob/%u/out"]))
+    write("acl", "seed-dollar-rules", acl_seed(
+        "topic read #\ntopic read +/x\ntopic read $SYS/broker/#\ntopic deny $SYS/broker/secret\n",
+        "c", None, ["#", "$SYS/#", "$SYS/broker/+", "a/b", "$x/x", "$SYS/broker/secret", "+/x"]))
+    write("acl", "seed-bad-lines", acl_seed(
+        "topic read ok/#\nfoo bar\nuser\ntopic read a/#/b\ntopic deny\npattern write x+/y\n"
+        "topic\ntopic read\ntopic read %c+\n",
+        "c", None, ["ok/x"]))
+    write("acl", "seed-covers-and-intersects", acl_seed(
+        "topic read a/#\ntopic deny a/+/b\ntopic write +/+/+\n", "c", None,
+        ["a/#", "a/+/b", "+/+/+", "a", "a/b/+", "+/b/#", "a/x/b", "#", "+/#", "/+", "/",
+         "a//b", "+"]))
+
+
 if __name__ == "__main__":
     decode_seeds()
     session_seeds()
+    passwd_seeds()
+    acl_seeds()

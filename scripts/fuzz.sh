@@ -1,23 +1,26 @@
 #!/usr/bin/env bash
 # Hostile-input fuzzing: runs the libFuzzer targets in fuzz/ (decode: arbitrary bytes
 # through the decoder; session: arbitrary packet sequences through the session state
-# machine) for SECONDS_PER_TARGET each, concurrently when there is a core per target.
+# machine; passwd: arbitrary text as a password file; acl: arbitrary text as an ACL
+# file, with a client and topics) for SECONDS_PER_TARGET each, concurrently when there
+# is a core per target.
 # Installs cargo-fuzz if missing. cargo-fuzz passes nightly-only flags to rustc; with
 # no nightly toolchain, RUSTC_BOOTSTRAP=1 lets the stable compiler accept them.
 #
 # Every crash, timeout or out-of-memory input is copied to fuzz/regressions/<target>/,
-# which tests/fuzz_regressions.rs replays; fix the bug, then keep the file there.
+# which tests/fuzz_regressions.rs replays; fix the bug, then keep the file there. An
+# input showing a bug that is not fixed yet goes to fuzz/findings/<target>/ instead.
 # The growing corpus stays in fuzz/corpus/<target>/ (not committed), logs in
 # fuzz/artifacts/logs/. Exits non-zero if anything was found.
 #
 # Usage: scripts/fuzz.sh [SECONDS_PER_TARGET]   (default 600)
-# Environment: FUZZ_TARGETS (default "decode session"), FUZZ_SANITIZER (address or
-# none; default address, falling back to none if that does not build).
+# Environment: FUZZ_TARGETS (default "decode session passwd acl"), FUZZ_SANITIZER
+# (address or none; default address, falling back to none if that does not build).
 set -euo pipefail
 cd "$(dirname "$(readlink -f "$0")")/.."
 
 SECONDS_PER_TARGET=${1:-600}
-TARGETS=${FUZZ_TARGETS:-decode session}
+TARGETS=${FUZZ_TARGETS:-decode session passwd acl}
 SANITIZER=${FUZZ_SANITIZER:-address}
 export RUSTC_BOOTSTRAP=1
 

@@ -1055,3 +1055,446 @@ fn server_only_packet(which: u8) -> Packet {
         })),
     }
 }
+
+// ------------------------------------------------------------------------ passwd
+
+/// User name [`passwd_case`] adds (or, with bit 7 of byte 0, the file's first user it
+/// replaces).
+const NEW_USER: &str = "fuzz-new-user";
+
+/// Feeds `data` to the password-file parser the way `FileAuth::load` does, then edits
+/// the result the way `shardmq passwd` does.
+///
+/// Layout: byte 0 picks the edits (bits 0-1: iterations - 1 of the `$7$` hash the case
+/// makes; bits 2-6: which user to remove, modulo the number of users; bit 7: give the
+/// new hash to the file's first user instead of [`NEW_USER`]); the rest, lossily as
+/// UTF-8, is the file. Its first 16 bytes are the password of the new hashes, and byte
+/// 0 with the next 11 bytes their salt. Checked:
+/// - parsing never panics; a refused file reports at least one line, every line number
+///   within 1..=the number of lines, in increasing order;
+/// - an accepted file has exactly one user per line that is not blank or a comment,
+///   each found with `get` under its name with the hash the line holds; re-formatting
+///   it with `to_string()` and parsing again gives an equal file, and every hash
+///   formats back to text that parses to an equal hash;
+/// - `verify` does not panic on any `$6$` hash or on a `$7$` hash of at most 16
+///   iterations (bigger counts would make the fuzzer slow);
+/// - `remove` drops exactly one user and leaves every other findable with its hash;
+///   `set` with a `$7$` hash the case makes (1 to 4 iterations) and a `$6$` hash makes
+///   the password verify and another one fail, and the file still round-trips.
+pub fn passwd_case(data: &[u8]) {
+    use crate::auth::password::{PasswordFile, PasswordHash};
+
+    let (control, rest) = match data.split_first() {
+        Some((&c, rest)) => (c, rest),
+        None => (0, data),
+    };
+    let text = String::from_utf8_lossy(rest);
+    let line_count = text.lines().count();
+    let mut file = match PasswordFile::parse(&text) {
+        Ok(file) => file,
+        Err(errors) => {
+            let lines: Vec<usize> = errors.0.iter().map(|e| e.line).collect();
+            assert!(!lines.is_empty(), "refused without a reason");
+            assert!(
+                lines.iter().all(|&l| (1..=line_count).contains(&l)),
+                "line numbers {lines:?} outside 1..={line_count}"
+            );
+            assert!(
+                lines.windows(2).all(|w| w[0] < w[1]),
+                "line numbers {lines:?} not in increasing order"
+            );
+            return;
+        }
+    };
+
+    // Every user line, as the file format defines it.
+    let mut users: Vec<(&str, PasswordHash)> = Vec::new();
+    for line in text.lines().map(str::trim) {
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let (user, hash) = line.split_once(':').expect("an accepted line has a colon");
+        let hash = PasswordHash::parse(hash).expect("an accepted line has a hash");
+        users.push((user, hash));
+    }
+    assert_eq!(file.len(), users.len(), "users lost or invented");
+    assert_eq!(file.is_empty(), users.is_empty());
+    for (user, hash) in &users {
+        assert_eq!(file.get(user), Some(hash), "user {user:?}");
+        let back = PasswordHash::parse(&hash.to_string()).expect("a formatted hash parses");
+        assert_eq!(&back, hash, "hash round trip");
+        let cheap = match hash {
+            PasswordHash::Sha512 { .. } => true,
+            PasswordHash::Pbkdf2 { iterations, .. } => *iterations <= 16,
+        };
+        if cheap {
+            hash.verify(rest.get(..16).unwrap_or(rest));
+        }
+    }
+    assert_passwd_round_trip(&file);
+
+    if !users.is_empty() {
+        let (gone, _) = users.remove(usize::from(control >> 2 & 0x1f) % users.len());
+        assert!(file.remove(gone), "{gone:?} not removed");
+        assert!(!file.remove(gone), "{gone:?} removed twice");
+        assert!(file.get(gone).is_none());
+        assert_eq!(file.len(), users.len());
+        for (user, hash) in &users {
+            assert_eq!(
+                file.get(user),
+                Some(hash),
+                "{user:?} after removing {gone:?}"
+            );
+        }
+        assert_passwd_round_trip(&file);
+    }
+
+    let password = rest.get(..16).unwrap_or(rest);
+    let salt: Vec<u8> = std::iter::once(control)
+        .chain(rest.iter().copied().skip(16).take(11))
+        .collect();
+    let user = match users.first() {
+        Some((first, _)) if control & 0x80 != 0 => *first,
+        _ => NEW_USER,
+    };
+    let before = file.len();
+    let existed = file.get(user).is_some();
+    let sha512 = {
+        use sha2::{Digest, Sha512};
+        let mut h = Sha512::new();
+        h.update(password);
+        h.update(&salt);
+        PasswordHash::Sha512 {
+            salt: salt.clone(),
+            hash: h.finalize().to_vec(),
+        }
+    };
+    let pbkdf2 = PasswordHash::pbkdf2(password, salt, u32::from(control & 3) + 1);
+    for hash in [sha512, pbkdf2] {
+        file.set(user, hash.clone());
+        assert_eq!(file.len(), before + usize::from(!existed));
+        assert_eq!(file.get(user), Some(&hash));
+        assert!(file.verify(user, password), "the password does not verify");
+        let mut wrong = password.to_vec();
+        wrong.push(b'!');
+        assert!(!file.verify(user, &wrong), "a wrong password verifies");
+        assert!(!file.verify("fuzz-nobody", password));
+        for (other, other_hash) in users.iter().filter(|(u, _)| *u != user) {
+            assert_eq!(file.get(other), Some(other_hash), "{other:?} after set");
+        }
+        assert_passwd_round_trip(&file);
+    }
+}
+
+/// A file formats to text that parses back to an equal file.
+fn assert_passwd_round_trip(file: &crate::auth::password::PasswordFile) {
+    let text = file.to_string();
+    let back = crate::auth::password::PasswordFile::parse(&text)
+        .unwrap_or_else(|e| panic!("formatted file does not parse: {e}"));
+    assert_eq!(&back, file, "round trip changed the file");
+    assert_eq!(back.to_string(), text);
+}
+
+// --------------------------------------------------------------------------- acl
+
+/// Most topics and filters an [`acl_case`] input lists, rule topics it takes from the
+/// file, and levels per topic or filter: bounds on the work per input.
+const ACL_MAX_ENTRIES: usize = 16;
+const ACL_MAX_LEVELS: usize = 8;
+
+/// A rule of an ACL file as the model reads it: whose (`None`: anonymous, or the
+/// patterns), what it grants and its topic.
+#[derive(Debug)]
+struct ModelRule<'a> {
+    pattern: bool,
+    user: Option<&'a str>,
+    access: &'a str,
+    topic: &'a str,
+}
+
+/// Feeds an ACL file and one client to the ACL code the way `FileAuth` does.
+///
+/// Layout: byte 0 bit 0 says whether the client gives a username; the rest, lossily as
+/// UTF-8, is split at NUL characters into the file's text, the client id, the username
+/// (only with bit 0) and then at most 16 topics and filters (entries over 8 levels are
+/// skipped). Parsing must never panic. For an accepted file, the client's rules are
+/// compiled with `for_client` and checked against a model of the documented rules
+/// (own rules first, deny winning, then the patterns with `%c` and `%u` put in once,
+/// none for a client id or username holding a wildcard, no `%u` pattern without a
+/// username) over a pool of topics: the listed topics, instances of every listed
+/// filter and rule topic, and for every pair of them a topic both match, when there is
+/// one. Checked:
+/// - `can_read` and `can_write` agree with the model on every topic of the pool;
+/// - for every listed valid filter, `filter_access` says `Allowed` only if `can_read`
+///   holds on every topic of the pool the filter matches, `Denied` only if it holds on
+///   none;
+/// - over the listed filters and the rule topics: if `covers(a, b)`, every topic of the
+///   pool `b` matches is matched by `a`; if some topic is matched by both, then
+///   `intersects(a, b)`, both ways round.
+pub fn acl_case(data: &[u8]) {
+    use crate::auth::acl::{covers, intersects, AclFile, FilterAccess};
+    use crate::protocol::topic::valid_topic_name;
+
+    let (control, rest) = match data.split_first() {
+        Some((&c, rest)) => (c, rest),
+        None => (0, data),
+    };
+    let input = String::from_utf8_lossy(rest);
+    let mut parts = input.split('\0');
+    let text = parts.next().unwrap_or("");
+    let client_id = parts.next().unwrap_or("");
+    let username = if control & 1 != 0 {
+        Some(parts.next().unwrap_or(""))
+    } else {
+        None
+    };
+    let entries: Vec<&str> = parts
+        .filter(|e| level_count(e.as_bytes()) <= ACL_MAX_LEVELS)
+        .take(ACL_MAX_ENTRIES)
+        .collect();
+
+    let line_count = text.lines().count();
+    let acl = match AclFile::parse(text) {
+        Ok(acl) => acl,
+        Err(errors) => {
+            let lines: Vec<usize> = errors.0.iter().map(|e| e.line).collect();
+            assert!(!lines.is_empty(), "refused without a reason");
+            assert!(
+                lines.iter().all(|&l| (1..=line_count).contains(&l)),
+                "line numbers {lines:?} outside 1..={line_count}"
+            );
+            assert!(
+                lines.windows(2).all(|w| w[0] < w[1]),
+                "line numbers {lines:?} not in increasing order"
+            );
+            return;
+        }
+    };
+    let rules = model_rules(text);
+    let client = acl.for_client(client_id, username);
+
+    // The rules that apply to this client, topics substituted, as (access, topic).
+    let own: Vec<(&str, String)> = rules
+        .iter()
+        .filter(|r| !r.pattern && r.user == username)
+        .map(|r| (r.access, r.topic.to_string()))
+        .collect();
+    let wild = |s: &str| s.contains(['+', '#']);
+    let patterns: Option<Vec<(&str, String)>> = (!wild(client_id) && !username.is_some_and(wild))
+        .then(|| {
+            rules
+                .iter()
+                .filter(|r| r.pattern && (username.is_some() || !r.topic.contains("%u")))
+                .map(|r| {
+                    (
+                        r.access,
+                        substitute(r.topic, client_id, username.unwrap_or("")),
+                    )
+                })
+                .collect()
+        });
+
+    // Filters: the listed valid ones, then the client's rule topics (for covers and
+    // intersects, which filter_access applies to them).
+    let listed: Vec<&str> = entries
+        .iter()
+        .copied()
+        .filter(|e| valid_topic_filter(e))
+        .collect();
+    let mut filters: Vec<String> = listed.iter().map(|f| f.to_string()).collect();
+    for (_, topic) in own.iter().chain(patterns.iter().flatten()) {
+        if filters.len() >= 2 * ACL_MAX_ENTRIES {
+            break;
+        }
+        if valid_topic_filter(topic)
+            && level_count(topic.as_bytes()) <= ACL_MAX_LEVELS
+            && !filters.contains(topic)
+        {
+            filters.push(topic.clone());
+        }
+    }
+
+    let mut pool: BTreeSet<String> = entries
+        .iter()
+        .filter(|e| valid_topic_name(e))
+        .map(|e| e.to_string())
+        .collect();
+    for f in &filters {
+        pool.extend(instances(f));
+    }
+    for (i, a) in filters.iter().enumerate() {
+        for b in &filters[i + 1..] {
+            pool.extend(common_topic(a, b));
+        }
+    }
+
+    // can_read/can_write against the model.
+    let says = |rules: &[(&str, String)], topic: &str, grant: &str| {
+        let hit = |access: &str| rules.iter().any(|r| r.0 == access && matches(&r.1, topic));
+        if hit("deny") {
+            Some(false)
+        } else if hit(grant) || hit("readwrite") {
+            Some(true)
+        } else {
+            None
+        }
+    };
+    let model = |topic: &str, grant: &str| {
+        says(&own, topic, grant)
+            .or_else(|| patterns.as_deref().and_then(|p| says(p, topic, grant)))
+            .unwrap_or(false)
+    };
+    let mut readable: BTreeMap<&str, bool> = BTreeMap::new();
+    for t in &pool {
+        let read = client.can_read(t);
+        assert_eq!(read, model(t, "read"), "can_read({t:?})");
+        assert_eq!(client.can_write(t), model(t, "write"), "can_write({t:?})");
+        readable.insert(t, read);
+    }
+
+    for f in &listed {
+        let verdict = client.filter_access(f);
+        let want = match verdict {
+            FilterAccess::Allowed => true,
+            FilterAccess::Denied => false,
+            FilterAccess::PerMessage => continue,
+        };
+        for (t, &read) in &readable {
+            if matches(f, t) {
+                assert_eq!(
+                    read, want,
+                    "filter_access({f:?}) is {verdict:?}; topic {t:?}"
+                );
+            }
+        }
+    }
+
+    for a in &filters {
+        for b in &filters {
+            let both = pool.iter().find(|t| matches(a, t) && matches(b, t));
+            if let Some(t) = both {
+                assert!(intersects(a, b), "{a:?} and {b:?} both match {t:?}");
+            }
+            if covers(a, b) {
+                if let Some(t) = pool.iter().find(|t| matches(b, t) && !matches(a, t)) {
+                    panic!("covers({a:?}, {b:?}) but only the second matches {t:?}");
+                }
+            }
+        }
+    }
+}
+
+/// The rules of an accepted ACL file, read as its format defines: blank lines and `#`
+/// comments skipped; `user NAME` starts a user's rules; `topic`/`pattern` take an
+/// optional access word (`readwrite` when absent) and a topic running to the end of
+/// the line.
+fn model_rules(text: &str) -> Vec<ModelRule<'_>> {
+    fn word(s: &str) -> (&str, &str) {
+        let s = s.trim();
+        match s.find(char::is_whitespace) {
+            Some(i) => (&s[..i], s[i..].trim()),
+            None => (s, ""),
+        }
+    }
+    let mut rules = Vec::new();
+    let mut user = None;
+    for line in text.lines().map(str::trim) {
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let (keyword, rest) = word(line);
+        if keyword == "user" {
+            user = Some(rest);
+            continue;
+        }
+        let (access, topic) = match word(rest) {
+            (a @ ("read" | "write" | "readwrite" | "deny"), topic) => (a, topic),
+            _ => ("readwrite", rest),
+        };
+        rules.push(ModelRule {
+            pattern: keyword == "pattern",
+            user: if keyword == "pattern" { None } else { user },
+            access,
+            topic,
+        });
+    }
+    rules
+}
+
+/// A pattern's topic with `%c` and `%u` replaced in one pass: what replaces them is
+/// never read again for more `%` sequences.
+fn substitute(pattern: &str, client_id: &str, username: &str) -> String {
+    let mut out = String::new();
+    let mut rest = pattern;
+    while let Some(i) = rest.find('%') {
+        out.push_str(&rest[..i]);
+        let tail = &rest[i..];
+        if let Some(after) = tail.strip_prefix("%c") {
+            out.push_str(client_id);
+            rest = after;
+        } else if let Some(after) = tail.strip_prefix("%u") {
+            out.push_str(username);
+            rest = after;
+        } else {
+            out.push('%');
+            rest = &tail[1..];
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+/// Topics a valid filter matches: wildcards as one `x` level, and without a final `#`
+/// (which also matches its parent).
+fn instances(filter: &str) -> Vec<String> {
+    let levels: Vec<&str> = filter.split('/').collect();
+    fn plain<'a>(l: &&'a str) -> &'a str {
+        if matches!(*l, "+" | "#") {
+            "x"
+        } else {
+            l
+        }
+    }
+    let mut out = vec![levels.iter().map(plain).collect::<Vec<_>>().join("/")];
+    if let Some((&"#", parent)) = levels.split_last() {
+        if !parent.is_empty() {
+            out.push(parent.iter().map(plain).collect::<Vec<_>>().join("/"));
+        }
+    }
+    out
+}
+
+/// A topic both valid filters match, if there is one: level by level, a literal where
+/// either has one, `x` where both have `+`, and at a `#` the rest of the other filter.
+fn common_topic(a: &str, b: &str) -> Option<String> {
+    let (x, y): (Vec<&str>, Vec<&str>) = (a.split('/').collect(), b.split('/').collect());
+    let mut out: Vec<&str> = Vec::new();
+    let mut k = 0;
+    loop {
+        let rest = match (x.get(k), y.get(k)) {
+            (Some(&"#"), _) => &y[k.min(y.len())..],
+            (_, Some(&"#")) => &x[k.min(x.len())..],
+            (None, None) => &[][..],
+            (Some(_), None) | (None, Some(_)) => return None,
+            (Some(&p), Some(&q)) => {
+                out.push(match (p, q) {
+                    ("+", "+") => "x",
+                    ("+", l) | (l, "+") => l,
+                    (p, q) if p == q => p,
+                    _ => return None,
+                });
+                k += 1;
+                continue;
+            }
+        };
+        out.extend(
+            rest.iter()
+                .map(|l| if matches!(*l, "+" | "#") { "x" } else { *l }),
+        );
+        if out.is_empty() {
+            out.push("x");
+        }
+        let topic = out.join("/");
+        return (matches(a, &topic) && matches(b, &topic)).then_some(topic);
+    }
+}

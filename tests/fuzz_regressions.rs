@@ -3,7 +3,7 @@
 //! and the cases themselves keep passing without libFuzzer (`scripts/fuzz.sh` runs
 //! the fuzzer).
 
-use shardmq::fuzz_support::{decode_case, session_case};
+use shardmq::fuzz_support::{acl_case, decode_case, passwd_case, session_case};
 use std::path::{Path, PathBuf};
 
 /// The files of `fuzz/regressions/<target>/`, sorted; never empty, so the test cannot
@@ -39,6 +39,78 @@ fn decoder_survives_every_kept_input() {
 #[test]
 fn session_survives_every_kept_input() {
     replay("session", session_case);
+}
+
+#[test]
+fn password_file_parser_survives_every_kept_input() {
+    replay("passwd", passwd_case);
+}
+
+#[test]
+fn acl_survives_every_kept_input() {
+    replay("acl", acl_case);
+}
+
+/// Inputs in `fuzz/findings/<target>/` show bugs not fixed yet (described in
+/// `fuzz/findings/README.md`), so each must still fail; once the bug is fixed this test
+/// fails, and the input moves to `fuzz/regressions/`. Ignored because the bugs are
+/// outside the fuzz harness: `cargo test --test fuzz_regressions -- --ignored`.
+#[test]
+#[ignore]
+fn every_finding_still_reproduces() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/findings");
+    type Case = fn(&[u8]);
+    let cases: [(&str, Case); 4] = [
+        ("decode", decode_case),
+        ("session", session_case),
+        ("passwd", passwd_case),
+        ("acl", acl_case),
+    ];
+    for (target, case) in cases {
+        let Ok(dir) = std::fs::read_dir(root.join(target)) else {
+            continue;
+        };
+        for path in dir.map(|e| e.expect("directory entry").path()) {
+            let data = std::fs::read(&path).expect("readable input");
+            let result = std::panic::catch_unwind(|| case(&data));
+            assert!(
+                result.is_err(),
+                "{} passes now: move it to regressions/",
+                path.display()
+            );
+        }
+    }
+}
+
+/// The `seed-valid-*` passwd inputs are files the parser accepts (after the control
+/// byte passwd_case reads first), so the fuzzer starts past the first refusal; their
+/// hashes, made by Python's hashlib, verify with the passwords make_seeds.py used.
+#[test]
+fn valid_passwd_seeds_are_accepted_and_verify_with_hashlib_hashes() {
+    use shardmq::auth::password::PasswordFile;
+    let parse = |name: &str| {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("fuzz/regressions/passwd")
+            .join(name);
+        let data = std::fs::read(&path).expect("readable input");
+        let text = String::from_utf8(data[1..].to_vec()).expect("UTF-8 seed");
+        PasswordFile::parse(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    };
+    for path in inputs("passwd") {
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        if name.starts_with("seed-valid-") {
+            parse(name);
+        }
+    }
+    let file = parse("seed-valid-mosquitto-file");
+    assert_eq!(file.len(), 5);
+    assert!(file.verify("alice", b"secret") && !file.verify("alice", b"Secret"));
+    assert!(file.verify("bob", b"hunter2") && !file.verify("bob", b"hunter3"));
+    assert!(file.verify("carol", b"pw"));
+    assert!(file.verify("dave with space", b""));
+    assert!(file.verify("\u{e9}ve", "p\u{e4}ss".as_bytes()));
+    let file = parse("seed-valid-replace-first-user");
+    assert!(file.verify("admin", b"admin") && file.verify("guest", b"guest"));
 }
 
 /// The `seed-valid-*` decode inputs really are well-formed client streams (after the
