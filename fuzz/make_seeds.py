@@ -308,8 +308,36 @@ def acl_seeds():
          "a//b", "+"]))
 
 
+# ------------------------------------------------------------- websocket layer
+# Byte 0: bit 0 = built mode (frames described by the rest), bits 1-7 set the chunk
+# size (16 + b//2 × 8). Raw mode: the rest is what the client sends.
+
+WS_UPGRADE = (b"GET /mqtt HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\n"
+              b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+              b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: mqtt\r\n\r\n")
+
+
+def ws_frame(flags, payload):
+    """Built mode: flags (bits 0-1 kind, bit 2 FIN) and the payload length in bits 3-7."""
+    return bytes([flags | (len(payload) << 3)]) + payload
+
+
+def ws_seeds():
+    connect_pkt = connect(fields=("ws",))
+    # Binary CONNECT in two fragments with a ping between, then a whole SUBSCRIBE.
+    built = (ws_frame(0b000, connect_pkt[:5]) + ws_frame(0b110, b"hi")
+             + ws_frame(0b100, connect_pkt[5:]) + ws_frame(0b100, subscribe(1, [("a/b", 1)])))
+    write("ws", "seed-built-fragments-and-ping", bytes([1]) + built)
+    write("ws", "seed-built-text-frame", bytes([3]) + ws_frame(0b100, connect_pkt) + ws_frame(0b111, b"text"))
+    write("ws", "seed-raw-upgrade-and-frame", bytes([0]) + WS_UPGRADE
+          + bytes([0x82, 0x80 | 2, 1, 2, 3, 4, 0x10 ^ 1, 0x00 ^ 2]))
+    write("ws", "seed-raw-wrong-path", bytes([0]) + WS_UPGRADE.replace(b"/mqtt", b"/x"))
+    write("ws", "seed-raw-not-http", bytes([8]) + connect_pkt)
+
+
 if __name__ == "__main__":
     decode_seeds()
     session_seeds()
+    ws_seeds()
     passwd_seeds()
     acl_seeds()

@@ -20,7 +20,7 @@ set -euo pipefail
 cd "$(dirname "$(readlink -f "$0")")/.."
 
 SECONDS_PER_TARGET=${1:-600}
-TARGETS=${FUZZ_TARGETS:-decode session passwd acl}
+TARGETS=${FUZZ_TARGETS:-decode session passwd acl ws}
 SANITIZER=${FUZZ_SANITIZER:-address}
 export RUSTC_BOOTSTRAP=1
 

@@ -1498,3 +1498,121 @@ fn common_topic(a: &str, b: &str) -> Option<String> {
         return (matches(a, &topic) && matches(b, &topic)).then_some(topic);
     }
 }
+
+// ------------------------------------------------------------------- websocket
+
+/// The upgrade request `ws_case` sends before its frames in constructed mode.
+const WS_UPGRADE: &str = "GET /mqtt HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\n\
+    Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+    Sec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: mqtt\r\n\r\n";
+
+/// Feeds bytes to the WebSocket layer of a `ws` listener ([`crate::link::wire::Wire`]:
+/// tungstenite's upgrade and frame reader, as a connection's read loop drives it).
+///
+/// Layout: byte 0 picks the mode (bit 0) and the chunk size the input arrives in
+/// (16 + its upper bits × 8 bytes, so tungstenite's guard against upgrades dribbled
+/// in tiny reads stays out of the way). Raw mode: the rest is the byte stream. Built
+/// mode: the rest describes frames: for each, one byte of flags (bits 0-1: binary,
+/// continuation, ping or text; bit 2: FIN; bits 3-7: payload length) and then that
+/// many payload bytes; they are masked and sent after a valid upgrade.
+///
+/// Checked: nothing panics, whatever arrives; once the layer has failed it keeps
+/// failing (and never yields MQTT bytes again); the MQTT bytes it yields are never
+/// more than the bytes that came in; in built mode, a stream of well-formed binary
+/// frames (fragmented or not, pings between fragments) yields exactly their payloads,
+/// in order, and a text frame is an error.
+pub fn ws_case(data: &[u8]) {
+    use crate::link::wire::{Peer, Wire};
+    let Some((&mode, rest)) = data.split_first() else {
+        return;
+    };
+    let chunk = 16 + usize::from(mode >> 1) * 8;
+    // Built mode sends its frames after the upgrade's answer, as a client must
+    // (RFC 6455 §4.1): tungstenite refuses bytes behind the request.
+    let (parts, expect) = if mode & 1 == 0 {
+        (vec![rest.to_vec()], None)
+    } else {
+        let (stream, payloads, text) = ws_frames(rest);
+        (
+            vec![WS_UPGRADE.as_bytes().to_vec(), stream],
+            Some((payloads, text)),
+        )
+    };
+    let input_len: usize = parts.iter().map(Vec::len).sum();
+    let mut w = Wire::ws("/mqtt", None, 1 << 16);
+    let mut mqtt = BytesMut::new();
+    let mut failed = false;
+    let mut closed = false;
+    for piece in parts.iter().flat_map(|p| p.chunks(chunk)) {
+        let before = mqtt.len();
+        match w.decode(piece, &mut mqtt) {
+            Ok(Peer::Open) => assert!(!failed, "decoding went on after an error"),
+            Ok(Peer::Closed) => closed = true,
+            Err(_) => {
+                failed = true;
+                assert_eq!(mqtt.len(), before, "MQTT bytes from a failing decode");
+            }
+        }
+        assert!(mqtt.len() <= input_len, "more MQTT bytes than input");
+    }
+    if let Some((payloads, text)) = expect {
+        if text {
+            assert!(failed, "a text frame must close the connection");
+        } else if !closed {
+            assert!(!failed, "well-formed frames were refused");
+            assert_eq!(&mqtt[..], &payloads[..], "payloads changed on the way");
+        }
+    }
+}
+
+/// Built mode's frames: the stream, the binary payloads in order (of complete
+/// messages only), and whether a text frame was sent before the last complete one.
+fn ws_frames(desc: &[u8]) -> (Vec<u8>, Vec<u8>, bool) {
+    let mask = [0x5Au8, 0xA5, 0x3C, 0xC3];
+    let mut stream = Vec::new();
+    let mut delivered = Vec::new();
+    let mut pending = Vec::new();
+    let mut in_message = false;
+    let mut text = false;
+    let mut i = 0;
+    while let Some(&flags) = desc.get(i) {
+        i += 1;
+        let len = usize::from(flags >> 3).min(desc.len() - i);
+        let payload = &desc[i..i + len];
+        i += len;
+        let fin = flags & 4 != 0;
+        let opcode = match flags & 3 {
+            // A continuation outside a message, or a new message inside one, would
+            // be a protocol error: keep built streams well-formed except for text.
+            0 | 1 if in_message => 0,
+            0 | 1 => 2,
+            2 => 9,
+            _ => 1,
+        };
+        let fin = fin || opcode == 9;
+        if opcode == 1 {
+            if in_message {
+                continue;
+            }
+            text = true;
+        }
+        stream.push(if fin { 0x80 } else { 0 } | opcode);
+        stream.push(0x80 | len as u8);
+        stream.extend_from_slice(&mask);
+        stream.extend(payload.iter().enumerate().map(|(k, b)| b ^ mask[k % 4]));
+        match opcode {
+            0 | 2 => {
+                pending.extend_from_slice(payload);
+                in_message = !fin;
+                if fin && !text {
+                    delivered.append(&mut pending);
+                }
+            }
+            _ => {}
+        }
+        if text {
+            break;
+        }
+    }
+    (stream, delivered, text)
+}

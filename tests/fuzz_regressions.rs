@@ -3,7 +3,7 @@
 //! and the cases themselves keep passing without libFuzzer (`scripts/fuzz.sh` runs
 //! the fuzzer).
 
-use shardmq::fuzz_support::{acl_case, decode_case, passwd_case, session_case};
+use shardmq::fuzz_support::{acl_case, decode_case, passwd_case, session_case, ws_case};
 use std::path::{Path, PathBuf};
 
 /// The files of `fuzz/regressions/<target>/`, sorted; never empty, so the test cannot
@@ -51,6 +51,11 @@ fn acl_survives_every_kept_input() {
     replay("acl", acl_case);
 }
 
+#[test]
+fn websocket_layer_survives_every_kept_input() {
+    replay("ws", ws_case);
+}
+
 /// Inputs in `fuzz/findings/<target>/` show bugs not fixed yet (described in
 /// `fuzz/findings/README.md`), so each must still fail; once the bug is fixed this test
 /// fails, and the input moves to `fuzz/regressions/`. Ignored because the bugs are
@@ -60,11 +65,12 @@ fn acl_survives_every_kept_input() {
 fn every_finding_still_reproduces() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/findings");
     type Case = fn(&[u8]);
-    let cases: [(&str, Case); 4] = [
+    let cases: [(&str, Case); 5] = [
         ("decode", decode_case),
         ("session", session_case),
         ("passwd", passwd_case),
         ("acl", acl_case),
+        ("ws", ws_case),
     ];
     for (target, case) in cases {
         let Ok(dir) = std::fs::read_dir(root.join(target)) else {
