@@ -22,4 +22,5 @@ PYTHONPATH="$work/py" python3 scripts/interop/paho_check.py 127.0.0.1 "$port" ||
 NODE_PATH="$work/node_modules" node scripts/interop/mqttjs_check.js 127.0.0.1 "$port" || status=1
 port2=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 bash scripts/interop/secured_check.sh ./target/release/shardmq "$port2" "$work/secured" || status=1
+bash scripts/browser-check.sh || status=1
 exit $status
