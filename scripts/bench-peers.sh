@@ -7,6 +7,10 @@
 # table (plain and Markdown), an SVG chart, a JSON summary and noise.txt (CPU lost to
 # other processes and to the hypervisor during each run) under
 # bench-results/<run-id>/, and points bench-results/latest there.
+# The *-tls scenarios run last, against each broker restarted with only a TLS
+# listener (a CA and a server certificate made with openssl in the run's directory,
+# the same for every broker) and a password file, every client giving a username and
+# password; rumqttd is not run on them.
 # Usage: scripts/bench-peers.sh [options]   (--help lists them)
 set -euo pipefail
 cd "$(dirname "$(readlink -f "$0")")/.."
@@ -19,7 +23,18 @@ RUMQTTD_ROOT=${RUMQTTD_ROOT:-${CARGO_HOME:-$HOME/.cargo}}
 ALL_BROKERS="shardmq shardmq-1 mosquitto rumqttd"
 # conns-50k runs first, on a broker that has not yet held a load: an allocator keeps
 # what it has freed, so the RSS-per-connection figure is only meaningful there.
-ALL_LABELS="conns-50k p2p-16-q0 p2p-16-q1 fanin-32-q0 fanout-100-q0 fanout-1000-q0 latency-50k"
+PLAIN_LABELS="conns-50k p2p-16-q0 p2p-16-q1 fanin-32-q0 fanout-100-q0 fanout-1000-q0 latency-50k"
+# conns-5k-tls leads the TLS set for the same reason: it runs on a freshly started
+# (TLS) broker.
+TLS_LABELS="conns-5k-tls p2p-16-q0-tls p2p-16-q1-tls"
+ALL_LABELS="$PLAIN_LABELS $TLS_LABELS"
+# Brokers of this suite without a TLS listener: the *-tls scenarios skip them.
+NO_TLS_BROKERS="rumqttd"
+# The one user of the TLS scenarios, in one password file for every broker.
+TLS_USER=bench
+TLS_PASSWORD=bench-password
+# Connections of conns-5k-tls, in quick and full runs alike.
+TLS_CONNS=5000
 # Descriptors the load generator keeps for itself besides its connections.
 FD_MARGIN=1000
 
@@ -31,7 +46,8 @@ Usage: scripts/bench-peers.sh [options]
   --warmup S        seconds of load before measuring (default 2)
   --payload BYTES   payload size (default 64)
   --brokers "A B"   brokers to run, in order (default "$ALL_BROKERS")
-  --only L[,L]      scenario labels to run (default all: $ALL_LABELS)
+  --only L[,L]      scenario labels to run (default all: $ALL_LABELS);
+                    "plain" and "tls" stand for each group
   --quick           duration 3, warmup 1, conns-50k capped at 5000 connections
   --shards N        shardmq shards (default 0: one per CPU); shardmq-1 always
                     runs the same binary and flags with --shards 1
@@ -79,6 +95,15 @@ for b in $brokers; do
 done
 labels=$ALL_LABELS
 if [ -n "$only" ]; then
+    expanded=""
+    for l in ${only//,/ }; do
+        case $l in
+            plain) expanded="$expanded,${PLAIN_LABELS// /,}" ;;
+            tls) expanded="$expanded,${TLS_LABELS// /,}" ;;
+            *) expanded="$expanded,$l" ;;
+        esac
+    done
+    only=${expanded#,}
     for l in ${only//,/ }; do
         [[ " $ALL_LABELS " == *" $l "* ]] || { echo "bench-peers: unknown label $l (known: $ALL_LABELS)" >&2; exit 2; }
     done
@@ -89,6 +114,9 @@ if [ -n "$only" ]; then
     done
 fi
 has_broker() { [[ " $brokers " == *" $1 "* ]]; }
+is_tls_label() { [[ " $TLS_LABELS " == *" $1 "* ]]; }
+has_tls() { [[ "$labels " == *"-tls "* ]]; }
+no_tls() { [[ " $NO_TLS_BROKERS " == *" $1 "* ]]; }
 
 # Prints a command, then runs it.
 run() {
@@ -176,6 +204,14 @@ if [ "$nofile" != unlimited ] && [ $((nofile - FD_MARGIN)) -lt "$conns" ]; then
     fi
 fi
 read -r port_lo port_hi </proc/sys/net/ipv4/ip_local_port_range
+tls_conns=$TLS_CONNS
+if [ "$nofile" != unlimited ] && [ $((nofile - FD_MARGIN)) -lt "$tls_conns" ]; then
+    tls_conns=$((nofile - FD_MARGIN))
+    if [[ " $labels " == *" conns-5k-tls "* ]]; then
+        echo "bench-peers: conns-5k-tls opens $tls_conns connections, not $TLS_CONNS: the" \
+            "open-files limit is $nofile"
+    fi
+fi
 if [[ " $labels " == *" conns-50k "* ]] && [ "$conns" -gt $((port_hi - port_lo + 1)) ]; then
     echo "bench-peers: warning: $conns connections from one source address exceed the" \
         "$((port_hi - port_lo + 1)) ephemeral ports ($port_lo-$port_hi)"
@@ -195,6 +231,7 @@ echo "bench-peers: results in $run_dir"
     echo "cpus: $(nproc)"
     echo "open files: $nofile"
     echo "duration: $duration warmup: $warmup payload: $payload conns: $conns shards: $shards"
+    if has_tls; then echo "tls: conns $tls_conns; $(openssl version)"; fi
     if has_broker shardmq-1; then echo "shardmq-1: shardmq with --shards 1"; fi
     if has_broker mosquitto; then echo "mosquitto: $("$mosquitto_bin" -h 2>&1 | head -n 1)"; fi
     if has_broker rumqttd; then echo "rumqttd: $("$rumqttd_bin" --version 2>&1)"; fi
@@ -210,14 +247,40 @@ scenario_args() {
         fanout-1000-q0) echo "fanout --clients 1000 --publishers 1 --qos 0" ;;
         latency-50k) echo "latency --clients 16 --rate 50000 --qos 0" ;;
         conns-50k) echo "conns --clients $conns" ;;
+        p2p-16-q0-tls) echo "p2p --clients 16 --qos 0" ;;
+        p2p-16-q1-tls) echo "p2p --clients 16 --qos 1" ;;
+        conns-5k-tls) echo "conns --clients $tls_conns" ;;
     esac
 }
+
+# The TLS scenarios' files, made once per run: a CA, a server certificate it signs
+# (ECDSA P-256, for localhost and 127.0.0.1) and a password file, used by every broker.
+tls_dir=$run_dir/tls
+make_tls_files() {
+    mkdir -p "$tls_dir"
+    run openssl ecparam -name prime256v1 -genkey -noout -out "$tls_dir/ca.key"
+    run openssl req -new -x509 -key "$tls_dir/ca.key" -sha256 -days 30 \
+        -subj "/CN=bench-peers CA" -out "$tls_dir/ca.pem"
+    run openssl ecparam -name prime256v1 -genkey -noout -out "$tls_dir/server.key"
+    run openssl req -new -key "$tls_dir/server.key" -subj "/CN=localhost" -out "$tls_dir/server.csr"
+    printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=serverAuth\n' \
+        >"$tls_dir/server.ext"
+    run openssl x509 -req -in "$tls_dir/server.csr" -CA "$tls_dir/ca.pem" -CAkey "$tls_dir/ca.key" \
+        -CAcreateserial -sha256 -days 30 -extfile "$tls_dir/server.ext" -out "$tls_dir/server.pem"
+    # Mosquitto's format ($7$, PBKDF2-SHA512), which both brokers read.
+    if command -v mosquitto_passwd >/dev/null 2>&1; then
+        run mosquitto_passwd -c -b "$tls_dir/passwd" "$TLS_USER" "$TLS_PASSWORD"
+    else
+        run target/release/shardmq passwd -c -b "$tls_dir/passwd" "$TLS_USER" "$TLS_PASSWORD"
+    fi
+}
+if has_tls; then make_tls_files; fi
 
 port_accepts() {
     (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
 }
 
-broker_pid=""
+broker_pid="" broker_mode=""
 
 # Running, not merely unreaped: kill -0 succeeds on a broker that crashed and is a
 # zombie until this script waits for it.
@@ -229,10 +292,12 @@ alive() {
 }
 
 # Starts broker $1 in the background and sets broker_pid once its port accepts an MQTT
-# connection. Returns non-zero (with the broker stopped) if it does not.
+# connection. Returns non-zero (with the broker stopped) if it does not. With $2 =
+# tls, the port is a TLS listener with the run's certificate, and only the user of
+# the run's password file may connect.
 start_broker() {
-    local name=$1 port=${PORT[$1]} log=$run_dir/$1.log
-    local -a cmd
+    local name=$1 mode=${2:-plain} port=${PORT[$1]} log=$run_dir/$1.log
+    local -a cmd probe_tls=()
     if port_accepts "$port" && [ -s /run/mosquitto/mosquitto.pid ] &&
         ss -ltnp "sport = :$port" 2>/dev/null | grep -q "pid=$(cat /run/mosquitto/mosquitto.pid),"; then
         echo "bench-peers: the system's mosquitto service holds port $port; stopping it"
@@ -251,8 +316,14 @@ start_broker() {
             # shardmq-1 differs only in its shard count.
             local n=$shards
             if [ "$name" = shardmq-1 ]; then n=1; fi
-            cmd=(target/release/shardmq --listen "127.0.0.1:$port" --shards "$n"
-                --max-queued-messages 100000 --max-queued-bytes 16777216) ;;
+            cmd=(target/release/shardmq --shards "$n"
+                --max-queued-messages 100000 --max-queued-bytes 16777216)
+            if [ "$mode" = tls ]; then
+                cmd+=(--tls-listen "127.0.0.1:$port" --cert "$tls_dir/server.pem"
+                    --key "$tls_dir/server.key" --password-file "$tls_dir/passwd")
+            else
+                cmd+=(--listen "127.0.0.1:$port")
+            fi ;;
         mosquitto)
             sed -E "s/^listener [0-9]+ 127\.0\.0\.1\$/listener $port 127.0.0.1/" \
                 scripts/peers/mosquitto.conf >"$run_dir/mosquitto.conf"
@@ -260,6 +331,22 @@ start_broker() {
                 echo "bench-peers: no 'listener PORT 127.0.0.1' line in scripts/peers/mosquitto.conf" >&2
                 return 1
             }
+            if [ "$mode" = tls ]; then
+                # The same settings, the listener made TLS and closed to anonymous
+                # clients.
+                sed -i -E '/^allow_anonymous /d' "$run_dir/mosquitto.conf"
+                {
+                    echo
+                    echo "# Added by bench-peers.sh for the TLS scenarios."
+                    echo "certfile $tls_dir/server.pem"
+                    echo "keyfile $tls_dir/server.key"
+                    echo "password_file $tls_dir/passwd"
+                    echo "allow_anonymous false"
+                    # As root, mosquitto would switch to the mosquitto user and could
+                    # not read the run's files.
+                    if [ "$(id -u)" -eq 0 ]; then echo "user root"; fi
+                } >>"$run_dir/mosquitto.conf"
+            fi
             cmd=("$mosquitto_bin" -c "$run_dir/mosquitto.conf") ;;
         rumqttd)
             sed -E "s/^listen = \"127\.0\.0\.1:[0-9]+\"\$/listen = \"127.0.0.1:$port\"/" \
@@ -272,8 +359,9 @@ start_broker() {
     esac
     # NO_COLOR: plain logs, without terminal colour codes.
     echo "+ NO_COLOR=1 ${cmd[*]} >>$log 2>&1 &"
+    echo "--- bench-peers: starting $name ($mode) ---" >>"$log"
     NO_COLOR=1 "${cmd[@]}" >>"$log" 2>&1 &
-    broker_pid=$!
+    broker_pid=$! broker_mode=$mode
     local up=0
     for _ in $(seq 100); do
         if ! alive "$broker_pid"; then
@@ -292,22 +380,25 @@ start_broker() {
         return 1
     fi
     # An MQTT round trip, not only a TCP accept, when Debian's clients are here.
+    if [ "$mode" = tls ]; then
+        probe_tls=(--cafile "$tls_dir/ca.pem" -u "$TLS_USER" -P "$TLS_PASSWORD")
+    fi
     if command -v mosquitto_pub >/dev/null 2>&1; then
-        if ! run timeout 10 mosquitto_pub -h 127.0.0.1 -p "$port" -V mqttv311 -q 1 \
-            -i bench-peers-probe -t bench-peers/probe -m probe; then
+        if ! run timeout 10 mosquitto_pub -h localhost -p "$port" -V mqttv311 -q 1 \
+            "${probe_tls[@]}" -i bench-peers-probe -t bench-peers/probe -m probe; then
             echo "bench-peers: $name accepts on port $port but does not answer MQTT" >&2
             stop_broker
             return 1
         fi
     fi
-    echo "bench-peers: $name is up, pid $broker_pid, port $port"
+    echo "bench-peers: $name is up, pid $broker_pid, port $port ($mode)"
 }
 
 # SIGTERM, up to 10 s to exit, then SIGKILL.
 stop_broker() {
     [ -n "$broker_pid" ] || return 0
     local pid=$broker_pid
-    broker_pid=""
+    broker_pid="" broker_mode=""
     echo "+ kill -TERM $pid"
     kill -TERM "$pid" 2>/dev/null || true
     for _ in $(seq 100); do
@@ -357,11 +448,37 @@ noisy=()
 for name in $brokers; do
     echo
     echo "=== $name ==="
-    if ! start_broker "$name"; then
+    # The broker starts as its first scenario wants it: plain, or TLS.
+    first=""
+    for label in $labels; do
+        if is_tls_label "$label" && no_tls "$name"; then continue; fi
+        first=$label
+        break
+    done
+    if [ -z "$first" ]; then
+        echo "bench-peers: $name has no TLS listener in this suite; no scenario to run"
+        continue
+    fi
+    mode=plain
+    if is_tls_label "$first"; then mode=tls; fi
+    if ! start_broker "$name" "$mode"; then
         failures+=("$name: did not start")
         continue
     fi
     for label in $labels; do
+        want=plain
+        if is_tls_label "$label"; then want=tls; fi
+        if [ "$want" = tls ] && no_tls "$name"; then
+            echo "bench-peers: $name has no TLS listener in this suite; skipping $label"
+            continue
+        fi
+        if [ "$want" != "$broker_mode" ] && [ -n "$broker_pid" ]; then
+            # The TLS scenarios get the broker restarted, TLS only, so that the plain
+            # ones keep the broker exactly as it was.
+            echo "bench-peers: restarting $name for the $want scenarios"
+            stop_broker
+            start_broker "$name" "$want" || { failures+=("$name: did not start ($want)"); break; }
+        fi
         if [ -z "$broker_pid" ] || ! alive "$broker_pid"; then
             # It died in the previous scenario; the rest still get a broker, though its
             # end-of-set memory no longer covers the whole set.
@@ -369,7 +486,7 @@ for name in $brokers; do
             echo "bench-peers: $name is gone; starting it again" >&2
             wait "$broker_pid" 2>/dev/null || true
             broker_pid=""
-            start_broker "$name" || { failures+=("$name: did not restart"); break; }
+            start_broker "$name" "$want" || { failures+=("$name: did not restart"); break; }
         fi
         # shellcheck disable=SC2207 # the arguments are plain words
         args=($(scenario_args "$label"))
@@ -381,6 +498,10 @@ for name in $brokers; do
             --payload "$payload" --duration "$duration" --warmup "$warmup"
             --broker-pid "$broker_pid" --broker-name "$name" --label "$label"
             --json "$run_dir/$name-$label.json")
+        if [ "$want" = tls ]; then
+            cmd+=(--tls --cafile "$tls_dir/ca.pem" --tls-server-name localhost
+                --username "$TLS_USER" --password "$TLS_PASSWORD")
+        fi
         echo
         echo "+ ${cmd[*]}"
         [ "$dry_run" = 1 ] && continue
@@ -439,6 +560,17 @@ else
     [ "$rc" = 0 ] || failures+=("report: exit $rc")
     echo "+ ${report[*]} --markdown ${files[*]} >$run_dir/table.md"
     "${report[@]}" --markdown "${files[@]}" >"$run_dir/table.md" || failures+=("report --markdown: exit $?")
+    # A broker left out of the TLS rows shows dashes there; the tables say why.
+    skipped=""
+    for name in $brokers; do
+        if no_tls "$name"; then skipped="$skipped $name"; fi
+    done
+    if has_tls && [ -n "$skipped" ]; then
+        note="-${skipped// /, }: not run on the *-tls rows (no TLS listener in this suite); their dashes there are not failures."
+        note=${note/-, /- }
+        echo "$note" | tee -a "$run_dir/table.txt"
+        printf '\n%s\n' "$note" >>"$run_dir/table.md"
+    fi
     run ln -sfn "$run_id" bench-results/latest
 fi
 

@@ -1,7 +1,7 @@
 //! The `shardmq-loadtest` command: run one scenario against a broker.
 
 use clap::{Args, Parser, Subcommand};
-use shardmq_loadtest::{run, Options, Pacing, Scenario};
+use shardmq_loadtest::{run, Options, Pacing, Scenario, TlsOptions};
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -114,6 +114,27 @@ struct RunArgs {
     /// No live progress line.
     #[arg(long)]
     quiet: bool,
+    /// Connect over TLS (1.3 or 1.2, as the broker chooses; a full handshake per
+    /// connection). Needs --cafile.
+    #[arg(long)]
+    tls: bool,
+    /// PEM file of the CA(s) the broker's certificate must chain to.
+    #[arg(long, value_name = "FILE", requires = "tls")]
+    cafile: Option<PathBuf>,
+    /// Name the broker's certificate is checked against (and sent as SNI).
+    #[arg(
+        long,
+        value_name = "NAME",
+        default_value = "localhost",
+        requires = "tls"
+    )]
+    tls_server_name: String,
+    /// Username every client gives in CONNECT.
+    #[arg(long, value_name = "U")]
+    username: Option<String>,
+    /// Password every client gives in CONNECT (needs --username).
+    #[arg(long, value_name = "P", requires = "username")]
+    password: Option<String>,
 }
 
 fn secs(name: &str, s: f64) -> Result<Duration, String> {
@@ -162,6 +183,18 @@ fn options(scenario: Scenario, a: &RunArgs) -> Result<Options, String> {
     o.connect_timeout = secs("connect-timeout", a.connect_timeout)?;
     o.drain_timeout = secs("drain-timeout", a.drain_timeout)?;
     o.progress = !a.quiet;
+    if a.tls {
+        let cafile = a
+            .cafile
+            .clone()
+            .ok_or("--tls needs --cafile (the CA that signed the broker's certificate)")?;
+        o.tls = Some(TlsOptions {
+            cafile,
+            server_name: a.tls_server_name.clone(),
+        });
+    }
+    o.username = a.username.clone();
+    o.password = a.password.clone();
     Ok(o)
 }
 

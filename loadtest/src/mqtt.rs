@@ -153,13 +153,55 @@ fn put_str(out: &mut Vec<u8>, s: &[u8]) {
 
 /// CONNECT with protocol level 4, no will, no credentials.
 pub fn connect(out: &mut Vec<u8>, client_id: &[u8], clean_session: bool, keep_alive: u16) {
+    connect_with(out, client_id, clean_session, keep_alive, None, None);
+}
+
+/// CONNECT with protocol level 4, no will, and optionally a username and a password
+/// (a password needs a username in 3.1.1).
+pub fn connect_with(
+    out: &mut Vec<u8>,
+    client_id: &[u8],
+    clean_session: bool,
+    keep_alive: u16,
+    username: Option<&[u8]>,
+    password: Option<&[u8]>,
+) {
+    let password = username.and(password);
+    let mut flags = if clean_session { 0x02 } else { 0 };
+    let mut len = 10 + 2 + client_id.len();
+    if let Some(u) = username {
+        flags |= 0x80;
+        len += 2 + u.len();
+    }
+    if let Some(p) = password {
+        flags |= 0x40;
+        len += 2 + p.len();
+    }
     out.push(0x10);
-    put_len(out, 10 + 2 + client_id.len());
+    put_len(out, len);
     put_str(out, b"MQTT");
     out.push(4);
-    out.push(if clean_session { 0x02 } else { 0 });
+    out.push(flags);
     out.extend_from_slice(&keep_alive.to_be_bytes());
     put_str(out, client_id);
+    if let Some(u) = username {
+        put_str(out, u);
+    }
+    if let Some(p) = password {
+        put_str(out, p);
+    }
+}
+
+/// What a CONNACK return code other than 0 means (MQTT 3.1.1, 3.2.2.3).
+pub fn connack_reason(code: u8) -> &'static str {
+    match code {
+        1 => "unacceptable protocol version",
+        2 => "identifier rejected",
+        3 => "server unavailable",
+        4 => "bad user name or password",
+        5 => "not authorized",
+        _ => "reserved return code",
+    }
 }
 
 pub fn subscribe(out: &mut Vec<u8>, pid: u16, filter: &[u8], qos: u8) {
@@ -223,6 +265,23 @@ mod tests {
             out,
             [0x10, 14, 0, 4, b'M', b'Q', b'T', b'T', 4, 2, 0, 60, 0, 2, b'a', b'b']
         );
+    }
+
+    #[test]
+    fn connect_with_credentials_sets_both_flags_and_appends_both_strings() {
+        let mut out = Vec::new();
+        connect_with(&mut out, b"ab", true, 60, Some(b"u"), Some(b"pw"));
+        assert_eq!(
+            out,
+            [
+                0x10, 21, 0, 4, b'M', b'Q', b'T', b'T', 4, 0xc2, 0, 60, 0, 2, b'a', b'b', 0, 1,
+                b'u', 0, 2, b'p', b'w'
+            ]
+        );
+        let mut only_user = Vec::new();
+        connect_with(&mut only_user, b"ab", true, 60, Some(b"u"), None);
+        assert_eq!(only_user[9], 0x82);
+        assert_eq!(only_user[1] as usize, only_user.len() - 2);
     }
 
     #[test]

@@ -164,6 +164,12 @@ const CONNECT_RATE: Metric = Metric {
     pointer: "/conns/connect_per_s",
     unit: Unit::Count,
 };
+const CPU_PER_CONNECT: Metric = Metric {
+    key: "broker_cpu_us_per_connect",
+    name: "broker CPU µs/connect",
+    pointer: "/conns/broker_cpu_us_per_connect",
+    unit: Unit::Plain,
+};
 const CONNECTED: Metric = Metric {
     key: "connected",
     name: "connected",
@@ -205,6 +211,7 @@ fn metrics_for(scenario: &str) -> &'static [(Metric, Option<Better>)] {
         "conns" => &[
             (RSS_PER_CONN, Some(Lower)),
             (CONNECT_RATE, Some(Higher)),
+            (CPU_PER_CONNECT, Some(Lower)),
             (CONNECTED, None),
             (BROKER_RSS, None),
             (LOADTEST_CORES, None),
@@ -236,6 +243,7 @@ fn scaling_metrics_for(scenario: &str) -> &'static [(Metric, Option<Better>)] {
         "conns" => &[
             (CONNECT_RATE, Some(Higher)),
             (RSS_PER_CONN, Some(Lower)),
+            (CPU_PER_CONNECT, Some(Lower)),
             (CONNECTED, None),
             (LOADTEST_CORES, None),
         ],

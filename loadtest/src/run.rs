@@ -59,6 +59,11 @@ pub struct Options {
     pub connect_timeout: Duration,
     pub drain_timeout: Duration,
     pub progress: bool,
+    /// Connect over TLS (`None`: plain TCP).
+    pub tls: Option<crate::tls::TlsOptions>,
+    /// Credentials every client gives in CONNECT.
+    pub username: Option<String>,
+    pub password: Option<String>,
 }
 
 impl Options {
@@ -89,6 +94,9 @@ impl Options {
             connect_timeout: Duration::from_secs(60),
             drain_timeout: Duration::from_secs(10),
             progress: false,
+            tls: None,
+            username: None,
+            password: None,
         }
     }
 }
@@ -110,6 +118,9 @@ pub struct WorkerOptions {
     pub pub_inflight: usize,
     /// Idle-connection runs count failed connects instead of giving up.
     pub tolerate_connect_failures: bool,
+    pub tls: Option<crate::tls::TlsClient>,
+    pub username: Option<Vec<u8>>,
+    pub password: Option<Vec<u8>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -236,14 +247,32 @@ pub struct PerPublisherReport {
     pub max: u64,
 }
 
+/// The TLS a run used: what it asked for and what the broker negotiated.
+#[derive(Debug, Clone, Serialize)]
+pub struct TlsReport {
+    pub server_name: String,
+    pub cafile: String,
+    /// Of the first handshake that completed (`None` if none did).
+    pub version: Option<String>,
+    pub cipher_suite: Option<String>,
+    /// Each connection makes a full handshake (no session resumption).
+    pub resumption: bool,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct ConnsReport {
     pub target: usize,
     pub connected: u64,
     pub failed: u64,
+    /// From the first connect attempt to the last CONNACK, across all threads.
     pub connect_s: f64,
+    /// `connected / connect_s`.
     pub connect_per_s: f64,
     pub rss_per_conn_bytes: Option<f64>,
+    /// CPU per connection made, over the whole set-up (the broker's with
+    /// `--broker-pid`): what a connect costs each side, handshake included.
+    pub broker_cpu_us_per_connect: Option<f64>,
+    pub loadtest_cpu_us_per_connect: f64,
 }
 
 /// The result of one run: printed as a table and written as JSON.
@@ -254,6 +283,11 @@ pub struct RunReport {
     pub label: String,
     pub broker_name: String,
     pub broker: String,
+    /// "tcp" or "tls".
+    pub transport: &'static str,
+    pub tls: Option<TlsReport>,
+    /// The username clients gave in CONNECT (all the same; `None`: none).
+    pub username: Option<String>,
     pub clients: usize,
     pub publishers: usize,
     pub subscribers: usize,
@@ -409,6 +443,14 @@ pub fn run(opts: &Options) -> Result<RunReport, String> {
             ));
         }
     }
+    let tls = opts
+        .tls
+        .as_ref()
+        .map(crate::tls::TlsClient::new)
+        .transpose()?;
+    if opts.password.is_some() && opts.username.is_none() {
+        return Err("--password needs --username".into());
+    }
     let threads = opts.threads.max(1).min(plan.clients.len());
     let dealt = plan::deal(plan.clients.clone(), threads);
     let shared = Arc::new(Shared {
@@ -422,6 +464,9 @@ pub fn run(opts: &Options) -> Result<RunReport, String> {
             connect_concurrency: opts.connect_concurrency.max(1),
             pub_inflight,
             tolerate_connect_failures: opts.scenario == Scenario::Conns,
+            tls,
+            username: opts.username.as_ref().map(|u| u.clone().into_bytes()),
+            password: opts.password.as_ref().map(|p| p.clone().into_bytes()),
         },
         fanout: plan.fanout,
         plan_publishers: plan.publishers,
@@ -457,6 +502,7 @@ pub fn run(opts: &Options) -> Result<RunReport, String> {
 
     // Set-up: connect (and subscribe) everything.
     let connect_start = Instant::now();
+    let setup_cpu = (procfs::own_cpu(), pid.and_then(procfs::process_cpu));
     let handles: Vec<_> = dealt
         .into_iter()
         .enumerate()
@@ -492,6 +538,12 @@ pub fn run(opts: &Options) -> Result<RunReport, String> {
         std::thread::sleep(Duration::from_millis(20));
     }
     let connect_s = connect_start.elapsed().as_secs_f64();
+    let setup_cpu = (
+        procfs::own_cpu().saturating_sub(setup_cpu.0),
+        pid.and_then(procfs::process_cpu)
+            .zip(setup_cpu.1)
+            .map(|(b, a)| b.saturating_sub(a)),
+    );
     if setup_error.is_none() && opts.scenario != Scenario::Conns {
         // Every worker is done setting up, but a failure may be why.
         setup_error = shared.fatal();
@@ -637,6 +689,7 @@ pub fn run(opts: &Options) -> Result<RunReport, String> {
             rss_start,
             rss_end,
             connect_s,
+            setup_cpu,
         },
         failures,
     ))
@@ -649,6 +702,8 @@ struct Span {
     rss_start: Option<u64>,
     rss_end: Option<u64>,
     connect_s: f64,
+    /// The generator's and the broker's CPU over the set-up.
+    setup_cpu: (Duration, Option<Duration>),
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -670,6 +725,9 @@ fn build_report(
     let (mut unacked, mut late, mut connected) = (0, 0, 0);
     let mut min_granted = 2u8;
     let mut errors = Vec::new();
+    let first_connect = results.iter().filter_map(|r| r.first_connect).min();
+    let last_ready = results.iter().filter_map(|r| r.last_ready).max();
+    let tls_session = results.iter().find_map(|r| r.tls_session.clone());
     for r in &results {
         let _ = latency.add(&r.latency);
         for &(p, n) in &r.sent {
@@ -759,12 +817,24 @@ fn build_report(
         }
         _ => None,
     };
+    // The set-up's span as the workers saw it; the coordinator's own clock (which
+    // also counts starting the threads and its 20 ms polls) when none became ready.
+    let connect_s = match (first_connect, last_ready) {
+        (Some(a), Some(b)) => b.saturating_duration_since(a).as_secs_f64(),
+        _ => w.connect_s,
+    };
     let conns = (opts.scenario == Scenario::Conns).then(|| ConnsReport {
         target: opts.clients,
         connected,
         failed: connect_failures,
-        connect_s: w.connect_s,
-        connect_per_s: connected as f64 / w.connect_s.max(1e-9),
+        connect_s,
+        connect_per_s: connected as f64 / connect_s.max(1e-9),
+        broker_cpu_us_per_connect: w
+            .setup_cpu
+            .1
+            .filter(|_| connected > 0)
+            .map(|c| c.as_secs_f64() * 1e6 / connected as f64),
+        loadtest_cpu_us_per_connect: w.setup_cpu.0.as_secs_f64() * 1e6 / connected.max(1) as f64,
         rss_per_conn_bytes: match (w.rss_start, w.rss_end) {
             (Some(a), Some(b)) if connected > 0 => {
                 Some(b.saturating_sub(a) as f64 / connected as f64)
@@ -796,6 +866,18 @@ fn build_report(
             .clone()
             .unwrap_or_else(|| opts.broker.to_string()),
         broker: opts.broker.to_string(),
+        transport: if opts.tls.is_some() { "tls" } else { "tcp" },
+        tls: opts.tls.as_ref().map(|t| {
+            let (version, cipher_suite) = tls_session.unzip();
+            TlsReport {
+                server_name: t.server_name.clone(),
+                cafile: t.cafile.display().to_string(),
+                version,
+                cipher_suite,
+                resumption: false,
+            }
+        }),
+        username: opts.username.clone(),
         clients: opts.clients,
         publishers: plan.publishers,
         subscribers: plan.subscribers,
@@ -928,7 +1010,22 @@ impl RunReport {
             ),
         );
         }
-        row("broker", format!("{} at {}", self.broker_name, self.broker));
+        let over = match &self.tls {
+            Some(t) => format!(
+                " over TLS ({}, {})",
+                t.version.as_deref().unwrap_or("no handshake completed"),
+                t.cipher_suite.as_deref().unwrap_or("-")
+            ),
+            None => " over TCP".into(),
+        };
+        let user = self
+            .username
+            .as_ref()
+            .map_or(String::new(), |u| format!(", username {u}"));
+        row(
+            "broker",
+            format!("{} at {}{over}{user}", self.broker_name, self.broker),
+        );
         if self.conns.is_some() {
             row("window", format!("{:.2} s held", self.duration_s));
         } else {
@@ -950,6 +1047,16 @@ impl RunReport {
                     c.connect_s,
                     si(c.connect_per_s),
                     c.failed
+                ),
+            );
+            let broker = c
+                .broker_cpu_us_per_connect
+                .map_or(String::new(), |b| format!("broker {b:.0} µs, "));
+            row(
+                "setup cpu",
+                format!(
+                    "{broker}loadtest {:.0} µs per connection",
+                    c.loadtest_cpu_us_per_connect
                 ),
             );
             if let Some(b) = c.rss_per_conn_bytes {

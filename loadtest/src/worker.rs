@@ -1,6 +1,9 @@
 //! One load-generating thread: a mio event loop over its share of the clients.
 //! Reads are drained to the last complete packet before anything is acted on, and
 //! everything a connection has to send in one turn of the loop goes out in one write.
+//! Over TLS, a connection's rustls state sits between its socket and those buffers
+//! (sans-IO: socket bytes go in with `read_tls`, MQTT bytes come out of `reader`, and
+//! the reverse on the way out); the plain path does not touch it.
 
 use crate::mqtt::{self, Incoming};
 use crate::plan::{ClientSpec, Role};
@@ -10,6 +13,7 @@ use crate::window::Window;
 use hdrhistogram::Histogram;
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
+use rustls::ClientConnection;
 use std::collections::VecDeque;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{IpAddr, SocketAddr};
@@ -27,6 +31,9 @@ const IDLE_READ_BUF: usize = 64;
 const WRITE_HIGH_WATER: usize = 256 << 10;
 /// Most publishes one publisher writes in one turn of the loop.
 const PUBLISH_BATCH: u64 = 256;
+/// One socket read over TLS, shared by the thread's connections: rustls takes the
+/// bytes from it, so nothing stays behind between reads.
+const TLS_READ_BUF: usize = 64 << 10;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
@@ -34,6 +41,7 @@ enum State {
     Waiting,
     /// TCP connect in progress.
     Connecting,
+    /// CONNECT sent (over TLS: queued behind the handshake).
     AwaitConnAck,
     AwaitSubAck,
     Ready,
@@ -99,6 +107,8 @@ struct Subscriber {
 struct Conn {
     spec: ClientSpec,
     stream: Option<TcpStream>,
+    /// The TLS session over `stream`, when the run uses TLS.
+    tls: Option<Box<ClientConnection>>,
     state: State,
     rbuf: Vec<u8>,
     rlen: usize,
@@ -166,6 +176,12 @@ pub struct WorkerResult {
     pub unacked_at_end: u64,
     pub late_sends: u64,
     pub errors: Vec<String>,
+    /// When this thread opened its first socket, and when its last client became
+    /// ready during set-up (CONNACK, or SUBACK for a subscriber).
+    pub first_connect: Option<Instant>,
+    pub last_ready: Option<Instant>,
+    /// The TLS version and cipher suite of the first handshake that completed.
+    pub tls_session: Option<(String, String)>,
 }
 
 /// Errors a worker keeps for the report.
@@ -208,6 +224,8 @@ pub struct Worker {
     last_ping_check: Instant,
     source_ips: Vec<IpAddr>,
     next_source: usize,
+    /// Socket reads over TLS land here first (empty when the run is plain).
+    tls_scratch: Vec<u8>,
 }
 
 fn new_histogram() -> Histogram<u64> {
@@ -259,6 +277,7 @@ impl Worker {
                 Conn {
                     spec,
                     stream: None,
+                    tls: None,
                     state: State::Waiting,
                     rbuf: Vec::new(),
                     rlen: 0,
@@ -277,6 +296,11 @@ impl Worker {
         let rate_share = match opts.pacing {
             Pacing::Rate(r) => r * publishers.len() as f64 / total_pubs,
             Pacing::Window(_) => 0.0,
+        };
+        let tls_scratch = if opts.tls.is_some() {
+            vec![0; TLS_READ_BUF]
+        } else {
+            Vec::new()
         };
         let poll = Poll::new().expect("epoll instance");
         let timer = match opts.pacing {
@@ -320,10 +344,14 @@ impl Worker {
                 unacked_at_end: 0,
                 late_sends: 0,
                 errors: Vec::new(),
+                first_connect: None,
+                last_ready: None,
+                tls_session: None,
             },
             last_ping_check: Instant::now(),
             source_ips,
             next_source: 0,
+            tls_scratch,
         }
     }
 
@@ -416,6 +444,9 @@ impl Worker {
                 break;
             };
             self.handshaking += 1;
+            if self.result.first_connect.is_none() {
+                self.result.first_connect = Some(now);
+            }
             match self.open_socket() {
                 Ok(mut stream) => {
                     let reg = self.poll.registry().register(
@@ -474,6 +505,7 @@ impl Worker {
     }
 
     fn drop_socket(&mut self, i: usize) {
+        self.conns[i].tls = None;
         if let Some(mut s) = self.conns[i].stream.take() {
             let _ = self.poll.registry().deregister(&mut s);
         }
@@ -513,6 +545,9 @@ impl Worker {
         self.ready += 1;
         self.handshaking = self.handshaking.saturating_sub(1);
         self.shared.connected.fetch_add(1, Relaxed);
+        if self.shared.phase() == Phase::Setup {
+            self.result.last_ready = Some(Instant::now());
+        }
     }
 
     // ---- events ----
@@ -532,9 +567,18 @@ impl Worker {
                     Err(e) => return self.setup_failed(i, e.to_string()),
                 }
                 let _ = stream.set_nodelay(true);
-                let opts = &self.shared.opts;
+                let shared = self.shared.clone();
+                let opts = &shared.opts;
                 let active = self.conns[i].spec.role.is_active();
                 let c = &mut self.conns[i];
+                if let Some(t) = &opts.tls {
+                    // The client hello goes out with the first flush; CONNECT waits
+                    // in rustls until the handshake is done.
+                    match ClientConnection::new(t.config.clone(), t.server_name.clone()) {
+                        Ok(conn) => c.tls = Some(Box::new(conn)),
+                        Err(e) => return self.setup_failed(i, format!("TLS: {e}")),
+                    }
+                }
                 c.state = State::AwaitConnAck;
                 let cap = if active {
                     ACTIVE_READ_BUF
@@ -544,11 +588,13 @@ impl Worker {
                 if c.rbuf.len() != cap {
                     c.rbuf = vec![0; cap];
                 }
-                mqtt::connect(
+                mqtt::connect_with(
                     &mut c.wbuf,
                     c.spec.client_id.as_bytes(),
                     true,
                     opts.keep_alive,
+                    opts.username.as_deref(),
+                    opts.password.as_deref(),
                 );
                 self.mark_dirty(i);
                 if readable {
@@ -567,6 +613,9 @@ impl Worker {
     }
 
     fn read(&mut self, i: usize, now: Instant) {
+        if self.conns[i].tls.is_some() {
+            return self.read_tls(i, now);
+        }
         loop {
             let c = &mut self.conns[i];
             let Some(stream) = c.stream.as_mut() else {
@@ -614,7 +663,10 @@ impl Worker {
                         return Err("unexpected CONNACK".into());
                     }
                     if code != 0 {
-                        return Err(format!("CONNACK refused the connection with code {code}"));
+                        return Err(format!(
+                            "CONNACK refused the connection with code {code} ({})",
+                            mqtt::connack_reason(code)
+                        ));
                     }
                     if let Some(s) = c.subscriber.as_ref() {
                         mqtt::subscribe(&mut c.wbuf, 1, &s.filter, sub_qos);
@@ -739,6 +791,9 @@ impl Worker {
         if c.state == State::Connecting {
             return;
         }
+        if c.tls.is_some() {
+            return self.flush_tls(i, now);
+        }
         let Some(stream) = c.stream.as_mut() else {
             return;
         };
@@ -753,6 +808,153 @@ impl Worker {
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}
                 Err(e) => return self.connection_lost(i, e.to_string()),
             }
+        }
+        if c.wpos == c.wbuf.len() {
+            c.wbuf.clear();
+            c.wpos = 0;
+        } else if c.wpos > (64 << 10) {
+            c.wbuf.drain(..c.wpos);
+            c.wpos = 0;
+        }
+    }
+
+    // ---- TLS ----
+
+    /// `read` over TLS: each socket read is handed to rustls whole, and the MQTT
+    /// bytes it decrypts go through `process` as on the plain path.
+    fn read_tls(&mut self, i: usize, now: Instant) {
+        let mut scratch = std::mem::take(&mut self.tls_scratch);
+        self.read_tls_with(i, now, &mut scratch);
+        self.tls_scratch = scratch;
+    }
+
+    fn read_tls_with(&mut self, i: usize, now: Instant, scratch: &mut [u8]) {
+        loop {
+            let Some(stream) = self.conns[i].stream.as_mut() else {
+                return;
+            };
+            let n = match stream.read(scratch) {
+                Ok(0) => return self.connection_lost(i, "closed by the broker".into()),
+                Ok(n) => n,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(e) => return self.connection_lost(i, e.to_string()),
+            };
+            let mut input = &scratch[..n];
+            while !input.is_empty() {
+                let c = &mut self.conns[i];
+                let (Some(tls), Some(stream)) = (c.tls.as_mut(), c.stream.as_mut()) else {
+                    return;
+                };
+                if let Err(e) = tls.read_tls(&mut input) {
+                    return self.connection_lost(i, format!("TLS: {e}"));
+                }
+                let io = match tls.process_new_packets() {
+                    Ok(io) => io,
+                    Err(e) => {
+                        // Best effort: the alert rustls queued tells the broker why.
+                        let _ = tls.write_tls(stream);
+                        return self.connection_lost(i, format!("TLS: {e}"));
+                    }
+                };
+                if self.result.tls_session.is_none() && !tls.is_handshaking() {
+                    self.result.tls_session = Some((
+                        tls.protocol_version()
+                            .map_or("?".into(), |v| format!("{v:?}")),
+                        tls.negotiated_cipher_suite()
+                            .map_or("?".into(), |s| format!("{:?}", s.suite())),
+                    ));
+                }
+                if io.plaintext_bytes_to_read() > 0 && !self.take_plaintext(i, now) {
+                    return;
+                }
+                if io.peer_has_closed() {
+                    return self.connection_lost(i, "closed by the broker (TLS)".into());
+                }
+            }
+        }
+        // Handshake messages, alerts or key updates rustls wants to send.
+        if self.conns[i].tls.as_ref().is_some_and(|t| t.wants_write()) {
+            self.mark_dirty(i);
+        }
+    }
+
+    /// Moves what rustls decrypted into the read buffer and processes it; false when
+    /// the connection is gone.
+    fn take_plaintext(&mut self, i: usize, now: Instant) -> bool {
+        loop {
+            let c = &mut self.conns[i];
+            let Some(tls) = c.tls.as_mut() else {
+                return false;
+            };
+            if c.rlen == c.rbuf.len() {
+                let new_len = (c.rbuf.len() * 2).min(MAX_PACKET + 8);
+                if new_len == c.rbuf.len() {
+                    self.connection_lost(i, "oversized packet".into());
+                    return false;
+                }
+                c.rbuf.resize(new_len, 0);
+            }
+            let rlen = c.rlen;
+            match tls.reader().read(&mut c.rbuf[rlen..]) {
+                Ok(0) => {
+                    self.connection_lost(i, "closed by the broker (TLS close_notify)".into());
+                    return false;
+                }
+                Ok(n) => {
+                    c.rlen += n;
+                    if let Err(e) = self.process(i, now) {
+                        self.note_error(format!("{}: {e}", self.conns[i].spec.client_id));
+                        self.shared.protocol_errors.fetch_add(1, Relaxed);
+                        self.connection_lost(i, e);
+                        return false;
+                    }
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return true,
+                Err(e) => {
+                    self.connection_lost(i, format!("TLS: {e}"));
+                    return false;
+                }
+            }
+        }
+    }
+
+    /// `flush` over TLS: the write buffer goes into rustls (encrypted as it is
+    /// taken, up to rustls's buffer limit), and rustls's records go to the socket.
+    fn flush_tls(&mut self, i: usize, now: Instant) {
+        let c = &mut self.conns[i];
+        let (Some(tls), Some(stream)) = (c.tls.as_mut(), c.stream.as_mut()) else {
+            return;
+        };
+        let failed = loop {
+            let mut took = false;
+            if c.wpos < c.wbuf.len() {
+                match tls.writer().write(&c.wbuf[c.wpos..]) {
+                    Ok(n) => {
+                        c.wpos += n;
+                        took = n > 0;
+                    }
+                    Err(e) => break Some(format!("TLS: {e}")),
+                }
+            }
+            if !tls.wants_write() {
+                // Nothing to send: done, or (during the handshake) CONNECT is
+                // waiting inside rustls.
+                if took {
+                    continue;
+                }
+                break None;
+            }
+            match tls.write_tls(stream) {
+                Ok(0) => break Some("write returned 0".into()),
+                Ok(_) => c.last_write = now,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break None,
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => break Some(e.to_string()),
+            }
+        };
+        if let Some(why) = failed {
+            return self.connection_lost(i, why);
         }
         if c.wpos == c.wbuf.len() {
             c.wbuf.clear();
@@ -920,6 +1122,9 @@ impl Worker {
             if self.conns[i].state == State::Ready {
                 let c = &mut self.conns[i];
                 mqtt::disconnect(&mut c.wbuf);
+                if let Some(tls) = c.tls.as_mut() {
+                    tls.send_close_notify();
+                }
                 self.flush(i, Instant::now());
             }
             self.drop_socket(i);
