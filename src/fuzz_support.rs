@@ -1517,7 +1517,7 @@ const WS_UPGRADE: &str = "GET /mqtt HTTP/1.1\r\nHost: localhost\r\nUpgrade: webs
 /// many payload bytes; they are masked and sent after a valid upgrade.
 ///
 /// Checked: nothing panics, whatever arrives; once the layer has failed it keeps
-/// failing (and never yields MQTT bytes again); the MQTT bytes it yields are never
+/// failing and yields no MQTT bytes again; the MQTT bytes it yields are never
 /// more than the bytes that came in; in built mode, a stream of well-formed binary
 /// frames (fragmented or not, pings between fragments) yields exactly their payloads,
 /// in order, and a text frame is an error.
@@ -1545,12 +1545,16 @@ pub fn ws_case(data: &[u8]) {
     let mut closed = false;
     for piece in parts.iter().flat_map(|p| p.chunks(chunk)) {
         let before = mqtt.len();
+        // (A call may yield the frames before a bad one and then fail: the
+        // connection closes on the error, so those bytes are never acted on.)
         match w.decode(piece, &mut mqtt) {
             Ok(Peer::Open) => assert!(!failed, "decoding went on after an error"),
             Ok(Peer::Closed) => closed = true,
             Err(_) => {
+                if failed {
+                    assert_eq!(mqtt.len(), before, "MQTT bytes after the layer failed");
+                }
                 failed = true;
-                assert_eq!(mqtt.len(), before, "MQTT bytes from a failing decode");
             }
         }
         assert!(mqtt.len() <= input_len, "more MQTT bytes than input");
@@ -1589,7 +1593,9 @@ fn ws_frames(desc: &[u8]) -> (Vec<u8>, Vec<u8>, bool) {
             2 => 9,
             _ => 1,
         };
-        let fin = fin || opcode == 9;
+        // Pings and text frames are sent whole: a text message left unfinished is
+        // only an error once it completes (tungstenite hands over whole messages).
+        let fin = fin || opcode == 9 || opcode == 1;
         if opcode == 1 {
             if in_message {
                 continue;

@@ -406,7 +406,8 @@ fn ws_decode(
             // Pongs and close replies tungstenite queued.
             let _ = socket.flush();
             reply.append(&mut socket.get_mut().output);
-            *ws = Ws::Open(socket);
+            // After an error the connection is done: nothing more is read from it.
+            *ws = if res.is_ok() { Ws::Open(socket) } else { Ws::Gone };
             res.map(|_| peer)
         }
         Ws::Gone => Err(WireError::Ws("connection already failed".into())),
