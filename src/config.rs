@@ -198,6 +198,42 @@ pub struct Config {
     /// Whether clients without a username are accepted (refused with CONNACK 0x05).
     /// Unset: true without a password file, false with one.
     pub allow_anonymous: Option<bool>,
+    /// Seconds a persistent session (clean session 0) is kept while no client is
+    /// connected to it; then it ends, with its subscriptions and queued messages.
+    /// 0: kept until a client ends it (Mosquitto's `persistent_client_expiration`).
+    pub persistent_client_expiration: u64,
+    /// Seconds between updates of the retained `$SYS/broker/...` topics (each sent
+    /// only when its value changed). 0 turns `$SYS` off.
+    pub sys_interval: u64,
+    /// Address of the HTTP endpoint serving `GET /metrics` (Prometheus) and
+    /// `GET /healthz`. Unset: no endpoint.
+    pub metrics_listen: Option<SocketAddr>,
+    /// Log line format: `text` (for people) or `json` (one object per line, for log
+    /// shippers).
+    pub log_format: LogFormat,
+    /// Log filter, as `RUST_LOG` takes it (`info`, `debug`, `info,shardmq=debug`).
+    /// `RUST_LOG`, when set, wins.
+    pub log_level: String,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+impl std::str::FromStr for LogFormat {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "text" => Ok(LogFormat::Text),
+            "json" => Ok(LogFormat::Json),
+            _ => Err(format!("{s:?}: expected text or json")),
+        }
+    }
 }
 
 impl Default for Config {
@@ -228,6 +264,11 @@ impl Default for Config {
             password_file: None,
             acl_file: None,
             allow_anonymous: None,
+            persistent_client_expiration: 0,
+            sys_interval: 10,
+            metrics_listen: None,
+            log_format: LogFormat::Text,
+            log_level: "info".into(),
         }
     }
 }
@@ -422,6 +463,9 @@ impl Config {
         if self.max_client_id_length < 23 || self.max_client_id_length > 65_535 {
             // MQTT 3.1.1 requires a server to accept ids of 1 to 23 characters [MQTT-3.1.3-5].
             return invalid("max_client_id_length", "must be between 23 and 65535");
+        }
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log_level) {
+            return invalid("log_level", format!("{:?}: {e}", self.log_level));
         }
         Ok(())
     }

@@ -26,6 +26,7 @@ pub mod fuzz_support;
 mod hash;
 pub(crate) mod link;
 pub mod message;
+mod metrics;
 mod net;
 pub mod protocol;
 mod runtime;
@@ -46,14 +47,14 @@ pub mod bench_support {
 pub use auth::{AllowAll, AuthError, Authenticator, FileAuth, Rights};
 pub use config::{Config, ConfigError};
 pub use shard::home_shard;
-pub use shard::stats::{BrokerStats, ShardStats};
+pub use shard::stats::{BrokerStats, DisconnectReason, ShardStats};
 
 use glommio::channels::channel_mesh::MeshBuilder;
 use glommio::{ExecutorJoinHandle, LocalExecutorBuilder, Placement};
 use runtime::{Control, ShardInit};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// Thread names of shard executors start with this.
@@ -121,6 +122,10 @@ pub(crate) struct Shared {
     pub config: Arc<Config>,
     pub listeners: Arc<[link::Listener]>,
     connections: AtomicUsize,
+    /// `Config::max_connections`, as last reloaded.
+    max_connections: AtomicUsize,
+    /// The most connections open at once.
+    peak: AtomicUsize,
 }
 
 /// Every listener's runtime state: its authenticator (the embedder's, or one per
@@ -159,14 +164,20 @@ fn build_listeners(
 }
 
 impl Shared {
+    /// The most connections open at once since start.
+    pub fn peak_connections(&self) -> usize {
+        self.peak.load(Ordering::Relaxed)
+    }
+
     /// A slot for a new connection, or `None` at `max_connections`.
     pub fn acquire_connection(self: &Arc<Self>) -> Option<ConnectionSlot> {
         let prev = self.connections.fetch_add(1, Ordering::Relaxed);
-        let max = self.config.max_connections;
+        let max = self.max_connections.load(Ordering::Relaxed);
         if max > 0 && prev >= max {
             self.connections.fetch_sub(1, Ordering::Relaxed);
             return None;
         }
+        self.peak.fetch_max(prev + 1, Ordering::Relaxed);
         Some(ConnectionSlot(self.clone()))
     }
 }
@@ -237,10 +248,31 @@ pub struct Broker {
     addrs: Vec<SocketAddr>,
     controls: Vec<crossbeam_channel::Sender<Control>>,
     handles: Vec<ExecutorJoinHandle<()>>,
-    config: Arc<Config>,
+    /// The configuration in force (replaced by [`Broker::reconfigure`]); the
+    /// `$SYS` publisher reads it too.
+    config: Arc<Mutex<Arc<Config>>>,
+    shared: Arc<Shared>,
     /// The embedder's authenticator, used on every listener in place of files.
     custom_auth: Option<Arc<dyn Authenticator>>,
+    /// The `$SYS` publisher and the metrics endpoint, when running.
+    metrics: Option<metrics::Running>,
 }
+
+/// What [`Broker::reconfigure`] did: the keys it applied and the keys whose new
+/// values wait for a restart (the running broker keeps the old ones).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Reconfigured {
+    pub applied: Vec<String>,
+    pub need_restart: Vec<String>,
+}
+
+/// Keys a running broker cannot change: its sockets, threads and channels.
+const RESTART_KEYS: &[&str] = &[
+    "shards",
+    "mesh_channel_capacity",
+    "metrics_listen",
+    "log_format",
+];
 
 impl Broker {
     pub fn builder() -> BrokerBuilder {
@@ -270,9 +302,11 @@ impl Broker {
         abort_on_shard_panic();
         let n = config.shard_count();
         let shared = Arc::new(Shared {
+            max_connections: AtomicUsize::new(config.max_connections),
             config: Arc::new(config),
             listeners,
             connections: AtomicUsize::new(0),
+            peak: AtomicUsize::new(0),
         });
         let mesh = (n > 1).then(|| MeshBuilder::full(n, shared.config.mesh_channel_capacity));
         let cpus = affinity::allowed_cpus();
@@ -280,8 +314,10 @@ impl Broker {
             addrs: Vec::new(),
             controls: Vec::new(),
             handles: Vec::new(),
-            config: shared.config.clone(),
+            config: Arc::new(Mutex::new(shared.config.clone())),
+            shared: shared.clone(),
             custom_auth,
+            metrics: None,
         };
         for i in 0..n {
             let (control_tx, control_rx) = crossbeam_channel::unbounded();
@@ -343,7 +379,23 @@ impl Broker {
         for c in &broker.controls {
             let _ = c.send(Control::Go);
         }
+        match metrics::start(
+            broker.controls.clone(),
+            broker.config.clone(),
+            broker.shared.clone(),
+        ) {
+            Ok(m) => broker.metrics = Some(m),
+            Err((addr, source)) => {
+                broker.stop();
+                return Err(StartError::Bind { addr, source });
+            }
+        }
         Ok(broker)
+    }
+
+    /// The metrics endpoint's bound address, when `metrics_listen` is set.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref().and_then(|m| m.http_addr())
     }
 
     /// The first listener's bound address (the real port when 0 was asked for).
@@ -357,8 +409,12 @@ impl Broker {
     }
 
     /// The configuration the broker runs with.
-    pub fn config(&self) -> &Config {
-        &self.config
+    pub fn config(&self) -> Arc<Config> {
+        self.current_config()
+    }
+
+    fn current_config(&self) -> Arc<Config> {
+        self.config.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// Number of shards running.
@@ -387,23 +443,77 @@ impl Broker {
     /// gets its rights from the new ACLs. On failure (an unreadable file, a bad line)
     /// nothing changes. An embedder's authenticator is kept as it is.
     pub fn reload(&self) -> Result<(), StartError> {
-        let listeners = build_listeners(&self.config, self.custom_auth.as_ref())?;
-        self.set_listeners(listeners);
+        let listeners = build_listeners(&self.current_config(), self.custom_auth.as_ref())?;
+        self.set_listeners(listeners, None);
         Ok(())
+    }
+
+    /// Switches to a new configuration (SIGHUP with a config file): checks it
+    /// whole, reads every file it names, and on success applies what can change at
+    /// run time (limits, `sys_interval`, `log_level` as far as the broker is
+    /// concerned, `persistent_client_expiration`, password, ACL, certificate and
+    /// key files) and keeps the running values of what needs a restart (listeners
+    /// added, removed or moved, `shards`, `mesh_channel_capacity`,
+    /// `metrics_listen`, `log_format`), naming both. On failure nothing changes.
+    pub fn reconfigure(&self, new: Config) -> Result<Reconfigured, StartError> {
+        new.validate()?;
+        let old = self.current_config();
+        let mut new = new;
+        let mut report = Reconfigured::default();
+        let endpoints = |c: &Config| -> Vec<(SocketAddr, config::Transport)> {
+            c.listener_specs()
+                .iter()
+                .map(|s| (s.address, s.transport))
+                .collect()
+        };
+        let old_table = config_table(&old);
+        let new_table = config_table(&new);
+        let mut keys: Vec<&String> = old_table.keys().chain(new_table.keys()).collect();
+        keys.sort();
+        keys.dedup();
+        let moved = endpoints(&old) != endpoints(&new);
+        for key in keys {
+            if old_table.get(key) == new_table.get(key) {
+                continue;
+            }
+            let restart = RESTART_KEYS.contains(&key.as_str())
+                || (moved && (key == "listeners" || key == "listener"));
+            if restart {
+                report.need_restart.push(key.clone());
+            } else {
+                report.applied.push(key.clone());
+            }
+        }
+        new.shards = old.shards;
+        new.mesh_channel_capacity = old.mesh_channel_capacity;
+        new.metrics_listen = old.metrics_listen;
+        new.log_format = old.log_format;
+        if moved {
+            new.listeners = old.listeners.clone();
+            new.listener = old.listener.clone();
+        }
+        let listeners = build_listeners(&new, self.custom_auth.as_ref())?;
+        let new = Arc::new(new);
+        self.shared
+            .max_connections
+            .store(new.max_connections, Ordering::Relaxed);
+        *self.config.lock().unwrap_or_else(|e| e.into_inner()) = new.clone();
+        self.set_listeners(listeners, Some(new));
+        Ok(report)
     }
 
     /// Switches every listener to `auth` in place of the configuration's files.
     pub fn set_authenticator(&self, auth: Arc<dyn Authenticator>) -> Result<(), StartError> {
-        let listeners = build_listeners(&self.config, Some(&auth))?;
-        self.set_listeners(listeners);
+        let listeners = build_listeners(&self.current_config(), Some(&auth))?;
+        self.set_listeners(listeners, None);
         Ok(())
     }
 
-    fn set_listeners(&self, listeners: Arc<[link::Listener]>) {
+    fn set_listeners(&self, listeners: Arc<[link::Listener]>, config: Option<Arc<Config>>) {
         let (tx, rx) = crossbeam_channel::unbounded();
         let mut sent = 0;
         for c in &self.controls {
-            if c.send(Control::Reload(listeners.clone(), tx.clone()))
+            if c.send(Control::Reload(listeners.clone(), config.clone(), tx.clone()))
                 .is_ok()
             {
                 sent += 1;
@@ -422,6 +532,9 @@ impl Broker {
     }
 
     fn stop(&mut self) {
+        if let Some(m) = self.metrics.take() {
+            m.stop();
+        }
         for c in self.controls.drain(..) {
             let _ = c.send(Control::Shutdown);
         }
@@ -435,4 +548,9 @@ impl Drop for Broker {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// A configuration as its TOML table, to compare key by key.
+fn config_table(c: &Config) -> toml::Table {
+    toml::Table::try_from(c).unwrap_or_default()
 }

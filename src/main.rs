@@ -3,7 +3,7 @@
 mod passwd;
 
 use clap::{Parser, Subcommand};
-use shardmq::config::{ListenerConfig, Transport};
+use shardmq::config::{ListenerConfig, LogFormat, Transport};
 use shardmq::{Broker, Config};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
@@ -109,6 +109,22 @@ struct Args {
     /// false with one [allow_anonymous].
     #[arg(long, value_name = "true|false")]
     allow_anonymous: Option<bool>,
+    /// Seconds an offline persistent session is kept, 0 = until its client ends it
+    /// [persistent_client_expiration].
+    #[arg(long, value_name = "SECS")]
+    persistent_client_expiration: Option<u64>,
+    /// Seconds between $SYS updates, 0 = off [sys_interval].
+    #[arg(long, value_name = "SECS")]
+    sys_interval: Option<u64>,
+    /// Address to serve GET /metrics (Prometheus) and GET /healthz on [metrics_listen].
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<SocketAddr>,
+    /// Log line format: text or json [log_format].
+    #[arg(long, value_name = "text|json")]
+    log_format: Option<LogFormat>,
+    /// Log filter, e.g. info or debug or info,shardmq=debug; RUST_LOG wins [log_level].
+    #[arg(long, value_name = "FILTER")]
+    log_level: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -123,6 +139,50 @@ enum Command {
 }
 
 impl Args {
+    /// The config file with the flags applied on top (again on each SIGHUP).
+    fn to_config(&self) -> Result<Config, shardmq::ConfigError> {
+        self.clone_flags().into_config()
+    }
+
+    fn clone_flags(&self) -> Args {
+        Args {
+            command: None,
+            config: self.config.clone(),
+            listen: self.listen.clone(),
+            tls_listen: self.tls_listen.clone(),
+            ws_listen: self.ws_listen.clone(),
+            wss_listen: self.wss_listen.clone(),
+            cert: self.cert.clone(),
+            key: self.key.clone(),
+            client_ca: self.client_ca.clone(),
+            require_client_cert: self.require_client_cert,
+            use_identity_as_username: self.use_identity_as_username,
+            shards: self.shards,
+            max_packet_size: self.max_packet_size,
+            max_inflight: self.max_inflight,
+            max_queued_messages: self.max_queued_messages,
+            max_queued_bytes: self.max_queued_bytes,
+            connect_timeout: self.connect_timeout,
+            max_connections: self.max_connections,
+            max_retained_messages: self.max_retained_messages,
+            max_retained_payload: self.max_retained_payload,
+            write_buffer_high_water: self.write_buffer_high_water,
+            mesh_channel_capacity: self.mesh_channel_capacity,
+            max_topic_levels: self.max_topic_levels,
+            max_topic_length: self.max_topic_length,
+            max_subscriptions_per_client: self.max_subscriptions_per_client,
+            max_client_id_length: self.max_client_id_length,
+            password_file: self.password_file.clone(),
+            acl_file: self.acl_file.clone(),
+            allow_anonymous: self.allow_anonymous,
+            persistent_client_expiration: self.persistent_client_expiration,
+            sys_interval: self.sys_interval,
+            metrics_listen: self.metrics_listen,
+            log_format: self.log_format,
+            log_level: self.log_level.clone(),
+        }
+    }
+
     fn into_config(self) -> Result<Config, shardmq::ConfigError> {
         let mut c = match &self.config {
             Some(path) => Config::from_file(path)?,
@@ -178,8 +238,17 @@ impl Args {
             max_topic_levels,
             max_topic_length,
             max_subscriptions_per_client,
-            max_client_id_length
+            max_client_id_length,
+            persistent_client_expiration,
+            sys_interval,
+            log_format
         );
+        if let Some(a) = self.metrics_listen {
+            c.metrics_listen = Some(a);
+        }
+        if let Some(l) = self.log_level {
+            c.log_level = l;
+        }
         if let Some(p) = self.password_file {
             c.password_file = Some(p);
         }
@@ -194,26 +263,72 @@ impl Args {
     }
 }
 
-fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rustls=error")),
-        )
+/// Changes the log filter of a running process (SIGHUP with a new `log_level`).
+type LogHandle = tracing_subscriber::reload::Handle<
+    tracing_subscriber::EnvFilter,
+    tracing_subscriber::Registry,
+>;
+
+/// The filter for `log_level`; rustls's own chatter stays at error unless asked for.
+fn log_filter(level: &str) -> tracing_subscriber::EnvFilter {
+    let spec = if level.contains("rustls") {
+        level.to_owned()
+    } else {
+        format!("{level},rustls=error")
+    };
+    tracing_subscriber::EnvFilter::try_new(&spec)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rustls=error"))
+}
+
+/// Installs the log subscriber: `RUST_LOG` if set, else `log_level`; text or JSON
+/// lines on stderr. Returns the handle that changes the filter on reload, or `None`
+/// when `RUST_LOG` decides.
+fn init_logging(level: &str, format: LogFormat) -> Option<LogHandle> {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let from_env = std::env::var_os("RUST_LOG").is_some();
+    let filter = if from_env {
+        tracing_subscriber::EnvFilter::from_default_env()
+    } else {
+        log_filter(level)
+    };
+    let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);
+    let text = (format == LogFormat::Text)
+        .then(|| tracing_subscriber::fmt::layer().with_writer(std::io::stderr));
+    let json = (format == LogFormat::Json).then(|| {
+        tracing_subscriber::fmt::layer()
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_writer(std::io::stderr)
+    });
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(text)
+        .with(json)
         .init();
+    (!from_env).then_some(handle)
+}
+
+fn main() -> ExitCode {
     let args = Args::parse();
     match args.command {
-        Some(Command::Passwd(p)) => return passwd::run(p),
+        Some(Command::Passwd(p)) => {
+            init_logging("info", LogFormat::Text);
+            return passwd::run(p);
+        }
         Some(Command::CheckConfig { file }) => return check_config(&file),
         None => {}
     }
-    let config = match args.into_config() {
+    let config = match args.to_config() {
         Ok(c) => c,
         Err(e) => {
+            init_logging("info", LogFormat::Text);
             tracing::error!("{e}");
             return ExitCode::from(2);
         }
     };
+    let log = init_logging(&config.log_level, config.log_format);
     raise_fd_limit();
     let mut signals = match Signals::new([SIGINT, SIGTERM, SIGHUP]) {
         Ok(s) => s,
@@ -247,25 +362,67 @@ fn main() -> ExitCode {
         version = env!("CARGO_PKG_VERSION"),
         "shardmq started"
     );
+    // Readiness for systemd (Type=notify); nothing happens without NOTIFY_SOCKET.
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
     for signal in signals.forever() {
         match signal {
-            SIGHUP => match broker.reload() {
-                Ok(()) => {
-                    tracing::info!("SIGHUP: password, ACL, certificate and key files reloaded")
-                }
-                Err(e) => {
-                    tracing::error!("SIGHUP: reload refused, the previous files stay in force: {e}")
-                }
-            },
+            SIGHUP => reload(&args, &broker, log.as_ref()),
             _ => {
                 tracing::info!(signal, "shutting down");
                 break;
             }
         }
     }
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
     broker.shutdown();
     tracing::info!("shardmq stopped");
     ExitCode::SUCCESS
+}
+
+/// SIGHUP: reads the config file again (flags still override it) and applies what
+/// can change at run time; re-reads the password, ACL, certificate and key files in
+/// any case. A file that does not parse, or names a bad file, changes nothing.
+fn reload(args: &Args, broker: &Broker, log: Option<&LogHandle>) {
+    if args.config.is_none() {
+        match broker.reload() {
+            Ok(()) => tracing::info!("SIGHUP: password, ACL, certificate and key files reloaded"),
+            Err(e) => {
+                tracing::error!("SIGHUP: reload refused, the previous files stay in force: {e}")
+            }
+        }
+        return;
+    }
+    let config = match args.to_config() {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!("SIGHUP: configuration not reloaded, nothing changed: {e}");
+            return;
+        }
+    };
+    let level = config.log_level.clone();
+    match broker.reconfigure(config) {
+        Ok(r) => {
+            if r.applied.iter().any(|k| k == "log_level") {
+                match log {
+                    Some(h) => {
+                        let _ = h.reload(log_filter(&level));
+                    }
+                    None => tracing::warn!("SIGHUP: log_level not applied: RUST_LOG decides"),
+                }
+            }
+            if !r.need_restart.is_empty() {
+                tracing::warn!(
+                    keys = %r.need_restart.join(","),
+                    "SIGHUP: these changes need a restart; the running values stay"
+                );
+            }
+            tracing::info!(
+                changed = %r.applied.join(","),
+                "SIGHUP: configuration reloaded (password, ACL, certificate and key files read again)"
+            );
+        }
+        Err(e) => tracing::error!("SIGHUP: configuration not reloaded, nothing changed: {e}"),
+    }
 }
 
 /// A broker holds one descriptor per connection: lift the soft limit to the hard one.

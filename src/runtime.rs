@@ -28,9 +28,18 @@ pub enum Control {
     Stats(crossbeam_channel::Sender<ShardStats>),
     /// Close every connection and stop.
     Shutdown,
-    /// Reloaded listeners (authenticators, TLS configurations): new connections
-    /// use them, and every session gets its rights anew; replies once applied.
-    Reload(Arc<[crate::link::Listener]>, crossbeam_channel::Sender<()>),
+    /// Publish these retained messages as the broker (`$SYS` topics): stored in
+    /// the retained store and delivered to matching subscribers, whose read rights
+    /// apply as to any message.
+    SysPublish(Vec<crate::message::Message>),
+    /// Reloaded listeners (authenticators, TLS configurations) and, if it changed,
+    /// configuration: new connections use them, every session gets its rights and
+    /// limits anew; replies once applied.
+    Reload(
+        Arc<[crate::link::Listener]>,
+        Option<Arc<crate::Config>>,
+        crossbeam_channel::Sender<()>,
+    ),
 }
 
 /// Result of binding a shard's listeners, reported to the main thread.
@@ -134,9 +143,20 @@ pub async fn run(init: ShardInit) {
                 Control::Stats(reply) => {
                     let _ = reply.send(shard.borrow().snapshot());
                 }
-                Control::Reload(listeners, done) => {
-                    shard.borrow_mut().set_listeners(listeners);
+                Control::Reload(listeners, config, done) => {
+                    let mut s = shard.borrow_mut();
+                    if let Some(config) = config {
+                        s.set_config(config);
+                    }
+                    s.set_listeners(listeners);
+                    drop(s);
                     let _ = done.send(());
+                }
+                Control::SysPublish(msgs) => {
+                    let mut s = shard.borrow_mut();
+                    for msg in msgs {
+                        s.publish_from_broker(msg);
+                    }
                 }
                 Control::Shutdown => {
                     shard.borrow_mut().close_all();

@@ -24,6 +24,77 @@ pub use output::Encoded;
 use output::{Chunks, Output};
 use wire::{Wire, WireError};
 
+thread_local! {
+    /// Bytes this thread's sockets have taken in and sent out. A shard is one
+    /// thread, so these are the shard's; plain cells, read by its stats snapshot.
+    static BYTES_IN: Cell<u64> = const { Cell::new(0) };
+    static BYTES_OUT: Cell<u64> = const { Cell::new(0) };
+}
+
+/// Counts bytes read from a socket on this thread.
+pub(crate) fn count_received(n: usize) {
+    BYTES_IN.with(|c| c.set(c.get() + n as u64));
+}
+
+/// Counts bytes written to a socket on this thread.
+pub(crate) fn count_sent(n: usize) {
+    BYTES_OUT.with(|c| c.set(c.get() + n as u64));
+}
+
+/// (received, sent): the bytes this thread's sockets have moved so far.
+pub(crate) fn bytes_moved() -> (u64, u64) {
+    (BYTES_IN.with(Cell::get), BYTES_OUT.with(Cell::get))
+}
+
+/// Why an attached client's connection ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DisconnectReason {
+    /// The client sent DISCONNECT.
+    ClientDisconnect,
+    /// The client closed the connection without DISCONNECT.
+    ClosedByClient,
+    /// Nothing from the client for 1.5 × its keep-alive.
+    KeepAliveTimeout,
+    /// A malformed packet or a protocol violation.
+    ProtocolError,
+    /// Another connection with the same client id took the session over.
+    Takeover,
+    /// Reading or writing the socket failed.
+    SocketError,
+    /// A TLS or WebSocket error.
+    TransportError,
+    /// The broker shut down.
+    Shutdown,
+}
+
+impl DisconnectReason {
+    pub const COUNT: usize = 8;
+    pub const ALL: [DisconnectReason; Self::COUNT] = [
+        DisconnectReason::ClientDisconnect,
+        DisconnectReason::ClosedByClient,
+        DisconnectReason::KeepAliveTimeout,
+        DisconnectReason::ProtocolError,
+        DisconnectReason::Takeover,
+        DisconnectReason::SocketError,
+        DisconnectReason::TransportError,
+        DisconnectReason::Shutdown,
+    ];
+
+    /// The name used in logs, `$SYS` topics and metric labels.
+    pub fn name(self) -> &'static str {
+        match self {
+            DisconnectReason::ClientDisconnect => "client_disconnect",
+            DisconnectReason::ClosedByClient => "closed_by_client",
+            DisconnectReason::KeepAliveTimeout => "keepalive_timeout",
+            DisconnectReason::ProtocolError => "protocol_error",
+            DisconnectReason::Takeover => "takeover",
+            DisconnectReason::SocketError => "socket_error",
+            DisconnectReason::TransportError => "transport_error",
+            DisconnectReason::Shutdown => "shutdown",
+        }
+    }
+}
+
 /// One listener at run time: what it was configured with, who may connect through
 /// it and what they may do, and its TLS configuration. Replaced whole on reload.
 pub struct Listener {
@@ -63,7 +134,7 @@ pub struct Writes {
     pub(crate) dirty: RefCell<Vec<Rc<Conn>>>,
     pub(crate) waker: Cell<Option<Waker>>,
     /// `Config::write_buffer_high_water`: a congested connection resumes below half.
-    pub(crate) high_water: usize,
+    pub(crate) high_water: Cell<usize>,
     pub(crate) chunks: Chunks,
 }
 
@@ -72,7 +143,7 @@ impl Writes {
         Rc::new(Writes {
             dirty: RefCell::new(Vec::new()),
             waker: Cell::new(None),
-            high_water,
+            high_water: Cell::new(high_water),
             chunks: Chunks::default(),
         })
     }
@@ -109,6 +180,8 @@ pub struct Conn {
     pub(crate) listed: Cell<bool>,
     /// Closing and everything sent (write side shut down), or writing failed.
     pub(crate) done: Cell<bool>,
+    /// Why the broker closed it, when it did.
+    pub(crate) why: Cell<Option<DisconnectReason>>,
 }
 
 impl Conn {
@@ -135,6 +208,7 @@ impl Conn {
             congested: Cell::new(false),
             listed: Cell::new(false),
             done: Cell::new(false),
+            why: Cell::new(None),
         })
     }
 
@@ -233,6 +307,19 @@ impl Conn {
 
     pub fn set_congested(&self, congested: bool) {
         self.congested.set(congested);
+    }
+
+    /// [`Conn::close`], recording why (the first reason given stands).
+    pub fn close_because(self: &Rc<Self>, why: DisconnectReason) {
+        if self.why.get().is_none() {
+            self.why.set(Some(why));
+        }
+        self.close();
+    }
+
+    /// Why the broker closed the connection, if it did.
+    pub fn close_reason(&self) -> Option<DisconnectReason> {
+        self.why.get()
     }
 
     /// Asks the writer to flush what is pending and close; stops the reader.

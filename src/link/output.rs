@@ -338,6 +338,7 @@ fn send(fd: RawFd, iov: &[IoSlice<'_>]) -> io::Result<usize> {
         // caller's stream owns it).
         let n = unsafe { libc::sendmsg(fd, &msg, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) };
         if n >= 0 {
+            super::count_sent(n as usize);
             return Ok(n as usize);
         }
         let e = io::Error::last_os_error();

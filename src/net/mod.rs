@@ -40,7 +40,7 @@ use futures_lite::{AsyncRead, AsyncWrite};
 pub mod tls;
 use crate::link::output;
 use crate::link::wire::{Peer, Wire, WireError};
-use crate::link::{Conn, Writes};
+use crate::link::{Conn, DisconnectReason, Writes};
 
 /// Bytes asked of the kernel per read.
 const READ_CHUNK: usize = 16 * 1024;
@@ -241,7 +241,7 @@ async fn handle_new(
     };
     if code != ConnectReturnCode::Accepted {
         shard.borrow_mut().stats.connects_refused += 1;
-        tracing::debug!(%peer, client = %connect.client_id, ?code, "CONNECT refused");
+        tracing::info!(client = %connect.client_id, %peer, ?code, "CONNECT refused");
         refuse(&stream, &mut wire, code).await;
         return;
     }
@@ -410,7 +410,16 @@ async fn serve(shard: Rc<RefCell<Shard>>, accepted: Box<Accepted>) {
         } = *{ accepted };
         let mut s = shard.borrow_mut();
         let conn = Conn::new(s.next_conn_id(), peer, stream, wire, s.writes().clone());
-        tracing::debug!(%peer, client = %connect.client_id, "connected");
+        tracing::info!(
+            client = %connect.client_id,
+            %peer,
+            protocol = connect.protocol.name(),
+            shard = s.id,
+            clean_session = connect.clean_session,
+            keep_alive = connect.keep_alive,
+            username = connect.username.as_deref().unwrap_or(""),
+            "client connected"
+        );
         let mqtt31 = connect.protocol == Protocol::V31;
         let key = s.attach(*{ connect }, &conn, listener, Instant::now());
         if let Some(key) = key {
@@ -437,7 +446,21 @@ async fn serve(shard: Rc<RefCell<Shard>>, accepted: Box<Accepted>) {
         }
         // What the client published before it went is routed before its will.
         s.route_pending();
-        tracing::debug!(%peer, client = ?s.client_id_of(key, conn.id), reason = ?end, "connection closed");
+        let reason = match &end {
+            End::Eof => DisconnectReason::ClosedByClient,
+            End::Disconnect => DisconnectReason::ClientDisconnect,
+            End::Violation | End::Decode(_) => DisconnectReason::ProtocolError,
+            End::Io(_) => DisconnectReason::SocketError,
+            End::Transport(_) => DisconnectReason::TransportError,
+            // Closed by the broker for a reason it recorded; else the connection
+            // was replaced while a SUBSCRIBE waited.
+            End::ClosedByBroker => conn.close_reason().unwrap_or(DisconnectReason::Takeover),
+        };
+        s.stats.disconnects[reason as usize] += 1;
+        match s.client_id_of(key, conn.id) {
+            Some(client) => tracing::info!(%client, %peer, shard = s.id, reason = reason.name(), detail = ?end, "client disconnected"),
+            None => tracing::info!(%peer, shard = s.id, reason = reason.name(), detail = ?end, "client disconnected"),
+        }
         s.connection_lost(key, conn.id, matches!(end, End::Disconnect));
     } else {
         drop(rbuf);
@@ -558,6 +581,7 @@ async fn read_wire(
         if n == 0 {
             return Poll::Ready(Ok(None));
         }
+        crate::link::count_received(n);
         let mut wire = conn.wire.borrow_mut();
         let Some(w) = wire.as_mut() else {
             return Poll::Ready(Ok(None));
@@ -665,6 +689,7 @@ async fn read_some(
             let mut first = [0u8; SMALL_READ];
             let res = ready!(Pin::new(&mut *stream).poll_read(cx, &mut first));
             if let Ok(n) = res {
+                crate::link::count_received(n);
                 // A full small read means more is coming: take a whole chunk.
                 *hot = n == SMALL_READ;
                 buf.reserve(if *hot { READ_CHUNK } else { n });
@@ -681,6 +706,7 @@ async fn read_some(
             }
             Poll::Ready(res) => {
                 let n = *res.as_ref().unwrap_or(&0);
+                crate::link::count_received(n);
                 *hot = start + n == end;
                 buf.truncate(start + n);
                 Poll::Ready(res)
@@ -696,6 +722,7 @@ async fn write_all(stream: &RefCell<TcpStream>, mut data: &[u8]) -> io::Result<(
         if n == 0 {
             return Err(io::ErrorKind::WriteZero.into());
         }
+        crate::link::count_sent(n);
         data = &data[n..];
     }
     Ok(())
@@ -781,10 +808,13 @@ async fn write_blocked(shard: Rc<RefCell<Shard>>, conn: Rc<Conn>) {
                 conn.unblock();
                 return write_failed(&conn, io::ErrorKind::WriteZero.into());
             }
-            Ok(Some(n)) => match conn.wire.borrow_mut().as_mut() {
-                Some(w) => bytes::Buf::advance(&mut w.out, n),
-                None => conn.out.borrow_mut().consume(n),
-            },
+            Ok(Some(n)) => {
+                crate::link::count_sent(n);
+                match conn.wire.borrow_mut().as_mut() {
+                    Some(w) => bytes::Buf::advance(&mut w.out, n),
+                    None => conn.out.borrow_mut().consume(n),
+                }
+            }
             Err(e) => {
                 conn.unblock();
                 return write_failed(&conn, e);
@@ -798,7 +828,7 @@ async fn write_blocked(shard: Rc<RefCell<Shard>>, conn: Rc<Conn>) {
 /// Everything written so far has gone to the kernel: let a congested session send
 /// again, and finish a closing connection.
 fn sent_all(shard: &Rc<RefCell<Shard>>, conn: &Rc<Conn>) {
-    if conn.congested() && conn.pending() <= conn.writes.high_water / 2 {
+    if conn.congested() && conn.pending() <= conn.writes.high_water.get() / 2 {
         conn.set_congested(false);
         conn.wake_reader();
         // May write more: the connection is listed again.
@@ -826,5 +856,5 @@ fn write_failed(conn: &Rc<Conn>, e: io::Error) {
     tracing::debug!(peer = %conn.peer, error = %e, "write failed");
     conn.discard_output();
     conn.set_done();
-    conn.close();
+    conn.close_because(DisconnectReason::SocketError);
 }

@@ -12,6 +12,16 @@ pub enum Protocol {
     V311,
 }
 
+impl Protocol {
+    /// The version, as people name it: "3.1" or "3.1.1".
+    pub fn name(self) -> &'static str {
+        match self {
+            Protocol::V31 => "3.1",
+            Protocol::V311 => "3.1.1",
+        }
+    }
+}
+
 /// Quality of service of a publish or a subscription.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 #[repr(u8)]

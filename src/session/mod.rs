@@ -157,6 +157,15 @@ fn publish_packet(msg: &Message, pkid: u16, dup: bool) -> Packet {
 }
 
 impl Session {
+    /// Replaces the session's bounds (a reload). Nothing held is dropped: a lowered
+    /// bound applies as messages arrive and leave.
+    pub fn set_limits(&mut self, limits: Limits) {
+        self.limits = Limits {
+            max_inflight: limits.max_inflight.max(1),
+            ..limits
+        };
+    }
+
     /// A fresh session with nothing in flight, queued or subscribed, not connected.
     pub fn new(client_id: ByteString, clean_session: bool, limits: Limits) -> Session {
         Session {

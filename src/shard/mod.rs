@@ -19,6 +19,7 @@ pub mod mesh;
 pub mod retained;
 mod rights;
 pub mod stats;
+mod droplog;
 
 use crate::config::Config;
 use crate::link::{Conn, Listener, Writes};
@@ -35,7 +36,7 @@ use mesh::{Handoff, MeshMsg, Outbox};
 use retained::{LocalUpdate, Retained};
 use rights::{may_read, may_write, ClientAuth};
 use slab::Slab;
-use stats::ShardStats;
+use stats::{DisconnectReason, ShardStats};
 use std::cell::Cell;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -91,6 +92,9 @@ struct SessionEntry {
     auth: Option<Box<ClientAuth>>,
     /// The listener its client last connected through (whose files decide its rights).
     listener: u16,
+    /// While no client is connected: when the last one left, in seconds since the
+    /// shard started, plus one (0 while connected), for `persistent_client_expiration`.
+    offline_since: u32,
 }
 
 /// Waits of one SUBSCRIBE for other shards to confirm new interest.
@@ -171,6 +175,9 @@ pub struct Shard {
     run: Run,
     pub stats: ShardStats,
     pub stopping: bool,
+    /// When the shard started (offline sessions' ages count from it).
+    started: Instant,
+    drop_log: droplog::DropLog,
 }
 
 /// Readers parked because an outbox is over its high-water mark.
@@ -237,6 +244,8 @@ impl Shard {
             run: Run::default(),
             stats: ShardStats::default(),
             stopping: false,
+            started: Instant::now(),
+            drop_log: droplog::DropLog::default(),
         }
     }
 
@@ -271,9 +280,20 @@ impl Shard {
     /// Closes every connection whose client has sent nothing for one and a half times
     /// its keep-alive [MQTT-3.1.2-24] (the reader then ends and the will goes out).
     /// Called periodically; a connection is closed at most one period late.
+    ///
+    /// Also ends persistent sessions offline for `persistent_client_expiration`.
     pub fn sweep_keep_alive(&mut self, now: Instant) {
-        for (_, e) in self.sessions.iter_mut() {
+        let expiration = self.cfg.persistent_client_expiration;
+        let now_secs = self.secs_since_start(now);
+        let mut expired = Vec::new();
+        for (key, e) in self.sessions.iter_mut() {
             let Some(conn) = &e.conn else {
+                if expiration > 0
+                    && e.offline_since > 0
+                    && u64::from(now_secs + 1 - e.offline_since) > expiration
+                {
+                    expired.push(key);
+                }
                 continue;
             };
             if conn.is_closing() {
@@ -281,10 +301,22 @@ impl Shard {
             }
             if e.session.keep_alive_deadline().is_some_and(|d| d <= now) {
                 self.stats.keepalive_timeouts += 1;
-                tracing::debug!(peer = %conn.peer, client = %e.session.client_id(), "keep-alive timeout");
-                conn.close();
+                conn.close_because(DisconnectReason::KeepAliveTimeout);
             }
         }
+        for key in expired {
+            tracing::info!(client = %self.sessions[key].session.client_id(), "persistent session expired");
+            self.stats.sessions_expired += 1;
+            self.remove_session(key);
+        }
+        self.drop_log.sweep(&self.stats, now);
+    }
+
+    /// Whole seconds from the shard's start to `t`.
+    fn secs_since_start(&self, t: Instant) -> u32 {
+        t.saturating_duration_since(self.started)
+            .as_secs()
+            .min(u64::from(u32::MAX - 1)) as u32
     }
 
     /// Listener `index` as it is now (after any reload).
@@ -341,12 +373,13 @@ impl Shard {
                 return None;
             }
         }
+        self.stats.packets_received += 1;
         let mut wills = Vec::new();
         let mut resumed = None;
         if let Some(&key) = self.by_client.get(&connect.client_id) {
             let entry = &mut self.sessions[key];
             if let Some(old) = entry.conn.take() {
-                old.close();
+                old.close_because(DisconnectReason::Takeover);
                 self.stats.takeovers += 1;
                 self.stats.connections -= 1;
                 tracing::debug!(client = %connect.client_id, old = %old.peer, new = %conn.peer, "session taken over");
@@ -373,12 +406,14 @@ impl Shard {
                 held: false,
                 auth: None,
                 listener,
+                offline_since: 0,
             });
             self.by_client.insert(connect.client_id.clone(), key);
             key
         });
         self.stats.connects += 1;
         self.stats.connections += 1;
+        self.stats.packets_sent += 1;
         conn.write_packet(&Packet::ConnAck(ConnAck {
             session_present: session_present && connect.protocol == Protocol::V311,
             code: ConnectReturnCode::Accepted,
@@ -386,6 +421,7 @@ impl Shard {
         let entry = &mut self.sessions[key];
         entry.conn = Some(conn.clone());
         entry.held = false;
+        entry.offline_since = 0;
         if let Some(a) = auth.as_mut() {
             // A resumed session's subscriptions, and what it kept for its client,
             // answer to the rights of whoever connected now.
@@ -402,12 +438,33 @@ impl Shard {
         entry
             .session
             .connect(connect.keep_alive, connect.will, now, &mut self.out);
-        write_out(entry, &mut self.out, self.cfg.write_buffer_high_water);
+        write_out(
+            entry,
+            &mut self.out,
+            self.cfg.write_buffer_high_water,
+            &mut self.stats,
+        );
         for will in wills {
-            self.stats.wills_published += 1;
-            self.publish_from_client(will);
+            self.publish_will(will);
         }
         Some(key)
+    }
+
+    /// A reloaded configuration: limits apply from now on, to every session (a
+    /// lowered bound drops nothing already held; it applies as messages arrive).
+    pub fn set_config(&mut self, cfg: Arc<Config>) {
+        self.limits = Limits {
+            max_inflight: cfg.max_inflight,
+            max_queued_messages: cfg.max_queued_messages,
+            max_queued_bytes: cfg.max_queued_bytes,
+        };
+        for (_, e) in self.sessions.iter_mut() {
+            e.session.set_limits(self.limits.clone());
+        }
+        self.retained
+            .set_limits(cfg.max_retained_messages, cfg.max_retained_payload);
+        self.writes.high_water.set(cfg.write_buffer_high_water);
+        self.cfg = cfg;
     }
 
     /// Reloaded listeners: new connections use them, and every session gets its
@@ -443,11 +500,29 @@ impl Shard {
         let will = entry.session.disconnect(graceful);
         if entry.session.clean_session() {
             self.remove_session(key);
+        } else {
+            let since = self.secs_since_start(Instant::now()) + 1;
+            self.sessions[key].offline_since = since;
         }
         if let Some(will) = will {
-            self.stats.wills_published += 1;
-            self.publish_from_client(will);
+            self.publish_will(will);
         }
+    }
+
+    /// A message the broker itself publishes (its `$SYS` topics): routed as a
+    /// client's would be, with no publisher whose rights apply.
+    pub fn publish_from_broker(&mut self, msg: Message) {
+        self.route_one(msg);
+    }
+
+    /// Publishes a client's will, unless its topic is a `$SYS` one.
+    fn publish_will(&mut self, will: Message) {
+        if is_sys_topic(&will.topic) {
+            self.stats.publishes_to_sys += 1;
+            return;
+        }
+        self.stats.wills_published += 1;
+        self.publish_from_client(will);
     }
 
     /// Drops a session and all its subscriptions; tells other shards about filters
@@ -484,6 +559,7 @@ impl Shard {
         if !self.is_current(key, conn_id) {
             return Flow::Close { graceful: false };
         }
+        self.stats.packets_received += 1;
         if !matches!(packet, Packet::Publish(_)) {
             // Whatever the client published before this packet goes first.
             self.route_pending();
@@ -512,11 +588,16 @@ impl Shard {
                     self.out.publishes.clear();
                     return Flow::Close { graceful: false };
                 }
-                write_out(entry, &mut self.out, high_water);
+                write_out(entry, &mut self.out, high_water, &mut self.stats);
                 if !self.out.publishes.is_empty() {
                     let mut publishes = std::mem::take(&mut self.out.publishes);
                     for msg in publishes.drain(..) {
-                        if may_write(&self.sessions[key].auth, &msg.topic) {
+                        self.stats.publishes_received_qos[msg.qos as usize] += 1;
+                        self.stats.publish_bytes_received += msg.payload.len() as u64;
+                        if is_sys_topic(&msg.topic) {
+                            // Only the broker publishes there.
+                            self.stats.publishes_to_sys += 1;
+                        } else if may_write(&self.sessions[key].auth, &msg.topic) {
                             self.routing.push(msg);
                         } else {
                             self.stats.publishes_refused += 1;
@@ -542,6 +623,7 @@ impl Shard {
         if !self.is_current(key, conn_id) {
             return None;
         }
+        self.stats.packets_received += 1;
         self.sessions[key].session.touch(Instant::now());
         let mut codes = Vec::with_capacity(sub.filters.len());
         let mut new_filters = Vec::new();
@@ -624,7 +706,7 @@ impl Shard {
             entry.held = true;
             entry.session.set_writable(false, out);
             deliver_retained(entry, retained, stats, out, sub, &codes);
-            write_out(entry, out, high_water);
+            write_out(entry, out, high_water, stats);
         }
         let wait = (!waits.is_empty()).then(|| {
             let wait = Rc::new(SubscribeWait {
@@ -679,7 +761,7 @@ impl Shard {
         } else {
             deliver_retained(entry, retained, stats, out, sub, &codes);
         }
-        write_out(entry, out, high_water);
+        write_out(entry, out, high_water, stats);
     }
 
     fn unsubscribe(&mut self, key: usize, u: Unsubscribe) {
@@ -692,6 +774,7 @@ impl Shard {
             }
         }
         if let Some(conn) = &self.sessions[key].conn {
+            self.stats.packets_sent += 1;
             conn.write_packet(&Packet::UnsubAck(u.pkid));
         }
     }
@@ -707,7 +790,12 @@ impl Shard {
             return;
         }
         entry.session.set_writable(true, &mut self.out);
-        write_out(entry, &mut self.out, self.cfg.write_buffer_high_water);
+        write_out(
+            entry,
+            &mut self.out,
+            self.cfg.write_buffer_high_water,
+            &mut self.stats,
+        );
     }
 
     /// Routes, in order, what the client being read has published since the last
@@ -776,6 +864,11 @@ impl Shard {
     /// store, local subscribers, then every shard with matching interest.
     pub fn publish_from_client(&mut self, msg: Message) {
         self.stats.publishes_received += 1;
+        self.route_one(msg);
+    }
+
+    /// Retained store, local subscribers, then every shard with matching interest.
+    fn route_one(&mut self, msg: Message) {
         // A QoS 1/2 message is stored by every session it reaches until acknowledged;
         // copy it out of the read buffer once here rather than pin the buffer there.
         let mut msg = if msg.qos == QoS::AtMostOnce {
@@ -846,6 +939,7 @@ impl Shard {
         // per delivery; copying the encoding per subscriber would touch one cold
         // write buffer per subscriber.
         let mut shared = None;
+        let run_payload: u64 = run.iter().map(|m| m.payload.len() as u64).sum();
         for &(k, qos) in matched.iter() {
             let Some(e) = sessions.get_mut(k as usize) else {
                 continue;
@@ -874,14 +968,17 @@ impl Shard {
                     });
                     conn.write_shared(shared);
                     stats.delivered += run.len() as u64;
-                    write_out(e, out, high_water);
+                    stats.packets_sent += run.len() as u64;
+                    stats.publishes_sent_qos[0] += run.len() as u64;
+                    stats.publish_bytes_sent += run_payload;
+                    write_out(e, out, high_water, stats);
                     continue;
                 }
             }
             for m in run {
                 let d = e.session.deliver(m, qos, out);
                 count_delivery(stats, d, &mut e.session);
-                write_out(e, out, high_water);
+                write_out(e, out, high_water, stats);
             }
         }
     }
@@ -899,6 +996,8 @@ impl Shard {
         // Consecutive QoS 0 messages on one topic are delivered as one run, as on
         // the publisher's shard (see `route_pending`).
         let mut run = std::mem::take(&mut self.run);
+        self.stats.mesh_batches[stats::mesh_batch_bucket(batch.len())] += 1;
+        self.stats.mesh_batch_messages += batch.len() as u64;
         for msg in batch {
             let msg = match msg {
                 MeshMsg::Publish(m) => {
@@ -1007,7 +1106,7 @@ impl Shard {
             }
             let d = entry.session.deliver(&retained, qos, &mut self.out);
             count_delivery(&mut self.stats, d, &mut entry.session);
-            write_out(entry, &mut self.out, high_water);
+            write_out(entry, &mut self.out, high_water, &mut self.stats);
         }
     }
 
@@ -1046,7 +1145,7 @@ impl Shard {
         self.stopping = true;
         for (_, e) in self.sessions.iter_mut() {
             if let Some(c) = &e.conn {
-                c.close();
+                c.close_because(DisconnectReason::Shutdown);
             }
         }
     }
@@ -1070,6 +1169,7 @@ impl Shard {
         s.inflight = inflight;
         s.queued = queued;
         s.queued_bytes = queued_bytes;
+        (s.bytes_received, s.bytes_sent) = crate::link::bytes_moved();
         s
     }
 }
@@ -1152,16 +1252,40 @@ fn count_delivery(stats: &mut ShardStats, d: Delivery, session: &mut Session) {
 
 /// Writes a session's output packets to its connection, and marks the session not
 /// writable once the connection's unsent bytes pass the high-water mark.
-fn write_out(entry: &mut SessionEntry, out: &mut Output, high_water: usize) {
+fn write_out(
+    entry: &mut SessionEntry,
+    out: &mut Output,
+    high_water: usize,
+    stats: &mut ShardStats,
+) {
     match &entry.conn {
         Some(conn) => {
+            count_sent(stats, &out.packets);
             conn.write_packets(&mut out.packets);
             if conn.pending() > high_water && !conn.congested() {
                 conn.set_congested(true);
                 entry.session.set_writable(false, out);
+                count_sent(stats, &out.packets);
                 conn.write_packets(&mut out.packets);
             }
         }
         None => out.packets.clear(),
     }
+}
+
+/// Counts packets about to be written to a client.
+fn count_sent(stats: &mut ShardStats, packets: &[Packet]) {
+    stats.packets_sent += packets.len() as u64;
+    for p in packets {
+        if let Packet::Publish(p) = p {
+            stats.publishes_sent_qos[p.qos as usize] += 1;
+            stats.publish_bytes_sent += p.payload.len() as u64;
+        }
+    }
+}
+
+/// Whether a topic is one of the broker's own (`$SYS/...`), which clients may
+/// read but never publish to.
+fn is_sys_topic(topic: &str) -> bool {
+    topic.starts_with("$SYS/") || topic == "$SYS"
 }

@@ -48,6 +48,12 @@ impl Retained {
         }
     }
 
+    /// New bounds (a reload): they apply to messages stored from now on.
+    pub fn set_limits(&mut self, max_messages: usize, max_payload: usize) {
+        self.max_messages = max_messages;
+        self.max_payload = max_payload;
+    }
+
     /// Number of retained messages held (tombstones excluded).
     pub fn len(&self) -> usize {
         self.live

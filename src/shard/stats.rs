@@ -1,6 +1,8 @@
 //! Counters and gauges a shard keeps about itself, read through the control plane
 //! (`Broker::stats`). Plain integers owned by the shard: nothing shared, no atomics.
 
+pub use crate::link::DisconnectReason;
+
 /// One shard's counters (since start) and gauges (now).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ShardStats {
@@ -50,6 +52,65 @@ pub struct ShardStats {
     /// TLS handshakes and WebSocket upgrades that failed or timed out, and TLS or
     /// WebSocket errors on established connections.
     pub transport_errors: u64,
+    /// Client publishes to a `$SYS/...` topic: acknowledged, dropped (only the broker
+    /// publishes there).
+    pub publishes_to_sys: u64,
+    /// Offline persistent sessions removed after `persistent_client_expiration`.
+    pub sessions_expired: u64,
+    /// Packets decoded from clients, CONNECT included.
+    pub packets_received: u64,
+    /// Packets written to clients, CONNACK included.
+    pub packets_sent: u64,
+    /// PUBLISH packets accepted from clients, by QoS (wills not included).
+    pub publishes_received_qos: [u64; 3],
+    /// PUBLISH packets written to clients, by QoS (resends included).
+    pub publishes_sent_qos: [u64; 3],
+    /// Payload bytes of the PUBLISH packets counted in `publishes_received_qos`.
+    pub publish_bytes_received: u64,
+    /// Payload bytes of the PUBLISH packets counted in `publishes_sent_qos`.
+    pub publish_bytes_sent: u64,
+    /// Bytes read from this shard's sockets (TLS and WebSocket framing included).
+    pub bytes_received: u64,
+    /// Bytes written to this shard's sockets.
+    pub bytes_sent: u64,
+    /// Ended connections of attached clients, by reason ([`DisconnectReason`]).
+    pub disconnects: [u64; DisconnectReason::COUNT],
+    /// Cross-shard batches this shard received, by size: bucket `i` counts batches
+    /// of at most `2^i` messages (the last bucket: any larger).
+    pub mesh_batches: [u64; MESH_BATCH_BUCKETS],
+    /// Messages in all the batches counted in `mesh_batches`.
+    pub mesh_batch_messages: u64,
+}
+
+/// Buckets of [`ShardStats::mesh_batches`]: 1, 2, 4, … 1024, and larger.
+pub const MESH_BATCH_BUCKETS: usize = 12;
+
+/// The bucket of a cross-shard batch of `n` messages.
+pub fn mesh_batch_bucket(n: usize) -> usize {
+    let b = n.max(1).next_power_of_two().trailing_zeros() as usize;
+    b.min(MESH_BATCH_BUCKETS - 1)
+}
+
+
+impl ShardStats {
+    /// This shard's dropped messages, by reason (see [`BrokerStats::drops`]).
+    pub fn drops(&self) -> [(&'static str, u64); 6] {
+        [
+            ("queue_full", self.dropped_queue_full),
+            ("offline_qos0", self.dropped_offline_qos0),
+            ("evicted_qos0", self.dropped_evicted_qos0),
+            ("publish_denied", self.publishes_refused),
+            ("delivery_denied", self.deliveries_refused),
+            ("sys_topic", self.publishes_to_sys),
+        ]
+    }
+
+    /// Ended connections of attached clients, with each reason's name.
+    pub fn disconnects_by_reason(&self) -> impl Iterator<Item = (&'static str, u64)> + '_ {
+        DisconnectReason::ALL
+            .iter()
+            .map(|r| (r.name(), self.disconnects[*r as usize]))
+    }
 }
 
 /// Every shard's stats, in shard order.
@@ -59,6 +120,12 @@ pub struct BrokerStats {
 }
 
 impl BrokerStats {
+    /// Messages dropped, by reason, summed over every shard: the names are those of
+    /// the logs, `$SYS/broker/shardmq/dropped/...` and the metrics' `reason` label.
+    pub fn drops(&self) -> [(&'static str, u64); 6] {
+        self.total().drops()
+    }
+
     /// Sum over all shards (the `shard` field is meaningless in the result).
     pub fn total(&self) -> ShardStats {
         let mut t = ShardStats::default();
@@ -100,6 +167,27 @@ impl BrokerStats {
                 connects_refused,
                 transport_errors
             );
+            add!(
+                publishes_to_sys,
+                sessions_expired,
+                packets_received,
+                packets_sent,
+                publish_bytes_received,
+                publish_bytes_sent,
+                bytes_received,
+                bytes_sent,
+                mesh_batch_messages
+            );
+            for q in 0..3 {
+                t.publishes_received_qos[q] += s.publishes_received_qos[q];
+                t.publishes_sent_qos[q] += s.publishes_sent_qos[q];
+            }
+            for (a, b) in t.disconnects.iter_mut().zip(&s.disconnects) {
+                *a += b;
+            }
+            for (a, b) in t.mesh_batches.iter_mut().zip(&s.mesh_batches) {
+                *a += b;
+            }
             // Every shard holds a full replica of the retained store.
             t.retained = t.retained.max(s.retained);
         }
