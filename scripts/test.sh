@@ -2,7 +2,8 @@
 # The test command. Installs what the tests compare against when it is missing
 # (Debian's mosquitto broker, for the load generator's side-by-side tests and the
 # password-file interop tests, and mosquitto-clients: mosquitto_passwd comes with the
-# broker, mosquitto_pub with the clients), then runs every test in the workspace.
+# broker, mosquitto_pub with the clients) and Python's prometheus_client, then runs
+# every test in the workspace.
 # Extra arguments go to `cargo test`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,5 +16,11 @@ if { [ ! -x /usr/sbin/mosquitto ] && ! command -v mosquitto >/dev/null 2>&1; } |
   $sudo apt-get install -y --no-install-recommends mosquitto mosquitto-clients >/dev/null ||
     { $sudo apt-get update >/dev/null &&
       $sudo apt-get install -y --no-install-recommends mosquitto mosquitto-clients >/dev/null; }
+fi
+# Python's prometheus_client (PyPI) parses the metrics endpoint in tests/observability.rs.
+if ! python3 -c "import prometheus_client" >/dev/null 2>&1; then
+  echo "installing prometheus-client (PyPI) for the tests" >&2
+  python3 -m pip install --quiet --disable-pip-version-check prometheus-client ||
+    python3 -m pip install --quiet --disable-pip-version-check --break-system-packages prometheus-client
 fi
 exec cargo test --workspace "$@"

@@ -281,7 +281,7 @@ fn log_filter(level: &str) -> tracing_subscriber::EnvFilter {
 }
 
 /// Installs the log subscriber: `RUST_LOG` if set, else `log_level`; text or JSON
-/// lines on stderr. Returns the handle that changes the filter on reload, or `None`
+/// lines on standard output. Returns the handle that changes the filter on reload, or `None`
 /// when `RUST_LOG` decides.
 fn init_logging(level: &str, format: LogFormat) -> Option<LogHandle> {
     use tracing_subscriber::layer::SubscriberExt;
@@ -294,13 +294,13 @@ fn init_logging(level: &str, format: LogFormat) -> Option<LogHandle> {
     };
     let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);
     let text = (format == LogFormat::Text)
-        .then(|| tracing_subscriber::fmt::layer().with_writer(std::io::stderr));
+        .then(|| tracing_subscriber::fmt::layer().with_writer(std::io::stdout));
     let json = (format == LogFormat::Json).then(|| {
         tracing_subscriber::fmt::layer()
             .json()
             .flatten_event(true)
             .with_current_span(false)
-            .with_writer(std::io::stderr)
+            .with_writer(std::io::stdout)
     });
     tracing_subscriber::registry()
         .with(filter)

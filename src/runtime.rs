@@ -56,8 +56,10 @@ pub struct ShardInit {
 }
 
 const CONTROL_POLL: Duration = Duration::from_millis(20);
-/// Time given to writers to flush after shutdown closes every connection.
-const SHUTDOWN_GRACE: Duration = Duration::from_millis(100);
+/// Longest a shutdown waits for connections to send what they owe their clients.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
+/// How often a shutdown looks whether every connection has flushed.
+const SHUTDOWN_POLL: Duration = Duration::from_millis(5);
 
 /// The shard's main future: returns on shutdown.
 pub async fn run(init: ShardInit) {
@@ -159,8 +161,19 @@ pub async fn run(init: ShardInit) {
                     }
                 }
                 Control::Shutdown => {
-                    shard.borrow_mut().close_all();
-                    Timer::new(SHUTDOWN_GRACE).await;
+                    // Every connection sends what it owes, then its FIN; whatever
+                    // its client sent meanwhile is read and discarded before the
+                    // socket closes, so the client sees a clean close, not a reset.
+                    let closing = shard.borrow_mut().close_all();
+                    let deadline = std::time::Instant::now() + SHUTDOWN_GRACE;
+                    while std::time::Instant::now() < deadline
+                        && !closing.iter().all(|c| c.is_done())
+                    {
+                        Timer::new(SHUTDOWN_POLL).await;
+                    }
+                    for c in &closing {
+                        c.discard_input();
+                    }
                     return;
                 }
             }

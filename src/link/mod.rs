@@ -330,6 +330,29 @@ impl Conn {
         self.wake_reader();
     }
 
+    /// Closing and everything owed sent (or given up on).
+    pub fn is_done(&self) -> bool {
+        self.done.get()
+    }
+
+    /// Reads and drops whatever the client sent that is waiting in the socket, so
+    /// that closing it sends no reset. Never waits.
+    pub fn discard_input(&self) {
+        use std::os::fd::AsRawFd;
+        let fd = self.stream.borrow().as_raw_fd();
+        let mut buf = [0u8; 4096];
+        loop {
+            // SAFETY: `buf` is valid for its length; `fd` is the open socket this
+            // connection owns.
+            let n = unsafe {
+                libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT)
+            };
+            if n <= 0 {
+                return;
+            }
+        }
+    }
+
     pub fn is_closing(&self) -> bool {
         self.closing.get()
     }

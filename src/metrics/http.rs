@@ -68,28 +68,11 @@ fn serve(server: &tiny_http::Server, gatherer: &Gatherer, process: &Arc<Process>
                 tiny_http::Response::from_string(body).with_header(header("Content-Type", OPENMETRICS))
             }
             (true, "/healthz") => {
-                let g = gatherer.gather();
-                let down: Vec<String> = g
-                    .answered
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, up)| !**up)
-                    .map(|(i, _)| i.to_string())
-                    .collect();
-                if down.is_empty() {
-                    tiny_http::Response::from_string(format!(
-                        "ok: {} shards answering\n",
-                        g.answered.len()
-                    ))
-                    .with_status_code(200)
-                } else {
-                    tracing::warn!(shards = %down.join(","), "health check: shards not answering");
-                    tiny_http::Response::from_string(format!(
-                        "unhealthy: shard(s) {} not answering\n",
-                        down.join(",")
-                    ))
-                    .with_status_code(503)
+                let (code, body) = health(&gatherer.gather().answered);
+                if code != 200 {
+                    tracing::warn!("health check: {}", body.trim_end());
                 }
+                tiny_http::Response::from_string(body).with_status_code(code)
             }
             (true, _) => tiny_http::Response::from_string("not found: try /metrics or /healthz\n")
                 .with_status_code(404),
@@ -97,5 +80,37 @@ fn serve(server: &tiny_http::Server, gatherer: &Gatherer, process: &Arc<Process>
         };
         let response = response.with_header(header("Cache-Control", "no-store"));
         let _ = request.respond(response);
+    }
+}
+
+/// `/healthz`: 200 while every shard answers, else 503 naming those that do not.
+fn health(answered: &[bool]) -> (u16, String) {
+    let down: Vec<String> = answered
+        .iter()
+        .enumerate()
+        .filter(|(_, up)| !**up)
+        .map(|(i, _)| i.to_string())
+        .collect();
+    if down.is_empty() && !answered.is_empty() {
+        (200, format!("ok: {} shards answering\n", answered.len()))
+    } else {
+        (
+            503,
+            format!("unhealthy: shard(s) {} not answering\n", down.join(",")),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::health;
+
+    #[test]
+    fn healthy_only_while_every_shard_answers() {
+        assert_eq!(health(&[true, true]).0, 200);
+        let (code, body) = health(&[true, false, false]);
+        assert_eq!(code, 503);
+        assert!(body.contains("1,2"), "{body}");
+        assert_eq!(health(&[]).0, 503);
     }
 }

@@ -1140,14 +1140,17 @@ impl Shard {
         self.outboxes[home].push(MeshMsg::Handoff(Box::new(handoff)));
     }
 
-    /// Closes every connection (shutdown).
-    pub fn close_all(&mut self) {
+    /// Closes every connection (shutdown); returns them, to wait for their output.
+    pub fn close_all(&mut self) -> Vec<Rc<Conn>> {
         self.stopping = true;
+        let mut closing = Vec::new();
         for (_, e) in self.sessions.iter_mut() {
             if let Some(c) = &e.conn {
                 c.close_because(DisconnectReason::Shutdown);
+                closing.push(c.clone());
             }
         }
+        closing
     }
 
     /// A snapshot of this shard's counters and gauges.
@@ -1286,6 +1289,6 @@ fn count_sent(stats: &mut ShardStats, packets: &[Packet]) {
 
 /// Whether a topic is one of the broker's own (`$SYS/...`), which clients may
 /// read but never publish to.
-fn is_sys_topic(topic: &str) -> bool {
+pub(crate) fn is_sys_topic(topic: &str) -> bool {
     topic.starts_with("$SYS/") || topic == "$SYS"
 }

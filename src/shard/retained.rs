@@ -54,7 +54,8 @@ impl Retained {
         self.max_payload = max_payload;
     }
 
-    /// Number of retained messages held (tombstones excluded).
+    /// Number of retained messages held (tombstones and the broker's `$SYS` ones
+    /// excluded).
     pub fn len(&self) -> usize {
         self.live
     }
@@ -66,8 +67,9 @@ impl Retained {
 
     /// A retained PUBLISH from one of this shard's clients: the origin decides
     /// whether the limits allow it, replicas then apply it unconditionally.
+    /// The broker's own `$SYS` messages are exempt from the limits, and not counted.
     pub fn local_update(&mut self, msg: &Message) -> LocalUpdate {
-        if !msg.payload.is_empty() {
+        if !msg.payload.is_empty() && !super::is_sys_topic(&msg.topic) {
             if msg.payload.len() > self.max_payload {
                 return LocalUpdate::Refused;
             }
@@ -96,16 +98,19 @@ impl Retained {
             qos: msg.qos,
             retain: true,
         });
+        // `$SYS` messages are the broker's: not counted against the limits.
+        let counted = !super::is_sys_topic(&msg.topic) as usize;
         match self.entries.get_mut(&msg.topic) {
             Some(e) if e.version >= version => false,
             Some(e) => {
-                self.live = self.live + new.is_some() as usize - e.msg.is_some() as usize;
+                self.live = self.live + counted * new.is_some() as usize
+                    - counted * e.msg.is_some() as usize;
                 e.msg = new;
                 e.version = version;
                 true
             }
             None => {
-                self.live += new.is_some() as usize;
+                self.live += counted * new.is_some() as usize;
                 self.entries
                     .insert(msg.topic.clone(), Entry { msg: new, version });
                 true
