@@ -163,7 +163,9 @@ fn topic_matching_is_case_sensitive_and_allows_spaces() {
 
 #[test]
 fn dollar_topics_are_not_matched_by_leading_wildcards() {
-    let topics = ["$SYS/x", "$SYS/monitor/Clients", "$other/x", "plain/x"];
+    // ($SYS itself is the broker's: clients may not publish there, so another
+    // $-topic plays its part; tests/observability.rs covers $SYS.)
+    let topics = ["$SYSX/x", "$SYSX/monitor/Clients", "$other/x", "plain/x"];
     check_matching(
         &topics,
         &[
@@ -171,8 +173,8 @@ fn dollar_topics_are_not_matched_by_leading_wildcards() {
             ("#", &["plain/x"]),
             ("+/x", &["plain/x"]),
             ("+/monitor/Clients", &[]),
-            ("$SYS/#", &["$SYS/x", "$SYS/monitor/Clients"]),
-            ("$SYS/monitor/+", &["$SYS/monitor/Clients"]),
+            ("$SYSX/#", &["$SYSX/x", "$SYSX/monitor/Clients"]),
+            ("$SYSX/monitor/+", &["$SYSX/monitor/Clients"]),
             ("$other/+", &["$other/x"]),
         ],
     );
