@@ -414,7 +414,10 @@ impl Broker {
     }
 
     fn current_config(&self) -> Arc<Config> {
-        self.config.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.config
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Number of shards running.
@@ -513,8 +516,12 @@ impl Broker {
         let (tx, rx) = crossbeam_channel::unbounded();
         let mut sent = 0;
         for c in &self.controls {
-            if c.send(Control::Reload(listeners.clone(), config.clone(), tx.clone()))
-                .is_ok()
+            if c.send(Control::Reload(
+                listeners.clone(),
+                config.clone(),
+                tx.clone(),
+            ))
+            .is_ok()
             {
                 sent += 1;
             }

@@ -264,10 +264,8 @@ impl Args {
 }
 
 /// Changes the log filter of a running process (SIGHUP with a new `log_level`).
-type LogHandle = tracing_subscriber::reload::Handle<
-    tracing_subscriber::EnvFilter,
-    tracing_subscriber::Registry,
->;
+type LogHandle =
+    tracing_subscriber::reload::Handle<tracing_subscriber::EnvFilter, tracing_subscriber::Registry>;
 
 /// The filter for `log_level`; rustls's own chatter stays at error unless asked for.
 fn log_filter(level: &str) -> tracing_subscriber::EnvFilter {

@@ -158,7 +158,11 @@ fn sys_topics_count_known_traffic() {
 fn clients_cannot_publish_to_sys_and_acls_apply_to_it() {
     let d = TempDir::new("sysacl");
     let acl = d.path("acl");
-    std::fs::write(&acl, "user admin\ntopic read $SYS/#\n\nuser alice\ntopic readwrite a/#\n").unwrap();
+    std::fs::write(
+        &acl,
+        "user admin\ntopic read $SYS/#\n\nuser alice\ntopic readwrite a/#\n",
+    )
+    .unwrap();
     let b = broker_with(|c| {
         c.sys_interval = 1;
         c.acl_file = Some(acl.clone());
@@ -180,7 +184,14 @@ fn clients_cannot_publish_to_sys_and_acls_apply_to_it() {
     assert!(p.payload_str().starts_with("shardmq version "));
     // A client's publish to $SYS is acknowledged and dropped, even with rights.
     let (mut anyone, _) = Raw::connect(addr, &id_on_shard("anon", 0), true);
-    anyone.send(&publish_packet("$SYS/broker/version", b"fake", 1, true, false, 7));
+    anyone.send(&publish_packet(
+        "$SYS/broker/version",
+        b"fake",
+        1,
+        true,
+        false,
+        7,
+    ));
     assert_eq!(anyone.recv_kind(PUBACK).pid(), 7);
     let s = wait_stats(&b, "the $SYS publish dropped", |s| s.publishes_to_sys == 1);
     assert_eq!(b.stats().drops()[5], ("sys_topic", 1));
@@ -289,7 +300,11 @@ struct TempDir(PathBuf);
 
 impl TempDir {
     fn new(name: &str) -> TempDir {
-        let p = std::env::temp_dir().join(format!("shardmq-obs-{}-{}", std::process::id(), unique(name)));
+        let p = std::env::temp_dir().join(format!(
+            "shardmq-obs-{}-{}",
+            std::process::id(),
+            unique(name)
+        ));
         std::fs::create_dir_all(&p).unwrap();
         TempDir(p)
     }
@@ -306,7 +321,10 @@ impl Drop for TempDir {
 }
 
 fn free_addr() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
 }
 
 /// The real binary, its log lines collected as they come.
@@ -465,7 +483,18 @@ for family in text_string_to_metric_families(text):
 /// `mosquitto_sub -t TOPIC -C 1`: the first (retained) value.
 fn mosquitto_sub_one(addr: SocketAddr, topic: &str) -> String {
     let out = Command::new("mosquitto_sub")
-        .args(["-h", "127.0.0.1", "-p", &addr.port().to_string(), "-t", topic, "-C", "1", "-W", "10"])
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &addr.port().to_string(),
+            "-t",
+            topic,
+            "-C",
+            "1",
+            "-W",
+            "10",
+        ])
         .output()
         .expect("mosquitto_sub runs (Debian's mosquitto-clients)");
     assert!(out.status.success(), "mosquitto_sub: {out:?}");
@@ -510,7 +539,11 @@ fn a_forced_drop_shows_in_sys_in_metrics_and_in_the_log() {
     let connected = bin.wait_line("for the connect", |l| {
         l.contains("\"message\":\"client connected\"") && l.contains(stalled_id)
     });
-    for field in ["\"peer\":\"127.0.0.1:", "\"protocol\":\"3.1.1\"", "\"shard\":"] {
+    for field in [
+        "\"peer\":\"127.0.0.1:",
+        "\"protocol\":\"3.1.1\"",
+        "\"shard\":",
+    ] {
         assert!(connected.contains(field), "{field} in {connected}");
     }
     let dropped = bin.wait_line("for the drops", |l| {
@@ -527,31 +560,51 @@ fn a_forced_drop_shows_in_sys_in_metrics_and_in_the_log() {
         assert!(Instant::now() < deadline, "queue_full in $SYS: {v}");
         std::thread::sleep(Duration::from_millis(300));
     }
-    assert_eq!(mosquitto_sub_one(addr, "$SYS/broker/publish/messages/dropped"), "39");
+    assert_eq!(
+        mosquitto_sub_one(addr, "$SYS/broker/publish/messages/dropped"),
+        "39"
+    );
     assert!(mosquitto_sub_one(addr, "$SYS/broker/version").starts_with("shardmq version"));
     // Prometheus, parsed by a real parser.
     let (status, body) = http_get(metrics, "/metrics");
     assert_eq!(status, 200, "{body}");
     let m = parse_with_prometheus_client(&body);
-    assert_eq!(m["shardmq_dropped_messages_total{reason=\"queue_full\"}"], 39.0);
-    assert_eq!(m["shardmq_dropped_messages_total{reason=\"offline_qos0\"}"], 0.0);
+    assert_eq!(
+        m["shardmq_dropped_messages_total{reason=\"queue_full\"}"],
+        39.0
+    );
+    assert_eq!(
+        m["shardmq_dropped_messages_total{reason=\"offline_qos0\"}"],
+        0.0
+    );
     assert_eq!(m["shardmq_messages_received_total{qos=\"1\"}"], 50.0);
-    assert_eq!(m["shardmq_inflight_messages{shard=\"0\"}"] + m["shardmq_inflight_messages{shard=\"1\"}"], 1.0);
-    assert_eq!(m["shardmq_queued_messages{shard=\"0\"}"] + m["shardmq_queued_messages{shard=\"1\"}"], 10.0);
+    assert_eq!(
+        m["shardmq_inflight_messages{shard=\"0\"}"] + m["shardmq_inflight_messages{shard=\"1\"}"],
+        1.0
+    );
+    assert_eq!(
+        m["shardmq_queued_messages{shard=\"0\"}"] + m["shardmq_queued_messages{shard=\"1\"}"],
+        10.0
+    );
     let connections: f64 = (0..2)
         .map(|s| m[&format!("shardmq_connections{{shard=\"{s}\"}}")])
         .sum();
     assert!(connections >= 2.0, "{connections}");
     assert_eq!(m["shardmq_shard_up{shard=\"0\"}"], 1.0);
     assert_eq!(m["shardmq_shard_up{shard=\"1\"}"], 1.0);
-    assert!(m["shardmq_bytes_received_total{shard=\"0\"}"] + m["shardmq_bytes_received_total{shard=\"1\"}"] > 0.0);
+    assert!(
+        m["shardmq_bytes_received_total{shard=\"0\"}"]
+            + m["shardmq_bytes_received_total{shard=\"1\"}"]
+            > 0.0
+    );
     assert!(m.contains_key("shardmq_delivery_batch_size_bucket{le=\"+Inf\"}"));
     assert!(m.contains_key("shardmq_build_info{version=\"0.1.0\"}"));
     let (status, body) = http_get(metrics, "/healthz");
     assert_eq!((status, body.starts_with("ok")), (200, true), "{body}");
     assert_eq!(http_get(metrics, "/nothing").0, 404);
     // A keep-alive timeout is logged with its reason.
-    let (mut silent, _) = Raw::connect_with(addr, &ConnectOpts::new("silent-one", true).keep_alive(1));
+    let (mut silent, _) =
+        Raw::connect_with(addr, &ConnectOpts::new("silent-one", true).keep_alive(1));
     let line = bin.wait_line("for the keep-alive timeout", |l| {
         l.contains("client disconnected") && l.contains("silent-one")
     });
@@ -589,10 +642,7 @@ fn sighup_rereads_the_config_file_and_applies_a_new_limit() {
         .unwrap()
     };
     write("max_connections = 1\n");
-    let bin = Binary::start(
-        &["--config".to_string(), file.display().to_string()],
-        addr,
-    );
+    let bin = Binary::start(&["--config".to_string(), file.display().to_string()], addr);
     // The readiness probe above took the one slot for a moment; wait until free.
     let deadline = Instant::now() + Duration::from_secs(10);
     let (_first, rc) = loop {
@@ -608,7 +658,9 @@ fn sighup_rereads_the_config_file_and_applies_a_new_limit() {
     assert_eq!(rc, 3, "max_connections = 1");
     // A new limit, and a key that needs a restart.
     write("max_connections = 10\nlog_level = \"debug\"\n");
-    let text = std::fs::read_to_string(&file).unwrap().replace("shards = 2", "shards = 3");
+    let text = std::fs::read_to_string(&file)
+        .unwrap()
+        .replace("shards = 2", "shards = 3");
     std::fs::write(&file, text).unwrap();
     bin.signal(libc::SIGHUP);
     let line = bin.wait_line("for the reload", |l| l.contains("configuration reloaded"));
@@ -656,7 +708,10 @@ fn check_config_accepts_the_new_keys_and_names_the_line_of_a_bad_one() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("line 2") && err.contains("log_format"), "{err}");
+    assert!(
+        err.contains("line 2") && err.contains("log_format"),
+        "{err}"
+    );
     std::fs::write(&bad, "log_level = \"info,,=bad[\"\n").unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_shardmq"))
         .arg("check-config")

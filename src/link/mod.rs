@@ -344,9 +344,8 @@ impl Conn {
         loop {
             // SAFETY: `buf` is valid for its length; `fd` is the open socket this
             // connection owns.
-            let n = unsafe {
-                libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT)
-            };
+            let n =
+                unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
             if n <= 0 {
                 return;
             }

@@ -407,7 +407,11 @@ fn ws_decode(
             let _ = socket.flush();
             reply.append(&mut socket.get_mut().output);
             // After an error the connection is done: nothing more is read from it.
-            *ws = if res.is_ok() { Ws::Open(socket) } else { Ws::Gone };
+            *ws = if res.is_ok() {
+                Ws::Open(socket)
+            } else {
+                Ws::Gone
+            };
             res.map(|_| peer)
         }
         Ws::Gone => Err(WireError::Ws("connection already failed".into())),

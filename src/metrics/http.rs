@@ -53,19 +53,22 @@ impl Server {
 }
 
 fn header(name: &str, value: &str) -> tiny_http::Header {
-    tiny_http::Header::from_bytes(name.as_bytes(), value.as_bytes())
-        .expect("a valid static header")
+    tiny_http::Header::from_bytes(name.as_bytes(), value.as_bytes()).expect("a valid static header")
 }
 
 fn serve(server: &tiny_http::Server, gatherer: &Gatherer, process: &Arc<Process>) {
     // `recv` returns an error once `unblock` is called.
     while let Ok(request) = server.recv() {
         let path = request.url().split('?').next().unwrap_or("").to_owned();
-        let get = matches!(request.method(), tiny_http::Method::Get | tiny_http::Method::Head);
+        let get = matches!(
+            request.method(),
+            tiny_http::Method::Get | tiny_http::Method::Head
+        );
         let response = match (get, path.as_str()) {
             (true, "/metrics") => {
                 let body = prom::render(gatherer.gather(), process);
-                tiny_http::Response::from_string(body).with_header(header("Content-Type", OPENMETRICS))
+                tiny_http::Response::from_string(body)
+                    .with_header(header("Content-Type", OPENMETRICS))
             }
             (true, "/healthz") => {
                 let (code, body) = health(&gatherer.gather().answered);
@@ -76,7 +79,9 @@ fn serve(server: &tiny_http::Server, gatherer: &Gatherer, process: &Arc<Process>
             }
             (true, _) => tiny_http::Response::from_string("not found: try /metrics or /healthz\n")
                 .with_status_code(404),
-            (false, _) => tiny_http::Response::from_string("method not allowed\n").with_status_code(405),
+            (false, _) => {
+                tiny_http::Response::from_string("method not allowed\n").with_status_code(405)
+            }
         };
         let response = response.with_header(header("Cache-Control", "no-store"));
         let _ = request.respond(response);

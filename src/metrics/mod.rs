@@ -76,7 +76,9 @@ pub(crate) struct Process {
 impl Process {
     /// The most connections open at once since start.
     pub fn peak_connections(&self) -> u64 {
-        self.shared.as_ref().map_or(0, |s| s.peak_connections() as u64)
+        self.shared
+            .as_ref()
+            .map_or(0, |s| s.peak_connections() as u64)
     }
 }
 
@@ -117,9 +119,16 @@ pub(crate) fn start(
         version: env!("CARGO_PKG_VERSION"),
         shared: Some(shared),
     });
-    let listen = config.lock().unwrap_or_else(|e| e.into_inner()).metrics_listen;
+    let listen = config
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .metrics_listen;
     let http = match listen {
-        Some(addr) => Some(http::Server::start(addr, gatherer.clone(), process.clone())?),
+        Some(addr) => Some(http::Server::start(
+            addr,
+            gatherer.clone(),
+            process.clone(),
+        )?),
         None => None,
     };
     let stop = Arc::new(AtomicBool::new(false));

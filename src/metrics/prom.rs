@@ -81,7 +81,13 @@ fn labelled(
 }
 
 /// One value without labels.
-fn single(e: &mut DescriptorEncoder, kind: MetricType, name: &str, help: &str, x: f64) -> Result<(), Error> {
+fn single(
+    e: &mut DescriptorEncoder,
+    kind: MetricType,
+    name: &str,
+    help: &str,
+    x: f64,
+) -> Result<(), Error> {
     let m = e.encode_descriptor(name, help, None, kind)?;
     encode_value(m, kind, x)
 }
@@ -109,12 +115,19 @@ impl Collector for Scrape {
         let shards = &self.shards;
         let e = &mut e;
         {
-            let mut m = e.encode_descriptor("shardmq_build_info", "The running version.", None, Gauge)?;
+            let mut m =
+                e.encode_descriptor("shardmq_build_info", "The running version.", None, Gauge)?;
             let labels = [("version", self.version)];
             let fam = m.encode_family(&labels)?;
             ConstGauge::new(1i64).encode(fam)?;
         }
-        single(e, Gauge, "shardmq_uptime_seconds", "Seconds since the broker started.", self.uptime)?;
+        single(
+            e,
+            Gauge,
+            "shardmq_uptime_seconds",
+            "Seconds since the broker started.",
+            self.uptime,
+        )?;
         {
             let mut m = e.encode_descriptor(
                 "shardmq_shard_up",
@@ -129,18 +142,95 @@ impl Collector for Scrape {
                 ConstGauge::new(i64::from(*up)).encode(fam)?;
             }
         }
-        per_shard(e, shards, Gauge, "shardmq_connections", "Clients connected, by shard.", |s| s.connections as f64)?;
-        single(e, Gauge, "shardmq_connections_peak", "The most connections open at once since start.", self.peak_connections as f64)?;
-        per_shard(e, shards, Gauge, "shardmq_sessions", "Sessions, connected or persistent and offline, by shard.", |s| s.sessions as f64)?;
-        per_shard(e, shards, Gauge, "shardmq_subscriptions", "Subscriptions (filter, session), by shard.", |s| s.subscriptions as f64)?;
-        single(e, Gauge, "shardmq_retained_messages", "Retained messages stored.", t.retained as f64)?;
-        per_shard(e, shards, Gauge, "shardmq_queued_messages", "Messages waiting in session queues, by shard.", |s| s.queued as f64)?;
-        per_shard(e, shards, Gauge, "shardmq_queued_bytes", "Topic and payload bytes held by session queues and in-flight windows, by shard.", |s| s.queued_bytes as f64)?;
-        per_shard(e, shards, Gauge, "shardmq_inflight_messages", "Outgoing QoS 1/2 messages awaiting acknowledgement, by shard.", |s| s.inflight as f64)?;
-        single(e, Gauge, "shardmq_heap_bytes", "Bytes allocated and not freed (the allocator's view).", self.heap as f64)?;
-        per_shard(e, shards, Counter, "shardmq_connects", "CONNECTs accepted, by shard.", |s| s.connects as f64)?;
-        let disconnects: Vec<(&str, f64)> = t.disconnects_by_reason().map(|(r, n)| (r, n as f64)).collect();
-        labelled(e, Counter, "shardmq_disconnects", "Ended connections of connected clients, by reason.", "reason", &disconnects)?;
+        per_shard(
+            e,
+            shards,
+            Gauge,
+            "shardmq_connections",
+            "Clients connected, by shard.",
+            |s| s.connections as f64,
+        )?;
+        single(
+            e,
+            Gauge,
+            "shardmq_connections_peak",
+            "The most connections open at once since start.",
+            self.peak_connections as f64,
+        )?;
+        per_shard(
+            e,
+            shards,
+            Gauge,
+            "shardmq_sessions",
+            "Sessions, connected or persistent and offline, by shard.",
+            |s| s.sessions as f64,
+        )?;
+        per_shard(
+            e,
+            shards,
+            Gauge,
+            "shardmq_subscriptions",
+            "Subscriptions (filter, session), by shard.",
+            |s| s.subscriptions as f64,
+        )?;
+        single(
+            e,
+            Gauge,
+            "shardmq_retained_messages",
+            "Retained messages stored.",
+            t.retained as f64,
+        )?;
+        per_shard(
+            e,
+            shards,
+            Gauge,
+            "shardmq_queued_messages",
+            "Messages waiting in session queues, by shard.",
+            |s| s.queued as f64,
+        )?;
+        per_shard(
+            e,
+            shards,
+            Gauge,
+            "shardmq_queued_bytes",
+            "Topic and payload bytes held by session queues and in-flight windows, by shard.",
+            |s| s.queued_bytes as f64,
+        )?;
+        per_shard(
+            e,
+            shards,
+            Gauge,
+            "shardmq_inflight_messages",
+            "Outgoing QoS 1/2 messages awaiting acknowledgement, by shard.",
+            |s| s.inflight as f64,
+        )?;
+        single(
+            e,
+            Gauge,
+            "shardmq_heap_bytes",
+            "Bytes allocated and not freed (the allocator's view).",
+            self.heap as f64,
+        )?;
+        per_shard(
+            e,
+            shards,
+            Counter,
+            "shardmq_connects",
+            "CONNECTs accepted, by shard.",
+            |s| s.connects as f64,
+        )?;
+        let disconnects: Vec<(&str, f64)> = t
+            .disconnects_by_reason()
+            .map(|(r, n)| (r, n as f64))
+            .collect();
+        labelled(
+            e,
+            Counter,
+            "shardmq_disconnects",
+            "Ended connections of connected clients, by reason.",
+            "reason",
+            &disconnects,
+        )?;
         labelled(
             e,
             Counter,
@@ -153,23 +243,124 @@ impl Collector for Scrape {
             ],
         )?;
         let qos = |a: [u64; 3]| [("0", a[0] as f64), ("1", a[1] as f64), ("2", a[2] as f64)];
-        labelled(e, Counter, "shardmq_messages_received", "PUBLISH packets received from clients, by QoS.", "qos", &qos(t.publishes_received_qos))?;
-        labelled(e, Counter, "shardmq_messages_sent", "PUBLISH packets sent to clients, by QoS (resends included).", "qos", &qos(t.publishes_sent_qos))?;
-        single(e, Counter, "shardmq_publish_bytes_received", "Payload bytes of PUBLISH packets received.", t.publish_bytes_received as f64)?;
-        single(e, Counter, "shardmq_publish_bytes_sent", "Payload bytes of PUBLISH packets sent.", t.publish_bytes_sent as f64)?;
-        per_shard(e, shards, Counter, "shardmq_bytes_received", "Bytes read from sockets, by shard.", |s| s.bytes_received as f64)?;
-        per_shard(e, shards, Counter, "shardmq_bytes_sent", "Bytes written to sockets, by shard.", |s| s.bytes_sent as f64)?;
-        single(e, Counter, "shardmq_packets_received", "MQTT packets received.", t.packets_received as f64)?;
-        single(e, Counter, "shardmq_packets_sent", "MQTT packets sent.", t.packets_sent as f64)?;
+        labelled(
+            e,
+            Counter,
+            "shardmq_messages_received",
+            "PUBLISH packets received from clients, by QoS.",
+            "qos",
+            &qos(t.publishes_received_qos),
+        )?;
+        labelled(
+            e,
+            Counter,
+            "shardmq_messages_sent",
+            "PUBLISH packets sent to clients, by QoS (resends included).",
+            "qos",
+            &qos(t.publishes_sent_qos),
+        )?;
+        single(
+            e,
+            Counter,
+            "shardmq_publish_bytes_received",
+            "Payload bytes of PUBLISH packets received.",
+            t.publish_bytes_received as f64,
+        )?;
+        single(
+            e,
+            Counter,
+            "shardmq_publish_bytes_sent",
+            "Payload bytes of PUBLISH packets sent.",
+            t.publish_bytes_sent as f64,
+        )?;
+        per_shard(
+            e,
+            shards,
+            Counter,
+            "shardmq_bytes_received",
+            "Bytes read from sockets, by shard.",
+            |s| s.bytes_received as f64,
+        )?;
+        per_shard(
+            e,
+            shards,
+            Counter,
+            "shardmq_bytes_sent",
+            "Bytes written to sockets, by shard.",
+            |s| s.bytes_sent as f64,
+        )?;
+        single(
+            e,
+            Counter,
+            "shardmq_packets_received",
+            "MQTT packets received.",
+            t.packets_received as f64,
+        )?;
+        single(
+            e,
+            Counter,
+            "shardmq_packets_sent",
+            "MQTT packets sent.",
+            t.packets_sent as f64,
+        )?;
         let drops: Vec<(&str, f64)> = t.drops().iter().map(|(r, n)| (*r, *n as f64)).collect();
-        labelled(e, Counter, "shardmq_dropped_messages", "Messages dropped, by reason.", "reason", &drops)?;
-        single(e, Counter, "shardmq_retained_refused", "Retained messages delivered but not stored (a retained limit).", t.retained_refused as f64)?;
-        single(e, Counter, "shardmq_subscriptions_refused", "SUBSCRIBE filters answered 0x80.", t.subscriptions_refused as f64)?;
-        single(e, Counter, "shardmq_protocol_errors", "Connections closed for a malformed packet or a protocol violation.", t.protocol_errors as f64)?;
-        single(e, Counter, "shardmq_oversized_packets", "Connections closed for a packet over max_packet_size.", t.oversized_packets as f64)?;
-        single(e, Counter, "shardmq_connect_timeouts", "Connections closed for no CONNECT within connect_timeout.", t.connect_timeouts as f64)?;
-        single(e, Counter, "shardmq_keepalive_timeouts", "Connections closed for silence past 1.5 x keep-alive.", t.keepalive_timeouts as f64)?;
-        single(e, Counter, "shardmq_transport_errors", "TLS handshakes and WebSocket upgrades that failed, and TLS or WebSocket errors.", t.transport_errors as f64)?;
+        labelled(
+            e,
+            Counter,
+            "shardmq_dropped_messages",
+            "Messages dropped, by reason.",
+            "reason",
+            &drops,
+        )?;
+        single(
+            e,
+            Counter,
+            "shardmq_retained_refused",
+            "Retained messages delivered but not stored (a retained limit).",
+            t.retained_refused as f64,
+        )?;
+        single(
+            e,
+            Counter,
+            "shardmq_subscriptions_refused",
+            "SUBSCRIBE filters answered 0x80.",
+            t.subscriptions_refused as f64,
+        )?;
+        single(
+            e,
+            Counter,
+            "shardmq_protocol_errors",
+            "Connections closed for a malformed packet or a protocol violation.",
+            t.protocol_errors as f64,
+        )?;
+        single(
+            e,
+            Counter,
+            "shardmq_oversized_packets",
+            "Connections closed for a packet over max_packet_size.",
+            t.oversized_packets as f64,
+        )?;
+        single(
+            e,
+            Counter,
+            "shardmq_connect_timeouts",
+            "Connections closed for no CONNECT within connect_timeout.",
+            t.connect_timeouts as f64,
+        )?;
+        single(
+            e,
+            Counter,
+            "shardmq_keepalive_timeouts",
+            "Connections closed for silence past 1.5 x keep-alive.",
+            t.keepalive_timeouts as f64,
+        )?;
+        single(
+            e,
+            Counter,
+            "shardmq_transport_errors",
+            "TLS handshakes and WebSocket upgrades that failed, and TLS or WebSocket errors.",
+            t.transport_errors as f64,
+        )?;
         labelled(
             e,
             Counter,
@@ -178,9 +369,27 @@ impl Collector for Scrape {
             "direction",
             &[("out", t.forwarded as f64), ("in", t.forwarded_in as f64)],
         )?;
-        single(e, Counter, "shardmq_wills_published", "Wills published.", t.wills_published as f64)?;
-        single(e, Counter, "shardmq_takeovers", "Sessions taken over by a new connection with the same client id.", t.takeovers as f64)?;
-        single(e, Counter, "shardmq_sessions_expired", "Offline persistent sessions ended by persistent_client_expiration.", t.sessions_expired as f64)?;
+        single(
+            e,
+            Counter,
+            "shardmq_wills_published",
+            "Wills published.",
+            t.wills_published as f64,
+        )?;
+        single(
+            e,
+            Counter,
+            "shardmq_takeovers",
+            "Sessions taken over by a new connection with the same client id.",
+            t.takeovers as f64,
+        )?;
+        single(
+            e,
+            Counter,
+            "shardmq_sessions_expired",
+            "Offline persistent sessions ended by persistent_client_expiration.",
+            t.sessions_expired as f64,
+        )?;
         {
             let mut m = e.encode_descriptor(
                 "shardmq_delivery_batch_size",

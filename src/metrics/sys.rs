@@ -118,7 +118,10 @@ impl SysTree {
         put("publish/messages/received", totals[2].to_string());
         put("publish/messages/sent", totals[3].to_string());
         put("publish/messages/dropped", totals[4].to_string());
-        put("publish/bytes/received", t.publish_bytes_received.to_string());
+        put(
+            "publish/bytes/received",
+            t.publish_bytes_received.to_string(),
+        );
         put("publish/bytes/sent", t.publish_bytes_sent.to_string());
         put("bytes/received", t.bytes_received.to_string());
         put("bytes/sent", t.bytes_sent.to_string());
@@ -137,13 +140,19 @@ impl SysTree {
             put(&format!("shardmq/disconnects/{reason}"), n.to_string());
         }
         put("shardmq/connects/refused", t.connects_refused.to_string());
-        put("shardmq/connects/refused_max", t.refused_max_connections.to_string());
+        put(
+            "shardmq/connects/refused_max",
+            t.refused_max_connections.to_string(),
+        );
         put("shardmq/protocol_errors", t.protocol_errors.to_string());
         put("shardmq/transport_errors", t.transport_errors.to_string());
         put("shardmq/shards", stats.shards.len().to_string());
         for s in &stats.shards {
             let i = s.shard;
-            put(&format!("shardmq/shard/{i}/connections"), s.connections.to_string());
+            put(
+                &format!("shardmq/shard/{i}/connections"),
+                s.connections.to_string(),
+            );
             put(
                 &format!("shardmq/shard/{i}/messages/received"),
                 s.publishes_received_qos.iter().sum::<u64>().to_string(),
@@ -185,7 +194,10 @@ pub(crate) fn run(
     let mut tree = SysTree::default();
     let mut next = Instant::now();
     while !stop.load(Ordering::Relaxed) {
-        let interval = config.lock().unwrap_or_else(|e| e.into_inner()).sys_interval;
+        let interval = config
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .sys_interval;
         let now = Instant::now();
         if interval == 0 || now < next {
             let wait = if interval == 0 {
@@ -251,17 +263,29 @@ mod tests {
         let mut tree = SysTree::default();
         let t0 = Instant::now();
         let first = tree.changed(&stats(100, 5), &p, t0);
-        assert_eq!(get(&first, "$SYS/broker/version"), Some("shardmq version 1.2.3"));
-        assert_eq!(get(&first, "$SYS/broker/publish/messages/received"), Some("100"));
+        assert_eq!(
+            get(&first, "$SYS/broker/version"),
+            Some("shardmq version 1.2.3")
+        );
+        assert_eq!(
+            get(&first, "$SYS/broker/publish/messages/received"),
+            Some("100")
+        );
         assert_eq!(get(&first, "$SYS/broker/clients/connected"), Some("5"));
         assert_eq!(get(&first, "$SYS/broker/clients/disconnected"), Some("2"));
-        assert_eq!(get(&first, "$SYS/broker/shardmq/dropped/queue_full"), Some("3"));
+        assert_eq!(
+            get(&first, "$SYS/broker/shardmq/dropped/queue_full"),
+            Some("3")
+        );
         let mut again = tree.changed(&stats(100, 5), &p, t0);
         // The allocator's count moves with the test harness's own allocations.
         again.retain(|(topic, _)| topic != "$SYS/broker/heap/current");
         assert!(again.is_empty(), "{again:?}");
         let later = tree.changed(&stats(160, 4), &p, t0 + Duration::from_secs(60));
-        assert_eq!(get(&later, "$SYS/broker/publish/messages/received"), Some("160"));
+        assert_eq!(
+            get(&later, "$SYS/broker/publish/messages/received"),
+            Some("160")
+        );
         assert_eq!(get(&later, "$SYS/broker/clients/connected"), Some("4"));
         assert_eq!(get(&later, "$SYS/broker/clients/maximum"), None, "still 5");
         assert_eq!(get(&later, "$SYS/broker/version"), None);

@@ -458,8 +458,12 @@ async fn serve(shard: Rc<RefCell<Shard>>, accepted: Box<Accepted>) {
         };
         s.stats.disconnects[reason as usize] += 1;
         match s.client_id_of(key, conn.id) {
-            Some(client) => tracing::info!(%client, %peer, shard = s.id, reason = reason.name(), detail = ?end, "client disconnected"),
-            None => tracing::info!(%peer, shard = s.id, reason = reason.name(), detail = ?end, "client disconnected"),
+            Some(client) => {
+                tracing::info!(%client, %peer, shard = s.id, reason = reason.name(), detail = ?end, "client disconnected")
+            }
+            None => {
+                tracing::info!(%peer, shard = s.id, reason = reason.name(), detail = ?end, "client disconnected")
+            }
         }
         s.connection_lost(key, conn.id, matches!(end, End::Disconnect));
     } else {

@@ -15,11 +15,11 @@
 //! own subscribers. Consecutive QoS 0 messages on one topic travel as a run, matched
 //! and written to each subscriber once.
 
+mod droplog;
 pub mod mesh;
 pub mod retained;
 mod rights;
 pub mod stats;
-mod droplog;
 
 use crate::config::Config;
 use crate::link::{Conn, Listener, Writes};
@@ -575,7 +575,7 @@ impl Shard {
             }
             Packet::Subscribe(_) | Packet::Connect(_) => {
                 self.stats.protocol_errors += 1;
-                tracing::debug!(client = %self.sessions[key].session.client_id(), "unexpected packet");
+                tracing::info!(client = %self.sessions[key].session.client_id(), "protocol violation: a second CONNECT");
                 Flow::Close { graceful: false }
             }
             packet => {
@@ -583,7 +583,7 @@ impl Shard {
                 let entry = &mut self.sessions[key];
                 if let Err(e) = entry.session.handle(packet, now, &mut self.out) {
                     self.stats.protocol_errors += 1;
-                    tracing::debug!(client = %entry.session.client_id(), error = %e, "protocol violation");
+                    tracing::info!(client = %entry.session.client_id(), error = %e, "protocol violation");
                     self.out.packets.clear();
                     self.out.publishes.clear();
                     return Flow::Close { graceful: false };

@@ -91,7 +91,6 @@ pub fn mesh_batch_bucket(n: usize) -> usize {
     b.min(MESH_BATCH_BUCKETS - 1)
 }
 
-
 impl ShardStats {
     /// This shard's dropped messages, by reason (see [`BrokerStats::drops`]).
     pub fn drops(&self) -> [(&'static str, u64); 6] {
