@@ -64,12 +64,14 @@ const SHUTDOWN_POLL: Duration = Duration::from_millis(5);
 /// The shard's main future: returns on shutdown.
 pub async fn run(init: ShardInit) {
     let mut listeners = Vec::with_capacity(init.listen.len());
+    let mut listener_fds = Vec::with_capacity(init.listen.len());
     let mut addrs = Vec::with_capacity(init.listen.len());
     for addr in &init.listen {
-        match TcpListener::bind(addr).and_then(|l| Ok((l.local_addr()?, l))) {
-            Ok((local, l)) => {
+        match bind_listener(addr).and_then(|(l, fd)| Ok((l.local_addr()?, l, fd))) {
+            Ok((local, l, fd)) => {
                 addrs.push(local);
                 listeners.push(l);
+                listener_fds.push(fd);
             }
             Err(e) => {
                 let _ = init
@@ -165,6 +167,15 @@ pub async fn run(init: ShardInit) {
                     // its client sent meanwhile is read and discarded before the
                     // socket closes, so the client sees a clean close, not a reset.
                     let closing = shard.borrow_mut().close_all();
+                    // Out of the port's SO_REUSEPORT group at once: a listener
+                    // closed only when the process exits lingers while io_uring
+                    // tears down, and a broker restarted on the same port would see
+                    // the kernel hand some new connections to it, to be reset.
+                    for &fd in &listener_fds {
+                        // SAFETY: `fd` is a listening socket owned by an accept
+                        // task that is still alive; shutdown does not close it.
+                        unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
+                    }
                     let deadline = std::time::Instant::now() + SHUTDOWN_GRACE;
                     while std::time::Instant::now() < deadline
                         && !closing.iter().all(|c| c.is_done())
@@ -179,6 +190,25 @@ pub async fn run(init: ShardInit) {
             }
         }
     }
+}
+
+/// Binds a listening socket as glommio's `TcpListener::bind` does (SO_REUSEPORT,
+/// so every shard binds the same address; backlog 1024), keeping its descriptor so
+/// that shutdown can stop it listening at once.
+fn bind_listener(addr: &SocketAddr) -> std::io::Result<(TcpListener, std::os::fd::RawFd)> {
+    use std::os::fd::{FromRawFd, IntoRawFd};
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(*addr),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
+    socket.set_reuse_port(true)?;
+    socket.bind(&(*addr).into())?;
+    socket.listen(1024)?;
+    let fd = socket.into_raw_fd();
+    // SAFETY: `fd` is a bound, listening TCP socket that nothing else owns.
+    let listener = unsafe { TcpListener::from_raw_fd(fd) };
+    Ok((listener, fd))
 }
 
 /// How often a shard looks for connections silent past their keep-alive.

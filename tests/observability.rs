@@ -730,3 +730,34 @@ fn check_config_accepts_the_new_keys_and_names_the_line_of_a_bad_one() {
         assert!(out.status.success(), "{out:?}");
     }
 }
+
+#[test]
+fn a_broker_restarted_on_the_same_port_takes_connections_at_once() {
+    // A stopped broker's listeners leave the port's SO_REUSEPORT group when it
+    // stops, not later while io_uring tears down: otherwise the kernel hands some
+    // of the new broker's first connections to the old listener, which resets them.
+    let addr = free_addr();
+    let args: Vec<String> = [
+        "--listen",
+        &addr.to_string(),
+        "--shards",
+        "2",
+        "--sys-interval",
+        "0",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    for round in 0..6 {
+        let bin = Binary::start(&args, addr);
+        for i in 0..10 {
+            let (mut raw, _, rc) = Raw::connect_opts(
+                addr,
+                &ConnectOpts::new(&format!("restart-{round}-{i}"), true),
+            );
+            assert_eq!(rc, 0, "round {round}, client {i}");
+            raw.send(&[0xE0, 0]);
+        }
+        assert!(bin.stop().success());
+    }
+}

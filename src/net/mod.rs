@@ -91,6 +91,7 @@ pub(crate) async fn accept_loop(
                 let slot = shared.acquire_connection();
                 spawn_local(handle_new(shard.clone(), stream, slot, index)).detach();
             }
+            Err(_) if shard.borrow().stopping => return,
             Err(e) => {
                 // Typically out of file descriptors: back off instead of spinning.
                 tracing::warn!(error = %e, "accept failed");
