@@ -13,7 +13,7 @@
 #   --duration S   measured seconds per run (default 3; warm-up 1)
 #   --only L       scenario labels, from: p2p-16-q0 p2p-16-q1 fanin-32-q0
 #                  fanout-100-q0 fanout-1000-q0 (default all five)
-# Brokers run 2 shards on 127.0.0.1:18851. Results: bench-results/ab-<time>/.
+# Brokers run 2 shards on 127.0.0.1, ports 18851 to 18950. Results: bench-results/ab-<time>/.
 set -euo pipefail
 cd "$(dirname "$(readlink -f "$0")")/.."
 
@@ -28,7 +28,7 @@ while [ $# -gt 2 ]; do
 done
 [ $# -eq 2 ] || { sed -n '2,17p' "$0"; exit 2; }
 a_bin=$(readlink -f "$1") b_bin=$(readlink -f "$2")
-port=18851
+port_base=18851
 cargo build --release -q -p shardmq-loadtest
 out=bench-results/ab-$(date +%Y%m%d-%H%M%S)
 mkdir -p "$out"
@@ -49,8 +49,14 @@ scenario_args() {
     esac
 }
 
+runs=0
 run_one() { # side bin label round
-    local side=$1 bin=$2 label=$3 round=$4 pid
+    local side=$1 bin=$2 label=$3 round=$4 pid port
+    # A fresh port each run: a build whose stopped listener lingers in the port's
+    # SO_REUSEPORT group (shardmq before 5aa9506) would otherwise reset some of the
+    # next broker's first connections.
+    runs=$((runs + 1))
+    port=$((port_base + runs % 100))
     "$bin" --listen "127.0.0.1:$port" --shards 2 >"$out/$side-broker.log" 2>&1 &
     pid=$!
     for _ in $(seq 1 200); do
