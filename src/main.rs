@@ -291,8 +291,15 @@ fn init_logging(level: &str, format: LogFormat) -> Option<LogHandle> {
         log_filter(level)
     };
     let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);
-    let text = (format == LogFormat::Text)
-        .then(|| tracing_subscriber::fmt::layer().with_writer(std::io::stdout));
+    // Colours only on a terminal, and not with NO_COLOR set: a journal or a file
+    // gets plain lines.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout())
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+    let text = (format == LogFormat::Text).then(|| {
+        tracing_subscriber::fmt::layer()
+            .with_ansi(ansi)
+            .with_writer(std::io::stdout)
+    });
     let json = (format == LogFormat::Json).then(|| {
         tracing_subscriber::fmt::layer()
             .json()
