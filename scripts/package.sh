@@ -53,7 +53,7 @@ fail() {
 
 # --- 2. build and install ------------------------------------------------------------
 echo "== cargo deb"
-deb=$(cargo deb | tail -n 1)
+deb=$(cargo deb | tail -n 1) || { echo "FAIL: cargo deb (the build failed)"; exit 1; }
 [ -f "$deb" ] || { echo "FAIL  cargo deb did not name a package: $deb"; exit 1; }
 ok "built $deb"
 echo "== dpkg -i"
