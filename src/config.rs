@@ -67,6 +67,8 @@ pub struct ListenerConfig {
     pub password_file: Option<PathBuf>,
     pub acl_file: Option<PathBuf>,
     pub allow_anonymous: Option<bool>,
+    /// Connections start with a PROXY protocol header (v1 or v2), which is required.
+    pub proxy_protocol: Option<bool>,
 }
 
 impl ListenerConfig {
@@ -84,6 +86,7 @@ impl ListenerConfig {
             password_file: None,
             acl_file: None,
             allow_anonymous: None,
+            proxy_protocol: None,
         }
     }
 }
@@ -130,6 +133,9 @@ pub struct ListenerSpec {
     pub path: String,
     pub tls: Option<TlsSettings>,
     pub security: Security,
+    /// Connections must start with a PROXY protocol header, whose source address
+    /// stands for the client's.
+    pub proxy_protocol: bool,
 }
 
 /// The whole configuration of one broker. Field names are the TOML keys.
@@ -198,6 +204,10 @@ pub struct Config {
     /// Whether clients without a username are accepted (refused with CONNACK 0x05).
     /// Unset: true without a password file, false with one.
     pub allow_anonymous: Option<bool>,
+    /// Default for every listener: connections come through a load balancer and start
+    /// with a PROXY protocol header (v1 or v2), which is then required; the address
+    /// it gives is the client's (in logs, and for the authenticator).
+    pub proxy_protocol: bool,
     /// Seconds a persistent session (clean session 0) is kept while no client is
     /// connected to it; then it ends, with its subscriptions and queued messages.
     /// 0: kept until a client ends it (Mosquitto's `persistent_client_expiration`).
@@ -264,6 +274,7 @@ impl Default for Config {
             password_file: None,
             acl_file: None,
             allow_anonymous: None,
+            proxy_protocol: false,
             persistent_client_expiration: 0,
             sys_interval: 10,
             metrics_listen: None,
@@ -326,6 +337,7 @@ impl Config {
                 path: "/mqtt".into(),
                 tls: None,
                 security: top_security.clone(),
+                proxy_protocol: self.proxy_protocol,
             })
             .collect();
         for l in &self.listener {
@@ -359,6 +371,7 @@ impl Config {
                     acl_file: l.acl_file.clone().or_else(|| self.acl_file.clone()),
                     allow_anonymous: l.allow_anonymous.or(self.allow_anonymous),
                 },
+                proxy_protocol: l.proxy_protocol.unwrap_or(self.proxy_protocol),
             });
         }
         specs

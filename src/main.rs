@@ -109,6 +109,10 @@ struct Args {
     /// false with one [allow_anonymous].
     #[arg(long, value_name = "true|false")]
     allow_anonymous: Option<bool>,
+    /// Connections start with a PROXY protocol header (v1 or v2) from a load
+    /// balancer, which is then required [proxy_protocol].
+    #[arg(long)]
+    proxy_protocol: bool,
     /// Seconds an offline persistent session is kept, 0 = until its client ends it
     /// [persistent_client_expiration].
     #[arg(long, value_name = "SECS")]
@@ -175,6 +179,7 @@ impl Args {
             password_file: self.password_file.clone(),
             acl_file: self.acl_file.clone(),
             allow_anonymous: self.allow_anonymous,
+            proxy_protocol: self.proxy_protocol,
             persistent_client_expiration: self.persistent_client_expiration,
             sys_interval: self.sys_interval,
             metrics_listen: self.metrics_listen,
@@ -243,6 +248,9 @@ impl Args {
             sys_interval,
             log_format
         );
+        if self.proxy_protocol {
+            c.proxy_protocol = true;
+        }
         if let Some(a) = self.metrics_listen {
             c.metrics_listen = Some(a);
         }

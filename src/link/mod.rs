@@ -341,7 +341,8 @@ impl Conn {
         use std::os::fd::AsRawFd;
         let fd = self.stream.borrow().as_raw_fd();
         let mut buf = [0u8; 4096];
-        loop {
+        // Bounded: a client that keeps sending gets its reset after 256 KiB.
+        for _ in 0..64 {
             // SAFETY: `buf` is valid for its length; `fd` is the open socket this
             // connection owns.
             let n =

@@ -37,6 +37,7 @@ use std::time::{Duration, Instant};
 
 use futures_lite::{AsyncRead, AsyncWrite};
 
+pub mod proxy;
 pub mod tls;
 use crate::link::output;
 use crate::link::wire::{Peer, Wire, WireError};
@@ -59,6 +60,8 @@ enum End {
     Io(io::Error),
     /// TLS or WebSocket failed (handshake, upgrade, record, frame).
     Transport(WireError),
+    /// The PROXY protocol header a listener requires was missing or malformed.
+    Proxy(proxy::ProxyError),
 }
 
 impl std::fmt::Debug for End {
@@ -71,6 +74,7 @@ impl std::fmt::Debug for End {
             End::Decode(e) => write!(f, "malformed packet: {e}"),
             End::Io(e) => write!(f, "i/o error: {e}"),
             End::Transport(e) => write!(f, "transport error: {e}"),
+            End::Proxy(e) => write!(f, "{e}"),
         }
     }
 }
@@ -109,11 +113,11 @@ async fn handle_new(
     slot: Option<ConnectionSlot>,
     listener: u16,
 ) {
-    let peer = stream
+    let mut peer = stream
         .peer_addr()
         .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
     let _ = stream.set_nodelay(true);
-    let (timeout, limits, wire, identity) = {
+    let (timeout, limits, wire, identity, proxied) = {
         let s = shard.borrow();
         let l = s.listener(listener);
         let identity = l
@@ -126,6 +130,7 @@ async fn handle_new(
             s.cfg.decode_options(false),
             l.new_wire(s.cfg.max_packet_size),
             identity,
+            l.spec.proxy_protocol,
         )
     };
     let mut wire = match wire {
@@ -139,10 +144,23 @@ async fn handle_new(
     let mut rbuf = BytesMut::new();
     // The TLS handshake and the WebSocket upgrade happen here too, under the same
     // timeout as CONNECT.
+    // So does the PROXY protocol header, on a listener behind a load balancer.
+    let mut source = None;
     let first = glommio::timer::timeout(timeout, async {
-        Ok(read_first_packet(&stream, &mut rbuf, &limits, &mut wire).await)
+        let mut start = BytesMut::new();
+        if proxied {
+            match read_proxy_header(&stream, &mut start).await {
+                Ok(s) => source = Some(s),
+                Err(end) => return Ok(Err(end)),
+            }
+        }
+        Ok(read_first_packet(&stream, &mut rbuf, &limits, &mut wire, start).await)
     })
     .await;
+    if let Some(Some(client)) = source {
+        // The client's own address, as the load balancer saw it.
+        peer = client;
+    }
     let connect = match first {
         Err(_) => {
             let mut s = shard.borrow_mut();
@@ -175,6 +193,11 @@ async fn handle_new(
                         // Logged at info: a failed handshake is an operator's concern
                         // (a wrong certificate, a client of the wrong kind).
                         tracing::info!(%peer, error = %e, "TLS handshake or WebSocket upgrade failed");
+                        None
+                    }
+                    End::Proxy(e) => {
+                        s.stats.transport_errors += 1;
+                        tracing::info!(%peer, error = %e, "connection refused");
                         None
                     }
                     _ => None,
@@ -288,13 +311,34 @@ async fn handle_new(
 /// Reads until the first packet is complete; it must be CONNECT [MQTT-3.1.0-1].
 /// Through a `wire`, the TLS handshake and the WebSocket upgrade come first: their
 /// answers are sent as they are produced.
+///
+/// `start` holds bytes already read from the socket (after a PROXY header).
 async fn read_first_packet(
     stream: &RefCell<TcpStream>,
     rbuf: &mut BytesMut,
     limits: &DecodeOptions,
     wire: &mut Option<Box<Wire>>,
+    start: BytesMut,
 ) -> Result<Connect, End> {
     let mut raw = BytesMut::new();
+    match wire.as_mut() {
+        None => rbuf.extend_from_slice(&start),
+        Some(w) if !start.is_empty() => {
+            let decoded = w.decode(&start, rbuf);
+            if !w.out.is_empty() {
+                let bytes = std::mem::take(&mut w.out);
+                if let Err(e) = write_all(stream, &bytes).await {
+                    return Err(End::Io(e));
+                }
+            }
+            match decoded {
+                Ok(Peer::Open) => {}
+                Ok(Peer::Closed) => return Err(End::Eof),
+                Err(e) => return Err(End::Transport(e)),
+            }
+        }
+        Some(_) => {}
+    }
     loop {
         match decode_with(rbuf, limits) {
             Ok(Some(Packet::Connect(c))) => return Ok(*c),
@@ -327,6 +371,29 @@ async fn read_first_packet(
             Ok(Peer::Open) => {}
             Ok(Peer::Closed) => return Err(End::Eof),
             Err(e) => return Err(End::Transport(e)),
+        }
+    }
+}
+
+/// Reads a PROXY protocol header: the client's address (`None`: the header says to
+/// keep the connection's own), with whatever followed it left in `buf`.
+async fn read_proxy_header(
+    stream: &RefCell<TcpStream>,
+    buf: &mut BytesMut,
+) -> Result<Option<SocketAddr>, End> {
+    loop {
+        match proxy::parse(buf) {
+            Ok(Some(h)) => {
+                let _ = buf.split_to(h.len);
+                return Ok(h.source);
+            }
+            Ok(None) => {}
+            Err(e) => return Err(End::Proxy(e)),
+        }
+        match read_some(stream, buf, &mut false, None).await {
+            Ok(0) => return Err(End::Eof),
+            Ok(_) => {}
+            Err(e) => return Err(End::Io(e)),
         }
     }
 }
@@ -452,7 +519,7 @@ async fn serve(shard: Rc<RefCell<Shard>>, accepted: Box<Accepted>) {
             End::Disconnect => DisconnectReason::ClientDisconnect,
             End::Violation | End::Decode(_) => DisconnectReason::ProtocolError,
             End::Io(_) => DisconnectReason::SocketError,
-            End::Transport(_) => DisconnectReason::TransportError,
+            End::Transport(_) | End::Proxy(_) => DisconnectReason::TransportError,
             // Closed by the broker for a reason it recorded; else the connection
             // was replaced while a SUBSCRIBE waited.
             End::ClosedByBroker => conn.close_reason().unwrap_or(DisconnectReason::Takeover),
