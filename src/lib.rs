@@ -32,6 +32,7 @@ pub mod protocol;
 mod runtime;
 pub mod session;
 mod shard;
+pub mod store;
 pub mod topic;
 
 /// Internals the criterion benches drive directly (the cross-shard hand-off); not a
