@@ -3,7 +3,9 @@
 //! and the cases themselves keep passing without libFuzzer (`scripts/fuzz.sh` runs
 //! the fuzzer).
 
-use shardmq::fuzz_support::{acl_case, decode_case, passwd_case, session_case, ws_case};
+use shardmq::fuzz_support::{
+    acl_case, decode_case, passwd_case, session_case, store_case, ws_case,
+};
 use std::path::{Path, PathBuf};
 
 /// The files of `fuzz/regressions/<target>/`, sorted; never empty, so the test cannot
@@ -54,6 +56,11 @@ fn acl_survives_every_kept_input() {
 #[test]
 fn websocket_layer_survives_every_kept_input() {
     replay("ws", ws_case);
+}
+
+#[test]
+fn log_recovery_survives_every_kept_input() {
+    replay("store", store_case);
 }
 
 /// Inputs in `fuzz/findings/<target>/` show bugs not fixed yet (described in
