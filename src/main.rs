@@ -429,8 +429,13 @@ fn reload(args: &Args, broker: &Broker, log: Option<&LogHandle>) {
                     "SIGHUP: these changes need a restart; the running values stay"
                 );
             }
+            let changed = if r.applied.is_empty() {
+                "none".to_owned()
+            } else {
+                r.applied.join(",")
+            };
             tracing::info!(
-                changed = %r.applied.join(","),
+                %changed,
                 "SIGHUP: configuration reloaded (password, ACL, certificate and key files read again)"
             );
         }
