@@ -1733,3 +1733,33 @@ fn assert_reencodes(data: &[u8], records: &[StoredRecord], kept: usize, block: u
         "re-encoding differs from the input"
     );
 }
+
+/// Arbitrary bytes as the start of a connection on a `proxy_protocol` listener,
+/// through the PROXY header parser (which runs before any authentication).
+///
+/// Checked: nothing panics; a header found is no longer than the input, is found
+/// again in exactly its own bytes and with anything after it, and every shorter
+/// prefix of it asks for more bytes; "more bytes" is only ever asked while the
+/// input is shorter than the longest header the parser accepts.
+pub fn proxy_case(data: &[u8]) {
+    use crate::net::proxy::{parse, MAX_HEADER};
+    let result = parse(data);
+    match result {
+        Ok(Some(h)) => {
+            assert!(h.len <= data.len() && h.len > 0, "header length {}", h.len);
+            assert_eq!(parse(&data[..h.len]), Ok(Some(h)), "the header alone");
+            let mut more = data[..h.len].to_vec();
+            more.extend_from_slice(b"\x10\x0c\x00\x04MQTT");
+            assert_eq!(parse(&more), Ok(Some(h)), "the header with bytes after it");
+            for cut in 0..h.len {
+                assert_eq!(parse(&data[..cut]), Ok(None), "prefix of {cut} bytes");
+            }
+        }
+        Ok(None) => assert!(
+            data.len() < MAX_HEADER,
+            "asked for more after {} bytes",
+            data.len()
+        ),
+        Err(_) => {}
+    }
+}

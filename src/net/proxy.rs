@@ -12,6 +12,8 @@ const V1_MAX: usize = 107;
 /// Version 2 address blocks longer than this are refused (TLVs included); the
 /// specification allows 65535, but nothing a balancer sends comes near.
 const V2_MAX_LEN: usize = 2048;
+/// The longest header accepted, of either version.
+pub const MAX_HEADER: usize = 16 + V2_MAX_LEN;
 
 /// Why a connection's PROXY header was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
