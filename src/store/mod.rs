@@ -80,9 +80,15 @@
 //! stops a start (design §11, invariant 5): the file layer logs it, keeps what came
 //! before, and goes on.
 
+mod file;
 mod frame;
 mod header;
+#[cfg(test)]
+mod memfile;
+mod recovery;
+mod segment;
 
+pub use file::{prime_iopoll_probe, sync_directory, DmaLogFile, LogFile, PROBE_FILE};
 pub use frame::{
     checksum, encode_record, frame_at, pad, padding_len, Damage, End, Item, Reader, RecordTooLarge,
     BLOCK, FRAME_HEADER, MAX_RECORD,
@@ -91,3 +97,7 @@ pub use header::{
     decode_header, encode_header, open, HeaderError, SegmentHeader, FORMAT_VERSION, HEADER_LEN,
     MAGIC,
 };
+pub use recovery::{
+    parse_segment_file_name, segment_file_name, Recovered, Recovery, Unusable, Verdict,
+};
+pub use segment::{AppendError, BlockWrite, Commit, Resume, SegmentWriter, WriterConfig};

@@ -1,0 +1,152 @@
+//! The few file operations the log needs, behind a trait: glommio DMA files in the
+//! broker ([`DmaLogFile`]), an in-memory file that can crash mid-write in tests.
+//!
+//! Everything that decides what to write, and what the bytes read back mean, is
+//! sans-IO ([`crate::store::SegmentWriter`], [`crate::store::Recovery`]); this layer
+//! only moves bytes.
+
+use std::io;
+use std::path::Path;
+
+use glommio::io::{Directory, DmaFile, OpenOptions};
+
+use super::frame::BLOCK;
+
+/// One segment file. Methods are async because glommio's are; each shard drives its
+/// own files on its own thread, so the futures need not be `Send`.
+#[allow(async_fn_in_trait)]
+pub trait LogFile {
+    /// Writes all of `bytes` at `offset`. For a DMA file both are multiples of the
+    /// device's alignment; [`crate::store::BlockWrite`]s are whole 4096-byte blocks.
+    async fn write_at(&mut self, offset: u64, bytes: &[u8]) -> io::Result<()>;
+    /// fdatasync: every completed write is durable once this returns `Ok`.
+    async fn sync(&mut self) -> io::Result<()>;
+    /// The file's length in bytes.
+    async fn size(&mut self) -> io::Result<u64>;
+    /// Cuts the file to `len` bytes (recovery sets a damaged tail aside this way);
+    /// durable after the next [`LogFile::sync`].
+    async fn truncate(&mut self, len: u64) -> io::Result<()>;
+    /// The whole file, for recovery.
+    async fn read_all(&mut self) -> io::Result<Vec<u8>>;
+}
+
+/// A segment file through glommio's DMA API (O_DIRECT, io_uring): writes bypass the
+/// page cache and `fdatasync` does not block the shard's other connections.
+#[derive(Debug)]
+pub struct DmaLogFile {
+    file: DmaFile,
+}
+
+impl DmaLogFile {
+    /// Creates a new segment file; fails if it exists. Call [`prime_iopoll_probe`]
+    /// first on this thread (an empty file misleads glommio's probe). The caller
+    /// syncs the directory
+    /// ([`sync_directory`]) before anything written to the file is acknowledged, or
+    /// a crash may lose the file's name.
+    pub async fn create(path: impl AsRef<Path>) -> io::Result<Self> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .dma_open(path.as_ref())
+            .await?;
+        Ok(DmaLogFile { file })
+    }
+
+    /// Opens an existing segment for recovery and appending. (`DmaFile::open` opens
+    /// read-only and `DmaFile::create` write-only and truncating: neither fits.)
+    pub async fn open(path: impl AsRef<Path>) -> io::Result<Self> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .dma_open(path.as_ref())
+            .await?;
+        Ok(DmaLogFile { file })
+    }
+
+    /// Closes the file.
+    pub async fn close(self) -> io::Result<()> {
+        Ok(self.file.close().await?)
+    }
+}
+
+/// Name of the one-block file [`prime_iopoll_probe`] keeps in a log directory.
+pub const PROBE_FILE: &str = "iopoll-probe";
+
+/// Makes glommio's per-device choice of I/O ring on this thread a sound one; call it
+/// on each shard's thread before it opens or creates any segment in `dir`.
+///
+/// glommio 0.9 decides, once per device and per thread, whether to send DMA reads
+/// and writes to its polled io_uring (IOPOLL) by reading the first block of the
+/// first `DmaFile` opened on the device, taking `EOPNOTSUPP` for "no". A newly
+/// created, empty file answers that read with end-of-file before the device is
+/// asked, so glommio concludes the device polls; on one that does not (a virtio
+/// disk, most SATA and many NVMe setups without poll queues) writes still
+/// complete but every later read of data fails with `EOPNOTSUPP`. Opening a file
+/// that holds a block of data first makes the probe ask the device. The file is
+/// written once, through the page cache, and never read for its contents.
+pub async fn prime_iopoll_probe(dir: impl AsRef<Path>) -> io::Result<()> {
+    let path = dir.as_ref().join(PROBE_FILE);
+    let len = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+    if len < BLOCK as u64 {
+        std::fs::write(&path, [0xA5; BLOCK])?;
+    }
+    let file = DmaFile::open(&path).await?;
+    Ok(file.close().await?)
+}
+
+/// fsyncs a directory, so that files created or renamed in it keep their names
+/// through a crash.
+pub async fn sync_directory(path: impl AsRef<Path>) -> io::Result<()> {
+    let dir = Directory::open(path.as_ref()).await?;
+    dir.sync().await?;
+    Ok(dir.close().await?)
+}
+
+impl LogFile for DmaLogFile {
+    async fn write_at(&mut self, offset: u64, bytes: &[u8]) -> io::Result<()> {
+        let mut buf = self.file.alloc_dma_buffer(bytes.len());
+        buf.as_bytes_mut().copy_from_slice(bytes);
+        let written = self.file.write_at(buf, offset).await?;
+        if written != bytes.len() {
+            return Err(io::Error::new(
+                io::ErrorKind::WriteZero,
+                format!("short DMA write: {written} of {} bytes", bytes.len()),
+            ));
+        }
+        Ok(())
+    }
+
+    async fn sync(&mut self) -> io::Result<()> {
+        Ok(self.file.fdatasync().await?)
+    }
+
+    async fn size(&mut self) -> io::Result<u64> {
+        Ok(self.file.file_size().await?)
+    }
+
+    async fn truncate(&mut self, len: u64) -> io::Result<()> {
+        Ok(self.file.truncate(len).await?)
+    }
+
+    async fn read_all(&mut self) -> io::Result<Vec<u8>> {
+        let len = self.file.file_size().await?;
+        let len = usize::try_from(len)
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "segment too large"))?;
+        let mut out = Vec::with_capacity(len);
+        // Reads in 1 MiB pieces, at aligned offsets, up to the file's length.
+        const PIECE: usize = 1 << 20;
+        while out.len() < len {
+            let want = PIECE.min(len - out.len());
+            let read = self.file.read_at(out.len() as u64, want).await?;
+            if read.is_empty() {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    format!("segment shorter than its size: {} of {len}", out.len()),
+                ));
+            }
+            out.extend_from_slice(&read);
+        }
+        Ok(out)
+    }
+}
