@@ -174,6 +174,12 @@ pub struct Config {
     /// Open connections across all shards; the excess is answered with CONNACK 0x03.
     /// 0 means no limit.
     pub max_connections: usize,
+    /// New connections accepted per second on each listener, across all shards; 0
+    /// means no limit. Connections beyond it wait in the kernel's accept queue (they
+    /// are not refused), and one that waited longer than `connect_timeout` is closed
+    /// unanswered when its turn comes; the CONNECT timeout counts from when the
+    /// connection was made, not from when it was accepted.
+    pub max_connect_rate: u32,
     /// Retained messages kept (distinct topics); a new retained topic beyond this is
     /// delivered normally but not stored. 0 means no limit.
     pub max_retained_messages: usize,
@@ -263,6 +269,7 @@ impl Default for Config {
             max_queued_bytes: 1024 * 1024,
             connect_timeout: 10.0,
             max_connections: 0,
+            max_connect_rate: 0,
             max_retained_messages: 100_000,
             max_retained_payload: 1024 * 1024,
             write_buffer_high_water: 256 * 1024,

@@ -70,6 +70,10 @@ struct Args {
     /// Seconds a new connection has to send CONNECT [connect_timeout].
     #[arg(long, value_name = "SECS")]
     connect_timeout: Option<f64>,
+    /// New connections accepted per second on each listener, 0 = unlimited; the
+    /// rest wait in the accept queue [max_connect_rate].
+    #[arg(long, value_name = "N")]
+    max_connect_rate: Option<u32>,
     /// Open connections allowed, 0 = unlimited [max_connections].
     #[arg(long, value_name = "N")]
     max_connections: Option<usize>,
@@ -168,6 +172,7 @@ impl Args {
             max_queued_bytes: self.max_queued_bytes,
             connect_timeout: self.connect_timeout,
             max_connections: self.max_connections,
+            max_connect_rate: self.max_connect_rate,
             max_retained_messages: self.max_retained_messages,
             max_retained_payload: self.max_retained_payload,
             write_buffer_high_water: self.write_buffer_high_water,
@@ -236,6 +241,7 @@ impl Args {
             max_queued_bytes,
             connect_timeout,
             max_connections,
+            max_connect_rate,
             max_retained_messages,
             max_retained_payload,
             write_buffer_high_water,

@@ -343,6 +343,13 @@ impl Collector for Scrape {
         single(
             e,
             Counter,
+            "shardmq_accepts_paced",
+            "Times an accept waited for max_connect_rate (connections wait in the accept queue meanwhile).",
+            t.accepts_paced as f64,
+        )?;
+        single(
+            e,
+            Counter,
             "shardmq_connect_timeouts",
             "Connections closed for no CONNECT within connect_timeout.",
             t.connect_timeouts as f64,

@@ -86,14 +86,47 @@ pub(crate) async fn accept_loop(
     index: u16,
     shared: Arc<Shared>,
 ) {
+    let mut pace = Pace::default();
     loop {
+        let (rate, shards) = {
+            let s = shard.borrow();
+            (s.cfg.max_connect_rate, s.shards)
+        };
+        if rate > 0 {
+            // This shard's share of the listener's rate; the kernel spreads new
+            // connections evenly over the shards' sockets.
+            let per_shard = f64::from(rate) / shards as f64;
+            let wait = pace.delay(per_shard, Instant::now());
+            if !wait.is_zero() {
+                shard.borrow_mut().stats.accepts_paced += 1;
+                Timer::new(wait).await;
+                continue;
+            }
+        }
         match listener.accept().await {
             Ok(stream) => {
                 if shard.borrow().stopping {
                     return;
                 }
+                // The CONNECT timeout counts from when the connection was made: one
+                // that waited in the accept queue for all of it is closed unanswered,
+                // and does not use up the rate.
+                let mut waited = Duration::ZERO;
+                if rate > 0 {
+                    waited = Duration::from_millis(idle_ms(&stream).map_or(0, u64::from));
+                    let mut s = shard.borrow_mut();
+                    if waited >= s.cfg.connect_timeout() {
+                        s.stats.connect_timeouts += 1;
+                        tracing::debug!(
+                            ?waited,
+                            "waited in the accept queue past the connect timeout"
+                        );
+                        pace.refund();
+                        continue;
+                    }
+                }
                 let slot = shared.acquire_connection();
-                spawn_local(handle_new(shard.clone(), stream, slot, index)).detach();
+                spawn_local(handle_new(shard.clone(), stream, slot, index, waited)).detach();
             }
             Err(_) if shard.borrow().stopping => return,
             Err(e) => {
@@ -105,6 +138,65 @@ pub(crate) async fn accept_loop(
     }
 }
 
+/// Paces accepts for `max_connect_rate`: a token bucket holding at most a tenth of a
+/// second's worth (at least one), so a storm is smoothed rather than refused.
+struct Pace {
+    tokens: f64,
+    last: Option<Instant>,
+}
+
+impl Default for Pace {
+    fn default() -> Pace {
+        Pace {
+            tokens: 1.0,
+            last: None,
+        }
+    }
+}
+
+impl Pace {
+    /// Gives back the token of a connection that was not served.
+    fn refund(&mut self) {
+        self.tokens += 1.0;
+    }
+
+    /// Zero (and a token taken) if a connection may be accepted now, else how long
+    /// until one may.
+    fn delay(&mut self, rate: f64, now: Instant) -> Duration {
+        let burst = (rate / 10.0).max(1.0);
+        if let Some(last) = self.last {
+            let earned = now.saturating_duration_since(last).as_secs_f64() * rate;
+            self.tokens = (self.tokens + earned).min(burst);
+        }
+        self.last = Some(now);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            Duration::ZERO
+        } else {
+            Duration::from_secs_f64((1.0 - self.tokens) / rate)
+        }
+    }
+}
+
+/// Milliseconds since the socket last received data (or was established): for a
+/// connection that waited in the accept queue, about how long it waited.
+fn idle_ms(stream: &TcpStream) -> Option<u32> {
+    // SAFETY: a zeroed tcp_info is valid; getsockopt writes at most `len` bytes
+    // into it, and the descriptor is the stream's open socket.
+    unsafe {
+        let mut info: libc::tcp_info = std::mem::zeroed();
+        let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+        let rc = libc::getsockopt(
+            stream.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&mut info as *mut libc::tcp_info).cast(),
+            &mut len,
+        );
+        (rc == 0).then_some(info.tcpi_last_data_recv)
+    }
+}
+
 /// A new socket: read and check CONNECT, then serve it here or hand it to the
 /// client id's home shard.
 async fn handle_new(
@@ -112,6 +204,7 @@ async fn handle_new(
     stream: TcpStream,
     slot: Option<ConnectionSlot>,
     listener: u16,
+    waited: Duration,
 ) {
     let mut peer = stream
         .peer_addr()
@@ -133,6 +226,8 @@ async fn handle_new(
             l.spec.proxy_protocol,
         )
     };
+    // What is left of the connect timeout after the wait in the accept queue.
+    let timeout = timeout.saturating_sub(waited);
     let mut wire = match wire {
         Ok(w) => w,
         Err(e) => {
@@ -929,4 +1024,35 @@ fn write_failed(conn: &Rc<Conn>, e: io::Error) {
     conn.discard_output();
     conn.set_done();
     conn.close_because(DisconnectReason::SocketError);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Pace;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn pace_lets_a_tenth_of_a_second_through_then_spaces_accepts_at_the_rate() {
+        let mut p = Pace::default();
+        let t0 = Instant::now();
+        // 100/s: a burst of up to 10, then one every 10 ms.
+        assert_eq!(p.delay(100.0, t0), Duration::ZERO);
+        let wait = p.delay(100.0, t0);
+        assert!(
+            wait > Duration::from_millis(9) && wait <= Duration::from_millis(10),
+            "{wait:?}"
+        );
+        let t1 = t0 + Duration::from_millis(10);
+        assert_eq!(p.delay(100.0, t1), Duration::ZERO);
+        // After a long pause, at most the burst is available at once.
+        let t2 = t1 + Duration::from_secs(60);
+        let burst = (0..100)
+            .take_while(|_| p.delay(100.0, t2).is_zero())
+            .count();
+        assert_eq!(burst, 10);
+        // Below 10/s the burst is one connection.
+        let mut slow = Pace::default();
+        assert_eq!(slow.delay(2.0, t0), Duration::ZERO);
+        assert_eq!(slow.delay(2.0, t0), Duration::from_millis(500));
+    }
 }

@@ -55,6 +55,9 @@ pub struct ShardStats {
     /// Client publishes to a `$SYS/...` topic: acknowledged, dropped (only the broker
     /// publishes there).
     pub publishes_to_sys: u64,
+    /// Times an accept waited for `max_connect_rate` (connections meanwhile wait
+    /// in the kernel's accept queue).
+    pub accepts_paced: u64,
     /// Offline persistent sessions removed after `persistent_client_expiration`.
     pub sessions_expired: u64,
     /// Packets decoded from clients, CONNECT included.
@@ -168,6 +171,7 @@ impl BrokerStats {
             );
             add!(
                 publishes_to_sys,
+                accepts_paced,
                 sessions_expired,
                 packets_received,
                 packets_sent,
