@@ -7,6 +7,7 @@
 mod decode;
 mod encode;
 mod packet;
+pub mod properties;
 pub mod topic;
 
 pub use decode::{decode, decode_with, DecodeError, DecodeOptions};
