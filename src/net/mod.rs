@@ -415,24 +415,11 @@ async fn read_first_packet(
     wire: &mut Option<Box<Wire>>,
     start: BytesMut,
 ) -> Result<Connect, End> {
-    let mut raw = BytesMut::new();
-    match wire.as_mut() {
-        None => rbuf.extend_from_slice(&start),
-        Some(w) if !start.is_empty() => {
-            let decoded = w.decode(&start, rbuf);
-            if !w.out.is_empty() {
-                let bytes = std::mem::take(&mut w.out);
-                if let Err(e) = write_all(stream, &bytes).await {
-                    return Err(End::Io(e));
-                }
-            }
-            match decoded {
-                Ok(Peer::Open) => {}
-                Ok(Peer::Closed) => return Err(End::Eof),
-                Err(e) => return Err(End::Transport(e)),
-            }
-        }
-        Some(_) => {}
+    // Bytes from the socket not yet through the TLS or WebSocket layer.
+    let mut raw = start;
+    if wire.is_none() {
+        rbuf.extend_from_slice(&raw);
+        raw.clear();
     }
     loop {
         match decode_with(rbuf, limits) {
@@ -449,13 +436,15 @@ async fn read_first_packet(
             }
             continue;
         };
-        raw.clear();
-        match read_some(stream, &mut raw, &mut false, None).await {
-            Ok(0) => return Err(End::Eof),
-            Ok(_) => {}
-            Err(e) => return Err(End::Io(e)),
+        if raw.is_empty() {
+            match read_some(stream, &mut raw, &mut false, None).await {
+                Ok(0) => return Err(End::Eof),
+                Ok(_) => {}
+                Err(e) => return Err(End::Io(e)),
+            }
         }
         let decoded = w.decode(&raw, rbuf);
+        raw.clear();
         if !w.out.is_empty() {
             let bytes = std::mem::take(&mut w.out);
             if let Err(e) = write_all(stream, &bytes).await {

@@ -87,6 +87,8 @@ mod header;
 mod memfile;
 mod recovery;
 mod segment;
+#[cfg(test)]
+mod test_rng;
 
 pub use file::{prime_iopoll_probe, sync_directory, DmaLogFile, LogFile, PROBE_FILE};
 pub use frame::{

@@ -5,27 +5,12 @@ use super::*;
 use crate::store::file::LogFile;
 use crate::store::memfile::{MemFile, Rest};
 use crate::store::segment::{Commit, SegmentWriter, WriterConfig};
+use crate::store::test_rng::Rng;
 use crate::store::BLOCK;
 use futures_lite::future::block_on;
 use std::collections::BTreeMap;
 
 const SHARD: u16 = 5;
-
-/// A small deterministic generator (xorshift64*), so failures reproduce.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-}
 
 /// A record as appended: number, kind, body.
 type Rec = (u64, u8, Vec<u8>);
