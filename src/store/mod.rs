@@ -89,6 +89,8 @@ mod recovery;
 mod segment;
 #[cfg(test)]
 mod test_rng;
+pub mod records;
+pub mod replay;
 
 pub use file::{prime_iopoll_probe, sync_directory, DmaLogFile, LogFile, PROBE_FILE};
 pub use frame::{

@@ -1,0 +1,308 @@
+use super::*;
+use crate::store::records::{encode, Position, SnapshotBody};
+
+/// Writes records into a replay as shard logs would, numbering each shard's records.
+struct Logs {
+    replay: Replay,
+    next: HashMap<u16, u64>,
+}
+
+impl Logs {
+    fn new() -> Self {
+        Logs {
+            replay: Replay::new(),
+            next: HashMap::new(),
+        }
+    }
+
+    fn put(&mut self, shard: u16, r: Record<'_>) -> Stamp {
+        let mut body = Vec::new();
+        let kind = encode(&r, &mut body);
+        let n = self.next.entry(shard).or_insert(0);
+        let record = *n;
+        *n += 1;
+        self.replay.record(shard, record, kind, &body);
+        Stamp {
+            origin: shard,
+            record,
+        }
+    }
+
+    fn msg(&mut self, shard: u16, topic: &str, qos: u8, time_ms: u64) -> Stamp {
+        self.put(
+            shard,
+            Record::Msg(MsgBody {
+                time_ms,
+                qos,
+                retain: false,
+                publisher: None,
+                topic,
+                payload: topic.as_bytes(),
+            }),
+        )
+    }
+
+    fn session(&mut self, shard: u16, client: &str, filter: &str, qos: u8) {
+        self.put(shard, Record::Session { client });
+        let horizons = self.next.iter().map(|(&s, &n)| (s, n)).collect();
+        self.put(
+            shard,
+            Record::Sub {
+                client,
+                filter,
+                qos,
+                horizons,
+            },
+        );
+    }
+
+    fn horizons(&self) -> Vec<(u16, u64)> {
+        self.next.iter().map(|(&s, &n)| (s, n)).collect()
+    }
+}
+
+fn topics(msgs: &[RestoredMsg]) -> Vec<&str> {
+    msgs.iter().map(|m| &*m.msg.topic).collect()
+}
+
+#[test]
+fn a_session_gets_what_matched_after_it_subscribed_in_acceptance_order() {
+    let mut l = Logs::new();
+    l.msg(0, "a/early", 1, 1);
+    l.session(1, "dev", "a/#", 2);
+    l.msg(1, "a/two", 2, 30);
+    l.msg(0, "a/one", 1, 20);
+    l.msg(0, "b/other", 1, 25);
+    l.msg(0, "a/zero", 0, 26);
+    let r = l.replay.finish();
+    assert_eq!(r.sessions.len(), 1);
+    let s = &r.sessions[0];
+    assert_eq!(s.client_id, "dev");
+    assert_eq!(s.subs, vec![("a/#".to_owned(), QoS::ExactlyOnce)]);
+    assert_eq!(topics(&s.queued), ["a/one", "a/two"]);
+    assert_eq!(s.queued[1].qos, QoS::ExactlyOnce);
+    assert!(s.inflight.is_empty());
+}
+
+#[test]
+fn the_granted_qos_caps_and_overlapping_filters_give_one_copy_at_the_highest() {
+    let mut l = Logs::new();
+    l.session(0, "dev", "a/+", 0);
+    l.put(
+        0,
+        Record::Sub {
+            client: "dev",
+            filter: "a/#",
+            qos: 1,
+            horizons: vec![],
+        },
+    );
+    l.msg(0, "a/x", 2, 5);
+    let r = l.replay.finish();
+    assert_eq!(r.sessions[0].queued.len(), 1);
+    assert_eq!(r.sessions[0].queued[0].qos, QoS::AtLeastOnce);
+}
+
+#[test]
+fn checkpoints_move_positions_and_caught_up_sessions_follow_the_horizons() {
+    let mut l = Logs::new();
+    l.session(0, "slow", "t", 1);
+    l.session(0, "fast", "t", 1);
+    let first = l.msg(1, "t", 1, 1);
+    l.msg(1, "t", 1, 2);
+    // "slow" still needs the first; "fast" has everything so far.
+    let horizons = l.horizons();
+    l.put(
+        0,
+        Record::Checkpoint {
+            horizons,
+            sessions: vec![
+                Position {
+                    client: "slow",
+                    lagging: Some(vec![(1, first.record)]),
+                },
+                Position {
+                    client: "fast",
+                    lagging: None,
+                },
+            ],
+        },
+    );
+    l.msg(1, "t", 1, 3);
+    let r = l.replay.finish();
+    let by = |c: &str| r.sessions.iter().find(|s| s.client_id == c).unwrap();
+    assert_eq!(by("slow").queued.len(), 3);
+    assert_eq!(by("fast").queued.len(), 1);
+    assert_eq!(by("fast").queued[0].stamp.record, 2);
+}
+
+#[test]
+fn an_unsubscribed_filter_and_an_ended_session_match_nothing() {
+    let mut l = Logs::new();
+    l.session(0, "a", "t", 1);
+    l.session(0, "b", "t", 1);
+    l.put(
+        0,
+        Record::Unsub {
+            client: "a",
+            filter: "t",
+        },
+    );
+    l.put(0, Record::End { client: "b" });
+    l.msg(1, "t", 1, 1);
+    let r = l.replay.finish();
+    assert_eq!(r.sessions.len(), 1);
+    assert!(r.sessions[0].queued.is_empty());
+    assert!(r.sessions[0].subs.is_empty());
+}
+
+#[test]
+fn qos2_flows_come_back_with_their_packet_ids_and_never_after_pubrec() {
+    let mut l = Logs::new();
+    l.session(0, "dev", "t", 2);
+    let sent = l.msg(1, "t", 2, 1);
+    let recd = l.msg(1, "t", 2, 2);
+    let done = l.msg(1, "t", 2, 3);
+    l.msg(1, "t", 2, 4);
+    for (stamp, pid, stage) in [(sent, 7, 0), (recd, 8, 0), (recd, 8, 1), (done, 9, 2)] {
+        l.put(
+            0,
+            Record::Out2 {
+                client: "dev",
+                stamp,
+                pid,
+                stage,
+            },
+        );
+    }
+    let r = l.replay.finish();
+    let s = &r.sessions[0];
+    assert_eq!(s.inflight.len(), 1);
+    assert_eq!(s.inflight[0].0, 7);
+    assert_eq!(s.inflight[0].1.stamp, sent);
+    assert_eq!(s.released, vec![8]);
+    assert_eq!(s.queued.len(), 1);
+    assert_eq!(s.queued[0].stamp.record, 3);
+}
+
+#[test]
+fn inbound_qos2_state_survives_until_pubrel() {
+    let mut l = Logs::new();
+    l.put(0, Record::Session { client: "p" });
+    for pid in [1, 2] {
+        l.put(
+            0,
+            Record::Msg(MsgBody {
+                time_ms: 1,
+                qos: 2,
+                retain: false,
+                publisher: Some(("p", pid)),
+                topic: "x",
+                payload: b"",
+            }),
+        );
+    }
+    l.put(0, Record::Rel { client: "p", pid: 1 });
+    let r = l.replay.finish();
+    assert_eq!(r.sessions[0].awaiting_pubrel, vec![2]);
+}
+
+#[test]
+fn retained_keeps_the_newest_per_topic_and_deletions() {
+    let mut l = Logs::new();
+    let put = |l: &mut Logs, shard, topic, payload: &'static [u8], t| {
+        l.put(
+            shard,
+            Record::Msg(MsgBody {
+                time_ms: t,
+                qos: 1,
+                retain: true,
+                publisher: None,
+                topic,
+                payload,
+            }),
+        )
+    };
+    put(&mut l, 0, "a", b"old", 1);
+    put(&mut l, 1, "a", b"new", 2);
+    put(&mut l, 0, "b", b"kept", 1);
+    put(&mut l, 1, "c", b"x", 1);
+    put(&mut l, 0, "c", b"", 3);
+    let r = l.replay.finish();
+    let got: Vec<(&str, &[u8])> = r
+        .retained
+        .iter()
+        .map(|(_, m)| (&*m.topic, &m.payload[..]))
+        .collect();
+    assert_eq!(got.len(), 2);
+    assert!(got.contains(&("a", b"new".as_slice())));
+    assert!(got.contains(&("b", b"kept".as_slice())));
+}
+
+#[test]
+fn a_snapshot_restates_a_session_and_later_positions_apply_to_what_it_named() {
+    let mut l = Logs::new();
+    let m1 = l.put(
+        0,
+        Record::SnapMsg(MsgBody {
+            time_ms: 1,
+            qos: 1,
+            retain: false,
+            publisher: None,
+            topic: "t",
+            payload: b"1",
+        }),
+    );
+    let m2 = l.put(
+        0,
+        Record::SnapMsg(MsgBody {
+            time_ms: 2,
+            qos: 1,
+            retain: false,
+            publisher: None,
+            topic: "t",
+            payload: b"2",
+        }),
+    );
+    let horizons = l.horizons();
+    l.put(
+        0,
+        Record::Snapshot(SnapshotBody {
+            client: "dev",
+            horizons: horizons.clone(),
+            subs: vec![("t", 1)],
+            awaiting_pubrel: vec![4],
+            released: vec![5],
+            held: vec![
+                Held {
+                    stamp: m1,
+                    qos: 1,
+                    pid: 3,
+                    retain: false,
+                },
+                Held {
+                    stamp: m2,
+                    qos: 1,
+                    pid: 0,
+                    retain: false,
+                },
+            ],
+        }),
+    );
+    let live = l.msg(1, "t", 1, 3);
+    let r = l.replay.finish();
+    let s = &r.sessions[0];
+    assert_eq!(s.inflight.len(), 1);
+    assert_eq!(s.inflight[0].0, 3);
+    assert_eq!(s.queued.iter().map(|m| m.stamp).collect::<Vec<_>>(), [m2, live]);
+    assert_eq!(s.awaiting_pubrel, vec![4]);
+    assert_eq!(s.released, vec![5]);
+}
+
+#[test]
+fn records_that_do_not_parse_are_counted_and_skipped() {
+    let mut r = Replay::new();
+    r.record(0, 0, 99, b"??");
+    r.record(0, 1, crate::store::records::kind::MSG, b"\x01");
+    assert_eq!(r.finish().bad_records, 2);
+}
