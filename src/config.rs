@@ -230,6 +230,41 @@ pub struct Config {
     /// Log filter, as `RUST_LOG` takes it (`info`, `debug`, `info,shardmq=debug`).
     /// `RUST_LOG`, when set, wins.
     pub log_level: String,
+    /// Directory of the persistent state (sessions, subscriptions, queued QoS 1/2
+    /// messages, retained messages). Unset: everything is kept in memory only.
+    pub data_dir: Option<PathBuf>,
+    /// When acknowledged messages reach the disk, with `data_dir` set.
+    pub fsync: FsyncPolicy,
+    /// Milliseconds between fdatasyncs with `fsync = "interval"`.
+    pub fsync_interval_ms: u64,
+}
+
+/// When the log is made durable (`fsync`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FsyncPolicy {
+    /// PUBACK/PUBREC/PUBCOMP wait for the write and fdatasync of their records
+    /// (batched per shard): nothing acknowledged is lost, even on power loss.
+    #[default]
+    Always,
+    /// Acknowledged at once; written at once, fdatasynced every `fsync_interval_ms`:
+    /// a crash of the process loses nothing written, power loss up to one interval.
+    Interval,
+    /// Acknowledged at once, written at once, never fdatasynced (the kernel decides):
+    /// a crash of the process can lose the records of the write in flight.
+    Never,
+}
+
+impl std::str::FromStr for FsyncPolicy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "always" => Ok(FsyncPolicy::Always),
+            "interval" => Ok(FsyncPolicy::Interval),
+            "never" => Ok(FsyncPolicy::Never),
+            _ => Err(format!("{s:?}: expected always, interval or never")),
+        }
+    }
 }
 
 /// How log lines are written.
@@ -287,9 +322,17 @@ impl Default for Config {
             metrics_listen: None,
             log_format: LogFormat::Text,
             log_level: "info".into(),
+            data_dir: None,
+            fsync: FsyncPolicy::Always,
+            fsync_interval_ms: 100,
         }
     }
 }
+
+/// The largest packet accepted with persistence on: a logged message must fit one
+/// log record ([`crate::store::MAX_RECORD`], 16 MiB + 64 KiB, with room for the
+/// record's own fields).
+pub const MAX_PERSISTED_PACKET: usize = 16 * 1024 * 1024;
 
 /// The largest packet MQTT can express: 268,435,455 bytes of remaining length plus a
 /// 5-byte fixed header.
@@ -464,6 +507,15 @@ impl Config {
         }
         if !(self.connect_timeout.is_finite() && self.connect_timeout > 0.0) {
             return invalid("connect_timeout", "must be a positive number of seconds");
+        }
+        if self.data_dir.is_some() && self.max_packet_size > MAX_PERSISTED_PACKET {
+            return invalid(
+                "max_packet_size",
+                format!("at most {MAX_PERSISTED_PACKET} with data_dir (the log's record bound)"),
+            );
+        }
+        if self.fsync_interval_ms == 0 || self.fsync_interval_ms > 60_000 {
+            return invalid("fsync_interval_ms", "must be between 1 and 60000");
         }
         if self.write_buffer_high_water < 1024 {
             return invalid("write_buffer_high_water", "must be at least 1024");

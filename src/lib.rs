@@ -114,6 +114,8 @@ pub enum StartError {
     Auth(#[from] AuthError),
     #[error(transparent)]
     Tls(#[from] net::tls::TlsError),
+    #[error(transparent)]
+    Data(#[from] store::generation::DataDirError),
 }
 
 /// State every shard may read: the configuration, the listeners as they started,
@@ -257,6 +259,8 @@ pub struct Broker {
     custom_auth: Option<Arc<dyn Authenticator>>,
     /// The `$SYS` publisher and the metrics endpoint, when running.
     metrics: Option<metrics::Running>,
+    /// The data directory, locked while the broker runs (persistence on).
+    data: Option<store::generation::DataDir>,
 }
 
 /// What [`Broker::reconfigure`] did: the keys it applied and the keys whose new
@@ -273,6 +277,9 @@ const RESTART_KEYS: &[&str] = &[
     "mesh_channel_capacity",
     "metrics_listen",
     "log_format",
+    "data_dir",
+    "fsync",
+    "fsync_interval_ms",
 ];
 
 impl Broker {
@@ -319,6 +326,41 @@ impl Broker {
             shared: shared.clone(),
             custom_auth,
             metrics: None,
+            data: None,
+        };
+        // Persistence: read the current generation, prepare the next one; every
+        // shard writes its part of the state there before anyone is served.
+        let mut restore = None;
+        let mut damaged = false;
+        let mut next_generation = 0;
+        let (restored_tx, restored_rx) = match &shared.config.data_dir {
+            Some(path) => {
+                let t0 = std::time::Instant::now();
+                let (dir, restored, report) = store::generation::DataDir::open(path)?;
+                for d in &report.damage {
+                    tracing::warn!(damage = %d, "log damage set aside");
+                }
+                damaged = !report.damage.is_empty();
+                tracing::info!(
+                    dir = %path.display(),
+                    generation = dir.generation(),
+                    segments = report.segments,
+                    bytes = report.bytes,
+                    records = report.records,
+                    sessions = restored.sessions.len(),
+                    retained = restored.retained.len(),
+                    queued = restored.sessions.iter().map(|s| s.inflight.len() + s.queued.len()).sum::<usize>(),
+                    bad_records = restored.bad_records,
+                    ms = t0.elapsed().as_millis() as u64,
+                    "recovered persistent state"
+                );
+                next_generation = dir.prepare_next(n)?;
+                restore = Some(Arc::new(restored));
+                broker.data = Some(dir);
+                let (tx, rx) = crossbeam_channel::unbounded();
+                (Some(tx), Some(rx))
+            }
+            None => (None, None),
         };
         for i in 0..n {
             let (control_tx, control_rx) = crossbeam_channel::unbounded();
@@ -337,6 +379,15 @@ impl Broker {
                 mesh: mesh.clone(),
                 control: control_rx,
                 ready: ready_tx,
+                store: match (&broker.data, &restore, &restored_tx) {
+                    (Some(dir), Some(r), Some(tx)) => Some(runtime::StoreInit {
+                        data_dir: dir.path().to_owned(),
+                        generation: next_generation,
+                        restored: r.clone(),
+                        restored_tx: tx.clone(),
+                    }),
+                    _ => None,
+                },
             };
             let placement = match &cpus {
                 Some(cpus) if !cpus.is_empty() => Placement::Fixed(cpus[i % cpus.len()]),
@@ -379,6 +430,27 @@ impl Broker {
         }
         for c in &broker.controls {
             let _ = c.send(Control::Go);
+        }
+        if let (Some(rx), Some(dir)) = (restored_rx, broker.data.as_mut()) {
+            // Every shard has made its snapshot durable: the new generation is
+            // complete, and becomes the current one before anyone is served.
+            for i in 0..n {
+                if rx.recv().is_err() {
+                    broker.stop();
+                    return Err(StartError::Shard {
+                        shard: i,
+                        why: "exited while writing its snapshot".into(),
+                    });
+                }
+            }
+            if let Err(e) = dir.switch(next_generation, damaged) {
+                broker.stop();
+                return Err(e.into());
+            }
+            drop(restore);
+            for c in &broker.controls {
+                let _ = c.send(Control::Serve);
+            }
         }
         match metrics::start(
             broker.controls.clone(),
@@ -492,6 +564,9 @@ impl Broker {
         new.mesh_channel_capacity = old.mesh_channel_capacity;
         new.metrics_listen = old.metrics_listen;
         new.log_format = old.log_format;
+        new.data_dir = old.data_dir.clone();
+        new.fsync = old.fsync;
+        new.fsync_interval_ms = old.fsync_interval_ms;
         if moved {
             new.listeners = old.listeners.clone();
             new.listener = old.listener.clone();

@@ -3,7 +3,7 @@
 mod passwd;
 
 use clap::{Parser, Subcommand};
-use shardmq::config::{ListenerConfig, LogFormat, Transport};
+use shardmq::config::{FsyncPolicy, ListenerConfig, LogFormat, Transport};
 use shardmq::{Broker, Config};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
@@ -133,6 +133,17 @@ struct Args {
     /// Log filter, e.g. info or debug or info,shardmq=debug; RUST_LOG wins [log_level].
     #[arg(long, value_name = "FILTER")]
     log_level: Option<String>,
+    /// Keep sessions, subscriptions, queued QoS 1/2 messages and retained messages
+    /// in DIR across restarts and crashes; unset: in memory only [data_dir].
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// When acknowledged messages reach the disk: always (before the
+    /// acknowledgement), interval or never [fsync].
+    #[arg(long, value_name = "always|interval|never")]
+    fsync: Option<FsyncPolicy>,
+    /// Milliseconds between fdatasyncs with --fsync interval [fsync_interval_ms].
+    #[arg(long, value_name = "MS")]
+    fsync_interval_ms: Option<u64>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -190,6 +201,9 @@ impl Args {
             metrics_listen: self.metrics_listen,
             log_format: self.log_format,
             log_level: self.log_level.clone(),
+            data_dir: self.data_dir.clone(),
+            fsync: self.fsync,
+            fsync_interval_ms: self.fsync_interval_ms,
         }
     }
 
@@ -252,8 +266,13 @@ impl Args {
             max_client_id_length,
             persistent_client_expiration,
             sys_interval,
-            log_format
+            log_format,
+            fsync,
+            fsync_interval_ms
         );
+        if let Some(d) = self.data_dir {
+            c.data_dir = Some(d);
+        }
         if self.proxy_protocol {
             c.proxy_protocol = true;
         }

@@ -14,6 +14,9 @@ pub struct Message {
     pub qos: QoS,
     /// Set only when the message is sent as a retained message on subscribe.
     pub retain: bool,
+    /// Where the log holds it, with persistence on (see [`Message::stamp`]); 0 when
+    /// it is not logged.
+    pub stamp: u64,
 }
 
 impl Message {
@@ -29,8 +32,29 @@ impl Message {
             payload,
             qos: self.qos,
             retain: self.retain,
+            stamp: self.stamp,
         }
     }
+
+    /// The message's place in the log: origin shard and record number.
+    pub fn stamp(&self) -> Option<crate::store::records::Stamp> {
+        unpack_stamp(self.stamp)
+    }
+}
+
+/// Packs a stamp into [`Message::stamp`]'s `u64`: origin in the top 16 bits, record
+/// number plus one below (0 stays "not logged").
+pub fn pack_stamp(s: crate::store::records::Stamp) -> u64 {
+    (u64::from(s.origin) << 48) | ((s.record + 1) & ((1 << 48) - 1))
+}
+
+/// The inverse of [`pack_stamp`].
+pub fn unpack_stamp(v: u64) -> Option<crate::store::records::Stamp> {
+    let record = v & ((1 << 48) - 1);
+    (record != 0).then(|| crate::store::records::Stamp {
+        origin: (v >> 48) as u16,
+        record: record - 1,
+    })
 }
 
 /// Copies `topic` and `payload` into one fresh buffer and returns slices of it.
@@ -57,6 +81,7 @@ mod tests {
             payload: buf.slice(7..14),
             qos: QoS::AtLeastOnce,
             retain: true,
+            stamp: 0,
         };
         let c = msg.compact();
         assert_eq!(c, msg);
@@ -70,6 +95,7 @@ mod tests {
             payload: Bytes::new(),
             qos: QoS::AtMostOnce,
             retain: false,
+            stamp: 0,
         };
         assert_eq!(empty.compact(), empty);
     }

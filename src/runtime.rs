@@ -22,8 +22,11 @@ use std::time::Duration;
 /// Messages from the main thread to a shard, polled on a timer (the main thread may
 /// block; a shard never does).
 pub enum Control {
-    /// Every shard has bound its listeners: join the mesh and start serving.
+    /// Every shard has bound its listeners: join the mesh and start serving (with
+    /// persistence on: restore, write the snapshot, and wait for `Serve`).
     Go,
+    /// Persistence on: every shard's snapshot is durable and current; serve.
+    Serve,
     /// Reply with a stats snapshot.
     Stats(crossbeam_channel::Sender<ShardStats>),
     /// Close every connection and stop.
@@ -53,6 +56,18 @@ pub struct ShardInit {
     pub mesh: Option<MeshBuilder<Batch, Full>>,
     pub control: crossbeam_channel::Receiver<Control>,
     pub ready: crossbeam_channel::Sender<Bound>,
+    /// With persistence on: what recovery restored, and where to log.
+    pub store: Option<StoreInit>,
+}
+
+/// A shard's share of persistence at start.
+pub struct StoreInit {
+    pub data_dir: std::path::PathBuf,
+    /// The generation this run writes.
+    pub generation: u64,
+    pub restored: Arc<crate::store::replay::Restored>,
+    /// Told when this shard's snapshot is durable.
+    pub restored_tx: crossbeam_channel::Sender<()>,
 }
 
 const CONTROL_POLL: Duration = Duration::from_millis(20);
@@ -129,6 +144,11 @@ pub async fn run(init: ShardInit) {
     let writes = shard.borrow().writes().clone();
     spawn_local(net::write_loop(shard.clone(), writes)).detach();
     spawn_local(keep_alive_sweep(shard.clone())).detach();
+    if let Some(store) = init.store {
+        if !start_log(&shard, store, &init.control).await {
+            return;
+        }
+    }
     for (index, listener) in listeners.into_iter().enumerate() {
         spawn_local(net::accept_loop(
             shard.clone(),
@@ -143,7 +163,7 @@ pub async fn run(init: ShardInit) {
         Timer::new(CONTROL_POLL).await;
         while let Ok(c) = init.control.try_recv() {
             match c {
-                Control::Go => {}
+                Control::Go | Control::Serve => {}
                 Control::Stats(reply) => {
                     let _ = reply.send(shard.borrow().snapshot());
                 }
@@ -163,6 +183,12 @@ pub async fn run(init: ShardInit) {
                     }
                 }
                 Control::Shutdown => {
+                    // What waits for the log goes out first, while connections are
+                    // still open (bounded: clients may still be publishing).
+                    let deadline = std::time::Instant::now() + LOG_SETTLE;
+                    while std::time::Instant::now() < deadline && !shard.borrow().log_settled() {
+                        Timer::new(SHUTDOWN_POLL).await;
+                    }
                     // Every connection sends what it owes, then its FIN; whatever
                     // its client sent meanwhile is read and discarded before the
                     // socket closes, so the client sees a clean close, not a reset.
@@ -185,10 +211,105 @@ pub async fn run(init: ShardInit) {
                     for c in &closing {
                         c.discard_input();
                     }
+                    // Persistence: every session restated, then the log made
+                    // durable, so the next start resumes exactly.
+                    shard.borrow_mut().snapshot_sessions();
+                    shard.borrow_mut().log_flush_now();
+                    let deadline = std::time::Instant::now() + LOG_SETTLE;
+                    while std::time::Instant::now() < deadline && !shard.borrow().log_settled() {
+                        Timer::new(SHUTDOWN_POLL).await;
+                    }
                     return;
                 }
             }
         }
+    }
+}
+
+/// Longest a shutdown waits for the log to be durable, before and after closing
+/// connections.
+const LOG_SETTLE: Duration = Duration::from_secs(5);
+
+/// Persistence at start: opens this shard's log in the new generation, restores
+/// the sessions homed here and the retained messages, makes the snapshot durable,
+/// tells the main thread, and waits for `Serve`. False: stop (shutdown, or the log
+/// could not be opened).
+async fn start_log(
+    shard: &Rc<RefCell<Shard>>,
+    store: StoreInit,
+    control: &crossbeam_channel::Receiver<Control>,
+) -> bool {
+    use crate::store::generation::shard_dir;
+    use crate::store::{prime_iopoll_probe, Resume, SegmentWriter, WriterConfig};
+    let (id, shards, cfg) = {
+        let s = shard.borrow();
+        (s.id, s.shards, s.cfg.clone())
+    };
+    let dir = shard_dir(&store.data_dir, store.generation, id);
+    if let Err(e) = prime_iopoll_probe(&dir).await {
+        tracing::error!(dir = %dir.display(), error = %e, "cannot open the log directory");
+        return false;
+    }
+    let writer = SegmentWriter::new(
+        WriterConfig {
+            shard: id as u16,
+            segment_size: SEGMENT_SIZE,
+        },
+        Resume::Create {
+            segment: 0,
+            next_record: 0,
+        },
+    );
+    shard
+        .borrow_mut()
+        .set_durable(crate::shard::durable::Durable::new(
+            writer,
+            dir,
+            cfg.fsync,
+            Duration::from_millis(cfg.fsync_interval_ms),
+            shards,
+        ));
+    let dropped = shard
+        .borrow_mut()
+        .restore(&store.restored, std::time::Instant::now());
+    if dropped > 0 {
+        tracing::warn!(
+            shard = id,
+            dropped,
+            "restored messages over the queue bounds dropped"
+        );
+    }
+    drop(store.restored);
+    spawn_local(crate::shard::durable::committer(shard.clone())).detach();
+    spawn_local(checkpoints(shard.clone())).detach();
+    // The snapshot is made durable whatever the fsync policy: the switch to this
+    // generation depends on it.
+    shard.borrow_mut().log_flush_now();
+    while !shard.borrow().log_settled() {
+        Timer::new(SHUTDOWN_POLL).await;
+    }
+    let _ = store.restored_tx.send(());
+    loop {
+        match control.try_recv() {
+            Ok(Control::Serve) => return true,
+            Ok(Control::Shutdown) | Err(crossbeam_channel::TryRecvError::Disconnected) => {
+                return false
+            }
+            Ok(_) | Err(crossbeam_channel::TryRecvError::Empty) => {
+                Timer::new(SHUTDOWN_POLL).await;
+            }
+        }
+    }
+}
+
+/// Largest log segment file.
+const SEGMENT_SIZE: u64 = 64 << 20;
+
+/// Writes the sessions' positions every [`crate::shard::durable::CHECKPOINT_INTERVAL`].
+async fn checkpoints(shard: Rc<RefCell<Shard>>) {
+    loop {
+        Timer::new(crate::shard::durable::CHECKPOINT_INTERVAL).await;
+        shard.borrow_mut().checkpoint();
     }
 }
 

@@ -182,6 +182,9 @@ pub struct Conn {
     pub(crate) done: Cell<bool>,
     /// Why the broker closed it, when it did.
     pub(crate) why: Cell<Option<DisconnectReason>>,
+    /// Packets for it waiting for their log records to be durable (the shard's
+    /// `Durable`); while any wait, whatever else is written to it waits behind them.
+    pub(crate) holding: Cell<u32>,
 }
 
 impl Conn {
@@ -209,6 +212,7 @@ impl Conn {
             listed: Cell::new(false),
             done: Cell::new(false),
             why: Cell::new(None),
+            holding: Cell::new(0),
         })
     }
 

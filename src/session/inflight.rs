@@ -23,8 +23,9 @@ pub(crate) enum Stage {
     /// effective QoS) is kept so it can be resent on resume.
     Published(Message),
     /// QoS 2 only: PUBREC received and PUBREL sent; waiting for PUBCOMP. The message is
-    /// no longer needed: the PUBLISH must never be resent once PUBREL was sent.
-    Released,
+    /// no longer needed: the PUBLISH must never be resent once PUBREL was sent. Keeps
+    /// the message's log stamp ([`Message::stamp`]) for the durable log.
+    Released(u64),
 }
 
 #[derive(Debug)]
@@ -93,6 +94,23 @@ impl Inflight {
     /// Live flows in send order, for resending on resume.
     pub(crate) fn iter(&self) -> impl Iterator<Item = (u16, &Stage)> {
         self.get().into_iter().flat_map(Flows::iter)
+    }
+
+    /// Records a QoS 2 flow restored past PUBREC; false if `pkid` is 0 or in use.
+    pub(crate) fn insert_released(&mut self, pkid: u16, stamp: u64) -> bool {
+        let f = self.get_or_init();
+        if pkid == 0 || f.index.contains_key(&pkid) {
+            return false;
+        }
+        let seq = f.next_seq;
+        f.next_seq += 1;
+        f.index.insert(pkid, seq);
+        f.slots.push_back(Slot {
+            seq,
+            pkid,
+            stage: Some(Stage::Released(stamp)),
+        });
+        true
     }
 
     /// Slots held including tombstones (tests check the bound).
@@ -199,7 +217,7 @@ impl Flows {
             return false;
         }
         let c = cost(m);
-        *stage = Stage::Released;
+        *stage = Stage::Released(m.stamp);
         self.bytes -= c;
         true
     }

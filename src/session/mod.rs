@@ -232,7 +232,7 @@ impl Session {
         for (pkid, stage) in self.inflight.iter() {
             out.packets.push(match stage {
                 Stage::Published(msg) => publish_packet(msg, pkid, true),
-                Stage::Released => Packet::PubRel(pkid),
+                Stage::Released(_) => Packet::PubRel(pkid),
             });
         }
         self.flush(out);
@@ -254,6 +254,7 @@ impl Session {
             payload: will.payload,
             qos: will.qos,
             retain: will.retain,
+            stamp: 0,
         })
     }
 
@@ -301,13 +302,13 @@ impl Session {
                     // A repeated PUBREC (our PUBREL may have crossed it) is answered
                     // with PUBREL again [MQTT-4.3.3-1]; so is one for an id no longer
                     // in flight, which completes the client's side of the flow.
-                    Some(Stage::Released) | None => out.packets.push(Packet::PubRel(pkid)),
+                    Some(Stage::Released(_)) | None => out.packets.push(Packet::PubRel(pkid)),
                 }
             }
             Packet::PubComp(pkid) => {
                 nonzero(pkid, "PUBCOMP")?;
                 match self.inflight.get_mut(pkid) {
-                    Some(Stage::Released) => {
+                    Some(Stage::Released(_)) => {
                         self.inflight.remove(pkid);
                         self.flush(out);
                     }
@@ -345,6 +346,7 @@ impl Session {
             payload: p.payload,
             qos: p.qos,
             retain: p.retain,
+            stamp: 0,
         };
         match p.qos {
             QoS::AtMostOnce => {
@@ -391,6 +393,7 @@ impl Session {
             payload: msg.payload.clone(),
             qos,
             retain: msg.retain,
+            stamp: msg.stamp,
         };
         if self.connected && self.writable && self.queue.is_empty() {
             if qos == QoS::AtMostOnce {
@@ -409,6 +412,75 @@ impl Session {
             Ok(()) => Delivery::Queued,
             Err(reason) => Delivery::Dropped(reason),
         }
+    }
+
+    /// The log stamp of the outgoing flow using `pkid` (see [`Message::stamp`]); 0
+    /// when there is none or it is not logged.
+    pub fn inflight_stamp(&mut self, pkid: u16) -> u64 {
+        match self.inflight.get_mut(pkid) {
+            Some(Stage::Published(m)) => m.stamp,
+            Some(Stage::Released(stamp)) => *stamp,
+            None => 0,
+        }
+    }
+
+    /// Calls `f` with every message the session holds for its client: in flight (in
+    /// send order, with its packet id), then queued (with 0), and with
+    /// `released(pkid, stamp)` every QoS 2 flow past PUBREC.
+    pub fn for_each_held(
+        &self,
+        mut f: impl FnMut(&Message, u16),
+        mut released: impl FnMut(u16, u64),
+    ) {
+        for (pkid, stage) in self.inflight.iter() {
+            match stage {
+                Stage::Published(m) => f(m, pkid),
+                Stage::Released(stamp) => released(pkid, *stamp),
+            }
+        }
+        self.queue.for_each(|m| f(m, 0));
+    }
+
+    /// Incoming QoS 2 packet ids awaiting PUBREL.
+    pub fn awaiting_pubrel(&self) -> impl Iterator<Item = u16> + '_ {
+        self.awaiting_pubrel
+            .iter()
+            .flat_map(|ids| ids.iter().copied())
+    }
+
+    /// Puts back what a persistent session held before a restart (offline; its
+    /// subscriptions are recorded by the caller with [`Session::subscribe`]):
+    /// incoming QoS 2 ids awaiting PUBREL, outgoing flows past PUBREC
+    /// `(pkid, stamp)`, flows in flight with their packet ids, in send order, and
+    /// queued messages. The queue's bounds apply; returns how many messages they
+    /// (or a packet id in use twice) turned away.
+    pub fn restore(
+        &mut self,
+        awaiting_pubrel: &[u16],
+        released: &[(u16, u64)],
+        inflight: Vec<(u16, Message)>,
+        queued: Vec<Message>,
+    ) -> usize {
+        if !awaiting_pubrel.is_empty() {
+            self.awaiting_pubrel
+                .get_or_insert_with(Default::default)
+                .extend(awaiting_pubrel.iter().copied().filter(|&p| p != 0));
+        }
+        for &(pkid, stamp) in released {
+            self.inflight.insert_released(pkid, stamp);
+        }
+        let mut dropped = 0;
+        for (pkid, msg) in inflight {
+            if !self.inflight.insert(pkid, msg) {
+                dropped += 1;
+            }
+        }
+        for msg in queued {
+            if self.queue.push(msg, &self.limits).is_err() {
+                dropped += 1;
+            }
+        }
+        dropped
     }
 
     /// Whether a QoS 0 delivery would go out at once, as a plain PUBLISH with the

@@ -72,6 +72,16 @@ impl Queue {
         self.0.as_deref_mut()?.pop()
     }
 
+    /// Calls `f` with every queued QoS 1/2 message, oldest first (QoS 0 messages
+    /// are never kept across a restart).
+    pub(crate) fn for_each(&self, mut f: impl FnMut(&Message)) {
+        if let Some(q) = self.get() {
+            for e in &q.high {
+                f(&e.msg);
+            }
+        }
+    }
+
     /// Drops the queued retained copies (retain flag set) of messages on `topic`.
     pub(crate) fn remove_retained(&mut self, topic: &str) {
         if let Some(f) = self.0.as_deref_mut() {

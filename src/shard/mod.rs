@@ -16,6 +16,7 @@
 //! and written to each subscriber once.
 
 mod droplog;
+pub mod durable;
 pub mod mesh;
 pub mod retained;
 mod rights;
@@ -29,6 +30,7 @@ use crate::protocol::{
     SubAckCode, Subscribe, Unsubscribe,
 };
 use crate::session::{Delivery, DropReason, Limits, Output, Session};
+use crate::store;
 use crate::topic::TopicTrie;
 use ahash::AHashMap;
 use bytestring::ByteString;
@@ -95,6 +97,9 @@ struct SessionEntry {
     /// While no client is connected: when the last one left, in seconds since the
     /// shard started, plus one (0 while connected), for `persistent_client_expiration`.
     offline_since: u32,
+    /// With persistence on: its positions in the streams may have moved since the
+    /// last checkpoint.
+    pos_dirty: bool,
 }
 
 /// Waits of one SUBSCRIBE for other shards to confirm new interest.
@@ -178,6 +183,8 @@ pub struct Shard {
     /// When the shard started (offline sessions' ages count from it).
     started: Instant,
     drop_log: droplog::DropLog,
+    /// The log, with persistence on.
+    durable: Option<Box<durable::Durable>>,
 }
 
 /// Readers parked because an outbox is over its high-water mark.
@@ -246,7 +253,13 @@ impl Shard {
             stopping: false,
             started: Instant::now(),
             drop_log: droplog::DropLog::default(),
+            durable: None,
         }
+    }
+
+    /// Turns persistence on (at start, before any client connects).
+    pub fn set_durable(&mut self, d: durable::Durable) {
+        self.durable = Some(Box::new(d));
     }
 
     /// A fresh connection id, unique on this shard.
@@ -407,8 +420,14 @@ impl Shard {
                 auth: None,
                 listener,
                 offline_since: 0,
+                pos_dirty: false,
             });
             self.by_client.insert(connect.client_id.clone(), key);
+            if !connect.clean_session {
+                self.log_record(&store::records::Record::Session {
+                    client: &connect.client_id,
+                });
+            }
             key
         });
         self.stats.connects += 1;
@@ -443,6 +462,7 @@ impl Shard {
             &mut self.out,
             self.cfg.write_buffer_high_water,
             &mut self.stats,
+            self.durable.as_deref_mut(),
         );
         for will in wills {
             self.publish_will(will);
@@ -522,6 +542,8 @@ impl Shard {
             return;
         }
         self.stats.wills_published += 1;
+        let mut will = will;
+        self.log_publish(None, &mut will);
         self.publish_from_client(will);
     }
 
@@ -530,6 +552,9 @@ impl Shard {
     fn remove_session(&mut self, key: usize) {
         let entry = self.sessions.remove(key);
         self.by_client.remove(entry.session.client_id());
+        if !entry.session.clean_session() {
+            self.log_session_end(entry.session.client_id());
+        }
         for (filter, _) in entry.session.subscriptions() {
             let removed = self.subs.remove(filter, &(key as u32));
             if removed.filter_now_empty {
@@ -580,6 +605,16 @@ impl Shard {
             }
             packet => {
                 let high_water = self.cfg.write_buffer_high_water;
+                // What the log needs to know of the packet once the session has it.
+                let logged = self.durable.is_some().then(|| match &packet {
+                    Packet::Publish(p) => LoggedPacket::Publish(p.pkid),
+                    Packet::PubRel(p) => LoggedPacket::PubRel(*p),
+                    Packet::PubComp(p) => {
+                        LoggedPacket::PubComp(*p, self.sessions[key].session.inflight_stamp(*p))
+                    }
+                    Packet::PubAck(_) | Packet::PubRec(_) => LoggedPacket::Ack,
+                    _ => LoggedPacket::Other,
+                });
                 let entry = &mut self.sessions[key];
                 if let Err(e) = entry.session.handle(packet, now, &mut self.out) {
                     self.stats.protocol_errors += 1;
@@ -588,16 +623,24 @@ impl Shard {
                     self.out.publishes.clear();
                     return Flow::Close { graceful: false };
                 }
-                write_out(entry, &mut self.out, high_water, &mut self.stats);
+                // Published messages are logged before their acknowledgements go.
                 if !self.out.publishes.is_empty() {
                     let mut publishes = std::mem::take(&mut self.out.publishes);
-                    for msg in publishes.drain(..) {
+                    for mut msg in publishes.drain(..) {
                         self.stats.publishes_received_qos[msg.qos as usize] += 1;
                         self.stats.publish_bytes_received += msg.payload.len() as u64;
                         if is_sys_topic(&msg.topic) {
                             // Only the broker publishes there.
                             self.stats.publishes_to_sys += 1;
                         } else if may_write(&self.sessions[key].auth, &msg.topic) {
+                            if let Some(LoggedPacket::Publish(pid)) = logged {
+                                let session = &self.sessions[key].session;
+                                let client = session.client_id().clone();
+                                let publisher = (!session.clean_session()
+                                    && msg.qos == QoS::ExactlyOnce)
+                                    .then_some((&*client, pid));
+                                self.log_publish(publisher, &mut msg);
+                            }
                             self.routing.push(msg);
                         } else {
                             self.stats.publishes_refused += 1;
@@ -605,6 +648,17 @@ impl Shard {
                     }
                     self.out.publishes = publishes;
                 }
+                if let Some(l) = logged {
+                    self.log_packet(key, l);
+                }
+                let entry = &mut self.sessions[key];
+                write_out(
+                    entry,
+                    &mut self.out,
+                    high_water,
+                    &mut self.stats,
+                    self.durable.as_deref_mut(),
+                );
                 Flow::Continue
             }
         }
@@ -652,6 +706,16 @@ impl Shard {
             self.sessions[key]
                 .session
                 .subscribe(f.filter.clone(), f.qos);
+            if self.durable.is_some() && !self.sessions[key].session.clean_session() {
+                let horizons = self.horizons();
+                let client = self.sessions[key].session.client_id().clone();
+                self.log_record(&store::records::Record::Sub {
+                    client: &client,
+                    filter: &f.filter,
+                    qos: f.qos as u8,
+                    horizons,
+                });
+            }
             let inserted = self.subs.insert(&f.filter, key as u32, f.qos);
             if self.shards > 1 {
                 if inserted.filter_was_new {
@@ -700,13 +764,14 @@ impl Shard {
                 retained,
                 out,
                 stats,
+                durable,
                 ..
             } = self;
             let entry = &mut sessions[key];
             entry.held = true;
             entry.session.set_writable(false, out);
             deliver_retained(entry, retained, stats, out, sub, &codes);
-            write_out(entry, out, high_water, stats);
+            write_out(entry, out, high_water, stats, durable.as_deref_mut());
         }
         let wait = (!waits.is_empty()).then(|| {
             let wait = Rc::new(SubscribeWait {
@@ -742,16 +807,21 @@ impl Shard {
             retained,
             out,
             stats,
+            durable,
             ..
         } = self;
         let entry = &mut sessions[key];
-        let Some(conn) = &entry.conn else {
+        let Some(conn) = entry.conn.clone() else {
             return;
         };
-        conn.write_packet(&Packet::SubAck(SubAck {
+        let suback = Packet::SubAck(SubAck {
             pkid: sub.pkid,
             codes: codes.clone(),
-        }));
+        });
+        match durable.as_deref_mut() {
+            Some(d) if d.must_wait() || conn.holding.get() > 0 => d.hold(&conn, suback),
+            _ => conn.write_packet(&suback),
+        }
         if entry.held {
             // The retained messages were queued when the filters went in.
             entry.held = false;
@@ -761,22 +831,26 @@ impl Shard {
         } else {
             deliver_retained(entry, retained, stats, out, sub, &codes);
         }
-        write_out(entry, out, high_water, stats);
+        write_out(entry, out, high_water, stats, durable.as_deref_mut());
     }
 
     fn unsubscribe(&mut self, key: usize, u: Unsubscribe) {
         for filter in &u.filters {
             if self.sessions[key].session.unsubscribe(filter).is_some() {
+                if !self.sessions[key].session.clean_session() {
+                    let client = self.sessions[key].session.client_id().clone();
+                    self.log_record(&store::records::Record::Unsub {
+                        client: &client,
+                        filter,
+                    });
+                }
                 let removed = self.subs.remove(filter, &(key as u32));
                 if removed.filter_now_empty {
                     self.broadcast_interest_remove(filter);
                 }
             }
         }
-        if let Some(conn) = &self.sessions[key].conn {
-            self.stats.packets_sent += 1;
-            conn.write_packet(&Packet::UnsubAck(u.pkid));
-        }
+        self.send_ack(key, Packet::UnsubAck(u.pkid));
     }
 
     /// The connection's writer drained below the low-water mark: let the session
@@ -795,6 +869,7 @@ impl Shard {
             &mut self.out,
             self.cfg.write_buffer_high_water,
             &mut self.stats,
+            self.durable.as_deref_mut(),
         );
     }
 
@@ -913,6 +988,7 @@ impl Shard {
             out,
             stats,
             writes,
+            durable,
             ..
         } = self;
         matched.clear();
@@ -949,7 +1025,7 @@ impl Shard {
                 continue;
             }
             if msg.qos.min(qos) == QoS::AtMostOnce && e.session.sends_qos0_at_once() {
-                if let Some(conn) = &e.conn {
+                if let Some(conn) = e.conn.as_ref().filter(|c| c.holding.get() == 0) {
                     // The run's encodings lie next to each other: one range.
                     let shared = shared.get_or_insert_with(|| {
                         writes.share(|buf| {
@@ -971,14 +1047,15 @@ impl Shard {
                     stats.packets_sent += run.len() as u64;
                     stats.publishes_sent_qos[0] += run.len() as u64;
                     stats.publish_bytes_sent += run_payload;
-                    write_out(e, out, high_water, stats);
+                    write_out(e, out, high_water, stats, durable.as_deref_mut());
                     continue;
                 }
             }
             for m in run {
+                e.pos_dirty |= m.stamp != 0;
                 let d = e.session.deliver(m, qos, out);
                 count_delivery(stats, d, &mut e.session);
-                write_out(e, out, high_water, stats);
+                write_out(e, out, high_water, stats, durable.as_deref_mut());
             }
         }
     }
@@ -1002,6 +1079,7 @@ impl Shard {
             let msg = match msg {
                 MeshMsg::Publish(m) => {
                     self.stats.forwarded_in += 1;
+                    self.saw_stamp(&m);
                     if run.breaks(&m) {
                         self.deliver_run(&mut run);
                     }
@@ -1034,6 +1112,7 @@ impl Shard {
         match msg {
             MeshMsg::Publish(m) => self.deliver_local(std::slice::from_ref(&m)),
             MeshMsg::Retain { msg, version } => {
+                self.saw_stamp(&msg);
                 if self.retained.apply(&msg, version) && !self.pending_interest.is_empty() {
                     self.retained_while_held(src, &msg);
                 }
@@ -1106,7 +1185,13 @@ impl Shard {
             }
             let d = entry.session.deliver(&retained, qos, &mut self.out);
             count_delivery(&mut self.stats, d, &mut entry.session);
-            write_out(entry, &mut self.out, high_water, &mut self.stats);
+            write_out(
+                entry,
+                &mut self.out,
+                high_water,
+                &mut self.stats,
+                self.durable.as_deref_mut(),
+            );
         }
     }
 
@@ -1260,20 +1345,41 @@ fn write_out(
     out: &mut Output,
     high_water: usize,
     stats: &mut ShardStats,
+    mut durable: Option<&mut durable::Durable>,
 ) {
-    match &entry.conn {
+    match entry.conn.clone() {
         Some(conn) => {
             count_sent(stats, &out.packets);
+            if let Some(d) = durable.as_deref_mut() {
+                durable::filter_output(d, entry, &conn, &mut out.packets);
+            }
             conn.write_packets(&mut out.packets);
             if conn.pending() > high_water && !conn.congested() {
                 conn.set_congested(true);
                 entry.session.set_writable(false, out);
                 count_sent(stats, &out.packets);
+                if let Some(d) = durable {
+                    durable::filter_output(d, entry, &conn, &mut out.packets);
+                }
                 conn.write_packets(&mut out.packets);
             }
         }
         None => out.packets.clear(),
     }
+}
+
+/// What the log records of a packet from a client (with persistence on).
+#[derive(Debug, Clone, Copy)]
+enum LoggedPacket {
+    /// A PUBLISH with this packet id.
+    Publish(u16),
+    /// PUBREL for an inbound QoS 2 message.
+    PubRel(u16),
+    /// PUBCOMP for an outbound QoS 2 flow, with the flow's message stamp.
+    PubComp(u16, u64),
+    /// PUBACK or PUBREC: the session's positions may move.
+    Ack,
+    Other,
 }
 
 /// Counts packets about to be written to a client.

@@ -97,6 +97,7 @@ impl Retained {
             payload: bytes::Bytes::copy_from_slice(&msg.payload),
             qos: msg.qos,
             retain: true,
+            stamp: msg.stamp,
         });
         // `$SYS` messages are the broker's: not counted against the limits.
         let counted = !super::is_sys_topic(&msg.topic) as usize;
@@ -150,6 +151,7 @@ mod tests {
             payload: Bytes::from_static(payload.as_bytes()),
             qos: QoS::AtMostOnce,
             retain: true,
+            stamp: 0,
         }
     }
 

@@ -82,15 +82,16 @@
 
 mod file;
 mod frame;
+pub mod generation;
 mod header;
 #[cfg(test)]
 mod memfile;
+pub mod records;
 mod recovery;
+pub mod replay;
 mod segment;
 #[cfg(test)]
 mod test_rng;
-pub mod records;
-pub mod replay;
 
 pub use file::{prime_iopoll_probe, sync_directory, DmaLogFile, LogFile, PROBE_FILE};
 pub use frame::{

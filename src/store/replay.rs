@@ -324,7 +324,9 @@ impl Replay {
                 if h.stamp.record < from_of(h.stamp.origin) {
                     continue;
                 }
-                let Some(m) = streams.get(&h.stamp.origin).and_then(|st| st.get(&h.stamp.record))
+                let Some(m) = streams
+                    .get(&h.stamp.origin)
+                    .and_then(|st| st.get(&h.stamp.record))
                 else {
                     continue;
                 };

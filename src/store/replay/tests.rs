@@ -202,7 +202,13 @@ fn inbound_qos2_state_survives_until_pubrel() {
             }),
         );
     }
-    l.put(0, Record::Rel { client: "p", pid: 1 });
+    l.put(
+        0,
+        Record::Rel {
+            client: "p",
+            pid: 1,
+        },
+    );
     let r = l.replay.finish();
     assert_eq!(r.sessions[0].awaiting_pubrel, vec![2]);
 }
@@ -294,7 +300,10 @@ fn a_snapshot_restates_a_session_and_later_positions_apply_to_what_it_named() {
     let s = &r.sessions[0];
     assert_eq!(s.inflight.len(), 1);
     assert_eq!(s.inflight[0].0, 3);
-    assert_eq!(s.queued.iter().map(|m| m.stamp).collect::<Vec<_>>(), [m2, live]);
+    assert_eq!(
+        s.queued.iter().map(|m| m.stamp).collect::<Vec<_>>(),
+        [m2, live]
+    );
     assert_eq!(s.awaiting_pubrel, vec![4]);
     assert_eq!(s.released, vec![5]);
 }

@@ -1,0 +1,686 @@
+//! A shard's side of persistence (design §11): its log writer, the acknowledgements
+//! that wait for their records to be durable, and the positions its sessions have
+//! reached in every shard's stream.
+//!
+//! The shard appends records as it goes ([`Durable::append`]), synchronously, into
+//! the [`SegmentWriter`]'s buffer; the [`committer`] task takes everything appended
+//! since the last commit as one batch, writes it and fdatasyncs it (glommio DMA file,
+//! io_uring: the shard's other connections run meanwhile), then releases the packets
+//! that waited for it. One commit is in flight at a time; whatever is appended
+//! meanwhile forms the next batch (group commit, invariant 1).
+//!
+//! With `fsync = always`, a packet that tells a client something is durable waits
+//! ([`Durable::hold`]): PUBACK, PUBREC, PUBCOMP, SUBACK, UNSUBACK, and an outbound
+//! QoS 2 PUBLISH or PUBREL whose stage was just logged. Whatever the shard writes to
+//! that connection after a held packet waits behind it, so order is kept.
+
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::task::Waker;
+use std::time::Duration;
+
+use ahash::AHashMap;
+use bytestring::ByteString;
+
+use crate::config::FsyncPolicy;
+use crate::link::Conn;
+use crate::protocol::Packet;
+use crate::store::records::{encode, Record};
+use crate::store::{Commit, SegmentWriter};
+
+/// How often positions are written (a crash re-sends at most this much of what
+/// sessions had acknowledged, for QoS 1).
+pub const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(1);
+
+struct Waiting {
+    need: u64,
+    conn: Rc<Conn>,
+    packet: Packet,
+}
+
+/// See the module docs.
+pub struct Durable {
+    pub(super) writer: SegmentWriter,
+    pub(super) dir: PathBuf,
+    pub(super) policy: FsyncPolicy,
+    pub(super) interval: Duration,
+    /// Every record below this is durable.
+    durable: u64,
+    waiting: VecDeque<Waiting>,
+    /// Per origin shard: the record after the last one received from its stream.
+    pub(super) horizons: Vec<u64>,
+    /// Horizons as of the last checkpoint written.
+    pub(super) checkpointed: Vec<u64>,
+    /// Positions last written per persistent session: `None` caught up.
+    pub(super) positions: AHashMap<ByteString, Option<Box<[(u16, u64)]>>>,
+    scratch: Vec<u8>,
+    committer: Option<Waker>,
+    /// The next commit is fdatasynced whatever the policy (a snapshot, shutdown).
+    force_sync: bool,
+}
+
+impl Durable {
+    pub fn new(
+        writer: SegmentWriter,
+        dir: PathBuf,
+        policy: FsyncPolicy,
+        interval: Duration,
+        shards: usize,
+    ) -> Durable {
+        Durable {
+            durable: writer.next_record(),
+            writer,
+            dir,
+            policy,
+            interval,
+            waiting: VecDeque::new(),
+            horizons: vec![0; shards],
+            checkpointed: vec![0; shards],
+            positions: AHashMap::new(),
+            scratch: Vec::new(),
+            committer: None,
+            force_sync: false,
+        }
+    }
+
+    /// Appends a record; returns its number. A record the log cannot take (over
+    /// the format's size limit, which configuration validation rules out for
+    /// messages) stops the process rather than acknowledge what is not stored.
+    pub fn append(&mut self, record: &Record<'_>) -> u64 {
+        self.scratch.clear();
+        let kind = encode(record, &mut self.scratch);
+        match self.writer.append(kind, &self.scratch) {
+            Ok(n) => {
+                if let Some(w) = self.committer.take() {
+                    w.wake();
+                }
+                n
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot append to the log; stopping");
+                std::process::abort();
+            }
+        }
+    }
+
+    /// Number the next record gets.
+    pub fn next_record(&self) -> u64 {
+        self.writer.next_record()
+    }
+
+    /// Whether a packet acknowledging what was appended so far must wait.
+    pub fn must_wait(&self) -> bool {
+        self.policy == FsyncPolicy::Always && self.durable < self.writer.next_record()
+    }
+
+    /// Holds `packet` for `conn` until every record appended so far is durable.
+    pub fn hold(&mut self, conn: &Rc<Conn>, packet: Packet) {
+        conn.holding.set(conn.holding.get() + 1);
+        self.waiting.push_back(Waiting {
+            need: self.writer.next_record(),
+            conn: conn.clone(),
+            packet,
+        });
+    }
+
+    /// Holds `packets` (all of them once one must wait, or one is already waiting
+    /// for this connection) or leaves them to be written now.
+    pub fn hold_from(&mut self, conn: &Rc<Conn>, packets: &mut Vec<Packet>, first: usize) {
+        if first >= packets.len() {
+            return;
+        }
+        for p in packets.drain(first..) {
+            self.hold(conn, p);
+        }
+    }
+
+    /// The batch to write next, if anything was appended since the last, and
+    /// whether it must be fdatasynced whatever the policy.
+    pub fn take_commit(&mut self) -> Option<(Commit, bool)> {
+        let c = self.writer.commit()?;
+        Some((c, std::mem::take(&mut self.force_sync)))
+    }
+
+    /// Registers the committer's waker, unless there is something to commit.
+    pub fn idle(&mut self, waker: &Waker) -> bool {
+        if self.writer.pending() > 0 {
+            return false;
+        }
+        self.committer = Some(waker.clone());
+        true
+    }
+
+    /// Records below `upto` are durable: writes what waited for them; returns how
+    /// many packets went out.
+    pub fn completed(&mut self, upto: u64) -> u64 {
+        self.durable = self.durable.max(upto);
+        let mut sent = 0;
+        while self.waiting.front().is_some_and(|w| w.need <= self.durable) {
+            let Some(w) = self.waiting.pop_front() else {
+                break;
+            };
+            w.conn.holding.set(w.conn.holding.get().saturating_sub(1));
+            w.conn.write_packet(&w.packet);
+            sent += 1;
+        }
+        sent
+    }
+
+    /// Nothing appended and not yet durable, nothing waiting.
+    pub fn settled(&self) -> bool {
+        self.writer.pending() == 0 && self.durable >= self.writer.next_record()
+    }
+}
+
+/// A shard's log writer task: one batch at a time, written, fdatasynced (per the
+/// policy), then acknowledged. A failed write or fdatasync stops the process: the
+/// log's state on disk is then unknown, and acknowledging anything more would be
+/// a lie; recovery at the next start sets the damaged tail aside.
+pub async fn committer(shard: Rc<std::cell::RefCell<super::Shard>>) {
+    use crate::store::{segment_file_name, sync_directory, DmaLogFile, LogFile};
+    let mut file: Option<DmaLogFile> = None;
+    let (dir, policy, interval) = {
+        let s = shard.borrow();
+        let Some(d) = s.durable.as_deref() else {
+            return;
+        };
+        (d.dir.clone(), d.policy, d.interval)
+    };
+    let fail = |what: &str, e: std::io::Error| -> ! {
+        tracing::error!(dir = %dir.display(), error = %e, "log {what} failed; stopping");
+        std::process::abort();
+    };
+    loop {
+        if policy == FsyncPolicy::Interval {
+            glommio::timer::Timer::new(interval).await;
+        }
+        std::future::poll_fn(|cx| {
+            let mut s = shard.borrow_mut();
+            let idle = s.durable.as_deref_mut().is_some_and(|d| d.idle(cx.waker()));
+            if idle {
+                std::task::Poll::Pending
+            } else {
+                std::task::Poll::Ready(())
+            }
+        })
+        .await;
+        let Some((commit, forced)) = shard
+            .borrow_mut()
+            .durable
+            .as_deref_mut()
+            .and_then(Durable::take_commit)
+        else {
+            continue;
+        };
+        let sync = policy != FsyncPolicy::Never || forced;
+        let mut created = false;
+        for w in &commit.writes {
+            if w.new_segment.is_some() {
+                if let Some(mut old) = file.take() {
+                    if sync {
+                        if let Err(e) = old.sync().await {
+                            fail("fdatasync", e);
+                        }
+                    }
+                    let _ = old.close().await;
+                }
+                let path = dir.join(segment_file_name(w.segment));
+                match DmaLogFile::create(&path).await {
+                    Ok(f) => file = Some(f),
+                    Err(e) => fail("segment creation", e),
+                }
+                created = true;
+            }
+            let Some(f) = file.as_mut() else {
+                fail(
+                    "write",
+                    std::io::Error::other("a write to a segment never created"),
+                );
+            };
+            if let Err(e) = f.write_at(w.offset, &w.bytes).await {
+                fail("write", e);
+            }
+        }
+        if sync {
+            if let Some(f) = file.as_mut() {
+                if let Err(e) = f.sync().await {
+                    fail("fdatasync", e);
+                }
+            }
+            if created {
+                if let Err(e) = sync_directory(&dir).await {
+                    fail("directory sync", e);
+                }
+            }
+        }
+        shard.borrow_mut().log_durable(commit.records.end);
+    }
+}
+
+use super::{SessionEntry, Shard};
+use crate::message::{pack_stamp, Message};
+use crate::protocol::QoS;
+use crate::store::records::{Held, MsgBody, Position, SnapshotBody, Stamp};
+use crate::store::replay::{Restored, RestoredMsg, Stored};
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+fn msg_body<'a>(m: &'a Message, publisher: Option<(&'a str, u16)>, time_ms: u64) -> MsgBody<'a> {
+    MsgBody {
+        time_ms,
+        qos: m.qos as u8,
+        retain: m.retain,
+        publisher,
+        topic: &m.topic,
+        payload: &m.payload,
+    }
+}
+
+/// Before a session's packets are written: logs the outbound QoS 2 stages among
+/// them (a fresh QoS 2 PUBLISH with its packet id, PUBREL once PUBREC came) for a
+/// persistent session, and holds, from the first packet that must wait for the
+/// log on, everything for this connection.
+pub(super) fn filter_output(
+    d: &mut Durable,
+    entry: &mut SessionEntry,
+    conn: &Rc<Conn>,
+    packets: &mut Vec<Packet>,
+) {
+    let persistent = !entry.session.clean_session();
+    let mut first_held = if conn.holding.get() > 0 {
+        0
+    } else {
+        usize::MAX
+    };
+    for (i, p) in packets.iter().enumerate() {
+        let logged = match p {
+            Packet::Publish(p) if persistent && p.qos == QoS::ExactlyOnce && !p.dup => {
+                let stamp = entry.session.inflight_stamp(p.pkid);
+                crate::message::unpack_stamp(stamp).map(|stamp| (stamp, p.pkid, 0))
+            }
+            Packet::PubRel(pkid) if persistent => {
+                let stamp = entry.session.inflight_stamp(*pkid);
+                crate::message::unpack_stamp(stamp).map(|stamp| (stamp, *pkid, 1))
+            }
+            _ => None,
+        };
+        if let Some((stamp, pid, stage)) = logged {
+            d.append(&Record::Out2 {
+                client: entry.session.client_id(),
+                stamp,
+                pid,
+                stage,
+            });
+        }
+        let acknowledges = matches!(
+            p,
+            Packet::PubAck(_)
+                | Packet::PubRec(_)
+                | Packet::PubComp(_)
+                | Packet::SubAck(_)
+                | Packet::UnsubAck(_)
+        );
+        if first_held == usize::MAX && (logged.is_some() || acknowledges) && d.must_wait() {
+            first_held = i;
+        }
+    }
+    d.hold_from(conn, packets, first_held);
+}
+
+impl Shard {
+    /// With persistence on: logs a message one of this shard's clients published
+    /// (QoS 1/2, or retained) and stamps it; for a persistent session's QoS 2
+    /// PUBLISH, with the packet id that awaits PUBREL.
+    pub(super) fn log_publish(&mut self, client: Option<(&str, u16)>, msg: &mut Message) {
+        let Some(d) = self.durable.as_deref_mut() else {
+            return;
+        };
+        if msg.qos == QoS::AtMostOnce && !msg.retain {
+            return;
+        }
+        // Held until acknowledged: copied out of the read buffer once, here.
+        if msg.qos != QoS::AtMostOnce {
+            *msg = msg.compact();
+        }
+        let record = d.append(&Record::Msg(msg_body(msg, client, now_ms())));
+        msg.stamp = pack_stamp(Stamp {
+            origin: self.id as u16,
+            record,
+        });
+    }
+
+    /// Records below `upto` are durable.
+    pub(crate) fn log_durable(&mut self, upto: u64) {
+        if let Some(d) = self.durable.as_deref_mut() {
+            let sent = d.completed(upto);
+            self.stats.packets_sent += sent;
+        }
+    }
+
+    /// Makes the next commit fdatasync whatever the policy, and start at once.
+    pub fn log_flush_now(&mut self) {
+        if let Some(d) = self.durable.as_deref_mut() {
+            d.force_sync = true;
+            if let Some(w) = d.committer.take() {
+                w.wake();
+            }
+        }
+    }
+
+    /// Whether the log has nothing unwritten and nothing waits for it.
+    pub fn log_settled(&self) -> bool {
+        self.durable.as_deref().is_none_or(Durable::settled)
+    }
+
+    /// Writes `packet` to session `key`'s connection, after what is logged so far
+    /// is durable if it acknowledges something.
+    pub(super) fn send_ack(&mut self, key: usize, packet: Packet) {
+        let Some(conn) = self.sessions[key].conn.clone() else {
+            return;
+        };
+        self.stats.packets_sent += 1;
+        match self.durable.as_deref_mut() {
+            Some(d) if d.must_wait() || conn.holding.get() > 0 => d.hold(&conn, packet),
+            _ => conn.write_packet(&packet),
+        }
+    }
+
+    pub(super) fn log_record(&mut self, record: &Record<'_>) {
+        if let Some(d) = self.durable.as_deref_mut() {
+            d.append(record);
+        }
+    }
+
+    /// A persistent session ended: forget its positions too.
+    pub(super) fn log_session_end(&mut self, client: &str) {
+        if let Some(d) = self.durable.as_deref_mut() {
+            d.append(&Record::End { client });
+            d.positions.remove(client);
+        }
+    }
+
+    /// Where this shard stands in every stream: its own, up to what it appended
+    /// (all of it routed: readers route before they yield), the others up to what
+    /// arrived from them.
+    pub(super) fn horizons(&self) -> Vec<(u16, u64)> {
+        let Some(d) = self.durable.as_deref() else {
+            return Vec::new();
+        };
+        let own = self
+            .routing
+            .iter()
+            .filter_map(Message::stamp)
+            .map(|s| s.record)
+            .min()
+            .unwrap_or(d.next_record());
+        (0..self.shards)
+            .map(|o| {
+                let h = if o == self.id { own } else { d.horizons[o] };
+                (o as u16, h)
+            })
+            .collect()
+    }
+
+    /// A stamped message arrived from shard `src`'s stream.
+    pub(super) fn saw_stamp(&mut self, msg: &Message) {
+        if let (Some(d), Some(s)) = (self.durable.as_deref_mut(), msg.stamp()) {
+            if let Some(h) = d.horizons.get_mut(usize::from(s.origin)) {
+                *h = (*h).max(s.record + 1);
+            }
+        }
+    }
+
+    /// Writes the positions of the sessions that moved since the last checkpoint
+    /// (and the horizons, which caught-up sessions follow).
+    pub fn checkpoint(&mut self) {
+        if self.durable.is_none() {
+            return;
+        }
+        let horizons = self.horizons();
+        let mut changed: Vec<(ByteString, Option<Box<[(u16, u64)]>>)> = Vec::new();
+        let Some(d) = self.durable.as_deref_mut() else {
+            return;
+        };
+        let mut mins: Vec<u64> = vec![u64::MAX; self.shards];
+        for (_, e) in self.sessions.iter_mut() {
+            if !std::mem::take(&mut e.pos_dirty) || e.session.clean_session() {
+                continue;
+            }
+            mins.iter_mut().for_each(|m| *m = u64::MAX);
+            e.session.for_each_held(
+                |m, _| {
+                    if let (false, Some(s)) = (m.retain, m.stamp()) {
+                        if let Some(x) = mins.get_mut(usize::from(s.origin)) {
+                            *x = (*x).min(s.record);
+                        }
+                    }
+                },
+                |_, _| {},
+            );
+            let lag: Vec<(u16, u64)> = mins
+                .iter()
+                .enumerate()
+                .filter(|(_, &m)| m != u64::MAX)
+                .map(|(o, &m)| (o as u16, m))
+                .collect();
+            let now = (!lag.is_empty()).then(|| lag.into_boxed_slice());
+            let client = e.session.client_id();
+            if d.positions.get(client) != Some(&now) {
+                d.positions.insert(client.clone(), now.clone());
+                changed.push((client.clone(), now));
+            }
+        }
+        let moved = horizons
+            .iter()
+            .map(|&(_, h)| h)
+            .ne(d.checkpointed.iter().copied());
+        if changed.is_empty() && !(moved && !d.positions.is_empty()) {
+            return;
+        }
+        d.checkpointed = horizons.iter().map(|&(_, h)| h).collect();
+        let sessions = changed
+            .iter()
+            .map(|(c, p)| Position {
+                client: c,
+                lagging: p.as_ref().map(|b| b.to_vec()),
+            })
+            .collect();
+        d.append(&Record::Checkpoint { horizons, sessions });
+    }
+
+    /// One session, whole, for a snapshot: its messages named by their stamps.
+    fn session_snapshot<'a>(e: &'a SessionEntry, horizons: &[(u16, u64)]) -> SnapshotBody<'a> {
+        let mut held = Vec::new();
+        let mut released = Vec::new();
+        e.session.for_each_held(
+            |m, pid| {
+                if let Some(stamp) = m.stamp() {
+                    held.push(Held {
+                        stamp,
+                        qos: m.qos as u8,
+                        pid,
+                        retain: m.retain,
+                    });
+                }
+            },
+            |pid, _| released.push(pid),
+        );
+        SnapshotBody {
+            client: e.session.client_id(),
+            horizons: horizons.to_vec(),
+            subs: e
+                .session
+                .subscriptions()
+                .map(|(f, q)| (&**f, q as u8))
+                .collect(),
+            awaiting_pubrel: e.session.awaiting_pubrel().collect(),
+            released,
+            held,
+        }
+    }
+
+    /// At shutdown: every persistent session restated whole (with the packet ids
+    /// of its QoS 1 flows in flight), so the next start resumes exactly.
+    pub fn snapshot_sessions(&mut self) {
+        if self.durable.is_none() {
+            return;
+        }
+        let horizons = self.horizons();
+        let Shard {
+            sessions, durable, ..
+        } = self;
+        let Some(d) = durable.as_deref_mut() else {
+            return;
+        };
+        for (_, e) in sessions.iter() {
+            if !e.session.clean_session() {
+                d.append(&Record::Snapshot(Self::session_snapshot(e, &horizons)));
+            }
+        }
+    }
+
+    /// At start, with persistence on: takes the sessions homed here and the
+    /// retained messages from what recovery restored, records every other shard's
+    /// restored subscriptions in the interest replica, and writes the snapshot
+    /// that starts this shard's log in the new generation (shard 0 writes the
+    /// retained messages first, so every shard knows their stamps: 0..R of shard
+    /// 0's log). Returns the messages the queue bounds turned away.
+    pub fn restore(&mut self, restored: &Restored, now: std::time::Instant) -> usize {
+        let Some(d) = self.durable.as_deref_mut() else {
+            return 0;
+        };
+        let id = self.id;
+        // Retained messages, in every replica.
+        for (i, (_, m)) in restored.retained.iter().enumerate() {
+            let stamp = Stamp {
+                origin: 0,
+                record: i as u64,
+            };
+            let msg = Message {
+                topic: m.topic.clone(),
+                payload: m.payload.clone(),
+                qos: m.qos,
+                retain: true,
+                stamp: pack_stamp(stamp),
+            };
+            if id == 0 {
+                let r = d.append(&Record::SnapMsg(msg_body(&msg, None, m.time_ms)));
+                debug_assert_eq!(r, i as u64);
+            }
+            self.retained.apply(&msg, (0, 0));
+        }
+        // Sessions: their message bodies once per shard, then the sessions.
+        let mut copies: AHashMap<Stamp, u64> = AHashMap::new();
+        let mut dropped = 0;
+        for r in &restored.sessions {
+            let home = super::home_shard(&r.client_id, self.shards);
+            if home != id {
+                for (f, _) in &r.subs {
+                    self.interest.insert(f, home as u16, ());
+                }
+                continue;
+            }
+            let Some(d) = self.durable.as_deref_mut() else {
+                return dropped;
+            };
+            let mut message = |m: &RestoredMsg| -> Message {
+                let record = *copies.entry(m.stamp).or_insert_with(|| {
+                    let body = Stored {
+                        retain: false,
+                        ..m.msg.clone()
+                    };
+                    d.append(&Record::SnapMsg(MsgBody {
+                        time_ms: body.time_ms,
+                        qos: body.qos as u8,
+                        retain: false,
+                        publisher: None,
+                        topic: &body.topic,
+                        payload: &body.payload,
+                    }))
+                });
+                Message {
+                    topic: m.msg.topic.clone(),
+                    payload: m.msg.payload.clone(),
+                    qos: m.qos,
+                    retain: m.retain,
+                    stamp: pack_stamp(Stamp {
+                        origin: id as u16,
+                        record,
+                    }),
+                }
+            };
+            let inflight: Vec<(u16, Message)> =
+                r.inflight.iter().map(|(p, m)| (*p, message(m))).collect();
+            let queued: Vec<Message> = r.queued.iter().map(&mut message).collect();
+            let client = ByteString::from(r.client_id.as_str());
+            let mut session =
+                crate::session::Session::new(client.clone(), false, self.limits.clone());
+            for (f, q) in &r.subs {
+                session.subscribe(ByteString::from(f.as_str()), *q);
+            }
+            let released: Vec<(u16, u64)> = r.released.iter().map(|&p| (p, 0)).collect();
+            dropped += session.restore(&r.awaiting_pubrel, &released, inflight, queued);
+            let key = self.sessions.insert(SessionEntry {
+                session,
+                conn: None,
+                match_seq: 0,
+                match_slot: 0,
+                held: false,
+                auth: None,
+                listener: 0,
+                offline_since: self.secs_since_start(now) + 1,
+                pos_dirty: true,
+            });
+            for (f, q) in &r.subs {
+                self.subs.insert(f, key as u32, *q);
+            }
+            self.by_client.insert(client, key);
+        }
+        let horizons: Vec<(u16, u64)> = (0..self.shards).map(|o| (o as u16, 0)).collect();
+        let Shard {
+            sessions, durable, ..
+        } = self;
+        if let Some(d) = durable.as_deref_mut() {
+            for (_, e) in sessions.iter() {
+                d.append(&Record::Snapshot(Self::session_snapshot(e, &horizons)));
+            }
+        }
+        dropped
+    }
+}
+
+impl Shard {
+    /// Logs what a packet from session `key`'s client changed of its durable state.
+    pub(super) fn log_packet(&mut self, key: usize, packet: super::LoggedPacket) {
+        use super::LoggedPacket as L;
+        let e = &mut self.sessions[key];
+        if e.session.clean_session() {
+            return;
+        }
+        let client = e.session.client_id().clone();
+        match packet {
+            L::PubRel(pid) => self.log_record(&Record::Rel {
+                client: &client,
+                pid,
+            }),
+            L::PubComp(pid, stamp) => {
+                e.pos_dirty = true;
+                if let Some(stamp) = crate::message::unpack_stamp(stamp) {
+                    self.log_record(&Record::Out2 {
+                        client: &client,
+                        stamp,
+                        pid,
+                        stage: 2,
+                    });
+                }
+            }
+            L::Ack => e.pos_dirty = true,
+            L::Publish(_) | L::Other => {}
+        }
+    }
+}
