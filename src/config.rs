@@ -237,6 +237,10 @@ pub struct Config {
     pub fsync: FsyncPolicy,
     /// Milliseconds between fdatasyncs with `fsync = "interval"`.
     pub fsync_interval_ms: u64,
+    /// The log is compacted (rewritten as a snapshot of the live state, clients
+    /// paused meanwhile) once it holds more than this many bytes and more than
+    /// twice the live state it started from.
+    pub log_compaction_bytes: u64,
 }
 
 /// When the log is made durable (`fsync`).
@@ -325,6 +329,7 @@ impl Default for Config {
             data_dir: None,
             fsync: FsyncPolicy::Always,
             fsync_interval_ms: 100,
+            log_compaction_bytes: 256 * 1024 * 1024,
         }
     }
 }

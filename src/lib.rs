@@ -261,6 +261,84 @@ pub struct Broker {
     metrics: Option<metrics::Running>,
     /// The data directory, locked while the broker runs (persistence on).
     data: Option<store::generation::DataDir>,
+    /// The thread that has the log compacted (and holds the data directory while
+    /// the broker serves).
+    compactor: Option<Compactor>,
+}
+
+struct Compactor {
+    stop: crossbeam_channel::Sender<()>,
+    handle: std::thread::JoinHandle<store::generation::DataDir>,
+}
+
+/// How often the compactor looks at the log's size.
+const COMPACTION_CHECK: Duration = Duration::from_secs(2);
+
+/// Has every shard's log compacted when it outgrows `log_compaction_bytes` and
+/// twice its live state; returns the data directory when told to stop.
+fn compactor(
+    mut dir: store::generation::DataDir,
+    controls: Vec<crossbeam_channel::Sender<Control>>,
+    threshold: u64,
+    stop: crossbeam_channel::Receiver<()>,
+) -> store::generation::DataDir {
+    let n = controls.len();
+    loop {
+        match stop.recv_timeout(COMPACTION_CHECK) {
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
+            _ => return dir,
+        }
+        let (tx, rx) = crossbeam_channel::bounded(n);
+        for c in &controls {
+            let _ = c.send(Control::Stats(tx.clone()));
+        }
+        let (mut size, mut live) = (0u64, 0u64);
+        for _ in 0..n {
+            match rx.recv_timeout(Duration::from_secs(5)) {
+                Ok(s) => {
+                    size += s.log_bytes;
+                    live += s.log_snapshot_bytes;
+                }
+                Err(_) => return dir,
+            }
+        }
+        if size < threshold || size < live.saturating_mul(2) {
+            continue;
+        }
+        let t0 = std::time::Instant::now();
+        let next = match dir.prepare_next(n) {
+            Ok(g) => g,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot prepare the log's compaction");
+                continue;
+            }
+        };
+        let gen_dir = store::generation::generation_dir(dir.path(), next);
+        let (done_tx, done_rx) = crossbeam_channel::unbounded();
+        for c in &controls {
+            let _ = c.send(Control::Compact(gen_dir.clone(), done_tx.clone()));
+        }
+        for _ in 0..n {
+            if done_rx.recv_timeout(Duration::from_secs(300)).is_err() {
+                // Shards now log into a generation that is not current.
+                tracing::error!("a shard did not finish the log's compaction; stopping");
+                std::process::abort();
+            }
+        }
+        if let Err(e) = dir.switch(next, false) {
+            tracing::error!(error = %e, "cannot make the compacted log current; stopping");
+            std::process::abort();
+        }
+        for c in &controls {
+            let _ = c.send(Control::Resume);
+        }
+        tracing::info!(
+            generation = next,
+            bytes_before = size,
+            ms = t0.elapsed().as_millis() as u64,
+            "log compacted"
+        );
+    }
 }
 
 /// What [`Broker::reconfigure`] did: the keys it applied and the keys whose new
@@ -280,6 +358,7 @@ const RESTART_KEYS: &[&str] = &[
     "data_dir",
     "fsync",
     "fsync_interval_ms",
+    "log_compaction_bytes",
 ];
 
 impl Broker {
@@ -327,6 +406,7 @@ impl Broker {
             custom_auth,
             metrics: None,
             data: None,
+            compactor: None,
         };
         // Persistence: read the current generation, prepare the next one; every
         // shard writes its part of the state there before anyone is served.
@@ -452,6 +532,19 @@ impl Broker {
                 let _ = c.send(Control::Serve);
             }
         }
+        if let Some(dir) = broker.data.take() {
+            let (stop, stop_rx) = crossbeam_channel::bounded(1);
+            let controls = broker.controls.clone();
+            let threshold = shared.config.log_compaction_bytes;
+            let handle = std::thread::Builder::new()
+                .name("shardmq-compactor".into())
+                .spawn(move || compactor(dir, controls, threshold, stop_rx))
+                .map_err(|e| StartError::Shard {
+                    shard: 0,
+                    why: format!("cannot start the compactor thread: {e}"),
+                })?;
+            broker.compactor = Some(Compactor { stop, handle });
+        }
         match metrics::start(
             broker.controls.clone(),
             broker.config.clone(),
@@ -567,6 +660,7 @@ impl Broker {
         new.data_dir = old.data_dir.clone();
         new.fsync = old.fsync;
         new.fsync_interval_ms = old.fsync_interval_ms;
+        new.log_compaction_bytes = old.log_compaction_bytes;
         if moved {
             new.listeners = old.listeners.clone();
             new.listener = old.listener.clone();
@@ -618,12 +712,21 @@ impl Broker {
         if let Some(m) = self.metrics.take() {
             m.stop();
         }
+        // A compaction in progress finishes first; the data directory stays
+        // locked until every shard has stopped.
+        if let Some(c) = self.compactor.take() {
+            let _ = c.stop.send(());
+            if let Ok(dir) = c.handle.join() {
+                self.data = Some(dir);
+            }
+        }
         for c in self.controls.drain(..) {
             let _ = c.send(Control::Shutdown);
         }
         for h in self.handles.drain(..) {
             let _ = h.join();
         }
+        self.data = None;
     }
 }
 

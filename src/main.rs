@@ -144,6 +144,10 @@ struct Args {
     /// Milliseconds between fdatasyncs with --fsync interval [fsync_interval_ms].
     #[arg(long, value_name = "MS")]
     fsync_interval_ms: Option<u64>,
+    /// Compact the log once it holds more than this and twice its live state
+    /// [log_compaction_bytes].
+    #[arg(long, value_name = "BYTES")]
+    log_compaction_bytes: Option<u64>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -204,6 +208,7 @@ impl Args {
             data_dir: self.data_dir.clone(),
             fsync: self.fsync,
             fsync_interval_ms: self.fsync_interval_ms,
+            log_compaction_bytes: self.log_compaction_bytes,
         }
     }
 
@@ -268,7 +273,8 @@ impl Args {
             sys_interval,
             log_format,
             fsync,
-            fsync_interval_ms
+            fsync_interval_ms,
+            log_compaction_bytes
         );
         if let Some(d) = self.data_dir {
             c.data_dir = Some(d);

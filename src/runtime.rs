@@ -27,6 +27,12 @@ pub enum Control {
     Go,
     /// Persistence on: every shard's snapshot is durable and current; serve.
     Serve,
+    /// Compact the log into the generation whose shard directories are under this
+    /// directory: pause reading clients, wait for every shard's barrier, write the
+    /// snapshot there, say so on the sender, and wait for `Resume`.
+    Compact(std::path::PathBuf, crossbeam_channel::Sender<()>),
+    /// The compacted generation is current: read clients again.
+    Resume,
     /// Reply with a stats snapshot.
     Stats(crossbeam_channel::Sender<ShardStats>),
     /// Close every connection and stop.
@@ -159,11 +165,18 @@ pub async fn run(init: ShardInit) {
         .detach();
     }
     tracing::debug!(shard = id, "shard running");
+    let mut deferred = std::collections::VecDeque::new();
     loop {
         Timer::new(CONTROL_POLL).await;
-        while let Ok(c) = init.control.try_recv() {
+        while let Some(c) = deferred
+            .pop_front()
+            .or_else(|| init.control.try_recv().ok())
+        {
             match c {
-                Control::Go | Control::Serve => {}
+                Control::Go | Control::Serve | Control::Resume => {}
+                Control::Compact(gen_dir, done) => {
+                    compact(&shard, gen_dir, done, &init.control, &mut deferred).await;
+                }
                 Control::Stats(reply) => {
                     let _ = reply.send(shard.borrow().snapshot());
                 }
@@ -300,6 +313,59 @@ async fn start_log(
             }
         }
     }
+}
+
+/// Log compaction on this shard (see [`Control::Compact`]); control messages that
+/// come meanwhile, other than stats, wait in `deferred`.
+async fn compact(
+    shard: &Rc<RefCell<Shard>>,
+    gen_dir: std::path::PathBuf,
+    done: crossbeam_channel::Sender<()>,
+    control: &crossbeam_channel::Receiver<Control>,
+    deferred: &mut std::collections::VecDeque<Control>,
+) {
+    let others = {
+        let mut s = shard.borrow_mut();
+        s.paused = true;
+        s.send_barriers();
+        s.shards - 1
+    };
+    // Readers stop before their next read; once every other shard's barrier has
+    // come, nothing sent before it is still on the way.
+    while shard.borrow().barriers < others {
+        Timer::new(SHUTDOWN_POLL).await;
+    }
+    shard.borrow_mut().barriers -= others;
+    while !shard.borrow().log_settled() {
+        Timer::new(SHUTDOWN_POLL).await;
+    }
+    let id = shard.borrow().id;
+    let dir = gen_dir.join(format!("shard-{id}"));
+    if let Err(e) = crate::store::prime_iopoll_probe(&dir).await {
+        tracing::error!(dir = %dir.display(), error = %e, "cannot open the compacted log; stopping");
+        std::process::abort();
+    }
+    shard.borrow_mut().compact_into(dir);
+    shard.borrow_mut().log_flush_now();
+    while !shard.borrow().log_settled() {
+        Timer::new(SHUTDOWN_POLL).await;
+    }
+    let _ = done.send(());
+    loop {
+        match control.try_recv() {
+            Ok(Control::Resume) | Err(crossbeam_channel::TryRecvError::Disconnected) => break,
+            Ok(Control::Stats(reply)) => {
+                let _ = reply.send(shard.borrow().snapshot());
+            }
+            Ok(other) => deferred.push_back(other),
+            Err(crossbeam_channel::TryRecvError::Empty) => {
+                Timer::new(SHUTDOWN_POLL).await;
+            }
+        }
+    }
+    let mut s = shard.borrow_mut();
+    s.paused = false;
+    s.backpressure().release();
 }
 
 /// Largest log segment file.

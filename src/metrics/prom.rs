@@ -343,6 +343,34 @@ impl Collector for Scrape {
         single(
             e,
             Counter,
+            "shardmq_log_bytes_written",
+            "Bytes written to the persistence log (records and block padding).",
+            t.log_bytes_written as f64,
+        )?;
+        single(
+            e,
+            Counter,
+            "shardmq_log_commits",
+            "Log commits: one write and one fdatasync each, for every record of a batch.",
+            t.log_commits as f64,
+        )?;
+        single(
+            e,
+            Counter,
+            "shardmq_log_compactions",
+            "Times the log was rewritten as snapshots of the live state (every shard counts each).",
+            t.log_compactions as f64,
+        )?;
+        single(
+            e,
+            Gauge,
+            "shardmq_log_size_bytes",
+            "Bytes in the current generation of the persistence log, all shards.",
+            t.log_bytes as f64,
+        )?;
+        single(
+            e,
+            Counter,
             "shardmq_accepts_paced",
             "Times an accept waited for max_connect_rate (connections wait in the accept queue meanwhile).",
             t.accepts_paced as f64,

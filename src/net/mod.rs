@@ -799,7 +799,7 @@ async fn wait_until_readable(shard: &Rc<RefCell<Shard>>, conn: &Conn) -> bool {
             return Poll::Pending;
         }
         let s = shard.borrow();
-        if s.outbox_congested() {
+        if s.outbox_congested() || s.paused {
             s.backpressure().park(cx.waker());
             conn.reader.set(Some(cx.waker().clone()));
             return Poll::Pending;

@@ -96,6 +96,20 @@ impl Inflight {
         self.get().into_iter().flat_map(Flows::iter)
     }
 
+    /// Changes the log stamp of every flow (`f` maps old to new; see
+    /// [`Message::stamp`]).
+    pub(crate) fn restamp(&mut self, f: &mut dyn FnMut(&Message) -> u64) {
+        if let Some(flows) = self.0.as_deref_mut() {
+            for slot in flows.slots.iter_mut() {
+                match &mut slot.stage {
+                    Some(Stage::Published(m)) => m.stamp = f(m),
+                    Some(Stage::Released(stamp)) => *stamp = 0,
+                    None => {}
+                }
+            }
+        }
+    }
+
     /// Records a QoS 2 flow restored past PUBREC; false if `pkid` is 0 or in use.
     pub(crate) fn insert_released(&mut self, pkid: u16, stamp: u64) -> bool {
         let f = self.get_or_init();

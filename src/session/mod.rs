@@ -441,6 +441,13 @@ impl Session {
         self.queue.for_each(|m| f(m, 0));
     }
 
+    /// Gives every message held a new log stamp (`f` maps the message to it), when
+    /// the log is compacted into a new generation. Flows past PUBREC lose theirs.
+    pub fn restamp(&mut self, mut f: impl FnMut(&Message) -> u64) {
+        self.inflight.restamp(&mut f);
+        self.queue.restamp(&mut f);
+    }
+
     /// Incoming QoS 2 packet ids awaiting PUBREL.
     pub fn awaiting_pubrel(&self) -> impl Iterator<Item = u16> + '_ {
         self.awaiting_pubrel

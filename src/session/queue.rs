@@ -82,6 +82,15 @@ impl Queue {
         }
     }
 
+    /// Changes the log stamp of every queued QoS 1/2 message.
+    pub(crate) fn restamp(&mut self, f: &mut dyn FnMut(&Message) -> u64) {
+        if let Some(q) = self.0.as_deref_mut() {
+            for e in q.high.iter_mut() {
+                e.msg.stamp = f(&e.msg);
+            }
+        }
+    }
+
     /// Drops the queued retained copies (retain flag set) of messages on `topic`.
     pub(crate) fn remove_retained(&mut self, topic: &str) {
         if let Some(f) = self.0.as_deref_mut() {

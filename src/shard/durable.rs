@@ -58,6 +58,12 @@ pub struct Durable {
     committer: Option<Waker>,
     /// The next commit is fdatasynced whatever the policy (a snapshot, shutdown).
     force_sync: bool,
+    /// Bytes appended (frames) in this generation, and as of the end of the
+    /// snapshot it started with.
+    appended: u64,
+    pub(super) snapshot_bytes: u64,
+    /// Bytes written (frames and padding) in this generation.
+    written: u64,
 }
 
 impl Durable {
@@ -81,6 +87,9 @@ impl Durable {
             scratch: Vec::new(),
             committer: None,
             force_sync: false,
+            appended: 0,
+            snapshot_bytes: 0,
+            written: 0,
         }
     }
 
@@ -92,6 +101,7 @@ impl Durable {
         let kind = encode(record, &mut self.scratch);
         match self.writer.append(kind, &self.scratch) {
             Ok(n) => {
+                self.appended += (crate::store::FRAME_HEADER + self.scratch.len()) as u64;
                 if let Some(w) = self.committer.take() {
                     w.wake();
                 }
@@ -102,6 +112,10 @@ impl Durable {
                 std::process::abort();
             }
         }
+    }
+
+    fn writer_segment_size(&self) -> u64 {
+        self.writer.segment_size()
     }
 
     /// Number the next record gets.
@@ -137,9 +151,9 @@ impl Durable {
 
     /// The batch to write next, if anything was appended since the last, and
     /// whether it must be fdatasynced whatever the policy.
-    pub fn take_commit(&mut self) -> Option<(Commit, bool)> {
+    pub fn take_commit(&mut self) -> Option<(Commit, bool, PathBuf)> {
         let c = self.writer.commit()?;
-        Some((c, std::mem::take(&mut self.force_sync)))
+        Some((c, std::mem::take(&mut self.force_sync), self.dir.clone()))
     }
 
     /// Registers the committer's waker, unless there is something to commit.
@@ -180,15 +194,15 @@ impl Durable {
 pub async fn committer(shard: Rc<std::cell::RefCell<super::Shard>>) {
     use crate::store::{segment_file_name, sync_directory, DmaLogFile, LogFile};
     let mut file: Option<DmaLogFile> = None;
-    let (dir, policy, interval) = {
+    let (policy, interval) = {
         let s = shard.borrow();
         let Some(d) = s.durable.as_deref() else {
             return;
         };
-        (d.dir.clone(), d.policy, d.interval)
+        (d.policy, d.interval)
     };
     let fail = |what: &str, e: std::io::Error| -> ! {
-        tracing::error!(dir = %dir.display(), error = %e, "log {what} failed; stopping");
+        tracing::error!(error = %e, "log {what} failed; stopping");
         std::process::abort();
     };
     loop {
@@ -205,7 +219,7 @@ pub async fn committer(shard: Rc<std::cell::RefCell<super::Shard>>) {
             }
         })
         .await;
-        let Some((commit, forced)) = shard
+        let Some((commit, forced, dir)) = shard
             .borrow_mut()
             .durable
             .as_deref_mut()
@@ -254,7 +268,8 @@ pub async fn committer(shard: Rc<std::cell::RefCell<super::Shard>>) {
                 }
             }
         }
-        shard.borrow_mut().log_durable(commit.records.end);
+        let bytes = commit.writes.iter().map(|w| w.bytes.len() as u64).sum();
+        shard.borrow_mut().log_durable(commit.records.end, bytes);
     }
 }
 
@@ -355,11 +370,21 @@ impl Shard {
     }
 
     /// Records below `upto` are durable.
-    pub(crate) fn log_durable(&mut self, upto: u64) {
+    pub(crate) fn log_durable(&mut self, upto: u64, bytes: u64) {
         if let Some(d) = self.durable.as_deref_mut() {
+            d.written += bytes;
             let sent = d.completed(upto);
             self.stats.packets_sent += sent;
+            self.stats.log_bytes_written += bytes;
+            self.stats.log_commits += 1;
         }
+    }
+
+    /// The log's size now and at the start of its generation, for stats.
+    pub(super) fn log_sizes(&self) -> (u64, u64) {
+        self.durable
+            .as_deref()
+            .map_or((0, 0), |d| (d.written, d.snapshot_bytes))
     }
 
     /// Makes the next commit fdatasync whatever the policy, and start at once.
@@ -649,8 +674,78 @@ impl Shard {
             for (_, e) in sessions.iter() {
                 d.append(&Record::Snapshot(Self::session_snapshot(e, &horizons)));
             }
+            d.snapshot_bytes = d.appended;
         }
         dropped
+    }
+
+    /// Compaction, with every shard quiescent (no client read, the mesh drained)
+    /// and this shard's log settled: starts the log of generation `dir`'s with a
+    /// snapshot of the live state, the messages held by its persistent sessions
+    /// copied once and restamped, and (shard 0) the retained messages, numbered in
+    /// topic order so every shard restamps its replica alike. The old generation
+    /// is dropped once every shard's snapshot is durable and current.
+    pub fn compact_into(&mut self, dir: PathBuf) {
+        let Some(mut old) = self.durable.take() else {
+            return;
+        };
+        let writer = SegmentWriter::new(
+            crate::store::WriterConfig {
+                shard: self.id as u16,
+                segment_size: old.writer_segment_size(),
+            },
+            crate::store::Resume::Create {
+                segment: 0,
+                next_record: 0,
+            },
+        );
+        let mut d = Durable::new(writer, dir, old.policy, old.interval, self.shards);
+        let id = self.id as u16;
+        let retained = self.retained.restamp(|i| {
+            pack_stamp(Stamp {
+                origin: 0,
+                record: i,
+            })
+        });
+        if id == 0 {
+            for m in &retained {
+                d.append(&Record::SnapMsg(msg_body(m, None, 0)));
+            }
+        }
+        let mut copies: AHashMap<u64, u64> = AHashMap::new();
+        for (_, e) in self.sessions.iter_mut() {
+            e.pos_dirty = true;
+            if e.session.clean_session() {
+                e.session.restamp(|_| 0);
+                continue;
+            }
+            e.session.restamp(|m| {
+                if m.stamp == 0 {
+                    return 0;
+                }
+                let record = *copies.entry(m.stamp).or_insert_with(|| {
+                    d.append(&Record::SnapMsg(MsgBody {
+                        retain: false,
+                        ..msg_body(m, None, 0)
+                    }))
+                });
+                pack_stamp(Stamp { origin: id, record })
+            });
+        }
+        let horizons: Vec<(u16, u64)> = (0..self.shards).map(|o| (o as u16, 0)).collect();
+        for (_, e) in self.sessions.iter() {
+            if !e.session.clean_session() {
+                d.append(&Record::Snapshot(Self::session_snapshot(e, &horizons)));
+            }
+        }
+        d.snapshot_bytes = d.appended;
+        d.force_sync = true;
+        // The committer waits on the old writer's waker.
+        if let Some(w) = old.committer.take() {
+            w.wake();
+        }
+        self.stats.log_compactions += 1;
+        self.durable = Some(Box::new(d));
     }
 }
 

@@ -44,6 +44,9 @@ pub enum MeshMsg {
     /// A connection whose CONNECT arrived on the sender but whose client id lives on
     /// the receiver.
     Handoff(Box<Handoff>),
+    /// Log compaction: the sender reads no client and everything it sent before
+    /// this has arrived.
+    Barrier,
 }
 
 /// A socket moving to its home shard with everything read from it so far.

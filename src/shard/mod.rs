@@ -185,6 +185,10 @@ pub struct Shard {
     drop_log: droplog::DropLog,
     /// The log, with persistence on.
     durable: Option<Box<durable::Durable>>,
+    /// Log compaction in progress: readers read nothing from clients.
+    pub paused: bool,
+    /// Compaction barriers received from other shards.
+    pub barriers: usize,
 }
 
 /// Readers parked because an outbox is over its high-water mark.
@@ -254,6 +258,8 @@ impl Shard {
             started: Instant::now(),
             drop_log: droplog::DropLog::default(),
             durable: None,
+            paused: false,
+            barriers: 0,
         }
     }
 
@@ -266,6 +272,15 @@ impl Shard {
     pub fn next_conn_id(&mut self) -> u64 {
         self.next_conn_id += 1;
         self.next_conn_id
+    }
+
+    /// Sends a compaction barrier to every other shard (behind all it sent).
+    pub fn send_barriers(&self) {
+        for (dest, outbox) in self.outboxes.iter().enumerate() {
+            if dest != self.id {
+                outbox.push(MeshMsg::Barrier);
+            }
+        }
     }
 
     /// True when some outbox holds so many publishes that readers should pause.
@@ -1131,6 +1146,7 @@ impl Shard {
                 self.stats.handoffs_in += 1;
                 handoffs.push(*h);
             }
+            MeshMsg::Barrier => self.barriers += 1,
         }
     }
 
@@ -1258,6 +1274,7 @@ impl Shard {
         s.queued = queued;
         s.queued_bytes = queued_bytes;
         (s.bytes_received, s.bytes_sent) = crate::link::bytes_moved();
+        (s.log_bytes, s.log_snapshot_bytes) = self.log_sizes();
         s
     }
 }

@@ -119,6 +119,28 @@ impl Retained {
         }
     }
 
+    /// Compaction: forgets deletions, and stamps every retained message, in topic
+    /// order, with `stamp(i)` for its index `i`; returns them in that order. Every
+    /// replica holds the same messages once the shards are quiescent, so every
+    /// shard computes the same stamps.
+    pub fn restamp(&mut self, stamp: impl Fn(u64) -> u64) -> Vec<Message> {
+        self.entries.retain(|_, e| e.msg.is_some());
+        let mut topics: Vec<ByteString> = self.entries.keys().cloned().collect();
+        topics.sort_unstable();
+        let mut out = Vec::with_capacity(topics.len());
+        for t in &topics {
+            if let Some(Entry { msg: Some(m), .. }) = self.entries.get_mut(t) {
+                if super::is_sys_topic(t) {
+                    m.stamp = 0;
+                } else {
+                    m.stamp = stamp(out.len() as u64);
+                    out.push(m.clone());
+                }
+            }
+        }
+        out
+    }
+
     /// Calls `f` with every retained message whose topic matches `filter`
     /// (each with its retain flag set).
     pub fn for_each_match(&self, filter: &str, mut f: impl FnMut(&Message)) {

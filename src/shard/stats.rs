@@ -60,6 +60,15 @@ pub struct ShardStats {
     pub accepts_paced: u64,
     /// Offline persistent sessions removed after `persistent_client_expiration`.
     pub sessions_expired: u64,
+    /// Persistence: bytes written to the log (records and padding), log commits
+    /// (each one write and one fdatasync), and compactions.
+    pub log_bytes_written: u64,
+    pub log_commits: u64,
+    pub log_compactions: u64,
+    /// Persistence (gauges): bytes in the current generation of this shard's log,
+    /// and the size of the snapshot it started with (its live state then).
+    pub log_bytes: u64,
+    pub log_snapshot_bytes: u64,
     /// Packets decoded from clients, CONNECT included.
     pub packets_received: u64,
     /// Packets written to clients, CONNACK included.
@@ -173,6 +182,11 @@ impl BrokerStats {
                 publishes_to_sys,
                 accepts_paced,
                 sessions_expired,
+                log_bytes_written,
+                log_commits,
+                log_compactions,
+                log_bytes,
+                log_snapshot_bytes,
                 packets_received,
                 packets_sent,
                 publish_bytes_received,

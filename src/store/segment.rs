@@ -193,6 +193,11 @@ impl SegmentWriter {
         writer
     }
 
+    /// The largest segment file it writes.
+    pub fn segment_size(&self) -> u64 {
+        self.segment_size
+    }
+
     /// Number the next appended record gets.
     pub fn next_record(&self) -> u64 {
         self.next_record
