@@ -3,7 +3,8 @@
 # of persistence).
 #
 #   scripts/crash-test.sh [--no-build] [--rounds N] [--seed S] [--fsync MODE]
-#                         [--fsync-interval-ms N] [--keep] [-- <extra args for the helper>]
+#                         [--fsync-interval-ms N] [--compact BYTES] [--keep]
+#                         [-- <extra args for the helper>]
 #
 # Builds the release broker (unless --no-build), then for N rounds (default 20) starts
 # `target/release/shardmq --listen 127.0.0.1:PORT --shards 2 --data-dir DIR --fsync MODE`
@@ -43,6 +44,9 @@ rounds=20
 seed=""
 fsync=always
 fsync_interval=""
+# --compact BYTES: --log-compaction-bytes for the broker, so that the log is
+# compacted (clients paused, the state rewritten) again and again under the load.
+compact=""
 # Development only (not in the usage above): --no-persistence starts the broker
 # without --data-dir/--fsync, so that the checker can be tried on a broker that
 # loses everything at a crash (losses expected); --stop term|none ends rounds with
@@ -58,6 +62,7 @@ while [ $# -gt 0 ]; do
     --seed) seed="${2:?--seed needs a number}"; shift ;;
     --fsync) fsync="${2:?--fsync needs always, interval or never}"; shift ;;
     --fsync-interval-ms) fsync_interval="${2:?--fsync-interval-ms needs a number}"; shift ;;
+    --compact) compact="${2:?--compact needs a byte count}"; shift ;;
     --no-persistence) persist=0 ;;
     --stop) stop="${2:?--stop needs kill, term or none}"; shift ;;
     -h | --help)
@@ -100,6 +105,7 @@ fi
 helper_args=(--rounds "$rounds" --fsync "$fsync" --stop "$stop")
 [ -n "$seed" ] && helper_args+=(--seed "$seed")
 [ -n "$fsync_interval" ] && helper_args+=(--fsync-interval-ms "$fsync_interval")
+[ -n "$compact" ] && helper_args+=(--log-compaction-bytes "$compact")
 if [ "$persist" = 1 ]; then
   help_text="$("$broker" --help)"
   missing=""

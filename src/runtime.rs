@@ -336,14 +336,16 @@ async fn compact(
         Timer::new(SHUTDOWN_POLL).await;
     }
     shard.borrow_mut().barriers -= others;
-    while !shard.borrow().log_settled() {
-        Timer::new(SHUTDOWN_POLL).await;
-    }
     let id = shard.borrow().id;
     let dir = gen_dir.join(format!("shard-{id}"));
     if let Err(e) = crate::store::prime_iopoll_probe(&dir).await {
         tracing::error!(dir = %dir.display(), error = %e, "cannot open the compacted log; stopping");
         std::process::abort();
+    }
+    // Settled, then switched with no wait in between: nothing is appended to the
+    // old log, or in flight to it, once the new one takes over.
+    while !shard.borrow().log_settled() {
+        Timer::new(SHUTDOWN_POLL).await;
     }
     shard.borrow_mut().compact_into(dir);
     shard.borrow_mut().log_flush_now();
@@ -363,9 +365,7 @@ async fn compact(
             }
         }
     }
-    let mut s = shard.borrow_mut();
-    s.paused = false;
-    s.backpressure().release();
+    shard.borrow_mut().unpause();
 }
 
 /// Largest log segment file.

@@ -4,7 +4,7 @@
 //! the fuzzer).
 
 use shardmq::fuzz_support::{
-    acl_case, decode_case, passwd_case, proxy_case, session_case, store_case, ws_case,
+    acl_case, decode_case, passwd_case, proxy_case, replay_case, session_case, store_case, ws_case,
 };
 use std::path::{Path, PathBuf};
 
@@ -61,6 +61,11 @@ fn websocket_layer_survives_every_kept_input() {
 #[test]
 fn log_recovery_survives_every_kept_input() {
     replay("store", store_case);
+}
+
+#[test]
+fn log_replay_survives_every_kept_input() {
+    replay("replay", replay_case);
 }
 
 #[test]

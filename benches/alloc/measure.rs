@@ -336,6 +336,7 @@ fn message(qos: QoS) -> Message {
             payload: p.payload,
             qos,
             retain: false,
+            stamp: 0,
         },
         other => panic!("not a publish: {other:?}"),
     }

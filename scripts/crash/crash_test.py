@@ -106,6 +106,8 @@ class Broker:
             c += ["--data-dir", self.args.data_dir, "--fsync", self.args.fsync]
             if self.args.fsync_interval_ms is not None:
                 c += ["--fsync-interval-ms", str(self.args.fsync_interval_ms)]
+            if self.args.log_compaction_bytes is not None:
+                c += ["--log-compaction-bytes", str(self.args.log_compaction_bytes)]
         return c
 
     def start(self, name):
@@ -643,6 +645,8 @@ def main():
     ap.add_argument("--seed", type=int, default=None)
     ap.add_argument("--fsync", default="always", choices=["always", "interval", "never"])
     ap.add_argument("--fsync-interval-ms", type=int, default=None)
+    ap.add_argument("--log-compaction-bytes", type=int, default=None,
+                    help="compact the log at this size (small: compactions under load)")
     ap.add_argument("--no-persistence", action="store_true",
                     help="development: start the broker without --data-dir/--fsync")
     ap.add_argument("--stop", default="kill", choices=["kill", "term", "none"],

@@ -659,6 +659,14 @@ async fn read_loop(
     loop {
         let now = Instant::now();
         loop {
+            // Log compaction: nothing more is taken from this client until it is
+            // over, even what was read before it began.
+            if shard.borrow().paused {
+                shard.borrow_mut().route_pending();
+                if !wait_until_readable(shard, conn).await {
+                    return End::ClosedByBroker;
+                }
+            }
             // The limits are read per packet rather than kept: every byte a reader
             // keeps across a wait is a byte every idle connection costs.
             let decoded = {

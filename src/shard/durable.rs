@@ -64,6 +64,9 @@ pub struct Durable {
     pub(super) snapshot_bytes: u64,
     /// Bytes written (frames and padding) in this generation.
     written: u64,
+    /// Which writer this is (a compaction starts a new one): a commit of an
+    /// earlier writer completing says nothing about this one's records.
+    pub(super) epoch: u64,
 }
 
 impl Durable {
@@ -90,6 +93,7 @@ impl Durable {
             appended: 0,
             snapshot_bytes: 0,
             written: 0,
+            epoch: 0,
         }
     }
 
@@ -151,9 +155,14 @@ impl Durable {
 
     /// The batch to write next, if anything was appended since the last, and
     /// whether it must be fdatasynced whatever the policy.
-    pub fn take_commit(&mut self) -> Option<(Commit, bool, PathBuf)> {
+    pub fn take_commit(&mut self) -> Option<(Commit, bool, PathBuf, u64)> {
         let c = self.writer.commit()?;
-        Some((c, std::mem::take(&mut self.force_sync), self.dir.clone()))
+        Some((
+            c,
+            std::mem::take(&mut self.force_sync),
+            self.dir.clone(),
+            self.epoch,
+        ))
     }
 
     /// Registers the committer's waker, unless there is something to commit.
@@ -219,7 +228,7 @@ pub async fn committer(shard: Rc<std::cell::RefCell<super::Shard>>) {
             }
         })
         .await;
-        let Some((commit, forced, dir)) = shard
+        let Some((commit, forced, dir, epoch)) = shard
             .borrow_mut()
             .durable
             .as_deref_mut()
@@ -269,7 +278,9 @@ pub async fn committer(shard: Rc<std::cell::RefCell<super::Shard>>) {
             }
         }
         let bytes = commit.writes.iter().map(|w| w.bytes.len() as u64).sum();
-        shard.borrow_mut().log_durable(commit.records.end, bytes);
+        shard
+            .borrow_mut()
+            .log_durable(epoch, commit.records.end, bytes);
     }
 }
 
@@ -370,8 +381,11 @@ impl Shard {
     }
 
     /// Records below `upto` are durable.
-    pub(crate) fn log_durable(&mut self, upto: u64, bytes: u64) {
+    pub(crate) fn log_durable(&mut self, epoch: u64, upto: u64, bytes: u64) {
         if let Some(d) = self.durable.as_deref_mut() {
+            if d.epoch != epoch {
+                return;
+            }
             d.written += bytes;
             let sent = d.completed(upto);
             self.stats.packets_sent += sent;
@@ -700,6 +714,13 @@ impl Shard {
             },
         );
         let mut d = Durable::new(writer, dir, old.policy, old.interval, self.shards);
+        d.epoch = old.epoch + 1;
+        // Nothing should wait (the old log was settled); whatever does, waits for
+        // the new log's first commit.
+        for mut w in old.waiting.drain(..) {
+            w.need = 0;
+            d.waiting.push_back(w);
+        }
         let id = self.id as u16;
         let retained = self.retained.restamp(|i| {
             pack_stamp(Stamp {

@@ -189,6 +189,8 @@ pub struct Shard {
     pub paused: bool,
     /// Compaction barriers received from other shards.
     pub barriers: usize,
+    /// Wills of connections lost during a compaction, published after it.
+    paused_wills: Vec<Message>,
 }
 
 /// Readers parked because an outbox is over its high-water mark.
@@ -260,6 +262,7 @@ impl Shard {
             durable: None,
             paused: false,
             barriers: 0,
+            paused_wills: Vec::new(),
         }
     }
 
@@ -272,6 +275,16 @@ impl Shard {
     pub fn next_conn_id(&mut self) -> u64 {
         self.next_conn_id += 1;
         self.next_conn_id
+    }
+
+    /// The end of a log compaction: readers go on, and the wills held meanwhile
+    /// are published.
+    pub fn unpause(&mut self) {
+        self.paused = false;
+        for will in std::mem::take(&mut self.paused_wills) {
+            self.publish_will(will);
+        }
+        self.backpressure.release();
     }
 
     /// Sends a compaction barrier to every other shard (behind all it sent).
@@ -550,8 +563,13 @@ impl Shard {
         self.route_one(msg);
     }
 
-    /// Publishes a client's will, unless its topic is a `$SYS` one.
+    /// Publishes a client's will, unless its topic is a `$SYS` one; during a log
+    /// compaction, once it is over.
     fn publish_will(&mut self, will: Message) {
+        if self.paused {
+            self.paused_wills.push(will);
+            return;
+        }
         if is_sys_topic(&will.topic) {
             self.stats.publishes_to_sys += 1;
             return;

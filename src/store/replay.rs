@@ -296,6 +296,7 @@ impl Replay {
                     released.push(pid);
                 }
             }
+            released.retain(|&p| p != 0);
             released.sort_unstable();
             released.dedup();
             used_pids.extend(released.iter().copied());
@@ -307,7 +308,7 @@ impl Replay {
                 match s.out2.get(&m.stamp) {
                     // Complete, or PUBREL pending: the PUBLISH never goes again.
                     Some(&(_, 1 | 2)) => return,
-                    Some(&(p, _)) if m.qos == QoS::ExactlyOnce && used_pids.insert(p) => {
+                    Some(&(p, _)) if m.qos == QoS::ExactlyOnce && p != 0 && used_pids.insert(p) => {
                         r.inflight.push((p, m));
                         return;
                     }
