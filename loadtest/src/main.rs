@@ -135,6 +135,10 @@ struct RunArgs {
     /// Password every client gives in CONNECT (needs --username).
     #[arg(long, value_name = "P", requires = "username")]
     password: Option<String>,
+    /// Subscribers connect with clean session 0 (persistent sessions, kept by the
+    /// broker after the run; the default client ids are unique per run).
+    #[arg(long)]
+    persistent: bool,
 }
 
 fn secs(name: &str, s: f64) -> Result<Duration, String> {
@@ -195,6 +199,7 @@ fn options(scenario: Scenario, a: &RunArgs) -> Result<Options, String> {
     }
     o.username = a.username.clone();
     o.password = a.password.clone();
+    o.persistent_subscribers = a.persistent;
     Ok(o)
 }
 

@@ -64,6 +64,8 @@ pub struct Options {
     /// Credentials every client gives in CONNECT.
     pub username: Option<String>,
     pub password: Option<String>,
+    /// Subscribers connect with clean session 0.
+    pub persistent_subscribers: bool,
 }
 
 impl Options {
@@ -97,6 +99,7 @@ impl Options {
             tls: None,
             username: None,
             password: None,
+            persistent_subscribers: false,
         }
     }
 }
@@ -121,6 +124,8 @@ pub struct WorkerOptions {
     pub tls: Option<crate::tls::TlsClient>,
     pub username: Option<Vec<u8>>,
     pub password: Option<Vec<u8>>,
+    /// Subscribers connect with clean session 0.
+    pub persistent_subscribers: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -288,6 +293,8 @@ pub struct RunReport {
     pub tls: Option<TlsReport>,
     /// The username clients gave in CONNECT (all the same; `None`: none).
     pub username: Option<String>,
+    /// Subscribers connected with clean session 0.
+    pub persistent_subscribers: bool,
     pub clients: usize,
     pub publishers: usize,
     pub subscribers: usize,
@@ -467,6 +474,7 @@ pub fn run(opts: &Options) -> Result<RunReport, String> {
             tls,
             username: opts.username.as_ref().map(|u| u.clone().into_bytes()),
             password: opts.password.as_ref().map(|p| p.clone().into_bytes()),
+            persistent_subscribers: opts.persistent_subscribers,
         },
         fanout: plan.fanout,
         plan_publishers: plan.publishers,
@@ -878,6 +886,7 @@ fn build_report(
             }
         }),
         username: opts.username.clone(),
+        persistent_subscribers: opts.persistent_subscribers,
         clients: opts.clients,
         publishers: plan.publishers,
         subscribers: plan.subscribers,

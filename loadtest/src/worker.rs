@@ -588,10 +588,12 @@ impl Worker {
                 if c.rbuf.len() != cap {
                     c.rbuf = vec![0; cap];
                 }
+                let clean_session = !(opts.persistent_subscribers
+                    && matches!(c.spec.role, Role::Subscriber { .. }));
                 mqtt::connect_with(
                     &mut c.wbuf,
                     c.spec.client_id.as_bytes(),
-                    true,
+                    clean_session,
                     opts.keep_alive,
                     opts.username.as_deref(),
                     opts.password.as_deref(),
