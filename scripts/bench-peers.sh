@@ -11,6 +11,10 @@
 # listener (a CA and a server certificate made with openssl in the run's directory,
 # the same for every broker) and a password file, every client giving a username and
 # password; rumqttd is not run on them.
+# shardmq-durable and mosquitto-persist are the persistence rows: shardmq with a fresh
+# --data-dir and --fsync always, and mosquitto with persistence on. They run only the
+# QoS 1 scenarios (p2p-16-q1 and fanout-1000-q1-ps, the latter with 1000 persistent
+# subscribers, which shardmq and mosquitto also run in memory).
 # Usage: scripts/bench-peers.sh [options]   (--help lists them)
 set -euo pipefail
 cd "$(dirname "$(readlink -f "$0")")/.."
@@ -20,14 +24,31 @@ RUMQTTD_ROOT=${RUMQTTD_ROOT:-${CARGO_HOME:-$HOME/.cargo}}
 # shardmq-1 is shardmq with --shards 1: a variant of shardmq, not a peer. It runs right
 # after shardmq, so that the two meet the machine in the same state, and the report
 # divides shardmq's figures by its own in a scaling table.
-ALL_BROKERS="shardmq shardmq-1 mosquitto rumqttd"
+ALL_BROKERS="shardmq shardmq-1 mosquitto rumqttd shardmq-durable mosquitto-persist"
+# Persistence variants: each runs only the scenarios of DURABLE_RUNS, on a data
+# directory made fresh at each start (under ${TMPDIR:-/tmp}) and removed at each stop.
+# shardmq-durable: shardmq with --data-dir and --fsync always, so a PUBACK waits for
+# the fdatasync of the group commit that holds the message.
+# mosquitto-persist: mosquitto with persistence true, persistence_location and
+# autosave_interval 1. Mosquitto promises less than that: it writes a snapshot of its
+# whole in-memory state every autosave_interval seconds (and at a clean exit), not each
+# message before its PUBACK, so a crash loses up to a second of acknowledged messages.
+DURABLE_BROKERS="shardmq-durable mosquitto-persist"
 # conns-50k runs first, on a broker that has not yet held a load: an allocator keeps
 # what it has freed, so the RSS-per-connection figure is only meaningful there.
 PLAIN_LABELS="conns-50k p2p-16-q0 p2p-16-q1 fanin-32-q0 fanout-100-q0 fanout-1000-q0 latency-50k"
 # conns-5k-tls leads the TLS set for the same reason: it runs on a freshly started
 # (TLS) broker.
+# Fan-out at QoS 1 to subscribers with persistent sessions (clean session 0), after
+# the plain set: the 1000 sessions stay in the broker once the run ends.
+PERSIST_LABELS="fanout-1000-q1-ps"
 TLS_LABELS="conns-5k-tls p2p-16-q0-tls p2p-16-q1-tls"
-ALL_LABELS="$PLAIN_LABELS $TLS_LABELS"
+ALL_LABELS="$PLAIN_LABELS $PERSIST_LABELS $TLS_LABELS"
+# The scenarios the persistence variants run (when selected).
+DURABLE_RUNS="p2p-16-q1 fanout-1000-q1-ps"
+# Brokers that skip the persistent-subscriber scenario: shardmq-1 (a scaling variant)
+# and rumqttd (this suite compares persistence with mosquitto only).
+NO_PERSIST_BROKERS="shardmq-1 rumqttd"
 # Brokers of this suite without a TLS listener: the *-tls scenarios skip them.
 NO_TLS_BROKERS="rumqttd"
 # The one user of the TLS scenarios, in one password file for every broker.
@@ -47,12 +68,14 @@ Usage: scripts/bench-peers.sh [options]
   --payload BYTES   payload size (default 64)
   --brokers "A B"   brokers to run, in order (default "$ALL_BROKERS")
   --only L[,L]      scenario labels to run (default all: $ALL_LABELS);
-                    "plain" and "tls" stand for each group
+                    "plain", "persist" and "tls" stand for each group;
+                    $DURABLE_BROKERS run only $DURABLE_RUNS
   --quick           duration 3, warmup 1, conns-50k capped at 5000 connections
   --shards N        shardmq shards (default 0: one per CPU); shardmq-1 always
                     runs the same binary and flags with --shards 1
   --port-base P     loopback ports: shardmq P, mosquitto P+1, rumqttd P+2,
-                    shardmq-1 P+3 (default 18831)
+                    shardmq-1 P+3, shardmq-durable P+4, mosquitto-persist P+5
+                    (default 18831)
   --no-build        use the binaries already in target/release
   --dry-run         install, build, start and stop each broker, but print the
                     loadtest commands instead of running them
@@ -89,7 +112,8 @@ fi
 # scripts/peers/ holds the configs with the default ports; each run gets a copy with
 # the ports of this run.
 declare -A PORT=([shardmq]=$port_base [mosquitto]=$((port_base + 1)) [rumqttd]=$((port_base + 2))
-    [shardmq-1]=$((port_base + 3)))
+    [shardmq-1]=$((port_base + 3)) [shardmq-durable]=$((port_base + 4))
+    [mosquitto-persist]=$((port_base + 5)))
 for b in $brokers; do
     [ -n "${PORT[$b]:-}" ] || { echo "bench-peers: unknown broker $b (known: $ALL_BROKERS)" >&2; exit 2; }
 done
@@ -99,6 +123,7 @@ if [ -n "$only" ]; then
     for l in ${only//,/ }; do
         case $l in
             plain) expanded="$expanded,${PLAIN_LABELS// /,}" ;;
+            persist) expanded="$expanded,${PERSIST_LABELS// /,}" ;;
             tls) expanded="$expanded,${TLS_LABELS// /,}" ;;
             *) expanded="$expanded,$l" ;;
         esac
@@ -117,6 +142,17 @@ has_broker() { [[ " $brokers " == *" $1 "* ]]; }
 is_tls_label() { [[ " $TLS_LABELS " == *" $1 "* ]]; }
 has_tls() { [[ "$labels " == *"-tls "* ]]; }
 no_tls() { [[ " $NO_TLS_BROKERS " == *" $1 "* ]]; }
+is_durable() { [[ " $DURABLE_BROKERS " == *" $1 "* ]]; }
+# Whether broker $1 runs scenario $2 (if not, prints why).
+runs_label() {
+    if is_durable "$1"; then
+        [[ " $DURABLE_RUNS " == *" $2 "* ]] || { echo "it runs only $DURABLE_RUNS"; return 1; }
+    elif is_tls_label "$2" && no_tls "$1"; then
+        echo "it has no TLS listener in this suite"; return 1
+    elif [[ " $PERSIST_LABELS " == *" $2 "* && " $NO_PERSIST_BROKERS " == *" $1 "* ]]; then
+        echo "it is not in the persistence comparison"; return 1
+    fi
+}
 
 # Prints a command, then runs it.
 run() {
@@ -151,7 +187,7 @@ stop_system_mosquitto() {
     fi
 }
 
-if has_broker mosquitto && [ ! -x "$mosquitto_bin" ]; then
+if { has_broker mosquitto || has_broker mosquitto-persist; } && [ ! -x "$mosquitto_bin" ]; then
     export DEBIAN_FRONTEND=noninteractive
     as_root apt-get update -q
     as_root apt-get install -y --no-install-recommends mosquitto
@@ -177,7 +213,8 @@ for bin in target/release/shardmq target/release/shardmq-loadtest; do
     if [ ! -x "$bin" ]; then
         if [ "$bin" = target/release/shardmq-loadtest ] && [ "$dry_run" = 1 ]; then
             echo "bench-peers: $bin is missing; fine for --dry-run"
-        elif [ "$bin" = target/release/shardmq ] && ! has_broker shardmq && ! has_broker shardmq-1; then
+        elif [ "$bin" = target/release/shardmq ] && ! has_broker shardmq && ! has_broker shardmq-1 &&
+            ! has_broker shardmq-durable; then
             :
         else
             echo "bench-peers: $bin is missing" >&2
@@ -233,7 +270,15 @@ echo "bench-peers: results in $run_dir"
     echo "duration: $duration warmup: $warmup payload: $payload conns: $conns shards: $shards"
     if has_tls; then echo "tls: conns $tls_conns; $(openssl version)"; fi
     if has_broker shardmq-1; then echo "shardmq-1: shardmq with --shards 1"; fi
-    if has_broker mosquitto; then echo "mosquitto: $("$mosquitto_bin" -h 2>&1 | head -n 1)"; fi
+    if has_broker shardmq-durable; then echo "shardmq-durable: shardmq with --data-dir (fresh) --fsync always"; fi
+    if has_broker mosquitto || has_broker mosquitto-persist; then echo "mosquitto: $("$mosquitto_bin" -h 2>&1 | head -n 1)"; fi
+    if has_broker mosquitto-persist; then echo "mosquitto-persist: persistence true, autosave_interval 1"; fi
+    for b in $DURABLE_BROKERS; do
+        if has_broker "$b"; then
+            echo "data dirs: ${TMPDIR:-/tmp} ($(df -PT "${TMPDIR:-/tmp}" | awk 'NR == 2 { print $2 " on " $1 }'))"
+            break
+        fi
+    done
     if has_broker rumqttd; then echo "rumqttd: $("$rumqttd_bin" --version 2>&1)"; fi
 } >"$run_dir/meta.txt"
 
@@ -242,6 +287,7 @@ scenario_args() {
     case $1 in
         p2p-16-q0) echo "p2p --clients 16 --qos 0" ;;
         p2p-16-q1) echo "p2p --clients 16 --qos 1" ;;
+        fanout-1000-q1-ps) echo "fanout --clients 1000 --publishers 1 --qos 1 --persistent" ;;
         fanin-32-q0) echo "fanin --clients 32 --qos 0" ;;
         fanout-100-q0) echo "fanout --clients 100 --publishers 1 --qos 0" ;;
         fanout-1000-q0) echo "fanout --clients 1000 --publishers 1 --qos 0" ;;
@@ -280,7 +326,7 @@ port_accepts() {
     (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
 }
 
-broker_pid="" broker_mode=""
+broker_pid="" broker_mode="" broker_data=""
 
 # Running, not merely unreaped: kill -0 succeeds on a broker that crashed and is a
 # zombie until this script waits for it.
@@ -310,31 +356,55 @@ start_broker() {
         return 1
     fi
     case $name in
-        shardmq | shardmq-1)
+        shardmq | shardmq-1 | shardmq-durable)
             # Queues as deep as mosquitto's max_queued_messages; the byte bound is
             # above what 100000 small messages take, so the count binds first.
-            # shardmq-1 differs only in its shard count.
+            # shardmq-1 differs only in its shard count, shardmq-durable only in its
+            # data directory.
             local n=$shards
             if [ "$name" = shardmq-1 ]; then n=1; fi
             cmd=(target/release/shardmq --shards "$n"
                 --max-queued-messages 100000 --max-queued-bytes 16777216)
+            if [ "$name" = shardmq-durable ]; then
+                broker_data=$(mktemp -d "${TMPDIR:-/tmp}/bench-peers-$name.XXXXXX")
+                cmd+=(--data-dir "$broker_data" --fsync always)
+            fi
             if [ "$mode" = tls ]; then
                 cmd+=(--tls-listen "127.0.0.1:$port" --cert "$tls_dir/server.pem"
                     --key "$tls_dir/server.key" --password-file "$tls_dir/passwd")
             else
                 cmd+=(--listen "127.0.0.1:$port")
             fi ;;
-        mosquitto)
+        mosquitto | mosquitto-persist)
+            local conf=$run_dir/$name.conf
             sed -E "s/^listener [0-9]+ 127\.0\.0\.1\$/listener $port 127.0.0.1/" \
-                scripts/peers/mosquitto.conf >"$run_dir/mosquitto.conf"
-            grep -qx "listener $port 127.0.0.1" "$run_dir/mosquitto.conf" || {
+                scripts/peers/mosquitto.conf >"$conf"
+            grep -qx "listener $port 127.0.0.1" "$conf" || {
                 echo "bench-peers: no 'listener PORT 127.0.0.1' line in scripts/peers/mosquitto.conf" >&2
                 return 1
             }
+            if [ "$name" = mosquitto-persist ]; then
+                broker_data=$(mktemp -d "${TMPDIR:-/tmp}/bench-peers-$name.XXXXXX")
+                # What mosquitto documents: the in-memory state is written to
+                # persistence_location/mosquitto.db every autosave_interval seconds
+                # (1, its shortest) and at exit; nothing per message.
+                sed -i -E '/^persistence /d' "$conf"
+                {
+                    echo
+                    echo "# Added by bench-peers.sh for $name."
+                    echo "persistence true"
+                    echo "persistence_location $broker_data/"
+                    echo "autosave_interval 1"
+                    echo "autosave_on_changes false"
+                    # As root, mosquitto would switch to the mosquitto user and could
+                    # not write the data directory.
+                    if [ "$(id -u)" -eq 0 ]; then echo "user root"; fi
+                } >>"$conf"
+            fi
             if [ "$mode" = tls ]; then
                 # The same settings, the listener made TLS and closed to anonymous
                 # clients.
-                sed -i -E '/^allow_anonymous /d' "$run_dir/mosquitto.conf"
+                sed -i -E '/^allow_anonymous /d' "$conf"
                 {
                     echo
                     echo "# Added by bench-peers.sh for the TLS scenarios."
@@ -345,9 +415,9 @@ start_broker() {
                     # As root, mosquitto would switch to the mosquitto user and could
                     # not read the run's files.
                     if [ "$(id -u)" -eq 0 ]; then echo "user root"; fi
-                } >>"$run_dir/mosquitto.conf"
+                } >>"$conf"
             fi
-            cmd=("$mosquitto_bin" -c "$run_dir/mosquitto.conf") ;;
+            cmd=("$mosquitto_bin" -c "$conf") ;;
         rumqttd)
             sed -E "s/^listen = \"127\.0\.0\.1:[0-9]+\"\$/listen = \"127.0.0.1:$port\"/" \
                 scripts/peers/rumqttd.toml >"$run_dir/rumqttd.toml"
@@ -369,6 +439,7 @@ start_broker() {
             tail -n 20 "$log" >&2
             wait "$broker_pid" 2>/dev/null || true
             broker_pid=""
+            remove_data
             return 1
         fi
         if port_accepts "$port"; then up=1; break; fi
@@ -410,6 +481,16 @@ stop_broker() {
         kill -KILL "$pid" 2>/dev/null || true
     fi
     wait "$pid" 2>/dev/null || true
+    remove_data
+}
+
+# The persistence variants' data directory, gone with the broker that used it.
+remove_data() {
+    if [ -n "$broker_data" ]; then
+        echo "+ rm -rf $broker_data"
+        rm -rf "$broker_data"
+        broker_data=""
+    fi
 }
 
 # CPU this run did not get while a scenario ran: time other processes were busy (the
@@ -451,12 +532,12 @@ for name in $brokers; do
     # The broker starts as its first scenario wants it: plain, or TLS.
     first=""
     for label in $labels; do
-        if is_tls_label "$label" && no_tls "$name"; then continue; fi
+        runs_label "$name" "$label" >/dev/null || continue
         first=$label
         break
     done
     if [ -z "$first" ]; then
-        echo "bench-peers: $name has no TLS listener in this suite; no scenario to run"
+        echo "bench-peers: $name runs none of the selected scenarios"
         continue
     fi
     mode=plain
@@ -468,8 +549,8 @@ for name in $brokers; do
     for label in $labels; do
         want=plain
         if is_tls_label "$label"; then want=tls; fi
-        if [ "$want" = tls ] && no_tls "$name"; then
-            echo "bench-peers: $name has no TLS listener in this suite; skipping $label"
+        if ! why=$(runs_label "$name" "$label"); then
+            echo "bench-peers: skipping $label on $name: $why"
             continue
         fi
         if [ "$want" != "$broker_mode" ] && [ -n "$broker_pid" ]; then
@@ -486,6 +567,7 @@ for name in $brokers; do
             echo "bench-peers: $name is gone; starting it again" >&2
             wait "$broker_pid" 2>/dev/null || true
             broker_pid=""
+            remove_data
             start_broker "$name" "$want" || { failures+=("$name: did not restart"); break; }
         fi
         # shellcheck disable=SC2207 # the arguments are plain words
@@ -567,6 +649,28 @@ else
     done
     if has_tls && [ -n "$skipped" ]; then
         note="-${skipped// /, }: not run on the *-tls rows (no TLS listener in this suite); their dashes there are not failures."
+        note=${note/-, /- }
+        echo "$note" | tee -a "$run_dir/table.txt"
+        printf '\n%s\n' "$note" >>"$run_dir/table.md"
+    fi
+    # The same for the rows the persistence variants leave out, and for the
+    # persistent-subscriber row that shardmq-1 and rumqttd leave out.
+    skipped=""
+    for name in $brokers; do
+        if is_durable "$name"; then skipped="$skipped $name"; fi
+    done
+    if [ -n "$skipped" ]; then
+        note="-${skipped// /, }: persistence variants, run only on $DURABLE_RUNS; their dashes elsewhere are not failures. shardmq-durable counts as a variant of shardmq: its scaling ratio is shardmq in memory divided by shardmq durable."
+        note=${note/-, /- }
+        echo "$note" | tee -a "$run_dir/table.txt"
+        printf '\n%s\n' "$note" >>"$run_dir/table.md"
+    fi
+    skipped=""
+    for name in $brokers; do
+        if [[ " $NO_PERSIST_BROKERS " == *" $name "* ]]; then skipped="$skipped $name"; fi
+    done
+    if [[ " $labels " == *" fanout-1000-q1-ps "* ]] && [ -n "$skipped" ]; then
+        note="-${skipped// /, }: not run on fanout-1000-q1-ps (not in the persistence comparison); their dashes there are not failures."
         note=${note/-, /- }
         echo "$note" | tee -a "$run_dir/table.txt"
         printf '\n%s\n' "$note" >>"$run_dir/table.md"
