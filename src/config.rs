@@ -251,11 +251,14 @@ pub enum FsyncPolicy {
     /// (batched per shard): nothing acknowledged is lost, even on power loss.
     #[default]
     Always,
-    /// Acknowledged at once; written at once, fdatasynced every `fsync_interval_ms`:
-    /// a crash of the process loses nothing written, power loss up to one interval.
+    /// Acknowledged at once; what was logged is written and fdatasynced together
+    /// every `fsync_interval_ms`: a crash of the process, or power loss, can lose
+    /// up to one interval of acknowledged messages.
     Interval,
-    /// Acknowledged at once, written at once, never fdatasynced (the kernel decides):
-    /// a crash of the process can lose the records of the write in flight.
+    /// Acknowledged at once; written as soon as the previous write completes
+    /// (direct I/O, not through the page cache), never fdatasynced: a crash of the
+    /// process can lose what was not yet written (about one batch), power loss
+    /// whatever the device had not made durable itself.
     Never,
 }
 

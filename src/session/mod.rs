@@ -459,14 +459,16 @@ impl Session {
     /// subscriptions are recorded by the caller with [`Session::subscribe`]):
     /// incoming QoS 2 ids awaiting PUBREL, outgoing flows past PUBREC
     /// `(pkid, stamp)`, flows in flight with their packet ids, in send order, and
-    /// queued messages. The queue's bounds apply; returns how many messages they
-    /// (or a packet id in use twice) turned away.
+    /// queued messages (with `maybe_sent`, they may have gone out before a crash:
+    /// each is sent with DUP set). The queue's bounds apply; returns how many
+    /// messages they (or a packet id in use twice) turned away.
     pub fn restore(
         &mut self,
         awaiting_pubrel: &[u16],
         released: &[(u16, u64)],
         inflight: Vec<(u16, Message)>,
         queued: Vec<Message>,
+        maybe_sent: bool,
     ) -> usize {
         if !awaiting_pubrel.is_empty() {
             self.awaiting_pubrel
@@ -486,6 +488,9 @@ impl Session {
             if self.queue.push(msg, &self.limits).is_err() {
                 dropped += 1;
             }
+        }
+        if maybe_sent {
+            self.queue.mark_redelivery();
         }
         dropped
     }
@@ -632,7 +637,8 @@ impl Session {
             let Some(msg) = self.queue.pop() else {
                 break;
             };
-            out.packets.push(publish_packet(&msg, pkid, false));
+            let dup = self.queue.take_redelivery();
+            out.packets.push(publish_packet(&msg, pkid, dup));
             self.inflight.insert(pkid, msg);
         }
     }

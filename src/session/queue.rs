@@ -72,6 +72,26 @@ impl Queue {
         self.0.as_deref_mut()?.pop()
     }
 
+    /// The QoS 1/2 messages queued now may have been sent before (restored after a
+    /// crash): [`Queue::take_redelivery`] says so as each goes out.
+    pub(crate) fn mark_redelivery(&mut self) {
+        if let Some(f) = self.0.as_deref_mut() {
+            f.redelivery = f.high.len();
+        }
+    }
+
+    /// Whether the QoS 1/2 message just popped was marked by
+    /// [`Queue::mark_redelivery`].
+    pub(crate) fn take_redelivery(&mut self) -> bool {
+        match self.0.as_deref_mut() {
+            Some(f) if f.redelivery > 0 => {
+                f.redelivery -= 1;
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// Calls `f` with every queued QoS 1/2 message, oldest first (QoS 0 messages
     /// are never kept across a restart).
     pub(crate) fn for_each(&self, mut f: impl FnMut(&Message)) {
@@ -118,6 +138,8 @@ struct Fifo {
     bytes: usize,
     low_bytes: usize,
     evicted: u64,
+    /// QoS 1/2 messages at the front that may have been sent before.
+    redelivery: usize,
 }
 
 /// What a message costs against `max_queued_bytes`.
@@ -134,6 +156,7 @@ impl Fifo {
             bytes: 0,
             low_bytes: 0,
             evicted: 0,
+            redelivery: 0,
         }
     }
 

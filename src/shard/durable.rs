@@ -290,15 +290,13 @@ use crate::protocol::QoS;
 use crate::store::records::{Held, MsgBody, Position, SnapshotBody, Stamp};
 use crate::store::replay::{Restored, RestoredMsg, Stored};
 
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
+fn now_us() -> u64 {
+    super::retained::now_us()
 }
 
-fn msg_body<'a>(m: &'a Message, publisher: Option<(&'a str, u16)>, time_ms: u64) -> MsgBody<'a> {
+fn msg_body<'a>(m: &'a Message, publisher: Option<(&'a str, u16)>, time_us: u64) -> MsgBody<'a> {
     MsgBody {
-        time_ms,
+        time_us,
         qos: m.qos as u8,
         retain: m.retain,
         publisher,
@@ -363,17 +361,25 @@ impl Shard {
     /// (QoS 1/2, or retained) and stamps it; for a persistent session's QoS 2
     /// PUBLISH, with the packet id that awaits PUBREL.
     pub(super) fn log_publish(&mut self, client: Option<(&str, u16)>, msg: &mut Message) {
+        if self.durable.is_none() {
+            return;
+        }
+        // A retained message the store's limits refuse is routed but not kept:
+        // logged (at QoS 1/2) as a plain message, so a restart does not keep it.
+        let retain = msg.retain && self.retained.would_keep(msg);
+        if msg.qos == QoS::AtMostOnce && !retain {
+            return;
+        }
         let Some(d) = self.durable.as_deref_mut() else {
             return;
         };
-        if msg.qos == QoS::AtMostOnce && !msg.retain {
-            return;
-        }
         // Held until acknowledged: copied out of the read buffer once, here.
         if msg.qos != QoS::AtMostOnce {
             *msg = msg.compact();
         }
-        let record = d.append(&Record::Msg(msg_body(msg, client, now_ms())));
+        let mut body = msg_body(msg, client, now_us());
+        body.retain = retain;
+        let record = d.append(&Record::Msg(body));
         msg.stamp = pack_stamp(Stamp {
             origin: self.id as u16,
             record,
@@ -608,7 +614,7 @@ impl Shard {
                 stamp: pack_stamp(stamp),
             };
             if id == 0 {
-                let r = d.append(&Record::SnapMsg(msg_body(&msg, None, m.time_ms)));
+                let r = d.append(&Record::SnapMsg(msg_body(&msg, None, m.time_us)));
                 debug_assert_eq!(r, i as u64);
             }
             self.retained.apply(&msg, (0, 0));
@@ -634,7 +640,7 @@ impl Shard {
                         ..m.msg.clone()
                     };
                     d.append(&Record::SnapMsg(MsgBody {
-                        time_ms: body.time_ms,
+                        time_us: body.time_us,
                         qos: body.qos as u8,
                         retain: false,
                         publisher: None,
@@ -663,7 +669,13 @@ impl Shard {
                 session.subscribe(ByteString::from(f.as_str()), *q);
             }
             let released: Vec<(u16, u64)> = r.released.iter().map(|&p| (p, 0)).collect();
-            dropped += session.restore(&r.awaiting_pubrel, &released, inflight, queued);
+            dropped += session.restore(
+                &r.awaiting_pubrel,
+                &released,
+                inflight,
+                queued,
+                r.maybe_sent,
+            );
             let key = self.sessions.insert(SessionEntry {
                 session,
                 conn: None,
@@ -786,14 +798,18 @@ impl Shard {
             }),
             L::PubComp(pid, stamp) => {
                 e.pos_dirty = true;
-                if let Some(stamp) = crate::message::unpack_stamp(stamp) {
-                    self.log_record(&Record::Out2 {
-                        client: &client,
-                        stamp,
-                        pid,
-                        stage: 2,
-                    });
-                }
+                // A flow restored or compacted past PUBREC has no stamp: the
+                // record frees its packet id all the same.
+                let stamp = crate::message::unpack_stamp(stamp).unwrap_or(Stamp {
+                    origin: u16::MAX,
+                    record: u64::MAX,
+                });
+                self.log_record(&Record::Out2 {
+                    client: &client,
+                    stamp,
+                    pid,
+                    stage: 2,
+                });
             }
             L::Ack => e.pos_dirty = true,
             L::Publish(_) | L::Other => {}

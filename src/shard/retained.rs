@@ -1,6 +1,7 @@
 //! The retained-message store, one replica per shard.
 //!
-//! Every update is stamped with a [`RetainVersion`] (Lamport clock, origin shard) and
+//! Every update is stamped with a [`RetainVersion`] (a hybrid clock: wall-clock
+//! microseconds, or one past the newest version seen, and the origin shard) and
 //! broadcast; a replica applies an update only if it is newer than what it holds, so
 //! all replicas converge on the same message per topic whatever order updates arrive
 //! in. Deletions are kept as versioned tombstones for the same reason.
@@ -24,6 +25,13 @@ pub enum LocalUpdate {
     Applied(RetainVersion),
     /// Not stored because of a configured limit (counted, message still routed).
     Refused,
+}
+
+/// Microseconds since the Unix epoch.
+pub(crate) fn now_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
 }
 
 /// One shard's replica.
@@ -69,22 +77,33 @@ impl Retained {
     /// whether the limits allow it, replicas then apply it unconditionally.
     /// The broker's own `$SYS` messages are exempt from the limits, and not counted.
     pub fn local_update(&mut self, msg: &Message) -> LocalUpdate {
-        if !msg.payload.is_empty() && !super::is_sys_topic(&msg.topic) {
-            if msg.payload.len() > self.max_payload {
-                return LocalUpdate::Refused;
-            }
-            let exists = matches!(
-                self.entries.get(&msg.topic),
-                Some(Entry { msg: Some(_), .. })
-            );
-            if !exists && self.max_messages > 0 && self.live >= self.max_messages {
-                return LocalUpdate::Refused;
-            }
+        if !self.would_keep(msg) {
+            return LocalUpdate::Refused;
         }
-        self.clock += 1;
+        // A hybrid clock: microseconds of the wall clock every shard shares, or one
+        // past the newest version seen. An update accepted after another one was
+        // acknowledged (on any shard) gets a higher version, though the other's
+        // replica update may not have reached this shard yet.
+        self.clock = (self.clock + 1).max(now_us());
         let version = (self.clock, self.shard);
         self.apply(msg, version);
         LocalUpdate::Applied(version)
+    }
+
+    /// Whether [`Retained::local_update`] would store (or delete with) `msg`, as
+    /// the limits stand.
+    pub fn would_keep(&self, msg: &Message) -> bool {
+        if msg.payload.is_empty() || super::is_sys_topic(&msg.topic) {
+            return true;
+        }
+        if msg.payload.len() > self.max_payload {
+            return false;
+        }
+        let exists = matches!(
+            self.entries.get(&msg.topic),
+            Some(Entry { msg: Some(_), .. })
+        );
+        exists || self.max_messages == 0 || self.live < self.max_messages
     }
 
     /// Applies an update if it is newer than the held one; true if it was.

@@ -57,9 +57,10 @@ pub struct Stamp {
 /// The message a [`Record::Msg`] or [`Record::SnapMsg`] holds.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MsgBody<'a> {
-    /// Milliseconds since the Unix epoch when it was accepted: orders messages of
-    /// different streams on recovery (and retained updates to one topic).
-    pub time_ms: u64,
+    /// Microseconds since the Unix epoch when it was accepted: orders messages of
+    /// different streams on recovery, and retained updates to one topic (as the
+    /// live store's versions do, see `shard::retained`).
+    pub time_us: u64,
     /// QoS as published (0..=2).
     pub qos: u8,
     /// Published with the retain flag: it is (or deletes, when empty) the topic's
@@ -201,7 +202,7 @@ impl W<'_> {
         self
     }
     fn msg(&mut self, m: &MsgBody<'_>) -> &mut Self {
-        self.u64(m.time_ms)
+        self.u64(m.time_us)
             .u8(m.qos)
             .u8(u8::from(m.retain) | if m.publisher.is_some() { 2 } else { 0 });
         if let Some((client, pid)) = m.publisher {
@@ -359,7 +360,7 @@ impl<'a> R<'a> {
         }
     }
     fn msg(&mut self) -> Result<MsgBody<'a>, BadRecord> {
-        let time_ms = self.u64()?;
+        let time_us = self.u64()?;
         let qos = self.qos()?;
         let flags = self.u8()?;
         if flags & !3 != 0 {
@@ -371,7 +372,7 @@ impl<'a> R<'a> {
             None
         };
         Ok(MsgBody {
-            time_ms,
+            time_us,
             qos,
             retain: flags & 1 != 0,
             publisher,
@@ -495,7 +496,7 @@ mod tests {
 
     fn samples() -> Vec<Record<'static>> {
         let m = MsgBody {
-            time_ms: 1_700_000_000_123,
+            time_us: 1_700_000_000_123,
             qos: 2,
             retain: true,
             publisher: Some(("pub-1", 7)),

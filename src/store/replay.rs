@@ -27,7 +27,7 @@ use crate::protocol::{topic, QoS};
 /// A message as the logs hold it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Stored {
-    pub time_ms: u64,
+    pub time_us: u64,
     pub topic: ByteString,
     pub payload: Bytes,
     pub qos: QoS,
@@ -60,6 +60,9 @@ pub struct RestoredSession {
     pub inflight: Vec<(u16, RestoredMsg)>,
     /// Not sent yet, in order.
     pub queued: Vec<RestoredMsg>,
+    /// The queued messages may have been sent before (the log does not end with
+    /// this session's snapshot): they go out with DUP set.
+    pub maybe_sent: bool,
 }
 
 /// Everything [`Replay::finish`] restores.
@@ -98,6 +101,8 @@ struct Sess {
     out2: HashMap<Stamp, (u16, u8)>,
     /// Released flows a snapshot named (PUBREL pending), by packet id.
     released: Vec<u16>,
+    /// Nothing about the session was logged after its last snapshot.
+    exact: bool,
 }
 
 /// See the module docs.
@@ -112,7 +117,7 @@ pub struct Replay {
 
 fn stored(m: &MsgBody<'_>, published: bool) -> Option<Stored> {
     Some(Stored {
-        time_ms: m.time_ms,
+        time_us: m.time_us,
         topic: ByteString::from(m.topic),
         payload: Bytes::copy_from_slice(m.payload),
         qos: QoS::from_u8(m.qos)?,
@@ -153,6 +158,7 @@ impl Replay {
             Record::Rel { client, pid } => {
                 if let Some(s) = self.sessions.get_mut(client) {
                     s.awaiting_pubrel.remove(&pid);
+                    s.exact = false;
                 }
             }
             Record::Session { client } => {
@@ -169,11 +175,13 @@ impl Replay {
             } => {
                 if let Some(s) = self.sessions.get_mut(client) {
                     s.subs.insert(filter.to_owned(), Sub { qos, horizons });
+                    s.exact = false;
                 }
             }
             Record::Unsub { client, filter } => {
                 if let Some(s) = self.sessions.get_mut(client) {
                     s.subs.remove(filter);
+                    s.exact = false;
                 }
             }
             Record::Checkpoint { horizons, sessions } => {
@@ -182,6 +190,7 @@ impl Replay {
                     let Some(s) = self.sessions.get_mut(p.client) else {
                         continue;
                     };
+                    s.exact = false;
                     match p.lagging {
                         None => s.caught_on = Some(shard),
                         Some(pairs) => {
@@ -200,7 +209,18 @@ impl Replay {
                 stage,
             } => {
                 if let Some(s) = self.sessions.get_mut(client) {
+                    if stage == 2 {
+                        // Complete: the packet id is free again, whichever flow
+                        // (by stamp, or named by a snapshot without one) held it.
+                        s.released.retain(|&p| p != pid);
+                        for v in s.out2.values_mut() {
+                            if v.0 == pid && v.1 == 1 {
+                                v.1 = 2;
+                            }
+                        }
+                    }
                     s.out2.insert(stamp, (pid, stage));
+                    s.exact = false;
                 }
             }
             Record::Snapshot(snap) => {
@@ -227,6 +247,7 @@ impl Replay {
                     awaiting_pubrel: snap.awaiting_pubrel.into_iter().collect(),
                     out2: HashMap::new(),
                     released: snap.released,
+                    exact: true,
                 };
                 self.sessions.insert(snap.client.to_owned(), s);
             }
@@ -253,9 +274,9 @@ impl Replay {
                 let stamp = Stamp { origin, record };
                 let newer = retained
                     .get(&m.topic)
-                    .is_none_or(|&(t, s, _)| (m.time_ms, stamp) > (t, s));
+                    .is_none_or(|&(t, s, _)| (m.time_us, stamp) > (t, s));
                 if newer {
-                    retained.insert(&m.topic, (m.time_ms, stamp, m));
+                    retained.insert(&m.topic, (m.time_us, stamp, m));
                 }
             }
         }
@@ -357,11 +378,12 @@ impl Replay {
                         }
                     }
                     if let Some(q) = best {
-                        matched.push((m.time_ms, Stamp { origin, record }, m, q));
+                        matched.push((m.time_us, Stamp { origin, record }, m, q));
                     }
                 }
             }
             matched.sort_by_key(|&(t, stamp, _, _)| (t, stamp));
+            r.maybe_sent = !(s.exact && matched.is_empty());
             for (_, stamp, m, granted) in matched {
                 let qos = m.qos.min(granted);
                 let m = RestoredMsg {

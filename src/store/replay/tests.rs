@@ -28,11 +28,11 @@ impl Logs {
         }
     }
 
-    fn msg(&mut self, shard: u16, topic: &str, qos: u8, time_ms: u64) -> Stamp {
+    fn msg(&mut self, shard: u16, topic: &str, qos: u8, time_us: u64) -> Stamp {
         self.put(
             shard,
             Record::Msg(MsgBody {
-                time_ms,
+                time_us,
                 qos,
                 retain: false,
                 publisher: None,
@@ -193,7 +193,7 @@ fn inbound_qos2_state_survives_until_pubrel() {
         l.put(
             0,
             Record::Msg(MsgBody {
-                time_ms: 1,
+                time_us: 1,
                 qos: 2,
                 retain: false,
                 publisher: Some(("p", pid)),
@@ -220,7 +220,7 @@ fn retained_keeps_the_newest_per_topic_and_deletions() {
         l.put(
             shard,
             Record::Msg(MsgBody {
-                time_ms: t,
+                time_us: t,
                 qos: 1,
                 retain: true,
                 publisher: None,
@@ -251,7 +251,7 @@ fn a_snapshot_restates_a_session_and_later_positions_apply_to_what_it_named() {
     let m1 = l.put(
         0,
         Record::SnapMsg(MsgBody {
-            time_ms: 1,
+            time_us: 1,
             qos: 1,
             retain: false,
             publisher: None,
@@ -262,7 +262,7 @@ fn a_snapshot_restates_a_session_and_later_positions_apply_to_what_it_named() {
     let m2 = l.put(
         0,
         Record::SnapMsg(MsgBody {
-            time_ms: 2,
+            time_us: 2,
             qos: 1,
             retain: false,
             publisher: None,
@@ -314,4 +314,106 @@ fn records_that_do_not_parse_are_counted_and_skipped() {
     r.record(0, 0, 99, b"??");
     r.record(0, 1, crate::store::records::kind::MSG, b"\x01");
     assert_eq!(r.finish().bad_records, 2);
+}
+
+#[test]
+fn only_a_session_restated_last_by_its_snapshot_is_known_not_to_have_sent_its_queue() {
+    let snapshot = |l: &mut Logs| {
+        let m = l.put(
+            0,
+            Record::SnapMsg(MsgBody {
+                time_us: 1,
+                qos: 1,
+                retain: false,
+                publisher: None,
+                topic: "t",
+                payload: b"1",
+            }),
+        );
+        let horizons = l.horizons();
+        l.put(
+            0,
+            Record::Snapshot(SnapshotBody {
+                client: "dev",
+                horizons,
+                subs: vec![("t", 1)],
+                awaiting_pubrel: vec![],
+                released: vec![],
+                held: vec![Held {
+                    stamp: m,
+                    qos: 1,
+                    pid: 0,
+                    retain: false,
+                }],
+            }),
+        );
+    };
+    // A graceful shutdown: the snapshot is the session's last word.
+    let mut l = Logs::new();
+    snapshot(&mut l);
+    let r = l.replay.finish();
+    assert_eq!(r.sessions[0].queued.len(), 1);
+    assert!(!r.sessions[0].maybe_sent);
+    // A crash after the session went on: its queue may have gone out.
+    let mut l = Logs::new();
+    snapshot(&mut l);
+    l.put(
+        0,
+        Record::Checkpoint {
+            horizons: vec![],
+            sessions: vec![Position {
+                client: "dev",
+                lagging: Some(vec![(0, 0)]),
+            }],
+        },
+    );
+    let r = l.replay.finish();
+    assert_eq!(r.sessions[0].queued.len(), 1);
+    assert!(r.sessions[0].maybe_sent);
+}
+
+#[test]
+fn a_completed_flow_frees_its_packet_id_even_without_a_stamp() {
+    let mut l = Logs::new();
+    let horizons = l.horizons();
+    l.put(
+        0,
+        Record::Snapshot(SnapshotBody {
+            client: "dev",
+            horizons,
+            subs: vec![("t", 2)],
+            awaiting_pubrel: vec![],
+            released: vec![5],
+            held: vec![],
+        }),
+    );
+    // PUBCOMP for 5 (its stamp lost in a compaction), then 5 reused.
+    l.put(
+        0,
+        Record::Out2 {
+            client: "dev",
+            stamp: Stamp {
+                origin: u16::MAX,
+                record: u64::MAX,
+            },
+            pid: 5,
+            stage: 2,
+        },
+    );
+    let m = l.msg(1, "t", 2, 10);
+    l.put(
+        0,
+        Record::Out2 {
+            client: "dev",
+            stamp: m,
+            pid: 5,
+            stage: 0,
+        },
+    );
+    let r = l.replay.finish();
+    let s = &r.sessions[0];
+    assert!(s.released.is_empty());
+    assert_eq!(s.inflight.len(), 1);
+    assert_eq!((s.inflight[0].0, s.inflight[0].1.stamp), (5, m));
+    assert!(s.queued.is_empty());
 }
