@@ -54,13 +54,14 @@ impl Drop for DataDir {
 }
 
 fn config(dir: &Path, shards: usize) -> Config {
-    let mut c = Config::default();
-    c.listeners = vec!["127.0.0.1:0".parse().unwrap()];
-    c.shards = shards;
-    c.connect_timeout = 1.0;
-    c.sys_interval = 0;
-    c.data_dir = Some(dir.to_path_buf());
-    c
+    Config {
+        listeners: vec!["127.0.0.1:0".parse().unwrap()],
+        shards,
+        connect_timeout: 1.0,
+        sys_interval: 0,
+        data_dir: Some(dir.to_path_buf()),
+        ..Config::default()
+    }
 }
 
 /// A child `shardmq` process; its stdout/stderr lines are collected for diagnostics.
@@ -70,7 +71,7 @@ struct Proc {
 }
 
 enum Inner {
-    InProc(Broker),
+    InProc(Box<Broker>),
     Proc(Proc),
 }
 
@@ -86,9 +87,9 @@ struct Node {
 impl Node {
     fn start(mode: Mode, dir: &Path, shards: usize) -> Node {
         let inner = match mode {
-            Mode::Graceful => {
-                Inner::InProc(Broker::start(config(dir, shards)).expect("broker starts"))
-            }
+            Mode::Graceful => Inner::InProc(Box::new(
+                Broker::start(config(dir, shards)).expect("broker starts"),
+            )),
             Mode::Killed => Inner::Proc(spawn_binary(dir, shards)),
         };
         let addr = match &inner {

@@ -33,6 +33,10 @@ use crate::store::{Commit, SegmentWriter};
 /// sessions had acknowledged, for QoS 1).
 pub const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(1);
 
+/// A session's positions as last written: per origin, the first record it may
+/// still need; `None` when caught up with the horizons.
+pub(super) type Lagging = Option<Box<[(u16, u64)]>>;
+
 struct Waiting {
     need: u64,
     conn: Rc<Conn>,
@@ -53,7 +57,7 @@ pub struct Durable {
     /// Horizons as of the last checkpoint written.
     pub(super) checkpointed: Vec<u64>,
     /// Positions last written per persistent session: `None` caught up.
-    pub(super) positions: AHashMap<ByteString, Option<Box<[(u16, u64)]>>>,
+    pub(super) positions: AHashMap<ByteString, Lagging>,
     scratch: Vec<u8>,
     committer: Option<Waker>,
     /// The next commit is fdatasynced whatever the policy (a snapshot, shutdown).
@@ -487,7 +491,7 @@ impl Shard {
             return;
         }
         let horizons = self.horizons();
-        let mut changed: Vec<(ByteString, Option<Box<[(u16, u64)]>>)> = Vec::new();
+        let mut changed: Vec<(ByteString, Lagging)> = Vec::new();
         let Some(d) = self.durable.as_deref_mut() else {
             return;
         };
@@ -524,7 +528,10 @@ impl Shard {
             .iter()
             .map(|&(_, h)| h)
             .ne(d.checkpointed.iter().copied());
-        if changed.is_empty() && !(moved && !d.positions.is_empty()) {
+        // Caught-up sessions follow the horizons: a checkpoint is due when they
+        // moved, if any session has positions at all.
+        let horizons_due = moved && !d.positions.is_empty();
+        if changed.is_empty() && !horizons_due {
             return;
         }
         d.checkpointed = horizons.iter().map(|&(_, h)| h).collect();
