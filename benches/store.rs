@@ -74,7 +74,7 @@ fn replay(c: &mut Criterion) {
     for n in [10_000u64, 100_000] {
         // One session subscribed before every message; shard 1 publishes.
         let mut records: Vec<(u16, u64, u8, Vec<u8>)> = Vec::new();
-        let mut put = |shard: u16, rec: Record<'_>, records: &mut Vec<_>| {
+        let put = |shard: u16, rec: Record<'_>, records: &mut Vec<_>| {
             let mut body = Vec::new();
             let kind = encode(&rec, &mut body);
             let n = records
