@@ -313,12 +313,10 @@ fn msg_body<'a>(m: &'a Message, publisher: Option<(&'a str, u16)>, time_us: u64)
 /// them (a fresh QoS 2 PUBLISH with its packet id, PUBREL once PUBREC came) for a
 /// persistent session, and holds, from the first packet that must wait for the
 /// log on, everything for this connection.
-pub(super) fn filter_output(
-    d: &mut Durable,
-    entry: &mut SessionEntry,
-    conn: &Rc<Conn>,
-    packets: &mut Vec<Packet>,
-) {
+pub(super) fn filter_output(d: &mut Durable, entry: &mut SessionEntry, packets: &mut Vec<Packet>) {
+    let Some(conn) = entry.conn.clone() else {
+        return;
+    };
     let persistent = !entry.session.clean_session();
     let mut first_held = if conn.holding.get() > 0 {
         0
@@ -357,7 +355,7 @@ pub(super) fn filter_output(
             first_held = i;
         }
     }
-    d.hold_from(conn, packets, first_held);
+    d.hold_from(&conn, packets, first_held);
 }
 
 impl Shard {

@@ -1382,24 +1382,28 @@ fn write_out(
     stats: &mut ShardStats,
     mut durable: Option<&mut durable::Durable>,
 ) {
-    match entry.conn.clone() {
-        Some(conn) => {
-            count_sent(stats, &out.packets);
-            if let Some(d) = durable.as_deref_mut() {
-                durable::filter_output(d, entry, &conn, &mut out.packets);
-            }
-            conn.write_packets(&mut out.packets);
-            if conn.pending() > high_water && !conn.congested() {
-                conn.set_congested(true);
-                entry.session.set_writable(false, out);
-                count_sent(stats, &out.packets);
-                if let Some(d) = durable {
-                    durable::filter_output(d, entry, &conn, &mut out.packets);
-                }
-                conn.write_packets(&mut out.packets);
-            }
+    if entry.conn.is_none() {
+        out.packets.clear();
+        return;
+    }
+    count_sent(stats, &out.packets);
+    if let Some(d) = durable.as_deref_mut() {
+        durable::filter_output(d, entry, &mut out.packets);
+    }
+    let Some(conn) = &entry.conn else {
+        return;
+    };
+    conn.write_packets(&mut out.packets);
+    if conn.pending() > high_water && !conn.congested() {
+        conn.set_congested(true);
+        entry.session.set_writable(false, out);
+        count_sent(stats, &out.packets);
+        if let Some(d) = durable {
+            durable::filter_output(d, entry, &mut out.packets);
         }
-        None => out.packets.clear(),
+        if let Some(conn) = &entry.conn {
+            conn.write_packets(&mut out.packets);
+        }
     }
 }
 
