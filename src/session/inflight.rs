@@ -110,6 +110,11 @@ impl Inflight {
         }
     }
 
+    /// Whether `pkid` is a usable packet id not in flight.
+    pub(crate) fn is_free(&self, pkid: u16) -> bool {
+        pkid != 0 && self.get().is_none_or(|f| !f.index.contains_key(&pkid))
+    }
+
     /// Records a QoS 2 flow restored past PUBREC; false if `pkid` is 0 or in use.
     pub(crate) fn insert_released(&mut self, pkid: u16, stamp: u64) -> bool {
         let f = self.get_or_init();

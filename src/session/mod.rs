@@ -460,7 +460,8 @@ impl Session {
     /// incoming QoS 2 ids awaiting PUBREL, outgoing flows past PUBREC
     /// `(pkid, stamp)`, flows in flight with their packet ids, in send order, and
     /// queued messages (with `maybe_sent`, they may have gone out before a crash:
-    /// each is sent with DUP set). The queue's bounds apply; returns how many
+    /// each is sent with DUP set, the QoS 1 ones with consecutive packet ids from
+    /// the one given, where free, as they had before; 0: any free ids). The queue's bounds apply; returns how many
     /// messages they (or a packet id in use twice) turned away.
     pub fn restore(
         &mut self,
@@ -468,7 +469,7 @@ impl Session {
         released: &[(u16, u64)],
         inflight: Vec<(u16, Message)>,
         queued: Vec<Message>,
-        maybe_sent: bool,
+        maybe_sent: Option<u16>,
     ) -> usize {
         if !awaiting_pubrel.is_empty() {
             self.awaiting_pubrel
@@ -489,8 +490,8 @@ impl Session {
                 dropped += 1;
             }
         }
-        if maybe_sent {
-            self.queue.mark_redelivery();
+        if let Some(first_pid) = maybe_sent {
+            self.queue.mark_redelivery(first_pid);
         }
         dropped
     }
@@ -631,13 +632,18 @@ impl Session {
             if !self.window_has_room(self.queue.front_cost().unwrap_or(0)) {
                 break;
             }
-            let Some(pkid) = self.inflight.next_free_pkid() else {
+            let Some(mut pkid) = self.inflight.next_free_pkid() else {
                 break;
             };
             let Some(msg) = self.queue.pop() else {
                 break;
             };
-            let dup = self.queue.take_redelivery();
+            let (dup, hint) = self.queue.take_redelivery();
+            if let Some(h) =
+                hint.filter(|&h| msg.qos == QoS::AtLeastOnce && self.inflight.is_free(h))
+            {
+                pkid = h;
+            }
             out.packets.push(publish_packet(&msg, pkid, dup));
             self.inflight.insert(pkid, msg);
         }

@@ -74,21 +74,27 @@ impl Queue {
 
     /// The QoS 1/2 messages queued now may have been sent before (restored after a
     /// crash): [`Queue::take_redelivery`] says so as each goes out.
-    pub(crate) fn mark_redelivery(&mut self) {
+    pub(crate) fn mark_redelivery(&mut self, first_pid: u16) {
         if let Some(f) = self.0.as_deref_mut() {
             f.redelivery = f.high.len();
+            f.redelivery_pid = first_pid;
         }
     }
 
     /// Whether the QoS 1/2 message just popped was marked by
-    /// [`Queue::mark_redelivery`].
-    pub(crate) fn take_redelivery(&mut self) -> bool {
+    /// [`Queue::mark_redelivery`], and the packet id it likely had (consecutive
+    /// from the first one given; `None` when unknown).
+    pub(crate) fn take_redelivery(&mut self) -> (bool, Option<u16>) {
         match self.0.as_deref_mut() {
             Some(f) if f.redelivery > 0 => {
                 f.redelivery -= 1;
-                true
+                let pid = f.redelivery_pid;
+                if pid != 0 {
+                    f.redelivery_pid = if pid == u16::MAX { 1 } else { pid + 1 };
+                }
+                (true, (pid != 0).then_some(pid))
             }
-            _ => false,
+            _ => (false, None),
         }
     }
 
@@ -138,8 +144,10 @@ struct Fifo {
     bytes: usize,
     low_bytes: usize,
     evicted: u64,
-    /// QoS 1/2 messages at the front that may have been sent before.
+    /// QoS 1/2 messages at the front that may have been sent before, and the
+    /// packet id the next of them likely had (0: unknown).
     redelivery: usize,
+    redelivery_pid: u16,
 }
 
 /// What a message costs against `max_queued_bytes`.
@@ -157,6 +165,7 @@ impl Fifo {
             low_bytes: 0,
             evicted: 0,
             redelivery: 0,
+            redelivery_pid: 0,
         }
     }
 

@@ -35,7 +35,7 @@ pub const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(1);
 
 /// A session's positions as last written: per origin, the first record it may
 /// still need; `None` when caught up with the horizons.
-pub(super) type Lagging = Option<Box<[(u16, u64)]>>;
+pub(super) type Lagging = (Option<Box<[(u16, u64)]>>, u16);
 
 struct Waiting {
     need: u64,
@@ -499,8 +499,12 @@ impl Shard {
                 continue;
             }
             mins.iter_mut().for_each(|m| *m = u64::MAX);
+            let mut first_pid = 0;
             e.session.for_each_held(
-                |m, _| {
+                |m, pid| {
+                    if first_pid == 0 && m.qos == QoS::AtLeastOnce {
+                        first_pid = pid;
+                    }
                     if let (false, Some(s)) = (m.retain, m.stamp()) {
                         if let Some(x) = mins.get_mut(usize::from(s.origin)) {
                             *x = (*x).min(s.record);
@@ -515,7 +519,7 @@ impl Shard {
                 .filter(|(_, &m)| m != u64::MAX)
                 .map(|(o, &m)| (o as u16, m))
                 .collect();
-            let now = (!lag.is_empty()).then(|| lag.into_boxed_slice());
+            let now = ((!lag.is_empty()).then(|| lag.into_boxed_slice()), first_pid);
             let client = e.session.client_id();
             if d.positions.get(client) != Some(&now) {
                 d.positions.insert(client.clone(), now.clone());
@@ -535,9 +539,10 @@ impl Shard {
         d.checkpointed = horizons.iter().map(|&(_, h)| h).collect();
         let sessions = changed
             .iter()
-            .map(|(c, p)| Position {
+            .map(|(c, (p, first_pid))| Position {
                 client: c,
                 lagging: p.as_ref().map(|b| b.to_vec()),
+                first_pid: *first_pid,
             })
             .collect();
         d.append(&Record::Checkpoint { horizons, sessions });
@@ -679,7 +684,7 @@ impl Shard {
                 &released,
                 inflight,
                 queued,
-                r.maybe_sent,
+                r.maybe_sent.then_some(r.first_pid),
             );
             let key = self.sessions.insert(SessionEntry {
                 session,

@@ -79,6 +79,11 @@ pub struct MsgBody<'a> {
 pub struct Position<'a> {
     pub client: &'a str,
     pub lagging: Option<Vec<(u16, u64)>>,
+    /// The packet id of the oldest message in flight to the session, 0 for none:
+    /// after a crash, the messages restored from the oldest on get consecutive
+    /// packet ids from it, as they had when they were sent (QoS 1 takes ids in
+    /// order, and its acknowledgements usually come in order).
+    pub first_pid: u16,
 }
 
 /// A queued or in-flight message of a [`Record::Snapshot`].
@@ -261,6 +266,7 @@ pub fn encode(record: &Record<'_>, out: &mut Vec<u8>) -> u8 {
                         w.u8(1).pairs(pairs);
                     }
                 }
+                w.u16(p.first_pid);
             }
             kind::CHECKPOINT
         }
@@ -406,7 +412,7 @@ pub fn decode(kind: u8, body: &[u8]) -> Result<Record<'_>, BadRecord> {
         },
         kind::CHECKPOINT => {
             let horizons = r.pairs()?;
-            let n = r.count(5)?;
+            let n = r.count(7)?;
             let mut sessions = Vec::with_capacity(n);
             for _ in 0..n {
                 let client = r.str()?;
@@ -415,7 +421,12 @@ pub fn decode(kind: u8, body: &[u8]) -> Result<Record<'_>, BadRecord> {
                     1 => Some(r.pairs()?),
                     _ => return Err(BadRecord::Invalid),
                 };
-                sessions.push(Position { client, lagging });
+                let first_pid = r.u16()?;
+                sessions.push(Position {
+                    client,
+                    lagging,
+                    first_pid,
+                });
             }
             Record::Checkpoint { horizons, sessions }
         }
@@ -535,10 +546,12 @@ mod tests {
                     Position {
                         client: "x",
                         lagging: None,
+                        first_pid: 0,
                     },
                     Position {
                         client: "y",
                         lagging: Some(vec![(1, 3)]),
+                        first_pid: 9,
                     },
                 ],
             },

@@ -63,6 +63,10 @@ pub struct RestoredSession {
     /// The queued messages may have been sent before (the log does not end with
     /// this session's snapshot): they go out with DUP set.
     pub maybe_sent: bool,
+    /// With `maybe_sent`: the packet id the first queued message had in flight,
+    /// the next ones following it (see [`crate::store::records::Position`]); 0:
+    /// unknown.
+    pub first_pid: u16,
 }
 
 /// Everything [`Replay::finish`] restores.
@@ -103,6 +107,8 @@ struct Sess {
     released: Vec<u16>,
     /// Nothing about the session was logged after its last snapshot.
     exact: bool,
+    /// From its last position: the packet id of its oldest message in flight.
+    first_pid: u16,
 }
 
 /// See the module docs.
@@ -191,6 +197,7 @@ impl Replay {
                         continue;
                     };
                     s.exact = false;
+                    s.first_pid = p.first_pid;
                     match p.lagging {
                         None => s.caught_on = Some(shard),
                         Some(pairs) => {
@@ -248,6 +255,7 @@ impl Replay {
                     out2: HashMap::new(),
                     released: snap.released,
                     exact: true,
+                    first_pid: 0,
                 };
                 self.sessions.insert(snap.client.to_owned(), s);
             }
@@ -384,6 +392,7 @@ impl Replay {
             }
             matched.sort_by_key(|&(t, stamp, _, _)| (t, stamp));
             r.maybe_sent = !(s.exact && matched.is_empty());
+            r.first_pid = s.first_pid;
             for (_, stamp, m, granted) in matched {
                 let qos = m.qos.min(granted);
                 let m = RestoredMsg {

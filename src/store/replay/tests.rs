@@ -120,10 +120,12 @@ fn checkpoints_move_positions_and_caught_up_sessions_follow_the_horizons() {
                 Position {
                     client: "slow",
                     lagging: Some(vec![(1, first.record)]),
+                    first_pid: 0,
                 },
                 Position {
                     client: "fast",
                     lagging: None,
+                    first_pid: 0,
                 },
             ],
         },
@@ -364,6 +366,7 @@ fn only_a_session_restated_last_by_its_snapshot_is_known_not_to_have_sent_its_qu
             sessions: vec![Position {
                 client: "dev",
                 lagging: Some(vec![(0, 0)]),
+                first_pid: 0,
             }],
         },
     );
