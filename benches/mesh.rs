@@ -47,7 +47,7 @@ fn message() -> Message {
         payload: Bytes::from(vec![0x5Au8; PAYLOAD_SIZE]),
         qos: QoS::AtLeastOnce,
         retain: false,
-        stamp: 0,
+        stamp: Default::default(),
     }
 }
 

@@ -50,7 +50,7 @@ fn message(qos: QoS) -> Message {
         payload: Bytes::from(vec![0x5Au8; PAYLOAD_SIZE]),
         qos,
         retain: false,
-        stamp: 0,
+        stamp: Default::default(),
     }
 }
 

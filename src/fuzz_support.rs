@@ -794,7 +794,7 @@ impl Harness {
             payload: Bytes::from(payload),
             qos,
             retain: flags & 1 != 0,
-            stamp: 0,
+            stamp: Default::default(),
         };
         let eff = qos.min(granted);
         self.sent

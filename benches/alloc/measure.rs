@@ -336,7 +336,7 @@ fn message(qos: QoS) -> Message {
             payload: p.payload,
             qos,
             retain: false,
-            stamp: 0,
+            stamp: Default::default(),
         },
         other => panic!("not a publish: {other:?}"),
     }

@@ -221,7 +221,7 @@ pub(crate) fn run(
                 payload: Bytes::from(value),
                 qos: QoS::AtMostOnce,
                 retain: true,
-                stamp: 0,
+                stamp: Default::default(),
             })
             .collect();
         gatherer.publish(msgs);

@@ -102,7 +102,7 @@ impl Inflight {
         if let Some(flows) = self.0.as_deref_mut() {
             for slot in flows.slots.iter_mut() {
                 match &mut slot.stage {
-                    Some(Stage::Published(m)) => m.stamp = f(m),
+                    Some(Stage::Published(m)) => m.stamp = f(m).into(),
                     Some(Stage::Released(stamp)) => *stamp = 0,
                     None => {}
                 }
@@ -236,7 +236,7 @@ impl Flows {
             return false;
         }
         let c = cost(m);
-        *stage = Stage::Released(m.stamp);
+        *stage = Stage::Released(m.stamp.get());
         self.bytes -= c;
         true
     }

@@ -254,7 +254,7 @@ impl Session {
             payload: will.payload,
             qos: will.qos,
             retain: will.retain,
-            stamp: 0,
+            stamp: Default::default(),
         })
     }
 
@@ -346,7 +346,7 @@ impl Session {
             payload: p.payload,
             qos: p.qos,
             retain: p.retain,
-            stamp: 0,
+            stamp: Default::default(),
         };
         match p.qos {
             QoS::AtMostOnce => {
@@ -418,7 +418,7 @@ impl Session {
     /// when there is none or it is not logged.
     pub fn inflight_stamp(&mut self, pkid: u16) -> u64 {
         match self.inflight.get_mut(pkid) {
-            Some(Stage::Published(m)) => m.stamp,
+            Some(Stage::Published(m)) => m.stamp.get(),
             Some(Stage::Released(stamp)) => *stamp,
             None => 0,
         }

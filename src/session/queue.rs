@@ -112,7 +112,7 @@ impl Queue {
     pub(crate) fn restamp(&mut self, f: &mut dyn FnMut(&Message) -> u64) {
         if let Some(q) = self.0.as_deref_mut() {
             for e in q.high.iter_mut() {
-                e.msg.stamp = f(&e.msg);
+                e.msg.stamp = f(&e.msg).into();
             }
         }
     }

@@ -26,7 +26,7 @@ fn msg(topic: &'static str, payload: &'static str, qos: QoS) -> Message {
         payload: Bytes::from_static(payload.as_bytes()),
         qos,
         retain: false,
-        stamp: 0,
+        stamp: Default::default(),
     }
 }
 
@@ -500,7 +500,7 @@ fn outbound_messages_share_topic_and_payload_buffers() {
         payload: Bytes::from(vec![7u8; 64]),
         qos: QoS::AtLeastOnce,
         retain: false,
-        stamp: 0,
+        stamp: Default::default(),
     };
     s.deliver(&a, QoS::AtLeastOnce, &mut out); // in flight
     s.deliver(&a, QoS::AtLeastOnce, &mut out); // queued
@@ -1124,7 +1124,7 @@ fn will_is_returned_on_ungraceful_disconnect() {
             payload: Bytes::from_static(b"gone"),
             qos: QoS::AtLeastOnce,
             retain: true,
-            stamp: 0,
+            stamp: Default::default(),
         })
     );
 }
@@ -1442,7 +1442,7 @@ impl Sim {
             payload: Bytes::copy_from_slice(&seq.to_be_bytes()),
             qos: self.rng.qos(),
             retain: self.rng.chance(10),
-            stamp: 0,
+            stamp: Default::default(),
         };
         let granted = self.rng.qos();
         let eff = m.qos.min(granted);

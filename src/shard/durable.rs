@@ -385,7 +385,8 @@ impl Shard {
         msg.stamp = pack_stamp(Stamp {
             origin: self.id as u16,
             record,
-        });
+        })
+        .into();
     }
 
     /// Records below `upto` are durable.
@@ -621,7 +622,7 @@ impl Shard {
                 payload: m.payload.clone(),
                 qos: m.qos,
                 retain: true,
-                stamp: pack_stamp(stamp),
+                stamp: pack_stamp(stamp).into(),
             };
             if id == 0 {
                 let r = d.append(&Record::SnapMsg(msg_body(&msg, None, m.time_us)));
@@ -666,7 +667,8 @@ impl Shard {
                     stamp: pack_stamp(Stamp {
                         origin: id as u16,
                         record,
-                    }),
+                    })
+                    .into(),
                 }
             };
             let inflight: Vec<(u16, Message)> =
@@ -763,10 +765,10 @@ impl Shard {
                 continue;
             }
             e.session.restamp(|m| {
-                if m.stamp == 0 {
+                if !m.stamp.is_set() {
                     return 0;
                 }
-                let record = *copies.entry(m.stamp).or_insert_with(|| {
+                let record = *copies.entry(m.stamp.get()).or_insert_with(|| {
                     d.append(&Record::SnapMsg(MsgBody {
                         retain: false,
                         ..msg_body(m, None, 0)

@@ -1085,7 +1085,7 @@ impl Shard {
                 }
             }
             for m in run {
-                e.pos_dirty |= m.stamp != 0;
+                e.pos_dirty |= m.stamp.is_set();
                 let d = e.session.deliver(m, qos, out);
                 count_delivery(stats, d, &mut e.session);
                 write_out(e, out, high_water, stats, durable.as_deref_mut());

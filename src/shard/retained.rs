@@ -150,9 +150,9 @@ impl Retained {
         for t in &topics {
             if let Some(Entry { msg: Some(m), .. }) = self.entries.get_mut(t) {
                 if super::is_sys_topic(t) {
-                    m.stamp = 0;
+                    m.stamp = Default::default();
                 } else {
-                    m.stamp = stamp(out.len() as u64);
+                    m.stamp = stamp(out.len() as u64).into();
                     out.push(m.clone());
                 }
             }
@@ -192,7 +192,7 @@ mod tests {
             payload: Bytes::from_static(payload.as_bytes()),
             qos: QoS::AtMostOnce,
             retain: true,
-            stamp: 0,
+            stamp: Default::default(),
         }
     }
 
