@@ -23,10 +23,13 @@ use std::time::Duration;
 use ahash::AHashMap;
 use bytestring::ByteString;
 
+use super::{SessionEntry, Shard};
 use crate::config::FsyncPolicy;
 use crate::link::Conn;
-use crate::protocol::Packet;
-use crate::store::records::{encode, Record};
+use crate::message::{pack_stamp, Message};
+use crate::protocol::{Packet, QoS};
+use crate::store::records::{encode, Held, MsgBody, Position, Record, SnapshotBody, Stamp};
+use crate::store::replay::{Restored, RestoredMsg, Stored};
 use crate::store::{Commit, SegmentWriter};
 
 /// How often positions are written (a crash re-sends at most this much of what
@@ -204,7 +207,7 @@ impl Durable {
 /// policy), then acknowledged. A failed write or fdatasync stops the process: the
 /// log's state on disk is then unknown, and acknowledging anything more would be
 /// a lie; recovery at the next start sets the damaged tail aside.
-pub async fn committer(shard: Rc<std::cell::RefCell<super::Shard>>) {
+pub async fn committer(shard: Rc<std::cell::RefCell<Shard>>) {
     use crate::store::{segment_file_name, sync_directory, DmaLogFile, LogFile};
     let mut file: Option<DmaLogFile> = None;
     let (policy, interval) = {
@@ -287,12 +290,6 @@ pub async fn committer(shard: Rc<std::cell::RefCell<super::Shard>>) {
             .log_durable(epoch, commit.records.end, bytes);
     }
 }
-
-use super::{SessionEntry, Shard};
-use crate::message::{pack_stamp, Message};
-use crate::protocol::QoS;
-use crate::store::records::{Held, MsgBody, Position, SnapshotBody, Stamp};
-use crate::store::replay::{Restored, RestoredMsg, Stored};
 
 fn now_us() -> u64 {
     super::retained::now_us()
