@@ -253,15 +253,21 @@ async fn start_log(
     control: &crossbeam_channel::Receiver<Control>,
 ) -> bool {
     use crate::store::generation::shard_dir;
-    use crate::store::{prime_iopoll_probe, Resume, SegmentWriter, WriterConfig};
+    use crate::store::{Resume, SegmentWriter, WriterConfig};
     let (id, shards, cfg) = {
         let s = shard.borrow();
         (s.id, s.shards, s.cfg.clone())
     };
     let dir = shard_dir(&store.data_dir, store.generation, id);
-    if let Err(e) = prime_iopoll_probe(&dir).await {
-        tracing::error!(dir = %dir.display(), error = %e, "cannot open the log directory");
-        return false;
+    let direct = match crate::store::direct_io_works(&dir).await {
+        Ok(direct) => direct,
+        Err(e) => {
+            tracing::error!(dir = %dir.display(), error = %e, "cannot open the log directory");
+            return false;
+        }
+    };
+    if !direct && id == 0 {
+        tracing::warn!(dir = %store.data_dir.display(), "the filesystem refuses direct I/O (O_DIRECT): the log is written through the page cache, with the same fdatasync before each acknowledgement");
     }
     let writer = SegmentWriter::new(
         WriterConfig {
@@ -273,15 +279,17 @@ async fn start_log(
             next_record: 0,
         },
     );
-    shard
-        .borrow_mut()
-        .set_durable(crate::shard::durable::Durable::new(
-            writer,
-            dir,
-            cfg.fsync,
-            Duration::from_millis(cfg.fsync_interval_ms),
-            shards,
-        ));
+    let mut durable = crate::shard::durable::Durable::new(
+        writer,
+        dir,
+        cfg.fsync,
+        Duration::from_millis(cfg.fsync_interval_ms),
+        shards,
+    );
+    if !direct {
+        durable.set_buffered();
+    }
+    shard.borrow_mut().set_durable(durable);
     let dropped = shard
         .borrow_mut()
         .restore(&store.restored, std::time::Instant::now());

@@ -65,6 +65,9 @@ pub struct Durable {
     committer: Option<Waker>,
     /// The next commit is fdatasynced whatever the policy (a snapshot, shutdown).
     force_sync: bool,
+    /// Segments are written with direct I/O (else through the page cache, on a
+    /// filesystem that refuses O_DIRECT).
+    pub(super) direct: bool,
     /// Bytes appended (frames) in this generation, and as of the end of the
     /// snapshot it started with.
     appended: u64,
@@ -97,6 +100,7 @@ impl Durable {
             scratch: Vec::new(),
             committer: None,
             force_sync: false,
+            direct: true,
             appended: 0,
             snapshot_bytes: 0,
             written: 0,
@@ -162,14 +166,20 @@ impl Durable {
 
     /// The batch to write next, if anything was appended since the last, and
     /// whether it must be fdatasynced whatever the policy.
-    pub fn take_commit(&mut self) -> Option<(Commit, bool, PathBuf, u64)> {
+    pub fn take_commit(&mut self) -> Option<(Commit, bool, PathBuf, u64, bool)> {
         let c = self.writer.commit()?;
         Some((
             c,
             std::mem::take(&mut self.force_sync),
             self.dir.clone(),
             self.epoch,
+            self.direct,
         ))
+    }
+
+    /// Segments go through the page cache (the filesystem refuses O_DIRECT).
+    pub fn set_buffered(&mut self) {
+        self.direct = false;
     }
 
     /// Registers the committer's waker, unless there is something to commit.
@@ -208,8 +218,8 @@ impl Durable {
 /// log's state on disk is then unknown, and acknowledging anything more would be
 /// a lie; recovery at the next start sets the damaged tail aside.
 pub async fn committer(shard: Rc<std::cell::RefCell<Shard>>) {
-    use crate::store::{segment_file_name, sync_directory, DmaLogFile, LogFile};
-    let mut file: Option<DmaLogFile> = None;
+    use crate::store::{segment_file_name, sync_directory, SegmentFile};
+    let mut file: Option<SegmentFile> = None;
     let (policy, interval) = {
         let s = shard.borrow();
         let Some(d) = s.durable.as_deref() else {
@@ -235,7 +245,7 @@ pub async fn committer(shard: Rc<std::cell::RefCell<Shard>>) {
             }
         })
         .await;
-        let Some((commit, forced, dir, epoch)) = shard
+        let Some((commit, forced, dir, epoch, direct)) = shard
             .borrow_mut()
             .durable
             .as_deref_mut()
@@ -256,7 +266,7 @@ pub async fn committer(shard: Rc<std::cell::RefCell<Shard>>) {
                     let _ = old.close().await;
                 }
                 let path = dir.join(segment_file_name(w.segment));
-                match DmaLogFile::create(&path).await {
+                match SegmentFile::create(&path, direct).await {
                     Ok(f) => file = Some(f),
                     Err(e) => fail("segment creation", e),
                 }
@@ -736,6 +746,7 @@ impl Shard {
         );
         let mut d = Durable::new(writer, dir, old.policy, old.interval, self.shards);
         d.epoch = old.epoch + 1;
+        d.direct = old.direct;
         // Nothing should wait (the old log was settled); whatever does, waits for
         // the new log's first commit.
         for mut w in old.waiting.drain(..) {

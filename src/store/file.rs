@@ -8,7 +8,7 @@
 use std::io;
 use std::path::Path;
 
-use glommio::io::{Directory, DmaFile, OpenOptions};
+use glommio::io::{BufferedFile, Directory, DmaFile, OpenOptions};
 
 use super::frame::BLOCK;
 
@@ -149,4 +149,140 @@ impl LogFile for DmaLogFile {
         }
         Ok(out)
     }
+}
+
+/// A segment file written through the page cache, for a filesystem that refuses
+/// O_DIRECT: the same writes, and the same fdatasync before anything is
+/// acknowledged (glommio's buffered file, on io_uring too).
+#[derive(Debug)]
+pub struct BufferedLogFile {
+    file: BufferedFile,
+}
+
+impl BufferedLogFile {
+    /// Creates a new segment file; fails if it exists.
+    pub async fn create(path: impl AsRef<Path>) -> io::Result<Self> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .buffered_open(path.as_ref())
+            .await?;
+        Ok(BufferedLogFile { file })
+    }
+
+    /// Opens an existing segment for reading and appending.
+    pub async fn open(path: impl AsRef<Path>) -> io::Result<Self> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .buffered_open(path.as_ref())
+            .await?;
+        Ok(BufferedLogFile { file })
+    }
+
+    /// Closes the file.
+    pub async fn close(self) -> io::Result<()> {
+        Ok(self.file.close().await?)
+    }
+}
+
+impl LogFile for BufferedLogFile {
+    async fn write_at(&mut self, offset: u64, bytes: &[u8]) -> io::Result<()> {
+        let mut at = 0;
+        while at < bytes.len() {
+            let n = self
+                .file
+                .write_at(bytes[at..].to_vec(), offset + at as u64)
+                .await?;
+            if n == 0 {
+                return Err(io::Error::new(io::ErrorKind::WriteZero, "short write"));
+            }
+            at += n;
+        }
+        Ok(())
+    }
+
+    async fn sync(&mut self) -> io::Result<()> {
+        Ok(self.file.fdatasync().await?)
+    }
+
+    async fn size(&mut self) -> io::Result<u64> {
+        Ok(self.file.file_size().await?)
+    }
+
+    async fn truncate(&mut self, len: u64) -> io::Result<()> {
+        Ok(self.file.truncate(len).await?)
+    }
+
+    async fn read_all(&mut self) -> io::Result<Vec<u8>> {
+        let len = self.file.file_size().await?;
+        let len = usize::try_from(len)
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "segment too large"))?;
+        let read = self.file.read_at(0, len).await?;
+        Ok(read.to_vec())
+    }
+}
+
+/// A segment file of either kind, as the shard's committer writes it.
+#[derive(Debug)]
+pub enum SegmentFile {
+    Direct(DmaLogFile),
+    Buffered(BufferedLogFile),
+}
+
+impl SegmentFile {
+    /// Creates a new segment file, with direct I/O or through the page cache.
+    pub async fn create(path: impl AsRef<Path>, direct: bool) -> io::Result<Self> {
+        Ok(if direct {
+            SegmentFile::Direct(DmaLogFile::create(path).await?)
+        } else {
+            SegmentFile::Buffered(BufferedLogFile::create(path).await?)
+        })
+    }
+
+    pub async fn write_at(&mut self, offset: u64, bytes: &[u8]) -> io::Result<()> {
+        match self {
+            SegmentFile::Direct(f) => f.write_at(offset, bytes).await,
+            SegmentFile::Buffered(f) => f.write_at(offset, bytes).await,
+        }
+    }
+
+    pub async fn sync(&mut self) -> io::Result<()> {
+        match self {
+            SegmentFile::Direct(f) => f.sync().await,
+            SegmentFile::Buffered(f) => f.sync().await,
+        }
+    }
+
+    pub async fn close(self) -> io::Result<()> {
+        match self {
+            SegmentFile::Direct(f) => f.close().await,
+            SegmentFile::Buffered(f) => f.close().await,
+        }
+    }
+}
+
+/// Whether the filesystem holding `dir` takes direct I/O: primes glommio's probe
+/// there ([`prime_iopoll_probe`]); `Ok(false)` when it refuses O_DIRECT (EINVAL),
+/// so the log is written through the page cache instead.
+pub async fn direct_io_works(dir: impl AsRef<Path>) -> io::Result<bool> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = dir.as_ref().join(PROBE_FILE);
+    let len = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+    if len < BLOCK as u64 {
+        std::fs::write(&path, [0xA5; BLOCK])?;
+    }
+    // Asked of the kernel directly: glommio's error for it loses the errno.
+    match std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(&path)
+    {
+        Ok(_) => {}
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => return Ok(false),
+        Err(e) => return Err(e),
+    }
+    prime_iopoll_probe(dir).await?;
+    Ok(true)
 }

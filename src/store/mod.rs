@@ -93,7 +93,10 @@ mod segment;
 #[cfg(test)]
 mod test_rng;
 
-pub use file::{prime_iopoll_probe, sync_directory, DmaLogFile, LogFile, PROBE_FILE};
+pub use file::{
+    direct_io_works, prime_iopoll_probe, sync_directory, BufferedLogFile, DmaLogFile, LogFile,
+    SegmentFile, PROBE_FILE,
+};
 pub use frame::{
     checksum, encode_record, frame_at, pad, padding_len, Damage, End, Item, Reader, RecordTooLarge,
     BLOCK, FRAME_HEADER, MAX_RECORD,
