@@ -29,7 +29,7 @@ use crate::link::Conn;
 use crate::message::{pack_stamp, Message};
 use crate::protocol::{Packet, QoS};
 use crate::store::records::{encode, Held, MsgBody, Position, Record, SnapshotBody, Stamp};
-use crate::store::replay::{Restored, RestoredMsg, Stored};
+use crate::store::replay::{Restored, RestoredMsg};
 use crate::store::{Commit, SegmentWriter};
 
 /// How often positions are written (a crash re-sends at most this much of what
@@ -316,6 +316,15 @@ fn msg_body<'a>(m: &'a Message, publisher: Option<(&'a str, u16)>, time_us: u64)
     }
 }
 
+/// Appends a snapshot of every persistent session in `sessions`.
+fn append_snapshots(d: &mut Durable, sessions: &slab::Slab<SessionEntry>, horizons: &[(u16, u64)]) {
+    for (_, e) in sessions.iter() {
+        if !e.session.clean_session() {
+            d.append(&Record::Snapshot(Shard::session_snapshot(e, horizons)));
+        }
+    }
+}
+
 /// Before a session's packets are written: logs the outbound QoS 2 stages among
 /// them (a fresh QoS 2 PUBLISH with its packet id, PUBREL once PUBREC came) for a
 /// persistent session, and holds, from the first packet that must wait for the
@@ -557,7 +566,10 @@ impl Shard {
     }
 
     /// One session, whole, for a snapshot: its messages named by their stamps.
-    fn session_snapshot<'a>(e: &'a SessionEntry, horizons: &[(u16, u64)]) -> SnapshotBody<'a> {
+    pub(super) fn session_snapshot<'a>(
+        e: &'a SessionEntry,
+        horizons: &[(u16, u64)],
+    ) -> SnapshotBody<'a> {
         let mut held = Vec::new();
         let mut released = Vec::new();
         e.session.for_each_held(
@@ -597,13 +609,8 @@ impl Shard {
         let Shard {
             sessions, durable, ..
         } = self;
-        let Some(d) = durable.as_deref_mut() else {
-            return;
-        };
-        for (_, e) in sessions.iter() {
-            if !e.session.clean_session() {
-                d.append(&Record::Snapshot(Self::session_snapshot(e, &horizons)));
-            }
+        if let Some(d) = durable.as_deref_mut() {
+            append_snapshots(d, sessions, &horizons);
         }
     }
 
@@ -653,17 +660,14 @@ impl Shard {
             };
             let mut message = |m: &RestoredMsg| -> Message {
                 let record = *copies.entry(m.stamp).or_insert_with(|| {
-                    let body = Stored {
-                        retain: false,
-                        ..m.msg.clone()
-                    };
+                    // Copies held by sessions are never retained updates.
                     d.append(&Record::SnapMsg(MsgBody {
-                        time_us: body.time_us,
-                        qos: body.qos as u8,
+                        time_us: m.msg.time_us,
+                        qos: m.msg.qos as u8,
                         retain: false,
                         publisher: None,
-                        topic: &body.topic,
-                        payload: &body.payload,
+                        topic: &m.msg.topic,
+                        payload: &m.msg.payload,
                     }))
                 });
                 Message {
@@ -695,17 +699,10 @@ impl Shard {
                 queued,
                 r.maybe_sent.then_some(r.first_pid),
             );
-            let key = self.sessions.insert(SessionEntry {
-                session,
-                conn: None,
-                match_seq: 0,
-                match_slot: 0,
-                held: false,
-                auth: None,
-                listener: 0,
-                offline_since: self.secs_since_start(now) + 1,
-                pos_dirty: true,
-            });
+            let mut entry = SessionEntry::offline(session, 0);
+            entry.offline_since = self.secs_since_start(now) + 1;
+            entry.pos_dirty = true;
+            let key = self.sessions.insert(entry);
             for (f, q) in &r.subs {
                 self.subs.insert(f, key as u32, *q);
             }
@@ -716,9 +713,7 @@ impl Shard {
             sessions, durable, ..
         } = self;
         if let Some(d) = durable.as_deref_mut() {
-            for (_, e) in sessions.iter() {
-                d.append(&Record::Snapshot(Self::session_snapshot(e, &horizons)));
-            }
+            append_snapshots(d, sessions, &horizons);
             d.snapshot_bytes = d.appended;
         }
         dropped
@@ -786,11 +781,7 @@ impl Shard {
             });
         }
         let horizons: Vec<(u16, u64)> = (0..self.shards).map(|o| (o as u16, 0)).collect();
-        for (_, e) in self.sessions.iter() {
-            if !e.session.clean_session() {
-                d.append(&Record::Snapshot(Self::session_snapshot(e, &horizons)));
-            }
-        }
+        append_snapshots(&mut d, &self.sessions, &horizons);
         d.snapshot_bytes = d.appended;
         d.force_sync = true;
         // The committer waits on the old writer's waker.

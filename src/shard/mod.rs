@@ -102,6 +102,23 @@ struct SessionEntry {
     pos_dirty: bool,
 }
 
+impl SessionEntry {
+    /// A session with no connection attached yet, through listener `listener`.
+    fn offline(session: Session, listener: u16) -> SessionEntry {
+        SessionEntry {
+            session,
+            conn: None,
+            match_seq: 0,
+            match_slot: 0,
+            held: false,
+            auth: None,
+            listener,
+            offline_since: 0,
+            pos_dirty: false,
+        }
+    }
+}
+
 /// Waits of one SUBSCRIBE for other shards to confirm new interest.
 pub struct SubscribeWait {
     outstanding: Cell<usize>,
@@ -439,17 +456,9 @@ impl Shard {
                 connect.clean_session,
                 self.limits.clone(),
             );
-            let key = self.sessions.insert(SessionEntry {
-                session,
-                conn: None,
-                match_seq: 0,
-                match_slot: 0,
-                held: false,
-                auth: None,
-                listener,
-                offline_since: 0,
-                pos_dirty: false,
-            });
+            let key = self
+                .sessions
+                .insert(SessionEntry::offline(session, listener));
             self.by_client.insert(connect.client_id.clone(), key);
             if !connect.clean_session {
                 self.log_record(&store::records::Record::Session {

@@ -30,6 +30,17 @@ pub trait LogFile {
     async fn read_all(&mut self) -> io::Result<Vec<u8>>;
 }
 
+/// How a segment file is opened: read and write, and for a new one, created
+/// (failing if it exists).
+fn segment_options(create: bool) -> OpenOptions {
+    let mut o = OpenOptions::new();
+    o.read(true).write(true);
+    if create {
+        o.create_new(true);
+    }
+    o
+}
+
 /// A segment file through glommio's DMA API (O_DIRECT, io_uring): writes bypass the
 /// page cache and `fdatasync` does not block the shard's other connections.
 #[derive(Debug)]
@@ -44,23 +55,14 @@ impl DmaLogFile {
     /// ([`sync_directory`]) before anything written to the file is acknowledged, or
     /// a crash may lose the file's name.
     pub async fn create(path: impl AsRef<Path>) -> io::Result<Self> {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .dma_open(path.as_ref())
-            .await?;
+        let file = segment_options(true).dma_open(path.as_ref()).await?;
         Ok(DmaLogFile { file })
     }
 
     /// Opens an existing segment for recovery and appending. (`DmaFile::open` opens
     /// read-only and `DmaFile::create` write-only and truncating: neither fits.)
     pub async fn open(path: impl AsRef<Path>) -> io::Result<Self> {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .dma_open(path.as_ref())
-            .await?;
+        let file = segment_options(false).dma_open(path.as_ref()).await?;
         Ok(DmaLogFile { file })
     }
 
@@ -162,22 +164,13 @@ pub struct BufferedLogFile {
 impl BufferedLogFile {
     /// Creates a new segment file; fails if it exists.
     pub async fn create(path: impl AsRef<Path>) -> io::Result<Self> {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .buffered_open(path.as_ref())
-            .await?;
+        let file = segment_options(true).buffered_open(path.as_ref()).await?;
         Ok(BufferedLogFile { file })
     }
 
     /// Opens an existing segment for reading and appending.
     pub async fn open(path: impl AsRef<Path>) -> io::Result<Self> {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .buffered_open(path.as_ref())
-            .await?;
+        let file = segment_options(false).buffered_open(path.as_ref()).await?;
         Ok(BufferedLogFile { file })
     }
 
