@@ -448,6 +448,7 @@ impl Config {
             max_topic_levels: self.max_topic_levels,
             max_client_id_length: self.max_client_id_length,
             mqtt31,
+            v5: false,
         }
     }
 

@@ -60,6 +60,7 @@ pub fn decode_case(data: &[u8]) {
     let mqtt31 = byte(2) & 0x80 != 0;
     let chunks = chunk_sizes(stream.len(), max_chunk, seed);
     let small = DecodeOptions {
+        v5: false,
         max_packet_size: small_max,
         max_topic_length: small_max,
         max_topic_levels: 1 + usize::from(byte(0) >> 5),
@@ -461,6 +462,7 @@ impl Harness {
                     b => u16::from(b % 8),
                 };
                 self.client(Packet::Publish(Publish {
+                    props: None,
                     dup: flags & 4 != 0,
                     qos,
                     retain: flags & 8 != 0,
@@ -501,6 +503,7 @@ impl Harness {
                     _ => input.u16(),
                 };
                 let will = (flags & 2 != 0).then(|| LastWill {
+                    props: Default::default(),
                     topic: ByteString::from_static("will"),
                     payload: Bytes::from_static(b"gone"),
                     qos: QoS::from_u8((flags >> 2) % 3).unwrap_or(QoS::AtMostOnce),
@@ -1035,17 +1038,24 @@ fn server_only_packet(which: u8) -> Packet {
         2 => Packet::UnsubAck(1),
         3 => Packet::PingResp,
         4 => Packet::Subscribe(Subscribe {
+            id: None,
+            user: Vec::new(),
             pkid: 1,
             filters: vec![SubscribeFilter {
+                no_local: false,
+                retain_as_published: false,
+                retain_handling: Default::default(),
                 filter: ByteString::from_static("t/x"),
                 qos: QoS::AtLeastOnce,
             }],
         }),
         5 => Packet::Unsubscribe(Unsubscribe {
+            user: Vec::new(),
             pkid: 1,
             filters: vec![ByteString::from_static("t/x")],
         }),
         _ => Packet::Connect(Box::new(Connect {
+            props: Default::default(),
             protocol: Protocol::V311,
             clean_session: true,
             keep_alive: 0,

@@ -255,6 +255,7 @@ mod tests {
 
     fn connect(user: Option<&str>, password: Option<&[u8]>) -> Connect {
         Connect {
+            props: Default::default(),
             protocol: Protocol::V311,
             clean_session: true,
             keep_alive: 60,

@@ -14,8 +14,8 @@
 //! reader) and no buffers.
 
 use crate::protocol::{
-    decode_with, ConnAck, Connect, ConnectReturnCode, DecodeError, DecodeOptions, Packet, Protocol,
-    Subscribe,
+    decode_with, peek_connect_level, ConnAck, Connect, ConnectReturnCode, DecodeError,
+    DecodeOptions, Packet, Protocol, Subscribe,
 };
 use crate::shard::mesh::Handoff;
 use crate::shard::{home_shard, Flow, Shard, SubscribeWait};
@@ -422,6 +422,13 @@ async fn read_first_packet(
         raw.clear();
     }
     loop {
+        // MQTT 5.0 is decoded but not served yet: a level-5 CONNECT is refused as an
+        // unacceptable protocol version (CONNACK 0x01, 3.1.1 layout) as soon as it is
+        // complete, whatever its layout, as before the codec knew 5.0. The 5.0
+        // wiring replaces this.
+        if peek_connect_level(rbuf, limits) == Some(5) {
+            return Err(End::Decode(DecodeError::UnsupportedProtocolLevel(5)));
+        }
         match decode_with(rbuf, limits) {
             Ok(Some(Packet::Connect(c))) => return Ok(*c),
             Ok(Some(_)) => return Err(End::Violation),

@@ -3,17 +3,22 @@
 //! [`decode`] looks at the front of a `BytesMut`: if it holds a complete packet, the
 //! packet is split off, frozen and parsed without copying (topics, strings and payloads
 //! are slices of the frozen bytes). It enforces every well-formedness rule of MQTT
-//! 3.1.1 that can be judged from one packet in isolation; whether a packet may be sent
-//! in the current state or direction (a client sending CONNACK, a second CONNECT) is
-//! left to the caller.
+//! 3.1.1 and 5.0 that can be judged from one packet in isolation; whether a packet may
+//! be sent in the current state or direction (a client sending CONNACK, a second
+//! CONNECT, a Subscription Identifier in a client's PUBLISH, a Topic Alias above the
+//! negotiated maximum or not yet mapped) is left to the caller. The 5.0 layouts are
+//! read by `decode_v5`, chosen by [`DecodeOptions::v5`] after CONNECT.
 
 use bytes::{Buf, Bytes, BytesMut};
 use bytestring::ByteString;
 
+use super::decode_v5;
 use super::packet::{
-    ConnAck, Connect, ConnectReturnCode, LastWill, Packet, Protocol, Publish, QoS, SubAck,
-    SubAckCode, Subscribe, SubscribeFilter, Unsubscribe,
+    ConnAck, Connect, ConnectProps, ConnectReturnCode, LastWill, Packet, Protocol, Publish, QoS,
+    RetainHandling, SubAck, SubAckCode, Subscribe, SubscribeFilter, Unsubscribe, WillProps,
 };
+use super::properties::{PacketKind, PropertyError};
+use super::reason::ReasonCode;
 
 /// Why the bytes at the front of a read buffer are not an acceptable MQTT packet. Every
 /// variant means the connection must be closed; [`DecodeError::connack_code`] says
@@ -31,7 +36,7 @@ pub enum DecodeError {
     /// The remaining-length field continues past its fourth byte (§2.2.3).
     #[error("malformed remaining length")]
     MalformedRemainingLength,
-    /// Control packet type 0 or 15 (reserved).
+    /// Control packet type 0, or 15 (AUTH) on a connection that is not 5.0.
     #[error("invalid packet type {0}")]
     InvalidPacketType(u8),
     /// Fixed-header flag bits other than the ones the packet type requires
@@ -64,7 +69,8 @@ pub enum DecodeError {
     /// CONNECT protocol name is neither "MQTT" nor "MQIsdp" [MQTT-3.1.2-1].
     #[error("invalid protocol name")]
     InvalidProtocolName,
-    /// CONNECT protocol name is known but its level is not the matching 4 or 3.
+    /// CONNECT protocol name is known but its level is not a matching one ("MQTT" 4 or
+    /// 5, "MQIsdp" 3).
     #[error("unsupported protocol level {0}")]
     UnsupportedProtocolLevel(u8),
     /// CONNECT flags break a rule of §3.1.2; the text says which.
@@ -121,6 +127,33 @@ pub enum DecodeError {
     /// SUBACK return code other than 0, 1, 2 or 0x80 [MQTT-3.9.3-2].
     #[error("invalid SUBACK return code {0:#04x}")]
     InvalidSubAckCode(u8),
+    /// A 5.0 property list that breaks a rule of §2.2.2 or of its property.
+    #[error(transparent)]
+    Property(#[from] PropertyError),
+    /// A 5.0 reason code that its packet may not carry (Table 2-6).
+    #[error("reason code {code:#04x} is not valid in {packet}")]
+    InvalidReasonCode {
+        /// Name of the packet type, as in [`Packet::name`].
+        packet: &'static str,
+        /// The byte received.
+        code: u8,
+    },
+    /// Authentication Data without an Authentication Method (§3.1.2.11.10, §3.15.2.2.3).
+    #[error("authentication data without an authentication method")]
+    AuthDataWithoutMethod,
+    /// A 5.0 PUBLISH with an empty topic and no Topic Alias (§3.3.4).
+    #[error("empty topic name without a topic alias")]
+    MissingTopicName,
+    /// Reserved bits 6-7 of a 5.0 subscription options byte set [MQTT-3.8.3-5].
+    #[error("reserved bits set in subscription options {0:#04x}")]
+    ReservedSubscriptionOptions(u8),
+    /// Maximum QoS 3 or Retain Handling 3 in a 5.0 subscription options byte
+    /// (§3.8.3.1).
+    #[error("invalid subscription options {0:#04x}")]
+    InvalidSubscriptionOptions(u8),
+    /// No Local on a shared subscription [MQTT-3.8.3-4].
+    #[error("no local set on a shared subscription")]
+    NoLocalOnSharedSubscription,
 }
 
 impl DecodeError {
@@ -136,6 +169,51 @@ impl DecodeError {
             // [MQTT-3.1.3-8]
             DecodeError::IdentifierRejected => Some(ConnectReturnCode::IdentifierRejected),
             _ => None,
+        }
+    }
+
+    /// The 5.0 reason code for the CONNACK (errors in CONNECT) or the DISCONNECT
+    /// (errors in any later packet) a server sends before closing a 5.0 connection
+    /// over this error (§4.13): 0x81 when the bytes cannot be parsed as the packet,
+    /// 0x82 when they parse but break a rule about their contents, and the specific
+    /// codes the specification names (0x84, 0x85, 0x90, 0x94, 0x95).
+    pub fn reason_code(&self) -> ReasonCode {
+        match self {
+            DecodeError::PacketTooLarge { .. } => ReasonCode::PACKET_TOO_LARGE,
+            DecodeError::MalformedRemainingLength
+            | DecodeError::InvalidPacketType(_)
+            | DecodeError::InvalidFlags { .. }
+            | DecodeError::Truncated
+            | DecodeError::LengthMismatch
+            | DecodeError::InvalidUtf8
+            | DecodeError::NullCharacter
+            | DecodeError::InvalidConnectFlags(_)
+            | DecodeError::InvalidQoS
+            | DecodeError::DupOnQoS0
+            | DecodeError::InvalidConnAckFlags(_)
+            | DecodeError::InvalidConnAckCode(_)
+            | DecodeError::InvalidSubAckCode(_)
+            | DecodeError::InvalidReasonCode { .. }
+            | DecodeError::ReservedSubscriptionOptions(_) => ReasonCode::MALFORMED_PACKET,
+            // Well-formed strings carrying data the protocol does not allow (§1.2).
+            DecodeError::ControlCharacter
+            | DecodeError::ZeroPacketId
+            | DecodeError::EmptySubscribe
+            | DecodeError::EmptyUnsubscribe
+            | DecodeError::EmptyTopicFilter
+            | DecodeError::AuthDataWithoutMethod
+            | DecodeError::MissingTopicName
+            | DecodeError::InvalidSubscriptionOptions(_)
+            | DecodeError::NoLocalOnSharedSubscription => ReasonCode::PROTOCOL_ERROR,
+            // §3.1.2.1: a wrong protocol name MAY be answered with 0x84.
+            DecodeError::InvalidProtocolName | DecodeError::UnsupportedProtocolLevel(_) => {
+                ReasonCode::UNSUPPORTED_PROTOCOL_VERSION
+            }
+            DecodeError::IdentifierRejected => ReasonCode::CLIENT_IDENTIFIER_NOT_VALID,
+            DecodeError::InvalidTopicName
+            | DecodeError::TopicTooLong { .. }
+            | DecodeError::TooManyTopicLevels { .. } => ReasonCode::TOPIC_NAME_INVALID,
+            DecodeError::Property(e) => ReasonCode(e.reason_code()),
         }
     }
 }
@@ -154,6 +232,7 @@ const UNSUBACK: u8 = 11;
 const PINGREQ: u8 = 12;
 const PINGRESP: u8 = 13;
 const DISCONNECT: u8 = 14;
+pub(super) const AUTH: u8 = 15;
 
 /// What a connection's decoder enforces beyond the fixed rules of the protocol: the
 /// configured size limits, and which revision's rules apply to the flag bits.
@@ -172,6 +251,10 @@ pub struct DecodeOptions {
     /// SUBSCRIBE or UNSUBSCRIBE. Before CONNECT this is unknown and false; CONNECT's own
     /// flags are judged once its protocol name is read.
     pub mqtt31: bool,
+    /// The connection speaks MQTT 5.0: every packet after CONNECT has the 5.0 layout
+    /// (properties, reason codes) and AUTH is allowed. Before CONNECT this is unknown
+    /// and false; CONNECT's layout follows its own protocol level.
+    pub v5: bool,
 }
 
 impl DecodeOptions {
@@ -183,6 +266,7 @@ impl DecodeOptions {
             max_topic_levels: usize::MAX,
             max_client_id_length: usize::MAX,
             mqtt31: false,
+            v5: false,
         }
     }
 }
@@ -208,7 +292,7 @@ pub fn decode_with(
     let Some((&first, rest)) = buf.split_first() else {
         return Ok(None);
     };
-    check_fixed_header(first, opts.mqtt31)?;
+    check_fixed_header(first, opts)?;
     let Some((remaining, field_len)) = read_remaining_length(rest)? else {
         return Ok(None);
     };
@@ -235,9 +319,18 @@ pub fn decode_with(
             };
             match kind {
                 CONNECT => decode_connect(&mut r, first & 0x0F, opts)?,
-                SUBSCRIBE => decode_subscribe(&mut r)?,
-                _ => decode_unsubscribe(&mut r)?,
+                SUBSCRIBE => decode_subscribe(&mut r, opts.v5)?,
+                _ => decode_unsubscribe(&mut r, opts.v5)?,
             }
+        }
+        // 5.0 acks, DISCONNECT and AUTH may carry strings: share the bytes too.
+        _ if opts.v5 => {
+            let frame = buf.split_to(total).freeze();
+            let mut r = Reader {
+                frame: &frame,
+                pos: header_len,
+            };
+            decode_v5::decode_other(kind, &mut r)?
         }
         _ => {
             let body = buf.get(header_len..total).ok_or(DecodeError::Truncated)?;
@@ -249,10 +342,36 @@ pub fn decode_with(
     Ok(Some(packet))
 }
 
+/// The protocol level of the CONNECT at the front of `buf`: `Some` only when `buf`
+/// holds the whole packet, within `opts.max_packet_size`, and its protocol name is
+/// "MQTT" or "MQIsdp" (the point at which [`decode_with`] judges the level). Lets a
+/// server that does not serve a revision yet refuse it before the rest is parsed.
+pub fn peek_connect_level(buf: &[u8], opts: &DecodeOptions) -> Option<u8> {
+    let (&first, rest) = buf.split_first()?;
+    if first >> 4 != CONNECT {
+        return None;
+    }
+    let (remaining, field_len) = read_remaining_length(rest).ok()??;
+    let header_len = 1 + field_len;
+    let total = header_len + remaining;
+    if total > opts.max_packet_size || buf.len() < total {
+        return None;
+    }
+    let body = buf.get(header_len..total)?;
+    let (len, body) = body.split_first_chunk::<2>()?;
+    let len = usize::from(u16::from_be_bytes(*len));
+    let name = body.get(..len)?;
+    if name != b"MQTT" && name != b"MQIsdp" {
+        return None;
+    }
+    body.get(len).copied()
+}
+
 /// Checks the packet type and the fixed-header flags (§2.2.2). Under MQTT 3.1
 /// (`mqtt31`) only PUBLISH's flags have rules. CONNECT's flags are checked by
-/// [`decode_connect`], once the protocol name says which revision applies.
-fn check_fixed_header(first: u8, mqtt31: bool) -> Result<(), DecodeError> {
+/// [`decode_connect`], once the protocol name says which revision applies. AUTH
+/// exists only on a 5.0 connection.
+fn check_fixed_header(first: u8, opts: &DecodeOptions) -> Result<(), DecodeError> {
     let flags = first & 0x0F;
     let (packet, expected) = match first >> 4 {
         CONNECT => return Ok(()),
@@ -278,9 +397,10 @@ fn check_fixed_header(first: u8, mqtt31: bool) -> Result<(), DecodeError> {
         PINGREQ => ("PINGREQ", 0),
         PINGRESP => ("PINGRESP", 0),
         DISCONNECT => ("DISCONNECT", 0),
+        AUTH if opts.v5 => ("AUTH", 0),
         other => return Err(DecodeError::InvalidPacketType(other)),
     };
-    if flags == expected || mqtt31 {
+    if flags == expected || opts.mqtt31 {
         Ok(())
     } else {
         Err(DecodeError::InvalidFlags { packet, flags })
@@ -465,17 +585,17 @@ fn may_be_invalid_in_topic(bytes: &[u8]) -> bool {
 }
 
 /// A cursor over one complete frozen packet; every read is bounds-checked.
-struct Reader<'a> {
-    frame: &'a Bytes,
-    pos: usize,
+pub(super) struct Reader<'a> {
+    pub(super) frame: &'a Bytes,
+    pub(super) pos: usize,
 }
 
 impl<'a> Reader<'a> {
-    fn remaining(&self) -> usize {
+    pub(super) fn remaining(&self) -> usize {
         self.frame.len().saturating_sub(self.pos)
     }
 
-    fn u8(&mut self) -> Result<u8, DecodeError> {
+    pub(super) fn u8(&mut self) -> Result<u8, DecodeError> {
         let b = *self.frame.get(self.pos).ok_or(DecodeError::Truncated)?;
         self.pos += 1;
         Ok(b)
@@ -491,7 +611,7 @@ impl<'a> Reader<'a> {
         }
     }
 
-    fn packet_id(&mut self) -> Result<u16, DecodeError> {
+    pub(super) fn packet_id(&mut self) -> Result<u16, DecodeError> {
         nonzero_packet_id(self.u16()?)
     }
 
@@ -515,7 +635,7 @@ impl<'a> Reader<'a> {
     }
 
     /// Binary data (§1.5.3-like: 2-byte length and bytes), shared with the frame.
-    fn binary(&mut self) -> Result<Bytes, DecodeError> {
+    pub(super) fn binary(&mut self) -> Result<Bytes, DecodeError> {
         let range = self.prefixed_range()?;
         Ok(self.frame.slice(range))
     }
@@ -523,7 +643,7 @@ impl<'a> Reader<'a> {
     /// A UTF-8 encoded string: well-formed UTF-8 [MQTT-1.5.3-1] without U+0000
     /// [MQTT-1.5.3-2] and without control characters (§1.5.3). Every string a client
     /// sends (client id, will topic, username, topic filters) is read this way.
-    fn string(&mut self) -> Result<ByteString, DecodeError> {
+    pub(super) fn string(&mut self) -> Result<ByteString, DecodeError> {
         let s = self.utf8()?;
         check_characters(&s)?;
         Ok(s)
@@ -536,14 +656,14 @@ impl<'a> Reader<'a> {
 
     /// A topic name: a string that is non-empty and free of wildcards [MQTT-3.3.2-2],
     /// within the configured limits.
-    fn topic_name(&mut self, opts: &DecodeOptions) -> Result<ByteString, DecodeError> {
+    pub(super) fn topic_name(&mut self, opts: &DecodeOptions) -> Result<ByteString, DecodeError> {
         let s = self.utf8()?;
         check_topic_name(&s, opts)?;
         Ok(s)
     }
 
     /// A topic filter in SUBSCRIBE or UNSUBSCRIBE: a string, non-empty [MQTT-4.7.3-1].
-    fn topic_filter(&mut self) -> Result<ByteString, DecodeError> {
+    pub(super) fn topic_filter(&mut self) -> Result<ByteString, DecodeError> {
         let s = self.string()?;
         if s.is_empty() {
             return Err(DecodeError::EmptyTopicFilter);
@@ -551,7 +671,7 @@ impl<'a> Reader<'a> {
         Ok(s)
     }
 
-    fn expect_end(&self) -> Result<(), DecodeError> {
+    pub(super) fn expect_end(&self) -> Result<(), DecodeError> {
         if self.remaining() == 0 {
             Ok(())
         } else {
@@ -567,22 +687,25 @@ fn decode_connect(
     opts: &DecodeOptions,
 ) -> Result<Packet, DecodeError> {
     // §3.1.2.1-2: the level is checked right away, before the rest is parsed, so that a
-    // newer client (e.g. MQTT 5, level 5, whose CONNECT has a different layout) gets
-    // CONNACK 0x01 rather than a closed connection.
+    // newer client (whose CONNECT may have a different layout) gets CONNACK 0x01 rather
+    // than a closed connection.
     let name = r.prefixed_slice()?;
     let is_mqtt = name == b"MQTT";
     let is_mqisdp = name == b"MQIsdp";
     let level = r.u8()?;
     let protocol = match (is_mqtt, is_mqisdp, level) {
         (true, _, 4) => Protocol::V311,
+        (true, _, 5) => Protocol::V5,
         (_, true, 3) => Protocol::V31,
         (true, _, _) | (_, true, _) => return Err(DecodeError::UnsupportedProtocolLevel(level)),
         _ => return Err(DecodeError::InvalidProtocolName),
     };
 
     // MQTT 3.1 has no rule on CONNECT's fixed-header flags or its reserved flag bit
-    // (Mosquitto accepts both from 3.1 clients); 3.1.1 requires zeros [MQTT-2.2.2-2].
-    let v311 = protocol == Protocol::V311;
+    // (Mosquitto accepts both from 3.1 clients); 3.1.1 and 5.0 require zeros
+    // [MQTT-2.2.2-2].
+    let v5 = protocol == Protocol::V5;
+    let v311 = protocol != Protocol::V31;
     if v311 && header_flags != 0 {
         return Err(DecodeError::InvalidFlags {
             packet: "CONNECT",
@@ -614,16 +737,27 @@ fn decode_connect(
     let Some(will_qos) = QoS::from_u8(will_qos) else {
         return Err(DecodeError::InvalidConnectFlags("will QoS is 3")); // [MQTT-3.1.2-14]
     };
-    if password_flag && !username_flag {
+    // 5.0 allows a password without a username (§3.1.2.9).
+    if password_flag && !username_flag && !v5 {
         return Err(DecodeError::InvalidConnectFlags(
             "password flag set without username flag", // [MQTT-3.1.2-22]
         ));
     }
     let keep_alive = r.u16()?;
+    let props = if v5 {
+        decode_v5::connect_props(r)?
+    } else {
+        ConnectProps::default()
+    };
 
     // §3.1.3
     let client_id = r.string()?;
     let will = if will_flag {
+        let will_props = if v5 {
+            decode_v5::will_props(r)?
+        } else {
+            WillProps::default()
+        };
         let topic = r.topic_name(opts)?;
         let payload = r.binary()?;
         Some(LastWill {
@@ -631,6 +765,7 @@ fn decode_connect(
             payload,
             qos: will_qos,
             retain: will_retain,
+            props: will_props,
         })
     } else {
         None
@@ -650,7 +785,8 @@ fn decode_connect(
     };
     r.expect_end()?;
 
-    if client_id.is_empty() && (protocol == Protocol::V31 || !clean_session) {
+    // 5.0 lets any client send an empty id and be assigned one (§3.1.3.1).
+    if client_id.is_empty() && (protocol == Protocol::V31 || (!clean_session && !v5)) {
         return Err(DecodeError::IdentifierRejected); // [MQTT-3.1.3-8]
     }
     if client_id.len() > opts.max_client_id_length {
@@ -664,6 +800,7 @@ fn decode_connect(
         will,
         username,
         password,
+        props,
     })))
 }
 
@@ -689,6 +826,11 @@ fn decode_publish(
     } else {
         r.packet_id()?
     };
+    let props = if opts.v5 {
+        decode_v5::publish_props(&mut r)?
+    } else {
+        None
+    };
     let payload_start = r.pos;
     // Guaranteed by the reader; checked so that split_off/advance can never panic.
     if topic_range.start > topic_range.end
@@ -701,7 +843,16 @@ fn decode_publish(
     frame.truncate(topic_range.end);
     frame.advance(topic_range.start);
     let topic = ByteString::try_from(frame).map_err(|_| DecodeError::InvalidUtf8)?;
-    check_topic_name(&topic, opts)?;
+    match &props {
+        // 5.0: an empty topic stands for the one the alias maps to (§3.3.2.3.4).
+        Some(p) if topic.is_empty() => {
+            if p.topic_alias.is_none() {
+                return Err(DecodeError::MissingTopicName);
+            }
+        }
+        None if topic.is_empty() && opts.v5 => return Err(DecodeError::MissingTopicName),
+        _ => check_topic_name(&topic, opts)?,
+    }
     Ok(Packet::Publish(Publish {
         dup,
         qos,
@@ -709,28 +860,55 @@ fn decode_publish(
         topic,
         pkid,
         payload,
+        props,
     }))
 }
 
-fn decode_subscribe(r: &mut Reader<'_>) -> Result<Packet, DecodeError> {
+fn decode_subscribe(r: &mut Reader<'_>, v5: bool) -> Result<Packet, DecodeError> {
     let pkid = r.packet_id()?;
+    let (id, user) = if v5 {
+        decode_v5::subscribe_props(r)?
+    } else {
+        (None, Vec::new())
+    };
     let mut filters = Vec::new();
     while r.remaining() > 0 {
         // Wildcard placement is the broker's call (SUBACK 0x80), not a decode error;
         // an empty filter is a protocol violation.
         let filter = r.topic_filter()?;
-        // Requested QoS: bits 7-2 reserved, value 0..=2 [MQTT-3-8.3-4].
-        let qos = QoS::from_u8(r.u8()?).ok_or(DecodeError::InvalidQoS)?;
-        filters.push(SubscribeFilter { filter, qos });
+        let f = if v5 {
+            decode_v5::subscription_options(filter, r.u8()?)?
+        } else {
+            // Requested QoS: bits 7-2 reserved, value 0..=2 [MQTT-3-8.3-4].
+            let qos = QoS::from_u8(r.u8()?).ok_or(DecodeError::InvalidQoS)?;
+            SubscribeFilter {
+                filter,
+                qos,
+                no_local: false,
+                retain_as_published: false,
+                retain_handling: RetainHandling::OnSubscribe,
+            }
+        };
+        filters.push(f);
     }
     if filters.is_empty() {
         return Err(DecodeError::EmptySubscribe); // [MQTT-3.8.3-3]
     }
-    Ok(Packet::Subscribe(Subscribe { pkid, filters }))
+    Ok(Packet::Subscribe(Subscribe {
+        pkid,
+        filters,
+        id,
+        user,
+    }))
 }
 
-fn decode_unsubscribe(r: &mut Reader<'_>) -> Result<Packet, DecodeError> {
+fn decode_unsubscribe(r: &mut Reader<'_>, v5: bool) -> Result<Packet, DecodeError> {
     let pkid = r.packet_id()?;
+    let user = if v5 {
+        decode_v5::user_only(r, PacketKind::Unsubscribe)?
+    } else {
+        Vec::new()
+    };
     let mut filters = Vec::new();
     while r.remaining() > 0 {
         filters.push(r.topic_filter()?);
@@ -738,7 +916,11 @@ fn decode_unsubscribe(r: &mut Reader<'_>) -> Result<Packet, DecodeError> {
     if filters.is_empty() {
         return Err(DecodeError::EmptyUnsubscribe); // [MQTT-3.10.3-2]
     }
-    Ok(Packet::Unsubscribe(Unsubscribe { pkid, filters }))
+    Ok(Packet::Unsubscribe(Unsubscribe {
+        pkid,
+        filters,
+        user,
+    }))
 }
 
 #[cfg(test)]
@@ -819,6 +1001,7 @@ mod tests {
 
     fn connect(protocol: Protocol) -> Connect {
         Connect {
+            props: Default::default(),
             protocol,
             clean_session: true,
             keep_alive: 60,
@@ -831,6 +1014,7 @@ mod tests {
 
     fn publish(qos: QoS, dup: bool, retain: bool, payload: &'static [u8]) -> Publish {
         Publish {
+            props: None,
             dup,
             qos,
             retain,
@@ -849,6 +1033,7 @@ mod tests {
             c.clean_session = false;
             c.keep_alive = 0;
             c.will = Some(LastWill {
+                props: Default::default(),
                 topic: ByteString::from_static("clients/client-1/status"),
                 payload: Bytes::from_static(b"offline"),
                 qos: QoS::AtLeastOnce,
@@ -859,6 +1044,7 @@ mod tests {
             out.push(Packet::Connect(Box::new(c)));
             let mut c = connect(protocol);
             c.will = Some(LastWill {
+                props: Default::default(),
                 topic: ByteString::from_static("w"),
                 payload: Bytes::new(),
                 qos: QoS::ExactlyOnce,
@@ -918,17 +1104,28 @@ mod tests {
             Packet::Disconnect,
         ]);
         out.push(Packet::Subscribe(Subscribe {
+            id: None,
+            user: Vec::new(),
             pkid: 10,
             filters: vec![
                 SubscribeFilter {
+                    no_local: false,
+                    retain_as_published: false,
+                    retain_handling: Default::default(),
                     filter: ByteString::from_static("sport/+/player1"),
                     qos: QoS::AtMostOnce,
                 },
                 SubscribeFilter {
+                    no_local: false,
+                    retain_as_published: false,
+                    retain_handling: Default::default(),
                     filter: ByteString::from_static("#"),
                     qos: QoS::AtLeastOnce,
                 },
                 SubscribeFilter {
+                    no_local: false,
+                    retain_as_published: false,
+                    retain_handling: Default::default(),
                     filter: ByteString::from_static("$SYS/#"),
                     qos: QoS::ExactlyOnce,
                 },
@@ -944,6 +1141,7 @@ mod tests {
             ],
         }));
         out.push(Packet::Unsubscribe(Unsubscribe {
+            user: Vec::new(),
             pkid: 11,
             filters: vec![ByteString::from_static("a/b"), ByteString::from_static("#")],
         }));
@@ -982,6 +1180,7 @@ mod tests {
                         }
                         let mut c = connect(protocol);
                         c.will = will.then(|| LastWill {
+                            props: Default::default(),
                             topic: ByteString::from_static("will/topic"),
                             payload: Bytes::from_static(b"bye"),
                             qos: QoS::ExactlyOnce,
@@ -1385,7 +1584,7 @@ mod tests {
     fn known_protocol_name_with_wrong_level_is_unsupported_and_earns_connack_1() {
         for (name, level) in [
             (&b"MQTT"[..], 3),
-            (b"MQTT", 5),
+            (b"MQTT", 6),
             (b"MQTT", 0),
             (b"MQIsdp", 4),
         ] {
@@ -1399,14 +1598,25 @@ mod tests {
     }
 
     #[test]
-    fn mqtt5_connect_is_answered_as_unsupported_level_before_its_properties_are_parsed() {
+    fn level_5_is_visible_to_peek_before_the_rest_of_connect_is_parsed() {
         // MQTT 5 CONNECT: properties length 0 before the client id; cut short on purpose.
         let mut body = field(b"MQTT");
         body.extend_from_slice(&[5, 0x02, 0, 60, 0]);
+        let bytes = raw(0x10, &body);
+        let opts = DecodeOptions::new(MAX);
+        assert_eq!(peek_connect_level(&bytes, &opts), Some(5));
+        assert_eq!(decode_err(&bytes), DecodeError::Truncated);
+        // Only once the whole packet is there, and within the size limit.
+        assert_eq!(peek_connect_level(&bytes[..bytes.len() - 1], &opts), None);
+        let small = DecodeOptions::new(bytes.len() - 1);
+        assert_eq!(peek_connect_level(&bytes, &small), None);
+        let v311 = raw_connect(b"MQTT", 4, 0x02, &[b"c"]);
+        assert_eq!(peek_connect_level(&v311, &opts), Some(4));
         assert_eq!(
-            decode_err(&raw(0x10, &body)),
-            DecodeError::UnsupportedProtocolLevel(5)
+            peek_connect_level(&raw_connect(b"MQTX", 5, 0, &[]), &opts),
+            None
         );
+        assert_eq!(peek_connect_level(&raw(0x30, &body), &opts), None);
     }
 
     #[test]

@@ -1,6 +1,9 @@
 //! Encoding packets into a write buffer.
 //!
-//! [`Packet::encode`] writes any packet; [`encode_publish`] is the fan-out hot path,
+//! [`Packet::encode`] writes any packet in its 3.1.1 form (the 5.0-only variants in
+//! their one form, CONNECT as its protocol field says); [`Packet::encode_v5`] writes
+//! the 5.0 form of PUBLISH, SUBSCRIBE and UNSUBSCRIBE too. [`encode_publish`] is the
+//! 3.1.1 fan-out hot path,
 //! writing a PUBLISH from borrowed parts straight into a connection's buffer without
 //! building a [`Publish`](super::Publish) first. Both reserve the exact size once and
 //! never allocate otherwise.
@@ -12,7 +15,9 @@
 
 use bytes::{BufMut, BytesMut};
 
+use super::encode_v5;
 use super::packet::{Connect, Packet, Protocol, QoS, SubAck, SubAckCode, Subscribe, Unsubscribe};
+use super::properties;
 
 /// Largest value the four-byte remaining-length field can hold (§2.2.3).
 pub(crate) const MAX_REMAINING_LENGTH: usize = 268_435_455;
@@ -59,7 +64,7 @@ pub(crate) fn write_remaining_length(out: &mut BytesMut, len: usize) {
 ///
 /// # Panics
 /// If `bytes` is longer than 65535 bytes (it cannot be represented on the wire).
-fn write_prefixed(out: &mut BytesMut, bytes: &[u8]) {
+pub(super) fn write_prefixed(out: &mut BytesMut, bytes: &[u8]) {
     let len = u16::try_from(bytes.len()).unwrap_or_else(|_| {
         panic!(
             "MQTT string or binary field of {} bytes exceeds 65535",
@@ -111,6 +116,7 @@ fn protocol_name_and_level(protocol: Protocol) -> (&'static [u8], u8) {
     match protocol {
         Protocol::V31 => (b"MQIsdp", 3),
         Protocol::V311 => (b"MQTT", 4),
+        Protocol::V5 => (b"MQTT", 5),
     }
 }
 
@@ -120,6 +126,12 @@ fn connect_remaining_len(c: &Connect) -> usize {
     let mut len = 2 + name.len() + 1 + 1 + 2 + 2 + c.client_id.len();
     if let Some(will) = &c.will {
         len += 2 + will.topic.len() + 2 + will.payload.len();
+    }
+    if c.protocol == Protocol::V5 {
+        len += properties::encoded_len(&encode_v5::connect_properties(&c.props));
+        if let Some(will) = &c.will {
+            len += encode_v5::will_props_len(&will.props);
+        }
     }
     if let Some(username) = &c.username {
         len += 2 + username.len();
@@ -157,18 +169,36 @@ fn remaining_len(p: &Packet) -> usize {
         Packet::SubAck(s) => 2 + s.codes.len(),
         Packet::Unsubscribe(u) => unsubscribe_remaining_len(u),
         Packet::PingReq | Packet::PingResp | Packet::Disconnect => 0,
+        Packet::ConnAckV5(_)
+        | Packet::PubAckV5(_)
+        | Packet::PubRecV5(_)
+        | Packet::PubRelV5(_)
+        | Packet::PubCompV5(_)
+        | Packet::SubAckV5(_)
+        | Packet::UnsubAckV5(_)
+        | Packet::DisconnectV5(_)
+        | Packet::Auth(_) => encode_v5::only_v5_remaining_len(p).unwrap_or(0),
     }
 }
 
-/// Total number of bytes `p` takes on the wire, fixed header included; lets the caller
-/// size buffers or enforce a client's maximum packet size before encoding.
+/// Total number of bytes `p` takes on the wire, fixed header included, as
+/// [`Packet::encode`] writes it; lets the caller size buffers or enforce a client's
+/// maximum packet size before encoding.
 pub fn encoded_len(p: &Packet) -> usize {
     let remaining = remaining_len(p);
     1 + remaining_length_len(remaining) + remaining
 }
 
+/// Total number of bytes `p` takes on the wire as [`Packet::encode_v5`] writes it.
+pub fn encoded_len_v5(p: &Packet) -> usize {
+    let remaining = encode_v5::remaining_len(p).unwrap_or_else(|| remaining_len(p));
+    1 + remaining_length_len(remaining) + remaining
+}
+
 impl Packet {
-    /// Appends the wire bytes of this packet to `out`, reserving the exact size once.
+    /// Appends the wire bytes of this packet to `out`, reserving the exact size once:
+    /// the 3.1.1 layout for the packets both revisions share, except CONNECT, whose
+    /// layout follows its `protocol`; the 5.0-only variants in their 5.0 layout.
     ///
     /// # Panics
     /// If a string or binary field is longer than 65535 bytes or the remaining length
@@ -194,6 +224,32 @@ impl Packet {
             Packet::PingReq => put_fixed(out, [0xC0, 0]),
             Packet::PingResp => put_fixed(out, [0xD0, 0]),
             Packet::Disconnect => put_fixed(out, [0xE0, 0]),
+            Packet::ConnAckV5(_)
+            | Packet::PubAckV5(_)
+            | Packet::PubRecV5(_)
+            | Packet::PubRelV5(_)
+            | Packet::PubCompV5(_)
+            | Packet::SubAckV5(_)
+            | Packet::UnsubAckV5(_)
+            | Packet::DisconnectV5(_)
+            | Packet::Auth(_) => {
+                encode_v5::encode_only_v5(self, out);
+            }
+        }
+    }
+
+    /// Appends the MQTT 5.0 wire bytes of this packet to `out`: PUBLISH (with its
+    /// `props`), SUBSCRIBE and UNSUBSCRIBE in their 5.0 layout, everything else as
+    /// [`Packet::encode`] writes it. Among the 3.1.1 variants, `PubAck`, `PubRec`,
+    /// `PubRel`, `PubComp` and `Disconnect` come out as the short 5.0 forms meaning
+    /// Success (§3.4.2.1, §3.14.2.1), so a 5.0 connection may be sent those; `ConnAck`,
+    /// `SubAck` and `UnsubAck` have no 5.0 reading and must not be.
+    ///
+    /// # Panics
+    /// As [`Packet::encode`].
+    pub fn encode_v5(&self, out: &mut BytesMut) {
+        if !encode_v5::encode(self, out) {
+            self.encode(out);
         }
     }
 }
@@ -212,7 +268,7 @@ fn encode_ack(out: &mut BytesMut, first: u8, pkid: u16) {
 
 /// Writes the first byte and remaining length of a variable-size packet, reserving
 /// room for the whole packet so the body that follows never reallocates.
-fn begin(out: &mut BytesMut, first: u8, remaining: usize) {
+pub(super) fn begin(out: &mut BytesMut, first: u8, remaining: usize) {
     out.reserve(1 + remaining_length_len(remaining) + remaining);
     out.put_u8(first);
     write_remaining_length(out, remaining);
@@ -241,8 +297,15 @@ fn encode_connect(out: &mut BytesMut, c: &Connect) {
     }
     out.put_u8(flags);
     out.put_u16(c.keep_alive);
+    let v5 = c.protocol == Protocol::V5;
+    if v5 {
+        properties::encode(&encode_v5::connect_properties(&c.props), out);
+    }
     write_prefixed(out, c.client_id.as_bytes());
     if let Some(will) = &c.will {
+        if v5 {
+            encode_v5::write_will_props(out, &will.props);
+        }
         write_prefixed(out, will.topic.as_bytes());
         write_prefixed(out, &will.payload);
     }
@@ -370,6 +433,7 @@ mod tests {
     #[test]
     fn connect_uses_protocol_name_and_level_of_its_revision() {
         let mut c = Connect {
+            props: Default::default(),
             protocol: Protocol::V311,
             clean_session: true,
             keep_alive: 60,
@@ -392,11 +456,13 @@ mod tests {
     #[test]
     fn connect_flags_reflect_will_username_and_password() {
         let c = Connect {
+            props: Default::default(),
             protocol: Protocol::V311,
             clean_session: false,
             keep_alive: 0,
             client_id: ByteString::from_static("c"),
             will: Some(LastWill {
+                props: Default::default(),
                 topic: ByteString::from_static("w"),
                 payload: Bytes::from_static(b"x"),
                 qos: QoS::ExactlyOnce,
@@ -444,6 +510,7 @@ mod tests {
             1,
         );
         let p = Packet::Publish(Publish {
+            props: None,
             dup: false,
             qos: QoS::AtLeastOnce,
             retain: false,
@@ -459,13 +526,21 @@ mod tests {
     #[test]
     fn subscribe_unsubscribe_and_suback_layouts() {
         let s = Packet::Subscribe(Subscribe {
+            id: None,
+            user: Vec::new(),
             pkid: 1,
             filters: vec![
                 SubscribeFilter {
+                    no_local: false,
+                    retain_as_published: false,
+                    retain_handling: Default::default(),
                     filter: ByteString::from_static("a"),
                     qos: QoS::AtLeastOnce,
                 },
                 SubscribeFilter {
+                    no_local: false,
+                    retain_as_published: false,
+                    retain_handling: Default::default(),
                     filter: ByteString::from_static("#"),
                     qos: QoS::ExactlyOnce,
                 },
@@ -473,6 +548,7 @@ mod tests {
         });
         assert_eq!(bytes_of(&s), [0x82, 10, 0, 1, 0, 1, b'a', 1, 0, 1, b'#', 2]);
         let u = Packet::Unsubscribe(Unsubscribe {
+            user: Vec::new(),
             pkid: 2,
             filters: vec![ByteString::from_static("a")],
         });

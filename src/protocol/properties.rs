@@ -617,6 +617,15 @@ impl FromIterator<Property> for Properties {
     }
 }
 
+impl IntoIterator for Properties {
+    type Item = Property;
+    type IntoIter = std::vec::IntoIter<Property>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.list.into_iter()
+    }
+}
+
 impl<'a> IntoIterator for &'a Properties {
     type Item = &'a Property;
     type IntoIter = std::slice::Iter<'a, Property>;
@@ -717,24 +726,112 @@ pub fn decode(buf: &[u8], kind: PacketKind) -> Result<(Properties, usize), Prope
         .checked_add(len as usize)
         .filter(|end| *end <= buf.len())
         .ok_or(PropertyError::Truncated)?;
-    let mut rest = &buf[len_width..end];
+    Ok((decode_body(&buf[len_width..end], kind)?, end))
+}
+
+/// Decodes a property list without its Property Length: `body` is exactly the
+/// properties, as [`PublishProps::forward`](super::PublishProps::forward) holds them.
+pub fn decode_body(body: &[u8], kind: PacketKind) -> Result<Properties, PropertyError> {
+    let mut rest = body;
     let mut props = Properties::new();
-    // Identifiers run up to 0x2A, so one bit each fits in a u64.
-    let mut seen: u64 = 0;
+    let mut seen = Seen::default();
     while let Some((&first, tail)) = rest.split_first() {
         rest = tail;
+        let id = seen.admit(first, kind)?;
+        props.push(read_value(id, &mut rest)?);
+    }
+    Ok(props)
+}
+
+/// The identifiers met so far in one list, to refuse a repeat.
+#[derive(Default)]
+struct Seen(u64);
+
+impl Seen {
+    /// Checks identifier byte `first` in `kind`: known, allowed there, and not a second
+    /// occurrence of a property that may appear once.
+    fn admit(&mut self, first: u8, kind: PacketKind) -> Result<PropertyId, PropertyError> {
         let id = PropertyId::from_u8(first).ok_or(PropertyError::UnknownIdentifier(first))?;
         if !id.allowed_in(kind) {
             return Err(PropertyError::NotAllowed { id, kind });
         }
+        // Identifiers run up to 0x2A, so one bit each fits in a u64.
         let bit = 1u64 << (id as u8);
-        if seen & bit != 0 && !id.repeatable_in(kind) {
+        if self.0 & bit != 0 && !id.repeatable_in(kind) {
             return Err(PropertyError::Duplicate { id, kind });
         }
-        seen |= bit;
-        props.push(read_value(id, &mut rest)?);
+        self.0 |= bit;
+        Ok(id)
     }
-    Ok((props, end))
+}
+
+/// Checks the property list at the front of `buf` exactly as [`decode`] does, without
+/// building it: for each property, `each` gets its identifier, its value if it is an
+/// integer (0 for strings and binary data), and the range of `buf` the whole property
+/// (identifier included) takes. Returns the bytes consumed, Property Length included.
+/// Used where properties are kept as wire bytes (PUBLISH, Will Properties).
+pub(crate) fn walk(
+    buf: &[u8],
+    kind: PacketKind,
+    mut each: impl FnMut(PropertyId, u32, std::ops::Range<usize>),
+) -> Result<usize, PropertyError> {
+    let (len, len_width) = read_var_int(buf)?;
+    let end = len_width
+        .checked_add(len as usize)
+        .filter(|end| *end <= buf.len())
+        .ok_or(PropertyError::Truncated)?;
+    let mut rest = &buf[len_width..end];
+    let mut seen = Seen::default();
+    while let Some((&first, tail)) = rest.split_first() {
+        let start = end - rest.len();
+        rest = tail;
+        let id = seen.admit(first, kind)?;
+        let value = check_value(id, &mut rest)?;
+        each(id, value, start..end - rest.len());
+    }
+    Ok(end)
+}
+
+/// Reads and checks the value of `id` like [`read_value`], without copying strings
+/// or binary data: the integer value, or 0.
+fn check_value(id: PropertyId, rest: &mut &[u8]) -> Result<u32, PropertyError> {
+    fn check_string(rest: &mut &[u8]) -> Result<(), PropertyError> {
+        let len = take_u16(rest)?;
+        let s = std::str::from_utf8(take(rest, len as usize)?)
+            .map_err(|_| PropertyError::InvalidUtf8)?;
+        if s.as_bytes().contains(&0) {
+            return Err(PropertyError::NullCharacter);
+        }
+        Ok(())
+    }
+    match id.data_type() {
+        DataType::Utf8String => check_string(rest).map(|()| 0),
+        DataType::Utf8StringPair => {
+            check_string(rest)?;
+            check_string(rest).map(|()| 0)
+        }
+        DataType::BinaryData => {
+            let len = take_u16(rest)?;
+            take(rest, len as usize).map(|_| 0)
+        }
+        _ => Ok(match read_value(id, rest)? {
+            Property::PayloadFormatIndicator(v) => u32::from(v as u8),
+            Property::MessageExpiryInterval(v)
+            | Property::SessionExpiryInterval(v)
+            | Property::WillDelayInterval(v) => v,
+            Property::SubscriptionIdentifier(v) | Property::MaximumPacketSize(v) => v.get(),
+            Property::TopicAlias(v) | Property::ReceiveMaximum(v) => u32::from(v.get()),
+            Property::ServerKeepAlive(v) | Property::TopicAliasMaximum(v) => u32::from(v),
+            Property::MaximumQoS(q) => u32::from(q as u8),
+            Property::RequestProblemInformation(b)
+            | Property::RequestResponseInformation(b)
+            | Property::RetainAvailable(b)
+            | Property::WildcardSubscriptionAvailable(b)
+            | Property::SubscriptionIdentifierAvailable(b)
+            | Property::SharedSubscriptionAvailable(b) => u32::from(b),
+            _ => 0,
+        }),
+    }
 }
 
 /// Appends the Property Length and every property in `props`, in order.
@@ -748,6 +845,16 @@ pub fn encode(props: &Properties, out: &mut BytesMut) {
     for p in props {
         p.encode(out);
     }
+}
+
+/// The properties of `props` in order, without a Property Length: the layout of
+/// [`PublishProps::forward`](super::PublishProps::forward).
+pub fn encode_body(props: &Properties) -> Bytes {
+    let mut out = BytesMut::with_capacity(props.body_len());
+    for p in props {
+        p.encode(&mut out);
+    }
+    out.freeze()
 }
 
 /// Bytes [`encode`] writes for `props`: the Property Length field plus the properties,

@@ -153,6 +153,7 @@ fn publish_packet(msg: &Message, pkid: u16, dup: bool) -> Packet {
         topic: msg.topic.clone(),
         pkid,
         payload: msg.payload.clone(),
+        props: None,
     })
 }
 
@@ -335,7 +336,17 @@ impl Session {
             | Packet::SubAck(_)
             | Packet::Unsubscribe(_)
             | Packet::UnsubAck(_)
-            | Packet::PingResp) => return Err(SessionError::UnexpectedPacket(other.name())),
+            | Packet::PingResp
+            // MQTT 5.0 sessions are not wired yet: a 5.0 connection is refused at CONNECT.
+            | Packet::ConnAckV5(_)
+            | Packet::PubAckV5(_)
+            | Packet::PubRecV5(_)
+            | Packet::PubRelV5(_)
+            | Packet::PubCompV5(_)
+            | Packet::SubAckV5(_)
+            | Packet::UnsubAckV5(_)
+            | Packet::DisconnectV5(_)
+            | Packet::Auth(_)) => return Err(SessionError::UnexpectedPacket(other.name())),
         }
         Ok(())
     }

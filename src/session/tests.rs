@@ -49,6 +49,7 @@ fn take(out: &mut Output) -> Vec<Packet> {
 
 fn publish(topic: &'static str, payload: &'static str, qos: QoS, pkid: u16, dup: bool) -> Packet {
     Packet::Publish(Publish {
+        props: None,
         dup,
         qos,
         retain: false,
@@ -276,6 +277,7 @@ fn pingreq_is_answered_with_pingresp() {
 fn unexpected_packets_are_rejected() {
     let (mut s, mut out, now) = connected(roomy());
     let connect = Packet::Connect(Box::new(Connect {
+        props: Default::default(),
         protocol: Protocol::V311,
         clean_session: false,
         keep_alive: 10,
@@ -291,6 +293,8 @@ fn unexpected_packets_are_rejected() {
             code: ConnectReturnCode::Accepted,
         }),
         Packet::Subscribe(Subscribe {
+            id: None,
+            user: Vec::new(),
             pkid: 1,
             filters: vec![],
         }),
@@ -299,6 +303,7 @@ fn unexpected_packets_are_rejected() {
             codes: vec![],
         }),
         Packet::Unsubscribe(Unsubscribe {
+            user: Vec::new(),
             pkid: 1,
             filters: vec![],
         }),
@@ -1105,6 +1110,7 @@ fn one_message_larger_than_the_byte_bound_still_goes_out_alone() {
 
 fn will() -> LastWill {
     LastWill {
+        props: Default::default(),
         topic: ByteString::from_static("will/t"),
         payload: Bytes::from_static(b"gone"),
         qos: QoS::AtLeastOnce,
@@ -1621,6 +1627,7 @@ impl Sim {
                 };
                 let before = self.out.publishes.len();
                 let p = Packet::Publish(Publish {
+                    props: None,
                     dup: false,
                     qos,
                     retain: false,
@@ -1638,6 +1645,7 @@ impl Sim {
 
     fn inbound(&self, id: u16, payload_id: u64, dup: bool) -> Packet {
         Packet::Publish(Publish {
+            props: None,
             dup,
             qos: QoS::ExactlyOnce,
             retain: false,
@@ -1650,6 +1658,7 @@ impl Sim {
     fn connect(&mut self) {
         self.will_set = self.rng.chance(50);
         let will = self.will_set.then(|| LastWill {
+            props: Default::default(),
             topic: ByteString::from_static("w"),
             payload: Bytes::new(),
             qos: QoS::AtMostOnce,
@@ -1828,6 +1837,7 @@ fn sends_qos0_at_once_agrees_with_deliver() {
                     assert_eq!(
                         take(&mut out),
                         vec![Packet::Publish(Publish {
+                            props: None,
                             dup: false,
                             qos: QoS::AtMostOnce,
                             retain: m.retain,
