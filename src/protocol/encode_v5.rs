@@ -504,3 +504,114 @@ pub(super) fn encode_only_v5(p: &Packet, out: &mut BytesMut) -> bool {
     }
     true
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::packet::{Connect, RetainHandling, SubscribeFilter};
+    use super::super::Protocol;
+    use super::*;
+    use bytes::Bytes;
+
+    fn bytes_v5(p: &Packet) -> Vec<u8> {
+        let mut out = BytesMut::new();
+        p.encode_v5(&mut out);
+        assert_eq!(out.len(), super::super::encoded_len_v5(p));
+        out.to_vec()
+    }
+
+    #[test]
+    fn connect_5_0_layout_has_properties_after_keep_alive_and_before_the_will() {
+        let mut c = Connect {
+            protocol: Protocol::V5,
+            clean_session: true,
+            keep_alive: 60,
+            client_id: ByteString::from_static("c"),
+            will: None,
+            username: None,
+            password: None,
+            props: ConnectProps::default(),
+        };
+        let minimal = [
+            0x10, 14, 0, 4, b'M', b'Q', b'T', b'T', 5, 0x02, 0, 60, 0, 0, 1, b'c',
+        ];
+        assert_eq!(bytes_v5(&Packet::Connect(Box::new(c.clone()))), minimal);
+        // encode follows the protocol field too.
+        let mut out = BytesMut::new();
+        Packet::Connect(Box::new(c.clone())).encode(&mut out);
+        assert_eq!(&out[..], minimal);
+        c.props.session_expiry = 0x0102_0304;
+        c.will = Some(super::super::LastWill {
+            topic: ByteString::from_static("w"),
+            payload: Bytes::from_static(b"m"),
+            qos: QoS::AtMostOnce,
+            retain: false,
+            props: WillProps {
+                delay_interval: 7,
+                message_expiry: None,
+                forward: Bytes::new(),
+            },
+        });
+        let wire = bytes_v5(&Packet::Connect(Box::new(c)));
+        assert_eq!(
+            &wire[12..],
+            [
+                5, 0x11, 1, 2, 3, 4, // properties
+                0, 1, b'c', // client id
+                5, 0x18, 0, 0, 0, 7, // will properties
+                0, 1, b'w', 0, 1, b'm'
+            ]
+        );
+        assert_eq!(wire[9], 0x06);
+    }
+
+    #[test]
+    fn subscribe_options_byte_and_suback_layout() {
+        let s = Packet::Subscribe(Subscribe {
+            pkid: 1,
+            filters: vec![SubscribeFilter {
+                filter: ByteString::from_static("a"),
+                qos: QoS::ExactlyOnce,
+                no_local: true,
+                retain_as_published: true,
+                retain_handling: RetainHandling::Never,
+            }],
+            id: NonZeroU32::new(128),
+            user: Vec::new(),
+        });
+        assert_eq!(
+            bytes_v5(&s),
+            [0x82, 10, 0, 1, 3, 0x0B, 0x80, 0x01, 0, 1, b'a', 0x2E]
+        );
+        // The 3.1.1 encoder writes the requested QoS alone, as before.
+        let mut out = BytesMut::new();
+        s.encode(&mut out);
+        assert_eq!(&out[..], [0x82, 6, 0, 1, 0, 1, b'a', 2]);
+        let a = Packet::SubAckV5(SubAckV5 {
+            pkid: 1,
+            reasons: vec![ReasonCode::GRANTED_QOS_2, ReasonCode::NOT_AUTHORIZED],
+            reason_string: None,
+            user: Vec::new(),
+        });
+        assert_eq!(bytes_v5(&a), [0x90, 5, 0, 1, 0, 2, 0x87]);
+    }
+
+    #[test]
+    fn connack_leaves_default_properties_out() {
+        let c = Packet::ConnAckV5(Box::new(ConnAckV5 {
+            session_present: true,
+            reason: ReasonCode::SUCCESS,
+            props: ConnAckProps::default(),
+        }));
+        assert_eq!(bytes_v5(&c), [0x20, 3, 1, 0, 0]);
+        let c = Packet::ConnAckV5(Box::new(ConnAckV5 {
+            session_present: false,
+            reason: ReasonCode::SUCCESS,
+            props: ConnAckProps {
+                maximum_qos: QoS::AtLeastOnce,
+                topic_alias_maximum: 10,
+                ..ConnAckProps::default()
+            },
+        }));
+        assert_eq!(bytes_v5(&c), [0x20, 8, 0, 0, 5, 0x24, 1, 0x22, 0, 10]);
+    }
+}
