@@ -120,6 +120,54 @@ def decode_seeds():
            + packet(0x8A, struct.pack(">H", 4) + field("a/b") + bytes([1]))
            + packet(0xAA, struct.pack(">H", 5) + field("a/b")))
     write("decode", "seed-mqtt31-dup-flags", decode_seed(256, 5, 0x81, v31))
+    # Bit 6 of byte 2 (bit 7 clear): a 5.0 connection, every packet with its properties.
+    write("decode", "seed-mqtt5-valid-stream", decode_seed(256, 6, 0x40, v5_stream()))
+    write("decode", "seed-mqtt5-valid-one-byte-chunks", decode_seed(256, 1, 0x40, v5_stream()))
+    # 5.0 refusals: a Topic Alias of 0, then (never reached) more packets.
+    write("decode", "seed-mqtt5-topic-alias-0", decode_seed(
+        256, 4, 0x42, connect5() + publish5("a", b"x", props(b"\x23\x00\x00"))))
+    write("decode", "seed-mqtt5-duplicate-property", decode_seed(
+        256, 4, 0x43, connect5() + packet(0x40, b"\x00\x01\x00" + props(b"\x1f\x00\x00" * 2))))
+
+
+def props(body):
+    """A 5.0 property list: its Property Length, then the properties."""
+    return remaining_length(len(body)) + body
+
+
+def connect5():
+    will_props = props(b"\x18\x00\x00\x00\x05" + b"\x01\x01" + b"\x03" + field("text/plain"))
+    body = (field("MQTT") + bytes([5, 0x02 | 0x04 | 0x08 | 0x40 | 0x80]) + struct.pack(">H", 30)
+            + props(b"\x11\x00\x00\x00\x0a" + b"\x21\x00\x10" + b"\x26" + field("k") + field("v")
+                    + b"\x15" + field("SCRAM") + b"\x16" + field(b"\x00data"))
+            + field("seed-5") + will_props + field("will/5") + field(b"gone")
+            + field("user") + field(b"pw"))
+    return packet(0x10, body)
+
+
+def publish5(topic, payload, properties, qos=0, pkid=0):
+    first = 0x30 | (qos << 1)
+    body = field(topic) + (struct.pack(">H", pkid) if qos else b"") + properties + payload
+    return packet(first, body)
+
+
+def v5_stream():
+    forward = b"\x26" + field("a") + field("1") + b"\x09" + field(b"\x01corr") + b"\x08" + field("reply/5")
+    return (
+        connect5()
+        # Subscription Identifier 5, No Local, Retain As Published, Retain Handling 2.
+        + packet(0x82, struct.pack(">H", 1) + props(b"\x0b\x05")
+                 + field("sport/#") + bytes([0x2D]) + field("$share/g/t") + bytes([0x01]))
+        + publish5("sport/tennis", b"hello", props(b"\x23\x00\x01" + forward + b"\x02\x00\x00\x00\x3c"), 1, 7)
+        + publish5("", b"aliased", props(b"\x23\x00\x01"), 1, 8)
+        + publish5("sport/x", b"plain", props(b""))
+        + ack(0x40, 7) + packet(0x50, b"\x00\x08\x10") + packet(0x62, b"\x00\x08\x92\x00")
+        + packet(0x70, b"\x00\x08\x00" + props(b"\x1f" + field("done")))
+        + packet(0xA2, struct.pack(">H", 2) + props(b"\x26" + field("u") + field("")) + field("sport/#"))
+        + packet(0xF0, b"\x19" + props(b"\x15" + field("SCRAM") + b"\x16" + field(b"more")))
+        + PINGREQ
+        + packet(0xE0, b"\x04" + props(b"\x11\x00\x00\x00\x00" + b"\x1f" + field("bye")))
+    )
 
 
 # ------------------------------------------------------------- session operations

@@ -13,11 +13,12 @@
 
 use crate::config::Config;
 use crate::message::Message;
+use crate::protocol::properties::PacketKind;
 use crate::protocol::topic::{level_count, matches, valid_topic_filter};
 use crate::protocol::{
-    decode, decode_with, encoded_len, ConnAck, Connect, ConnectReturnCode, DecodeError,
-    DecodeOptions, LastWill, Packet, Protocol, Publish, QoS, SubAck, SubAckCode, Subscribe,
-    SubscribeFilter, Unsubscribe,
+    decode_with, encoded_len, encoded_len_v5, ConnAck, Connect, ConnectReturnCode, DecodeError,
+    DecodeOptions, LastWill, Packet, Protocol, Publish, QoS, ReasonCode, SubAck, SubAckCode,
+    Subscribe, SubscribeFilter, Unsubscribe,
 };
 use crate::session::{Delivery, DropReason, Limits, Output, Session, SessionError};
 use crate::topic::TopicTrie;
@@ -36,18 +37,19 @@ const LARGE_MAX_PACKET: usize = 1 << 20;
 /// Layout: byte 0 picks a small maximum packet size (2 + byte) and small topic limits
 /// (levels: 1 + its top three bits; length: the small packet size), bytes 1 and 2 seed
 /// the sizes of the chunks the rest arrives in (1 to byte 1 + 1 bytes each), bit 7 of
-/// byte 2 decodes under MQTT 3.1's flag rules, and the rest is the byte stream a client
-/// sends. For the small limits and the configuration's defaults, the stream is decoded
+/// byte 2 decodes under MQTT 3.1's flag rules, else bit 6 decodes as a 5.0 connection
+/// (properties, reason codes, AUTH), and the rest is the byte stream a client sends. For the small limits and the configuration's defaults, the stream is decoded
 /// both as it arrives in chunks and all at once; checked:
 /// - the chunking changes nothing: the same packets, then the same error or the same
 ///   number of bytes left over waiting for more;
 /// - `Ok(None)` leaves the buffer untouched; a packet consumes at least one byte and at
 ///   most the maximum packet size;
 /// - nothing decoded breaks a limit or a string rule: topics within the length and
-///   level limits, client ids within theirs, no control character in any string, no
-///   empty topic filter;
-/// - every packet re-encodes to `encoded_len` bytes, no more than it arrived in, and
-///   decodes back to an equal packet;
+///   level limits (or empty with a topic alias, at 5.0), client ids within theirs, no
+///   control character in any string, no empty topic filter; at 5.0, every reason code
+///   is one its packet may carry and a PUBLISH's `props` is never `Some` and empty;
+/// - every packet re-encodes (at its version) to `encoded_len` bytes, no more than it
+///   arrived in, and decodes back to an equal packet;
 /// - routing what was decoded (SUBSCRIBE/UNSUBSCRIBE filters into a [`TopicTrie`],
 ///   PUBLISH and will topics matched against it) agrees with [`matches`], and removing
 ///   every filter leaves the trie empty.
@@ -58,23 +60,27 @@ pub fn decode_case(data: &[u8]) {
     let max_chunk = usize::from(byte(1)) + 1;
     let seed = u64::from(byte(1)) << 8 | u64::from(byte(2));
     let mqtt31 = byte(2) & 0x80 != 0;
+    let v5 = !mqtt31 && byte(2) & 0x40 != 0;
     let chunks = chunk_sizes(stream.len(), max_chunk, seed);
     let small = DecodeOptions {
-        v5: false,
         max_packet_size: small_max,
         max_topic_length: small_max,
         max_topic_levels: 1 + usize::from(byte(0) >> 5),
         max_client_id_length: 23,
         mqtt31,
+        v5,
     };
-    let defaults = Config::default().decode_options(mqtt31);
+    let defaults = DecodeOptions {
+        v5,
+        ..Config::default().decode_options(mqtt31)
+    };
     for opts in [small, defaults] {
         let whole = decode_stream(stream, &[stream.len()], &opts);
         let chunked = decode_stream(stream, &chunks, &opts);
         assert_eq!(whole, chunked, "chunking changed what was decoded");
         for (packet, frame_len) in &whole.packets {
             assert_within_limits(packet, &opts);
-            assert_round_trip(packet, *frame_len);
+            assert_round_trip(packet, *frame_len, v5);
         }
         if opts == defaults {
             route(whole.packets.iter().map(|(p, _)| p));
@@ -94,8 +100,32 @@ fn assert_within_limits(packet: &Packet, opts: &DecodeOptions) {
             && t.len() <= opts.max_topic_length
             && level_count(t.as_bytes()) <= opts.max_topic_levels
     };
+    let aliased = |p: &crate::protocol::Publish| {
+        opts.v5 && p.topic.is_empty() && p.props.as_ref().is_some_and(|p| p.topic_alias.is_some())
+    };
+    let reason_ok = |code: ReasonCode, kind: PacketKind| {
+        assert!(code.valid_in(kind), "{code} in {kind}");
+    };
     match packet {
-        Packet::Publish(p) => assert!(topic_ok(&p.topic), "topic {:?}", p.topic),
+        Packet::Publish(p) => {
+            assert!(topic_ok(&p.topic) || aliased(p), "topic {:?}", p.topic);
+            assert!(p.props.as_ref().is_none_or(|p| !p.is_empty()));
+        }
+        Packet::ConnAckV5(c) => reason_ok(c.reason, PacketKind::ConnAck),
+        Packet::PubAckV5(a) => reason_ok(a.reason, PacketKind::PubAck),
+        Packet::PubRecV5(a) => reason_ok(a.reason, PacketKind::PubRec),
+        Packet::PubRelV5(a) => reason_ok(a.reason, PacketKind::PubRel),
+        Packet::PubCompV5(a) => reason_ok(a.reason, PacketKind::PubComp),
+        Packet::SubAckV5(a) => a
+            .reasons
+            .iter()
+            .for_each(|r| reason_ok(*r, PacketKind::SubAck)),
+        Packet::UnsubAckV5(a) => a
+            .reasons
+            .iter()
+            .for_each(|r| reason_ok(*r, PacketKind::UnsubAck)),
+        Packet::DisconnectV5(d) => reason_ok(d.reason, PacketKind::Disconnect),
+        Packet::Auth(a) => reason_ok(a.reason, PacketKind::Auth),
         Packet::Connect(c) => {
             assert!(clean(&c.client_id) && c.client_id.len() <= opts.max_client_id_length);
             assert!(c.username.as_deref().is_none_or(clean));
@@ -182,11 +212,16 @@ fn decode_stream(stream: &[u8], chunks: &[usize], opts: &DecodeOptions) -> Decod
 }
 
 /// A decoded packet encodes to at most the bytes it came from (so it never exceeds the
-/// limit it was checked against) and decodes back to itself.
-fn assert_round_trip(packet: &Packet, frame_len: usize) {
+/// limit it was checked against) and decodes back to itself, at its version.
+fn assert_round_trip(packet: &Packet, frame_len: usize, v5: bool) {
     let mut out = BytesMut::new();
-    packet.encode(&mut out);
-    assert_eq!(out.len(), encoded_len(packet), "encoded_len is wrong");
+    if v5 {
+        packet.encode_v5(&mut out);
+        assert_eq!(out.len(), encoded_len_v5(packet), "encoded_len_v5 is wrong");
+    } else {
+        packet.encode(&mut out);
+        assert_eq!(out.len(), encoded_len(packet), "encoded_len is wrong");
+    }
     assert!(
         out.len() <= frame_len,
         "{} re-encodes to {} bytes from {frame_len}",
@@ -194,7 +229,11 @@ fn assert_round_trip(packet: &Packet, frame_len: usize) {
         out.len()
     );
     let mut buf = out.clone();
-    match decode(&mut buf, LARGE_MAX_PACKET) {
+    let opts = DecodeOptions {
+        v5,
+        ..DecodeOptions::new(LARGE_MAX_PACKET)
+    };
+    match decode_with(&mut buf, &opts) {
         Ok(Some(back)) => {
             assert_eq!(&back, packet, "round trip changed the packet");
             assert!(buf.is_empty(), "re-encoded packet left bytes over");
@@ -238,7 +277,8 @@ fn route<'a>(packets: impl Iterator<Item = &'a Packet>) {
                     unroute(&mut trie, &mut model, f, u.pkid % 4);
                 }
             }
-            Packet::Publish(p) => assert_matches(&trie, &model, &p.topic),
+            // An empty (aliased, 5.0) topic names no topic to match.
+            Packet::Publish(p) if !p.topic.is_empty() => assert_matches(&trie, &model, &p.topic),
             Packet::Connect(c) => {
                 if let Some(will) = &c.will {
                     assert_matches(&trie, &model, &will.topic);

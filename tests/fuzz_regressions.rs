@@ -164,3 +164,41 @@ fn valid_decode_seeds_are_well_formed_streams() {
         assert!(count >= 2, "{}: {count} packets", path.display());
     }
 }
+
+/// The `seed-mqtt5-valid-*` decode inputs are well-formed 5.0 client streams: a level-5
+/// CONNECT, then every packet a 5.0 client sends, each with properties, decoded on a
+/// 5.0 connection (bit 6 of the third byte, which decode_case reads).
+#[test]
+fn valid_mqtt5_decode_seeds_are_well_formed_5_0_streams() {
+    use shardmq::protocol::{decode_with, DecodeOptions, Packet, Protocol};
+    let seeds: Vec<PathBuf> = inputs("decode")
+        .into_iter()
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("seed-mqtt5-valid-"))
+        })
+        .collect();
+    assert!(!seeds.is_empty(), "no seed-mqtt5-valid-* inputs");
+    let opts = DecodeOptions {
+        v5: true,
+        ..DecodeOptions::new(1 << 20)
+    };
+    for path in seeds {
+        let data = std::fs::read(&path).expect("readable input");
+        assert_eq!(data[2] & 0xC0, 0x40, "{}: not a 5.0 input", path.display());
+        let mut buf = bytes::BytesMut::from(&data[3..]);
+        let mut names = Vec::new();
+        while let Some(packet) =
+            decode_with(&mut buf, &opts).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        {
+            if names.is_empty() {
+                assert!(matches!(&packet, Packet::Connect(c) if c.protocol == Protocol::V5));
+            }
+            names.push(packet.name());
+        }
+        assert!(buf.is_empty(), "{}: trailing bytes", path.display());
+        assert_eq!(names.len(), 13, "{}: {names:?}", path.display());
+        assert!(names.contains(&"AUTH"), "{}: {names:?}", path.display());
+    }
+}

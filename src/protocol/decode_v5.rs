@@ -1521,6 +1521,30 @@ mod tests {
         assert_eq!(peek_connect_level(&bytes[..bytes.len() - 1], &v5()), None);
     }
 
+    #[test]
+    fn mutated_5_0_packets_never_panic_and_what_decodes_round_trips() {
+        let mut state = 0x9E37_79B9_7F4A_7C15u64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let samples: Vec<Vec<u8>> = samples().iter().map(encode5).collect();
+        for _ in 0..20_000 {
+            let mut bytes = samples[(next() as usize) % samples.len()].clone();
+            for _ in 0..1 + next() % 3 {
+                let i = (next() as usize) % bytes.len();
+                bytes[i] = next() as u8;
+            }
+            let mut buf = BytesMut::from(&bytes[..]);
+            while let Ok(Some(p)) = decode_with(&mut buf, &v5()) {
+                let again = encode5(&p);
+                assert_eq!(decode5(&again), Ok(Some(p)), "{bytes:?}");
+            }
+        }
+    }
+
     // ---- error mapping --------------------------------------------------------------
 
     #[test]
