@@ -130,7 +130,8 @@ pub enum DecodeError {
     /// A 5.0 property list that breaks a rule of §2.2.2 or of its property.
     #[error(transparent)]
     Property(#[from] PropertyError),
-    /// A 5.0 reason code that its packet may not carry (Table 2-6).
+    /// A 5.0 reason code that its packet may not carry (Table 2-6). The packet parses,
+    /// so this is a Protocol Error (§1.2), not a Malformed Packet.
     #[error("reason code {code:#04x} is not valid in {packet}")]
     InvalidReasonCode {
         /// Name of the packet type, as in [`Packet::name`].
@@ -193,10 +194,11 @@ impl DecodeError {
             | DecodeError::InvalidConnAckFlags(_)
             | DecodeError::InvalidConnAckCode(_)
             | DecodeError::InvalidSubAckCode(_)
-            | DecodeError::InvalidReasonCode { .. }
             | DecodeError::ReservedSubscriptionOptions(_) => ReasonCode::MALFORMED_PACKET,
-            // Well-formed strings carrying data the protocol does not allow (§1.2).
-            DecodeError::ControlCharacter
+            // Parsed, but carrying data the protocol does not allow there (§1.2): a
+            // control character in a string, a reason code the packet may not carry.
+            DecodeError::InvalidReasonCode { .. }
+            | DecodeError::ControlCharacter
             | DecodeError::ZeroPacketId
             | DecodeError::EmptySubscribe
             | DecodeError::EmptyUnsubscribe

@@ -10,7 +10,10 @@
 //! Subscription Identifier in a PUBLISH from a client [MQTT-3.3.4-6], a Topic Alias
 //! above the announced maximum or not yet mapped, a DISCONNECT from a server carrying a
 //! Session Expiry Interval, a client raising its Session Expiry Interval from 0 at
-//! DISCONNECT, the Receive Maximum quota, and the order of an AUTH exchange.
+//! DISCONNECT, the Receive Maximum quota, a CONNACK with Session Present set and a
+//! non-zero reason code [MQTT-3.2.2-6], an AUTH without the Authentication Method
+//! CONNECT named [MQTT-4.12.0-5] (the codec accepts AUTH's short forms, which carry
+//! none), a QoS or Retain the server did not grant, and the order of an AUTH exchange.
 
 use std::num::{NonZeroU16, NonZeroU32};
 use std::ops::Range;
@@ -267,8 +270,8 @@ pub(super) fn decode_other(kind: u8, r: &mut Reader<'_>) -> Result<Packet, Decod
         PUBREC => Packet::PubRecV5(ack(r, PacketKind::PubRec)?),
         PUBREL => Packet::PubRelV5(ack(r, PacketKind::PubRel)?),
         PUBCOMP => Packet::PubCompV5(ack(r, PacketKind::PubComp)?),
-        SUBACK => Packet::SubAckV5(reason_list(r, PacketKind::SubAck)?),
-        UNSUBACK => Packet::UnsubAckV5(reason_list(r, PacketKind::UnsubAck)?),
+        SUBACK => Packet::SubAckV5(Box::new(reason_list(r, PacketKind::SubAck)?)),
+        UNSUBACK => Packet::UnsubAckV5(Box::new(reason_list(r, PacketKind::UnsubAck)?)),
         PINGREQ => Packet::PingReq,
         PINGRESP => Packet::PingResp,
         DISCONNECT => Packet::DisconnectV5(Box::new(disconnect(r)?)),
@@ -701,7 +704,7 @@ mod tests {
             id: None,
             user: Vec::new(),
         }));
-        out.push(Packet::SubAckV5(SubAckV5 {
+        out.push(Packet::SubAckV5(Box::new(SubAckV5 {
             pkid: 9,
             reasons: [
                 0x00, 0x01, 0x02, 0x80, 0x83, 0x87, 0x8F, 0x91, 0x97, 0x9E, 0xA1, 0xA2,
@@ -710,13 +713,13 @@ mod tests {
             .to_vec(),
             reason_string: Some(s("partly")),
             user: vec![(s("x"), s("y"))],
-        }));
-        out.push(Packet::SubAckV5(SubAckV5 {
+        })));
+        out.push(Packet::SubAckV5(Box::new(SubAckV5 {
             pkid: 10,
             reasons: vec![ReasonCode::GRANTED_QOS_1],
             reason_string: None,
             user: Vec::new(),
-        }));
+        })));
         out.push(Packet::Unsubscribe(Unsubscribe {
             pkid: 11,
             filters: vec![s("a/b"), s("#")],
@@ -727,14 +730,14 @@ mod tests {
             filters: vec![s("a")],
             user: Vec::new(),
         }));
-        out.push(Packet::UnsubAckV5(UnsubAckV5 {
+        out.push(Packet::UnsubAckV5(Box::new(UnsubAckV5 {
             pkid: 11,
             reasons: [0x00, 0x11, 0x80, 0x83, 0x87, 0x8F, 0x91]
                 .map(ReasonCode)
                 .to_vec(),
             reason_string: Some(s("r")),
             user: Vec::new(),
-        }));
+        })));
         out.push(Packet::PingReq);
         out.push(Packet::PingResp);
         out.push(Packet::DisconnectV5(Box::new(DisconnectV5::new(
@@ -1092,7 +1095,7 @@ mod tests {
     // ---- reason codes ---------------------------------------------------------------
 
     #[test]
-    fn a_reason_code_its_packet_may_not_carry_is_malformed() {
+    fn a_reason_code_its_packet_may_not_carry_is_a_protocol_error() {
         type Shape = fn(u8) -> Vec<u8>;
         let shapes: [(PacketKind, Shape); 9] = [
             (PacketKind::ConnAck, |c| raw(0x20, &[0, c, 0])),
@@ -1119,7 +1122,7 @@ mod tests {
                         }),
                         "{code:#04x} in {kind}"
                     );
-                    assert_eq!(got.unwrap_err().reason_code(), ReasonCode::MALFORMED_PACKET);
+                    assert_eq!(got.unwrap_err().reason_code(), ReasonCode::PROTOCOL_ERROR);
                 }
             }
         }

@@ -586,12 +586,12 @@ mod tests {
         let mut out = BytesMut::new();
         s.encode(&mut out);
         assert_eq!(&out[..], [0x82, 6, 0, 1, 0, 1, b'a', 2]);
-        let a = Packet::SubAckV5(SubAckV5 {
+        let a = Packet::SubAckV5(Box::new(SubAckV5 {
             pkid: 1,
             reasons: vec![ReasonCode::GRANTED_QOS_2, ReasonCode::NOT_AUTHORIZED],
             reason_string: None,
             user: Vec::new(),
-        });
+        }));
         assert_eq!(bytes_v5(&a), [0x90, 5, 0, 1, 0, 2, 0x87]);
     }
 

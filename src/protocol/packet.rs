@@ -485,9 +485,9 @@ pub enum Packet {
     /// 5.0 PUBCOMP.
     PubCompV5(Ack),
     /// 5.0 SUBACK.
-    SubAckV5(SubAckV5),
+    SubAckV5(Box<SubAckV5>),
     /// 5.0 UNSUBACK.
-    UnsubAckV5(UnsubAckV5),
+    UnsubAckV5(Box<UnsubAckV5>),
     /// 5.0 DISCONNECT.
     DisconnectV5(Box<DisconnectV5>),
     /// AUTH (5.0 only).
