@@ -22,7 +22,8 @@ use super::reason::ReasonCode;
 
 /// Why the bytes at the front of a read buffer are not an acceptable MQTT packet. Every
 /// variant means the connection must be closed; [`DecodeError::connack_code`] says
-/// whether a CONNACK must be sent first.
+/// whether a 3.1.1 CONNACK must be sent first, [`DecodeError::reason_code`] which
+/// reason code a 5.0 CONNACK or DISCONNECT carries.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DecodeError {
     /// The packet (fixed header included) is larger than the configured maximum.
@@ -234,7 +235,7 @@ const UNSUBACK: u8 = 11;
 const PINGREQ: u8 = 12;
 const PINGRESP: u8 = 13;
 const DISCONNECT: u8 = 14;
-pub(super) const AUTH: u8 = 15;
+const AUTH: u8 = 15;
 
 /// What a connection's decoder enforces beyond the fixed rules of the protocol: the
 /// configured size limits, and which revision's rules apply to the flag bits.
