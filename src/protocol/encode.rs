@@ -2,7 +2,8 @@
 //!
 //! [`Packet::encode`] writes any packet in its 3.1.1 form (the 5.0-only variants in
 //! their one form, CONNECT as its protocol field says); [`Packet::encode_v5`] writes
-//! the 5.0 form of PUBLISH, SUBSCRIBE and UNSUBSCRIBE too. [`encode_publish`] is the
+//! the 5.0 form of PUBLISH, SUBSCRIBE and UNSUBSCRIBE too, and of the 3.1.1 acks
+//! that have a 5.0 meaning. [`encode_publish`] is the
 //! 3.1.1 fan-out hot path,
 //! writing a PUBLISH from borrowed parts straight into a connection's buffer without
 //! building a [`Publish`](super::Publish) first. Both reserve the exact size once and
@@ -242,8 +243,10 @@ impl Packet {
     /// `props`), SUBSCRIBE and UNSUBSCRIBE in their 5.0 layout, everything else as
     /// [`Packet::encode`] writes it. Among the 3.1.1 variants, `PubAck`, `PubRec`,
     /// `PubRel`, `PubComp` and `Disconnect` come out as the short 5.0 forms meaning
-    /// Success (§3.4.2.1, §3.14.2.1), so a 5.0 connection may be sent those; `ConnAck`,
-    /// `SubAck` and `UnsubAck` have no 5.0 reading and must not be.
+    /// Success (§3.4.2.1, §3.14.2.1), and `ConnAck` and `SubAck` as the 5.0 packets
+    /// with the same meaning (the return code's reason code, no properties), so a 5.0
+    /// connection may be sent those; `UnsubAck(u16)` has no 5.0 reading (5.0 needs a
+    /// reason code per filter) and must not be.
     ///
     /// # Panics
     /// As [`Packet::encode`].

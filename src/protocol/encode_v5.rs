@@ -13,7 +13,7 @@ use bytestring::ByteString;
 use super::encode::{remaining_length_len, write_prefixed, write_remaining_length};
 use super::packet::{
     Ack, Auth, ConnAckProps, ConnAckV5, ConnectProps, DisconnectV5, Packet, Publish, PublishProps,
-    QoS, SubAckV5, Subscribe, Unsubscribe, WillProps,
+    QoS, SubAckCode, SubAckV5, Subscribe, Unsubscribe, WillProps,
 };
 use super::properties::{self, Properties, Property, PropertyId};
 use super::reason::ReasonCode;
@@ -440,8 +440,9 @@ fn encode_unsubscribe(out: &mut BytesMut, u: &Unsubscribe) {
 }
 
 /// Remaining length of the 5.0 form of `p`, for the packets whose 5.0 form differs
-/// from the 3.1.1 one; `None` for the others (CONNECT follows its own protocol field;
-/// the pings and the 3.1.1 variants have one layout).
+/// from the 3.1.1 one (a 3.1.1 `ConnAck` or `SubAck` is written as the 5.0 packet with
+/// the same meaning); `None` for the others (CONNECT follows its own protocol field;
+/// the pings and the other 3.1.1 variants have one layout).
 pub(super) fn remaining_len(p: &Packet) -> Option<usize> {
     Some(match p {
         Packet::Publish(p) => {
@@ -450,6 +451,10 @@ pub(super) fn remaining_len(p: &Packet) -> Option<usize> {
         }
         Packet::Subscribe(s) => subscribe_remaining_len(s),
         Packet::Unsubscribe(u) => unsubscribe_remaining_len(u),
+        // Flags, the code's 5.0 meaning, an empty property list.
+        Packet::ConnAck(_) => 3,
+        // Packet id, an empty property list, the codes (all valid 5.0 SUBACK codes).
+        Packet::SubAck(s) => 3 + s.codes.len(),
         _ => return only_v5_remaining_len(p),
     })
 }
@@ -483,6 +488,22 @@ pub(super) fn encode(p: &Packet, out: &mut BytesMut) -> bool {
         ),
         Packet::Subscribe(s) => encode_subscribe(out, s),
         Packet::Unsubscribe(u) => encode_unsubscribe(out, u),
+        Packet::ConnAck(c) => {
+            let code = ReasonCode::from(c.code);
+            super::encode::begin(out, 0x20, 3);
+            out.put_slice(&[u8::from(c.session_present), code.0, 0]);
+        }
+        Packet::SubAck(s) => {
+            super::encode::begin(out, 0x90, 3 + s.codes.len());
+            out.put_u16(s.pkid);
+            out.put_u8(0);
+            for code in &s.codes {
+                out.put_u8(match code {
+                    SubAckCode::Granted(q) => *q as u8,
+                    SubAckCode::Failure => ReasonCode::UNSPECIFIED_ERROR.0,
+                });
+            }
+        }
         _ => return encode_only_v5(p, out),
     }
     true
@@ -593,6 +614,21 @@ mod tests {
             user: Vec::new(),
         }));
         assert_eq!(bytes_v5(&a), [0x90, 5, 0, 1, 0, 2, 0x87]);
+    }
+
+    #[test]
+    fn a_3_1_1_connack_or_suback_is_written_as_the_5_0_packet_with_its_meaning() {
+        use super::super::packet::{ConnAck, ConnectReturnCode, SubAck};
+        let c = Packet::ConnAck(ConnAck {
+            session_present: false,
+            code: ConnectReturnCode::BadUsernameOrPassword,
+        });
+        assert_eq!(bytes_v5(&c), [0x20, 3, 0, 0x86, 0]);
+        let a = Packet::SubAck(SubAck {
+            pkid: 2,
+            codes: vec![SubAckCode::Granted(QoS::AtLeastOnce), SubAckCode::Failure],
+        });
+        assert_eq!(bytes_v5(&a), [0x90, 5, 0, 2, 0, 1, 0x80]);
     }
 
     #[test]
