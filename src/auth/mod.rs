@@ -256,6 +256,7 @@ mod tests {
     fn connect(user: Option<&str>, password: Option<&[u8]>) -> Connect {
         Connect {
             protocol: Protocol::V311,
+            bridge: false,
             clean_session: true,
             keep_alive: 60,
             client_id: ByteString::from_static("c"),

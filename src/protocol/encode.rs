@@ -222,7 +222,7 @@ fn encode_connect(out: &mut BytesMut, c: &Connect) {
     begin(out, 0x10, connect_remaining_len(c));
     let (name, level) = protocol_name_and_level(c.protocol);
     write_prefixed(out, name);
-    out.put_u8(level);
+    out.put_u8(if c.bridge { level | 0x80 } else { level });
     let mut flags = 0u8;
     if c.clean_session {
         flags |= 0x02;
@@ -371,6 +371,7 @@ mod tests {
     fn connect_uses_protocol_name_and_level_of_its_revision() {
         let mut c = Connect {
             protocol: Protocol::V311,
+            bridge: false,
             clean_session: true,
             keep_alive: 60,
             client_id: ByteString::from_static("c"),
@@ -393,6 +394,7 @@ mod tests {
     fn connect_flags_reflect_will_username_and_password() {
         let c = Connect {
             protocol: Protocol::V311,
+            bridge: false,
             clean_session: false,
             keep_alive: 0,
             client_id: ByteString::from_static("c"),

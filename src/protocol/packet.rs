@@ -67,6 +67,10 @@ pub struct LastWill {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Connect {
     pub protocol: Protocol,
+    /// The bridge bit (0x80) was set on the protocol level (0x83, 0x84): the client is
+    /// another broker's bridge, as Mosquitto's `try_private` announces it. Such a
+    /// client is not sent back the messages it published itself.
+    pub bridge: bool,
     pub clean_session: bool,
     /// Seconds; 0 disables keep-alive.
     pub keep_alive: u16,

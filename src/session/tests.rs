@@ -277,6 +277,7 @@ fn unexpected_packets_are_rejected() {
     let (mut s, mut out, now) = connected(roomy());
     let connect = Packet::Connect(Box::new(Connect {
         protocol: Protocol::V311,
+        bridge: false,
         clean_session: false,
         keep_alive: 10,
         client_id: ByteString::from_static("client"),
