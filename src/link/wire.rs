@@ -11,7 +11,7 @@
 //! `out`, so the connection's first-packet loop needs no second I/O loop.
 
 use bytes::{Buf, BytesMut};
-use rustls::ServerConnection;
+use rustls::{ConnectionCommon, ServerConnection, SideData};
 use std::io::{self, Read, Write};
 use tungstenite::handshake::server::{Callback, ErrorResponse, Request, Response};
 use tungstenite::handshake::{HandshakeError, MidHandshake};
@@ -97,6 +97,9 @@ enum Layers {
     Tls(Box<ServerConnection>),
     Ws(Box<Ws>),
     Wss(Box<ServerConnection>, Box<Ws>),
+    /// A bridge's outgoing connection (see `crate::bridge`): its topics rewritten
+    /// on the way out, optionally inside TLS as the client.
+    Bridge(Box<crate::bridge::wire::BridgeLayer>),
 }
 
 /// What [`Wire::decode`] found besides MQTT bytes.
@@ -119,6 +122,8 @@ pub enum WireError {
     Ws(String),
     #[error("a WebSocket text frame (MQTT travels in binary frames only)")]
     TextFrame,
+    #[error("bridge: {0}")]
+    Bridge(String),
 }
 
 /// One connection's transport; see the module documentation.
@@ -145,6 +150,22 @@ impl Wire {
         }
     }
 
+    /// A bridge's connection to its remote broker.
+    pub fn bridge(layer: crate::bridge::wire::BridgeLayer) -> Wire {
+        Wire {
+            layers: Layers::Bridge(Box::new(layer)),
+            out: BytesMut::new(),
+        }
+    }
+
+    /// The bridge layer of a bridge's connection.
+    pub fn bridge_layer(&mut self) -> Option<&mut crate::bridge::wire::BridgeLayer> {
+        match &mut self.layers {
+            Layers::Bridge(b) => Some(b),
+            _ => None,
+        }
+    }
+
     /// WebSocket, upgraded on `path`, optionally inside TLS.
     pub fn ws(path: &str, tls: Option<ServerConnection>, max_packet_size: usize) -> Wire {
         let upgrade = Upgrade {
@@ -166,7 +187,7 @@ impl Wire {
     pub fn tls_session(&self) -> Option<&ServerConnection> {
         match &self.layers {
             Layers::Tls(t) | Layers::Wss(t, _) => Some(t),
-            Layers::Ws(_) => None,
+            Layers::Ws(_) | Layers::Bridge(_) => None,
         }
     }
 
@@ -176,6 +197,7 @@ impl Wire {
         let ws_done = match &self.layers {
             Layers::Ws(w) | Layers::Wss(_, w) => matches!(**w, Ws::Open(_)),
             Layers::Tls(_) => true,
+            Layers::Bridge(b) => return b.tls.as_ref().is_none_or(|t| !t.is_handshaking()),
         };
         tls_done && ws_done
     }
@@ -186,13 +208,27 @@ impl Wire {
         let Wire { layers, out } = self;
         match layers {
             Layers::Tls(tls) => {
-                let (peer, res) = tls_decode(tls, raw, &mut |plain| {
+                let (peer, res) = tls_decode(&mut ***tls, raw, &mut |plain| {
                     mqtt.extend_from_slice(plain);
                     Ok(())
                 });
-                tls_flush(tls, out);
+                tls_flush(&mut ***tls, out);
                 res.map(|_| peer)
             }
+            Layers::Bridge(b) => match b.tls.as_mut() {
+                Some(tls) => {
+                    let (peer, res) = tls_decode(&mut **tls, raw, &mut |plain| {
+                        mqtt.extend_from_slice(plain);
+                        Ok(())
+                    });
+                    tls_flush(&mut **tls, out);
+                    res.map(|_| peer)
+                }
+                None => {
+                    mqtt.extend_from_slice(raw);
+                    Ok(Peer::Open)
+                }
+            },
             Layers::Ws(ws) => {
                 let mut pipe_out = Vec::new();
                 let res = ws_decode(ws, raw, mqtt, &mut pipe_out);
@@ -201,7 +237,7 @@ impl Wire {
             }
             Layers::Wss(tls, ws) => {
                 let mut plain_in = BytesMut::new();
-                let (tls_peer, res) = tls_decode(tls, raw, &mut |plain| {
+                let (tls_peer, res) = tls_decode(&mut ***tls, raw, &mut |plain| {
                     plain_in.extend_from_slice(plain);
                     Ok(())
                 });
@@ -216,7 +252,7 @@ impl Wire {
                     // possible with the default (unbounded) send buffer.
                     let _ = tls.writer().write_all(&ws_out);
                 }
-                tls_flush(tls, out);
+                tls_flush(&mut ***tls, out);
                 res?;
                 let ws_peer = ws_res?;
                 Ok(if tls_peer == Peer::Closed || ws_peer == Peer::Closed {
@@ -234,7 +270,18 @@ impl Wire {
         match layers {
             Layers::Tls(tls) => {
                 let _ = tls.writer().write_all(mqtt);
-                tls_flush(tls, out);
+                tls_flush(&mut ***tls, out);
+                Ok(())
+            }
+            Layers::Bridge(b) => {
+                let mapped = b.map_out(mqtt)?;
+                match b.tls.as_mut() {
+                    Some(tls) => {
+                        let _ = tls.writer().write_all(&mapped);
+                        tls_flush(&mut **tls, out);
+                    }
+                    None => out.extend_from_slice(&mapped),
+                }
                 Ok(())
             }
             Layers::Ws(ws) => {
@@ -245,7 +292,7 @@ impl Wire {
             Layers::Wss(tls, ws) => {
                 let framed = ws_encode(ws, mqtt)?;
                 let _ = tls.writer().write_all(&framed);
-                tls_flush(tls, out);
+                tls_flush(&mut ***tls, out);
                 Ok(())
             }
         }
@@ -266,22 +313,28 @@ impl Wire {
         match layers {
             Layers::Tls(tls) => {
                 tls.send_close_notify();
-                tls_flush(tls, out);
+                tls_flush(&mut ***tls, out);
             }
             Layers::Ws(ws) => out.extend_from_slice(&close_ws(ws)),
             Layers::Wss(tls, ws) => {
                 let bytes = close_ws(ws);
                 let _ = tls.writer().write_all(&bytes);
                 tls.send_close_notify();
-                tls_flush(tls, out);
+                tls_flush(&mut ***tls, out);
+            }
+            Layers::Bridge(b) => {
+                if let Some(tls) = b.tls.as_mut() {
+                    tls.send_close_notify();
+                    tls_flush(&mut **tls, out);
+                }
             }
         }
     }
 }
 
 /// Feeds `raw` to rustls and hands every plaintext byte to `sink`.
-fn tls_decode(
-    tls: &mut ServerConnection,
+fn tls_decode<D: SideData>(
+    tls: &mut ConnectionCommon<D>,
     mut raw: &[u8],
     sink: &mut dyn FnMut(&[u8]) -> Result<(), WireError>,
 ) -> (Peer, Result<(), WireError>) {
@@ -324,7 +377,7 @@ fn tls_decode(
 }
 
 /// Moves the TLS records rustls has ready into `out`.
-fn tls_flush(tls: &mut ServerConnection, out: &mut BytesMut) {
+fn tls_flush<D: SideData>(tls: &mut ConnectionCommon<D>, out: &mut BytesMut) {
     let mut w = BytesWriter(out);
     while tls.wants_write() {
         if tls.write_tls(&mut w).is_err() {
