@@ -53,7 +53,10 @@ struct Mosquitto {
 
 impl Mosquitto {
     fn start(d: &Path, extra: &str) -> Mosquitto {
-        let port = free_port();
+        Mosquitto::start_on(d, free_port(), extra)
+    }
+
+    fn start_on(d: &Path, port: u16, extra: &str) -> Mosquitto {
         let conf = d.join("mosquitto.conf");
         std::fs::write(
             &conf,
@@ -273,5 +276,369 @@ fn messages_cross_in_out_and_both_ways_with_prefixes_at_every_qos() {
     }
     let t = b.stats().total();
     assert!(t.bridge_messages_received >= 6, "{t:?}");
+    b.shutdown();
+}
+
+#[test]
+fn the_remote_restarting_under_qos1_load_loses_nothing_and_the_state_goes_1_0_1() {
+    let d = dir("restart");
+    let store = d.0.join("store");
+    std::fs::create_dir_all(&store).unwrap();
+    // With persistence, SIGTERM saves what the remote queued for its subscriber.
+    let mut remote = Mosquitto::start(
+        &d.0,
+        &format!(
+            "persistence true\npersistence_location {}/\nautosave_interval 0\n",
+            store.display()
+        ),
+    );
+    // A persistent subscriber on the remote, offline while the load runs.
+    let mut remote_sub = mq_with(remote.addr(), "load-sub", false, |_| {});
+    remote_sub.subscribe("r/load/#", 1);
+    remote_sub.disconnect();
+    let b = broker_with(|c| {
+        c.bridge.push(bridge(
+            "load",
+            remote.addr(),
+            vec![topic("load/#", Direction::Out, 1, "", "r/")],
+        ))
+    });
+    let addr = b.local_addr();
+    let mut state = wait_connected(addr, "load");
+    let mut pubs: Vec<Mq> = (0..SHARDS)
+        .map(|s| mq(addr, &id_on_shard("load-pub", s), true))
+        .collect();
+    const N: usize = 500;
+    let publish = |pubs: &mut Vec<Mq>, range: std::ops::Range<usize>| {
+        for i in range {
+            // Alternating shards, each publisher on its own topic: order is per
+            // publisher.
+            let s = i % SHARDS;
+            pubs[s].publish_acked(&format!("load/{s}"), 1, false, i.to_string().as_bytes());
+        }
+    };
+    publish(&mut pubs, 0..N / 4);
+    remote.stop();
+    assert_eq!(next_state(&mut state, "load"), "0");
+    // While the remote is down: acknowledged here, queued in the bridge's session.
+    publish(&mut pubs, N / 4..N * 3 / 4);
+    remote.run();
+    publish(&mut pubs, N * 3 / 4..N);
+    assert_eq!(next_state(&mut state, "load"), "1");
+    let mut remote_sub = mq_with(remote.addr(), "load-sub", false, |_| {});
+    let mut first_seen: HashMap<usize, usize> = HashMap::new();
+    let mut last = [None::<usize>; SHARDS];
+    let deadline = Instant::now() + TIMEOUT * 2;
+    while first_seen.len() < N {
+        assert!(
+            Instant::now() < deadline,
+            "{} of {N} arrived",
+            first_seen.len()
+        );
+        let Some(p) = remote_sub.recv_publish_within(TIMEOUT) else {
+            continue;
+        };
+        let i: usize = std::str::from_utf8(&p.payload).unwrap().parse().unwrap();
+        assert_eq!(p.topic, format!("r/load/{}", i % SHARDS));
+        let n = first_seen.len();
+        if first_seen.insert(i, n).is_none() {
+            // A QoS 1 message in flight when the remote stopped may come twice;
+            // the first copies arrive in each publisher's order.
+            let s = i % SHARDS;
+            assert!(last[s] < Some(i), "{i} after {:?}", last[s]);
+            last[s] = Some(i);
+        }
+    }
+    assert_eq!(b.stats().total().bridge_messages_dropped, 0);
+    b.shutdown();
+}
+
+#[test]
+fn the_connection_state_is_published_retained_and_follows_the_remote() {
+    let d = dir("state");
+    let mut remote = Mosquitto::start(&d.0, "");
+    let b = broker_with(|c| {
+        c.bridge.push(bridge(
+            "watch",
+            remote.addr(),
+            vec![topic("w/#", Direction::Both, 0, "", "")],
+        ))
+    });
+    let mut state = wait_connected(b.local_addr(), "watch");
+    remote.stop();
+    assert_eq!(next_state(&mut state, "watch"), "0");
+    // A subscriber arriving now reads the retained value.
+    let mut late = mq(b.local_addr(), &unique("late"), true);
+    late.subscribe("$SYS/broker/connection/watch/state", 0);
+    assert_eq!(next_state(&mut late, "watch"), "0");
+    remote.run();
+    assert_eq!(next_state(&mut state, "watch"), "1");
+    assert_eq!(next_state(&mut late, "watch"), "1");
+    b.shutdown();
+}
+
+#[test]
+fn a_both_ways_bridge_carries_each_message_once_to_each_side() {
+    let d = dir("loop");
+    let remote = Mosquitto::start(&d.0, "");
+    let b = broker_with(|c| {
+        c.bridge.push(bridge(
+            "loop",
+            remote.addr(),
+            vec![topic("loop/#", Direction::Both, 2, "", "")],
+        ))
+    });
+    let addr = b.local_addr();
+    let _state = wait_connected(addr, "loop");
+    let mut subs: Vec<Mq> = (0..SHARDS)
+        .map(|s| {
+            let mut m = mq(addr, &id_on_shard("loop-sub", s), true);
+            m.subscribe("loop/#", 2);
+            m
+        })
+        .collect();
+    let mut remote_sub = mq(remote.addr(), "loop-remote-sub", true);
+    remote_sub.subscribe("loop/#", 2);
+    let mut local_pubs: Vec<Mq> = (0..SHARDS)
+        .map(|s| mq(addr, &id_on_shard("loop-pub", s), true))
+        .collect();
+    let mut remote_pub = mq(remote.addr(), "loop-remote-pub", true);
+    let mut want = Vec::new();
+    for q in 0..=2u8 {
+        for (s, p) in local_pubs.iter_mut().enumerate() {
+            let m = format!("here {s} {q}");
+            p.publish_acked("loop/here", q, false, m.as_bytes());
+            want.push(("loop/here".to_string(), m, q));
+        }
+        let m = format!("there {q}");
+        remote_pub.publish_acked("loop/there", q, false, m.as_bytes());
+        want.push(("loop/there".to_string(), m, q));
+    }
+    want.sort();
+    for sub in subs.iter_mut().chain(std::iter::once(&mut remote_sub)) {
+        let mut got = drain(sub);
+        got.sort();
+        assert_eq!(got, want, "each message exactly once at {}", sub.id);
+    }
+    b.shutdown();
+}
+
+#[test]
+fn a_mosquitto_bridge_into_shardmq_gets_each_message_once_each_way() {
+    let b = broker();
+    let addr = b.local_addr();
+    let d = dir("mosquitto-bridge");
+    let remote = Mosquitto::start(
+        &d.0,
+        &format!(
+            "connection into-shardmq\naddress {addr}\ntopic fleet/# both 1\n\
+             try_private true\ncleansession true\nrestart_timeout 1\nnotifications false\n"
+        ),
+    );
+    // Mosquitto's bridge is connected and subscribed here.
+    wait_stats(&b, "Mosquitto's bridge subscribed", |s| {
+        s.connections >= 1 && s.subscriptions >= 1
+    });
+    let mut subs: Vec<Mq> = (0..SHARDS)
+        .map(|s| {
+            let mut m = mq(addr, &id_on_shard("fleet-sub", s), true);
+            m.subscribe("fleet/#", 1);
+            m
+        })
+        .collect();
+    let mut remote_sub = mq(remote.addr(), "fleet-remote-sub", true);
+    remote_sub.subscribe("fleet/#", 1);
+    let mut local_pubs: Vec<Mq> = (0..SHARDS)
+        .map(|s| mq(addr, &id_on_shard("fleet-pub", s), true))
+        .collect();
+    let mut remote_pub = mq(remote.addr(), "fleet-remote-pub", true);
+    let mut want = Vec::new();
+    for q in 0..=1u8 {
+        for (s, p) in local_pubs.iter_mut().enumerate() {
+            let m = format!("shardmq {s} {q}");
+            p.publish_acked("fleet/a", q, false, m.as_bytes());
+            want.push(("fleet/a".to_string(), m, q));
+        }
+        let m = format!("mosquitto {q}");
+        remote_pub.publish_acked("fleet/b", q, false, m.as_bytes());
+        want.push(("fleet/b".to_string(), m, q));
+    }
+    want.sort();
+    for sub in subs.iter_mut().chain(std::iter::once(&mut remote_sub)) {
+        let mut got = drain(sub);
+        got.sort();
+        assert_eq!(got, want, "each message exactly once at {}", sub.id);
+    }
+    b.shutdown();
+}
+
+/// A CA and a certificate for 127.0.0.1 and localhost, in PEM files under `d`.
+fn pki(d: &Path) {
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "bridge test CA");
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let server_key = KeyPair::generate().unwrap();
+    let server = CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
+        .unwrap()
+        .signed_by(&server_key, &ca, &ca_key)
+        .unwrap();
+    std::fs::write(d.join("ca.pem"), ca.pem()).unwrap();
+    std::fs::write(d.join("server.pem"), server.pem()).unwrap();
+    std::fs::write(d.join("server.key"), server_key.serialize_pem()).unwrap();
+}
+
+#[test]
+fn a_bridge_over_tls_carries_messages_both_ways() {
+    let d = dir("tls");
+    pki(&d.0);
+    let tls_port = free_port();
+    let remote = Mosquitto::start(
+        &d.0,
+        &format!(
+            "listener {tls_port} 127.0.0.1\ncafile {0}/ca.pem\ncertfile {0}/server.pem\nkeyfile {0}/server.key\n",
+            d.0.display()
+        ),
+    );
+    let b = broker_with(|c| {
+        let mut cfg = bridge(
+            "secure",
+            format!("127.0.0.1:{tls_port}").parse().unwrap(),
+            vec![topic("tls/#", Direction::Both, 1, "", "")],
+        );
+        cfg.address = format!("localhost:{tls_port}");
+        cfg.transport = BridgeTransport::Tls;
+        cfg.ca = Some(d.0.join("ca.pem"));
+        c.bridge.push(cfg);
+    });
+    let addr = b.local_addr();
+    let _state = wait_connected(addr, "secure");
+    let mut local_sub = mq(addr, &id_on_shard("tls-sub", 1), true);
+    local_sub.subscribe("tls/in", 1);
+    // The plain listener of the same Mosquitto, for its clients.
+    let mut remote_sub = mq(remote.addr(), "tls-remote-sub", true);
+    remote_sub.subscribe("tls/out", 1);
+    let mut local_pub = mq(addr, &id_on_shard("tls-pub", 0), true);
+    local_pub.publish_acked("tls/out", 1, false, b"through TLS");
+    assert_eq!(
+        take(&mut remote_sub, 1),
+        vec![("tls/out".to_string(), "through TLS".to_string(), 1)]
+    );
+    let mut remote_pub = mq(remote.addr(), "tls-remote-pub", true);
+    remote_pub.publish_acked("tls/in", 1, false, b"back through TLS");
+    assert_eq!(
+        take(&mut local_sub, 1),
+        vec![("tls/in".to_string(), "back through TLS".to_string(), 1)]
+    );
+    b.shutdown();
+}
+
+#[test]
+fn a_remote_refusing_the_bridge_bit_gets_a_plain_connect_and_its_echoes_are_dropped() {
+    // The remote: a test playing a broker that knows nothing of bridges.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let remote_addr = listener.local_addr().unwrap();
+    let b = broker_with(|c| {
+        c.bridge.push(bridge(
+            "plain",
+            remote_addr,
+            vec![topic("echo/#", Direction::Both, 1, "", "")],
+        ))
+    });
+    let level = |connect: &Pkt| {
+        assert_eq!(connect.kind(), 1, "{connect:?}");
+        connect.body[6]
+    };
+    // First CONNECT: protocol level 0x84, refused with 0x01.
+    let mut first = Raw::accept(&listener);
+    assert_eq!(level(&first.recv()), 0x84);
+    first.send(&[0x20, 2, 0, 1]);
+    drop(first);
+    // Second: plain 3.1.1, accepted.
+    let mut remote = Raw::accept(&listener);
+    assert_eq!(level(&remote.recv()), 0x04);
+    remote.send(&[0x20, 2, 0, 0]);
+    let sub = remote.recv();
+    assert_eq!(sub.kind(), 8, "SUBSCRIBE, got {sub:?}");
+    remote.send(&packet(0x90, &[sub.body[0], sub.body[1], 1]));
+    let addr = b.local_addr();
+    let _state = wait_connected(addr, "plain");
+    let mut local_sub = mq(addr, &id_on_shard("echo-sub", 0), true);
+    local_sub.subscribe("echo/#", 1);
+    let mut local_pub = mq(addr, &id_on_shard("echo-pub", 1), true);
+    local_pub.publish_acked("echo/a", 1, false, b"from here");
+    // The bridge sends it; this remote sends it back, as a broker that takes the
+    // bridge for a plain client does.
+    let p = remote.recv().publish();
+    assert_eq!((p.topic.as_str(), p.payload_str().as_str(), p.qos), ("echo/a", "from here", 1));
+    remote.send(&puback(p.pid));
+    remote.send(&publish_packet_bytes(b"echo/a", b"from here", 1, false, false, 7));
+    assert_eq!(remote.recv_kind(4).pid(), 7, "the echo is acknowledged");
+    // A message of the remote's own is published here.
+    remote.send(&publish_packet_bytes(b"echo/b", b"from there", 1, false, false, 8));
+    assert_eq!(remote.recv_kind(4).pid(), 8);
+    assert_eq!(
+        drain(&mut local_sub),
+        vec![
+            ("echo/a".to_string(), "from here".to_string(), 1),
+            ("echo/b".to_string(), "from there".to_string(), 1)
+        ],
+        "the echo was not published a second time"
+    );
+    assert_eq!(b.stats().total().bridge_messages_dropped, 1);
+    b.shutdown();
+    // On shutdown the remote gets DISCONNECT.
+    let end = remote.expect_closed();
+    assert!(end.iter().any(|p| p.kind() == 14), "{end:?}");
+}
+
+#[test]
+fn with_a_data_dir_the_bridge_session_keeps_its_queue_across_a_restart() {
+    let d = dir("durable");
+    let data = d.0.join("data");
+    // The remote is not there yet.
+    let port = free_port();
+    let remote_addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let start = || {
+        let data = data.clone();
+        broker_with(move |c| {
+            c.data_dir = Some(data);
+            c.bridge.push(bridge(
+                "durable",
+                remote_addr,
+                vec![topic("keep/#", Direction::Out, 2, "", "")],
+            ));
+        })
+    };
+    let b = start();
+    let mut pubs: Vec<Mq> = (0..SHARDS)
+        .map(|s| mq(b.local_addr(), &id_on_shard("keep-pub", s), true))
+        .collect();
+    for i in 0..20 {
+        let s = i % SHARDS;
+        pubs[s].publish_acked("keep/q1", 1 + (i % 2) as u8, false, i.to_string().as_bytes());
+    }
+    // QoS 0 while the remote is down is dropped, and counted.
+    pubs[0].publish_acked("keep/q0", 0, false, b"lost");
+    wait_stats(&b, "the QoS 0 message dropped", |s| s.bridge_messages_dropped == 1);
+    drop(pubs);
+    b.shutdown();
+    let remote = Mosquitto::start_on(&d.0, port, "");
+    let mut remote_sub = mq(remote.addr(), "keep-sub", true);
+    remote_sub.subscribe("keep/#", 2);
+    let b = start();
+    let got = take(&mut remote_sub, 20);
+    // Queued before the restart, sent after it, each publisher's in its order.
+    let numbers: Vec<usize> = got.iter().map(|(_, p, _)| p.parse().unwrap()).collect();
+    for s in 0..SHARDS {
+        let mine: Vec<usize> = numbers.iter().copied().filter(|i| i % SHARDS == s).collect();
+        let want: Vec<usize> = (0..20).filter(|i| i % SHARDS == s).collect();
+        assert_eq!(mine, want, "publisher on shard {s}");
+    }
+    assert!(got.iter().all(|(t, _, _)| t == "keep/q1"));
+    assert!(drain(&mut remote_sub).is_empty());
     b.shutdown();
 }
