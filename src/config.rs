@@ -393,10 +393,16 @@ impl BridgeConfig {
             ));
         }
         let Some((host, port)) = self.address.rsplit_once(':') else {
-            return Err(format!("{name}: address {:?} must be host:port", self.address));
+            return Err(format!(
+                "{name}: address {:?} must be host:port",
+                self.address
+            ));
         };
         if host.is_empty() || port.parse::<u16>().map_or(true, |p| p == 0) {
-            return Err(format!("{name}: address {:?} must be host:port", self.address));
+            return Err(format!(
+                "{name}: address {:?} must be host:port",
+                self.address
+            ));
         }
         match self.protocol.as_str() {
             "3.1.1" | "3.1" => {}
@@ -412,7 +418,9 @@ impl BridgeConfig {
             BridgeTransport::Tls if self.ca.is_none() => {
                 return Err(format!("{name}: transport = \"tls\" needs ca"))
             }
-            BridgeTransport::Tcp if self.ca.is_some() || self.cert.is_some() || self.key.is_some() => {
+            BridgeTransport::Tcp
+                if self.ca.is_some() || self.cert.is_some() || self.key.is_some() =>
+            {
                 return Err(format!("{name}: ca, cert and key need transport = \"tls\""))
             }
             _ => {}
@@ -428,7 +436,8 @@ impl BridgeConfig {
             return Err(format!("{name}: password needs username"));
         }
         let delays = (self.reconnect_delay_min, self.reconnect_delay_max);
-        if !(delays.0.is_finite() && delays.0 > 0.0 && delays.1.is_finite() && delays.1 >= delays.0) {
+        if !(delays.0.is_finite() && delays.0 > 0.0 && delays.1.is_finite() && delays.1 >= delays.0)
+        {
             return Err(format!(
                 "{name}: reconnect_delay_min must be positive and at most reconnect_delay_max"
             ));
@@ -438,7 +447,10 @@ impl BridgeConfig {
         }
         for t in &self.topics {
             if t.qos > 2 {
-                return Err(format!("{name}: topic {:?}: qos must be 0, 1 or 2", t.pattern));
+                return Err(format!(
+                    "{name}: topic {:?}: qos must be 0, 1 or 2",
+                    t.pattern
+                ));
             }
             for prefix in [&t.local_prefix, &t.remote_prefix] {
                 if prefix.contains(['+', '#']) {
@@ -937,6 +949,133 @@ password_file = "/etc/pw2"
             (d.max_topic_levels, d.max_client_id_length, d.mqtt31),
             (8, 64, true)
         );
+    }
+
+    #[test]
+    fn bridge_tables_are_read_with_mosquittos_defaults() {
+        let c = Config::from_toml(
+            r#"
+[[bridge]]
+name = "cloud"
+address = "mqtt.example.com:8883"
+transport = "tls"
+ca = "/etc/shardmq/cloud-ca.pem"
+username = "site1"
+password = "secret"
+topics = [
+  { pattern = "sensors/#", direction = "out", qos = 1, local_prefix = "", remote_prefix = "site1/" },
+  { pattern = "cmd/#", direction = "in", qos = 2, remote_prefix = "site1/" },
+  { pattern = "status" },
+]
+"#,
+        )
+        .unwrap();
+        c.validate().unwrap();
+        let b = &c.bridge[0];
+        assert_eq!(b.remote_client_id(), "cloud");
+        assert_eq!(b.local_client_id(), "local.cloud");
+        assert_eq!(
+            (b.keepalive, b.clean_session, b.try_private),
+            (60, false, true)
+        );
+        assert_eq!(b.protocol, "3.1.1");
+        assert_eq!(b.topics[1].remote_filter(), "site1/cmd/#");
+        assert_eq!(b.topics[1].local_filter(), "cmd/#");
+        // Mosquitto's defaults: out, QoS 0, no prefixes.
+        assert_eq!(b.topics[2].direction, Direction::Out);
+        assert_eq!(b.topics[2].qos, 0);
+    }
+
+    #[test]
+    fn bad_bridge_settings_are_refused_with_the_reason() {
+        let base = || BridgeConfig {
+            name: "b".into(),
+            address: "127.0.0.1:1883".into(),
+            transport: BridgeTransport::Tcp,
+            ca: None,
+            cert: None,
+            key: None,
+            client_id: None,
+            username: None,
+            password: None,
+            clean_session: false,
+            keepalive: 60,
+            protocol: "3.1.1".into(),
+            try_private: true,
+            reconnect_delay_min: 1.0,
+            reconnect_delay_max: 30.0,
+            topics: vec![BridgeTopic {
+                pattern: "#".into(),
+                direction: Direction::Both,
+                qos: 1,
+                local_prefix: String::new(),
+                remote_prefix: String::new(),
+            }],
+        };
+        let check = |b: BridgeConfig| {
+            let c = Config {
+                bridge: vec![b],
+                ..Config::default()
+            };
+            match c.validate() {
+                Err(ConfigError::Invalid { key: "bridge", why }) => why,
+                other => panic!("{other:?}"),
+            }
+        };
+        Config {
+            bridge: vec![base()],
+            ..Config::default()
+        }
+        .validate()
+        .unwrap();
+        let why = check(BridgeConfig {
+            protocol: "5.0".into(),
+            ..base()
+        });
+        assert!(why.contains("MQTT 3.1.1"), "{why}");
+        assert!(check(BridgeConfig {
+            address: "nowhere".into(),
+            ..base()
+        })
+        .contains("host:port"));
+        assert!(check(BridgeConfig {
+            transport: BridgeTransport::Tls,
+            ..base()
+        })
+        .contains("needs ca"));
+        assert!(check(BridgeConfig {
+            name: "a/b".into(),
+            ..base()
+        })
+        .contains("name"));
+        assert!(check(BridgeConfig {
+            topics: Vec::new(),
+            ..base()
+        })
+        .contains("topic"));
+        let mut bad_qos = base();
+        bad_qos.topics[0].qos = 3;
+        assert!(check(bad_qos).contains("qos"));
+        let mut bad_filter = base();
+        bad_filter.topics[0].pattern = "a/#/b".into();
+        assert!(check(bad_filter).contains("not a valid topic filter"));
+        let mut wild_prefix = base();
+        wild_prefix.topics[0].local_prefix = "+/".into();
+        assert!(check(wild_prefix).contains("wildcards"));
+        assert!(check(BridgeConfig {
+            password: Some("p".into()),
+            ..base()
+        })
+        .contains("password needs username"));
+        let twice = Config {
+            bridge: vec![base(), base()],
+            ..Config::default()
+        };
+        assert!(twice.validate().is_err());
+        assert!(Config::from_toml(
+            "[[bridge]]\nname = \"x\"\naddress = \"h:1\"\ntopics = []\nprotocoll = \"3.1.1\"\n"
+        )
+        .is_err());
     }
 
     #[test]

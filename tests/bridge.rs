@@ -227,7 +227,12 @@ fn messages_cross_in_out_and_both_ways_with_prefixes_at_every_qos() {
     for q in 0..=2u8 {
         // Out: from a publisher on each shard, to the remote, prefix swapped.
         for (s, p) in local_pubs.iter_mut().enumerate() {
-            p.publish_acked(&format!("site/up/{s}"), q, false, format!("out {q} {s}").as_bytes());
+            p.publish_acked(
+                &format!("site/up/{s}"),
+                q,
+                false,
+                format!("out {q} {s}").as_bytes(),
+            );
         }
         let mut got = take(&mut remote_sub, SHARDS);
         got.sort();
@@ -245,7 +250,12 @@ fn messages_cross_in_out_and_both_ways_with_prefixes_at_every_qos() {
             assert_eq!(got, want);
         }
         // In: from the remote, to subscribers on both shards.
-        remote_pub.publish_acked("fleet/site/down/cmd", q, false, format!("in {q}").as_bytes());
+        remote_pub.publish_acked(
+            "fleet/site/down/cmd",
+            q,
+            false,
+            format!("in {q}").as_bytes(),
+        );
         for sub in &mut local_subs {
             assert_eq!(
                 take(sub, 1),
@@ -259,13 +269,28 @@ fn messages_cross_in_out_and_both_ways_with_prefixes_at_every_qos() {
         local_pubs[1].publish_acked("site/sync/a", q, false, format!("sync out {q}").as_bytes());
         assert_eq!(
             take(&mut remote_sub, 1),
-            vec![("fleet/site/sync/a".to_string(), format!("sync out {q}"), crossed)]
+            vec![(
+                "fleet/site/sync/a".to_string(),
+                format!("sync out {q}"),
+                crossed
+            )]
         );
-        remote_pub.publish_acked("fleet/site/sync/b", q, false, format!("sync in {q}").as_bytes());
+        remote_pub.publish_acked(
+            "fleet/site/sync/b",
+            q,
+            false,
+            format!("sync in {q}").as_bytes(),
+        );
         for sub in &mut local_subs {
             let got = take(sub, 2);
-            assert_eq!(got[0], ("site/sync/a".to_string(), format!("sync out {q}"), q));
-            assert_eq!(got[1], ("site/sync/b".to_string(), format!("sync in {q}"), crossed));
+            assert_eq!(
+                got[0],
+                ("site/sync/a".to_string(), format!("sync out {q}"), q)
+            );
+            assert_eq!(
+                got[1],
+                ("site/sync/b".to_string(), format!("sync in {q}"), crossed)
+            );
         }
         assert_eq!(take(&mut remote_sub, 1)[0].0, "fleet/site/sync/b");
     }
@@ -573,12 +598,29 @@ fn a_remote_refusing_the_bridge_bit_gets_a_plain_connect_and_its_echoes_are_drop
     // The bridge sends it; this remote sends it back, as a broker that takes the
     // bridge for a plain client does.
     let p = remote.recv().publish();
-    assert_eq!((p.topic.as_str(), p.payload_str().as_str(), p.qos), ("echo/a", "from here", 1));
+    assert_eq!(
+        (p.topic.as_str(), p.payload_str().as_str(), p.qos),
+        ("echo/a", "from here", 1)
+    );
     remote.send(&puback(p.pid));
-    remote.send(&publish_packet_bytes(b"echo/a", b"from here", 1, false, false, 7));
+    remote.send(&publish_packet_bytes(
+        b"echo/a",
+        b"from here",
+        1,
+        false,
+        false,
+        7,
+    ));
     assert_eq!(remote.recv_kind(4).pid(), 7, "the echo is acknowledged");
     // A message of the remote's own is published here.
-    remote.send(&publish_packet_bytes(b"echo/b", b"from there", 1, false, false, 8));
+    remote.send(&publish_packet_bytes(
+        b"echo/b",
+        b"from there",
+        1,
+        false,
+        false,
+        8,
+    ));
     assert_eq!(remote.recv_kind(4).pid(), 8);
     assert_eq!(
         drain(&mut local_sub),
@@ -619,11 +661,18 @@ fn with_a_data_dir_the_bridge_session_keeps_its_queue_across_a_restart() {
         .collect();
     for i in 0..20 {
         let s = i % SHARDS;
-        pubs[s].publish_acked("keep/q1", 1 + (i % 2) as u8, false, i.to_string().as_bytes());
+        pubs[s].publish_acked(
+            "keep/q1",
+            1 + (i % 2) as u8,
+            false,
+            i.to_string().as_bytes(),
+        );
     }
     // QoS 0 while the remote is down is dropped, and counted.
     pubs[0].publish_acked("keep/q0", 0, false, b"lost");
-    wait_stats(&b, "the QoS 0 message dropped", |s| s.bridge_messages_dropped == 1);
+    wait_stats(&b, "the QoS 0 message dropped", |s| {
+        s.bridge_messages_dropped == 1
+    });
     drop(pubs);
     b.shutdown();
     let remote = Mosquitto::start_on(&d.0, port, "");
@@ -634,7 +683,11 @@ fn with_a_data_dir_the_bridge_session_keeps_its_queue_across_a_restart() {
     // Queued before the restart, sent after it, each publisher's in its order.
     let numbers: Vec<usize> = got.iter().map(|(_, p, _)| p.parse().unwrap()).collect();
     for s in 0..SHARDS {
-        let mine: Vec<usize> = numbers.iter().copied().filter(|i| i % SHARDS == s).collect();
+        let mine: Vec<usize> = numbers
+            .iter()
+            .copied()
+            .filter(|i| i % SHARDS == s)
+            .collect();
         let want: Vec<usize> = (0..20).filter(|i| i % SHARDS == s).collect();
         assert_eq!(mine, want, "publisher on shard {s}");
     }

@@ -29,8 +29,8 @@ use crate::link::wire::{Peer, Wire, WireError};
 use crate::link::{Conn, DisconnectReason};
 use crate::net::tls::TlsError;
 use crate::protocol::{
-    decode_with, ConnectReturnCode, DecodeError, Packet, Protocol, Publish, QoS, Subscribe,
-    SubscribeFilter, SubAckCode,
+    decode_with, ConnectReturnCode, DecodeError, Packet, Protocol, Publish, QoS, SubAckCode,
+    Subscribe, SubscribeFilter,
 };
 use crate::shard::Shard;
 use bytes::BytesMut;
@@ -181,10 +181,10 @@ pub(crate) async fn run(shard: Rc<RefCell<Shard>>, spec: Arc<BridgeSpec>) {
         let timeout = shard.borrow().cfg.connect_timeout();
         let attempt = connect(&spec, private, timeout).await;
         let attempt = match attempt {
-            Err(e @ (ConnectError::Refused(ConnectReturnCode::UnacceptableProtocolVersion)
-            | ConnectError::Closed))
-                if private =>
-            {
+            Err(
+                e @ (ConnectError::Refused(ConnectReturnCode::UnacceptableProtocolVersion)
+                | ConnectError::Closed),
+            ) if private => {
                 tracing::warn!(bridge = %name, error = %e, "the remote refused the bridge bit; connecting without it (loops are then prevented here)");
                 private = false;
                 connect(&spec, private, timeout).await
@@ -366,7 +366,13 @@ async fn serve(
     }
     let conn = {
         let mut s = shard.borrow_mut();
-        let conn = Conn::new(s.next_conn_id(), peer, stream, Some(wire), s.writes().clone());
+        let conn = Conn::new(
+            s.next_conn_id(),
+            peer,
+            stream,
+            Some(wire),
+            s.writes().clone(),
+        );
         let remote = spec.map.remote_subscriptions();
         let subscribing = !remote.is_empty();
         if subscribing {
@@ -431,7 +437,12 @@ async fn serve(
 
 /// Moves the wire layer's count of messages sent into the shard's counters.
 fn sync_counters(s: &mut Shard, conn: &Conn) {
-    if let Some(b) = conn.wire.borrow_mut().as_mut().and_then(|w| w.bridge_layer()) {
+    if let Some(b) = conn
+        .wire
+        .borrow_mut()
+        .as_mut()
+        .and_then(|w| w.bridge_layer())
+    {
         s.stats.bridge_messages_sent += std::mem::take(&mut b.published);
         s.stats.bridge_messages_dropped += std::mem::take(&mut b.unmapped);
     }
@@ -566,7 +577,11 @@ fn inbound(
         .and_then(|w| w.bridge_layer())
         .and_then(|b| b.echo.as_mut())
         .is_some_and(|g| g.is_echo(&p.topic, &p.payload));
-    let local = if echo { None } else { spec.map.inbound(&p.topic) };
+    let local = if echo {
+        None
+    } else {
+        spec.map.inbound(&p.topic)
+    };
     let mut s = shard.borrow_mut();
     let Some(local) = local else {
         s.stats.bridge_messages_dropped += 1;

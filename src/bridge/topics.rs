@@ -150,8 +150,14 @@ mod tests {
     #[test]
     fn an_empty_pattern_maps_one_topic_to_another() {
         let map = TopicMap::new(&[t("", Direction::Both, 1, "local/status", "remote/status")]);
-        assert_eq!(map.outbound("local/status").as_deref(), Some("remote/status"));
-        assert_eq!(map.inbound("remote/status").as_deref(), Some("local/status"));
+        assert_eq!(
+            map.outbound("local/status").as_deref(),
+            Some("remote/status")
+        );
+        assert_eq!(
+            map.inbound("remote/status").as_deref(),
+            Some("local/status")
+        );
         assert_eq!(map.inbound("remote/status/x"), None);
     }
 

@@ -174,7 +174,11 @@ mod tests {
         }
         assert_eq!(
             got,
-            vec![publish("there/a/b", 7), Packet::PubAck(3), publish("there/c", 8)]
+            vec![
+                publish("there/a/b", 7),
+                Packet::PubAck(3),
+                publish("there/c", 8)
+            ]
         );
         assert_eq!(l.published, 2);
     }
