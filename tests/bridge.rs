@@ -299,8 +299,27 @@ fn messages_cross_in_out_and_both_ways_with_prefixes_at_every_qos() {
     for sub in &mut local_subs {
         assert!(drain(sub).is_empty());
     }
+    // A retained message from the remote is retained here too.
+    remote_pub.publish_acked("fleet/site/down/config", 1, true, b"v2");
+    for sub in &mut local_subs {
+        assert_eq!(take(sub, 1)[0].1, "v2");
+    }
+    let mut late = mq(addr, &id_on_shard("late", 0), true);
+    late.subscribe("site/down/#", 1);
+    let p = late.recv_publish();
+    assert_eq!(
+        (p.topic.as_str(), &p.payload[..], p.retain),
+        ("site/down/config", &b"v2"[..], true)
+    );
+    // The bridge's session is not for clients.
+    let (_raw, _, code) = Raw::connect_opts(addr, &ConnectOpts::new("local.dirs", false));
+    assert_eq!(
+        code, 2,
+        "CONNACK 0x02 for the client id of a bridge's session"
+    );
     let t = b.stats().total();
-    assert!(t.bridge_messages_received >= 6, "{t:?}");
+    assert!(t.bridge_messages_received >= 7, "{t:?}");
+    assert!(t.bridge_messages_sent >= 9, "{t:?}");
     b.shutdown();
 }
 
@@ -693,5 +712,41 @@ fn with_a_data_dir_the_bridge_session_keeps_its_queue_across_a_restart() {
     }
     assert!(got.iter().all(|(t, _, _)| t == "keep/q1"));
     assert!(drain(&mut remote_sub).is_empty());
+    b.shutdown();
+}
+
+#[test]
+fn a_silent_remote_is_pinged_then_dropped_and_connected_again() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let remote_addr = listener.local_addr().unwrap();
+    let b = broker_with(|c| {
+        let mut cfg = bridge(
+            "quiet",
+            remote_addr,
+            vec![topic("q/#", Direction::Out, 0, "", "")],
+        );
+        cfg.keepalive = 1;
+        c.bridge.push(cfg);
+    });
+    let mut remote = Raw::accept(&listener);
+    let connect = remote.recv();
+    assert_eq!(connect.kind(), 1);
+    // Keep-alive 1 s in CONNECT.
+    assert_eq!(&connect.body[8..10], &[0, 1]);
+    remote.send(&[0x20, 2, 0, 0]);
+    let _state = wait_connected(b.local_addr(), "quiet");
+    // Answered pings keep it up.
+    for _ in 0..2 {
+        assert_eq!(remote.recv().kind(), 12, "PINGREQ");
+        remote.send(&[0xD0, 0]);
+    }
+    // Unanswered, the bridge gives up on this connection and makes another.
+    assert_eq!(remote.recv().kind(), 12, "PINGREQ");
+    remote.expect_closed();
+    let mut again = Raw::accept(&listener);
+    assert_eq!(again.recv().kind(), 1, "a new CONNECT");
+    wait_stats(&b, "the keep-alive timeout counted", |s| {
+        s.keepalive_timeouts >= 1
+    });
     b.shutdown();
 }

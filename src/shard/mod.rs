@@ -557,6 +557,10 @@ impl Shard {
     pub fn set_listeners(&mut self, listeners: Arc<[Listener]>) {
         self.listeners = listeners;
         for (_, e) in self.sessions.iter_mut() {
+            if e.bridge {
+                // A bridge's session answers to no listener's files.
+                continue;
+            }
             let username = e.auth.take().and_then(|a| a.username);
             let index = usize::from(e.listener).min(self.listeners.len() - 1);
             let auth = self.listeners[index].auth.as_ref();
