@@ -987,6 +987,29 @@ topics = [
     }
 
     #[test]
+    fn the_example_files_bridge_block_is_valid_once_uncommented() {
+        let example = include_str!("../shardmq.example.toml");
+        let block = &example[example.find("# [[bridge]]").unwrap()..];
+        let text: String = block
+            .lines()
+            .map(|l| {
+                let l = l.strip_prefix("# ").unwrap_or(l);
+                // The comment after the value.
+                match l.find("  #") {
+                    Some(i) => &l[..i],
+                    None => l,
+                }
+                .to_string()
+                    + "\n"
+            })
+            .collect();
+        let c = Config::from_toml(&text).unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.bridge[0].name, "cloud");
+        assert_eq!(c.bridge[0].topics.len(), 2);
+    }
+
+    #[test]
     fn bad_bridge_settings_are_refused_with_the_reason() {
         let base = || BridgeConfig {
             name: "b".into(),
