@@ -750,3 +750,59 @@ fn a_silent_remote_is_pinged_then_dropped_and_connected_again() {
     });
     b.shutdown();
 }
+
+#[test]
+fn unacknowledged_messages_go_again_with_dup_after_a_reconnection_over_mqtt_3_1() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let remote_addr = listener.local_addr().unwrap();
+    let b = broker_with(|c| {
+        let mut cfg = bridge(
+            "old",
+            remote_addr,
+            vec![topic("dup/#", Direction::Out, 2, "", "")],
+        );
+        cfg.protocol = "3.1".into();
+        c.bridge.push(cfg);
+    });
+    let accept = || {
+        let mut remote = Raw::accept(&listener);
+        let connect = remote.recv();
+        assert_eq!(connect.kind(), 1);
+        // "MQIsdp", level 3 with the bridge bit.
+        assert_eq!(&connect.body[..9], b"\x00\x06MQIsdp\x83");
+        remote.send(&[0x20, 2, 0, 0]);
+        remote
+    };
+    let mut remote = accept();
+    let addr = b.local_addr();
+    let _state = wait_connected(addr, "old");
+    let mut publisher = mq(addr, &id_on_shard("dup-pub", 0), true);
+    publisher.publish_acked("dup/1", 1, false, b"one");
+    publisher.publish_acked("dup/2", 2, false, b"two");
+    publisher.publish_acked("dup/3", 2, false, b"three");
+    let one = remote.recv().publish();
+    let two = remote.recv().publish();
+    let three = remote.recv().publish();
+    assert_eq!((one.qos, two.qos, three.qos, one.dup), (1, 2, 2, false));
+    // "two" gets as far as PUBREC; "one" and "three" are not acknowledged at all.
+    remote.send(&pubrec(two.pid));
+    assert_eq!(remote.recv_kind(6).pid(), two.pid, "PUBREL");
+    remote.drop_connection();
+    // On the next connection: each again in order, with DUP and its packet id,
+    // and the PUBREL again.
+    let mut remote = accept();
+    let again: Vec<Pkt> = (0..3).map(|_| remote.recv()).collect();
+    let p = again[0].publish();
+    assert_eq!((p.topic.as_str(), p.pid, p.dup), ("dup/1", one.pid, true));
+    assert_eq!(again[1].kind(), 6, "PUBREL for the message past PUBREC");
+    assert_eq!(again[1].pid(), two.pid);
+    let p = again[2].publish();
+    assert_eq!((p.topic.as_str(), p.pid, p.dup), ("dup/3", three.pid, true));
+    remote.send(&puback(one.pid));
+    remote.send(&pubcomp(two.pid));
+    remote.send(&pubrec(three.pid));
+    assert_eq!(remote.recv_kind(6).pid(), three.pid);
+    remote.send(&pubcomp(three.pid));
+    wait_stats(&b, "nothing left in flight", |s| s.inflight == 0);
+    b.shutdown();
+}
