@@ -262,7 +262,8 @@ async fn handshake(
         }
         None => None,
     };
-    let mut wire = Box::new(Wire::bridge(wire::BridgeLayer::new(tls, spec.map.clone())));
+    let layer = Box::new(wire::BridgeLayer::new(spec.map.clone()));
+    let mut wire = Box::new(Wire::client(tls, layer));
     let cfg = &spec.cfg;
     let connect = Packet::Connect(Box::new(crate::protocol::Connect {
         protocol: spec.protocol,
@@ -360,7 +361,7 @@ async fn serve(
     } = est;
     let name = &spec.cfg.name;
     if !private {
-        if let Some(b) = wire.bridge_layer() {
+        if let Some(b) = layer(&mut wire) {
             b.echo = Some(wire::EchoGuard::default());
         }
     }
@@ -435,14 +436,14 @@ async fn serve(
     end
 }
 
+/// The bridge's layer of its connection's wire.
+fn layer(wire: &mut Wire) -> Option<&mut wire::BridgeLayer> {
+    wire.outgoing()?.downcast_mut()
+}
+
 /// Moves the wire layer's count of messages sent into the shard's counters.
 fn sync_counters(s: &mut Shard, conn: &Conn) {
-    if let Some(b) = conn
-        .wire
-        .borrow_mut()
-        .as_mut()
-        .and_then(|w| w.bridge_layer())
-    {
+    if let Some(b) = conn.wire.borrow_mut().as_mut().and_then(|w| layer(w)) {
         s.stats.bridge_messages_sent += std::mem::take(&mut b.published);
         s.stats.bridge_messages_dropped += std::mem::take(&mut b.unmapped);
     }
@@ -574,7 +575,7 @@ fn inbound(
         .wire
         .borrow_mut()
         .as_mut()
-        .and_then(|w| w.bridge_layer())
+        .and_then(|w| layer(w))
         .and_then(|b| b.echo.as_mut())
         .is_some_and(|g| g.is_echo(&p.topic, &p.payload));
     let local = if echo {

@@ -1,5 +1,5 @@
 //! The bridge's layer between its session's output and the remote's socket, sans-IO
-//! (plugged into [`crate::link::wire::Wire`] like TLS or WebSocket): every PUBLISH
+//! (the [`Outgoing`] of its [`crate::link::wire::Wire`], under TLS if any): every PUBLISH
 //! the session writes carries a local topic, and leaves with the remote one. So the
 //! shard writes to a bridge exactly as to a client (shared encodings included), and
 //! only the bridge pays for the rewrite.
@@ -9,7 +9,7 @@
 //! published here a second time.
 
 use super::topics::TopicMap;
-use crate::link::wire::WireError;
+use crate::link::wire::{Outgoing, WireError};
 use crate::protocol::{decode, Packet};
 use bytes::BytesMut;
 use std::collections::{HashMap, VecDeque};
@@ -17,8 +17,6 @@ use std::sync::Arc;
 
 /// See the module documentation.
 pub struct BridgeLayer {
-    /// TLS to the remote, as its client.
-    pub tls: Option<rustls::ClientConnection>,
     map: Arc<TopicMap>,
     /// MQTT bytes of a packet not yet complete (the shard writes whole packets, so
     /// this is normally empty between calls).
@@ -33,9 +31,8 @@ pub struct BridgeLayer {
 }
 
 impl BridgeLayer {
-    pub fn new(tls: Option<rustls::ClientConnection>, map: Arc<TopicMap>) -> BridgeLayer {
+    pub fn new(map: Arc<TopicMap>) -> BridgeLayer {
         BridgeLayer {
-            tls,
             map,
             pending: BytesMut::new(),
             published: 0,
@@ -50,7 +47,7 @@ impl BridgeLayer {
         let mut mapped = BytesMut::with_capacity(self.pending.len() + 64);
         loop {
             let packet = decode(&mut self.pending, crate::config::MQTT_MAX_PACKET)
-                .map_err(|e| WireError::Bridge(format!("output not MQTT: {e}")))?;
+                .map_err(|e| WireError::Outgoing(format!("output not MQTT: {e}")))?;
             let Some(packet) = packet else {
                 return Ok(mapped);
             };
@@ -70,6 +67,16 @@ impl BridgeLayer {
                 other => other.encode(&mut mapped),
             }
         }
+    }
+}
+
+impl Outgoing for BridgeLayer {
+    fn map(&mut self, mqtt: &[u8]) -> Result<BytesMut, WireError> {
+        self.map_out(mqtt)
+    }
+
+    fn as_any(&mut self) -> &mut dyn std::any::Any {
+        self
     }
 }
 
@@ -143,7 +150,7 @@ mod tests {
             local_prefix: "here/".into(),
             remote_prefix: "there/".into(),
         }]);
-        BridgeLayer::new(None, Arc::new(map))
+        BridgeLayer::new(Arc::new(map))
     }
 
     fn publish(topic: &str, pkid: u16) -> Packet {

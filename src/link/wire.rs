@@ -97,9 +97,26 @@ enum Layers {
     Tls(Box<ServerConnection>),
     Ws(Box<Ws>),
     Wss(Box<ServerConnection>, Box<Ws>),
-    /// A bridge's outgoing connection (see `crate::bridge`): its topics rewritten
-    /// on the way out, optionally inside TLS as the client.
-    Bridge(Box<crate::bridge::wire::BridgeLayer>),
+    /// An outgoing connection (a bridge's, see `crate::bridge`): what the shard
+    /// writes is mapped on the way out, then optionally goes through TLS as the
+    /// client.
+    Client(Box<ClientLayers>),
+}
+
+/// What an outgoing connection does to the MQTT bytes the shard writes to it before
+/// they are sent (a bridge rewrites its topics); defined by the connection's owner.
+pub trait Outgoing: Send {
+    /// MQTT bytes written by the shard (whole packets, possibly split across calls)
+    /// to the MQTT bytes to send.
+    fn map(&mut self, mqtt: &[u8]) -> Result<BytesMut, WireError>;
+    /// For the owner to reach its own state.
+    fn as_any(&mut self) -> &mut dyn std::any::Any;
+}
+
+/// The layers of an outgoing connection.
+struct ClientLayers {
+    tls: Option<rustls::ClientConnection>,
+    outgoing: Box<dyn Outgoing>,
 }
 
 /// What [`Wire::decode`] found besides MQTT bytes.
@@ -122,8 +139,8 @@ pub enum WireError {
     Ws(String),
     #[error("a WebSocket text frame (MQTT travels in binary frames only)")]
     TextFrame,
-    #[error("bridge: {0}")]
-    Bridge(String),
+    #[error("outgoing: {0}")]
+    Outgoing(String),
 }
 
 /// One connection's transport; see the module documentation.
@@ -150,18 +167,19 @@ impl Wire {
         }
     }
 
-    /// A bridge's connection to its remote broker.
-    pub fn bridge(layer: crate::bridge::wire::BridgeLayer) -> Wire {
+    /// An outgoing connection (to a remote broker), as its client: optionally TLS,
+    /// and what the shard writes mapped by `outgoing` first.
+    pub fn client(tls: Option<rustls::ClientConnection>, outgoing: Box<dyn Outgoing>) -> Wire {
         Wire {
-            layers: Layers::Bridge(Box::new(layer)),
+            layers: Layers::Client(Box::new(ClientLayers { tls, outgoing })),
             out: BytesMut::new(),
         }
     }
 
-    /// The bridge layer of a bridge's connection.
-    pub fn bridge_layer(&mut self) -> Option<&mut crate::bridge::wire::BridgeLayer> {
+    /// The [`Outgoing`] of an outgoing connection, for its owner to downcast.
+    pub fn outgoing(&mut self) -> Option<&mut dyn std::any::Any> {
         match &mut self.layers {
-            Layers::Bridge(b) => Some(b),
+            Layers::Client(c) => Some(c.outgoing.as_any()),
             _ => None,
         }
     }
@@ -187,7 +205,7 @@ impl Wire {
     pub fn tls_session(&self) -> Option<&ServerConnection> {
         match &self.layers {
             Layers::Tls(t) | Layers::Wss(t, _) => Some(t),
-            Layers::Ws(_) | Layers::Bridge(_) => None,
+            Layers::Ws(_) | Layers::Client(_) => None,
         }
     }
 
@@ -197,7 +215,7 @@ impl Wire {
         let ws_done = match &self.layers {
             Layers::Ws(w) | Layers::Wss(_, w) => matches!(**w, Ws::Open(_)),
             Layers::Tls(_) => true,
-            Layers::Bridge(b) => return b.tls.as_ref().is_none_or(|t| !t.is_handshaking()),
+            Layers::Client(c) => return c.tls.as_ref().is_none_or(|t| !t.is_handshaking()),
         };
         tls_done && ws_done
     }
@@ -215,7 +233,7 @@ impl Wire {
                 tls_flush(&mut ***tls, out);
                 res.map(|_| peer)
             }
-            Layers::Bridge(b) => match b.tls.as_mut() {
+            Layers::Client(c) => match c.tls.as_mut() {
                 Some(tls) => {
                     let (peer, res) = tls_decode(&mut **tls, raw, &mut |plain| {
                         mqtt.extend_from_slice(plain);
@@ -273,9 +291,9 @@ impl Wire {
                 tls_flush(&mut ***tls, out);
                 Ok(())
             }
-            Layers::Bridge(b) => {
-                let mapped = b.map_out(mqtt)?;
-                match b.tls.as_mut() {
+            Layers::Client(c) => {
+                let mapped = c.outgoing.map(mqtt)?;
+                match c.tls.as_mut() {
                     Some(tls) => {
                         let _ = tls.writer().write_all(&mapped);
                         tls_flush(&mut **tls, out);
@@ -322,8 +340,8 @@ impl Wire {
                 tls.send_close_notify();
                 tls_flush(&mut ***tls, out);
             }
-            Layers::Bridge(b) => {
-                if let Some(tls) = b.tls.as_mut() {
+            Layers::Client(c) => {
+                if let Some(tls) = c.tls.as_mut() {
                     tls.send_close_notify();
                     tls_flush(&mut **tls, out);
                 }
