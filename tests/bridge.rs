@@ -516,7 +516,8 @@ fn a_mosquitto_bridge_into_shardmq_gets_each_message_once_each_way() {
     b.shutdown();
 }
 
-/// A CA and a certificate for 127.0.0.1 and localhost, in PEM files under `d`.
+/// A CA, a server certificate for 127.0.0.1 and localhost, and a client certificate,
+/// in PEM files under `d`.
 fn pki(d: &Path) {
     let ca_key = KeyPair::generate().unwrap();
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
@@ -533,17 +534,26 @@ fn pki(d: &Path) {
     std::fs::write(d.join("ca.pem"), ca.pem()).unwrap();
     std::fs::write(d.join("server.pem"), server.pem()).unwrap();
     std::fs::write(d.join("server.key"), server_key.serialize_pem()).unwrap();
+    let client_key = KeyPair::generate().unwrap();
+    let mut client_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    client_params
+        .distinguished_name
+        .push(DnType::CommonName, "bridge-1");
+    let client = client_params.signed_by(&client_key, &ca, &ca_key).unwrap();
+    std::fs::write(d.join("client.pem"), client.pem()).unwrap();
+    std::fs::write(d.join("client.key"), client_key.serialize_pem()).unwrap();
 }
 
 #[test]
-fn a_bridge_over_tls_carries_messages_both_ways() {
+fn a_bridge_over_tls_with_a_client_certificate_carries_messages_both_ways() {
     let d = dir("tls");
     pki(&d.0);
     let tls_port = free_port();
     let remote = Mosquitto::start(
         &d.0,
         &format!(
-            "listener {tls_port} 127.0.0.1\ncafile {0}/ca.pem\ncertfile {0}/server.pem\nkeyfile {0}/server.key\n",
+            "listener {tls_port} 127.0.0.1\ncafile {0}/ca.pem\ncertfile {0}/server.pem\n\
+             keyfile {0}/server.key\nrequire_certificate true\n",
             d.0.display()
         ),
     );
@@ -556,6 +566,8 @@ fn a_bridge_over_tls_carries_messages_both_ways() {
         cfg.address = format!("localhost:{tls_port}");
         cfg.transport = BridgeTransport::Tls;
         cfg.ca = Some(d.0.join("ca.pem"));
+        cfg.cert = Some(d.0.join("client.pem"));
+        cfg.key = Some(d.0.join("client.key"));
         c.bridge.push(cfg);
     });
     let addr = b.local_addr();
