@@ -818,3 +818,80 @@ fn unacknowledged_messages_go_again_with_dup_after_a_reconnection_over_mqtt_3_1(
     wait_stats(&b, "nothing left in flight", |s| s.inflight == 0);
     b.shutdown();
 }
+
+#[test]
+fn retained_messages_go_out_retained_live_and_on_each_connection() {
+    let d = dir("retained-out");
+    let port = free_port();
+    let remote_addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let b = broker_with(|c| {
+        c.bridge.push(bridge(
+            "ret",
+            remote_addr,
+            vec![topic("#", Direction::Out, 1, "ret/", "up/")],
+        ))
+    });
+    let addr = b.local_addr();
+    let mut pubs: Vec<Mq> = (0..SHARDS)
+        .map(|s| mq(addr, &id_on_shard("ret-pub", s), true))
+        .collect();
+    // Retained here before the remote is up: sent, retained, once it is.
+    pubs[1].publish_acked("ret/early", 1, true, b"e");
+    let remote = Mosquitto::start_on(&d.0, port, "");
+    let _state = wait_connected(addr, "ret");
+    let mut probe = mq(remote.addr(), "ret-probe", true);
+    probe.subscribe("up/early", 1);
+    assert_eq!(&probe.recv_publish().payload[..], b"e");
+    let mut live = mq(remote.addr(), "ret-live", true);
+    live.subscribe("up/#", 1);
+    let p = live.recv_publish();
+    assert_eq!((p.topic.as_str(), p.retain), ("up/early", true));
+    // Retained while connected, from both shards (one of them is the bridge's),
+    // and a plain message.
+    for (s, p) in pubs.iter_mut().enumerate() {
+        p.publish_acked(&format!("ret/{s}"), 1, true, format!("r{s}").as_bytes());
+    }
+    pubs[0].publish_acked("ret/plain", 1, false, b"p");
+    let mut got: Vec<(String, bool)> = (0..SHARDS + 1)
+        .map(|_| {
+            let p = live.recv_publish();
+            (p.topic.clone(), p.retain)
+        })
+        .collect();
+    got.sort();
+    // Live deliveries to a plain subscriber on the remote: each once, the retained
+    // ones forwarded with their flag, which Mosquitto clears for a live subscriber.
+    assert_eq!(
+        got,
+        vec![
+            ("up/0".to_string(), false),
+            ("up/1".to_string(), false),
+            ("up/plain".to_string(), false)
+        ]
+    );
+    assert!(drain(&mut live).is_empty(), "no copies");
+    // The remote retained all three retained ones.
+    let mut late = mq(remote.addr(), "ret-late", true);
+    late.subscribe("up/#", 1);
+    let mut retained: Vec<(String, String, bool)> = (0..SHARDS + 1)
+        .map(|_| {
+            let p = late.recv_publish();
+            (
+                p.topic.clone(),
+                String::from_utf8(p.payload.to_vec()).unwrap(),
+                p.retain,
+            )
+        })
+        .collect();
+    retained.sort();
+    assert_eq!(
+        retained,
+        vec![
+            ("up/0".to_string(), "r0".to_string(), true),
+            ("up/1".to_string(), "r1".to_string(), true),
+            ("up/early".to_string(), "e".to_string(), true)
+        ]
+    );
+    assert!(drain(&mut late).is_empty());
+    b.shutdown();
+}

@@ -2,11 +2,14 @@
 //! session, made and subscribed at start, its remote connection attached to it like a
 //! client's and detached without ending it.
 
-use super::{write_out, Cell, MeshMsg, PendingInterest, Rc, SessionEntry, Shard, SubscribeWait};
+use super::{
+    count_delivery, write_out, Cell, MeshMsg, PendingInterest, Rc, SessionEntry, Shard,
+    SubscribeWait,
+};
 use crate::link::Conn;
 use crate::message::Message;
-use crate::protocol::QoS;
-use crate::session::Session;
+use crate::protocol::{topic, QoS};
+use crate::session::{Delivery, Session};
 use crate::store;
 use bytestring::ByteString;
 use std::time::Instant;
@@ -35,6 +38,9 @@ impl Shard {
                 key
             }
         };
+        if !self.bridge_keys.contains(&(key as u32)) {
+            self.bridge_keys.push(key as u32);
+        }
         let entry = &mut self.sessions[key];
         entry.bridge = true;
         entry.no_local = true;
@@ -132,6 +138,90 @@ impl Shard {
             &mut self.stats,
             self.durable.as_deref_mut(),
         );
+        // Then every retained message its filters match, retained, as Mosquitto's
+        // bridges send them on each connection: the remote's retained store
+        // follows this one's.
+        let mut retained: Vec<Message> = Vec::new();
+        for (filter, _) in self.sessions[key].session.subscriptions() {
+            self.retained.for_each_match(filter, |m| {
+                if !retained.iter().any(|r| r.topic == m.topic) {
+                    retained.push(m.clone());
+                }
+            });
+        }
+        for msg in retained {
+            self.retained_to_bridge(key, &msg);
+        }
+    }
+
+    /// A retained update just accepted here (published here, or from another
+    /// shard): every bridge session on this shard whose filters match it gets it
+    /// with its retain flag, as Mosquitto's bridges forward retained messages (all
+    /// other deliveries clear the flag). Returns whether any did; their copy of the
+    /// plain delivery that follows is then skipped.
+    pub(super) fn retained_to_bridges(&mut self, msg: &Message) -> bool {
+        let mut any = false;
+        for i in 0..self.bridge_keys.len() {
+            let key = self.bridge_keys[i];
+            // A bridge does not get back what it published.
+            if self.no_local != Some(key) {
+                any |= self.retained_to_bridge(key as usize, msg);
+            }
+        }
+        any
+    }
+
+    /// Delivers `msg` with its retain flag to bridge session `key` if its filters
+    /// match it, at the highest QoS among them; whether they did.
+    fn retained_to_bridge(&mut self, key: usize, msg: &Message) -> bool {
+        let Some(entry) = self.sessions.get_mut(key) else {
+            return false;
+        };
+        let Some(qos) = entry
+            .session
+            .subscriptions()
+            .filter(|(f, _)| topic::matches(f, &msg.topic))
+            .map(|(_, q)| q)
+            .max()
+        else {
+            return false;
+        };
+        let copy = Message {
+            retain: true,
+            ..msg.clone()
+        };
+        entry.pos_dirty |= copy.stamp.is_set();
+        let d = entry.session.deliver(&copy, qos, &mut self.out);
+        if matches!(d, Delivery::Dropped(_)) {
+            self.stats.bridge_messages_dropped += 1;
+        }
+        count_delivery(&mut self.stats, d, &mut entry.session);
+        write_out(
+            entry,
+            &mut self.out,
+            self.cfg.write_buffer_high_water,
+            &mut self.stats,
+            self.durable.as_deref_mut(),
+        );
+        true
+    }
+
+    /// Whether `msg`, forwarded from another shard, is the plain copy of a retained
+    /// update the bridges here already got (the same topic and payload bytes);
+    /// forgets it if so.
+    pub(super) fn take_bridge_skip(&mut self, msg: &Message) -> bool {
+        let same = |r: &Message| {
+            r.topic == msg.topic
+                && r.payload.as_ptr() == msg.payload.as_ptr()
+                && r.payload.len() == msg.payload.len()
+        };
+        match self.bridge_skip.iter().position(same) {
+            Some(i) => {
+                self.bridge_skip.remove(i);
+                true
+            }
+            None => false,
+        }
     }
 
     /// The bridge's connection ended: the session stays, queueing QoS 1/2 messages

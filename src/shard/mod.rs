@@ -220,6 +220,14 @@ pub struct Shard {
     /// The session whose publishes are being routed, when it must not get them
     /// back (see `SessionEntry::no_local`).
     no_local: Option<u32>,
+    /// The sessions of the bridges homed here (usually none).
+    bridge_keys: Vec<u32>,
+    /// The next message delivered here is a retained one the bridges' sessions have
+    /// already had with its retain flag: they do not get it again.
+    skip_bridges: bool,
+    /// Retained messages from other shards the bridges here got with their retain
+    /// flag, whose forwarded copy (in the same batch) they must not get again.
+    bridge_skip: Vec<Message>,
 }
 
 /// Readers parked because an outbox is over its high-water mark.
@@ -293,6 +301,9 @@ impl Shard {
             barriers: 0,
             paused_wills: Vec::new(),
             no_local: None,
+            bridge_keys: Vec::new(),
+            skip_bridges: false,
+            bridge_skip: Vec::new(),
         }
     }
 
@@ -1041,6 +1052,9 @@ impl Shard {
                             });
                         }
                     }
+                    if !self.bridge_keys.is_empty() {
+                        self.skip_bridges = self.retained_to_bridges(&msg);
+                    }
                 }
                 LocalUpdate::Refused => self.stats.retained_refused += 1,
             }
@@ -1069,6 +1083,7 @@ impl Shard {
             writes,
             durable,
             no_local,
+            skip_bridges,
             ..
         } = self;
         matched.clear();
@@ -1089,6 +1104,9 @@ impl Shard {
         });
         if let Some(publisher) = *no_local {
             matched.retain(|&(k, _)| k != publisher);
+        }
+        if std::mem::take(skip_bridges) {
+            matched.retain(|&(k, _)| sessions.get(k as usize).is_none_or(|e| !e.bridge));
         }
         // Encoded at most once per message, on the first subscriber that takes it as
         // is, into bytes every other such subscriber's output refers to (sent with
@@ -1166,6 +1184,12 @@ impl Shard {
                 MeshMsg::Publish(m) => {
                     self.stats.forwarded_in += 1;
                     self.saw_stamp(&m);
+                    if !self.bridge_skip.is_empty() && self.take_bridge_skip(&m) {
+                        self.deliver_run(&mut run);
+                        self.skip_bridges = true;
+                        self.deliver_local(std::slice::from_ref(&m));
+                        continue;
+                    }
                     if run.breaks(&m) {
                         self.deliver_run(&mut run);
                     }
@@ -1183,6 +1207,8 @@ impl Shard {
         }
         self.deliver_run(&mut run);
         self.run = run;
+        // A retained update and its forwarded copy travel in one batch.
+        self.bridge_skip.clear();
     }
 
     /// Delivers the run gathered so far (if any) and empties it.
@@ -1199,8 +1225,13 @@ impl Shard {
             MeshMsg::Publish(m) => self.deliver_local(std::slice::from_ref(&m)),
             MeshMsg::Retain { msg, version } => {
                 self.saw_stamp(&msg);
-                if self.retained.apply(&msg, version) && !self.pending_interest.is_empty() {
-                    self.retained_while_held(src, &msg);
+                if self.retained.apply(&msg, version) {
+                    if !self.pending_interest.is_empty() {
+                        self.retained_while_held(src, &msg);
+                    }
+                    if !self.bridge_keys.is_empty() && self.retained_to_bridges(&msg) {
+                        self.bridge_skip.push(msg);
+                    }
                 }
             }
             MeshMsg::InterestAdd { filters, token } => {
