@@ -563,8 +563,9 @@ fn handle(
 }
 
 /// A PUBLISH from the remote, its topic made local; `None` when it is not to be
-/// published here (no `in` topic carries it, or it is the remote's copy of a message
-/// the bridge sent), in which case it is acknowledged here.
+/// published here (no `in` topic carries it, its local topic is over
+/// `max_topic_length`, or it is the remote's copy of a message the bridge sent), in
+/// which case it is acknowledged here and counted as dropped.
 fn inbound(
     shard: &Rc<RefCell<Shard>>,
     spec: &BridgeSpec,
@@ -578,12 +579,14 @@ fn inbound(
         .and_then(|w| layer(w))
         .and_then(|b| b.echo.as_mut())
         .is_some_and(|g| g.is_echo(&p.topic, &p.payload));
+    let mut s = shard.borrow_mut();
+    let max_len = s.cfg.max_topic_length;
     let local = if echo {
         None
     } else {
-        spec.map.inbound(&p.topic)
+        // The local prefix may make it longer than the limit.
+        spec.map.inbound(&p.topic).filter(|t| t.len() <= max_len)
     };
-    let mut s = shard.borrow_mut();
     let Some(local) = local else {
         s.stats.bridge_messages_dropped += 1;
         match p.qos {

@@ -24,7 +24,7 @@ pub struct BridgeLayer {
     /// PUBLISH packets sent so far (the bridge's "out" count).
     pub published: u64,
     /// Local messages with no outbound topic (none, as the session subscribes only to
-    /// what the topics carry out), dropped.
+    /// what the topics carry out) or one over MQTT's 65535 bytes, dropped.
     pub unmapped: u64,
     /// Set when the remote refused the bridge bit.
     pub echo: Option<EchoGuard>,
@@ -53,7 +53,10 @@ impl BridgeLayer {
             };
             match packet {
                 Packet::Publish(mut p) => {
-                    let Some(remote) = self.map.outbound(&p.topic) else {
+                    // A topic the remote prefix makes longer than MQTT allows is
+                    // dropped like one no topic carries out.
+                    let remote = self.map.outbound(&p.topic).filter(|t| t.len() <= 65_535);
+                    let Some(remote) = remote else {
                         self.unmapped += 1;
                         continue;
                     };
