@@ -462,6 +462,14 @@ async fn tick(shard: Rc<RefCell<Shard>>, conn: Rc<Conn>, last_heard: Rc<Cell<Ins
             continue;
         }
         let now = Instant::now();
+        {
+            let s = shard.borrow();
+            if s.paused || s.outbox_congested() {
+                // Not reading the remote, on purpose: its silence is ours.
+                last_heard.set(now);
+                continue;
+            }
+        }
         if now.duration_since(last_heard.get()) > keepalive.mul_f64(1.5) {
             shard.borrow_mut().stats.keepalive_timeouts += 1;
             conn.close_because(DisconnectReason::KeepAliveTimeout);
@@ -487,6 +495,14 @@ async fn read_loop(
     loop {
         let now = Instant::now();
         loop {
+            // Log compaction: nothing more is taken from the remote until it is
+            // over, as from a client.
+            if shard.borrow().paused {
+                shard.borrow_mut().route_pending();
+                if !wait_until_readable(shard, conn).await {
+                    return End::Broker(conn.close_reason().unwrap_or(DisconnectReason::Shutdown));
+                }
+            }
             let decoded = {
                 let opts = shard.borrow().cfg.decode_options(mqtt31);
                 decode_with(rbuf, &opts)
@@ -502,7 +518,7 @@ async fn read_loop(
             }
         }
         shard.borrow_mut().route_pending();
-        if conn.is_closing() {
+        if !wait_until_readable(shard, conn).await {
             return End::Broker(conn.close_reason().unwrap_or(DisconnectReason::Shutdown));
         }
         match crate::net::read_wire(conn, rbuf).await {
@@ -523,6 +539,27 @@ async fn read_loop(
             Err(e) => return End::Io(e),
         }
     }
+}
+
+/// Backpressure, as for a client: nothing more is read from the remote while an
+/// outbox to another shard is over its high-water mark or the log is being
+/// compacted. (Unlike a client, the bridge still reads while its own output waits:
+/// two brokers bridged both ways must not each wait for the other to read.) False
+/// once the connection is closing.
+async fn wait_until_readable(shard: &Rc<RefCell<Shard>>, conn: &Conn) -> bool {
+    poll_fn(|cx| {
+        if conn.is_closing() {
+            return Poll::Ready(false);
+        }
+        let s = shard.borrow();
+        if s.outbox_congested() || s.paused {
+            s.backpressure().park(cx.waker());
+            conn.reader.set(Some(cx.waker().clone()));
+            return Poll::Pending;
+        }
+        Poll::Ready(true)
+    })
+    .await
 }
 
 /// One packet from the remote.
