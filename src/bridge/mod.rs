@@ -196,11 +196,10 @@ pub(crate) async fn run(shard: Rc<RefCell<Shard>>, spec: Arc<BridgeSpec>) {
                 backoff.reset();
                 let end = serve(&shard, &spec, key, est, private).await;
                 tracing::info!(bridge = %name, address = %spec.cfg.address, reason = end.name(), "bridge disconnected");
+                shard.borrow_mut().bridge_state(&name, false);
                 if shard.borrow().stopping {
-                    shard.borrow_mut().bridge_state(&name, false);
                     return;
                 }
-                shard.borrow_mut().bridge_state(&name, false);
             }
             Err(e) => {
                 tracing::warn!(bridge = %name, address = %spec.cfg.address, error = %e, "bridge connection failed");
