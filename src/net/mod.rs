@@ -735,7 +735,7 @@ async fn read_loop(
 /// `rbuf`: `None` at EOF, else what the layer made of it and whether it has bytes to
 /// send back. The raw bytes live on the stack only while the read completes, so a
 /// waiting connection holds no buffer for them.
-async fn read_wire(
+pub(crate) async fn read_wire(
     conn: &Rc<Conn>,
     rbuf: &mut BytesMut,
 ) -> io::Result<Option<(Result<Peer, WireError>, bool)>> {
