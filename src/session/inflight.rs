@@ -32,6 +32,10 @@ pub(crate) enum Stage {
 struct Slot {
     seq: u64,
     pkid: u16,
+    /// The shared-subscription group the message was given to this session for
+    /// (the shard's group id), 0 for none: such a flow can be handed to another
+    /// member when this one leaves. Lies in what would be padding.
+    tag: u32,
     /// `None` is a tombstone left by an out-of-order completion.
     stage: Option<Stage>,
 }
@@ -75,7 +79,35 @@ impl Inflight {
 
     /// Records a PUBLISH sent with `pkid`; false (and nothing changes) if it is in use.
     pub(crate) fn insert(&mut self, pkid: u16, msg: Message) -> bool {
-        self.get_or_init().insert(pkid, msg)
+        self.get_or_init().insert(pkid, msg, 0)
+    }
+
+    /// [`Inflight::insert`] for a message given through shared-subscription group
+    /// `tag` (0: none).
+    pub(crate) fn insert_tagged(&mut self, pkid: u16, msg: Message, tag: u32) -> bool {
+        self.get_or_init().insert(pkid, msg, tag)
+    }
+
+    /// Removes every flow still awaiting PUBACK or PUBREC that came through a
+    /// shared-subscription group `take` accepts, in send order, with its group id.
+    /// A QoS 2 flow past PUBREC stays: its client has the message.
+    pub(crate) fn take_tagged(&mut self, take: &mut dyn FnMut(u32) -> bool) -> Vec<(Message, u32)> {
+        let Some(f) = self.0.as_deref_mut() else {
+            return Vec::new();
+        };
+        let pkids: Vec<(u16, u32)> = f
+            .slots
+            .iter()
+            .filter(|s| s.tag != 0 && matches!(s.stage, Some(Stage::Published(_))) && take(s.tag))
+            .map(|s| (s.pkid, s.tag))
+            .collect();
+        let mut taken = Vec::with_capacity(pkids.len());
+        for (pkid, tag) in pkids {
+            if let Some(Stage::Published(m)) = f.remove(pkid) {
+                taken.push((m, tag));
+            }
+        }
+        taken
     }
 
     pub(crate) fn get_mut(&mut self, pkid: u16) -> Option<&mut Stage> {
@@ -127,6 +159,7 @@ impl Inflight {
         f.slots.push_back(Slot {
             seq,
             pkid,
+            tag: 0,
             stage: Some(Stage::Released(stamp)),
         });
         true
@@ -190,7 +223,7 @@ impl Flows {
 
     /// Records a just-sent PUBLISH under `pkid` (from [`Inflight::next_free_pkid`]).
     /// Returns false, recording nothing, if the id is 0 or already in flight.
-    pub(crate) fn insert(&mut self, pkid: u16, msg: Message) -> bool {
+    pub(crate) fn insert(&mut self, pkid: u16, msg: Message, tag: u32) -> bool {
         if pkid == 0 || self.index.contains_key(&pkid) {
             return false;
         }
@@ -201,6 +234,7 @@ impl Flows {
         self.slots.push_back(Slot {
             seq,
             pkid,
+            tag,
             stage: Some(Stage::Published(msg)),
         });
         true

@@ -384,6 +384,20 @@ impl Session {
     /// A full queue evicts its oldest QoS 0 messages for a QoS 1/2 one if that makes room,
     /// else drops the new message; the bounds are never exceeded.
     pub fn deliver(&mut self, msg: &Message, granted: QoS, out: &mut Output) -> Delivery {
+        self.deliver_tagged(msg, granted, 0, out)
+    }
+
+    /// [`Session::deliver`] for a message given to this session as one member of a
+    /// shared-subscription group (`group`: the shard's id for it, not 0). While the
+    /// message is queued or awaits PUBACK/PUBREC it can be taken back with
+    /// [`Session::take_shared`], to go to another member.
+    pub fn deliver_tagged(
+        &mut self,
+        msg: &Message,
+        granted: QoS,
+        group: u32,
+        out: &mut Output,
+    ) -> Delivery {
         let qos = msg.qos.min(granted);
         if !self.connected && qos == QoS::AtMostOnce {
             return Delivery::Dropped(DropReason::OfflineQoS0);
@@ -403,15 +417,27 @@ impl Session {
             if self.window_has_room(queue::cost(&msg)) {
                 if let Some(pkid) = self.inflight.next_free_pkid() {
                     out.packets.push(publish_packet(&msg, pkid, false));
-                    self.inflight.insert(pkid, msg);
+                    self.inflight.insert_tagged(pkid, msg, group);
                     return Delivery::Sent;
                 }
             }
         }
-        match self.queue.push(msg, &self.limits) {
+        match self.queue.push_tagged(msg, group, &self.limits) {
             Ok(()) => Delivery::Queued,
             Err(reason) => Delivery::Dropped(reason),
         }
+    }
+
+    /// Takes back every QoS 1/2 message given to the session through a shared
+    /// subscription that its client has not received for sure: in flight awaiting
+    /// PUBACK or PUBREC (in send order), then queued. A QoS 2 flow past PUBREC stays
+    /// (its client has the message). Only groups `take` accepts. Each comes with its
+    /// group id, for the shard to give it to another member of the group; the
+    /// session forgets them.
+    pub fn take_shared(&mut self, mut take: impl FnMut(u32) -> bool) -> Vec<(Message, u32)> {
+        let mut taken = self.inflight.take_tagged(&mut take);
+        taken.extend(self.queue.take_tagged(&mut take));
+        taken
     }
 
     /// The log stamp of the outgoing flow using `pkid` (see [`Message::stamp`]); 0
@@ -624,7 +650,7 @@ impl Session {
         }
         while let Some(qos) = self.queue.front_qos() {
             if qos == QoS::AtMostOnce {
-                if let Some(msg) = self.queue.pop() {
+                if let Some((msg, _)) = self.queue.pop() {
                     out.packets.push(publish_packet(&msg, 0, false));
                 }
                 continue;
@@ -635,7 +661,7 @@ impl Session {
             let Some(mut pkid) = self.inflight.next_free_pkid() else {
                 break;
             };
-            let Some(msg) = self.queue.pop() else {
+            let Some((msg, group)) = self.queue.pop() else {
                 break;
             };
             let (dup, hint) = self.queue.take_redelivery();
@@ -645,7 +671,7 @@ impl Session {
                 pkid = h;
             }
             out.packets.push(publish_packet(&msg, pkid, dup));
-            self.inflight.insert(pkid, msg);
+            self.inflight.insert_tagged(pkid, msg, group);
         }
     }
 }
