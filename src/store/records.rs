@@ -45,6 +45,10 @@ pub mod kind {
     pub const OUT2: u8 = 9;
     /// A whole session.
     pub const SNAPSHOT: u8 = 10;
+    /// A message given to a persistent session as one member of a shared group.
+    pub const ASSIGN: u8 = 11;
+    /// A message a persistent session gave back to its shared group.
+    pub const UNASSIGN: u8 = 12;
 }
 
 /// A message's name: the shard whose stream holds it and its record number there.
@@ -154,6 +158,22 @@ pub enum Record<'a> {
         stage: u8,
     },
     Snapshot(SnapshotBody<'a>),
+    /// Message `stamp` was given to persistent session `client` as a member of the
+    /// shared group `group` (`$share/...`), to go out at `qos`. Shared filters are
+    /// never re-matched on recovery (the message went to one member only): this
+    /// record is what brings it back to its member.
+    Assign {
+        client: &'a str,
+        group: &'a str,
+        stamp: Stamp,
+        qos: u8,
+    },
+    /// Persistent session `client` no longer holds message `stamp` of a shared
+    /// group: it went to another member when this one left.
+    Unassign {
+        client: &'a str,
+        stamp: Stamp,
+    },
 }
 
 /// Why a record body does not parse.
@@ -305,6 +325,23 @@ pub fn encode(record: &Record<'_>, out: &mut Vec<u8>) -> u8 {
             }
             kind::SNAPSHOT
         }
+        Record::Assign {
+            client,
+            group,
+            stamp,
+            qos,
+        } => {
+            w.str(client)
+                .str(group)
+                .u16(stamp.origin)
+                .u64(stamp.record)
+                .u8(*qos);
+            kind::ASSIGN
+        }
+        Record::Unassign { client, stamp } => {
+            w.str(client).u16(stamp.origin).u64(stamp.record);
+            kind::UNASSIGN
+        }
     }
 }
 
@@ -448,6 +485,22 @@ pub fn decode(kind: u8, body: &[u8]) -> Result<Record<'_>, BadRecord> {
                 stage,
             }
         }
+        kind::ASSIGN => Record::Assign {
+            client: r.str()?,
+            group: r.str()?,
+            stamp: Stamp {
+                origin: r.u16()?,
+                record: r.u64()?,
+            },
+            qos: r.qos()?,
+        },
+        kind::UNASSIGN => Record::Unassign {
+            client: r.str()?,
+            stamp: Stamp {
+                origin: r.u16()?,
+                record: r.u64()?,
+            },
+        },
         kind::SNAPSHOT => {
             let client = r.str()?;
             let horizons = r.pairs()?;
@@ -563,6 +616,22 @@ mod tests {
                 },
                 pid: 3,
                 stage: 1,
+            },
+            Record::Assign {
+                client: "c",
+                group: "$share/g/a/#",
+                stamp: Stamp {
+                    origin: 2,
+                    record: 1 << 40,
+                },
+                qos: 2,
+            },
+            Record::Unassign {
+                client: "c",
+                stamp: Stamp {
+                    origin: 2,
+                    record: 7,
+                },
             },
             Record::Snapshot(SnapshotBody {
                 client: "c",

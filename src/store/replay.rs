@@ -15,6 +15,13 @@
 //! as a QoS 1 message may); a QoS 2 flow's stage is recorded as it changes, so its
 //! message comes again only with its original packet id, and not at all once PUBREC
 //! has come.
+//!
+//! Shared subscriptions (`$share/...`) are never re-matched: each of their messages
+//! went to one member only. A message given to a persistent member is named by a
+//! [`Record::Assign`] on the member's shard (and a [`Record::Unassign`] if the
+//! member gave it back to the group); it comes back to that member if it is past
+//! the member's position, or was assigned after the last checkpoint of the
+//! member's shard (which could not yet account for it).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -23,6 +30,7 @@ use bytestring::ByteString;
 
 use super::records::{decode, BadRecord, Held, MsgBody, Record, Stamp};
 use crate::protocol::{topic, QoS};
+use crate::topic::share;
 
 /// A message as the logs hold it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -109,6 +117,18 @@ struct Sess {
     exact: bool,
     /// From its last position: the packet id of its oldest message in flight.
     first_pid: u16,
+    /// Messages given to it by shared groups since its last snapshot.
+    assigned: Vec<Assigned>,
+}
+
+/// A [`Record::Assign`] still in force.
+#[derive(Debug)]
+struct Assigned {
+    stamp: Stamp,
+    qos: u8,
+    /// The log that holds the record, and the record's number there.
+    log: u16,
+    at: u64,
 }
 
 /// See the module docs.
@@ -118,6 +138,8 @@ pub struct Replay {
     sessions: HashMap<String, Sess>,
     /// Latest checkpoint horizons per shard log.
     horizons: HashMap<u16, HashMap<u16, u64>>,
+    /// Record number of the latest checkpoint per shard log.
+    checkpoint_at: HashMap<u16, u64>,
     bad_records: u64,
 }
 
@@ -208,6 +230,26 @@ impl Replay {
                     }
                 }
                 self.horizons.insert(shard, h);
+                self.checkpoint_at.insert(shard, record);
+            }
+            Record::Assign {
+                client, stamp, qos, ..
+            } => {
+                if let Some(s) = self.sessions.get_mut(client) {
+                    s.assigned.push(Assigned {
+                        stamp,
+                        qos,
+                        log: shard,
+                        at: record,
+                    });
+                    s.exact = false;
+                }
+            }
+            Record::Unassign { client, stamp } => {
+                if let Some(s) = self.sessions.get_mut(client) {
+                    s.assigned.retain(|a| a.stamp != stamp);
+                    s.exact = false;
+                }
             }
             Record::Out2 {
                 client,
@@ -256,6 +298,7 @@ impl Replay {
                     released: snap.released,
                     exact: true,
                     first_pid: 0,
+                    assigned: Vec::new(),
                 };
                 self.sessions.insert(snap.client.to_owned(), s);
             }
@@ -268,6 +311,7 @@ impl Replay {
             streams,
             sessions,
             horizons,
+            checkpoint_at,
             bad_records,
         } = self;
         let mut out = Restored {
@@ -375,6 +419,9 @@ impl Replay {
                 for (&record, m) in stream.range(start..).filter(|(_, m)| m.published) {
                     let mut best: Option<QoS> = None;
                     for (filter, sub) in &s.subs {
+                        if share::is_shared(filter) {
+                            continue;
+                        }
                         let applies = sub
                             .horizons
                             .iter()
@@ -389,6 +436,22 @@ impl Replay {
                         matched.push((m.time_us, Stamp { origin, record }, m, q));
                     }
                 }
+            }
+            // What shared groups gave it: past its position, or given after its
+            // shard's last checkpoint.
+            for a in &s.assigned {
+                let after_checkpoint = checkpoint_at.get(&a.log).is_none_or(|&c| a.at > c);
+                if !after_checkpoint && a.stamp.record < from_of(a.stamp.origin) {
+                    continue;
+                }
+                let Some(m) = streams
+                    .get(&a.stamp.origin)
+                    .and_then(|st| st.get(&a.stamp.record))
+                else {
+                    continue;
+                };
+                let q = QoS::from_u8(a.qos).unwrap_or(QoS::AtLeastOnce);
+                matched.push((m.time_us, a.stamp, m, q));
             }
             matched.sort_by_key(|&(t, stamp, _, _)| (t, stamp));
             r.maybe_sent = !(s.exact && matched.is_empty());

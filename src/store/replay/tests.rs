@@ -420,3 +420,125 @@ fn a_completed_flow_frees_its_packet_id_even_without_a_stamp() {
     assert_eq!((s.inflight[0].0, s.inflight[0].1.stamp), (5, m));
     assert!(s.queued.is_empty());
 }
+
+#[test]
+fn shared_filters_are_not_rematched_only_assigned_messages_come_back() {
+    let mut l = Logs::new();
+    l.session(0, "a", "$share/g/t/#", 1);
+    l.session(1, "b", "$share/g/t/#", 1);
+    let m1 = l.msg(0, "t/1", 1, 1);
+    let m2 = l.msg(0, "t/2", 1, 2);
+    let m3 = l.msg(1, "t/3", 1, 3);
+    for (shard, client, stamp) in [(0, "a", m1), (1, "b", m2), (0, "a", m3)] {
+        l.put(
+            shard,
+            Record::Assign {
+                client,
+                group: "$share/g/t/#",
+                stamp,
+                qos: 1,
+            },
+        );
+    }
+    let r = l.replay.finish();
+    let by = |c: &str| r.sessions.iter().find(|s| s.client_id == c).unwrap();
+    assert_eq!(topics(&by("a").queued), vec!["t/1", "t/3"]);
+    assert_eq!(topics(&by("b").queued), vec!["t/2"]);
+    assert_eq!(
+        by("a").subs,
+        vec![("$share/g/t/#".to_string(), QoS::AtLeastOnce)]
+    );
+}
+
+#[test]
+fn a_shared_message_given_back_or_acknowledged_before_a_checkpoint_stays_away() {
+    let mut l = Logs::new();
+    l.session(0, "a", "$share/g/t", 2);
+    l.session(0, "b", "t", 1);
+    let given_back = l.msg(1, "t", 2, 1);
+    let acked = l.msg(1, "t", 1, 2);
+    let pending = l.msg(1, "t", 1, 3);
+    for stamp in [given_back, acked, pending] {
+        l.put(
+            0,
+            Record::Assign {
+                client: "a",
+                group: "$share/g/t",
+                stamp,
+                qos: 2,
+            },
+        );
+    }
+    l.put(
+        0,
+        Record::Unassign {
+            client: "a",
+            stamp: given_back,
+        },
+    );
+    // "a" still holds `pending` at the checkpoint; "b" (not shared) is caught up.
+    let horizons = l.horizons();
+    l.put(
+        0,
+        Record::Checkpoint {
+            horizons,
+            sessions: vec![Position {
+                client: "a",
+                lagging: Some(vec![(1, pending.record)]),
+                first_pid: 0,
+            }],
+        },
+    );
+    // Assigned after the checkpoint, older than the position: still comes back.
+    l.put(
+        0,
+        Record::Assign {
+            client: "a",
+            group: "$share/g/t",
+            stamp: acked,
+            qos: 1,
+        },
+    );
+    let r = l.replay.finish();
+    let a = r.sessions.iter().find(|s| s.client_id == "a").unwrap();
+    let stamps: Vec<(Stamp, QoS)> = a.queued.iter().map(|m| (m.stamp, m.qos)).collect();
+    assert_eq!(
+        stamps,
+        vec![(acked, QoS::AtLeastOnce), (pending, QoS::AtLeastOnce)]
+    );
+}
+
+#[test]
+fn a_snapshot_replaces_earlier_assignments() {
+    let mut l = Logs::new();
+    l.session(0, "a", "$share/g/t", 1);
+    let m = l.msg(0, "t", 1, 1);
+    l.put(
+        0,
+        Record::Assign {
+            client: "a",
+            group: "$share/g/t",
+            stamp: m,
+            qos: 1,
+        },
+    );
+    let horizons = l.horizons();
+    l.put(
+        0,
+        Record::Snapshot(SnapshotBody {
+            client: "a",
+            horizons,
+            subs: vec![("$share/g/t", 1)],
+            awaiting_pubrel: vec![],
+            released: vec![],
+            held: vec![crate::store::records::Held {
+                stamp: m,
+                qos: 1,
+                pid: 0,
+                retain: false,
+            }],
+        }),
+    );
+    let r = l.replay.finish();
+    assert_eq!(r.sessions[0].queued.len(), 1, "named once, not twice");
+}
