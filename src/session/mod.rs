@@ -530,6 +530,13 @@ impl Session {
         self.connected && self.writable && self.queue.is_empty()
     }
 
+    /// Whether a delivery would go out at once, whatever its QoS: connected,
+    /// writable, nothing queued and room in the window. A shared-subscription group
+    /// prefers such a member to one that is behind.
+    pub fn ready(&self) -> bool {
+        self.sends_qos0_at_once() && self.inflight.len() < usize::from(self.limits.max_inflight)
+    }
+
     /// The connection's write buffer went over (`false`) or back under (`true`) its
     /// high-water mark. On `true`, sends queued messages in FIFO order: QoS 0 freely,
     /// QoS 1/2 while the window has room.

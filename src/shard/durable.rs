@@ -651,7 +651,12 @@ impl Shard {
             let home = super::home_shard(&r.client_id, self.shards);
             if home != id {
                 for (f, _) in &r.subs {
-                    self.interest.insert(f, home as u16, ());
+                    if crate::topic::share::is_shared(f) {
+                        self.shared
+                            .add_shard(&ByteString::from(f.as_str()), home as u16);
+                    } else {
+                        self.interest.insert(f, home as u16, ());
+                    }
                 }
                 continue;
             }
@@ -704,7 +709,16 @@ impl Shard {
             entry.pos_dirty = true;
             let key = self.sessions.insert(entry);
             for (f, q) in &r.subs {
-                self.subs.insert(f, key as u32, *q);
+                if crate::topic::share::is_shared(f) {
+                    self.shared.add_member(
+                        id as u16,
+                        &ByteString::from(f.as_str()),
+                        key as u32,
+                        *q,
+                    );
+                } else {
+                    self.subs.insert(f, key as u32, *q);
+                }
             }
             self.by_client.insert(client, key);
         }

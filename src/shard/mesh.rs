@@ -27,6 +27,17 @@ pub enum MeshMsg {
     /// A publish from one of the sender's clients, for the receiver's local
     /// subscribers only (never forwarded again).
     Publish(Message),
+    /// A message for one member of shared-subscription group `group` (its whole
+    /// `$share/...` string): the receiver gives it to one of its connected members,
+    /// or hands it on to the next shard of the group; `hops` counts the shards that
+    /// had no connected member, and the last one asked queues it in an offline
+    /// persistent member. `hash`: the publisher's, with `hash_client`.
+    Shared {
+        group: ByteString,
+        msg: Message,
+        hash: u64,
+        hops: u16,
+    },
     /// A retained-store update (empty payload: delete), sent to every shard.
     Retain {
         msg: Message,
@@ -80,7 +91,7 @@ impl Outbox {
     /// Appends an item and wakes the flusher (it runs once the current task yields,
     /// so everything appended in one read batch leaves as one channel item).
     pub fn push(&self, msg: MeshMsg) {
-        if matches!(msg, MeshMsg::Publish(_)) {
+        if matches!(msg, MeshMsg::Publish(_) | MeshMsg::Shared { .. }) {
             self.publishes.set(self.publishes.get() + 1);
         }
         self.items.borrow_mut().push(msg);
