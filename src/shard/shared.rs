@@ -360,13 +360,11 @@ impl Shard {
             stats.deliveries_refused += 1;
             return;
         }
+        // Every logged message a group gives is recorded, to whichever member:
+        // recovery gives a persistent member what no record says was given (a
+        // message in transit at a crash), and brings back what was given to one.
         let effective = msg.qos.min(qos);
-        if let (Some(d), Some(stamp), false, false) = (
-            durable.as_deref_mut(),
-            msg.stamp(),
-            e.session.clean_session(),
-            effective == QoS::AtMostOnce,
-        ) {
+        if let (Some(d), Some(stamp)) = (durable.as_deref_mut(), msg.stamp()) {
             if let Some(g) = shared.get(id) {
                 d.append(&Record::Assign {
                     client: e.session.client_id(),

@@ -140,6 +140,9 @@ pub struct Replay {
     horizons: HashMap<u16, HashMap<u16, u64>>,
     /// Record number of the latest checkpoint per shard log.
     checkpoint_at: HashMap<u16, u64>,
+    /// Every message a shared group gave to any member (persistent or not), by
+    /// stamp and group.
+    given: HashSet<(Stamp, String)>,
     bad_records: u64,
 }
 
@@ -233,8 +236,12 @@ impl Replay {
                 self.checkpoint_at.insert(shard, record);
             }
             Record::Assign {
-                client, stamp, qos, ..
+                client,
+                group,
+                stamp,
+                qos,
             } => {
+                self.given.insert((stamp, group.to_owned()));
                 if let Some(s) = self.sessions.get_mut(client) {
                     s.assigned.push(Assigned {
                         stamp,
@@ -312,6 +319,7 @@ impl Replay {
             sessions,
             horizons,
             checkpoint_at,
+            given,
             bad_records,
         } = self;
         let mut out = Restored {
@@ -341,6 +349,7 @@ impl Replay {
 
         let mut names: Vec<&String> = sessions.keys().collect();
         names.sort();
+        let orphans = orphans(&streams, &sessions, &names, &given);
         for client in names {
             let s = &sessions[client];
             let from = match s.caught_on {
@@ -453,6 +462,15 @@ impl Replay {
                 let q = QoS::from_u8(a.qos).unwrap_or(QoS::AtLeastOnce);
                 matched.push((m.time_us, a.stamp, m, q));
             }
+            // What no member was recorded to have been given.
+            for &(stamp, q) in orphans.get(client.as_str()).into_iter().flatten() {
+                if let Some(m) = streams
+                    .get(&stamp.origin)
+                    .and_then(|st| st.get(&stamp.record))
+                {
+                    matched.push((m.time_us, stamp, m, q));
+                }
+            }
             matched.sort_by_key(|&(t, stamp, _, _)| (t, stamp));
             r.maybe_sent = !(s.exact && matched.is_empty());
             r.first_pid = s.first_pid;
@@ -470,6 +488,74 @@ impl Replay {
         }
         out
     }
+}
+
+/// Messages published in this generation that a shared group with persistent
+/// members matches but that no [`Record::Assign`] says the group gave anyone (in
+/// transit between shards at a crash, or not yet recorded): each goes to one of
+/// the group's persistent members whose subscription applies to it, in turn by
+/// record number. Returns them per client, with the QoS granted.
+fn orphans<'s>(
+    streams: &HashMap<u16, BTreeMap<u64, Stored>>,
+    sessions: &'s HashMap<String, Sess>,
+    names: &[&'s String],
+    given: &HashSet<(Stamp, String)>,
+) -> HashMap<&'s str, Vec<(Stamp, QoS)>> {
+    // Group → its persistent members (in name order) with their subscriptions.
+    let mut groups: BTreeMap<&str, Vec<(&str, &Sub)>> = BTreeMap::new();
+    for &client in names {
+        for (filter, sub) in &sessions[client].subs {
+            if share::is_shared(filter) {
+                groups.entry(filter).or_default().push((client, sub));
+            }
+        }
+    }
+    let mut out: HashMap<&str, Vec<(Stamp, QoS)>> = HashMap::new();
+    if groups.is_empty() {
+        return out;
+    }
+    let mut key = (
+        Stamp {
+            origin: 0,
+            record: 0,
+        },
+        String::new(),
+    );
+    for (&origin, stream) in streams {
+        for (&record, m) in stream
+            .iter()
+            .filter(|(_, m)| m.published && m.qos != QoS::AtMostOnce)
+        {
+            let stamp = Stamp { origin, record };
+            for (group, members) in &groups {
+                if !topic::matches(share::filter_part(group), &m.topic) {
+                    continue;
+                }
+                key.0 = stamp;
+                key.1.clear();
+                key.1.push_str(group);
+                if given.contains(&key) {
+                    continue;
+                }
+                let applying: Vec<&(&str, &Sub)> = members
+                    .iter()
+                    .filter(|(_, sub)| {
+                        sub.horizons
+                            .iter()
+                            .find(|(o, _)| *o == origin)
+                            .is_none_or(|&(_, h)| record >= h)
+                    })
+                    .collect();
+                if applying.is_empty() {
+                    continue;
+                }
+                let (client, sub) = applying[(record as usize) % applying.len()];
+                let q = QoS::from_u8(sub.qos).unwrap_or(QoS::AtMostOnce);
+                out.entry(client).or_default().push((stamp, q));
+            }
+        }
+    }
+    out
 }
 
 #[cfg(test)]

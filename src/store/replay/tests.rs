@@ -542,3 +542,34 @@ fn a_snapshot_replaces_earlier_assignments() {
     let r = l.replay.finish();
     assert_eq!(r.sessions[0].queued.len(), 1, "named once, not twice");
 }
+
+#[test]
+fn a_shared_message_no_member_was_recorded_to_get_goes_to_one_persistent_member() {
+    let mut l = Logs::new();
+    l.session(0, "a", "$share/g/t/+", 1);
+    l.session(1, "b", "$share/g/t/+", 2);
+    let given = l.msg(0, "t/given", 1, 1);
+    // Given to a clean member: recorded, though no session is restored for it.
+    l.put(
+        1,
+        Record::Assign {
+            client: "clean",
+            group: "$share/g/t/+",
+            stamp: given,
+            qos: 1,
+        },
+    );
+    let lost: Vec<Stamp> = (0..4).map(|i| l.msg(1, "t/transit", 2, 10 + i)).collect();
+    l.msg(1, "t/qos0", 0, 20);
+    let r = l.replay.finish();
+    let mut all: Vec<Stamp> = Vec::new();
+    let mut per = Vec::new();
+    for s in &r.sessions {
+        per.push(s.queued.len());
+        all.extend(s.queued.iter().map(|m| m.stamp));
+        assert!(s.queued.iter().all(|m| &*m.msg.topic == "t/transit"));
+    }
+    all.sort();
+    assert_eq!(all, lost, "each once, to one member");
+    assert_eq!(per, vec![2, 2], "spread over the members");
+}
