@@ -396,6 +396,11 @@ impl Shard {
     }
 
     fn release_shared_where(&mut self, key: usize, only: impl Fn(u32) -> bool) {
+        // At shutdown every member leaves, and other shards may already have written
+        // their snapshots: each keeps what it holds (a persistent one in its snapshot).
+        if self.stopping {
+            return;
+        }
         let Some(e) = self.sessions.get_mut(key) else {
             return;
         };
