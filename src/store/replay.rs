@@ -502,11 +502,12 @@ fn orphans<'s>(
     given: &HashSet<(Stamp, String)>,
 ) -> HashMap<&'s str, Vec<(Stamp, QoS)>> {
     // Group → its persistent members (in name order) with their subscriptions.
-    let mut groups: BTreeMap<&str, Vec<(&str, &Sub)>> = BTreeMap::new();
+    let mut groups: BTreeMap<&str, Vec<(&str, &Sess, &Sub)>> = BTreeMap::new();
     for &client in names {
-        for (filter, sub) in &sessions[client].subs {
+        let sess = &sessions[client];
+        for (filter, sub) in &sess.subs {
             if share::is_shared(filter) {
-                groups.entry(filter).or_default().push((client, sub));
+                groups.entry(filter).or_default().push((client, sess, sub));
             }
         }
     }
@@ -537,19 +538,23 @@ fn orphans<'s>(
                 if given.contains(&key) {
                     continue;
                 }
-                let applying: Vec<&(&str, &Sub)> = members
+                // The subscription applies to it (made before it; a snapshot's
+                // restated subscriptions apply from the snapshot's horizons on).
+                let applying: Vec<&(&str, &Sess, &Sub)> = members
                     .iter()
-                    .filter(|(_, sub)| {
-                        sub.horizons
-                            .iter()
-                            .find(|(o, _)| *o == origin)
-                            .is_none_or(|&(_, h)| record >= h)
+                    .filter(|(_, sess, sub)| {
+                        record >= sess.snap_horizons.get(&origin).copied().unwrap_or(0)
+                            && sub
+                                .horizons
+                                .iter()
+                                .find(|(o, _)| *o == origin)
+                                .is_none_or(|&(_, h)| record >= h)
                     })
                     .collect();
                 if applying.is_empty() {
                     continue;
                 }
-                let (client, sub) = applying[(record as usize) % applying.len()];
+                let (client, _, sub) = applying[(record as usize) % applying.len()];
                 let q = QoS::from_u8(sub.qos).unwrap_or(QoS::AtMostOnce);
                 out.entry(client).or_default().push((stamp, q));
             }

@@ -573,3 +573,30 @@ fn a_shared_message_no_member_was_recorded_to_get_goes_to_one_persistent_member(
     assert_eq!(all, lost, "each once, to one member");
     assert_eq!(per, vec![2, 2], "spread over the members");
 }
+
+#[test]
+fn a_message_before_a_snapshot_is_no_orphan_of_the_groups_it_restates() {
+    let mut l = Logs::new();
+    // Published while the group had no member at all: nobody was given it.
+    l.msg(0, "t", 1, 1);
+    let horizons = l.horizons();
+    l.put(
+        0,
+        Record::Snapshot(SnapshotBody {
+            client: "a",
+            horizons,
+            subs: vec![("$share/g/t", 1)],
+            awaiting_pubrel: vec![],
+            released: vec![],
+            held: vec![],
+        }),
+    );
+    let after = l.msg(0, "t", 1, 2);
+    let r = l.replay.finish();
+    let got: Vec<Stamp> = r.sessions[0].queued.iter().map(|m| m.stamp).collect();
+    assert_eq!(
+        got,
+        vec![after],
+        "only what came after the snapshot, unrecorded"
+    );
+}
