@@ -27,17 +27,9 @@ pub enum MeshMsg {
     /// A publish from one of the sender's clients, for the receiver's local
     /// subscribers only (never forwarded again).
     Publish(Message),
-    /// A message for one member of shared-subscription group `group` (its whole
-    /// `$share/...` string): the receiver gives it to one of its connected members,
-    /// or hands it on to the next shard of the group; `hops` counts the shards that
-    /// had no connected member, and the last one asked queues it in an offline
-    /// persistent member. `hash`: the publisher's, with `hash_client`.
-    Shared {
-        group: ByteString,
-        msg: Message,
-        hash: u64,
-        hops: u16,
-    },
+    /// A message for one member of a shared-subscription group (see [`SharedFor`]).
+    /// The group's part is boxed: every item of the mesh is as large as the largest.
+    Shared { msg: Message, to: Box<SharedFor> },
     /// A retained-store update (empty payload: delete), sent to every shard.
     Retain {
         msg: Message,
@@ -58,6 +50,17 @@ pub enum MeshMsg {
     /// Log compaction: the sender reads no client and everything it sent before
     /// this has arrived.
     Barrier,
+}
+
+/// Where a [`MeshMsg::Shared`] message goes: the receiver gives it to one of its
+/// connected members of `group` (its whole `$share/...` string), or hands it on to
+/// the next shard of the group; `hops` counts the shards that had no connected
+/// member, and the last one asked queues it in an offline persistent member.
+pub struct SharedFor {
+    pub group: ByteString,
+    /// The publisher's hash, with `hash_client`.
+    pub hash: u64,
+    pub hops: u16,
 }
 
 /// A socket moving to its home shard with everything read from it so far.
@@ -115,5 +118,16 @@ impl Outbox {
             self.publishes.set(0);
             Some(std::mem::take(&mut *items))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// Outboxes hold `MeshMsg`s by value: a variant larger than a forwarded
+    /// publish's would cost every cross-shard message.
+    #[test]
+    fn a_mesh_item_is_no_larger_than_a_retained_update() {
+        let size = std::mem::size_of::<super::MeshMsg>();
+        assert!(size <= 96, "MeshMsg is {size} bytes");
     }
 }

@@ -1229,16 +1229,11 @@ impl Shard {
                     self.interest.remove(&filter, &(src as u16));
                 }
             }
-            MeshMsg::Shared {
-                group,
-                msg,
-                hash,
-                hops,
-            } => {
+            MeshMsg::Shared { msg, to } => {
                 self.saw_stamp(&msg);
                 self.stats.shared_forwarded_in += 1;
-                match self.shared.id_of(&group) {
-                    Some(id) => self.deliver_shared(id, msg, hash, hops, None),
+                match self.shared.id_of(&to.group) {
+                    Some(id) => self.deliver_shared(id, msg, to.hash, to.hops, None),
                     None => self.stats.shared_dropped += 1,
                 }
             }

@@ -22,6 +22,7 @@ use ahash::AHashMap;
 use bytestring::ByteString;
 use smallvec::SmallVec;
 
+use super::mesh::SharedFor;
 use super::{count_delivery, write_out, MeshMsg, Shard};
 use crate::config::SharedStrategy;
 use crate::message::Message;
@@ -266,10 +267,12 @@ impl Shard {
                 } else if let Some(g) = self.shared.get(id) {
                     self.stats.shared_forwarded += 1;
                     self.outboxes[usize::from(shard)].push(MeshMsg::Shared {
-                        group: g.name.clone(),
                         msg: msg.clone(),
-                        hash,
-                        hops: 0,
+                        to: Box::new(SharedFor {
+                            group: g.name.clone(),
+                            hash,
+                            hops: 0,
+                        }),
                     });
                 }
             }
@@ -318,10 +321,12 @@ impl Shard {
             if let Some(next) = self.shared.next_shard_after(id, self.id as u16) {
                 self.stats.shared_forwarded += 1;
                 self.outboxes[usize::from(next)].push(MeshMsg::Shared {
-                    group: group.name.clone(),
                     msg,
-                    hash,
-                    hops: hops + 1,
+                    to: Box::new(SharedFor {
+                        group: group.name.clone(),
+                        hash,
+                        hops: hops + 1,
+                    }),
                 });
                 return;
             }
