@@ -327,6 +327,50 @@ fn a_qos2_message_past_pubrec_is_not_given_to_another_member() {
     assert_eq!(got, vec!["not-received".to_string()]);
 }
 
+/// A shard whose members are all offline hands the message on to a shard with a
+/// connected member rather than queue it: the offline persistent member on shard 0
+/// gets nothing while the member on shard 1 is connected, whichever shard the
+/// publisher's shard picks.
+#[test]
+fn a_message_goes_to_a_connected_member_on_another_shard_before_an_offline_one() {
+    let b = broker();
+    let topic = unique("sh/handon");
+    let filter = format!("$share/g/{topic}");
+    let offline = id_on_shard("sh-handon-off", 0);
+    let mut m = mq(b.local_addr(), &offline, false);
+    assert_eq!(m.subscribe(&filter, 1), Some(1));
+    m.disconnect();
+    let mut online = mq(b.local_addr(), &id_on_shard("sh-handon-on", 1), true);
+    assert_eq!(online.subscribe(&filter, 1), Some(1));
+    publish_from_both_shards(&b, &topic, 2, 50, 1);
+    assert_eq!(drain(&mut online).len(), 100, "all to the connected member");
+    let s = b.stats().total();
+    assert!(s.shared_forwarded > 0, "{s:#?}");
+    let mut m = mq(b.local_addr(), &offline, false);
+    assert!(m.session_present);
+    assert!(drain(&mut m).is_empty(), "nothing was queued offline");
+}
+
+/// MQTT 3.1 (`MQIsdp`, level 3) clients use shared subscriptions too.
+#[test]
+fn an_mqtt_3_1_client_can_be_a_member() {
+    let b = broker();
+    let topic = unique("sh/v31");
+    let mut opts = ConnectOpts::new(&id_on_shard("sh-v31", 1), true);
+    opts.protocol_name = b"MQIsdp".to_vec();
+    opts.level = 3;
+    let (mut c, _) = Raw::connect_with(b.local_addr(), &opts);
+    assert_eq!(
+        c.subscribe(1, &[(&format!("$share/g/{topic}"), 1), ("$share//x", 1)]),
+        vec![1, 0x80]
+    );
+    let mut p = mq(b.local_addr(), &id_on_shard("sh-v31-pub", 0), true);
+    p.publish_acked(&topic, 1, false, b"hello");
+    let got = c.expect_publish();
+    assert_eq!((got.payload_str().as_str(), got.qos), ("hello", 1));
+    c.ack(&got);
+}
+
 /// The only member leaving keeps what it was given (nobody else could take it).
 #[test]
 fn a_lone_persistent_member_keeps_its_messages_while_offline() {
