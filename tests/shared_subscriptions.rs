@@ -672,3 +672,55 @@ fn graceful_restart_keeps_each_persistent_members_own_shared_messages() {
 fn killed_broker_keeps_each_persistent_members_own_shared_messages() {
     two_persistent_members_keep_their_own(Mode::Killed);
 }
+
+/// What a persistent member got back after a restart still belongs to its group:
+/// when the member then drops without acknowledging, another member gets it.
+fn restored_shared_messages_go_to_another_member_when_theirs_drops(mode: Mode) {
+    let dir = DataDir::new("regive");
+    let node = Node::start(mode, &dir.0);
+    let topic = unique("shp/regive");
+    let filter = format!("$share/g/{topic}");
+    let id = id_on_shard("shp-regive", 1);
+    let mut m = mq(node.addr, &id, false);
+    assert_eq!(m.subscribe(&filter, 1), Some(1));
+    m.disconnect();
+    let mut p = mq(node.addr, &id_on_shard("shp-regive-pub", 0), true);
+    for i in 0..20 {
+        p.publish_acked(&topic, 1, false, format!("{i}").as_bytes());
+    }
+    p.disconnect();
+
+    let node = node.restart();
+    let mut other = mq(node.addr, &id_on_shard("shp-regive-other", 0), true);
+    assert_eq!(other.subscribe(&filter, 1), Some(1));
+    // The member comes back, takes its messages in flight, and drops.
+    let (mut raw, present) = Raw::connect(node.addr, &id, false);
+    assert!(present, "{mode:?}: session present");
+    let mut seen = 0;
+    while let Some(pk) = raw.recv_within(Duration::from_millis(500)) {
+        if pk.kind() == PUBLISH {
+            seen += 1;
+        }
+    }
+    assert_eq!(seen, 20, "{mode:?}: its messages came back to it");
+    raw.drop_connection();
+    let mut got = drain(&mut other);
+    got.sort_by_key(|s| s.parse::<u32>().unwrap());
+    let want: Vec<String> = (0..20).map(|i| i.to_string()).collect();
+    assert_eq!(got, want, "{mode:?}: given to the other member");
+    let mut m = mq(node.addr, &id, false);
+    assert!(
+        drain(&mut m).is_empty(),
+        "{mode:?}: and forgotten by the first"
+    );
+}
+
+#[test]
+fn graceful_restart_keeps_restored_shared_messages_in_their_group() {
+    restored_shared_messages_go_to_another_member_when_theirs_drops(Mode::Graceful);
+}
+
+#[test]
+fn killed_broker_keeps_restored_shared_messages_in_their_group() {
+    restored_shared_messages_go_to_another_member_when_theirs_drops(Mode::Killed);
+}

@@ -77,13 +77,8 @@ impl Inflight {
         self.get_or_init().next_free_pkid()
     }
 
-    /// Records a PUBLISH sent with `pkid`; false (and nothing changes) if it is in use.
-    pub(crate) fn insert(&mut self, pkid: u16, msg: Message) -> bool {
-        self.get_or_init().insert(pkid, msg, 0)
-    }
-
-    /// [`Inflight::insert`] for a message given through shared-subscription group
-    /// `tag` (0: none).
+    /// Records a PUBLISH sent with `pkid`, given through shared-subscription group
+    /// `tag` (0: none); false (and nothing changes) if the id is in use.
     pub(crate) fn insert_tagged(&mut self, pkid: u16, msg: Message, tag: u32) -> bool {
         self.get_or_init().insert(pkid, msg, tag)
     }
@@ -126,6 +121,15 @@ impl Inflight {
     /// Live flows in send order, for resending on resume.
     pub(crate) fn iter(&self) -> impl Iterator<Item = (u16, &Stage)> {
         self.get().into_iter().flat_map(Flows::iter)
+    }
+
+    /// [`Inflight::iter`] with each flow's shared-subscription group id (0: none).
+    pub(crate) fn iter_tagged(&self) -> impl Iterator<Item = (u16, u32, &Stage)> {
+        self.get().into_iter().flat_map(|f| {
+            f.slots
+                .iter()
+                .filter_map(|s| s.stage.as_ref().map(|st| (s.pkid, s.tag, st)))
+        })
     }
 
     /// Changes the log stamp of every flow (`f` maps old to new; see
@@ -209,7 +213,7 @@ impl Flows {
 
     /// The next free packet id, cycling through 1..=65535 and skipping ids still in
     /// flight [MQTT-2.3.1-2]. `None` only when all 65535 ids are in flight. The id is not
-    /// reserved until [`Inflight::insert`].
+    /// reserved until [`Inflight::insert_tagged`].
     pub(crate) fn next_free_pkid(&mut self) -> Option<u16> {
         for _ in 0..u16::MAX {
             let id = self.next_pkid;

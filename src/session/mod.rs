@@ -467,6 +467,22 @@ impl Session {
         self.queue.for_each(|m| f(m, 0));
     }
 
+    /// [`Session::for_each_held`], with each message's shared-subscription group id
+    /// (0: none), for a snapshot.
+    pub fn for_each_held_tagged(
+        &self,
+        mut f: impl FnMut(&Message, u16, u32),
+        mut released: impl FnMut(u16, u64),
+    ) {
+        for (pkid, tag, stage) in self.inflight.iter_tagged() {
+            match stage {
+                Stage::Published(m) => f(m, pkid, tag),
+                Stage::Released(stamp) => released(pkid, *stamp),
+            }
+        }
+        self.queue.for_each_tagged(|m, tag| f(m, 0, tag));
+    }
+
     /// Gives every message held a new log stamp (`f` maps the message to it), when
     /// the log is compacted into a new generation. Flows past PUBREC lose theirs.
     pub fn restamp(&mut self, mut f: impl FnMut(&Message) -> u64) {
@@ -487,14 +503,16 @@ impl Session {
     /// `(pkid, stamp)`, flows in flight with their packet ids, in send order, and
     /// queued messages (with `maybe_sent`, they may have gone out before a crash:
     /// each is sent with DUP set, the QoS 1 ones with consecutive packet ids from
-    /// the one given, where free, as they had before; 0: any free ids). The queue's bounds apply; returns how many
+    /// the one given, where free, as they had before; 0: any free ids). Each message
+    /// comes with the id of the shared-subscription group it came through (0: none;
+    /// see [`Session::deliver_tagged`]). The queue's bounds apply; returns how many
     /// messages they (or a packet id in use twice) turned away.
     pub fn restore(
         &mut self,
         awaiting_pubrel: &[u16],
         released: &[(u16, u64)],
-        inflight: Vec<(u16, Message)>,
-        queued: Vec<Message>,
+        inflight: Vec<(u16, Message, u32)>,
+        queued: Vec<(Message, u32)>,
         maybe_sent: Option<u16>,
     ) -> usize {
         if !awaiting_pubrel.is_empty() {
@@ -506,13 +524,13 @@ impl Session {
             self.inflight.insert_released(pkid, stamp);
         }
         let mut dropped = 0;
-        for (pkid, msg) in inflight {
-            if !self.inflight.insert(pkid, msg) {
+        for (pkid, msg, group) in inflight {
+            if !self.inflight.insert_tagged(pkid, msg, group) {
                 dropped += 1;
             }
         }
-        for msg in queued {
-            if self.queue.push(msg, &self.limits).is_err() {
+        for (msg, group) in queued {
+            if self.queue.push_tagged(msg, group, &self.limits).is_err() {
                 dropped += 1;
             }
         }

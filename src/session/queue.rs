@@ -50,13 +50,8 @@ impl Queue {
         self.get().map_or(0, |f| f.evicted)
     }
 
-    /// See [`Fifo::push`].
-    pub(crate) fn push(&mut self, msg: Message, limits: &Limits) -> Result<(), DropReason> {
-        self.push_tagged(msg, 0, limits)
-    }
-
-    /// [`Queue::push`] for a message given through shared-subscription group `tag`
-    /// (0: none; only QoS 1/2 messages keep it).
+    /// See [`Fifo::push`]; `tag`: the shared-subscription group the message came
+    /// through (0: none; only QoS 1/2 messages keep it).
     pub(crate) fn push_tagged(
         &mut self,
         msg: Message,
@@ -125,6 +120,16 @@ impl Queue {
         if let Some(q) = self.get() {
             for e in &q.high {
                 f(&e.msg);
+            }
+        }
+    }
+
+    /// [`Queue::for_each`] with each message's shared-subscription group id (0: none).
+    pub(crate) fn for_each_tagged(&self, mut f: impl FnMut(&Message, u32)) {
+        if let Some(q) = self.get() {
+            for e in &q.high {
+                let tag = q.tags.as_deref().and_then(|t| t.get(&e.seq)).copied();
+                f(&e.msg, tag.unwrap_or(0));
             }
         }
     }

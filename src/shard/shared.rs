@@ -79,8 +79,9 @@ impl Shared {
         self.trie.for_each_match(topic, |&id, _| f(id));
     }
 
-    /// The id of group `name`, created (with no shard and no member) if unknown.
-    fn ensure(&mut self, name: &ByteString) -> u32 {
+    /// The id of group `name`, created (with no shard and no member) if unknown:
+    /// the caller makes a member of it at once.
+    pub fn ensure(&mut self, name: &ByteString) -> u32 {
         if let Some(&id) = self.by_name.get(name) {
             return id;
         }

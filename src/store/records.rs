@@ -115,6 +115,9 @@ pub struct SnapshotBody<'a> {
     pub released: Vec<u16>,
     /// In flight (in send order), then queued.
     pub held: Vec<Held>,
+    /// The shared groups (`$share/...`) some of `held` came through: (index into
+    /// `held`, group). Absent from format 1.
+    pub groups: Vec<(u32, &'a str)>,
 }
 
 /// A decoded record body.
@@ -322,6 +325,10 @@ pub fn encode(record: &Record<'_>, out: &mut Vec<u8>) -> u8 {
                     .u64(h.stamp.record)
                     .u8(h.qos | if h.retain { 0x80 } else { 0 })
                     .u16(h.pid);
+            }
+            w.u32(s.groups.len() as u32);
+            for (i, g) in &s.groups {
+                w.u32(*i).str(g);
             }
             kind::SNAPSHOT
         }
@@ -531,6 +538,18 @@ pub fn decode(kind: u8, body: &[u8]) -> Result<Record<'_>, BadRecord> {
                     pid: r.u16()?,
                 });
             }
+            // Format 1 ends here.
+            let mut groups = Vec::new();
+            if !r.b.is_empty() {
+                let n = r.count(8)?;
+                for _ in 0..n {
+                    let i = r.u32()?;
+                    if i as usize >= held.len() {
+                        return Err(BadRecord::Invalid);
+                    }
+                    groups.push((i, r.str()?));
+                }
+            }
             Record::Snapshot(SnapshotBody {
                 client,
                 horizons,
@@ -538,6 +557,7 @@ pub fn decode(kind: u8, body: &[u8]) -> Result<Record<'_>, BadRecord> {
                 awaiting_pubrel,
                 released,
                 held,
+                groups,
             })
         }
         other => return Err(BadRecord::UnknownKind(other)),
@@ -659,6 +679,7 @@ mod tests {
                         retain: true,
                     },
                 ],
+                groups: vec![(1, "$share/g/a/#")],
             }),
         ]
     }
@@ -678,7 +699,20 @@ mod tests {
             let mut body = Vec::new();
             let k = encode(&rec, &mut body);
             for len in 0..body.len() {
-                assert!(decode(k, &body[..len]).is_err(), "{rec:?} cut to {len}");
+                match (decode(k, &body[..len]), &rec) {
+                    // Cut where format 1 ended it: a snapshot without its groups.
+                    (Ok(Record::Snapshot(cut)), Record::Snapshot(whole)) => {
+                        assert!(cut.groups.is_empty() && !whole.groups.is_empty());
+                        assert_eq!(
+                            Record::Snapshot(SnapshotBody {
+                                groups: whole.groups.clone(),
+                                ..cut
+                            }),
+                            rec
+                        );
+                    }
+                    (r, _) => assert!(r.is_err(), "{rec:?} cut to {len}"),
+                }
             }
             body.push(0);
             assert_eq!(decode(k, &body), Err(BadRecord::Trailing(1)));

@@ -54,6 +54,8 @@ pub struct RestoredMsg {
     pub qos: QoS,
     /// Sent with the retain flag (a retained message sent on subscribe).
     pub retain: bool,
+    /// The shared group (`$share/...`) it came through, if any.
+    pub group: Option<String>,
 }
 
 /// One persistent session, as it stood at the end of the log.
@@ -107,6 +109,8 @@ struct Sess {
     /// What its last snapshot named (in flight first), and from where matching
     /// messages were not yet in it.
     named: Vec<Held>,
+    /// The shared groups some of `named` came through, by index.
+    named_groups: HashMap<u32, String>,
     snap_horizons: HashMap<u16, u64>,
     awaiting_pubrel: HashSet<u16>,
     /// Outbound QoS 2 flows: stamp → (packet id, stage).
@@ -125,6 +129,7 @@ struct Sess {
 #[derive(Debug)]
 struct Assigned {
     stamp: Stamp,
+    group: String,
     qos: u8,
     /// The log that holds the record, and the record's number there.
     log: u16,
@@ -245,6 +250,7 @@ impl Replay {
                 if let Some(s) = self.sessions.get_mut(client) {
                     s.assigned.push(Assigned {
                         stamp,
+                        group: group.to_owned(),
                         qos,
                         log: shard,
                         at: record,
@@ -299,6 +305,11 @@ impl Replay {
                     from: HashMap::new(),
                     caught_on: None,
                     named: snap.held,
+                    named_groups: snap
+                        .groups
+                        .iter()
+                        .map(|&(i, g)| (i, g.to_owned()))
+                        .collect(),
                     snap_horizons: snap.horizons.into_iter().collect(),
                     awaiting_pubrel: snap.awaiting_pubrel.into_iter().collect(),
                     out2: HashMap::new(),
@@ -403,7 +414,7 @@ impl Replay {
                 }
             };
             // What the last snapshot named, past the session's positions.
-            for h in &s.named {
+            for (i, h) in s.named.iter().enumerate() {
                 if h.stamp.record < from_of(h.stamp.origin) {
                     continue;
                 }
@@ -418,11 +429,12 @@ impl Replay {
                     msg: m.clone(),
                     qos: QoS::from_u8(h.qos).unwrap_or(QoS::AtLeastOnce),
                     retain: h.retain,
+                    group: s.named_groups.get(&(i as u32)).cloned(),
                 };
                 place(&mut r, m, h.pid);
             }
             // Every published message past the positions that a subscription matches.
-            let mut matched: Vec<(u64, Stamp, &Stored, QoS)> = Vec::new();
+            let mut matched: Vec<(u64, Stamp, &Stored, QoS, Option<&str>)> = Vec::new();
             for (&origin, stream) in &streams {
                 let start = from_of(origin).max(s.snap_horizons.get(&origin).copied().unwrap_or(0));
                 for (&record, m) in stream.range(start..).filter(|(_, m)| m.published) {
@@ -442,7 +454,7 @@ impl Replay {
                         }
                     }
                     if let Some(q) = best {
-                        matched.push((m.time_us, Stamp { origin, record }, m, q));
+                        matched.push((m.time_us, Stamp { origin, record }, m, q, None));
                     }
                 }
             }
@@ -460,27 +472,28 @@ impl Replay {
                     continue;
                 };
                 let q = QoS::from_u8(a.qos).unwrap_or(QoS::AtLeastOnce);
-                matched.push((m.time_us, a.stamp, m, q));
+                matched.push((m.time_us, a.stamp, m, q, Some(&a.group)));
             }
             // What no member was recorded to have been given.
-            for &(stamp, q) in orphans.get(client.as_str()).into_iter().flatten() {
+            for &(stamp, q, group) in orphans.get(client.as_str()).into_iter().flatten() {
                 if let Some(m) = streams
                     .get(&stamp.origin)
                     .and_then(|st| st.get(&stamp.record))
                 {
-                    matched.push((m.time_us, stamp, m, q));
+                    matched.push((m.time_us, stamp, m, q, Some(group)));
                 }
             }
-            matched.sort_by_key(|&(t, stamp, _, _)| (t, stamp));
+            matched.sort_by_key(|&(t, stamp, _, _, _)| (t, stamp));
             r.maybe_sent = !(s.exact && matched.is_empty());
             r.first_pid = s.first_pid;
-            for (_, stamp, m, granted) in matched {
+            for (_, stamp, m, granted, group) in matched {
                 let qos = m.qos.min(granted);
                 let m = RestoredMsg {
                     stamp,
                     msg: m.clone(),
                     qos,
                     retain: false,
+                    group: group.map(str::to_owned),
                 };
                 place(&mut r, m, 0);
             }
@@ -500,7 +513,7 @@ fn orphans<'s>(
     sessions: &'s HashMap<String, Sess>,
     names: &[&'s String],
     given: &HashSet<(Stamp, String)>,
-) -> HashMap<&'s str, Vec<(Stamp, QoS)>> {
+) -> HashMap<&'s str, Vec<(Stamp, QoS, &'s str)>> {
     // Group → its persistent members (in name order) with their subscriptions.
     let mut groups: BTreeMap<&str, Vec<(&str, &Sess, &Sub)>> = BTreeMap::new();
     for &client in names {
@@ -511,7 +524,7 @@ fn orphans<'s>(
             }
         }
     }
-    let mut out: HashMap<&str, Vec<(Stamp, QoS)>> = HashMap::new();
+    let mut out: HashMap<&str, Vec<(Stamp, QoS, &str)>> = HashMap::new();
     if groups.is_empty() {
         return out;
     }
@@ -556,7 +569,7 @@ fn orphans<'s>(
                 }
                 let (client, _, sub) = applying[(record as usize) % applying.len()];
                 let q = QoS::from_u8(sub.qos).unwrap_or(QoS::AtMostOnce);
-                out.entry(client).or_default().push((stamp, q));
+                out.entry(client).or_default().push((stamp, q, group));
             }
         }
     }

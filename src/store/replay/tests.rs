@@ -295,6 +295,7 @@ fn a_snapshot_restates_a_session_and_later_positions_apply_to_what_it_named() {
                     retain: false,
                 },
             ],
+            groups: vec![],
         }),
     );
     let live = l.msg(1, "t", 1, 3);
@@ -347,6 +348,7 @@ fn only_a_session_restated_last_by_its_snapshot_is_known_not_to_have_sent_its_qu
                     pid: 0,
                     retain: false,
                 }],
+                groups: vec![],
             }),
         );
     };
@@ -388,6 +390,7 @@ fn a_completed_flow_frees_its_packet_id_even_without_a_stamp() {
             awaiting_pubrel: vec![],
             released: vec![5],
             held: vec![],
+            groups: vec![],
         }),
     );
     // PUBCOMP for 5 (its stamp lost in a compaction), then 5 reused.
@@ -537,6 +540,7 @@ fn a_snapshot_replaces_earlier_assignments() {
                 pid: 0,
                 retain: false,
             }],
+            groups: vec![],
         }),
     );
     let r = l.replay.finish();
@@ -589,6 +593,7 @@ fn a_message_before_a_snapshot_is_no_orphan_of_the_groups_it_restates() {
             awaiting_pubrel: vec![],
             released: vec![],
             held: vec![],
+            groups: vec![],
         }),
     );
     let after = l.msg(0, "t", 1, 2);
