@@ -15,6 +15,9 @@ pub enum Scenario {
     Conns,
     /// p2p at a fixed total rate.
     Latency,
+    /// P publishers (two by default) to one shared-subscription group
+    /// (`$share/...`) of N subscribers: each message to one member.
+    Shared,
 }
 
 impl Scenario {
@@ -25,6 +28,7 @@ impl Scenario {
             Scenario::Fanout => "fanout",
             Scenario::Conns => "conns",
             Scenario::Latency => "latency",
+            Scenario::Shared => "shared",
         }
     }
 }
@@ -138,6 +142,21 @@ pub fn build(
             }
             (pubs, n, n as u64)
         }
+        Scenario::Shared => {
+            if subscribers.is_some_and(|s| s != n) {
+                return Err("shared's subscribers (the group's members) are --clients".into());
+            }
+            let pubs = publishers.unwrap_or(2).max(1);
+            let topic = format!("{topic_prefix}/shared");
+            for i in 0..n {
+                clients.push(subscriber(i, format!("$share/lt/{topic}"), 0, pubs));
+            }
+            for i in 0..pubs {
+                clients.push(publisher(i, topic.clone()));
+            }
+            // One delivery per publish, to the group.
+            (pubs, n, 1)
+        }
         Scenario::Conns => {
             for i in 0..n {
                 clients.push(ClientSpec {
@@ -200,6 +219,10 @@ mod tests {
         assert_eq!((count(&p), p.fanout), ((32, 1), 1));
         let p = build(Scenario::Fanout, 100, Some(2), None, "t", "x").unwrap();
         assert_eq!((count(&p), p.fanout), ((2, 100), 100));
+        let p = build(Scenario::Shared, 8, None, None, "t", "x").unwrap();
+        assert_eq!((count(&p), p.fanout), ((2, 8), 1));
+        assert!(p.clients.iter().any(|c| matches!(&c.role,
+            Role::Subscriber { filter, .. } if filter == "$share/lt/t/shared")));
         let p = build(Scenario::Conns, 5, None, None, "t", "x").unwrap();
         assert_eq!((count(&p), p.clients.len()), ((0, 0), 5));
         assert!(build(Scenario::P2p, 0, None, None, "t", "x").is_err());

@@ -126,6 +126,9 @@ pub struct WorkerOptions {
     pub password: Option<Vec<u8>>,
     /// Subscribers connect with clean session 0.
     pub persistent_subscribers: bool,
+    /// Subscribers are members of one shared group: each sees only some of every
+    /// publisher's messages, so a gap in one member's sequence is not a loss.
+    pub shared_group: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -475,6 +478,7 @@ pub fn run(opts: &Options) -> Result<RunReport, String> {
             username: opts.username.as_ref().map(|u| u.clone().into_bytes()),
             password: opts.password.as_ref().map(|p| p.clone().into_bytes()),
             persistent_subscribers: opts.persistent_subscribers,
+            shared_group: opts.scenario == Scenario::Shared,
         },
         fanout: plan.fanout,
         plan_publishers: plan.publishers,
@@ -751,13 +755,34 @@ fn build_report(
         errors.extend(r.errors.iter().take(20).cloned());
     }
     let mut delivered_total = 0;
-    for r in &results {
-        for (_, first, streams) in &r.streams {
-            for (k, s) in streams.iter().enumerate() {
-                lost += s.lost(sent[*first as usize + k]);
-                dup += s.duplicated;
-                reorder += s.reordered;
-                delivered_total += s.received;
+    if opts.scenario == Scenario::Shared {
+        // One group: a message is lost when no member got it, duplicated when more
+        // than one copy reached the group. Order across members is not kept.
+        let mut by_publisher: Vec<Vec<&crate::track::Stream>> = vec![Vec::new(); sent.len()];
+        for r in &results {
+            for (_, first, streams) in &r.streams {
+                for (k, s) in streams.iter().enumerate() {
+                    if let Some(v) = by_publisher.get_mut(*first as usize + k) {
+                        v.push(s);
+                    }
+                    delivered_total += s.received;
+                }
+            }
+        }
+        for (p, streams) in by_publisher.iter().enumerate() {
+            let (l, d) = crate::track::group_lost_and_duplicated(streams, sent[p]);
+            lost += l;
+            dup += d;
+        }
+    } else {
+        for r in &results {
+            for (_, first, streams) in &r.streams {
+                for (k, s) in streams.iter().enumerate() {
+                    lost += s.lost(sent[*first as usize + k]);
+                    dup += s.duplicated;
+                    reorder += s.reordered;
+                    delivered_total += s.received;
+                }
             }
         }
     }

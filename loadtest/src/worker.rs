@@ -720,6 +720,8 @@ impl Worker {
                         Arrival::Duplicate => {}
                         arrival => {
                             let skipped = match arrival {
+                                // A shared group's member: the others got those.
+                                Arrival::Ahead { .. } if self.shared.opts.shared_group => 0,
                                 Arrival::Ahead { skipped } => skipped,
                                 _ => 0,
                             };
