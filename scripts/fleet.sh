@@ -6,27 +6,34 @@
 # scenario against one shardmq holding every subscriber. Every message must reach
 # every subscriber: the load generator's own accounting (lost, duplicated,
 # reordered) decides, and the script fails if any delivery is missing.
-# Prints deliveries per second and latency (p50, p99) for both layouts, and writes
+# Each layout runs twice: closed loop (the publisher keeps the generator's default
+# window of deliveries outstanding: the most deliveries per second, with the
+# latency of full queues), then at a fixed rate (--rate, well below both layouts'
+# capacity: the latency of the path itself).
+# Prints deliveries per second and latency (p50, p99) for each run, and writes
 # the generator's JSON for each plus summary.json under
 # bench-results/fleet-<run-id>/ (bench-results/fleet-latest points there).
-# Usage: scripts/fleet.sh [--subscribers N] [--duration S] [--qos Q] [--quick]
-#                         [--no-build]
+# Usage: scripts/fleet.sh [--subscribers N] [--duration S] [--qos Q] [--rate R]
+#                         [--quick] [--no-build]
 set -euo pipefail
 cd "$(dirname "$(readlink -f "$0")")/.."
 
 subscribers=15000
 duration=10
 qos=1
+rate=5
 build=1
 edges=3
 
 usage() {
-    sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'
     cat <<'EOF'
 Options:
   --subscribers N   subscribers in total, spread over the edges (default 15000)
   --duration S      measured window in seconds (default 10)
   --qos Q           QoS of the publishes, subscriptions and bridge topic (default 1)
+  --rate R          messages/s of the fixed-rate runs (default 5: 75 000
+                    deliveries/s to 15 000 subscribers)
   --quick           1500 subscribers, 3 s
   --no-build        use the binaries already in target/release
 EOF
@@ -37,6 +44,7 @@ while [ $# -gt 0 ]; do
         --subscribers) subscribers=$2; shift 2 ;;
         --duration) duration=$2; shift 2 ;;
         --qos) qos=$2; shift 2 ;;
+        --rate) rate=$2; shift 2 ;;
         --quick) subscribers=1500; duration=3; shift ;;
         --no-build) build=0; shift ;;
         -h | --help) usage; exit 0 ;;
@@ -145,7 +153,7 @@ loadtest() {
     # The generator's exit status is 1 when the run failed its checks (loss,
     # duplicates, disconnects); the JSON says why, and the summary below fails.
     target/release/shardmq-loadtest fanout --clients "$subscribers" --publishers 1 \
-        --qos "$qos" --duration "$duration" --topic-prefix "fleet/$run_id" \
+        --qos "$qos" --duration "$duration" --topic-prefix "fleet/$run_id/$label" \
         --label "$label" --quiet --json "$run_dir/$label.json" \
         --connect-timeout 120 --drain-timeout 30 "$@" || true
     [ -s "$run_dir/$label.json" ] || { echo "fleet: $label wrote no results" >&2; return 1; }
@@ -167,8 +175,12 @@ done
 for k in $(seq "$edges"); do wait_bridged "edge$k"; done
 sub_brokers=$(IFS=,; echo "${edge_addrs[*]}")
 echo "fleet: root 127.0.0.1:$root_port, edges $sub_brokers"
-loadtest fleet --broker "127.0.0.1:$root_port" --sub-brokers "$sub_brokers" \
-    --broker-name "root+${edges}edges"
+for mode in "" -rate; do
+    extra=()
+    if [ "$mode" = -rate ]; then extra=(--rate "$rate"); fi
+    loadtest "fleet$mode" --broker "127.0.0.1:$root_port" --sub-brokers "$sub_brokers" \
+        --broker-name "root+${edges}edges" ${extra[@]+"${extra[@]}"}
+done
 stop_all
 
 # 2. One box: the same subscribers and publisher on one shardmq.
@@ -176,19 +188,26 @@ single_port=$(free_port)
 broker single "$single_port"
 wait_listening "$single_port"
 single_pid=$(cat "$tmp/single.pid")
-loadtest single --broker "127.0.0.1:$single_port" --broker-pid "$single_pid" \
-    --broker-name one-box
+for mode in "" -rate; do
+    extra=()
+    if [ "$mode" = -rate ]; then extra=(--rate "$rate"); fi
+    loadtest "single$mode" --broker "127.0.0.1:$single_port" --broker-pid "$single_pid" \
+        --broker-name one-box ${extra[@]+"${extra[@]}"}
+done
 stop_all
 
-python3 - "$run_dir" "$subscribers" "$qos" "$duration" <<'EOF'
+python3 - "$run_dir" "$subscribers" "$qos" "$duration" "$rate" <<'EOF'
 import json, sys
 run_dir, subs, qos, duration = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
+rate = sys.argv[5]
 rows, bad = [], []
-for label in ("fleet", "single"):
+for label in ("fleet", "single", "fleet-rate", "single-rate"):
     r = json.load(open(f"{run_dir}/{label}.json"))
     lat = r.get("latency_us") or {}
     row = {
-        "layout": label,
+        "layout": label.split("-")[0],
+        "run": label,
+        "pacing": f"{rate} msgs/s" if label.endswith("-rate") else "closed loop",
         "broker": r["broker_name"],
         "subscribers": r["subscribers"],
         "publishers": r["publishers"],
@@ -212,13 +231,13 @@ for label in ("fleet", "single"):
             or r["delivered_total"] != r["expected_total"] or r["subscribers"] != subs):
         bad.append(f"{label}: " + "; ".join(r["failures"] or [
             f"delivered {r['delivered_total']} of {r['expected_total']}, lost {r['lost']}, duplicated {r['duplicated']}"]))
-json.dump({"subscribers": subs, "qos": qos, "duration_s": duration, "runs": rows},
+json.dump({"subscribers": subs, "qos": qos, "duration_s": duration, "rate": float(rate), "runs": rows},
           open(f"{run_dir}/summary.json", "w"), indent=2)
 print()
-print(f"{'layout':<26} {'deliveries/s':>13} {'msgs/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'lost':>6} {'dup':>5}  check")
+print(f"{'layout':<26} {'pacing':<12} {'deliveries/s':>13} {'msgs/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'lost':>6} {'dup':>5}  check")
 for r in rows:
     name = "root + 3 edges (bridged)" if r["layout"] == "fleet" else "one box"
-    print(f"{name:<26} {r['delivered_per_s']:>13.0f} {r['published_per_s']:>9.1f} "
+    print(f"{name:<26} {r['pacing']:<12} {r['delivered_per_s']:>13.0f} {r['published_per_s']:>9.1f} "
           f"{r['latency_p50_ms']:>8.1f} {r['latency_p99_ms']:>8.1f} {r['lost']:>6} {r['duplicated']:>5}  "
           f"{'ok' if r['ok'] else 'FAILED'}")
 if bad:
