@@ -142,6 +142,10 @@ struct RunArgs {
     /// broker after the run; the default client ids are unique per run).
     #[arg(long)]
     persistent: bool,
+    /// Fanout: spread the subscribers round-robin over these brokers (publishers
+    /// stay on --broker), e.g. edges bridged to a root.
+    #[arg(long, value_name = "HOST:PORT,...")]
+    sub_brokers: Option<String>,
 }
 
 fn secs(name: &str, s: f64) -> Result<Duration, String> {
@@ -204,6 +208,9 @@ fn options(scenario: Scenario, a: &RunArgs) -> Result<Options, String> {
     o.username = a.username.clone();
     o.password = a.password.clone();
     o.persistent_subscribers = a.persistent;
+    if let Some(list) = &a.sub_brokers {
+        o.sub_brokers = shardmq_loadtest::plan::parse_brokers(list)?;
+    }
     Ok(o)
 }
 

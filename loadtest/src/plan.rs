@@ -193,6 +193,39 @@ pub fn deal(clients: Vec<ClientSpec>, threads: usize) -> Vec<Vec<ClientSpec>> {
     out
 }
 
+/// Parses `--sub-brokers`: comma-separated HOST:PORT addresses (at least one).
+pub fn parse_brokers(list: &str) -> Result<Vec<std::net::SocketAddr>, String> {
+    use std::net::ToSocketAddrs;
+    let mut out = Vec::new();
+    for part in list.split(',').map(str::trim) {
+        if part.is_empty() {
+            return Err(format!("--sub-brokers {list}: an empty address"));
+        }
+        let a = part
+            .to_socket_addrs()
+            .map_err(|e| format!("--sub-brokers {part}: {e}"))?
+            .next()
+            .ok_or_else(|| format!("--sub-brokers {part}: no address"))?;
+        out.push(a);
+    }
+    Ok(out)
+}
+
+/// The broker a client connects to: subscriber k goes to `sub_brokers[k % len]`
+/// (round-robin) when there are any; everything else goes to `broker`.
+pub fn broker_for(
+    role: &Role,
+    broker: std::net::SocketAddr,
+    sub_brokers: &[std::net::SocketAddr],
+) -> std::net::SocketAddr {
+    match role {
+        Role::Subscriber { index, .. } if !sub_brokers.is_empty() => {
+            sub_brokers[*index as usize % sub_brokers.len()]
+        }
+        _ => broker,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -252,6 +285,32 @@ mod tests {
                 }),
                 (2, 2)
             );
+        }
+    }
+
+    #[test]
+    fn sub_brokers_parse_and_spread_round_robin() {
+        let b = parse_brokers("127.0.0.1:1001, 127.0.0.1:1002,127.0.0.1:1003").unwrap();
+        assert_eq!(b.len(), 3);
+        assert_eq!(b[1].port(), 1002);
+        assert!(parse_brokers("127.0.0.1:1001,").is_err());
+        assert!(parse_brokers("nonsense").is_err());
+        let root: std::net::SocketAddr = "127.0.0.1:1000".parse().unwrap();
+        let plan = build(Scenario::Fanout, 9, Some(1), None, "t", "id-").unwrap();
+        let mut per = std::collections::HashMap::new();
+        for c in &plan.clients {
+            let a = broker_for(&c.role, root, &b);
+            match c.role {
+                Role::Publisher { .. } => assert_eq!(a, root),
+                Role::Subscriber { .. } => *per.entry(a.port()).or_insert(0) += 1,
+                Role::Idle => unreachable!(),
+            }
+        }
+        assert_eq!(per.len(), 3);
+        assert!(per.values().all(|&n| n == 3), "{per:?}");
+        // Without sub-brokers everyone goes to --broker.
+        for c in &plan.clients {
+            assert_eq!(broker_for(&c.role, root, &[]), root);
         }
     }
 }

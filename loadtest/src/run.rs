@@ -66,6 +66,9 @@ pub struct Options {
     pub password: Option<String>,
     /// Subscribers connect with clean session 0.
     pub persistent_subscribers: bool,
+    /// Fanout: subscribers spread round-robin over these (publishers stay on
+    /// `broker`); empty = every client on `broker`.
+    pub sub_brokers: Vec<SocketAddr>,
 }
 
 impl Options {
@@ -100,6 +103,7 @@ impl Options {
             username: None,
             password: None,
             persistent_subscribers: false,
+            sub_brokers: Vec::new(),
         }
     }
 }
@@ -129,6 +133,8 @@ pub struct WorkerOptions {
     /// Subscribers are members of one shared group: each sees only some of every
     /// publisher's messages, so a gap in one member's sequence is not a loss.
     pub shared_group: bool,
+    /// Subscribers spread round-robin over these (empty: all on `broker`).
+    pub sub_brokers: Vec<SocketAddr>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -291,6 +297,9 @@ pub struct RunReport {
     pub label: String,
     pub broker_name: String,
     pub broker: String,
+    /// Fanout with `--sub-brokers`: where the subscribers were (round-robin).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub sub_brokers: Vec<String>,
     /// "tcp" or "tls".
     pub transport: &'static str,
     pub tls: Option<TlsReport>,
@@ -419,6 +428,9 @@ pub fn run(opts: &Options) -> Result<RunReport, String> {
     if pub_inflight == 0 || pub_inflight > 65_535 {
         return Err("--pub-inflight must be 1..=65535".into());
     }
+    if !opts.sub_brokers.is_empty() && opts.scenario != Scenario::Fanout {
+        return Err("--sub-brokers applies to the fanout scenario only".into());
+    }
     let tag = run_tag();
     let topic_prefix = opts
         .topic_prefix
@@ -479,6 +491,7 @@ pub fn run(opts: &Options) -> Result<RunReport, String> {
             password: opts.password.as_ref().map(|p| p.clone().into_bytes()),
             persistent_subscribers: opts.persistent_subscribers,
             shared_group: opts.scenario == Scenario::Shared,
+            sub_brokers: opts.sub_brokers.clone(),
         },
         fanout: plan.fanout,
         plan_publishers: plan.publishers,
@@ -899,6 +912,7 @@ fn build_report(
             .clone()
             .unwrap_or_else(|| opts.broker.to_string()),
         broker: opts.broker.to_string(),
+        sub_brokers: opts.sub_brokers.iter().map(|a| a.to_string()).collect(),
         transport: if opts.tls.is_some() { "tls" } else { "tcp" },
         tls: opts.tls.as_ref().map(|t| {
             let (version, cipher_suite) = tls_session.unzip();
