@@ -402,175 +402,21 @@ fn a_lone_persistent_member_keeps_its_messages_while_offline() {
 // killed with SIGKILL (the real binary), as in tests/durability.rs.
 // ---------------------------------------------------------------------------------
 
-mod persist {
-    use super::*;
-    use std::io::{BufRead, BufReader};
-    use std::net::SocketAddr;
-    use std::path::{Path, PathBuf};
-    use std::process::{Child, Command, Stdio};
-    use std::sync::{Arc, Mutex};
-
-    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-    pub enum Mode {
-        Graceful,
-        Killed,
-    }
-
-    /// A data directory under the system temp dir, removed on drop.
-    pub struct DataDir(pub PathBuf);
-
-    impl DataDir {
-        pub fn new(name: &str) -> DataDir {
-            let path = std::env::temp_dir().join(format!(
-                "shardmq-shared-{}-{}",
-                unique(name),
-                std::process::id()
-            ));
-            let _ = std::fs::remove_dir_all(&path);
-            std::fs::create_dir_all(&path).unwrap();
-            DataDir(path)
-        }
-    }
-
-    impl Drop for DataDir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-
-    enum Inner {
-        InProc(Box<Broker>),
-        Proc(Child),
-    }
-
-    /// A running broker on a data directory.
-    pub struct Node {
-        pub addr: SocketAddr,
-        mode: Mode,
-        dir: PathBuf,
-        inner: Option<Inner>,
-    }
-
-    impl Node {
-        pub fn start(mode: Mode, dir: &Path) -> Node {
-            let (inner, addr) = match mode {
-                Mode::Graceful => {
-                    let b = Broker::start(Config {
-                        listeners: vec!["127.0.0.1:0".parse().unwrap()],
-                        shards: SHARDS,
-                        connect_timeout: 1.0,
-                        sys_interval: 0,
-                        data_dir: Some(dir.to_path_buf()),
-                        ..Config::default()
-                    })
-                    .expect("broker starts");
-                    let addr = b.local_addr();
-                    (Inner::InProc(Box::new(b)), addr)
-                }
-                Mode::Killed => {
-                    let (child, log) = spawn(dir);
-                    let addr = listener_of(&log);
-                    (Inner::Proc(child), addr)
-                }
-            };
-            Node {
-                addr,
-                mode,
-                dir: dir.to_path_buf(),
-                inner: Some(inner),
-            }
-        }
-
-        fn stop_inner(&mut self) {
-            match self.inner.take() {
-                Some(Inner::InProc(b)) => b.shutdown(),
-                Some(Inner::Proc(mut c)) => {
-                    let _ = c.kill(); // SIGKILL
-                    let _ = c.wait();
-                }
-                None => {}
-            }
-        }
-
-        pub fn restart(mut self) -> Node {
-            self.stop_inner();
-            Node::start(self.mode, &self.dir.clone())
-        }
-    }
-
-    impl Drop for Node {
-        fn drop(&mut self) {
-            self.stop_inner();
-        }
-    }
-
-    fn spawn(dir: &Path) -> (Child, Arc<Mutex<Vec<String>>>) {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_shardmq"))
-            .args(["--listen", "127.0.0.1:0", "--shards"])
-            .arg(SHARDS.to_string())
-            .arg("--data-dir")
-            .arg(dir)
-            .args(["--sys-interval", "0", "--log-level", "info"])
-            .env_remove("RUST_LOG")
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("shardmq binary runs");
-        let log = Arc::new(Mutex::new(Vec::new()));
-        for stream in [
-            Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
-            Box::new(child.stderr.take().unwrap()),
-        ] {
-            let log = log.clone();
-            std::thread::spawn(move || {
-                for line in BufReader::new(stream).lines().map_while(Result::ok) {
-                    log.lock().unwrap().push(line);
-                }
-            });
-        }
-        (child, log)
-    }
-
-    fn listener_of(log: &Mutex<Vec<String>>) -> SocketAddr {
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            for line in log.lock().unwrap().iter() {
-                if let Some(i) = line
-                    .contains("shardmq started")
-                    .then(|| line.find("listeners="))
-                    .flatten()
-                {
-                    let first = line[i + "listeners=".len()..]
-                        .split(|c: char| c.is_whitespace() || c == ',')
-                        .next()
-                        .unwrap()
-                        .trim_matches('"');
-                    return first.parse().unwrap();
-                }
-            }
-            assert!(Instant::now() < deadline, "no listener reported");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-use persist::{DataDir, Mode, Node};
+use common::persist::{DataDir, Mode, Node};
 
 /// A persistent member offline with shared messages queued for it (its group's
 /// other member connected only after the restart): after the restart it gets them,
 /// each once, and the other member none of them.
 fn queued_shared_messages_survive(mode: Mode) {
     let dir = DataDir::new("queued");
-    let node = Node::start(mode, &dir.0);
+    let node = Node::start(mode, dir.path(), SHARDS);
     let topic = unique("shp/q");
     let filter = format!("$share/g/{topic}/#");
     let id = id_on_shard("shp-member", 1);
-    let mut m = mq(node.addr, &id, false);
+    let mut m = mq(node.addr(), &id, false);
     assert_eq!(m.subscribe(&filter, 2), Some(2));
     m.disconnect();
-    let mut p = mq(node.addr, &id_on_shard("shp-pub", 0), true);
+    let mut p = mq(node.addr(), &id_on_shard("shp-pub", 0), true);
     for i in 0..20 {
         let q = 1 + (i % 2) as u8;
         p.publish_acked(&format!("{topic}/{i}"), q, false, format!("{i}").as_bytes());
@@ -579,9 +425,9 @@ fn queued_shared_messages_survive(mode: Mode) {
 
     let node = node.restart();
     // Another member of the group, on the other shard, connected first.
-    let mut other = mq(node.addr, &id_on_shard("shp-other", 0), true);
+    let mut other = mq(node.addr(), &id_on_shard("shp-other", 0), true);
     assert_eq!(other.subscribe(&filter, 2), Some(2));
-    let mut m = mq(node.addr, &id, false);
+    let mut m = mq(node.addr(), &id, false);
     assert!(m.session_present, "{mode:?}: session present");
     let mut got = drain(&mut m);
     got.sort_by_key(|s| s.parse::<u32>().unwrap());
@@ -595,7 +441,7 @@ fn queued_shared_messages_survive(mode: Mode) {
         "{mode:?}: none went to the other member"
     );
     // The group still works: new messages reach a member, once.
-    let mut p = mq(node.addr, &id_on_shard("shp-pub2", 1), true);
+    let mut p = mq(node.addr(), &id_on_shard("shp-pub2", 1), true);
     for i in 0..10 {
         p.publish_acked(&format!("{topic}/n"), 1, false, format!("n{i}").as_bytes());
     }
@@ -621,7 +467,7 @@ fn killed_broker_keeps_shared_messages_queued_for_a_persistent_member() {
 /// each gets back its own, and no message reaches both.
 fn two_persistent_members_keep_their_own(mode: Mode) {
     let dir = DataDir::new("two");
-    let node = Node::start(mode, &dir.0);
+    let node = Node::start(mode, dir.path(), SHARDS);
     let topic = unique("shp/two");
     let filter = format!("$share/g/{topic}");
     let ids = [id_on_shard("shp-a", 0), id_on_shard("shp-b", 1)];
@@ -629,12 +475,12 @@ fn two_persistent_members_keep_their_own(mode: Mode) {
     let mut raws: Vec<Raw> = ids
         .iter()
         .map(|id| {
-            let (mut r, _) = Raw::connect(node.addr, id, false);
+            let (mut r, _) = Raw::connect(node.addr(), id, false);
             assert_eq!(r.subscribe(1, &[(&filter, 1)]), vec![1]);
             r
         })
         .collect();
-    let mut p = mq(node.addr, &id_on_shard("shp-two-pub", 0), true);
+    let mut p = mq(node.addr(), &id_on_shard("shp-two-pub", 0), true);
     for i in 0..200 {
         p.publish_acked(&topic, 1, false, format!("{i}").as_bytes());
     }
@@ -655,7 +501,7 @@ fn two_persistent_members_keep_their_own(mode: Mode) {
     drop(raws);
     let mut all: HashMap<String, usize> = HashMap::new();
     for (n, id) in ids.iter().enumerate() {
-        let mut m = mq(node.addr, id, false);
+        let mut m = mq(node.addr(), id, false);
         assert!(m.session_present);
         for p in drain(&mut m) {
             *all.entry(p).or_default() += 1;
@@ -684,24 +530,24 @@ fn killed_broker_keeps_each_persistent_members_own_shared_messages() {
 /// when the member then drops without acknowledging, another member gets it.
 fn restored_shared_messages_go_to_another_member_when_theirs_drops(mode: Mode) {
     let dir = DataDir::new("regive");
-    let node = Node::start(mode, &dir.0);
+    let node = Node::start(mode, dir.path(), SHARDS);
     let topic = unique("shp/regive");
     let filter = format!("$share/g/{topic}");
     let id = id_on_shard("shp-regive", 1);
-    let mut m = mq(node.addr, &id, false);
+    let mut m = mq(node.addr(), &id, false);
     assert_eq!(m.subscribe(&filter, 1), Some(1));
     m.disconnect();
-    let mut p = mq(node.addr, &id_on_shard("shp-regive-pub", 0), true);
+    let mut p = mq(node.addr(), &id_on_shard("shp-regive-pub", 0), true);
     for i in 0..20 {
         p.publish_acked(&topic, 1, false, format!("{i}").as_bytes());
     }
     p.disconnect();
 
     let node = node.restart();
-    let mut other = mq(node.addr, &id_on_shard("shp-regive-other", 0), true);
+    let mut other = mq(node.addr(), &id_on_shard("shp-regive-other", 0), true);
     assert_eq!(other.subscribe(&filter, 1), Some(1));
     // The member comes back, takes its messages in flight, and drops.
-    let (mut raw, present) = Raw::connect(node.addr, &id, false);
+    let (mut raw, present) = Raw::connect(node.addr(), &id, false);
     assert!(present, "{mode:?}: session present");
     let mut seen = 0;
     while let Some(pk) = raw.recv_within(Duration::from_millis(500)) {
@@ -715,7 +561,7 @@ fn restored_shared_messages_go_to_another_member_when_theirs_drops(mode: Mode) {
     got.sort_by_key(|s| s.parse::<u32>().unwrap());
     let want: Vec<String> = (0..20).map(|i| i.to_string()).collect();
     assert_eq!(got, want, "{mode:?}: given to the other member");
-    let mut m = mq(node.addr, &id, false);
+    let mut m = mq(node.addr(), &id, false);
     assert!(
         drain(&mut m).is_empty(),
         "{mode:?}: and forgotten by the first"
