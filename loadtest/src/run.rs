@@ -1104,7 +1104,7 @@ impl RunReport {
                 self.broker_name, self.broker, self.protocol
             ),
         );
-        if let Some(m) = self.server_receive_maximum {
+        if let Some(m) = self.server_receive_maximum.filter(|_| self.pub_qos > 0) {
             row(
                 "inflight",
                 format!("the broker's Receive Maximum caps each publisher at {m} QoS 1/2 publishes in flight"),
