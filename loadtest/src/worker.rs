@@ -685,8 +685,12 @@ impl Worker {
                             } else {
                                 ""
                             };
+                        let shown = match protocol {
+                            mqtt::Protocol::V311 => format!("code {code}"),
+                            mqtt::Protocol::V5 => format!("code 0x{code:02x}"),
+                        };
                         return Err(format!(
-                            "CONNACK refused the connection with code 0x{code:02x} ({}){version}",
+                            "CONNACK refused the connection with {shown} ({}){version}",
                             mqtt::connack_reason(code)
                         ));
                     }
