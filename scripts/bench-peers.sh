@@ -15,6 +15,12 @@
 # --data-dir and --fsync always, and mosquitto with persistence on. They run only the
 # QoS 1 scenarios (p2p-16-q1 and fanout-1000-q1-ps, the latter with 1000 persistent
 # subscribers, which shardmq and mosquitto also run in memory).
+# shared-8-q1 is the shared-subscription row: 2 publishers to one $share group of 8
+# members at QoS 1, each message to exactly one member.
+# The *-v5 rows run their 3.1.1 namesakes with every client speaking MQTT 5.0
+# (loadtest --protocol 5): on rumqttd through its separate 5.0 listener, whose support
+# is partial (a row it cannot run is reported, not counted as a failure), and on a
+# shardmq that refuses 5.0 as "refused (5.0 not accepted)", not as a failure.
 # Usage: scripts/bench-peers.sh [options]   (--help lists them)
 set -euo pipefail
 cd "$(dirname "$(readlink -f "$0")")/.."
@@ -42,8 +48,12 @@ PLAIN_LABELS="conns-50k p2p-16-q0 p2p-16-q1 fanin-32-q0 fanout-100-q0 fanout-100
 # Fan-out at QoS 1 to subscribers with persistent sessions (clean session 0), after
 # the plain set: the 1000 sessions stay in the broker once the run ends.
 PERSIST_LABELS="fanout-1000-q1-ps"
+# The shared-subscription row: publishers to one $share group of N consumers.
+SHARED_LABELS="shared-8-q1"
+# MQTT 5.0 rows: the same scenarios as their 3.1.1 namesakes, every client at level 5.
+V5_LABELS="p2p-16-q1-v5 fanout-100-q0-v5"
 TLS_LABELS="conns-5k-tls p2p-16-q0-tls p2p-16-q1-tls"
-ALL_LABELS="$PLAIN_LABELS $PERSIST_LABELS $TLS_LABELS"
+ALL_LABELS="$PLAIN_LABELS $PERSIST_LABELS $SHARED_LABELS $V5_LABELS $TLS_LABELS"
 # The scenarios the persistence variants run (when selected).
 DURABLE_RUNS="p2p-16-q1 fanout-1000-q1-ps"
 # Brokers that skip the persistent-subscriber scenario: shardmq-1 (a scaling variant)
@@ -51,6 +61,9 @@ DURABLE_RUNS="p2p-16-q1 fanout-1000-q1-ps"
 NO_PERSIST_BROKERS="shardmq-1 rumqttd"
 # Brokers of this suite without a TLS listener: the *-tls scenarios skip them.
 NO_TLS_BROKERS="rumqttd"
+# Brokers whose 5.0 support is partial: a *-v5 row that fails on them is reported as
+# not runnable there, not as a failure of the suite.
+V5_PARTIAL_BROKERS="rumqttd"
 # The one user of the TLS scenarios, in one password file for every broker.
 TLS_USER=bench
 TLS_PASSWORD=bench-password
@@ -68,14 +81,15 @@ Usage: scripts/bench-peers.sh [options]
   --payload BYTES   payload size (default 64)
   --brokers "A B"   brokers to run, in order (default "$ALL_BROKERS")
   --only L[,L]      scenario labels to run (default all: $ALL_LABELS);
-                    "plain", "persist" and "tls" stand for each group;
+                    "plain", "persist", "shared", "v5" and "tls" stand for
+                    each group;
                     $DURABLE_BROKERS run only $DURABLE_RUNS
   --quick           duration 3, warmup 1, conns-50k capped at 5000 connections
   --shards N        shardmq shards (default 0: one per CPU); shardmq-1 always
                     runs the same binary and flags with --shards 1
   --port-base P     loopback ports: shardmq P, mosquitto P+1, rumqttd P+2,
-                    shardmq-1 P+3, shardmq-durable P+4, mosquitto-persist P+5
-                    (default 18831)
+                    shardmq-1 P+3, shardmq-durable P+4, mosquitto-persist P+5,
+                    rumqttd's 5.0 listener P+6 (default 18831)
   --no-build        use the binaries already in target/release
   --dry-run         install, build, start and stop each broker, but print the
                     loadtest commands instead of running them
@@ -114,6 +128,8 @@ fi
 declare -A PORT=([shardmq]=$port_base [mosquitto]=$((port_base + 1)) [rumqttd]=$((port_base + 2))
     [shardmq-1]=$((port_base + 3)) [shardmq-durable]=$((port_base + 4))
     [mosquitto-persist]=$((port_base + 5)))
+# rumqttd serves 5.0 on a listener of its own.
+RUMQTTD_V5_PORT=$((port_base + 6))
 for b in $brokers; do
     [ -n "${PORT[$b]:-}" ] || { echo "bench-peers: unknown broker $b (known: $ALL_BROKERS)" >&2; exit 2; }
 done
@@ -124,6 +140,8 @@ if [ -n "$only" ]; then
         case $l in
             plain) expanded="$expanded,${PLAIN_LABELS// /,}" ;;
             persist) expanded="$expanded,${PERSIST_LABELS// /,}" ;;
+            shared) expanded="$expanded,${SHARED_LABELS// /,}" ;;
+            v5) expanded="$expanded,${V5_LABELS// /,}" ;;
             tls) expanded="$expanded,${TLS_LABELS// /,}" ;;
             *) expanded="$expanded,$l" ;;
         esac
@@ -140,6 +158,8 @@ if [ -n "$only" ]; then
 fi
 has_broker() { [[ " $brokers " == *" $1 "* ]]; }
 is_tls_label() { [[ " $TLS_LABELS " == *" $1 "* ]]; }
+is_v5_label() { [[ " $V5_LABELS " == *" $1 "* ]]; }
+v5_partial() { [[ " $V5_PARTIAL_BROKERS " == *" $1 "* ]]; }
 has_tls() { [[ "$labels " == *"-tls "* ]]; }
 no_tls() { [[ " $NO_TLS_BROKERS " == *" $1 "* ]]; }
 is_durable() { [[ " $DURABLE_BROKERS " == *" $1 "* ]]; }
@@ -287,6 +307,9 @@ scenario_args() {
     case $1 in
         p2p-16-q0) echo "p2p --clients 16 --qos 0" ;;
         p2p-16-q1) echo "p2p --clients 16 --qos 1" ;;
+        p2p-16-q1-v5) echo "p2p --clients 16 --qos 1 --protocol 5" ;;
+        fanout-100-q0-v5) echo "fanout --clients 100 --publishers 1 --qos 0 --protocol 5" ;;
+        shared-8-q1) echo "shared --clients 8 --publishers 2 --qos 1" ;;
         fanout-1000-q1-ps) echo "fanout --clients 1000 --publishers 1 --qos 1 --persistent" ;;
         fanin-32-q0) echo "fanin --clients 32 --qos 0" ;;
         fanout-100-q0) echo "fanout --clients 100 --publishers 1 --qos 0" ;;
@@ -419,10 +442,13 @@ start_broker() {
             fi
             cmd=("$mosquitto_bin" -c "$conf") ;;
         rumqttd)
-            sed -E "s/^listen = \"127\.0\.0\.1:[0-9]+\"\$/listen = \"127.0.0.1:$port\"/" \
-                scripts/peers/rumqttd.toml >"$run_dir/rumqttd.toml"
-            grep -qx "listen = \"127.0.0.1:$port\"" "$run_dir/rumqttd.toml" || {
-                echo "bench-peers: no 'listen = \"127.0.0.1:PORT\"' line in scripts/peers/rumqttd.toml" >&2
+            # The first listen line is the 3.1.1 listener's, the second the 5.0 one's.
+            awk -v p4="$port" -v p5="$RUMQTTD_V5_PORT" '
+                /^listen = "127\.0\.0\.1:[0-9]+"$/ { n++; print "listen = \"127.0.0.1:" (n == 1 ? p4 : p5) "\""; next }
+                { print }' scripts/peers/rumqttd.toml >"$run_dir/rumqttd.toml"
+            grep -qx "listen = \"127.0.0.1:$port\"" "$run_dir/rumqttd.toml" &&
+                grep -qx "listen = \"127.0.0.1:$RUMQTTD_V5_PORT\"" "$run_dir/rumqttd.toml" || {
+                echo "bench-peers: scripts/peers/rumqttd.toml needs two 'listen = \"127.0.0.1:PORT\"' lines (v4, then v5)" >&2
                 return 1
             }
             cmd=("$rumqttd_bin" --quiet --config "$run_dir/rumqttd.toml") ;;
@@ -526,6 +552,10 @@ trap 'exit 143' TERM
 
 failures=()
 noisy=()
+# *-v5 rows a broker refused (CONNACK: protocol version not accepted), and those a
+# broker with partial 5.0 support could not run: reported, not failures.
+refused=()
+partial=()
 for name in $brokers; do
     echo
     echo "=== $name ==="
@@ -575,8 +605,10 @@ for name in $brokers; do
         # Bounded even if the generator hangs: warmup + duration + 2 minutes.
         # --foreground keeps it in this script's process group, so Ctrl-C reaches it.
         limit=$(awk -v d="$duration" -v w="$warmup" 'BEGIN { printf "%d", d + w + 120 }')
+        port=${PORT[$name]}
+        if is_v5_label "$label" && [ "$name" = rumqttd ]; then port=$RUMQTTD_V5_PORT; fi
         cmd=(timeout --foreground --signal=INT --kill-after=10 "$limit"
-            target/release/shardmq-loadtest "${args[@]}" --broker "127.0.0.1:${PORT[$name]}"
+            target/release/shardmq-loadtest "${args[@]}" --broker "127.0.0.1:$port"
             --payload "$payload" --duration "$duration" --warmup "$warmup"
             --broker-pid "$broker_pid" --broker-name "$name" --label "$label"
             --json "$run_dir/$name-$label.json")
@@ -608,7 +640,15 @@ for name in $brokers; do
             echo "bench-peers: $name $label lost $other cores to other processes and $stolen" \
                 "to the hypervisor; its figures are suspect" >&2
         fi
-        if [ "$rc" != 0 ]; then
+        if [ "$rc" != 0 ] && is_v5_label "$label" &&
+            grep -q "does not accept MQTT 5.0" "$run_dir/$name-$label.log"; then
+            refused+=("$name $label")
+            echo "bench-peers: $name $label: refused (5.0 not accepted)"
+        elif [ "$rc" != 0 ] && is_v5_label "$label" && v5_partial "$name"; then
+            partial+=("$name $label")
+            echo "bench-peers: $name $label: could not run (exit $rc; partial 5.0 support," \
+                "see $run_dir/$name-$label.log)"
+        elif [ "$rc" != 0 ]; then
             failures+=("$name $label: exit $rc")
             echo "bench-peers: $name $label failed (exit $rc); going on" >&2
         fi
@@ -675,6 +715,17 @@ else
         echo "$note" | tee -a "$run_dir/table.txt"
         printf '\n%s\n' "$note" >>"$run_dir/table.md"
     fi
+    # The *-v5 rows a broker refused or could not run: dashes that are not failures.
+    for pair in "${refused[@]}"; do
+        note="- ${pair%% *} on ${pair#* }: refused (5.0 not accepted): the broker answered the 5.0 CONNECT with a refusal of the protocol version; the row fills in once it accepts 5.0."
+        echo "$note" | tee -a "$run_dir/table.txt"
+        printf '\n%s\n' "$note" >>"$run_dir/table.md"
+    done
+    for pair in "${partial[@]}"; do
+        note="- ${pair%% *} on ${pair#* }: could not run (its 5.0 support is partial; see $run_dir/${pair%% *}-${pair#* }.log); the dash there is not a failure."
+        echo "$note" | tee -a "$run_dir/table.txt"
+        printf '\n%s\n' "$note" >>"$run_dir/table.md"
+    done
     run ln -sfn "$run_id" bench-results/latest
 fi
 

@@ -1,4 +1,4 @@
-//! shardmq-loadtest: a load generator for any MQTT 3.1.1 broker.
+//! shardmq-loadtest: a load generator for any MQTT 3.1.1 or 5.0 broker.
 //!
 //! Scenarios open real TCP (or TLS) connections to the broker from a few event-loop threads.
 //! Every payload carries its publisher, a sequence number and its send time, so the
@@ -15,6 +15,7 @@ pub mod track;
 pub mod window;
 mod worker;
 
+pub use mqtt::Protocol;
 pub use plan::Scenario;
 pub use run::{run, Options, Pacing, RunReport};
 pub use tls::TlsOptions;

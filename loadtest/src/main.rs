@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 #[derive(Parser)]
-#[command(version, about = "Load generator for MQTT 3.1.1 brokers")]
+#[command(version, about = "Load generator for MQTT 3.1.1 and 5.0 brokers")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -40,6 +40,11 @@ struct RunArgs {
     /// The broker to drive.
     #[arg(long, value_name = "HOST:PORT", default_value = "127.0.0.1:1883")]
     broker: String,
+    /// MQTT protocol level of every client: 4 (3.1.1) or 5 (5.0). A 5.0 run's default
+    /// label ends in -v5.
+    #[arg(long, value_name = "LEVEL", default_value_t = 4,
+          value_parser = clap::value_parser!(u8).range(4..=5))]
+    protocol: u8,
     /// The scenario's N: pairs (p2p, latency), publishers (fanin), subscribers
     /// (fanout), connections (conns).
     #[arg(long, value_name = "N")]
@@ -168,6 +173,8 @@ fn options(scenario: Scenario, a: &RunArgs) -> Result<Options, String> {
         Scenario::Shared => 8,
     };
     let mut o = Options::new(scenario, broker, a.clients.unwrap_or(default_clients));
+    o.protocol = shardmq_loadtest::mqtt::Protocol::from_level(a.protocol)
+        .ok_or("--protocol must be 4 (3.1.1) or 5 (5.0)")?;
     o.publishers = a.publishers;
     o.subscribers = a.subscribers;
     o.pub_qos = a.pub_qos.unwrap_or(a.qos);

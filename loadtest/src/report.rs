@@ -323,6 +323,15 @@ impl Report {
                         .map(|s| s.to_string_lossy().into_owned())
                         .unwrap_or_else(|| "?".into())
                 });
+            // A 5.0 run is never mixed into a 3.1.1 row: a label that does not say
+            // which protocol it ran gets "-v5" (runs from before --protocol are 3.1.1).
+            let label = if doc.get("protocol_level").and_then(Value::as_u64) == Some(5)
+                && !label.contains("v5")
+            {
+                format!("{label}-v5")
+            } else {
+                label
+            };
             let broker = text_at(&doc, "/broker_name").unwrap_or("?").to_string();
             let scenario = text_at(&doc, "/scenario").unwrap_or("?").to_string();
             if broker == reference {
@@ -1143,6 +1152,28 @@ mod tests {
         assert_eq!(r.brokers, ["shardmq", "mosquitto", "rumqttd"]);
         let labels: Vec<&str> = r.rows.iter().map(|r| r.label.as_str()).collect();
         assert_eq!(labels, ["p2p-16-q0", "conns-50k"]);
+    }
+
+    #[test]
+    fn a_v5_run_gets_its_own_row() {
+        let (path, mut v5) = p2p("mosquitto", 90_000.0, 400, 2.0);
+        v5["protocol"] = json!("5.0");
+        v5["protocol_level"] = json!(5);
+        let (path2, mut named) = p2p("shardmq", 90_000.0, 400, 2.0);
+        named["protocol_level"] = json!(5);
+        named["label"] = json!("p2p-16-q0-v5");
+        let r = Report::build(
+            vec![
+                p2p("mosquitto", 100_000.0, 400, 2.0),
+                (path, v5),
+                (path2, named),
+            ],
+            "shardmq",
+            &[],
+        );
+        let labels: Vec<&str> = r.rows.iter().map(|r| r.label.as_str()).collect();
+        assert_eq!(labels, ["p2p-16-q0", "p2p-16-q0-v5"]);
+        assert_eq!(r.rows[1].runs.len(), 2);
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! One run of a scenario: set up every client, pace the publishers through warm-up
 //! and measurement, drain, and turn what the workers saw into a report.
 
+use crate::mqtt::Protocol;
 use crate::plan::{self, Scenario};
 use crate::procfs;
 use crate::window::Window;
@@ -30,6 +31,8 @@ pub enum Pacing {
 pub struct Options {
     pub scenario: Scenario,
     pub broker: SocketAddr,
+    /// MQTT 3.1.1 (the default) or 5.0, for every client.
+    pub protocol: Protocol,
     pub clients: usize,
     pub publishers: Option<usize>,
     pub subscribers: Option<usize>,
@@ -77,6 +80,7 @@ impl Options {
         Options {
             scenario,
             broker,
+            protocol: Protocol::V311,
             clients,
             publishers: None,
             subscribers: None,
@@ -116,6 +120,10 @@ pub fn default_threads() -> usize {
 #[derive(Debug)]
 pub struct WorkerOptions {
     pub broker: SocketAddr,
+    pub protocol: Protocol,
+    /// 5.0: the Receive Maximum every client announces, so that the broker's
+    /// in-flight quota toward a subscriber never throttles it below the window.
+    pub receive_maximum: u16,
     pub pacing: Pacing,
     pub pub_qos: u8,
     pub sub_qos: u8,
@@ -295,6 +303,10 @@ pub struct RunReport {
     pub version: u32,
     pub scenario: &'static str,
     pub label: String,
+    /// "3.1.1" or "5.0".
+    pub protocol: &'static str,
+    /// The CONNECT protocol level: 4 or 5.
+    pub protocol_level: u8,
     pub broker_name: String,
     pub broker: String,
     /// Fanout with `--sub-brokers`: where the subscribers were (round-robin).
@@ -315,6 +327,9 @@ pub struct RunReport {
     pub sub_qos: u8,
     /// The lowest QoS the broker granted a subscriber.
     pub granted_qos: Option<u8>,
+    /// 5.0: the lowest Receive Maximum the broker announced to a publisher, which
+    /// bounds its QoS 1/2 publishes in flight (`None`: none announced, or 3.1.1).
+    pub server_receive_maximum: Option<u16>,
     /// min(publish QoS, granted QoS): what delivery guarantee the run checks.
     pub effective_qos: u8,
     pub payload: usize,
@@ -478,6 +493,11 @@ pub fn run(opts: &Options) -> Result<RunReport, String> {
     let shared = Arc::new(Shared {
         opts: WorkerOptions {
             broker: opts.broker,
+            protocol: opts.protocol,
+            receive_maximum: match pacing {
+                Pacing::Window(w) => w.clamp(1, u16::MAX as u64) as u16,
+                Pacing::Rate(_) => u16::MAX,
+            },
             pacing,
             pub_qos: opts.pub_qos,
             sub_qos: opts.sub_qos,
@@ -753,6 +773,10 @@ fn build_report(
     let first_connect = results.iter().filter_map(|r| r.first_connect).min();
     let last_ready = results.iter().filter_map(|r| r.last_ready).max();
     let tls_session = results.iter().find_map(|r| r.tls_session.clone());
+    let server_receive_maximum = results
+        .iter()
+        .filter_map(|r| r.server_receive_maximum)
+        .min();
     for r in &results {
         let _ = latency.add(&r.latency);
         for &(p, n) in &r.sent {
@@ -903,10 +927,12 @@ fn build_report(
     RunReport {
         version: 1,
         scenario: opts.scenario.name(),
-        label: opts
-            .label
-            .clone()
-            .unwrap_or_else(|| opts.scenario.name().to_string()),
+        label: opts.label.clone().unwrap_or_else(|| match opts.protocol {
+            Protocol::V311 => opts.scenario.name().to_string(),
+            Protocol::V5 => format!("{}-v5", opts.scenario.name()),
+        }),
+        protocol: opts.protocol.name(),
+        protocol_level: opts.protocol.level(),
         broker_name: opts
             .broker_name
             .clone()
@@ -933,6 +959,7 @@ fn build_report(
         pub_qos: opts.pub_qos,
         sub_qos: opts.sub_qos,
         granted_qos,
+        server_receive_maximum,
         effective_qos,
         payload: opts.payload,
         warmup_s: opts.warmup.as_secs_f64(),
@@ -1072,8 +1099,17 @@ impl RunReport {
             .map_or(String::new(), |u| format!(", username {u}"));
         row(
             "broker",
-            format!("{} at {}{over}{user}", self.broker_name, self.broker),
+            format!(
+                "{} at {}, MQTT {}{over}{user}",
+                self.broker_name, self.broker, self.protocol
+            ),
         );
+        if let Some(m) = self.server_receive_maximum.filter(|_| self.pub_qos > 0) {
+            row(
+                "inflight",
+                format!("the broker's Receive Maximum caps each publisher at {m} QoS 1/2 publishes in flight"),
+            );
+        }
         if self.conns.is_some() {
             row("window", format!("{:.2} s held", self.duration_s));
         } else {

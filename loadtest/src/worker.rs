@@ -57,6 +57,9 @@ struct Publisher {
     inflight: Vec<u64>,
     inflight_count: usize,
     next_pid: u16,
+    /// 5.0: the Receive Maximum of the broker's CONNACK, which bounds this
+    /// publisher's QoS 1/2 publishes in flight (`usize::MAX`: none announced).
+    server_receive_maximum: usize,
 }
 
 impl Publisher {
@@ -169,6 +172,8 @@ pub struct WorkerResult {
     /// (publisher index, messages sent) per publisher.
     pub sent: Vec<(u32, u64)>,
     pub min_granted: u8,
+    /// 5.0: the lowest Receive Maximum a broker's CONNACK announced to a publisher.
+    pub server_receive_maximum: Option<u16>,
     pub connected: u64,
     pub connect_failures: u64,
     pub disconnects: u64,
@@ -255,6 +260,7 @@ impl Worker {
                             },
                             inflight_count: 0,
                             next_pid: 0,
+                            server_receive_maximum: usize::MAX,
                         })
                     }
                     _ => None,
@@ -337,6 +343,7 @@ impl Worker {
                 streams: Vec::new(),
                 sent: Vec::new(),
                 min_granted: 2,
+                server_receive_maximum: None,
                 connected: 0,
                 connect_failures: 0,
                 disconnects: 0,
@@ -594,11 +601,15 @@ impl Worker {
                     && matches!(c.spec.role, Role::Subscriber { .. }));
                 mqtt::connect_with(
                     &mut c.wbuf,
-                    c.spec.client_id.as_bytes(),
-                    clean_session,
-                    opts.keep_alive,
-                    opts.username.as_deref(),
-                    opts.password.as_deref(),
+                    &mqtt::Connect {
+                        protocol: opts.protocol,
+                        client_id: c.spec.client_id.as_bytes(),
+                        clean_session,
+                        keep_alive: opts.keep_alive,
+                        username: opts.username.as_deref(),
+                        password: opts.password.as_deref(),
+                        receive_maximum: opts.receive_maximum,
+                    },
                 );
                 self.mark_dirty(i);
                 if readable {
@@ -658,22 +669,46 @@ impl Worker {
         let mut at = 0;
         let mut became_ready = false;
         let c = &mut self.conns[i];
-        let sub_qos = self.shared.opts.sub_qos;
-        while let Some((packet, used)) = mqtt::decode(&c.rbuf[at..c.rlen], MAX_PACKET)? {
+        let (sub_qos, pub_qos) = (self.shared.opts.sub_qos, self.shared.opts.pub_qos);
+        let protocol = self.shared.opts.protocol;
+        while let Some((packet, used)) = mqtt::decode(&c.rbuf[at..c.rlen], MAX_PACKET, protocol)? {
             at += used;
             match packet {
-                Incoming::ConnAck { code, .. } => {
+                Incoming::ConnAck { code, props, .. } => {
                     if c.state != State::AwaitConnAck {
                         return Err("unexpected CONNACK".into());
                     }
                     if code != 0 {
+                        let version =
+                            if protocol == mqtt::Protocol::V5 && mqtt::refuses_version(code) {
+                                "; the broker does not accept MQTT 5.0"
+                            } else {
+                                ""
+                            };
+                        let shown = match protocol {
+                            mqtt::Protocol::V311 => format!("code {code}"),
+                            mqtt::Protocol::V5 => format!("code 0x{code:02x}"),
+                        };
                         return Err(format!(
-                            "CONNACK refused the connection with code {code} ({})",
+                            "CONNACK refused the connection with {shown} ({}){version}",
                             mqtt::connack_reason(code)
                         ));
                     }
+                    if let Some(p) = c.publisher.as_mut() {
+                        if props.maximum_qos.is_some_and(|q| q < pub_qos) {
+                            return Err(format!(
+                                "the broker's Maximum QoS is {}, below the publish QoS {pub_qos}",
+                                props.maximum_qos.unwrap_or(0)
+                            ));
+                        }
+                        if let Some(m) = props.receive_maximum {
+                            p.server_receive_maximum = m as usize;
+                            let min = &mut self.result.server_receive_maximum;
+                            *min = Some(min.map_or(m, |x| x.min(m)));
+                        }
+                    }
                     if let Some(s) = c.subscriber.as_ref() {
-                        mqtt::subscribe(&mut c.wbuf, 1, &s.filter, sub_qos);
+                        mqtt::subscribe(&mut c.wbuf, protocol, 1, &s.filter, sub_qos);
                         c.state = State::AwaitSubAck;
                     } else {
                         became_ready = true;
@@ -685,6 +720,13 @@ impl Worker {
                     }
                     if codes[0] == 0x80 {
                         return Err("SUBACK refused the subscription".into());
+                    }
+                    if codes[0] > 0x80 {
+                        return Err(format!(
+                            "SUBACK refused the subscription with reason 0x{:02x} ({})",
+                            codes[0],
+                            mqtt::reason_name(codes[0])
+                        ));
                     }
                     if codes[0] > 2 {
                         return Err(format!("SUBACK return code {}", codes[0]));
@@ -735,7 +777,13 @@ impl Worker {
                         }
                     }
                 }
-                Incoming::PubAck(pid) | Incoming::PubComp(pid) => {
+                Incoming::PubAck(pid, reason) | Incoming::PubComp(pid, reason) => {
+                    if reason >= 0x80 {
+                        return Err(format!(
+                            "publish {pid} refused with reason 0x{reason:02x} ({})",
+                            mqtt::reason_name(reason)
+                        ));
+                    }
                     let Some(p) = c.publisher.as_mut() else {
                         return Err("acknowledgement sent to a client that does not publish".into());
                     };
@@ -744,11 +792,29 @@ impl Worker {
                     }
                     self.d_unacked -= 1;
                 }
-                Incoming::PubRec(pid) => {
+                Incoming::PubRec(pid, reason) => {
+                    if reason >= 0x80 {
+                        return Err(format!(
+                            "publish {pid} refused by PUBREC with reason 0x{reason:02x} ({})",
+                            mqtt::reason_name(reason)
+                        ));
+                    }
                     mqtt::ack(&mut c.wbuf, mqtt::PUBREL, pid);
                 }
-                Incoming::PubRel(pid) => {
+                Incoming::PubRel(pid, reason) => {
+                    if reason >= 0x80 {
+                        return Err(format!(
+                            "PUBREL {pid} with reason 0x{reason:02x} ({})",
+                            mqtt::reason_name(reason)
+                        ));
+                    }
                     mqtt::ack(&mut c.wbuf, mqtt::PUBCOMP, pid);
+                }
+                Incoming::Disconnect { reason } => {
+                    return Err(format!(
+                        "DISCONNECT from the broker with reason 0x{reason:02x} ({})",
+                        mqtt::reason_name(reason)
+                    ));
                 }
                 Incoming::UnsubAck(_) | Incoming::PingResp => {}
             }
@@ -1005,7 +1071,9 @@ impl Worker {
         }
         let opts = &self.shared.opts;
         let inflight = if opts.pub_qos > 0 {
-            opts.pub_inflight.saturating_sub(p.inflight_count) as u64
+            opts.pub_inflight
+                .min(p.server_receive_maximum)
+                .saturating_sub(p.inflight_count) as u64
         } else {
             u64::MAX
         };
@@ -1070,7 +1138,7 @@ impl Worker {
         if budget > 0 {
             let now_ns = self.shared.clock_ns(now);
             let opts = &self.shared.opts;
-            let (qos, payload) = (opts.pub_qos, opts.payload);
+            let (qos, payload, protocol) = (opts.pub_qos, opts.payload, opts.protocol);
             for &(i, w) in &wants {
                 if budget == 0 {
                     break;
@@ -1082,7 +1150,7 @@ impl Worker {
                     let pid = if qos > 0 { p.take_pid() } else { 0 };
                     let head = track::encode_header(p.index, p.seq, now_ns);
                     p.seq += 1;
-                    mqtt::publish(&mut c.wbuf, &p.topic, qos, pid, &head, payload);
+                    mqtt::publish(&mut c.wbuf, protocol, &p.topic, qos, pid, &head, payload);
                 }
                 budget -= count;
                 self.mark_dirty(i);

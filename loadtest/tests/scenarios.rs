@@ -3,7 +3,7 @@
 //! path that the load generator must catch. Assertions are on counts, never on
 //! timings.
 
-use shardmq_loadtest::{run, Options, Pacing, RunReport, Scenario};
+use shardmq_loadtest::{run, Options, Pacing, Protocol, RunReport, Scenario};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
@@ -416,4 +416,68 @@ fn the_binary_writes_its_json() {
     assert!(v["latency_us"]["p99"].as_f64().unwrap() > 0.0);
     assert!(v["loadtest"]["cpu_s"].is_number());
     assert!(stdout.contains("delivered"), "{stdout}");
+}
+
+/// MQTT 5.0 against Mosquitto: p2p at QoS 1, fanout at QoS 0 and 1, and a shared
+/// group at QoS 1, each with nothing lost; the broker's Receive Maximum (Mosquitto's
+/// max_inflight_messages, 20 by default) caps the publishers.
+#[test]
+fn protocol_5_against_mosquitto() {
+    let m = Mosquitto::start();
+    let v5 = |mut o: Options| {
+        o.protocol = Protocol::V5;
+        o.broker_pid = Some(m.child.id());
+        o.broker_name = Some("mosquitto".into());
+        o
+    };
+    let r = run(&v5(opts(Scenario::P2p, m.addr, 4, 1))).expect("p2p runs");
+    check_active(&r, "mosquitto p2p 5.0 qos 1", None);
+    assert_eq!((r.protocol, r.protocol_level), ("5.0", 5));
+    assert_eq!(r.label, "p2p-v5");
+    assert_eq!(r.server_receive_maximum, Some(20), "{}", r.table());
+    assert!(r.table().contains("MQTT 5.0"), "{}", r.table());
+
+    for qos in [0, 1] {
+        let mut o = v5(opts(Scenario::Fanout, m.addr, 20, qos));
+        o.publishers = Some(1);
+        o.pacing = Some(Pacing::Window(1000));
+        let r = run(&o).expect("fanout runs");
+        check_active(&r, &format!("mosquitto fanout 5.0 qos {qos}"), None);
+        assert_eq!((r.publishers, r.subscribers, r.fanout), (1, 20, 20));
+        if qos == 0 {
+            // Nothing lost on loopback with the window far below the queue bound.
+            assert_eq!(r.lost, 0, "{}", r.table());
+        }
+    }
+
+    let mut o = v5(opts(Scenario::Shared, m.addr, 4, 1));
+    o.publishers = Some(2);
+    let r = run(&o).expect("shared runs");
+    check_active(&r, "mosquitto shared 5.0 qos 1", None);
+    assert_eq!((r.publishers, r.subscribers, r.fanout), (2, 4, 1));
+}
+
+/// A broker without 5.0 answers a level-5 CONNECT with a 3.1.1 CONNACK, return code
+/// 1: the run is a set-up error that says so.
+#[test]
+fn a_broker_refusing_5_0_is_a_setup_error_that_says_so() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for s in listener.incoming() {
+            let Ok(mut s) = s else { return };
+            std::thread::spawn(move || {
+                let mut b = [0u8; 256];
+                if s.read(&mut b).unwrap_or(0) > 0 && b[0] == 0x10 {
+                    let _ = s.write_all(&[0x20, 2, 0, 1]);
+                }
+                let _ = s.read(&mut b);
+            });
+        }
+    });
+    let mut o = opts(Scenario::P2p, addr, 2, 1);
+    o.protocol = Protocol::V5;
+    o.connect_timeout = Duration::from_secs(10);
+    let e = run(&o).expect_err("refused");
+    assert!(e.contains("does not accept MQTT 5.0"), "{e}");
 }
