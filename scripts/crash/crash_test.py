@@ -16,7 +16,15 @@ session. Checks:
   restart;
 * the retained message of each crash/retained/<pub> topic carries a seq no lower
   than the last one acked;
-* every broker start succeeded.
+* every broker start succeeded;
+* with --shared, for the group $share/crash/crash/# of persistent members (two
+  online through the rounds, two that also disconnect or lose their connection at
+  random moments, one that leaves in one round and is back only for the final
+  drain), summed over the members: every acked message at least once (QoS 1; the
+  duplicates are counted) and exactly once (QoS 2), and each member's session
+  present whenever it reconnected. A QoS 2 message whose PUBLISH went out stays
+  with its member (MQTT 5.0 §4.8.2) and is completed when it reconnects, which
+  every member does for the final drain.
 
 Exits 0 when all hold, 1 otherwise; prints a summary either way. The broker's output
 of round N goes to WORKDIR/logs/round-NN.log (the final one to final.log).
