@@ -41,9 +41,10 @@
 # --data-dir/--fsync flags yet (or on a usage error).
 #
 # The work directory (data/, logs/round-NN.log with each run's broker output) is a
-# fresh temporary one; it is removed at the end unless --keep is given or the test
-# failed. Installs paho-mqtt from PyPI when `import paho.mqtt` fails. Honours
-# CARGO_TARGET_DIR. Takes about 2 minutes for 20 rounds.
+# fresh temporary one (under TMPDIR, /tmp by default); it is removed at the end
+# unless --keep is given or the test failed. Installs paho-mqtt from PyPI when
+# `import paho.mqtt` fails. Honours CARGO_TARGET_DIR. Takes about 2 minutes for 20
+# rounds.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
