@@ -416,6 +416,16 @@ impl Replay {
         let mut names: Vec<&String> = sessions.keys().collect();
         names.sort();
         let orphans = orphans(&streams, &sessions, &names, &given, &given_back);
+        let sent = sent_through_groups(&sessions);
+        // A QoS 2 message a group gave this session and that another member was
+        // sent (the giver's UNASSIGN was not durable at the crash, the receiver's
+        // ASSIGN and PUBLISH stage were): it stays with the one it was sent to.
+        let sent_elsewhere = |client: &str, stamp: Stamp, group: &str, own_sent: bool| {
+            !own_sent
+                && sent
+                    .get(&(stamp, group))
+                    .is_some_and(|others| others.iter().any(|&c| c != client))
+        };
         for client in names {
             let s = &sessions[client];
             let from = match s.caught_on {
@@ -477,6 +487,12 @@ impl Replay {
                 if s.unassigned.contains(&h.stamp) && s.named_groups.contains_key(&(i as u32)) {
                     continue;
                 }
+                if let Some(g) = s.named_groups.get(&(i as u32)) {
+                    let own_sent = h.pid != 0 || s.out2.contains_key(&h.stamp);
+                    if h.qos == 2 && sent_elsewhere(client, h.stamp, g, own_sent) {
+                        continue;
+                    }
+                }
                 let Some(m) = streams
                     .get(&h.stamp.origin)
                     .and_then(|st| st.get(&h.stamp.record))
@@ -524,6 +540,10 @@ impl Replay {
                 if !after_checkpoint && a.stamp.record < from_of(a.stamp.origin) {
                     continue;
                 }
+                let own_sent = s.out2.contains_key(&a.stamp);
+                if a.qos == 2 && sent_elsewhere(client, a.stamp, &a.group, own_sent) {
+                    continue;
+                }
                 let Some(m) = streams
                     .get(&a.stamp.origin)
                     .and_then(|st| st.get(&a.stamp.record))
@@ -560,6 +580,31 @@ impl Replay {
         }
         out
     }
+}
+
+/// Per message and group: the persistent sessions the group gave it to that were
+/// sent it at QoS 2 (a PUBLISH stage logged, or in flight at their snapshot).
+fn sent_through_groups(sessions: &HashMap<String, Sess>) -> HashMap<(Stamp, &str), Vec<&str>> {
+    let mut out: HashMap<(Stamp, &str), Vec<&str>> = HashMap::new();
+    for (client, s) in sessions {
+        for a in &s.assigned {
+            if a.qos == 2 && s.out2.contains_key(&a.stamp) {
+                out.entry((a.stamp, &a.group)).or_default().push(client);
+            }
+        }
+        for (i, h) in s.named.iter().enumerate() {
+            let Some(g) = s.named_groups.get(&(i as u32)) else {
+                continue;
+            };
+            if h.qos == 2
+                && !s.unassigned.contains(&h.stamp)
+                && (h.pid != 0 || s.out2.contains_key(&h.stamp))
+            {
+                out.entry((h.stamp, g.as_str())).or_default().push(client);
+            }
+        }
+    }
+    out
 }
 
 /// Messages published in this generation that a shared group with persistent

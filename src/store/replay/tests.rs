@@ -784,3 +784,48 @@ fn a_message_a_snapshot_named_given_back_whose_new_assign_was_lost_goes_to_a_mem
     assert_eq!(all.len(), 1, "once, to one member: {all:?}");
     assert_eq!(all[0].1, m);
 }
+
+#[test]
+fn a_qos2_shared_message_sent_to_the_next_member_stays_there_when_the_unassign_was_lost() {
+    let mut l = Logs::new();
+    l.session(0, "a", "$share/g/t", 2);
+    l.session(1, "b", "$share/g/t", 2);
+    let m = l.msg(0, "t", 2, 1);
+    l.put(
+        0,
+        Record::Assign {
+            client: "a",
+            group: "$share/g/t",
+            stamp: m,
+            qos: 2,
+        },
+    );
+    // "a" left with `m` queued and gave it back; its UNASSIGN was not durable at the
+    // crash, b's ASSIGN and PUBLISH stage were.
+    l.put(
+        1,
+        Record::Assign {
+            client: "b",
+            group: "$share/g/t",
+            stamp: m,
+            qos: 2,
+        },
+    );
+    l.put(
+        1,
+        Record::Out2 {
+            client: "b",
+            stamp: m,
+            pid: 1,
+            stage: 0,
+        },
+    );
+    let r = l.replay.finish();
+    let by = |c: &str| r.sessions.iter().find(|s| s.client_id == c).unwrap();
+    assert!(
+        by("a").queued.is_empty() && by("a").inflight.is_empty(),
+        "{:?}",
+        by("a")
+    );
+    assert_eq!(by("b").inflight.len(), 1, "{:?}", by("b"));
+}
