@@ -3,7 +3,7 @@
 # of persistence).
 #
 #   scripts/crash-test.sh [--no-build] [--rounds N] [--seed S] [--fsync MODE]
-#                         [--fsync-interval-ms N] [--compact BYTES] [--keep]
+#                         [--fsync-interval-ms N] [--compact BYTES] [--shared] [--keep]
 #                         [-- <extra args for the helper>]
 #
 # Builds the release broker (unless --no-build), then for N rounds (default 20) starts
@@ -28,13 +28,23 @@
 #   - each subscriber found its session present after every restart,
 #   - each retained topic holds a seq no lower than the last acknowledged one,
 #   - every broker start succeeded (recovery included).
+# With --shared, five more persistent clients (crash-shm-0..4) form the shared group
+# $share/crash/crash/# at QoS 2: two stay online through the rounds, two also
+# disconnect (DISCONNECT, back after 0.1-1 s) or have their connection cut at random
+# moments during the load, and one leaves at a random moment of a random round in the
+# first half and comes back only for the final drain. The check, summed over the
+# members: every acknowledged QoS 1 message reached the group at least once (the
+# duplicates are counted and reported), every acknowledged QoS 2 message exactly once
+# (a QoS 2 duplicate fails), and each member found its session present whenever it
+# reconnected.
 # Prints a summary and exits 0 when all hold, 1 otherwise, 2 when the broker has no
 # --data-dir/--fsync flags yet (or on a usage error).
 #
 # The work directory (data/, logs/round-NN.log with each run's broker output) is a
-# fresh temporary one; it is removed at the end unless --keep is given or the test
-# failed. Installs paho-mqtt from PyPI when `import paho.mqtt` fails. Honours
-# CARGO_TARGET_DIR. Takes about 2 minutes for 20 rounds.
+# fresh temporary one (under TMPDIR, /tmp by default); it is removed at the end
+# unless --keep is given or the test failed. Installs paho-mqtt from PyPI when
+# `import paho.mqtt` fails. Honours CARGO_TARGET_DIR. Takes about 2 minutes for 20
+# rounds.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -47,6 +57,8 @@ fsync_interval=""
 # --compact BYTES: --log-compaction-bytes for the broker, so that the log is
 # compacted (clients paused, the state rewritten) again and again under the load.
 compact=""
+# --shared: a shared-subscription group of persistent members as well.
+shared=0
 # Development only (not in the usage above): --no-persistence starts the broker
 # without --data-dir/--fsync, so that the checker can be tried on a broker that
 # loses everything at a crash (losses expected); --stop term|none ends rounds with
@@ -63,6 +75,7 @@ while [ $# -gt 0 ]; do
     --fsync) fsync="${2:?--fsync needs always, interval or never}"; shift ;;
     --fsync-interval-ms) fsync_interval="${2:?--fsync-interval-ms needs a number}"; shift ;;
     --compact) compact="${2:?--compact needs a byte count}"; shift ;;
+    --shared) shared=1 ;;
     --no-persistence) persist=0 ;;
     --stop) stop="${2:?--stop needs kill, term or none}"; shift ;;
     -h | --help)
@@ -106,6 +119,7 @@ helper_args=(--rounds "$rounds" --fsync "$fsync" --stop "$stop")
 [ -n "$seed" ] && helper_args+=(--seed "$seed")
 [ -n "$fsync_interval" ] && helper_args+=(--fsync-interval-ms "$fsync_interval")
 [ -n "$compact" ] && helper_args+=(--log-compaction-bytes "$compact")
+[ "$shared" = 1 ] && helper_args+=(--shared)
 if [ "$persist" = 1 ]; then
   help_text="$("$broker" --help)"
   missing=""

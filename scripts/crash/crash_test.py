@@ -16,7 +16,15 @@ session. Checks:
   restart;
 * the retained message of each crash/retained/<pub> topic carries a seq no lower
   than the last one acked;
-* every broker start succeeded.
+* every broker start succeeded;
+* with --shared, for the group $share/crash/crash/# of persistent members (two
+  online through the rounds, two that also disconnect or lose their connection at
+  random moments, one that leaves in one round and is back only for the final
+  drain), summed over the members: every acked message at least once (QoS 1; the
+  duplicates are counted) and exactly once (QoS 2), and each member's session
+  present whenever it reconnected. A QoS 2 message whose PUBLISH went out stays
+  with its member (MQTT 5.0 §4.8.2) and is completed when it reconnects, which
+  every member does for the final drain.
 
 Exits 0 when all hold, 1 otherwise; prints a summary either way. The broker's output
 of round N goes to WORKDIR/logs/round-NN.log (the final one to final.log).
@@ -35,6 +43,8 @@ import paho.mqtt.client as mqtt
 
 HOST = "127.0.0.1"
 SUB_FILTER = "crash/#"
+# --shared: one group of persistent members over the same topics.
+SHARED_FILTER = "$share/crash/crash/#"
 RETAINED_PREFIX = "crash/retained/"
 OK = mqtt.MQTT_ERR_SUCCESS
 
@@ -298,9 +308,18 @@ class Subscriber:
     (PUBREC sent, PUBREL awaited) across reconnects of the same object, as a durable
     client must."""
 
-    def __init__(self, index, online, publishers):
+    def __init__(self, index, online, publishers, cid=None, sub_filter=SUB_FILTER, role=None):
         self.index, self.online = index, online
-        self.cid = f"crash-sub-{index}"
+        self.cid = cid or f"crash-sub-{index}"
+        self.sub_filter = sub_filter
+        # Shared-group members (--shared): "stable" (online through the rounds, as
+        # an online subscriber), "flaky" (also disconnects and reconnects at random
+        # moments during the load) or "away" (flaky until a random moment of one
+        # round, then away until the final drain).
+        self.role = role or ("online" if online else "offline")
+        self.gone = False          # an "away" member that has left
+        self.disconnects = 0       # graceful disconnects during the load
+        self.drops = 0             # connections cut during the load (paho reconnects)
         self.qos_of = {p.pubid: p.qos for p in publishers}
         self.counts = {}           # (pubid, seq) -> deliveries
         self.retained_deliveries = 0
@@ -365,12 +384,23 @@ class Subscriber:
 
     def subscribe(self):
         self.subacked.clear()
-        rc, _ = self.client.subscribe(SUB_FILTER, qos=2)
+        rc, _ = self.client.subscribe(self.sub_filter, qos=2)
         return rc
 
     def close(self):
         self.client.disconnect()
         self.client.loop_stop()
+
+    def drop(self):
+        """Cuts the connection without DISCONNECT; paho's loop reconnects by itself."""
+        sock = self.client.socket()
+        if sock is None:
+            return False
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            return False
+        return True
 
 
 # --------------------------------------------------------------------------- the run
@@ -389,6 +419,15 @@ class Run:
         self.pubs = pubs
         n_online = (args.subscribers + 1) // 2
         self.subs = [Subscriber(i, i < n_online, pubs) for i in range(args.subscribers)]
+        self.members = []
+        self.away_round = None
+        if args.shared:
+            roles = (["stable"] * args.shared_stable + ["flaky"] * args.shared_flaky
+                     + ["away"] * args.shared_away)
+            self.members = [Subscriber(i, True, pubs, cid=f"crash-shm-{i}", sub_filter=SHARED_FILTER, role=r)
+                            for i, r in enumerate(roles)]
+            # The round in which the "away" members leave (at a random moment).
+            self.away_round = self.rng.randint(1, max(1, args.rounds // 2))
         self.loads = []
         self.retained_result = []
 
@@ -412,17 +451,18 @@ class Run:
         return True
 
     def setup_subscribers(self):
-        """Round 1: every subscriber connects, subscribes (SUBACK awaited) and the
-        offline half disconnects until the end."""
-        for s in self.subs:
+        """Round 1: every subscriber (and shared member) connects, subscribes (SUBACK
+        awaited) and the offline half of the subscribers disconnects until the end."""
+        everyone = self.subs + self.members
+        for s in everyone:
             s.connect(self.broker.port, "round-01", expect_session=False)
-        if not self.wait_connected([(s.cid, s.connected) for s in self.subs], "round-01"):
+        if not self.wait_connected([(s.cid, s.connected) for s in everyone], "round-01"):
             return False
-        for s in self.subs:
+        for s in everyone:
             if s.subscribe() != OK:
                 self.fail(f"{s.cid}: SUBSCRIBE not sent")
                 return False
-        for s in self.subs:
+        for s in everyone:
             if not s.subacked.wait(10):
                 self.fail(f"{s.cid}: no SUBACK within 10 s")
                 return False
@@ -442,7 +482,7 @@ class Run:
             t_up = self.broker.starts[-1]
         else:
             return False
-        online = [s for s in self.subs if s.online]
+        online = [s for s in self.subs if s.online] + [m for m in self.members if not m.gone]
         if r == 1:
             if not self.setup_subscribers():
                 return False
@@ -460,6 +500,14 @@ class Run:
         self.loads.append(load)
         for p in self.pubs:
             p.start_load(self.args.rate)
+        churn_stop = threading.Event()
+        churn = []
+        for m in self.members:
+            if m.role == "flaky" or (m.role == "away" and r == self.away_round):
+                t = threading.Thread(target=self.churn, daemon=True,
+                                     args=(m, name, churn_stop, random.Random(self.rng.random())))
+                t.start()
+                churn.append(t)
         time.sleep(load)
         if not self.broker.running():
             self.fail(f"{name}: the broker died by itself under load; log {self.broker.log_path}:\n"
@@ -471,10 +519,14 @@ class Run:
             self.broker.stop("kill")
         for p in self.pubs:
             p.stop_load()
+        churn_stop.set()
+        for t in churn:
+            t.join()
         for p in self.pubs:
             p.close(graceful=(how != "kill"))
         for s in online:
-            s.close()
+            if not s.gone:
+                s.close()
         if how != "kill":
             err = self.broker.stop(how)
             if err:
@@ -482,23 +534,50 @@ class Run:
         q1 = sum(len(p.acked) - before[p.pubid] for p in self.pubs if p.qos == 1)
         q2 = sum(len(p.acked) - before[p.pubid] for p in self.pubs if p.qos == 2)
         stop_word = {"kill": "killed (SIGKILL)", "term": "stopped (SIGTERM)", "none": "left running"}[how]
-        log(f"{name}: up in {t_up:.2f} s, load {load:.2f} s, acked +{q1} QoS 1, +{q2} QoS 2, {stop_word}")
+        churned = ""
+        if self.members:
+            moves = [f"{m.cid} {m.disconnects}d/{m.drops}c" for m in self.members if m.disconnects or m.drops]
+            left = [m.cid for m in self.members if m.role == "away" and r == self.away_round]
+            churned = (f"; members disconnected/cut (in all) {', '.join(moves) or 'none'}"
+                       + (f"; {', '.join(left)} left until the end" if left else ""))
+        log(f"{name}: up in {t_up:.2f} s, load {load:.2f} s, acked +{q1} QoS 1, +{q2} QoS 2, {stop_word}"
+            + churned)
         return True
+
+    def churn(self, m, name, stop, rng):
+        """A shared member's moves during one round's load, until `stop`: a "flaky"
+        one disconnects (DISCONNECT, back after 0.1-1 s) or has its connection cut
+        (paho reconnects), every 0.2-1 s; an "away" one leaves once and stays away
+        until the final drain."""
+        while not stop.wait(rng.uniform(0.2, 1.0)):
+            if m.role == "away":
+                m.close()
+                m.gone = True
+                return
+            if rng.random() < 0.5:
+                m.close()
+                m.disconnects += 1
+                if stop.wait(rng.uniform(0.1, 1.0)):
+                    return
+                m.connect(self.broker.port, name, expect_session=True)
+            elif m.drop():
+                m.drops += 1
 
     def final(self):
         name = "final"
         if not self.broker.running() and not self.start_broker(name):
             return False
-        for s in self.subs:
+        everyone = self.subs + self.members
+        for s in everyone:
             s.connect(self.broker.port, name, expect_session=True)
-        if not self.wait_connected([(s.cid, s.connected) for s in self.subs], name):
+        if not self.wait_connected([(s.cid, s.connected) for s in everyone], name):
             return False
         t0 = time.monotonic()
         deadline = t0 + self.args.drain_max
         while True:
             now = time.monotonic()
             with_lock = []
-            for s in self.subs:
+            for s in everyone:
                 with s.lock:
                     with_lock.append(s.last_rx)
             quiet = now - max(max(with_lock), t0)
@@ -509,7 +588,7 @@ class Run:
                 break
             time.sleep(0.2)
         log(f"final: drained in {time.monotonic() - t0:.1f} s (until {self.args.quiet:.0f} s without a message)")
-        for s in self.subs:
+        for s in everyone:
             s.close()
         self.check_retained()
         return True
@@ -552,6 +631,68 @@ class Run:
             self.retained_result.append(line + (" ok" if ok else " LOST"))
             if not ok:
                 self.fail(f"retained {line}")
+
+    def report_group(self):
+        """The shared group as a whole: each acked message at least once (QoS 1),
+        exactly once (QoS 2), summed over the members."""
+        by_id = {p.pubid: p for p in self.pubs}
+        total = {}
+        who = {}
+        print(f"shared group {SHARED_FILTER} (away members left in round {self.away_round}):")
+        for m in self.members:
+            for key, n in m.counts.items():
+                total[key] = total.get(key, 0) + n
+                who.setdefault(key, []).append(f"{m.cid}x{n}")
+            print(f"  {m.cid} ({m.role}): {m.deliveries} deliveries ({m.retained_deliveries} retained topic); "
+                  f"{m.disconnects} disconnects, {m.drops} connections cut during the load")
+        lost = {1: 0, 2: 0}
+        lost_seqs = {}
+        for p in self.pubs:
+            for seq in p.acked:
+                if total.get((p.pubid, seq), 0) == 0:
+                    lost[p.qos] += 1
+                    lost_seqs.setdefault(p.pubid, []).append(seq)
+        dup1 = dup1_msgs = dup2_acked = dup2_unacked = unacked_rx = phantom = 0
+        dup2_examples = []
+        for key, n in sorted(total.items()):
+            p = by_id[key[0]]
+            is_acked = key[1] in p.acked
+            if not is_acked:
+                unacked_rx += 1
+            if key[1] >= p.next_seq:
+                phantom += 1
+            if n > 1:
+                if p.qos == 1:
+                    dup1 += n - 1
+                    dup1_msgs += 1
+                else:
+                    if is_acked:
+                        dup2_acked += n - 1
+                    else:
+                        dup2_unacked += n - 1
+                    if len(dup2_examples) < 8:
+                        dup2_examples.append(f"{key[0]}:{key[1]} ({' '.join(who[key])})")
+        print(f"  group: lost {lost[1]} QoS 1 + {lost[2]} QoS 2; QoS 2 duplicates {dup2_acked} acked + "
+              f"{dup2_unacked} unacked; QoS 1 duplicates {dup1} over {dup1_msgs} messages (allowed); "
+              f"unacked delivered {unacked_rx}")
+        for pubid, seqs in sorted(lost_seqs.items()):
+            print(f"      lost {pubid}: {ranges(sorted(seqs))}")
+        if dup2_examples:
+            print(f"      QoS 2 duplicates, e.g. {'; '.join(dup2_examples)}")
+        if lost[1] or lost[2]:
+            self.failures.append(f"shared group: lost {lost[1] + lost[2]} acked messages")
+        if dup2_acked or dup2_unacked:
+            self.failures.append(f"shared group: {dup2_acked + dup2_unacked} QoS 2 duplicates")
+        if phantom:
+            self.failures.append(f"shared group: {phantom} unknown messages")
+        for m in self.members:
+            if m.qos_mismatch:
+                self.failures.append(f"{m.cid}: {m.qos_mismatch} deliveries at the wrong QoS")
+            if m.bad_count:
+                self.failures.append(f"{m.cid}: {m.bad_count} unknown messages {m.bad}")
+            if m.session_lost:
+                self.failures.append(f"{m.cid}: no session present on reconnect at {', '.join(m.session_lost[:5])}"
+                                     + (f" (+{len(m.session_lost) - 5} more)" if len(m.session_lost) > 5 else ""))
 
     def report(self, rounds_done):
         a = self.args
@@ -621,6 +762,8 @@ class Run:
                 self.failures.append(f"{s.cid}: {pr}")
             total_lost += lost[1] + lost[2]
             total_dup2 += dup2_acked + dup2_unacked
+        if self.members:
+            self.report_group()
         print("retained:")
         for line in self.retained_result or ["  (not checked)"]:
             print(f"  {line}")
@@ -661,6 +804,13 @@ def main():
     ap.add_argument("--qos1-publishers", type=int, default=2)
     ap.add_argument("--qos2-publishers", type=int, default=2)
     ap.add_argument("--subscribers", type=int, default=4, help="half online, half offline")
+    ap.add_argument("--shared", action="store_true",
+                    help="also a shared group $share/crash/crash/# of persistent members")
+    ap.add_argument("--shared-stable", type=int, default=2, help="members online through the rounds")
+    ap.add_argument("--shared-flaky", type=int, default=2,
+                    help="members that disconnect and reconnect at random moments")
+    ap.add_argument("--shared-away", type=int, default=1,
+                    help="members that leave at a random moment and stay away until the end")
     ap.add_argument("--quiet", type=float, default=5.0, help="final drain ends after this long without a message")
     ap.add_argument("--drain-max", type=float, default=90.0)
     ap.add_argument("--start-timeout", type=float, default=30.0)
@@ -684,7 +834,8 @@ def main():
     rounds_done = 0
     try:
         log(f"{args.rounds} rounds, seed {args.seed}, {len(run.pubs)} publishers, {len(run.subs)} subscribers, "
-            f"work dir {args.work_dir}")
+            + (f"{len(run.members)} shared-group members, " if run.members else "")
+            + f"work dir {args.work_dir}")
         ok = True
         for r in range(1, args.rounds + 1):
             if not run.round(r):

@@ -123,6 +123,12 @@ struct Sess {
     first_pid: u16,
     /// Messages given to it by shared groups since its last snapshot.
     assigned: Vec<Assigned>,
+    /// Messages its last snapshot named as come through a group that it gave back
+    /// to the group since ([`Record::Unassign`]).
+    unassigned: HashSet<Stamp>,
+    /// The assignments in force before its last snapshot (counted in
+    /// [`Replay::given`]): those of `named` that this replay saw given.
+    pre_snapshot: HashSet<(Stamp, String)>,
 }
 
 /// A [`Record::Assign`] still in force.
@@ -146,8 +152,13 @@ pub struct Replay {
     /// Record number of the latest checkpoint per shard log.
     checkpoint_at: HashMap<u16, u64>,
     /// Every message a shared group gave to any member (persistent or not), by
-    /// stamp and group.
-    given: HashSet<(Stamp, String)>,
+    /// stamp and group: the number of its assignments not given back since.
+    given: HashMap<(Stamp, String), u32>,
+    /// Messages a persistent member gave back to their group (by stamp and group):
+    /// if no assignment is in force for one at the end, the member that should
+    /// have got it next was not recorded before the crash (its shard's log ends
+    /// earlier than the giver's), and recovery gives it to a member as an orphan.
+    given_back: HashSet<(Stamp, String)>,
     bad_records: u64,
 }
 
@@ -246,7 +257,7 @@ impl Replay {
                 stamp,
                 qos,
             } => {
-                self.given.insert((stamp, group.to_owned()));
+                *self.given.entry((stamp, group.to_owned())).or_insert(0) += 1;
                 if let Some(s) = self.sessions.get_mut(client) {
                     s.assigned.push(Assigned {
                         stamp,
@@ -260,7 +271,39 @@ impl Replay {
             }
             Record::Unassign { client, stamp } => {
                 if let Some(s) = self.sessions.get_mut(client) {
-                    s.assigned.retain(|a| a.stamp != stamp);
+                    let (given, given_back) = (&mut self.given, &mut self.given_back);
+                    let mut gave_back = |group: &str, counted: bool| {
+                        let key = (stamp, group.to_owned());
+                        if counted {
+                            if let Some(n) = given.get_mut(&key) {
+                                *n = n.saturating_sub(1);
+                            }
+                        }
+                        given_back.insert(key);
+                    };
+                    s.assigned.retain(|a| {
+                        if a.stamp == stamp {
+                            gave_back(&a.group, true);
+                        }
+                        a.stamp != stamp
+                    });
+                    // Named by its snapshot as come through a group: given back too.
+                    if !s.unassigned.contains(&stamp) {
+                        let mut named_back = false;
+                        for (i, h) in s.named.iter().enumerate() {
+                            if h.stamp != stamp {
+                                continue;
+                            }
+                            if let Some(group) = s.named_groups.get(&(i as u32)) {
+                                let counted = s.pre_snapshot.remove(&(stamp, group.clone()));
+                                gave_back(group, counted);
+                                named_back = true;
+                            }
+                        }
+                        if named_back {
+                            s.unassigned.insert(stamp);
+                        }
+                    }
                     s.exact = false;
                 }
             }
@@ -286,6 +329,15 @@ impl Replay {
                 }
             }
             Record::Snapshot(snap) => {
+                let pre_snapshot = self
+                    .sessions
+                    .remove(snap.client)
+                    .map(|old| {
+                        let mut pre = old.pre_snapshot;
+                        pre.extend(old.assigned.into_iter().map(|a| (a.stamp, a.group)));
+                        pre
+                    })
+                    .unwrap_or_default();
                 let s = Sess {
                     subs: snap
                         .subs
@@ -317,6 +369,8 @@ impl Replay {
                     exact: true,
                     first_pid: 0,
                     assigned: Vec::new(),
+                    unassigned: HashSet::new(),
+                    pre_snapshot,
                 };
                 self.sessions.insert(snap.client.to_owned(), s);
             }
@@ -331,6 +385,7 @@ impl Replay {
             horizons,
             checkpoint_at,
             given,
+            given_back,
             bad_records,
         } = self;
         let mut out = Restored {
@@ -360,7 +415,17 @@ impl Replay {
 
         let mut names: Vec<&String> = sessions.keys().collect();
         names.sort();
-        let orphans = orphans(&streams, &sessions, &names, &given);
+        let orphans = orphans(&streams, &sessions, &names, &given, &given_back);
+        let sent = sent_through_groups(&sessions);
+        // A QoS 2 message a group gave this session and that another member was
+        // sent (the giver's UNASSIGN was not durable at the crash, the receiver's
+        // ASSIGN and PUBLISH stage were): it stays with the one it was sent to.
+        let sent_elsewhere = |client: &str, stamp: Stamp, group: &str, own_sent: bool| {
+            !own_sent
+                && sent
+                    .get(&(stamp, group))
+                    .is_some_and(|others| others.iter().any(|&c| c != client))
+        };
         for client in names {
             let s = &sessions[client];
             let from = match s.caught_on {
@@ -418,6 +483,16 @@ impl Replay {
                 if h.stamp.record < from_of(h.stamp.origin) {
                     continue;
                 }
+                // Given back to its group since the snapshot.
+                if s.unassigned.contains(&h.stamp) && s.named_groups.contains_key(&(i as u32)) {
+                    continue;
+                }
+                if let Some(g) = s.named_groups.get(&(i as u32)) {
+                    let own_sent = h.pid != 0 || s.out2.contains_key(&h.stamp);
+                    if h.qos == 2 && sent_elsewhere(client, h.stamp, g, own_sent) {
+                        continue;
+                    }
+                }
                 let Some(m) = streams
                     .get(&h.stamp.origin)
                     .and_then(|st| st.get(&h.stamp.record))
@@ -465,6 +540,10 @@ impl Replay {
                 if !after_checkpoint && a.stamp.record < from_of(a.stamp.origin) {
                     continue;
                 }
+                let own_sent = s.out2.contains_key(&a.stamp);
+                if a.qos == 2 && sent_elsewhere(client, a.stamp, &a.group, own_sent) {
+                    continue;
+                }
                 let Some(m) = streams
                     .get(&a.stamp.origin)
                     .and_then(|st| st.get(&a.stamp.record))
@@ -503,16 +582,45 @@ impl Replay {
     }
 }
 
+/// Per message and group: the persistent sessions the group gave it to that were
+/// sent it at QoS 2 (a PUBLISH stage logged, or in flight at their snapshot).
+fn sent_through_groups(sessions: &HashMap<String, Sess>) -> HashMap<(Stamp, &str), Vec<&str>> {
+    let mut out: HashMap<(Stamp, &str), Vec<&str>> = HashMap::new();
+    for (client, s) in sessions {
+        for a in &s.assigned {
+            if a.qos == 2 && s.out2.contains_key(&a.stamp) {
+                out.entry((a.stamp, &a.group)).or_default().push(client);
+            }
+        }
+        for (i, h) in s.named.iter().enumerate() {
+            let Some(g) = s.named_groups.get(&(i as u32)) else {
+                continue;
+            };
+            if h.qos == 2
+                && !s.unassigned.contains(&h.stamp)
+                && (h.pid != 0 || s.out2.contains_key(&h.stamp))
+            {
+                out.entry((h.stamp, g.as_str())).or_default().push(client);
+            }
+        }
+    }
+    out
+}
+
 /// Messages published in this generation that a shared group with persistent
 /// members matches but that no [`Record::Assign`] says the group gave anyone (in
-/// transit between shards at a crash, or not yet recorded): each goes to one of
-/// the group's persistent members whose subscription applies to it, in turn by
-/// record number. Returns them per client, with the QoS granted.
+/// transit between shards at a crash, or not yet recorded), and messages a
+/// persistent member gave back to the group whose next assignment was not recorded
+/// (the shard it went to crashed before writing it): each goes to one of the
+/// group's persistent members whose subscription applies to it (any member for
+/// one given back), in turn by record number. Returns them per client, with the
+/// QoS granted.
 fn orphans<'s>(
     streams: &HashMap<u16, BTreeMap<u64, Stored>>,
     sessions: &'s HashMap<String, Sess>,
     names: &[&'s String],
-    given: &HashSet<(Stamp, String)>,
+    given: &HashMap<(Stamp, String), u32>,
+    given_back: &HashSet<(Stamp, String)>,
 ) -> HashMap<&'s str, Vec<(Stamp, QoS, &'s str)>> {
     // Group → its persistent members (in name order) with their subscriptions.
     let mut groups: BTreeMap<&str, Vec<(&str, &Sess, &Sub)>> = BTreeMap::new();
@@ -536,10 +644,7 @@ fn orphans<'s>(
         String::new(),
     );
     for (&origin, stream) in streams {
-        for (&record, m) in stream
-            .iter()
-            .filter(|(_, m)| m.published && m.qos != QoS::AtMostOnce)
-        {
+        for (&record, m) in stream.iter().filter(|(_, m)| m.qos != QoS::AtMostOnce) {
             let stamp = Stamp { origin, record };
             for (group, members) in &groups {
                 if !topic::matches(share::filter_part(group), &m.topic) {
@@ -548,20 +653,32 @@ fn orphans<'s>(
                 key.0 = stamp;
                 key.1.clear();
                 key.1.push_str(group);
-                if given.contains(&key) {
+                let in_force = given.get(&key).copied();
+                if in_force.is_some_and(|n| n > 0) {
+                    continue;
+                }
+                // A message restated by a snapshot (not published in this
+                // generation) is an orphan only if given back.
+                let was_given_back = given_back.contains(&key);
+                if !m.published && !was_given_back {
+                    continue;
+                }
+                if in_force.is_some() && !was_given_back {
                     continue;
                 }
                 // The subscription applies to it (made before it; a snapshot's
-                // restated subscriptions apply from the snapshot's horizons on).
+                // restated subscriptions apply from the snapshot's horizons on);
+                // a message given back was the group's already.
                 let applying: Vec<&(&str, &Sess, &Sub)> = members
                     .iter()
                     .filter(|(_, sess, sub)| {
-                        record >= sess.snap_horizons.get(&origin).copied().unwrap_or(0)
-                            && sub
-                                .horizons
-                                .iter()
-                                .find(|(o, _)| *o == origin)
-                                .is_none_or(|&(_, h)| record >= h)
+                        was_given_back
+                            || (record >= sess.snap_horizons.get(&origin).copied().unwrap_or(0)
+                                && sub
+                                    .horizons
+                                    .iter()
+                                    .find(|(o, _)| *o == origin)
+                                    .is_none_or(|&(_, h)| record >= h))
                     })
                     .collect();
                 if applying.is_empty() {

@@ -479,6 +479,16 @@ fn a_shared_message_given_back_or_acknowledged_before_a_checkpoint_stays_away() 
             stamp: given_back,
         },
     );
+    // Given back, it went to a clean member (recorded on its shard).
+    l.put(
+        1,
+        Record::Assign {
+            client: "clean",
+            group: "$share/g/t",
+            stamp: given_back,
+            qos: 2,
+        },
+    );
     // "a" still holds `pending` at the checkpoint; "b" (not shared) is caught up.
     let horizons = l.horizons();
     l.put(
@@ -604,4 +614,218 @@ fn a_message_before_a_snapshot_is_no_orphan_of_the_groups_it_restates() {
         vec![after],
         "only what came after the snapshot, unrecorded"
     );
+}
+
+#[test]
+fn a_shared_message_a_snapshot_named_and_given_back_since_stays_away() {
+    let mut l = Logs::new();
+    l.session(0, "a", "$share/g/t", 2);
+    l.session(1, "b", "$share/g/t", 2);
+    let older = l.msg(0, "t", 2, 1);
+    let m = l.msg(0, "t", 2, 2);
+    for stamp in [older, m] {
+        l.put(
+            0,
+            Record::Assign {
+                client: "a",
+                group: "$share/g/t",
+                stamp,
+                qos: 2,
+            },
+        );
+    }
+    // "a" held both at its snapshot: `older` in flight, `m` queued.
+    let horizons = l.horizons();
+    l.put(
+        0,
+        Record::Snapshot(SnapshotBody {
+            client: "a",
+            horizons,
+            subs: vec![("$share/g/t", 2)],
+            awaiting_pubrel: vec![],
+            released: vec![],
+            held: vec![
+                crate::store::records::Held {
+                    stamp: older,
+                    qos: 2,
+                    pid: 1,
+                    retain: false,
+                },
+                crate::store::records::Held {
+                    stamp: m,
+                    qos: 2,
+                    pid: 0,
+                    retain: false,
+                },
+            ],
+            groups: vec![(0, "$share/g/t"), (1, "$share/g/t")],
+        }),
+    );
+    // It left: `m` (queued) went to "b", `older` (sent) stays with it.
+    l.put(
+        0,
+        Record::Unassign {
+            client: "a",
+            stamp: m,
+        },
+    );
+    l.put(
+        1,
+        Record::Assign {
+            client: "b",
+            group: "$share/g/t",
+            stamp: m,
+            qos: 2,
+        },
+    );
+    let r = l.replay.finish();
+    let by = |c: &str| r.sessions.iter().find(|s| s.client_id == c).unwrap();
+    let stamps = |c: &str| -> Vec<Stamp> {
+        let s = by(c);
+        s.inflight
+            .iter()
+            .map(|(_, m)| m.stamp)
+            .chain(s.queued.iter().map(|m| m.stamp))
+            .collect()
+    };
+    assert_eq!(stamps("a"), vec![older], "given back: not a's any more");
+    assert_eq!(stamps("b"), vec![m]);
+}
+
+#[test]
+fn a_shared_message_given_back_whose_new_assign_was_lost_goes_to_a_member() {
+    let mut l = Logs::new();
+    l.session(0, "a", "$share/g/t", 1);
+    l.session(1, "b", "$share/g/t", 1);
+    let m = l.msg(0, "t", 1, 1);
+    l.put(
+        0,
+        Record::Assign {
+            client: "a",
+            group: "$share/g/t",
+            stamp: m,
+            qos: 1,
+        },
+    );
+    // "a" left and gave it back; the crash came before shard 1 wrote b's ASSIGN.
+    l.put(
+        0,
+        Record::Unassign {
+            client: "a",
+            stamp: m,
+        },
+    );
+    let r = l.replay.finish();
+    let all: Vec<Stamp> = r
+        .sessions
+        .iter()
+        .flat_map(|s| s.queued.iter().map(|m| m.stamp))
+        .collect();
+    assert_eq!(
+        all,
+        vec![m],
+        "acknowledged to its publisher: one member gets it"
+    );
+}
+
+#[test]
+fn a_message_a_snapshot_named_given_back_whose_new_assign_was_lost_goes_to_a_member() {
+    let mut l = Logs::new();
+    // A new generation (compaction, restart): `m` restated as held, the snapshots
+    // restate "a" with `m` queued, "b" with nothing; no ASSIGN of `m` in it.
+    let m = l.put(
+        0,
+        Record::SnapMsg(MsgBody {
+            time_us: 1,
+            qos: 2,
+            retain: false,
+            publisher: None,
+            topic: "t",
+            payload: b"t",
+        }),
+    );
+    let horizons = l.horizons();
+    for (client, held) in [("a", vec![m]), ("b", vec![])] {
+        let n = held.len() as u32;
+        l.put(
+            0,
+            Record::Snapshot(SnapshotBody {
+                client,
+                horizons: horizons.clone(),
+                subs: vec![("$share/g/t", 2)],
+                awaiting_pubrel: vec![],
+                released: vec![],
+                held: held
+                    .into_iter()
+                    .map(|stamp| crate::store::records::Held {
+                        stamp,
+                        qos: 2,
+                        pid: 0,
+                        retain: false,
+                    })
+                    .collect(),
+                groups: (0..n).map(|i| (i, "$share/g/t")).collect(),
+            }),
+        );
+    }
+    l.put(
+        0,
+        Record::Unassign {
+            client: "a",
+            stamp: m,
+        },
+    );
+    let r = l.replay.finish();
+    let all: Vec<(String, Stamp)> = r
+        .sessions
+        .iter()
+        .flat_map(|s| s.queued.iter().map(|q| (s.client_id.clone(), q.stamp)))
+        .collect();
+    assert_eq!(all.len(), 1, "once, to one member: {all:?}");
+    assert_eq!(all[0].1, m);
+}
+
+#[test]
+fn a_qos2_shared_message_sent_to_the_next_member_stays_there_when_the_unassign_was_lost() {
+    let mut l = Logs::new();
+    l.session(0, "a", "$share/g/t", 2);
+    l.session(1, "b", "$share/g/t", 2);
+    let m = l.msg(0, "t", 2, 1);
+    l.put(
+        0,
+        Record::Assign {
+            client: "a",
+            group: "$share/g/t",
+            stamp: m,
+            qos: 2,
+        },
+    );
+    // "a" left with `m` queued and gave it back; its UNASSIGN was not durable at the
+    // crash, b's ASSIGN and PUBLISH stage were.
+    l.put(
+        1,
+        Record::Assign {
+            client: "b",
+            group: "$share/g/t",
+            stamp: m,
+            qos: 2,
+        },
+    );
+    l.put(
+        1,
+        Record::Out2 {
+            client: "b",
+            stamp: m,
+            pid: 1,
+            stage: 0,
+        },
+    );
+    let r = l.replay.finish();
+    let by = |c: &str| r.sessions.iter().find(|s| s.client_id == c).unwrap();
+    assert!(
+        by("a").queued.is_empty() && by("a").inflight.is_empty(),
+        "{:?}",
+        by("a")
+    );
+    assert_eq!(by("b").inflight.len(), 1, "{:?}", by("b"));
 }
