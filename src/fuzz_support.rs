@@ -70,10 +70,7 @@ pub fn decode_case(data: &[u8]) {
         mqtt31,
         v5,
     };
-    let defaults = DecodeOptions {
-        v5,
-        ..Config::default().decode_options(mqtt31)
-    };
+    let defaults = Config::default().decode_options(mqtt31, v5);
     for opts in [small, defaults] {
         let whole = decode_stream(stream, &[stream.len()], &opts);
         let chunked = decode_stream(stream, &chunks, &opts);

@@ -26,8 +26,9 @@ use crate::config::Config;
 use crate::link::{Conn, Listener, Writes};
 use crate::message::Message;
 use crate::protocol::{
-    encode_publish, topic, ConnAck, Connect, ConnectReturnCode, Packet, Protocol, QoS, SubAck,
-    SubAckCode, Subscribe, Unsubscribe,
+    encode_publish, encode_publish_v5, topic, ConnAck, ConnAckProps, ConnAckV5, Connect,
+    ConnectReturnCode, Packet, Protocol, PublishV5Props, QoS, ReasonCode, SubAck, SubAckCode,
+    Subscribe, UnsubAckV5, Unsubscribe,
 };
 use crate::session::{Delivery, DropReason, Limits, Output, Session};
 use crate::store;
@@ -40,6 +41,7 @@ use rights::{may_read, may_write, ClientAuth};
 use slab::Slab;
 use stats::{DisconnectReason, ShardStats};
 use std::cell::Cell;
+use std::num::{NonZeroU16, NonZeroU32};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::task::Waker;
@@ -410,8 +412,11 @@ impl Shard {
         connect: Connect,
         conn: &Rc<Conn>,
         listener: u16,
+        assigned_id: bool,
         now: Instant,
     ) -> Option<usize> {
+        let v5 = connect.protocol == Protocol::V5;
+        let mut connect = connect;
         let mut auth = ClientAuth::new(
             self.listener(listener).auth.as_ref(),
             &connect.client_id,
@@ -423,10 +428,18 @@ impl Shard {
                 // refuses it, before anything of an existing session is touched.
                 self.stats.publishes_refused += 1;
                 tracing::debug!(client = %connect.client_id, topic = %will.topic, "will topic not authorised");
-                conn.write_packet(&Packet::ConnAck(ConnAck {
-                    session_present: false,
-                    code: ConnectReturnCode::NotAuthorized,
-                }));
+                if v5 {
+                    conn.write_packet(&Packet::ConnAckV5(Box::new(ConnAckV5 {
+                        session_present: false,
+                        reason: ReasonCode::NOT_AUTHORIZED,
+                        props: ConnAckProps::default(),
+                    })));
+                } else {
+                    conn.write_packet(&Packet::ConnAck(ConnAck {
+                        session_present: false,
+                        code: ConnectReturnCode::NotAuthorized,
+                    }));
+                }
                 conn.close();
                 return None;
             }
@@ -470,10 +483,19 @@ impl Shard {
         self.stats.connects += 1;
         self.stats.connections += 1;
         self.stats.packets_sent += 1;
-        conn.write_packet(&Packet::ConnAck(ConnAck {
-            session_present: session_present && connect.protocol == Protocol::V311,
-            code: ConnectReturnCode::Accepted,
-        }));
+        if v5 {
+            let props = self.connack_props(&mut connect, assigned_id);
+            conn.write_packet(&Packet::ConnAckV5(Box::new(ConnAckV5 {
+                session_present,
+                reason: ReasonCode::SUCCESS,
+                props,
+            })));
+        } else {
+            conn.write_packet(&Packet::ConnAck(ConnAck {
+                session_present: session_present && connect.protocol == Protocol::V311,
+                code: ConnectReturnCode::Accepted,
+            }));
+        }
         let entry = &mut self.sessions[key];
         entry.conn = Some(conn.clone());
         entry.held = false;
@@ -505,6 +527,31 @@ impl Shard {
             self.publish_will(will);
         }
         Some(key)
+    }
+
+    /// The properties of a 5.0 CONNACK: what the broker supports and its limits, the
+    /// client id it chose, and the keep-alive it imposes (which `connect` then uses).
+    fn connack_props(&self, connect: &mut Connect, assigned_id: bool) -> ConnAckProps {
+        let max_keepalive = self.cfg.max_keepalive;
+        let server_keep_alive = (max_keepalive > 0
+            && (connect.keep_alive == 0 || connect.keep_alive > max_keepalive))
+            .then(|| {
+                connect.keep_alive = max_keepalive;
+                max_keepalive
+            });
+        ConnAckProps {
+            receive_maximum: NonZeroU16::new(self.cfg.receive_maximum).unwrap_or(NonZeroU16::MAX),
+            maximum_packet_size: u32::try_from(self.cfg.max_packet_size)
+                .ok()
+                .and_then(NonZeroU32::new),
+            assigned_client_id: assigned_id.then(|| connect.client_id.clone()),
+            topic_alias_maximum: 0,
+            wildcard_subscription_available: true,
+            subscription_identifiers_available: false,
+            shared_subscription_available: false,
+            server_keep_alive,
+            ..ConnAckProps::default()
+        }
     }
 
     /// A reloaded configuration: limits apply from now on, to every session (a
@@ -877,8 +924,18 @@ impl Shard {
     }
 
     fn unsubscribe(&mut self, key: usize, u: Unsubscribe) {
+        let v5 = self.sessions[key].conn.as_ref().is_some_and(|c| c.is_v5());
+        let mut reasons = Vec::new();
         for filter in &u.filters {
-            if self.sessions[key].session.unsubscribe(filter).is_some() {
+            let existed = self.sessions[key].session.unsubscribe(filter).is_some();
+            if v5 {
+                reasons.push(if existed {
+                    ReasonCode::SUCCESS
+                } else {
+                    ReasonCode::NO_SUBSCRIPTION_EXISTED
+                });
+            }
+            if existed {
                 if !self.sessions[key].session.clean_session() {
                     let client = self.sessions[key].session.client_id().clone();
                     self.log_record(&store::records::Record::Unsub {
@@ -892,7 +949,19 @@ impl Shard {
                 }
             }
         }
-        self.send_ack(key, Packet::UnsubAck(u.pkid));
+        if v5 {
+            self.send_ack(
+                key,
+                Packet::UnsubAckV5(Box::new(UnsubAckV5 {
+                    pkid: u.pkid,
+                    reasons,
+                    reason_string: None,
+                    user: Default::default(),
+                })),
+            );
+        } else {
+            self.send_ack(key, Packet::UnsubAck(u.pkid));
+        }
     }
 
     /// The connection's writer drained below the low-water mark: let the session
@@ -1057,6 +1126,8 @@ impl Shard {
         // per delivery; copying the encoding per subscriber would touch one cold
         // write buffer per subscriber.
         let mut shared = None;
+        // The same for 5.0 subscribers, in the 5.0 layout.
+        let mut shared_v5 = None;
         let run_payload: u64 = run.iter().map(|m| m.payload.len() as u64).sum();
         for &(k, qos) in matched.iter() {
             let Some(e) = sessions.get_mut(k as usize) else {
@@ -1069,21 +1140,40 @@ impl Shard {
             if msg.qos.min(qos) == QoS::AtMostOnce && e.session.sends_qos0_at_once() {
                 if let Some(conn) = e.conn.as_ref().filter(|c| c.holding.get() == 0) {
                     // The run's encodings lie next to each other: one range.
-                    let shared = shared.get_or_insert_with(|| {
-                        writes.share(|buf| {
-                            for m in run {
-                                encode_publish(
-                                    buf,
-                                    &m.topic,
-                                    &m.payload,
-                                    QoS::AtMostOnce,
-                                    m.retain,
-                                    false,
-                                    0,
-                                );
-                            }
+                    let shared = if conn.is_v5() {
+                        shared_v5.get_or_insert_with(|| {
+                            writes.share(|buf| {
+                                for m in run {
+                                    encode_publish_v5(
+                                        buf,
+                                        &m.topic,
+                                        &m.payload,
+                                        QoS::AtMostOnce,
+                                        m.retain,
+                                        false,
+                                        0,
+                                        &PublishV5Props::default(),
+                                    );
+                                }
+                            })
                         })
-                    });
+                    } else {
+                        shared.get_or_insert_with(|| {
+                            writes.share(|buf| {
+                                for m in run {
+                                    encode_publish(
+                                        buf,
+                                        &m.topic,
+                                        &m.payload,
+                                        QoS::AtMostOnce,
+                                        m.retain,
+                                        false,
+                                        0,
+                                    );
+                                }
+                            })
+                        })
+                    };
                     conn.write_shared(shared);
                     stats.delivered += run.len() as u64;
                     stats.packets_sent += run.len() as u64;

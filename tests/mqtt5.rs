@@ -1,0 +1,662 @@
+//! MQTT 5.0 end to end: CONNACK and its properties, refusals with reason codes, acks
+//! in 5.0 form, 5.0 ↔ 3.1.1 delivery (retained messages and wills included), and the
+//! DISCONNECT a 5.0 client gets before the broker closes its connection. Raw 5.0
+//! packets are built and read with the broker's own codec; rumqttc's `v5` client is
+//! the independent check.
+
+mod common;
+use bytes::BytesMut;
+use common::*;
+use shardmq::protocol::{
+    decode_with, Ack, Auth, ConnAckV5, Connect, ConnectProps, DecodeOptions, DisconnectV5,
+    LastWill, Packet, Protocol, Publish as P5, PublishProps, QoS as Q, ReasonCode, Subscribe,
+    SubscribeFilter, Unsubscribe, UserProperties, WillProps,
+};
+use std::net::SocketAddr;
+use std::num::{NonZeroU16, NonZeroU32};
+use std::time::Duration;
+
+// ---------------------------------------------------------------------------------
+// A raw 5.0 client
+// ---------------------------------------------------------------------------------
+
+fn connect5(id: &str) -> Connect {
+    Connect {
+        protocol: Protocol::V5,
+        clean_session: true,
+        keep_alive: 60,
+        client_id: id.into(),
+        will: None,
+        username: None,
+        password: None,
+        props: ConnectProps::default(),
+    }
+}
+
+fn enc(p: &Packet) -> Vec<u8> {
+    let mut b = BytesMut::new();
+    p.encode_v5(&mut b);
+    b.to_vec()
+}
+
+fn dec(pkt: &Pkt) -> Packet {
+    let mut buf = BytesMut::new();
+    buf.extend_from_slice(&[pkt.first]);
+    buf.extend_from_slice(&remaining_length(pkt.body.len()));
+    buf.extend_from_slice(&pkt.body);
+    let opts = DecodeOptions {
+        v5: true,
+        ..DecodeOptions::new(usize::MAX)
+    };
+    decode_with(&mut buf, &opts)
+        .unwrap_or_else(|e| panic!("the broker's packet {pkt:?} decodes as 5.0: {e}"))
+        .expect("complete")
+}
+
+/// Sends `c` and returns the connection with its CONNACK.
+fn open5(addr: SocketAddr, c: Connect) -> (Raw, ConnAckV5) {
+    let mut raw = Raw::open(addr);
+    raw.send(&enc(&Packet::Connect(Box::new(c))));
+    match dec(&raw.recv()) {
+        Packet::ConnAckV5(ack) => (raw, *ack),
+        p => panic!("expected a 5.0 CONNACK, got {p:?}"),
+    }
+}
+
+/// Connects and asserts success.
+fn client5(addr: SocketAddr, c: Connect) -> Raw {
+    let (raw, ack) = open5(addr, c);
+    assert_eq!(ack.reason, ReasonCode::SUCCESS, "{ack:?}");
+    raw
+}
+
+fn filter(f: &str, qos: Q) -> SubscribeFilter {
+    SubscribeFilter {
+        filter: f.into(),
+        qos,
+        no_local: false,
+        retain_as_published: false,
+        retain_handling: Default::default(),
+    }
+}
+
+fn subscribe5(raw: &mut Raw, pkid: u16, filters: &[(&str, Q)]) -> Vec<ReasonCode> {
+    raw.send(&enc(&Packet::Subscribe(Subscribe {
+        pkid,
+        filters: filters.iter().map(|(f, q)| filter(f, *q)).collect(),
+        id: None,
+        user: UserProperties::new(),
+    })));
+    match dec(&raw.recv_kind(SUBACK)) {
+        Packet::SubAckV5(s) => {
+            assert_eq!(s.pkid, pkid);
+            s.reasons
+        }
+        p => panic!("expected a 5.0 SUBACK, got {p:?}"),
+    }
+}
+
+fn publish5(topic: &str, payload: &[u8], qos: Q, retain: bool, pkid: u16) -> P5 {
+    P5 {
+        dup: false,
+        qos,
+        retain,
+        topic: topic.into(),
+        pkid,
+        payload: bytes::Bytes::copy_from_slice(payload),
+        props: None,
+    }
+}
+
+fn recv_publish5(raw: &mut Raw) -> P5 {
+    match dec(&raw.recv_kind(PUBLISH)) {
+        Packet::Publish(p) => p,
+        p => panic!("expected PUBLISH, got {p:?}"),
+    }
+}
+
+/// The broker sends DISCONNECT with `reason`, then closes.
+fn expect_disconnect(raw: &mut Raw, reason: ReasonCode, what: &str) {
+    let got = raw.expect_closed();
+    let last = got
+        .last()
+        .unwrap_or_else(|| panic!("{what}: closed without DISCONNECT"));
+    match dec(last) {
+        Packet::DisconnectV5(d) => assert_eq!(d.reason, reason, "{what}: {d:?}"),
+        p => panic!("{what}: expected DISCONNECT, got {p:?} (all: {got:?})"),
+    }
+}
+
+fn refused_with(addr: SocketAddr, c: Connect, reason: ReasonCode, what: &str) {
+    let (mut raw, ack) = open5(addr, c);
+    assert_eq!(ack.reason, reason, "{what}: {ack:?}");
+    assert!(!ack.session_present, "{what}");
+    raw.expect_closed();
+}
+
+// ---------------------------------------------------------------------------------
+// CONNECT and CONNACK
+// ---------------------------------------------------------------------------------
+
+#[test]
+fn connack_carries_the_brokers_limits_and_the_assigned_client_id() {
+    let b = broker_with(|c| {
+        c.max_keepalive = 30;
+        c.receive_maximum = 100;
+        c.max_packet_size = 4096;
+    });
+    // Empty client id and keep-alive 0: the broker chooses both.
+    let mut c = connect5("");
+    c.keep_alive = 0;
+    let (mut raw, ack) = open5(b.local_addr(), c);
+    assert_eq!(ack.reason, ReasonCode::SUCCESS);
+    assert!(!ack.session_present);
+    let p = &ack.props;
+    let assigned = p.assigned_client_id.as_ref().expect("assigned client id");
+    assert!(!assigned.is_empty());
+    assert_eq!(p.server_keep_alive, Some(30));
+    assert_eq!(p.receive_maximum.get(), 100);
+    assert_eq!(p.maximum_packet_size.map(NonZeroU32::get), Some(4096));
+    assert_eq!(p.topic_alias_maximum, 0);
+    assert!(p.retain_available);
+    assert!(p.wildcard_subscription_available);
+    assert!(!p.subscription_identifiers_available);
+    assert!(!p.shared_subscription_available);
+    // The session lives under the assigned id: a publish to it arrives.
+    assert_eq!(
+        subscribe5(&mut raw, 1, &[("v5/assigned", Q::AtMostOnce)]),
+        [ReasonCode::GRANTED_QOS_0]
+    );
+    let mut pubr = client5(b.local_addr(), connect5(&unique("p")));
+    pubr.send(&enc(&Packet::Publish(publish5(
+        "v5/assigned",
+        b"x",
+        Q::AtMostOnce,
+        false,
+        0,
+    ))));
+    assert_eq!(&recv_publish5(&mut raw).payload[..], b"x");
+
+    // Asking for more than the maximum keep-alive gets the maximum; less stands.
+    let mut c = connect5(&unique("ka"));
+    c.keep_alive = 600;
+    assert_eq!(open5(b.local_addr(), c).1.props.server_keep_alive, Some(30));
+    let mut c = connect5(&unique("ka"));
+    c.keep_alive = 10;
+    let (_raw, ack) = open5(b.local_addr(), c);
+    assert_eq!(ack.props.server_keep_alive, None);
+    assert_eq!(ack.props.assigned_client_id, None);
+}
+
+#[test]
+fn refusals_carry_5_0_reason_codes() {
+    let b = broker_with(|c| {
+        c.max_client_id_length = 23;
+        c.allow_anonymous = Some(false);
+    });
+    let addr = b.local_addr();
+    let mut c = connect5("auth-method");
+    c.props.auth_method = Some("SCRAM-SHA-1".into());
+    refused_with(
+        addr,
+        c,
+        ReasonCode::BAD_AUTHENTICATION_METHOD,
+        "authentication method",
+    );
+    refused_with(
+        addr,
+        connect5(&"x".repeat(30)),
+        ReasonCode::CLIENT_IDENTIFIER_NOT_VALID,
+        "client id too long",
+    );
+    refused_with(
+        addr,
+        connect5("anon"),
+        ReasonCode::NOT_AUTHORIZED,
+        "anonymous",
+    );
+}
+
+#[test]
+fn max_connections_refuses_with_server_unavailable() {
+    let b = broker_with(|c| c.max_connections = 1);
+    let _first = client5(b.local_addr(), connect5(&unique("first")));
+    refused_with(
+        b.local_addr(),
+        connect5(&unique("second")),
+        ReasonCode::SERVER_UNAVAILABLE,
+        "over max_connections",
+    );
+}
+
+#[test]
+fn session_present_on_resume() {
+    let b = broker();
+    let id = unique("resume");
+    let mut c = connect5(&id);
+    c.clean_session = false;
+    c.props.session_expiry = u32::MAX;
+    let mut raw = client5(b.local_addr(), c.clone());
+    raw.send(&enc(&Packet::DisconnectV5(Box::new(DisconnectV5::new(
+        ReasonCode::NORMAL_DISCONNECTION,
+    )))));
+    raw.expect_closed();
+    let (_raw, ack) = open5(b.local_addr(), c);
+    assert!(ack.session_present);
+}
+
+// ---------------------------------------------------------------------------------
+// Acks and delivery
+// ---------------------------------------------------------------------------------
+
+#[test]
+fn acks_are_in_5_0_form_and_delivery_crosses_shards() {
+    let b = broker();
+    let addr = b.local_addr();
+    let mut sub = client5(addr, connect5(&id_on_shard("sub", 1)));
+    let mut publ = client5(addr, connect5(&id_on_shard("pub", 0)));
+    let reasons = subscribe5(
+        &mut sub,
+        7,
+        &[
+            ("x5/0", Q::AtMostOnce),
+            ("x5/1", Q::AtLeastOnce),
+            ("x5/2", Q::ExactlyOnce),
+        ],
+    );
+    assert_eq!(
+        reasons,
+        [
+            ReasonCode::GRANTED_QOS_0,
+            ReasonCode::GRANTED_QOS_1,
+            ReasonCode::GRANTED_QOS_2
+        ]
+    );
+    publ.send(&enc(&Packet::Publish(publish5(
+        "x5/0",
+        b"zero",
+        Q::AtMostOnce,
+        false,
+        0,
+    ))));
+    let p = recv_publish5(&mut sub);
+    assert_eq!(
+        (&p.topic[..], &p.payload[..], p.qos),
+        ("x5/0", &b"zero"[..], Q::AtMostOnce)
+    );
+    assert!(p.props.is_none());
+
+    publ.send(&enc(&Packet::Publish(publish5(
+        "x5/1",
+        b"one",
+        Q::AtLeastOnce,
+        false,
+        11,
+    ))));
+    match dec(&publ.recv_kind(PUBACK)) {
+        Packet::PubAckV5(a) => assert_eq!((a.pkid, a.reason), (11, ReasonCode::SUCCESS)),
+        p => panic!("{p:?}"),
+    }
+    let p = recv_publish5(&mut sub);
+    assert_eq!((&p.payload[..], p.qos), (&b"one"[..], Q::AtLeastOnce));
+    sub.send(&enc(&Packet::PubAckV5(Ack::success(p.pkid))));
+
+    publ.send(&enc(&Packet::Publish(publish5(
+        "x5/2",
+        b"two",
+        Q::ExactlyOnce,
+        false,
+        12,
+    ))));
+    assert!(matches!(dec(&publ.recv_kind(PUBREC)), Packet::PubRecV5(a) if a.pkid == 12));
+    publ.send(&enc(&Packet::PubRelV5(Ack::success(12))));
+    assert!(matches!(dec(&publ.recv_kind(PUBCOMP)), Packet::PubCompV5(a) if a.pkid == 12));
+    let p = recv_publish5(&mut sub);
+    assert_eq!((&p.payload[..], p.qos), (&b"two"[..], Q::ExactlyOnce));
+    sub.send(&enc(&Packet::PubRecV5(Ack::success(p.pkid))));
+    assert!(matches!(dec(&sub.recv_kind(PUBREL)), Packet::PubRelV5(a) if a.pkid == p.pkid));
+    sub.send(&enc(&Packet::PubCompV5(Ack::success(p.pkid))));
+
+    sub.send(&enc(&Packet::Unsubscribe(Unsubscribe {
+        pkid: 8,
+        filters: vec!["x5/0".into()],
+        user: UserProperties::new(),
+    })));
+    match dec(&sub.recv_kind(UNSUBACK)) {
+        Packet::UnsubAckV5(u) => {
+            assert_eq!((u.pkid, &u.reasons[..]), (8, &[ReasonCode::SUCCESS][..]))
+        }
+        p => panic!("{p:?}"),
+    }
+    sub.expect_silence(QUIET);
+    wait_stats(&b, "nothing in flight", |s| s.inflight == 0);
+}
+
+#[test]
+fn properties_of_a_5_0_publish_do_not_break_delivery() {
+    // Forwarding them is not done yet; the message itself arrives.
+    let b = broker();
+    let mut sub = client5(b.local_addr(), connect5(&id_on_shard("sub", 0)));
+    subscribe5(&mut sub, 1, &[("props/#", Q::AtLeastOnce)]);
+    let mut publ = client5(b.local_addr(), connect5(&id_on_shard("pub", 1)));
+    let mut p = publish5("props/a", b"with", Q::AtLeastOnce, false, 3);
+    p.props = Some(Box::new(PublishProps {
+        message_expiry: Some(60),
+        ..PublishProps::default()
+    }));
+    publ.send(&enc(&Packet::Publish(p)));
+    publ.recv_kind(PUBACK);
+    assert_eq!(&recv_publish5(&mut sub).payload[..], b"with");
+}
+
+#[test]
+fn v311_and_v5_clients_exchange_messages_retained_messages_and_wills() {
+    let b = broker();
+    let addr = b.local_addr();
+    let mut sub5 = client5(addr, connect5(&id_on_shard("sub5", 0)));
+    let (mut sub3, _) = Raw::connect(addr, &id_on_shard("sub3", 1), true);
+    subscribe5(&mut sub5, 1, &[("mix/#", Q::AtLeastOnce)]);
+    sub3.send(&subscribe_packet(1, &[("mix/#", 1)]));
+    sub3.recv_kind(SUBACK);
+
+    // 3.1.1 publisher → both.
+    let (mut pub3, _) = Raw::connect(addr, &id_on_shard("pub3", 1), true);
+    pub3.send(&publish_packet("mix/from3", b"three", 1, false, false, 5));
+    pub3.recv_kind(PUBACK);
+    let p = recv_publish5(&mut sub5);
+    assert_eq!((&p.topic[..], &p.payload[..]), ("mix/from3", &b"three"[..]));
+    sub5.send(&enc(&Packet::PubAckV5(Ack::success(p.pkid))));
+    let p = sub3.expect_publish();
+    assert_eq!(
+        (p.topic.as_str(), p.payload.as_slice()),
+        ("mix/from3", &b"three"[..])
+    );
+    sub3.send(&puback(p.pid));
+
+    // 5.0 publisher (with properties) → both; the 3.1.1 one gets a 3.1.1 PUBLISH.
+    let mut pub5 = client5(addr, connect5(&id_on_shard("pub5", 0)));
+    let mut m = publish5("mix/from5", b"five", Q::AtLeastOnce, false, 6);
+    m.props = Some(Box::new(PublishProps {
+        message_expiry: Some(100),
+        ..PublishProps::default()
+    }));
+    pub5.send(&enc(&Packet::Publish(m)));
+    pub5.recv_kind(PUBACK);
+    let p = sub3.expect_publish();
+    assert_eq!(
+        (p.topic.as_str(), p.payload.as_slice()),
+        ("mix/from5", &b"five"[..])
+    );
+    sub3.send(&puback(p.pid));
+    let p = recv_publish5(&mut sub5);
+    assert_eq!(&p.payload[..], b"five");
+    sub5.send(&enc(&Packet::PubAckV5(Ack::success(p.pkid))));
+
+    // Retained, both ways.
+    pub3.send(&publish_packet("ret/from3", b"r3", 0, true, false, 0));
+    pub5.send(&enc(&Packet::Publish(publish5(
+        "ret/from5",
+        b"r5",
+        Q::AtMostOnce,
+        true,
+        0,
+    ))));
+    wait_stats(&b, "two retained", |s| s.retained >= 2);
+    let mut late5 = client5(addr, connect5(&id_on_shard("late5", 1)));
+    subscribe5(&mut late5, 2, &[("ret/from3", Q::AtMostOnce)]);
+    let p = recv_publish5(&mut late5);
+    assert!(p.retain);
+    assert_eq!(&p.payload[..], b"r3");
+    let (mut late3, _) = Raw::connect(addr, &id_on_shard("late3", 0), true);
+    late3.send(&subscribe_packet(2, &[("ret/from5", 0)]));
+    late3.recv_kind(SUBACK);
+    let p = late3.expect_publish();
+    assert!(p.retain);
+    assert_eq!(p.payload, b"r5");
+
+    // Wills, both ways (connections dropped without DISCONNECT).
+    let mut c = connect5(&id_on_shard("will5", 1));
+    c.will = Some(LastWill {
+        topic: "mix/will5".into(),
+        payload: bytes::Bytes::from_static(b"gone5"),
+        qos: Q::AtLeastOnce,
+        retain: false,
+        props: WillProps::default(),
+    });
+    drop(client5(addr, c));
+    let p = sub3.expect_publish();
+    assert_eq!(
+        (p.topic.as_str(), p.payload.as_slice()),
+        ("mix/will5", &b"gone5"[..])
+    );
+    sub3.send(&puback(p.pid));
+    let p = recv_publish5(&mut sub5);
+    assert_eq!(&p.payload[..], b"gone5");
+    sub5.send(&enc(&Packet::PubAckV5(Ack::success(p.pkid))));
+
+    let opts =
+        ConnectOpts::new(&id_on_shard("will3", 0), true).will("mix/will3", b"gone3", 1, false);
+    drop(Raw::connect_with(addr, &opts).0);
+    let p = recv_publish5(&mut sub5);
+    assert_eq!((&p.topic[..], &p.payload[..]), ("mix/will3", &b"gone3"[..]));
+}
+
+#[test]
+fn rumqttc_v5_clients_publish_and_subscribe_across_shards() {
+    use rumqttc::v5::mqttbytes::QoS as RQ;
+    use rumqttc::v5::{Client, Event, Incoming, MqttOptions};
+    use rumqttc::Outgoing;
+    let b = broker();
+    let addr = b.local_addr();
+    let start = |id: String| {
+        let mut o = MqttOptions::new(id, addr.ip().to_string(), addr.port());
+        o.set_keep_alive(Duration::from_secs(30));
+        Client::new(o, 64)
+    };
+    let (sub, mut sub_conn) = start(id_on_shard("rsub", 0));
+    let (publ, mut pub_conn) = start(id_on_shard("rpub", 1));
+    let next = |c: &mut rumqttc::v5::Connection| -> Incoming {
+        loop {
+            match c.recv_timeout(TIMEOUT) {
+                Ok(Ok(Event::Incoming(i))) => return i,
+                Ok(Ok(Event::Outgoing(_))) => {}
+                other => panic!("rumqttc: {other:?}"),
+            }
+        }
+    };
+    assert!(matches!(next(&mut sub_conn), Incoming::ConnAck(_)));
+    assert!(matches!(next(&mut pub_conn), Incoming::ConnAck(_)));
+    sub.subscribe("r5/+", RQ::ExactlyOnce).unwrap();
+    match next(&mut sub_conn) {
+        Incoming::SubAck(s) => assert_eq!(s.return_codes.len(), 1),
+        i => panic!("{i:?}"),
+    }
+    for (i, q) in [RQ::AtMostOnce, RQ::AtLeastOnce, RQ::ExactlyOnce]
+        .into_iter()
+        .enumerate()
+    {
+        publ.publish(format!("r5/{i}"), q, false, vec![i as u8; 3])
+            .unwrap();
+        // The publisher's loop sends it, and takes its acks.
+        loop {
+            match pub_conn.recv_timeout(TIMEOUT) {
+                Ok(Ok(Event::Outgoing(Outgoing::Publish(_)))) if q == RQ::AtMostOnce => break,
+                Ok(Ok(Event::Incoming(Incoming::PubAck(_) | Incoming::PubComp(_)))) => break,
+                Ok(Ok(_)) => {}
+                other => panic!("rumqttc: {other:?}"),
+            }
+        }
+        let got = loop {
+            if let Incoming::Publish(p) = next(&mut sub_conn) {
+                break p;
+            }
+        };
+        assert_eq!(&got.topic[..], format!("r5/{i}").as_bytes());
+        assert_eq!(got.qos, q);
+        assert_eq!(&got.payload[..], &[i as u8; 3][..]);
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// DISCONNECT from the broker, and from the client
+// ---------------------------------------------------------------------------------
+
+/// Sends `bad` after CONNECT and expects DISCONNECT `reason` then close, while a
+/// bystander on the other shard keeps receiving.
+fn violation(bad: &[u8], reason: ReasonCode, what: &str, cfg: impl FnOnce(&mut Config)) {
+    let b = broker_with(cfg);
+    let addr = b.local_addr();
+    let mut by = client5(addr, connect5(&id_on_shard("by", 1)));
+    subscribe5(&mut by, 1, &[("by", Q::AtMostOnce)]);
+    let mut raw = client5(addr, connect5(&id_on_shard("bad", 0)));
+    raw.send(bad);
+    expect_disconnect(&mut raw, reason, what);
+    let mut p = client5(addr, connect5(&id_on_shard("p", 0)));
+    p.send(&enc(&Packet::Publish(publish5(
+        "by",
+        b"ok",
+        Q::AtMostOnce,
+        false,
+        0,
+    ))));
+    assert_eq!(&recv_publish5(&mut by).payload[..], b"ok", "{what}");
+}
+
+#[test]
+fn malformed_packet_gets_disconnect_0x81() {
+    // PUBLISH with QoS 3.
+    violation(
+        &[0x36, 0x05, 0x00, 0x01, b't', 0x00, 0x01],
+        ReasonCode::MALFORMED_PACKET,
+        "QoS 3",
+        |_| {},
+    );
+}
+
+#[test]
+fn protocol_errors_get_disconnect_0x82() {
+    let second_connect = enc(&Packet::Connect(Box::new(connect5("again"))));
+    violation(
+        &second_connect,
+        ReasonCode::PROTOCOL_ERROR,
+        "second CONNECT",
+        |_| {},
+    );
+    let auth = enc(&Packet::Auth(Box::new(Auth {
+        reason: ReasonCode::CONTINUE_AUTHENTICATION,
+        method: Some("X".into()),
+        data: None,
+        reason_string: None,
+        user: UserProperties::new(),
+    })));
+    violation(
+        &auth,
+        ReasonCode::PROTOCOL_ERROR,
+        "AUTH without a method",
+        |_| {},
+    );
+}
+
+#[test]
+fn packet_too_large_gets_disconnect_0x95() {
+    let big = enc(&Packet::Publish(publish5(
+        "t",
+        &[0u8; 200],
+        Q::AtMostOnce,
+        false,
+        0,
+    )));
+    violation(&big, ReasonCode::PACKET_TOO_LARGE, "too large", |c| {
+        c.max_packet_size = 100
+    });
+}
+
+#[test]
+fn topic_alias_gets_disconnect_0x94() {
+    let mut p = publish5("a/b", b"x", Q::AtMostOnce, false, 0);
+    p.props = Some(Box::new(PublishProps {
+        topic_alias: NonZeroU16::new(1),
+        ..PublishProps::default()
+    }));
+    violation(
+        &enc(&Packet::Publish(p)),
+        ReasonCode::TOPIC_ALIAS_INVALID,
+        "alias",
+        |_| {},
+    );
+}
+
+#[test]
+fn subscription_identifier_gets_disconnect_0xa1() {
+    let s = Subscribe {
+        pkid: 1,
+        filters: vec![filter("a", Q::AtMostOnce)],
+        id: NonZeroU32::new(5),
+        user: UserProperties::new(),
+    };
+    violation(
+        &enc(&Packet::Subscribe(s)),
+        ReasonCode::SUBSCRIPTION_IDENTIFIERS_NOT_SUPPORTED,
+        "subscription id",
+        |_| {},
+    );
+}
+
+#[test]
+fn takeover_gets_disconnect_0x8e() {
+    let b = broker();
+    let id = unique("take");
+    let mut old = client5(b.local_addr(), connect5(&id));
+    let _new = client5(b.local_addr(), connect5(&id));
+    expect_disconnect(&mut old, ReasonCode::SESSION_TAKEN_OVER, "takeover");
+}
+
+#[test]
+fn keep_alive_timeout_gets_disconnect_0x8d() {
+    let b = broker();
+    let mut c = connect5(&unique("ka"));
+    c.keep_alive = 1;
+    let mut raw = client5(b.local_addr(), c);
+    expect_disconnect(&mut raw, ReasonCode::KEEP_ALIVE_TIMEOUT, "keep-alive");
+}
+
+#[test]
+fn shutdown_gets_disconnect_0x8b() {
+    let b = broker();
+    let mut raw = client5(b.local_addr(), connect5(&unique("down")));
+    b.shutdown();
+    expect_disconnect(&mut raw, ReasonCode::SERVER_SHUTTING_DOWN, "shutdown");
+}
+
+#[test]
+fn disconnect_with_will_message_publishes_the_will_and_normal_disconnect_does_not() {
+    let b = broker();
+    let addr = b.local_addr();
+    let (mut watch, _) = Raw::connect(addr, &id_on_shard("watch", 0), true);
+    watch.send(&subscribe_packet(1, &[("wills/#", 0)]));
+    watch.recv_kind(SUBACK);
+    for (reason, published) in [
+        (ReasonCode::DISCONNECT_WITH_WILL, true),
+        (ReasonCode::NORMAL_DISCONNECTION, false),
+    ] {
+        let mut c = connect5(&id_on_shard("w", 1));
+        c.will = Some(LastWill {
+            topic: format!("wills/{}", reason.0).into(),
+            payload: bytes::Bytes::from_static(b"bye"),
+            qos: Q::AtMostOnce,
+            retain: false,
+            props: WillProps::default(),
+        });
+        let mut raw = client5(addr, c);
+        raw.send(&enc(&Packet::DisconnectV5(Box::new(DisconnectV5::new(
+            reason,
+        )))));
+        raw.expect_closed();
+        if published {
+            let p = watch.expect_publish();
+            assert_eq!(p.topic, "wills/4");
+        } else {
+            watch.expect_silence(QUIET);
+        }
+    }
+}
