@@ -248,6 +248,10 @@ pub struct Config {
     /// MQTT 5.0: the Receive Maximum announced in CONNACK, the QoS 2 publishes a 5.0
     /// client may have unacknowledged toward the broker (1..=65535).
     pub receive_maximum: u16,
+    /// MQTT 5.0: the longest Session Expiry Interval a 5.0 client's session gets, in
+    /// seconds; a client asking for more is told this value in CONNACK. 4294967295
+    /// (the default): no bound, a session may be kept forever.
+    pub max_session_expiry: u32,
 }
 
 /// When the log is made durable (`fsync`).
@@ -342,6 +346,7 @@ impl Default for Config {
             log_compaction_bytes: 256 * 1024 * 1024,
             max_keepalive: 0,
             receive_maximum: 65_535,
+            max_session_expiry: u32::MAX,
         }
     }
 }

@@ -660,3 +660,148 @@ fn disconnect_with_will_message_publishes_the_will_and_normal_disconnect_does_no
         }
     }
 }
+
+// ---------------------------------------------------------------------------------
+// Session expiry and will delay
+// ---------------------------------------------------------------------------------
+
+fn persistent5(id: &str, expiry: u32) -> Connect {
+    let mut c = connect5(id);
+    c.clean_session = false;
+    c.props.session_expiry = expiry;
+    c
+}
+
+fn disconnect5(raw: &mut Raw, reason: ReasonCode, expiry: Option<u32>) {
+    let mut d = DisconnectV5::new(reason);
+    d.session_expiry = expiry;
+    raw.send(&enc(&Packet::DisconnectV5(Box::new(d))));
+    raw.expect_closed();
+}
+
+#[test]
+fn session_expiry_0_ends_the_session_with_the_connection() {
+    let b = broker();
+    let id = unique("se0");
+    let mut raw = client5(b.local_addr(), persistent5(&id, 0));
+    subscribe5(&mut raw, 1, &[("se0", Q::AtLeastOnce)]);
+    disconnect5(&mut raw, ReasonCode::NORMAL_DISCONNECTION, None);
+    let (_raw, ack) = open5(b.local_addr(), persistent5(&id, 0));
+    assert!(!ack.session_present);
+}
+
+#[test]
+fn session_expiry_keeps_the_session_and_its_messages_until_it_expires() {
+    let b = broker();
+    let addr = b.local_addr();
+    let id = id_on_shard("se", 1);
+    let mut raw = client5(addr, persistent5(&id, 2));
+    subscribe5(&mut raw, 1, &[("se/t", Q::AtLeastOnce)]);
+    disconnect5(&mut raw, ReasonCode::NORMAL_DISCONNECTION, None);
+    // Queued while offline, delivered on resume.
+    let mut publ = client5(addr, connect5(&id_on_shard("sep", 0)));
+    publ.send(&enc(&Packet::Publish(publish5(
+        "se/t",
+        b"kept",
+        Q::AtLeastOnce,
+        false,
+        1,
+    ))));
+    publ.recv_kind(PUBACK);
+    let (mut raw, ack) = open5(addr, persistent5(&id, 2));
+    assert!(ack.session_present);
+    let p = recv_publish5(&mut raw);
+    assert_eq!(&p.payload[..], b"kept");
+    raw.send(&enc(&Packet::PubAckV5(Ack::success(p.pkid))));
+    disconnect5(&mut raw, ReasonCode::NORMAL_DISCONNECTION, None);
+    // Past the interval (2 s, swept within a second): gone.
+    std::thread::sleep(Duration::from_millis(3500));
+    let (_raw, ack) = open5(addr, persistent5(&id, 2));
+    assert!(!ack.session_present);
+}
+
+#[test]
+fn disconnect_may_shorten_the_expiry_but_not_raise_it_from_0() {
+    let b = broker();
+    let id = unique("sed");
+    let mut raw = client5(b.local_addr(), persistent5(&id, 600));
+    disconnect5(&mut raw, ReasonCode::NORMAL_DISCONNECTION, Some(0));
+    let (mut raw, ack) = open5(b.local_addr(), persistent5(&id, 0));
+    assert!(!ack.session_present, "DISCONNECT set the expiry to 0");
+    let mut d = DisconnectV5::new(ReasonCode::NORMAL_DISCONNECTION);
+    d.session_expiry = Some(60);
+    raw.send(&enc(&Packet::DisconnectV5(Box::new(d))));
+    expect_disconnect(&mut raw, ReasonCode::PROTOCOL_ERROR, "expiry raised from 0");
+}
+
+#[test]
+fn max_session_expiry_bounds_the_interval_and_connack_says_so() {
+    let b = broker_with(|c| c.max_session_expiry = 1);
+    let id = unique("sem");
+    let (mut raw, ack) = open5(b.local_addr(), persistent5(&id, 100));
+    assert_eq!(ack.props.session_expiry, Some(1));
+    disconnect5(&mut raw, ReasonCode::NORMAL_DISCONNECTION, None);
+    std::thread::sleep(Duration::from_millis(2500));
+    let (_raw, ack) = open5(b.local_addr(), persistent5(&id, 100));
+    assert!(!ack.session_present);
+    // Within the bound: nothing said.
+    let (_raw, ack) = open5(b.local_addr(), persistent5(&unique("sem"), 1));
+    assert_eq!(ack.props.session_expiry, None);
+}
+
+fn with_delayed_will(mut c: Connect, topic: &str, delay: u32) -> Connect {
+    c.will = Some(LastWill {
+        topic: topic.into(),
+        payload: bytes::Bytes::from_static(b"late"),
+        qos: Q::AtMostOnce,
+        retain: false,
+        props: WillProps {
+            delay_interval: delay,
+            ..WillProps::default()
+        },
+    });
+    c
+}
+
+#[test]
+fn will_delay_defers_the_will_and_a_resume_in_time_cancels_it() {
+    let b = broker();
+    let addr = b.local_addr();
+    let (mut watch, _) = Raw::connect(addr, &id_on_shard("watch", 0), true);
+    watch.send(&subscribe_packet(1, &[("delayed/#", 0)]));
+    watch.recv_kind(SUBACK);
+
+    // Delay 1 s, session 60 s: the will comes after the delay.
+    let id = id_on_shard("wd", 1);
+    drop(client5(
+        addr,
+        with_delayed_will(persistent5(&id, 60), "delayed/a", 1),
+    ));
+    watch.expect_silence(Duration::from_millis(500));
+    let p = watch
+        .recv_within(Duration::from_secs(3))
+        .expect("delayed will");
+    assert_eq!(p.publish().topic, "delayed/a");
+
+    // Delay 2 s, resumed after a moment: never sent.
+    let id = id_on_shard("wr", 1);
+    drop(client5(
+        addr,
+        with_delayed_will(persistent5(&id, 60), "delayed/b", 2),
+    ));
+    std::thread::sleep(Duration::from_millis(300));
+    let (_again, ack) = open5(addr, persistent5(&id, 60));
+    assert!(ack.session_present);
+    watch.expect_silence(Duration::from_millis(3000));
+
+    // Delay 30 s, session 1 s: sent when the session ends.
+    let id = id_on_shard("we", 0);
+    drop(client5(
+        addr,
+        with_delayed_will(persistent5(&id, 1), "delayed/c", 30),
+    ));
+    let p = watch
+        .recv_within(Duration::from_secs(4))
+        .expect("will at session end");
+    assert_eq!(p.publish().topic, "delayed/c");
+}

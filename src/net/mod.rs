@@ -748,6 +748,20 @@ async fn read_loop(
                 Ok(None) => break,
                 Err(e) => return End::Decode(e),
             };
+            if let Packet::DisconnectV5(d) = packet {
+                let mut s = shard.borrow_mut();
+                if let Some(secs) = d.session_expiry {
+                    if !s.set_session_expiry(key, conn.id, secs) {
+                        return End::Refused(ReasonCode::PROTOCOL_ERROR);
+                    }
+                }
+                s.handle_packet(key, conn.id, Packet::Disconnect, now);
+                return if d.reason == ReasonCode::DISCONNECT_WITH_WILL {
+                    End::DisconnectWithWill
+                } else {
+                    End::Disconnect
+                };
+            }
             if let Packet::Subscribe(sub) = packet {
                 shard.borrow_mut().route_pending();
                 // Boxed: the wait is rare and its state large, and an inline await
@@ -803,10 +817,6 @@ fn from_v5(packet: Packet) -> Result<Packet, End> {
         Packet::PubRecV5(a) => Packet::PubRec(a.pkid),
         Packet::PubRelV5(a) => Packet::PubRel(a.pkid),
         Packet::PubCompV5(a) => Packet::PubComp(a.pkid),
-        Packet::DisconnectV5(d) if d.reason == ReasonCode::DISCONNECT_WITH_WILL => {
-            return Err(End::DisconnectWithWill)
-        }
-        Packet::DisconnectV5(_) => Packet::Disconnect,
         // No authentication method is configured, so no exchange was started.
         Packet::Auth(_) => return Err(End::Refused(ReasonCode::PROTOCOL_ERROR)),
         Packet::Publish(mut p) => {

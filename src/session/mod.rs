@@ -239,6 +239,11 @@ impl Session {
         self.flush(out);
     }
 
+    /// The Will Delay Interval of the will held, in seconds (0 without one).
+    pub fn will_delay(&self) -> u32 {
+        self.will.as_ref().map_or(0, |w| w.props.delay_interval)
+    }
+
     /// The connection is gone. Returns the will as a message unless `graceful`
     /// (DISCONNECT received) or there is none; the will is cleared either way, so it is
     /// never published twice. Everything else is kept for a resume.

@@ -99,6 +99,13 @@ struct SessionEntry {
     /// While no client is connected: when the last one left, in seconds since the
     /// shard started, plus one (0 while connected), for `persistent_client_expiration`.
     offline_since: u32,
+    /// The Session Expiry Interval of a 5.0 client's session, in seconds (0: it ends
+    /// with the connection, `u32::MAX`: never); `None` for a 3.1/3.1.1 client's, which
+    /// `persistent_client_expiration` bounds.
+    expiry: Option<u32>,
+    /// A 5.0 will waiting for its Will Delay Interval: the message and when it is due
+    /// (as `offline_since` counts). Dropped if a client resumes the session first.
+    delayed_will: Option<Box<(Message, u32)>>,
     /// With persistence on: its positions in the streams may have moved since the
     /// last checkpoint.
     pos_dirty: bool,
@@ -116,6 +123,8 @@ impl SessionEntry {
             auth: None,
             listener,
             offline_since: 0,
+            expiry: None,
+            delayed_will: None,
             pos_dirty: false,
         }
     }
@@ -346,13 +355,22 @@ impl Shard {
         let expiration = self.cfg.persistent_client_expiration;
         let now_secs = self.secs_since_start(now);
         let mut expired = Vec::new();
+        let mut wills = Vec::new();
         for (key, e) in self.sessions.iter_mut() {
             let Some(conn) = &e.conn else {
-                if expiration > 0
+                // A 5.0 session's own interval, else the configured one (0: none).
+                let limit = match e.expiry {
+                    Some(u32::MAX) => 0,
+                    Some(secs) => u64::from(secs).max(1),
+                    None => expiration,
+                };
+                if limit > 0
                     && e.offline_since > 0
-                    && u64::from(now_secs + 1 - e.offline_since) > expiration
+                    && u64::from(now_secs + 1 - e.offline_since) > limit
                 {
                     expired.push(key);
+                } else if e.delayed_will.as_ref().is_some_and(|w| w.1 <= now_secs + 1) {
+                    wills.push(e.delayed_will.take().map(|w| w.0));
                 }
                 continue;
             };
@@ -368,6 +386,9 @@ impl Shard {
             tracing::info!(client = %self.sessions[key].session.client_id(), "persistent session expired");
             self.stats.sessions_expired += 1;
             self.remove_session(key);
+        }
+        for will in wills.into_iter().flatten() {
+            self.publish_will(will);
         }
         self.drop_log.sweep(&self.stats, now);
     }
@@ -417,6 +438,18 @@ impl Shard {
     ) -> Option<usize> {
         let v5 = connect.protocol == Protocol::V5;
         let mut connect = connect;
+        // A 5.0 session lasts its Session Expiry Interval, within the configured bound.
+        let expiry = v5.then(|| {
+            connect
+                .props
+                .session_expiry
+                .min(self.cfg.max_session_expiry)
+        });
+        // Whether the session ends with this connection.
+        let ends = match expiry {
+            Some(secs) => secs == 0,
+            None => connect.clean_session,
+        };
         let mut auth = ClientAuth::new(
             self.listener(listener).auth.as_ref(),
             &connect.client_id,
@@ -454,7 +487,13 @@ impl Shard {
                 self.stats.takeovers += 1;
                 self.stats.connections -= 1;
                 tracing::debug!(client = %connect.client_id, old = %old.peer, new = %conn.peer, "session taken over");
-                wills.extend(entry.session.disconnect(false));
+                let resumes = !(connect.clean_session || entry.session.clean_session());
+                if resumes && entry.session.will_delay() > 0 {
+                    // Resumed within the Will Delay Interval: no will [MQTT-3.1.3-9].
+                    entry.session.disconnect(true);
+                } else {
+                    wills.extend(entry.session.disconnect(false));
+                }
             }
             if connect.clean_session || entry.session.clean_session() {
                 self.remove_session(key);
@@ -464,16 +503,12 @@ impl Shard {
         }
         let session_present = resumed.is_some();
         let key = resumed.unwrap_or_else(|| {
-            let session = Session::new(
-                connect.client_id.clone(),
-                connect.clean_session,
-                self.limits.clone(),
-            );
+            let session = Session::new(connect.client_id.clone(), ends, self.limits.clone());
             let key = self
                 .sessions
                 .insert(SessionEntry::offline(session, listener));
             self.by_client.insert(connect.client_id.clone(), key);
-            if !connect.clean_session {
+            if !ends {
                 self.log_record(&store::records::Record::Session {
                     client: &connect.client_id,
                 });
@@ -484,7 +519,11 @@ impl Shard {
         self.stats.connections += 1;
         self.stats.packets_sent += 1;
         if v5 {
-            let props = self.connack_props(&mut connect, assigned_id);
+            let mut props = self.connack_props(&mut connect, assigned_id);
+            if expiry != Some(connect.props.session_expiry) {
+                // The bound applied: the client learns the interval in force.
+                props.session_expiry = expiry;
+            }
             conn.write_packet(&Packet::ConnAckV5(Box::new(ConnAckV5 {
                 session_present,
                 reason: ReasonCode::SUCCESS,
@@ -500,6 +539,9 @@ impl Shard {
         entry.conn = Some(conn.clone());
         entry.held = false;
         entry.offline_since = 0;
+        entry.expiry = expiry;
+        // Resumed in time: a delayed will is not sent [MQTT-3.1.3-9].
+        entry.delayed_will = None;
         if let Some(a) = auth.as_mut() {
             // A resumed session's subscriptions, and what it kept for its client,
             // answer to the rights of whoever connected now.
@@ -601,16 +643,40 @@ impl Shard {
         }
         self.stats.connections -= 1;
         entry.held = false;
-        let will = entry.session.disconnect(graceful);
-        if entry.session.clean_session() {
+        let will_delay = entry.session.will_delay();
+        let mut will = entry.session.disconnect(graceful);
+        if entry.session.clean_session() || entry.expiry == Some(0) {
             self.remove_session(key);
         } else {
             let since = self.secs_since_start(Instant::now()) + 1;
-            self.sessions[key].offline_since = since;
+            let entry = &mut self.sessions[key];
+            entry.offline_since = since;
+            if will_delay > 0 {
+                // Sent after the delay, or when the session ends if that is sooner.
+                entry.delayed_will = will
+                    .take()
+                    .map(|w| Box::new((w, since.saturating_add(will_delay))));
+            }
         }
         if let Some(will) = will {
             self.publish_will(will);
         }
+    }
+
+    /// A 5.0 client's DISCONNECT sets its session's expiry interval (bounded by
+    /// `max_session_expiry`). Returns false for the Protocol Error of raising it from
+    /// 0 [MQTT-3.14.2-2].
+    pub fn set_session_expiry(&mut self, key: usize, conn_id: u64, secs: u32) -> bool {
+        if !self.is_current(key, conn_id) {
+            return true;
+        }
+        let bound = self.cfg.max_session_expiry;
+        let entry = &mut self.sessions[key];
+        if entry.expiry == Some(0) && secs > 0 {
+            return false;
+        }
+        entry.expiry = Some(secs.min(bound));
+        true
     }
 
     /// A message the broker itself publishes (its `$SYS` topics): routed as a
@@ -639,7 +705,11 @@ impl Shard {
     /// Drops a session and all its subscriptions; tells other shards about filters
     /// this shard no longer has subscribers for.
     fn remove_session(&mut self, key: usize) {
-        let entry = self.sessions.remove(key);
+        let mut entry = self.sessions.remove(key);
+        if let Some(will) = entry.delayed_will.take() {
+            // The session ends before the will's delay: it goes now.
+            self.publish_will(will.0);
+        }
         self.by_client.remove(entry.session.client_id());
         if !entry.session.clean_session() {
             self.log_session_end(entry.session.client_id());
