@@ -835,6 +835,7 @@ impl Harness {
             qos,
             retain: flags & 1 != 0,
             stamp: Default::default(),
+            props: None,
         };
         let eff = qos.min(granted);
         self.sent
@@ -855,6 +856,7 @@ impl Harness {
                 assert!(packets.is_empty());
             }
             Delivery::Dropped(DropReason::QueueFull) => assert!(packets.is_empty()),
+            Delivery::Dropped(DropReason::Expired) => panic!("the fuzzed messages never expire"),
         }
         if !self.connected && eff == QoS::AtMostOnce {
             assert_eq!(delivery, Delivery::Dropped(DropReason::OfflineQoS0));

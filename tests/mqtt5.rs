@@ -332,21 +332,123 @@ fn acks_are_in_5_0_form_and_delivery_crosses_shards() {
     wait_stats(&b, "nothing in flight", |s| s.inflight == 0);
 }
 
+fn forward_props() -> bytes::Bytes {
+    use shardmq::protocol::properties::{Properties, Property};
+    let mut p = Properties::new();
+    p.push(Property::ContentType("text/plain".into()));
+    p.push(Property::UserProperty("k".into(), "v1".into()));
+    p.push(Property::ResponseTopic("reply/here".into()));
+    p.push(Property::CorrelationData(bytes::Bytes::from_static(
+        b"corr",
+    )));
+    p.push(Property::UserProperty("k".into(), "v2".into()));
+    PublishProps::encode_forward(&p)
+}
+
 #[test]
-fn properties_of_a_5_0_publish_do_not_break_delivery() {
-    // Forwarding them is not done yet; the message itself arrives.
+fn publish_properties_are_forwarded_in_order_with_the_remaining_expiry() {
     let b = broker();
-    let mut sub = client5(b.local_addr(), connect5(&id_on_shard("sub", 0)));
+    let addr = b.local_addr();
+    let mut sub = client5(addr, connect5(&id_on_shard("sub", 0)));
     subscribe5(&mut sub, 1, &[("props/#", Q::AtLeastOnce)]);
-    let mut publ = client5(b.local_addr(), connect5(&id_on_shard("pub", 1)));
-    let mut p = publish5("props/a", b"with", Q::AtLeastOnce, false, 3);
-    p.props = Some(Box::new(PublishProps {
-        message_expiry: Some(60),
-        ..PublishProps::default()
-    }));
-    publ.send(&enc(&Packet::Publish(p)));
-    publ.recv_kind(PUBACK);
-    assert_eq!(&recv_publish5(&mut sub).payload[..], b"with");
+    let (mut sub3, _) = Raw::connect(addr, &id_on_shard("sub3", 0), true);
+    sub3.send(&subscribe_packet(1, &[("props/#", 1)]));
+    sub3.recv_kind(SUBACK);
+    let mut publ = client5(addr, connect5(&id_on_shard("pub", 1)));
+    for qos in [Q::AtMostOnce, Q::AtLeastOnce] {
+        let mut p = publish5("props/a", b"with", qos, false, 3);
+        p.props = Some(Box::new(PublishProps {
+            message_expiry: Some(60),
+            forward: forward_props(),
+            ..PublishProps::default()
+        }));
+        publ.send(&enc(&Packet::Publish(p)));
+        if qos == Q::AtLeastOnce {
+            publ.recv_kind(PUBACK);
+        }
+        let got = recv_publish5(&mut sub);
+        assert_eq!(&got.payload[..], b"with");
+        let props = got.props.expect("properties forwarded");
+        assert_eq!(props.forward, forward_props(), "unchanged and in order");
+        let left = props.message_expiry.expect("remaining expiry");
+        assert!(left > 0 && left <= 60, "{left}");
+        assert!(props.topic_alias.is_none());
+        if qos == Q::AtLeastOnce {
+            sub.send(&enc(&Packet::PubAckV5(Ack::success(got.pkid))));
+        }
+        // The 3.1.1 subscriber gets the message without them.
+        let p3 = sub3.expect_publish();
+        assert_eq!(p3.payload, b"with");
+        if qos == Q::AtLeastOnce {
+            sub3.send(&puback(p3.pid));
+        }
+    }
+}
+
+#[test]
+fn expired_messages_are_not_delivered() {
+    let b = broker();
+    let addr = b.local_addr();
+    let id = id_on_shard("off", 1);
+    let mut raw = client5(addr, persistent5(&id, 600));
+    subscribe5(&mut raw, 1, &[("exp/#", Q::AtLeastOnce)]);
+    disconnect5(&mut raw, ReasonCode::NORMAL_DISCONNECTION, None);
+    let mut publ = client5(addr, connect5(&id_on_shard("pub", 0)));
+    for (topic, expiry, retain) in [
+        ("exp/short", 1, false),
+        ("exp/long", 600, false),
+        ("exp/retained", 1, true),
+    ] {
+        let mut p = publish5(topic, topic.as_bytes(), Q::AtLeastOnce, retain, 9);
+        p.props = Some(Box::new(PublishProps {
+            message_expiry: Some(expiry),
+            ..PublishProps::default()
+        }));
+        publ.send(&enc(&Packet::Publish(p)));
+        publ.recv_kind(PUBACK);
+    }
+    std::thread::sleep(Duration::from_millis(2100));
+    let (mut raw, ack) = open5(addr, persistent5(&id, 600));
+    assert!(ack.session_present);
+    let p = recv_publish5(&mut raw);
+    assert_eq!(&p.topic[..], "exp/long");
+    let left = p.props.and_then(|p| p.message_expiry).expect("expiry");
+    assert!(
+        (590..=599).contains(&left),
+        "the time queued is taken off: {left}"
+    );
+    raw.send(&enc(&Packet::PubAckV5(Ack::success(p.pkid))));
+    raw.expect_silence(QUIET);
+    wait_stats(&b, "the expired ones counted", |s| s.dropped_expired >= 2);
+    // An expired retained message is not sent on subscribe either.
+    let mut late = client5(addr, connect5(&id_on_shard("late", 0)));
+    subscribe5(&mut late, 1, &[("exp/retained", Q::AtLeastOnce)]);
+    late.expect_silence(QUIET);
+}
+
+#[test]
+fn will_properties_reach_5_0_subscribers() {
+    let b = broker();
+    let addr = b.local_addr();
+    let mut sub = client5(addr, connect5(&id_on_shard("sub", 0)));
+    subscribe5(&mut sub, 1, &[("wp/#", Q::AtMostOnce)]);
+    let mut c = connect5(&id_on_shard("w", 1));
+    c.will = Some(LastWill {
+        topic: "wp/x".into(),
+        payload: bytes::Bytes::from_static(b"bye"),
+        qos: Q::AtMostOnce,
+        retain: false,
+        props: WillProps {
+            message_expiry: Some(30),
+            forward: forward_props(),
+            ..WillProps::default()
+        },
+    });
+    drop(client5(addr, c));
+    let p = recv_publish5(&mut sub);
+    let props = p.props.expect("will properties");
+    assert_eq!(props.forward, forward_props());
+    assert!(props.message_expiry.is_some_and(|s| s <= 30));
 }
 
 #[test]

@@ -819,8 +819,8 @@ fn from_v5(packet: Packet) -> Result<Packet, End> {
         Packet::PubCompV5(a) => Packet::PubComp(a.pkid),
         // No authentication method is configured, so no exchange was started.
         Packet::Auth(_) => return Err(End::Refused(ReasonCode::PROTOCOL_ERROR)),
-        Packet::Publish(mut p) => {
-            if let Some(props) = p.props.take() {
+        Packet::Publish(p) => {
+            if let Some(props) = &p.props {
                 if props.topic_alias.is_some() {
                     // The broker announces a Topic Alias Maximum of 0 [MQTT-3.3.2-8].
                     return Err(End::Refused(ReasonCode::TOPIC_ALIAS_INVALID));

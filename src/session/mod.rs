@@ -78,6 +78,8 @@ pub enum DropReason {
     /// The client is not connected and the message is QoS 0 (not stored for offline
     /// clients, as §3.1.2.4 allows).
     OfflineQoS0,
+    /// A 5.0 message's expiry interval ran out.
+    Expired,
 }
 
 /// A protocol violation by the client; the caller closes the connection (§4.8).
@@ -133,8 +135,12 @@ pub struct Session {
     last_activity: Option<Instant>,
     /// Boxed: most sessions have none, and it is large.
     will: Option<Box<LastWill>>,
+    /// The client speaks MQTT 5.0: its PUBLISH packets carry the messages' properties.
+    v5: bool,
     /// `queue.evicted()` as of the last `take_evictions`.
     evictions_reported: u64,
+    /// Queued messages dropped as expired on their way out, not yet reported.
+    expired: u64,
     inflight: Inflight,
     queue: Queue,
     /// Incoming QoS 2 packet ids whose PUBLISH was routed and whose PUBREL has not come.
@@ -145,7 +151,9 @@ pub struct Session {
     subscriptions: HashMap<ByteString, QoS, RandomKeys>,
 }
 
-fn publish_packet(msg: &Message, pkid: u16, dup: bool) -> Packet {
+/// The PUBLISH that carries `msg`; with `v5`, with its properties (the remaining
+/// expiry as of now).
+fn publish_packet(msg: &Message, pkid: u16, dup: bool, v5: bool) -> Packet {
     Packet::Publish(Publish {
         dup,
         qos: msg.qos,
@@ -153,7 +161,10 @@ fn publish_packet(msg: &Message, pkid: u16, dup: bool) -> Packet {
         topic: msg.topic.clone(),
         pkid,
         payload: msg.payload.clone(),
-        props: None,
+        props: match &msg.props {
+            Some(p) if v5 => Some(p.publish_props(Instant::now())),
+            _ => None,
+        },
     })
 }
 
@@ -181,7 +192,9 @@ impl Session {
             keep_alive: 0,
             last_activity: None,
             will: None,
+            v5: false,
             evictions_reported: 0,
+            expired: 0,
             inflight: Inflight::new(),
             queue: Queue::new(),
             awaiting_pubrel: None,
@@ -197,6 +210,11 @@ impl Session {
     /// Whether the session ends with its connection (the shard then drops it).
     pub fn clean_session(&self) -> bool {
         self.clean_session
+    }
+
+    /// Whether the client (the one connected last) speaks MQTT 5.0.
+    pub fn set_v5(&mut self, v5: bool) {
+        self.v5 = v5;
     }
 
     /// Whether a connection is attached.
@@ -232,7 +250,7 @@ impl Session {
         });
         for (pkid, stage) in self.inflight.iter() {
             out.packets.push(match stage {
-                Stage::Published(msg) => publish_packet(msg, pkid, true),
+                Stage::Published(msg) => publish_packet(msg, pkid, true, self.v5),
                 Stage::Released(_) => Packet::PubRel(pkid),
             });
         }
@@ -255,12 +273,18 @@ impl Session {
         if graceful {
             return None;
         }
+        let props = crate::message::MessageProps::new(
+            will.props.message_expiry,
+            &will.props.forward,
+            Instant::now(),
+        );
         Some(Message {
             topic: will.topic,
             payload: will.payload,
             qos: will.qos,
             retain: will.retain,
             stamp: Default::default(),
+            props,
         })
     }
 
@@ -358,6 +382,13 @@ impl Session {
 
     fn receive_publish(&mut self, p: Publish, out: &mut Output) -> Result<(), SessionError> {
         let msg = |p: Publish| Message {
+            props: p.props.and_then(|props| {
+                crate::message::MessageProps::new(
+                    props.message_expiry,
+                    &props.forward,
+                    Instant::now(),
+                )
+            }),
             topic: p.topic,
             payload: p.payload,
             qos: p.qos,
@@ -404,21 +435,25 @@ impl Session {
         if !self.connected && qos == QoS::AtMostOnce {
             return Delivery::Dropped(DropReason::OfflineQoS0);
         }
+        if msg.expires() && msg.expired(Instant::now()) {
+            return Delivery::Dropped(DropReason::Expired);
+        }
         let msg = Message {
             topic: msg.topic.clone(),
             payload: msg.payload.clone(),
             qos,
             retain: msg.retain,
             stamp: msg.stamp,
+            props: msg.props.clone(),
         };
         if self.connected && self.writable && self.queue.is_empty() {
             if qos == QoS::AtMostOnce {
-                out.packets.push(publish_packet(&msg, 0, false));
+                out.packets.push(publish_packet(&msg, 0, false, self.v5));
                 return Delivery::Sent;
             }
             if self.window_has_room(queue::cost(&msg)) {
                 if let Some(pkid) = self.inflight.next_free_pkid() {
-                    out.packets.push(publish_packet(&msg, pkid, false));
+                    out.packets.push(publish_packet(&msg, pkid, false, self.v5));
                     self.inflight.insert(pkid, msg);
                     return Delivery::Sent;
                 }
@@ -604,6 +639,11 @@ impl Session {
     /// Current resource use, for metrics and limit checks.
     /// Queued QoS 0 messages evicted since the last call, for the shard to count as
     /// drops (a message queued by [`Session::deliver`] may have evicted some).
+    /// Queued messages found expired as they were about to go out, since the last call.
+    pub fn take_expired(&mut self) -> u64 {
+        std::mem::take(&mut self.expired)
+    }
+
     pub fn take_evictions(&mut self) -> u64 {
         let total = self.queue.evicted();
         let new = total - self.evictions_reported;
@@ -641,7 +681,11 @@ impl Session {
         while let Some(qos) = self.queue.front_qos() {
             if qos == QoS::AtMostOnce {
                 if let Some(msg) = self.queue.pop() {
-                    out.packets.push(publish_packet(&msg, 0, false));
+                    if msg.expires() && msg.expired(Instant::now()) {
+                        self.expired += 1;
+                    } else {
+                        out.packets.push(publish_packet(&msg, 0, false, self.v5));
+                    }
                 }
                 continue;
             }
@@ -655,12 +699,17 @@ impl Session {
                 break;
             };
             let (dup, hint) = self.queue.take_redelivery();
+            if msg.expires() && msg.expired(Instant::now()) {
+                // Not delivered once expired [MQTT-3.3.2-5].
+                self.expired += 1;
+                continue;
+            }
             if let Some(h) =
                 hint.filter(|&h| msg.qos == QoS::AtLeastOnce && self.inflight.is_free(h))
             {
                 pkid = h;
             }
-            out.packets.push(publish_packet(&msg, pkid, dup));
+            out.packets.push(publish_packet(&msg, pkid, dup, self.v5));
             self.inflight.insert(pkid, msg);
         }
     }

@@ -27,6 +27,7 @@ fn msg(topic: &'static str, payload: &'static str, qos: QoS) -> Message {
         qos,
         retain: false,
         stamp: Default::default(),
+        props: None,
     }
 }
 
@@ -506,6 +507,7 @@ fn outbound_messages_share_topic_and_payload_buffers() {
         qos: QoS::AtLeastOnce,
         retain: false,
         stamp: Default::default(),
+        props: None,
     };
     s.deliver(&a, QoS::AtLeastOnce, &mut out); // in flight
     s.deliver(&a, QoS::AtLeastOnce, &mut out); // queued
@@ -1131,6 +1133,7 @@ fn will_is_returned_on_ungraceful_disconnect() {
             qos: QoS::AtLeastOnce,
             retain: true,
             stamp: Default::default(),
+            props: None,
         })
     );
 }
@@ -1449,6 +1452,7 @@ impl Sim {
             qos: self.rng.qos(),
             retain: self.rng.chance(10),
             stamp: Default::default(),
+            props: None,
         };
         let granted = self.rng.qos();
         let eff = m.qos.min(granted);

@@ -637,6 +637,8 @@ impl Shard {
                 qos: m.qos,
                 retain: true,
                 stamp: pack_stamp(stamp).into(),
+                // 5.0 properties are not logged yet.
+                props: None,
             };
             if id == 0 {
                 let r = d.append(&Record::SnapMsg(msg_body(&msg, None, m.time_us)));
@@ -680,6 +682,7 @@ impl Shard {
                         record,
                     })
                     .into(),
+                    props: None,
                 }
             };
             let inflight: Vec<(u16, Message)> =

@@ -555,6 +555,7 @@ impl Shard {
         }
         entry.auth = auth;
         entry.listener = listener;
+        entry.session.set_v5(v5);
         entry
             .session
             .connect(connect.keep_alive, connect.will, now, &mut self.out);
@@ -1212,8 +1213,17 @@ impl Shard {
                     // The run's encodings lie next to each other: one range.
                     let shared = if conn.is_v5() {
                         shared_v5.get_or_insert_with(|| {
+                            let now = Instant::now();
                             writes.share(|buf| {
                                 for m in run {
+                                    let props = m.props.as_deref().map_or_else(
+                                        PublishV5Props::default,
+                                        |p| PublishV5Props {
+                                            message_expiry: p.remaining(now),
+                                            forward: &p.forward,
+                                            ..PublishV5Props::default()
+                                        },
+                                    );
                                     encode_publish_v5(
                                         buf,
                                         &m.topic,
@@ -1222,7 +1232,7 @@ impl Shard {
                                         m.retain,
                                         false,
                                         0,
-                                        &PublishV5Props::default(),
+                                        &props,
                                     );
                                 }
                             })
@@ -1539,6 +1549,7 @@ fn count_delivery(stats: &mut ShardStats, d: Delivery, session: &mut Session) {
         }
         Delivery::Dropped(DropReason::QueueFull) => stats.dropped_queue_full += 1,
         Delivery::Dropped(DropReason::OfflineQoS0) => stats.dropped_offline_qos0 += 1,
+        Delivery::Dropped(DropReason::Expired) => stats.dropped_expired += 1,
     }
 }
 
@@ -1555,6 +1566,7 @@ fn write_out(
         out.packets.clear();
         return;
     }
+    stats.dropped_expired += entry.session.take_expired();
     count_sent(stats, &out.packets);
     if let Some(d) = durable.as_deref_mut() {
         durable::filter_output(d, entry, &mut out.packets);

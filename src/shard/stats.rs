@@ -36,6 +36,8 @@ pub struct ShardStats {
     pub queued_total: u64,
     pub dropped_queue_full: u64,
     pub dropped_offline_qos0: u64,
+    /// 5.0 messages whose Message Expiry Interval ran out before they went out.
+    pub dropped_expired: u64,
     /// Queued QoS 0 messages evicted from a full queue to make room for a QoS 1/2
     /// one (they had been counted in `queued_total`).
     pub dropped_evicted_qos0: u64,
@@ -105,7 +107,7 @@ pub fn mesh_batch_bucket(n: usize) -> usize {
 
 impl ShardStats {
     /// This shard's dropped messages, by reason (see [`BrokerStats::drops`]).
-    pub fn drops(&self) -> [(&'static str, u64); 6] {
+    pub fn drops(&self) -> [(&'static str, u64); 7] {
         [
             ("queue_full", self.dropped_queue_full),
             ("offline_qos0", self.dropped_offline_qos0),
@@ -113,6 +115,7 @@ impl ShardStats {
             ("publish_denied", self.publishes_refused),
             ("delivery_denied", self.deliveries_refused),
             ("sys_topic", self.publishes_to_sys),
+            ("expired", self.dropped_expired),
         ]
     }
 
@@ -133,7 +136,7 @@ pub struct BrokerStats {
 impl BrokerStats {
     /// Messages dropped, by reason, summed over every shard: the names are those of
     /// the logs, `$SYS/broker/shardmq/dropped/...` and the metrics' `reason` label.
-    pub fn drops(&self) -> [(&'static str, u64); 6] {
+    pub fn drops(&self) -> [(&'static str, u64); 7] {
         self.total().drops()
     }
 
@@ -166,6 +169,7 @@ impl BrokerStats {
                 queued_total,
                 dropped_queue_full,
                 dropped_offline_qos0,
+                dropped_expired,
                 dropped_evicted_qos0,
                 retained_refused,
                 subscriptions_refused,
