@@ -252,6 +252,235 @@ pub struct Config {
     /// seconds; a client asking for more is told this value in CONNACK. 4294967295
     /// (the default): no bound, a session may be kept forever.
     pub max_session_expiry: u32,
+    /// Bridges to remote brokers (`[[bridge]]` tables).
+    pub bridge: Vec<BridgeConfig>,
+}
+
+/// How a bridge reaches its remote broker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BridgeTransport {
+    #[default]
+    Tcp,
+    Tls,
+}
+
+/// Which way a bridge topic carries messages (Mosquitto's `topic ... out|in|both`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Direction {
+    /// Local messages go to the remote.
+    #[default]
+    Out,
+    /// Remote messages are published locally.
+    In,
+    Both,
+}
+
+impl Direction {
+    pub fn carries_in(self) -> bool {
+        matches!(self, Direction::In | Direction::Both)
+    }
+
+    pub fn carries_out(self) -> bool {
+        matches!(self, Direction::Out | Direction::Both)
+    }
+}
+
+/// One topic of a bridge, with Mosquitto's meaning: the local filter is
+/// `local_prefix + pattern`, the remote one `remote_prefix + pattern`; a message
+/// crossing the bridge has one prefix replaced by the other.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BridgeTopic {
+    /// A topic filter (wildcards allowed); may be empty when both prefixes are set,
+    /// which then name one topic each.
+    pub pattern: String,
+    #[serde(default)]
+    pub direction: Direction,
+    /// The most QoS a message takes across the bridge on this topic (0, 1 or 2).
+    #[serde(default)]
+    pub qos: u8,
+    #[serde(default)]
+    pub local_prefix: String,
+    #[serde(default)]
+    pub remote_prefix: String,
+}
+
+impl BridgeTopic {
+    pub fn local_filter(&self) -> String {
+        format!("{}{}", self.local_prefix, self.pattern)
+    }
+
+    pub fn remote_filter(&self) -> String {
+        format!("{}{}", self.remote_prefix, self.pattern)
+    }
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn default_bridge_keepalive() -> u16 {
+    60
+}
+
+fn default_bridge_protocol() -> String {
+    "3.1.1".into()
+}
+
+fn default_reconnect_min() -> f64 {
+    1.0
+}
+
+fn default_reconnect_max() -> f64 {
+    30.0
+}
+
+/// A `[[bridge]]` table: an outgoing connection to another broker (DESIGN §14).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BridgeConfig {
+    /// Names the bridge in logs and in `$SYS/broker/connection/{name}/state`.
+    pub name: String,
+    /// The remote broker, `host:port`.
+    pub address: String,
+    #[serde(default)]
+    pub transport: BridgeTransport,
+    /// PEM: the CAs the remote's certificate is verified against (TLS).
+    pub ca: Option<PathBuf>,
+    /// PEM: a client certificate chain and its key, if the remote asks for one.
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    /// The client id on the remote (default: the bridge's name). The bridge's session
+    /// here is `local.{client_id}`, as Mosquitto names it.
+    pub client_id: Option<String>,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    /// Clean session on the remote, and here: with `false` (the default) both ends
+    /// keep the bridge's subscriptions and queued QoS 1/2 messages while it is down
+    /// (here across restarts too, with `data_dir`).
+    #[serde(default)]
+    pub clean_session: bool,
+    /// Seconds between PINGREQs; the connection is dropped when the remote has
+    /// sent nothing for 1.5 times this. 0: no keep-alive.
+    #[serde(default = "default_bridge_keepalive")]
+    pub keepalive: u16,
+    /// "3.1.1" or "3.1".
+    #[serde(default = "default_bridge_protocol")]
+    pub protocol: String,
+    /// Announce the bridge to the remote (protocol level with 0x80 set), so that it
+    /// does not send back what the bridge published; when the remote refuses it,
+    /// the bridge connects again without it.
+    #[serde(default = "default_true")]
+    pub try_private: bool,
+    /// Seconds before the first reconnection attempt; each failure doubles it, up to
+    /// `reconnect_delay_max`, with jitter.
+    #[serde(default = "default_reconnect_min")]
+    pub reconnect_delay_min: f64,
+    #[serde(default = "default_reconnect_max")]
+    pub reconnect_delay_max: f64,
+    pub topics: Vec<BridgeTopic>,
+}
+
+impl BridgeConfig {
+    /// The client id on the remote.
+    pub fn remote_client_id(&self) -> String {
+        self.client_id.clone().unwrap_or_else(|| self.name.clone())
+    }
+
+    /// The client id of the bridge's session on this broker.
+    pub fn local_client_id(&self) -> String {
+        format!("local.{}", self.remote_client_id())
+    }
+
+    /// Checks one bridge's settings.
+    fn validate(&self) -> Result<(), String> {
+        use crate::protocol::topic::valid_topic_filter;
+        let name = &self.name;
+        if name.is_empty() || name.contains(['/', '+', '#']) || name.chars().any(char::is_control) {
+            return Err(format!(
+                "name {name:?} must be non-empty, without '/', '+', '#' or control characters"
+            ));
+        }
+        let Some((host, port)) = self.address.rsplit_once(':') else {
+            return Err(format!(
+                "{name}: address {:?} must be host:port",
+                self.address
+            ));
+        };
+        if host.is_empty() || port.parse::<u16>().map_or(true, |p| p == 0) {
+            return Err(format!(
+                "{name}: address {:?} must be host:port",
+                self.address
+            ));
+        }
+        match self.protocol.as_str() {
+            "3.1.1" | "3.1" => {}
+            "5" | "5.0" => {
+                return Err(format!(
+                    "{name}: protocol {:?}: bridges in this build speak MQTT 3.1.1 (or 3.1); MQTT 5 bridges are not available yet",
+                    self.protocol
+                ))
+            }
+            other => return Err(format!("{name}: protocol {other:?}: expected \"3.1.1\" or \"3.1\"")),
+        }
+        match self.transport {
+            BridgeTransport::Tls if self.ca.is_none() => {
+                return Err(format!("{name}: transport = \"tls\" needs ca"))
+            }
+            BridgeTransport::Tcp
+                if self.ca.is_some() || self.cert.is_some() || self.key.is_some() =>
+            {
+                return Err(format!("{name}: ca, cert and key need transport = \"tls\""))
+            }
+            _ => {}
+        }
+        if self.cert.is_some() != self.key.is_some() {
+            return Err(format!("{name}: cert and key go together"));
+        }
+        let id = self.remote_client_id();
+        if id.is_empty() || id.len() > 65_535 - 6 {
+            return Err(format!("{name}: client_id must be 1 to 65529 bytes"));
+        }
+        if self.password.is_some() && self.username.is_none() {
+            return Err(format!("{name}: password needs username"));
+        }
+        let delays = (self.reconnect_delay_min, self.reconnect_delay_max);
+        if !(delays.0.is_finite() && delays.0 > 0.0 && delays.1.is_finite() && delays.1 >= delays.0)
+        {
+            return Err(format!(
+                "{name}: reconnect_delay_min must be positive and at most reconnect_delay_max"
+            ));
+        }
+        if self.topics.is_empty() {
+            return Err(format!("{name}: at least one topic is required"));
+        }
+        for t in &self.topics {
+            if t.qos > 2 {
+                return Err(format!(
+                    "{name}: topic {:?}: qos must be 0, 1 or 2",
+                    t.pattern
+                ));
+            }
+            for prefix in [&t.local_prefix, &t.remote_prefix] {
+                if prefix.contains(['+', '#']) {
+                    return Err(format!("{name}: prefix {prefix:?} must not hold wildcards"));
+                }
+            }
+            if t.pattern.is_empty() && (t.local_prefix.is_empty() || t.remote_prefix.is_empty()) {
+                return Err(format!(
+                    "{name}: an empty pattern needs both local_prefix and remote_prefix"
+                ));
+            }
+            for f in [t.local_filter(), t.remote_filter()] {
+                if !valid_topic_filter(&f) || f.len() > 65_535 {
+                    return Err(format!("{name}: {f:?} is not a valid topic filter"));
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 /// When the log is made durable (`fsync`).
@@ -347,6 +576,7 @@ impl Default for Config {
             max_keepalive: 0,
             receive_maximum: 65_535,
             max_session_expiry: u32::MAX,
+            bridge: Vec::new(),
         }
     }
 }
@@ -563,6 +793,13 @@ impl Config {
             // MQTT 3.1.1 requires a server to accept ids of 1 to 23 characters [MQTT-3.1.3-5].
             return invalid("max_client_id_length", "must be between 23 and 65535");
         }
+        let mut names = std::collections::HashSet::new();
+        for b in &self.bridge {
+            b.validate().or_else(|why| invalid("bridge", why))?;
+            if !names.insert(b.name.as_str()) {
+                return invalid("bridge", format!("two bridges are named {:?}", b.name));
+            }
+        }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log_level) {
             return invalid("log_level", format!("{:?}: {e}", self.log_level));
         }
@@ -731,6 +968,156 @@ password_file = "/etc/pw2"
             (d.max_topic_levels, d.max_client_id_length, d.mqtt31),
             (8, 64, true)
         );
+    }
+
+    #[test]
+    fn bridge_tables_are_read_with_mosquittos_defaults() {
+        let c = Config::from_toml(
+            r#"
+[[bridge]]
+name = "cloud"
+address = "mqtt.example.com:8883"
+transport = "tls"
+ca = "/etc/shardmq/cloud-ca.pem"
+username = "site1"
+password = "secret"
+topics = [
+  { pattern = "sensors/#", direction = "out", qos = 1, local_prefix = "", remote_prefix = "site1/" },
+  { pattern = "cmd/#", direction = "in", qos = 2, remote_prefix = "site1/" },
+  { pattern = "status" },
+]
+"#,
+        )
+        .unwrap();
+        c.validate().unwrap();
+        let b = &c.bridge[0];
+        assert_eq!(b.remote_client_id(), "cloud");
+        assert_eq!(b.local_client_id(), "local.cloud");
+        assert_eq!(
+            (b.keepalive, b.clean_session, b.try_private),
+            (60, false, true)
+        );
+        assert_eq!(b.protocol, "3.1.1");
+        assert_eq!(b.topics[1].remote_filter(), "site1/cmd/#");
+        assert_eq!(b.topics[1].local_filter(), "cmd/#");
+        // Mosquitto's defaults: out, QoS 0, no prefixes.
+        assert_eq!(b.topics[2].direction, Direction::Out);
+        assert_eq!(b.topics[2].qos, 0);
+    }
+
+    #[test]
+    fn the_example_files_bridge_block_is_valid_once_uncommented() {
+        let example = include_str!("../shardmq.example.toml");
+        let block = &example[example.find("# [[bridge]]").unwrap()..];
+        let text: String = block
+            .lines()
+            .map(|l| {
+                let l = l.strip_prefix("# ").unwrap_or(l);
+                // The comment after the value.
+                match l.find("  #") {
+                    Some(i) => &l[..i],
+                    None => l,
+                }
+                .to_string()
+                    + "\n"
+            })
+            .collect();
+        let c = Config::from_toml(&text).unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.bridge[0].name, "cloud");
+        assert_eq!(c.bridge[0].topics.len(), 2);
+    }
+
+    #[test]
+    fn bad_bridge_settings_are_refused_with_the_reason() {
+        let base = || BridgeConfig {
+            name: "b".into(),
+            address: "127.0.0.1:1883".into(),
+            transport: BridgeTransport::Tcp,
+            ca: None,
+            cert: None,
+            key: None,
+            client_id: None,
+            username: None,
+            password: None,
+            clean_session: false,
+            keepalive: 60,
+            protocol: "3.1.1".into(),
+            try_private: true,
+            reconnect_delay_min: 1.0,
+            reconnect_delay_max: 30.0,
+            topics: vec![BridgeTopic {
+                pattern: "#".into(),
+                direction: Direction::Both,
+                qos: 1,
+                local_prefix: String::new(),
+                remote_prefix: String::new(),
+            }],
+        };
+        let check = |b: BridgeConfig| {
+            let c = Config {
+                bridge: vec![b],
+                ..Config::default()
+            };
+            match c.validate() {
+                Err(ConfigError::Invalid { key: "bridge", why }) => why,
+                other => panic!("{other:?}"),
+            }
+        };
+        Config {
+            bridge: vec![base()],
+            ..Config::default()
+        }
+        .validate()
+        .unwrap();
+        let why = check(BridgeConfig {
+            protocol: "5.0".into(),
+            ..base()
+        });
+        assert!(why.contains("MQTT 3.1.1"), "{why}");
+        assert!(check(BridgeConfig {
+            address: "nowhere".into(),
+            ..base()
+        })
+        .contains("host:port"));
+        assert!(check(BridgeConfig {
+            transport: BridgeTransport::Tls,
+            ..base()
+        })
+        .contains("needs ca"));
+        assert!(check(BridgeConfig {
+            name: "a/b".into(),
+            ..base()
+        })
+        .contains("name"));
+        assert!(check(BridgeConfig {
+            topics: Vec::new(),
+            ..base()
+        })
+        .contains("topic"));
+        let mut bad_qos = base();
+        bad_qos.topics[0].qos = 3;
+        assert!(check(bad_qos).contains("qos"));
+        let mut bad_filter = base();
+        bad_filter.topics[0].pattern = "a/#/b".into();
+        assert!(check(bad_filter).contains("not a valid topic filter"));
+        let mut wild_prefix = base();
+        wild_prefix.topics[0].local_prefix = "+/".into();
+        assert!(check(wild_prefix).contains("wildcards"));
+        assert!(check(BridgeConfig {
+            password: Some("p".into()),
+            ..base()
+        })
+        .contains("password needs username"));
+        let twice = Config {
+            bridge: vec![base(), base()],
+            ..Config::default()
+        };
+        assert!(twice.validate().is_err());
+        assert!(Config::from_toml(
+            "[[bridge]]\nname = \"x\"\naddress = \"h:1\"\ntopics = []\nprotocoll = \"3.1.1\"\n"
+        )
+        .is_err());
     }
 
     #[test]

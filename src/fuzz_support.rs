@@ -1096,6 +1096,7 @@ fn server_only_packet(which: u8) -> Packet {
         _ => Packet::Connect(Box::new(Connect {
             props: Default::default(),
             protocol: Protocol::V311,
+            bridge: false,
             clean_session: true,
             keep_alive: 0,
             client_id: ByteString::from_static("fuzz"),

@@ -21,6 +21,7 @@
 
 mod affinity;
 pub mod auth;
+mod bridge;
 pub mod config;
 pub mod fuzz_support;
 mod hash;
@@ -131,6 +132,8 @@ pub enum StartError {
 pub(crate) struct Shared {
     pub config: Arc<Config>,
     pub listeners: Arc<[link::Listener]>,
+    /// The bridges, each run by the home shard of its session.
+    pub bridges: Vec<Arc<bridge::BridgeSpec>>,
     connections: AtomicUsize,
     /// `Config::max_connections`, as last reloaded.
     max_connections: AtomicUsize,
@@ -171,6 +174,22 @@ fn build_listeners(
         out.push(link::Listener { spec, auth, tls });
     }
     Ok(out.into())
+}
+
+/// Every bridge's runtime settings (its TLS files read).
+fn build_bridges(config: &Config) -> Result<Vec<Arc<bridge::BridgeSpec>>, StartError> {
+    config
+        .bridge
+        .iter()
+        .map(|b| {
+            bridge::BridgeSpec::new(b).map(Arc::new).map_err(|e| {
+                StartError::Config(ConfigError::Invalid {
+                    key: "bridge",
+                    why: format!("{}: {e}", b.name),
+                })
+            })
+        })
+        .collect()
 }
 
 impl Shared {
@@ -366,6 +385,7 @@ const RESTART_KEYS: &[&str] = &[
     "fsync",
     "fsync_interval_ms",
     "log_compaction_bytes",
+    "bridge",
 ];
 
 impl Broker {
@@ -378,6 +398,7 @@ impl Broker {
     pub fn check(config: &Config) -> Result<(), StartError> {
         config.validate()?;
         build_listeners(config, None)?;
+        build_bridges(config)?;
         Ok(())
     }
 
@@ -393,12 +414,14 @@ impl Broker {
     ) -> Result<Broker, StartError> {
         config.validate()?;
         let listeners = build_listeners(&config, custom_auth.as_ref())?;
+        let bridges = build_bridges(&config)?;
         abort_on_shard_panic();
         let n = config.shard_count();
         let shared = Arc::new(Shared {
             max_connections: AtomicUsize::new(config.max_connections),
             config: Arc::new(config),
             listeners,
+            bridges,
             connections: AtomicUsize::new(0),
             peak: AtomicUsize::new(0),
         });
@@ -669,6 +692,7 @@ impl Broker {
         new.fsync = old.fsync;
         new.fsync_interval_ms = old.fsync_interval_ms;
         new.log_compaction_bytes = old.log_compaction_bytes;
+        new.bridge = old.bridge.clone();
         if moved {
             new.listeners = old.listeners.clone();
             new.listener = old.listener.clone();

@@ -155,6 +155,11 @@ pub async fn run(init: ShardInit) {
             return;
         }
     }
+    for spec in &init.shared.bridges {
+        if crate::shard::home_shard(&spec.local_client_id, n) == id {
+            spawn_local(crate::bridge::run(shard.clone(), spec.clone())).detach();
+        }
+    }
     for (index, listener) in listeners.into_iter().enumerate() {
         spawn_local(net::accept_loop(
             shard.clone(),

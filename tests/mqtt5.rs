@@ -30,6 +30,7 @@ fn connect5(id: &str) -> Connect {
         username: None,
         password: None,
         props: ConnectProps::default(),
+        bridge: false,
     }
 }
 

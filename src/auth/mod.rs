@@ -257,6 +257,7 @@ mod tests {
         Connect {
             props: Default::default(),
             protocol: Protocol::V311,
+            bridge: false,
             clean_session: true,
             keep_alive: 60,
             client_id: ByteString::from_static("c"),

@@ -11,7 +11,7 @@
 //! `out`, so the connection's first-packet loop needs no second I/O loop.
 
 use bytes::{Buf, BytesMut};
-use rustls::ServerConnection;
+use rustls::{ConnectionCommon, ServerConnection, SideData};
 use std::io::{self, Read, Write};
 use tungstenite::handshake::server::{Callback, ErrorResponse, Request, Response};
 use tungstenite::handshake::{HandshakeError, MidHandshake};
@@ -97,6 +97,26 @@ enum Layers {
     Tls(Box<ServerConnection>),
     Ws(Box<Ws>),
     Wss(Box<ServerConnection>, Box<Ws>),
+    /// An outgoing connection (a bridge's, see `crate::bridge`): what the shard
+    /// writes is mapped on the way out, then optionally goes through TLS as the
+    /// client.
+    Client(Box<ClientLayers>),
+}
+
+/// What an outgoing connection does to the MQTT bytes the shard writes to it before
+/// they are sent (a bridge rewrites its topics); defined by the connection's owner.
+pub trait Outgoing: Send {
+    /// MQTT bytes written by the shard (whole packets, possibly split across calls)
+    /// to the MQTT bytes to send.
+    fn map(&mut self, mqtt: &[u8]) -> Result<BytesMut, WireError>;
+    /// For the owner to reach its own state.
+    fn as_any(&mut self) -> &mut dyn std::any::Any;
+}
+
+/// The layers of an outgoing connection.
+struct ClientLayers {
+    tls: Option<rustls::ClientConnection>,
+    outgoing: Box<dyn Outgoing>,
 }
 
 /// What [`Wire::decode`] found besides MQTT bytes.
@@ -119,6 +139,8 @@ pub enum WireError {
     Ws(String),
     #[error("a WebSocket text frame (MQTT travels in binary frames only)")]
     TextFrame,
+    #[error("outgoing: {0}")]
+    Outgoing(String),
 }
 
 /// One connection's transport; see the module documentation.
@@ -145,6 +167,23 @@ impl Wire {
         }
     }
 
+    /// An outgoing connection (to a remote broker), as its client: optionally TLS,
+    /// and what the shard writes mapped by `outgoing` first.
+    pub fn client(tls: Option<rustls::ClientConnection>, outgoing: Box<dyn Outgoing>) -> Wire {
+        Wire {
+            layers: Layers::Client(Box::new(ClientLayers { tls, outgoing })),
+            out: BytesMut::new(),
+        }
+    }
+
+    /// The [`Outgoing`] of an outgoing connection, for its owner to downcast.
+    pub fn outgoing(&mut self) -> Option<&mut dyn std::any::Any> {
+        match &mut self.layers {
+            Layers::Client(c) => Some(c.outgoing.as_any()),
+            _ => None,
+        }
+    }
+
     /// WebSocket, upgraded on `path`, optionally inside TLS.
     pub fn ws(path: &str, tls: Option<ServerConnection>, max_packet_size: usize) -> Wire {
         let upgrade = Upgrade {
@@ -166,7 +205,7 @@ impl Wire {
     pub fn tls_session(&self) -> Option<&ServerConnection> {
         match &self.layers {
             Layers::Tls(t) | Layers::Wss(t, _) => Some(t),
-            Layers::Ws(_) => None,
+            Layers::Ws(_) | Layers::Client(_) => None,
         }
     }
 
@@ -176,6 +215,7 @@ impl Wire {
         let ws_done = match &self.layers {
             Layers::Ws(w) | Layers::Wss(_, w) => matches!(**w, Ws::Open(_)),
             Layers::Tls(_) => true,
+            Layers::Client(c) => return c.tls.as_ref().is_none_or(|t| !t.is_handshaking()),
         };
         tls_done && ws_done
     }
@@ -186,13 +226,27 @@ impl Wire {
         let Wire { layers, out } = self;
         match layers {
             Layers::Tls(tls) => {
-                let (peer, res) = tls_decode(tls, raw, &mut |plain| {
+                let (peer, res) = tls_decode(&mut ***tls, raw, &mut |plain| {
                     mqtt.extend_from_slice(plain);
                     Ok(())
                 });
-                tls_flush(tls, out);
+                tls_flush(&mut ***tls, out);
                 res.map(|_| peer)
             }
+            Layers::Client(c) => match c.tls.as_mut() {
+                Some(tls) => {
+                    let (peer, res) = tls_decode(&mut **tls, raw, &mut |plain| {
+                        mqtt.extend_from_slice(plain);
+                        Ok(())
+                    });
+                    tls_flush(&mut **tls, out);
+                    res.map(|_| peer)
+                }
+                None => {
+                    mqtt.extend_from_slice(raw);
+                    Ok(Peer::Open)
+                }
+            },
             Layers::Ws(ws) => {
                 let mut pipe_out = Vec::new();
                 let res = ws_decode(ws, raw, mqtt, &mut pipe_out);
@@ -201,7 +255,7 @@ impl Wire {
             }
             Layers::Wss(tls, ws) => {
                 let mut plain_in = BytesMut::new();
-                let (tls_peer, res) = tls_decode(tls, raw, &mut |plain| {
+                let (tls_peer, res) = tls_decode(&mut ***tls, raw, &mut |plain| {
                     plain_in.extend_from_slice(plain);
                     Ok(())
                 });
@@ -216,7 +270,7 @@ impl Wire {
                     // possible with the default (unbounded) send buffer.
                     let _ = tls.writer().write_all(&ws_out);
                 }
-                tls_flush(tls, out);
+                tls_flush(&mut ***tls, out);
                 res?;
                 let ws_peer = ws_res?;
                 Ok(if tls_peer == Peer::Closed || ws_peer == Peer::Closed {
@@ -234,7 +288,18 @@ impl Wire {
         match layers {
             Layers::Tls(tls) => {
                 let _ = tls.writer().write_all(mqtt);
-                tls_flush(tls, out);
+                tls_flush(&mut ***tls, out);
+                Ok(())
+            }
+            Layers::Client(c) => {
+                let mapped = c.outgoing.map(mqtt)?;
+                match c.tls.as_mut() {
+                    Some(tls) => {
+                        let _ = tls.writer().write_all(&mapped);
+                        tls_flush(&mut **tls, out);
+                    }
+                    None => out.extend_from_slice(&mapped),
+                }
                 Ok(())
             }
             Layers::Ws(ws) => {
@@ -245,7 +310,7 @@ impl Wire {
             Layers::Wss(tls, ws) => {
                 let framed = ws_encode(ws, mqtt)?;
                 let _ = tls.writer().write_all(&framed);
-                tls_flush(tls, out);
+                tls_flush(&mut ***tls, out);
                 Ok(())
             }
         }
@@ -266,22 +331,28 @@ impl Wire {
         match layers {
             Layers::Tls(tls) => {
                 tls.send_close_notify();
-                tls_flush(tls, out);
+                tls_flush(&mut ***tls, out);
             }
             Layers::Ws(ws) => out.extend_from_slice(&close_ws(ws)),
             Layers::Wss(tls, ws) => {
                 let bytes = close_ws(ws);
                 let _ = tls.writer().write_all(&bytes);
                 tls.send_close_notify();
-                tls_flush(tls, out);
+                tls_flush(&mut ***tls, out);
+            }
+            Layers::Client(c) => {
+                if let Some(tls) = c.tls.as_mut() {
+                    tls.send_close_notify();
+                    tls_flush(&mut **tls, out);
+                }
             }
         }
     }
 }
 
 /// Feeds `raw` to rustls and hands every plaintext byte to `sink`.
-fn tls_decode(
-    tls: &mut ServerConnection,
+fn tls_decode<D: SideData>(
+    tls: &mut ConnectionCommon<D>,
     mut raw: &[u8],
     sink: &mut dyn FnMut(&[u8]) -> Result<(), WireError>,
 ) -> (Peer, Result<(), WireError>) {
@@ -324,7 +395,7 @@ fn tls_decode(
 }
 
 /// Moves the TLS records rustls has ready into `out`.
-fn tls_flush(tls: &mut ServerConnection, out: &mut BytesMut) {
+fn tls_flush<D: SideData>(tls: &mut ConnectionCommon<D>, out: &mut BytesMut) {
     let mut w = BytesWriter(out);
     while tls.wants_write() {
         if tls.write_tls(&mut w).is_err() {

@@ -418,6 +418,18 @@ impl Collector for Scrape {
             "Sessions taken over by a new connection with the same client id.",
             t.takeovers as f64,
         )?;
+        labelled(
+            e,
+            Counter,
+            "shardmq_bridge_messages",
+            "Messages bridges received from remotes (in), sent to remotes (out), and lost (dropped).",
+            "direction",
+            &[
+                ("in", t.bridge_messages_received as f64),
+                ("out", t.bridge_messages_sent as f64),
+                ("dropped", t.bridge_messages_dropped as f64),
+            ],
+        )?;
         single(
             e,
             Counter,

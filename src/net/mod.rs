@@ -846,7 +846,7 @@ fn from_v5(packet: Packet) -> Result<Packet, End> {
 /// `rbuf`: `None` at EOF, else what the layer made of it and whether it has bytes to
 /// send back. The raw bytes live on the stack only while the read completes, so a
 /// waiting connection holds no buffer for them.
-async fn read_wire(
+pub(crate) async fn read_wire(
     conn: &Rc<Conn>,
     rbuf: &mut BytesMut,
 ) -> io::Result<Option<(Result<Peer, WireError>, bool)>> {

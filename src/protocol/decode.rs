@@ -695,12 +695,18 @@ fn decode_connect(
     let name = r.prefixed_slice()?;
     let is_mqtt = name == b"MQTT";
     let is_mqisdp = name == b"MQIsdp";
-    let level = r.u8()?;
+    let raw_level = r.u8()?;
+    // The top bit marks a bridge (Mosquitto's `try_private`: 0x83, 0x84); the
+    // revision is in the rest.
+    let bridge = raw_level & 0x80 != 0;
+    let level = raw_level & 0x7F;
     let protocol = match (is_mqtt, is_mqisdp, level) {
         (true, _, 4) => Protocol::V311,
         (true, _, 5) => Protocol::V5,
         (_, true, 3) => Protocol::V31,
-        (true, _, _) | (_, true, _) => return Err(DecodeError::UnsupportedProtocolLevel(level)),
+        (true, _, _) | (_, true, _) => {
+            return Err(DecodeError::UnsupportedProtocolLevel(raw_level))
+        }
         _ => return Err(DecodeError::InvalidProtocolName),
     };
 
@@ -797,6 +803,7 @@ fn decode_connect(
     }
     Ok(Packet::Connect(Box::new(Connect {
         protocol,
+        bridge,
         clean_session,
         keep_alive,
         client_id,
@@ -1006,6 +1013,7 @@ mod tests {
         Connect {
             props: Default::default(),
             protocol,
+            bridge: false,
             clean_session: true,
             keep_alive: 60,
             client_id: ByteString::from_static("client-1"),
@@ -1058,6 +1066,10 @@ mod tests {
             let mut c = connect(protocol);
             c.username = Some(ByteString::from_static("only-user"));
             c.keep_alive = u16::MAX;
+            out.push(Packet::Connect(Box::new(c)));
+            // A bridge (protocol level 0x83 / 0x84).
+            let mut c = connect(protocol);
+            c.bridge = true;
             out.push(Packet::Connect(Box::new(c)));
         }
         let mut c = connect(Protocol::V311);
@@ -1159,6 +1171,28 @@ mod tests {
     }
 
     // ---- round trips ----------------------------------------------------------------
+
+    #[test]
+    fn the_bridge_bit_on_the_protocol_level_is_accepted_and_kept() {
+        for (name, level, protocol) in [
+            (&b"MQTT"[..], 0x84, Protocol::V311),
+            (&b"MQIsdp"[..], 0x83, Protocol::V31),
+        ] {
+            let bytes = raw_connect(name, level, 0x02, &[b"bridge-1"]);
+            match decode_all(&bytes) {
+                Ok(Some(Packet::Connect(c))) => {
+                    assert!(c.bridge);
+                    assert_eq!(c.protocol, protocol);
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        // Only the top bit: 0xC4 is no revision.
+        assert!(matches!(
+            decode_err(&raw_connect(b"MQTT", 0xC4, 0x02, &[b"c"])),
+            DecodeError::UnsupportedProtocolLevel(0xC4)
+        ));
+    }
 
     #[test]
     fn every_packet_type_round_trips() {

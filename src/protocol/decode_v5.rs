@@ -491,6 +491,7 @@ mod tests {
     fn connect5() -> Connect {
         Connect {
             protocol: Protocol::V5,
+            bridge: false,
             clean_session: true,
             keep_alive: 30,
             client_id: s("client-5"),

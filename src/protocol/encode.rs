@@ -281,7 +281,7 @@ fn encode_connect(out: &mut BytesMut, c: &Connect) {
     begin(out, 0x10, connect_remaining_len(c));
     let (name, level) = protocol_name_and_level(c.protocol);
     write_prefixed(out, name);
-    out.put_u8(level);
+    out.put_u8(if c.bridge { level | 0x80 } else { level });
     let mut flags = 0u8;
     if c.clean_session {
         flags |= 0x02;
@@ -438,6 +438,7 @@ mod tests {
         let mut c = Connect {
             props: Default::default(),
             protocol: Protocol::V311,
+            bridge: false,
             clean_session: true,
             keep_alive: 60,
             client_id: ByteString::from_static("c"),
@@ -461,6 +462,7 @@ mod tests {
         let c = Connect {
             props: Default::default(),
             protocol: Protocol::V311,
+            bridge: false,
             clean_session: false,
             keep_alive: 0,
             client_id: ByteString::from_static("c"),

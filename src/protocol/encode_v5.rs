@@ -544,6 +544,7 @@ mod tests {
     fn connect_5_0_layout_has_properties_after_keep_alive_and_before_the_will() {
         let mut c = Connect {
             protocol: Protocol::V5,
+            bridge: false,
             clean_session: true,
             keep_alive: 60,
             client_id: ByteString::from_static("c"),

@@ -165,6 +165,10 @@ impl Default for ConnectProps {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Connect {
     pub protocol: Protocol,
+    /// The bridge bit (0x80) was set on the protocol level (0x83, 0x84): the client is
+    /// another broker's bridge, as Mosquitto's `try_private` announces it. Such a
+    /// client is not sent back the messages it published itself.
+    pub bridge: bool,
     /// Clean Session (3.1.1) or Clean Start (5.0): the same bit.
     pub clean_session: bool,
     /// Seconds; 0 disables keep-alive.

@@ -280,6 +280,7 @@ fn unexpected_packets_are_rejected() {
     let connect = Packet::Connect(Box::new(Connect {
         props: Default::default(),
         protocol: Protocol::V311,
+        bridge: false,
         clean_session: false,
         keep_alive: 10,
         client_id: ByteString::from_static("client"),

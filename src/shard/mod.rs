@@ -15,6 +15,7 @@
 //! own subscribers. Consecutive QoS 0 messages on one topic travel as a run, matched
 //! and written to each subscriber once.
 
+mod bridge;
 mod droplog;
 pub mod durable;
 pub mod mesh;
@@ -109,6 +110,12 @@ struct SessionEntry {
     /// With persistence on: its positions in the streams may have moved since the
     /// last checkpoint.
     pos_dirty: bool,
+    /// What it publishes never comes back to it (a remote broker's bridge, or one
+    /// of this broker's own bridges).
+    no_local: bool,
+    /// The session of one of this broker's bridges: no client may take it over,
+    /// and it stays while its remote is down.
+    bridge: bool,
 }
 
 impl SessionEntry {
@@ -126,6 +133,8 @@ impl SessionEntry {
             expiry: None,
             delayed_will: None,
             pos_dirty: false,
+            no_local: false,
+            bridge: false,
         }
     }
 }
@@ -219,6 +228,17 @@ pub struct Shard {
     pub barriers: usize,
     /// Wills of connections lost during a compaction, published after it.
     paused_wills: Vec<Message>,
+    /// The session whose publishes are being routed, when it must not get them
+    /// back (see `SessionEntry::no_local`).
+    no_local: Option<u32>,
+    /// The sessions of the bridges homed here (usually none).
+    bridge_keys: Vec<u32>,
+    /// The next message delivered here is a retained one the bridges' sessions have
+    /// already had with its retain flag: they do not get it again.
+    skip_bridges: bool,
+    /// Retained messages from other shards the bridges here got with their retain
+    /// flag, whose forwarded copy (in the same batch) they must not get again.
+    bridge_skip: Vec<Message>,
 }
 
 /// Readers parked because an outbox is over its high-water mark.
@@ -291,6 +311,10 @@ impl Shard {
             paused: false,
             barriers: 0,
             paused_wills: Vec::new(),
+            no_local: None,
+            bridge_keys: Vec::new(),
+            skip_bridges: false,
+            bridge_skip: Vec::new(),
         }
     }
 
@@ -477,6 +501,19 @@ impl Shard {
                 return None;
             }
         }
+        if let Some(&key) = self.by_client.get(&connect.client_id) {
+            if self.sessions[key].bridge {
+                // A bridge's own session is not for clients.
+                self.stats.connects_refused += 1;
+                tracing::info!(client = %connect.client_id, "CONNECT refused: the client id of a bridge's session");
+                conn.write_packet(&Packet::ConnAck(ConnAck {
+                    session_present: false,
+                    code: ConnectReturnCode::IdentifierRejected,
+                }));
+                conn.close();
+                return None;
+            }
+        }
         self.stats.packets_received += 1;
         let mut wills = Vec::new();
         let mut resumed = None;
@@ -556,6 +593,7 @@ impl Shard {
         entry.auth = auth;
         entry.listener = listener;
         entry.session.set_v5(v5);
+        entry.no_local = connect.bridge;
         entry
             .session
             .connect(connect.keep_alive, connect.will, now, &mut self.out);
@@ -620,6 +658,10 @@ impl Shard {
     pub fn set_listeners(&mut self, listeners: Arc<[Listener]>) {
         self.listeners = listeners;
         for (_, e) in self.sessions.iter_mut() {
+            if e.bridge {
+                // A bridge's session answers to no listener's files.
+                continue;
+            }
             let username = e.auth.take().and_then(|a| a.username);
             let index = usize::from(e.listener).min(self.listeners.len() - 1);
             let auth = self.listeners[index].auth.as_ref();
@@ -785,6 +827,10 @@ impl Shard {
                 }
                 // Published messages are logged before their acknowledgements go.
                 if !self.out.publishes.is_empty() {
+                    if self.sessions[key].no_local {
+                        // Until `route_pending` has routed them.
+                        self.no_local = Some(key as u32);
+                    }
                     let mut publishes = std::mem::take(&mut self.out.publishes);
                     for mut msg in publishes.drain(..) {
                         self.stats.publishes_received_qos[msg.qos as usize] += 1;
@@ -1062,6 +1108,7 @@ impl Shard {
     /// range and one output update per subscriber, one interest match.
     pub fn route_pending(&mut self) {
         if self.routing.is_empty() {
+            self.no_local = None;
             return;
         }
         let mut routing = std::mem::take(&mut self.routing);
@@ -1079,6 +1126,7 @@ impl Shard {
         self.publish_run(&mut run);
         self.routing = routing;
         self.run = run;
+        self.no_local = None;
     }
 
     /// Publishes the run gathered so far (if any) and empties it.
@@ -1144,6 +1192,9 @@ impl Shard {
                             });
                         }
                     }
+                    if !self.bridge_keys.is_empty() {
+                        self.skip_bridges = self.retained_to_bridges(&msg);
+                    }
                 }
                 LocalUpdate::Refused => self.stats.retained_refused += 1,
             }
@@ -1171,6 +1222,8 @@ impl Shard {
             stats,
             writes,
             durable,
+            no_local,
+            skip_bridges,
             ..
         } = self;
         matched.clear();
@@ -1189,6 +1242,12 @@ impl Shard {
                 matched.push((k, qos));
             }
         });
+        if let Some(publisher) = *no_local {
+            matched.retain(|&(k, _)| k != publisher);
+        }
+        if std::mem::take(skip_bridges) {
+            matched.retain(|&(k, _)| sessions.get(k as usize).is_none_or(|e| !e.bridge));
+        }
         // Encoded at most once per message, on the first subscriber that takes it as
         // is, into bytes every other such subscriber's output refers to (sent with
         // one gathered write per connection, see `net::Writes::share`). Cloning the
@@ -1266,6 +1325,9 @@ impl Shard {
             for m in run {
                 e.pos_dirty |= m.stamp.is_set();
                 let d = e.session.deliver(m, qos, out);
+                if e.bridge && matches!(d, Delivery::Dropped(_)) {
+                    stats.bridge_messages_dropped += 1;
+                }
                 count_delivery(stats, d, &mut e.session);
                 write_out(e, out, high_water, stats, durable.as_deref_mut());
             }
@@ -1292,6 +1354,12 @@ impl Shard {
                 MeshMsg::Publish(m) => {
                     self.stats.forwarded_in += 1;
                     self.saw_stamp(&m);
+                    if !self.bridge_skip.is_empty() && self.take_bridge_skip(&m) {
+                        self.deliver_run(&mut run);
+                        self.skip_bridges = true;
+                        self.deliver_local(std::slice::from_ref(&m));
+                        continue;
+                    }
                     if run.breaks(&m) {
                         self.deliver_run(&mut run);
                     }
@@ -1309,6 +1377,8 @@ impl Shard {
         }
         self.deliver_run(&mut run);
         self.run = run;
+        // A retained update and its forwarded copy travel in one batch.
+        self.bridge_skip.clear();
     }
 
     /// Delivers the run gathered so far (if any) and empties it.
@@ -1325,8 +1395,13 @@ impl Shard {
             MeshMsg::Publish(m) => self.deliver_local(std::slice::from_ref(&m)),
             MeshMsg::Retain { msg, version } => {
                 self.saw_stamp(&msg);
-                if self.retained.apply(&msg, version) && !self.pending_interest.is_empty() {
-                    self.retained_while_held(src, &msg);
+                if self.retained.apply(&msg, version) {
+                    if !self.pending_interest.is_empty() {
+                        self.retained_while_held(src, &msg);
+                    }
+                    if !self.bridge_keys.is_empty() && self.retained_to_bridges(&msg) {
+                        self.bridge_skip.push(msg);
+                    }
                 }
             }
             MeshMsg::InterestAdd { filters, token } => {
@@ -1444,6 +1519,10 @@ impl Shard {
         let mut closing = Vec::new();
         for (_, e) in self.sessions.iter_mut() {
             if let Some(c) = &e.conn {
+                if e.bridge {
+                    // The remote sees a clean end, not a lost connection.
+                    c.write_packet(&Packet::Disconnect);
+                }
                 c.close_because(DisconnectReason::Shutdown);
                 closing.push(c.clone());
             }

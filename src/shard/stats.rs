@@ -62,6 +62,13 @@ pub struct ShardStats {
     pub accepts_paced: u64,
     /// Offline persistent sessions removed after `persistent_client_expiration`.
     pub sessions_expired: u64,
+    /// Bridges: messages received from remotes and published here, messages sent
+    /// to remotes, and messages a bridge lost (QoS 0 while its remote was down, its
+    /// queue full, or an echo of its own message from a remote that refused the
+    /// bridge bit).
+    pub bridge_messages_received: u64,
+    pub bridge_messages_sent: u64,
+    pub bridge_messages_dropped: u64,
     /// Persistence: bytes written to the log (records and padding), log commits
     /// (each one write and one fdatasync), and compactions.
     pub log_bytes_written: u64,
@@ -186,6 +193,9 @@ impl BrokerStats {
                 publishes_to_sys,
                 accepts_paced,
                 sessions_expired,
+                bridge_messages_received,
+                bridge_messages_sent,
+                bridge_messages_dropped,
                 log_bytes_written,
                 log_commits,
                 log_compactions,

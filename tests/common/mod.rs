@@ -506,6 +506,21 @@ impl Raw {
         }
     }
 
+    /// The next connection accepted on `listener`, for a test playing the broker's
+    /// part (a bridge's remote).
+    pub fn accept(listener: &std::net::TcpListener) -> Raw {
+        let (stream, _) = listener.accept().expect("tcp accept");
+        stream.set_nodelay(true).unwrap();
+        stream.set_write_timeout(Some(TIMEOUT)).unwrap();
+        Raw {
+            stream,
+            buf: Vec::new(),
+            stash: VecDeque::new(),
+            closed: false,
+            next_pid: 1000,
+        }
+    }
+
     /// Opens, sends `opts`' CONNECT, and returns the CONNACK's (flags byte, return code).
     pub fn connect_opts(addr: SocketAddr, opts: &ConnectOpts) -> (Raw, u8, u8) {
         let mut raw = Raw::open(addr);
