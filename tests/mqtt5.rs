@@ -908,3 +908,108 @@ fn will_delay_defers_the_will_and_a_resume_in_time_cancels_it() {
         .expect("will at session end");
     assert_eq!(p.publish().topic, "delayed/c");
 }
+
+// ---------------------------------------------------------------------------------
+// Subscription options
+// ---------------------------------------------------------------------------------
+
+fn subscribe_opts(raw: &mut Raw, pkid: u16, f: SubscribeFilter) -> Vec<ReasonCode> {
+    raw.send(&enc(&Packet::Subscribe(Subscribe {
+        pkid,
+        filters: vec![f],
+        id: None,
+        user: UserProperties::new(),
+    })));
+    match dec(&raw.recv_kind(SUBACK)) {
+        Packet::SubAckV5(s) => s.reasons,
+        p => panic!("expected a 5.0 SUBACK, got {p:?}"),
+    }
+}
+
+#[test]
+fn no_local_keeps_a_clients_own_messages_from_it() {
+    let b = broker();
+    let addr = b.local_addr();
+    let mut me = client5(addr, connect5(&id_on_shard("me", 0)));
+    let mut other = client5(addr, connect5(&id_on_shard("other", 1)));
+    subscribe5(&mut other, 1, &[("nl/#", Q::AtMostOnce)]);
+    let mut f = filter("nl/#", Q::AtLeastOnce);
+    f.no_local = true;
+    subscribe_opts(&mut me, 1, f);
+    subscribe5(&mut me, 2, &[("nl/both", Q::AtMostOnce)]);
+    me.send(&enc(&Packet::Publish(publish5(
+        "nl/a",
+        b"a",
+        Q::AtMostOnce,
+        false,
+        0,
+    ))));
+    me.send(&enc(&Packet::Publish(publish5(
+        "nl/both",
+        b"b",
+        Q::AtLeastOnce,
+        false,
+        4,
+    ))));
+    me.recv_kind(PUBACK);
+    // Through the subscription without No Local only, at its QoS.
+    let p = recv_publish5(&mut me);
+    assert_eq!((&p.topic[..], p.qos), ("nl/both", Q::AtMostOnce));
+    me.expect_silence(QUIET);
+    assert_eq!(&recv_publish5(&mut other).topic[..], "nl/a");
+    assert_eq!(&recv_publish5(&mut other).topic[..], "nl/both");
+    // Others' messages still arrive through a No Local subscription.
+    other.send(&enc(&Packet::Publish(publish5(
+        "nl/x",
+        b"x",
+        Q::AtMostOnce,
+        false,
+        0,
+    ))));
+    assert_eq!(&recv_publish5(&mut me).topic[..], "nl/x");
+}
+
+#[test]
+fn retain_handling_0_1_2() {
+    let b = broker();
+    let addr = b.local_addr();
+    let mut publ = client5(addr, connect5(&id_on_shard("p", 0)));
+    publ.send(&enc(&Packet::Publish(publish5(
+        "rh/t",
+        b"kept",
+        Q::AtMostOnce,
+        true,
+        0,
+    ))));
+    wait_stats(&b, "retained", |s| s.retained >= 1);
+    let mut sub = client5(addr, connect5(&id_on_shard("s", 1)));
+    let with = |rh: u8| {
+        let mut f = filter("rh/t", Q::AtMostOnce);
+        f.retain_handling = match rh {
+            0 => shardmq::protocol::RetainHandling::OnSubscribe,
+            1 => shardmq::protocol::RetainHandling::OnNewSubscription,
+            _ => shardmq::protocol::RetainHandling::Never,
+        };
+        f
+    };
+    subscribe_opts(&mut sub, 1, with(2));
+    sub.expect_silence(QUIET);
+    sub.send(&enc(&Packet::Unsubscribe(Unsubscribe {
+        pkid: 2,
+        filters: vec!["rh/t".into()],
+        user: UserProperties::new(),
+    })));
+    sub.recv_kind(UNSUBACK);
+    subscribe_opts(&mut sub, 3, with(1));
+    assert!(
+        recv_publish5(&mut sub).retain,
+        "1: a new subscription gets them"
+    );
+    subscribe_opts(&mut sub, 4, with(1));
+    sub.expect_silence(QUIET);
+    subscribe_opts(&mut sub, 5, with(0));
+    assert!(
+        recv_publish5(&mut sub).retain,
+        "0: every subscribe gets them"
+    );
+}

@@ -882,7 +882,8 @@ async fn subscribe(
     key: usize,
     sub: Subscribe,
 ) -> bool {
-    let start = shard.borrow_mut().subscribe_start(key, conn.id, &sub);
+    let mut sub = sub;
+    let start = shard.borrow_mut().subscribe_start(key, conn.id, &mut sub);
     let Some(start) = start else {
         return false;
     };

@@ -28,8 +28,8 @@ use crate::link::{Conn, Listener, Writes};
 use crate::message::Message;
 use crate::protocol::{
     encode_publish, encode_publish_v5, topic, ConnAck, ConnAckProps, ConnAckV5, Connect,
-    ConnectReturnCode, Packet, Protocol, PublishV5Props, QoS, ReasonCode, SubAck, SubAckCode,
-    Subscribe, UnsubAckV5, Unsubscribe,
+    ConnectReturnCode, Packet, Protocol, PublishV5Props, QoS, ReasonCode, RetainHandling, SubAck,
+    SubAckCode, Subscribe, UnsubAckV5, Unsubscribe,
 };
 use crate::session::{Delivery, DropReason, Limits, Output, Session};
 use crate::store;
@@ -107,6 +107,10 @@ struct SessionEntry {
     /// A 5.0 will waiting for its Will Delay Interval: the message and when it is due
     /// (as `offline_since` counts). Dropped if a client resumes the session first.
     delayed_will: Option<Box<(Message, u32)>>,
+    /// The session's 5.0 subscriptions with No Local: its own messages do not come
+    /// back through them. `None` while there are none.
+    #[allow(clippy::box_collection)]
+    no_local_filters: Option<Box<Vec<ByteString>>>,
     /// With persistence on: its positions in the streams may have moved since the
     /// last checkpoint.
     pos_dirty: bool,
@@ -132,6 +136,7 @@ impl SessionEntry {
             offline_since: 0,
             expiry: None,
             delayed_will: None,
+            no_local_filters: None,
             pos_dirty: false,
             no_local: false,
             bridge: false,
@@ -827,7 +832,8 @@ impl Shard {
                 }
                 // Published messages are logged before their acknowledgements go.
                 if !self.out.publishes.is_empty() {
-                    if self.sessions[key].no_local {
+                    if self.sessions[key].no_local || self.sessions[key].no_local_filters.is_some()
+                    {
                         // Until `route_pending` has routed them.
                         self.no_local = Some(key as u32);
                     }
@@ -878,7 +884,7 @@ impl Shard {
         &mut self,
         key: usize,
         conn_id: u64,
-        sub: &Subscribe,
+        sub: &mut Subscribe,
     ) -> Option<SubscribeStart> {
         if !self.is_current(key, conn_id) {
             return None;
@@ -888,9 +894,15 @@ impl Shard {
         let mut codes = Vec::with_capacity(sub.filters.len());
         let mut new_filters = Vec::new();
         let mut waits = Vec::new();
-        for f in &sub.filters {
+        for f in sub.filters.iter_mut() {
             let entry = &mut self.sessions[key];
             let session = &entry.session;
+            if f.retain_handling == RetainHandling::OnNewSubscription
+                && session.subscription(&f.filter).is_some()
+            {
+                // Retain Handling 1: retained messages only for a new subscription.
+                f.retain_handling = RetainHandling::Never;
+            }
             let acceptable = topic::valid_topic_filter(&f.filter)
                 && topic::within_limits(
                     &f.filter,
@@ -912,6 +924,7 @@ impl Shard {
             self.sessions[key]
                 .session
                 .subscribe(f.filter.clone(), f.qos);
+            set_no_local(&mut self.sessions[key], &f.filter, f.no_local);
             if self.durable.is_some() && !self.sessions[key].session.clean_session() {
                 let horizons = self.horizons();
                 let client = self.sessions[key].session.client_id().clone();
@@ -1045,6 +1058,9 @@ impl Shard {
         let mut reasons = Vec::new();
         for filter in &u.filters {
             let existed = self.sessions[key].session.unsubscribe(filter).is_some();
+            if self.sessions[key].no_local_filters.is_some() {
+                set_no_local(&mut self.sessions[key], filter, false);
+            }
             if v5 {
                 reasons.push(if existed {
                     ReasonCode::SUCCESS
@@ -1243,7 +1259,16 @@ impl Shard {
             }
         });
         if let Some(publisher) = *no_local {
-            matched.retain(|&(k, _)| k != publisher);
+            let own = sessions
+                .get(publisher as usize)
+                .and_then(|e| own_delivery_qos(e, &msg.topic));
+            matched.retain_mut(|(k, qos)| match own {
+                Some(q) if *k == publisher => {
+                    *qos = q;
+                    true
+                }
+                _ => *k != publisher,
+            });
         }
         if std::mem::take(skip_bridges) {
             matched.retain(|&(k, _)| sessions.get(k as usize).is_none_or(|e| !e.bridge));
@@ -1557,6 +1582,34 @@ impl Shard {
 
 /// Delivers the retained messages matching each granted filter of a SUBSCRIBE
 /// [MQTT-3.3.1-6], at min(message QoS, granted QoS), retain flag set.
+/// Records whether the session's subscription `filter` has No Local.
+fn set_no_local(entry: &mut SessionEntry, filter: &ByteString, no_local: bool) {
+    let list = entry.no_local_filters.get_or_insert_with(Default::default);
+    list.retain(|f| f != filter);
+    if no_local {
+        list.push(filter.clone());
+    }
+    if list.is_empty() {
+        entry.no_local_filters = None;
+    }
+}
+
+/// The QoS at which a message the session itself published on `topic` comes back to
+/// it: the highest among its matching subscriptions without No Local; `None` when
+/// there is none. A bridge session gets none of its own.
+fn own_delivery_qos(entry: &SessionEntry, topic: &str) -> Option<QoS> {
+    if entry.no_local {
+        return None;
+    }
+    let no_local = entry.no_local_filters.as_deref()?;
+    entry
+        .session
+        .subscriptions()
+        .filter(|(f, _)| !no_local.contains(f) && topic::matches(f, topic))
+        .map(|(_, q)| q)
+        .max()
+}
+
 fn deliver_retained(
     entry: &mut SessionEntry,
     retained: &Retained,
@@ -1566,6 +1619,9 @@ fn deliver_retained(
     codes: &[SubAckCode],
 ) {
     for (f, code) in sub.filters.iter().zip(codes) {
+        if f.retain_handling == RetainHandling::Never {
+            continue;
+        }
         if let SubAckCode::Granted(qos) = *code {
             retained.for_each_match(&f.filter, |m| {
                 if !may_read(&entry.auth, &m.topic) {
