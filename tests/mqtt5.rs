@@ -1013,3 +1013,37 @@ fn retain_handling_0_1_2() {
         "0: every subscribe gets them"
     );
 }
+
+#[test]
+fn suback_reason_codes_say_why_a_filter_was_refused() {
+    let acl = std::env::temp_dir().join(format!("{}.acl", unique("mqtt5-acl")));
+    std::fs::write(&acl, "topic readwrite ok/#\n").unwrap();
+    let path = acl.clone();
+    let b = broker_with(move |c| {
+        c.acl_file = Some(path);
+        c.max_subscriptions_per_client = 2;
+    });
+    let mut raw = client5(b.local_addr(), connect5(&unique("codes")));
+    let reasons = subscribe5(
+        &mut raw,
+        1,
+        &[
+            ("ok/a", Q::AtLeastOnce),
+            ("ok/#/bad", Q::AtMostOnce),
+            ("secret/x", Q::AtMostOnce),
+            ("ok/b", Q::ExactlyOnce),
+            ("ok/c", Q::AtMostOnce),
+        ],
+    );
+    assert_eq!(
+        reasons,
+        [
+            ReasonCode::GRANTED_QOS_1,
+            ReasonCode::TOPIC_FILTER_INVALID,
+            ReasonCode::NOT_AUTHORIZED,
+            ReasonCode::GRANTED_QOS_2,
+            ReasonCode::QUOTA_EXCEEDED,
+        ]
+    );
+    let _ = std::fs::remove_file(acl);
+}

@@ -895,7 +895,7 @@ async fn subscribe(
     }
     shard
         .borrow_mut()
-        .subscribe_finish(key, conn.id, &sub, start.codes);
+        .subscribe_finish(key, conn.id, &sub, start.codes, start.reasons);
     true
 }
 

@@ -29,7 +29,7 @@ use crate::message::Message;
 use crate::protocol::{
     encode_publish, encode_publish_v5, topic, ConnAck, ConnAckProps, ConnAckV5, Connect,
     ConnectReturnCode, Packet, Protocol, PublishV5Props, QoS, ReasonCode, RetainHandling, SubAck,
-    SubAckCode, Subscribe, UnsubAckV5, Unsubscribe,
+    SubAckCode, SubAckV5, Subscribe, UnsubAckV5, Unsubscribe,
 };
 use crate::session::{Delivery, DropReason, Limits, Output, Session};
 use crate::store;
@@ -185,6 +185,8 @@ struct PendingInterest {
 /// The first half of a SUBSCRIBE: codes to send, and what to wait for first.
 pub struct SubscribeStart {
     pub codes: Vec<SubAckCode>,
+    /// The same outcomes as 5.0 reason codes (a refusal says why), for a 5.0 client.
+    pub reasons: Vec<ReasonCode>,
     pub wait: Option<Rc<SubscribeWait>>,
 }
 
@@ -892,6 +894,7 @@ impl Shard {
         self.stats.packets_received += 1;
         self.sessions[key].session.touch(Instant::now());
         let mut codes = Vec::with_capacity(sub.filters.len());
+        let mut reasons = Vec::new();
         let mut new_filters = Vec::new();
         let mut waits = Vec::new();
         for f in sub.filters.iter_mut() {
@@ -911,14 +914,24 @@ impl Shard {
                 )
                 && (session.subscription_count() < self.cfg.max_subscriptions_per_client
                     || session.subscription(&f.filter).is_some());
-            if !acceptable
-                || !entry
-                    .auth
-                    .as_mut()
-                    .is_none_or(|a| a.admit_filter(&f.filter))
+            let refusal = if !topic::valid_topic_filter(&f.filter) {
+                Some(ReasonCode::TOPIC_FILTER_INVALID)
+            } else if !acceptable {
+                // Over a configured limit (length, levels, subscriptions per client).
+                Some(ReasonCode::QUOTA_EXCEEDED)
+            } else if !entry
+                .auth
+                .as_mut()
+                .is_none_or(|a| a.admit_filter(&f.filter))
             {
+                Some(ReasonCode::NOT_AUTHORIZED)
+            } else {
+                None
+            };
+            if let Some(reason) = refusal {
                 self.stats.subscriptions_refused += 1;
                 codes.push(SubAckCode::Failure);
+                reasons.push(reason);
                 continue;
             }
             self.sessions[key]
@@ -944,6 +957,7 @@ impl Shard {
                 }
             }
             codes.push(SubAckCode::Granted(f.qos));
+            reasons.push(ReasonCode(f.qos as u8));
         }
         if !new_filters.is_empty() {
             let token = self.next_token;
@@ -1005,7 +1019,11 @@ impl Shard {
             }
             wait
         });
-        Some(SubscribeStart { codes, wait })
+        Some(SubscribeStart {
+            codes,
+            reasons,
+            wait,
+        })
     }
 
     /// Second half of SUBSCRIBE, once interest is confirmed: SUBACK, then the
@@ -1016,6 +1034,7 @@ impl Shard {
         conn_id: u64,
         sub: &Subscribe,
         codes: Vec<SubAckCode>,
+        reasons: Vec<ReasonCode>,
     ) {
         if !self.is_current(key, conn_id) {
             return;
@@ -1033,10 +1052,19 @@ impl Shard {
         let Some(conn) = entry.conn.clone() else {
             return;
         };
-        let suback = Packet::SubAck(SubAck {
-            pkid: sub.pkid,
-            codes: codes.clone(),
-        });
+        let suback = if conn.is_v5() {
+            Packet::SubAckV5(Box::new(SubAckV5 {
+                pkid: sub.pkid,
+                reasons,
+                reason_string: None,
+                user: Default::default(),
+            }))
+        } else {
+            Packet::SubAck(SubAck {
+                pkid: sub.pkid,
+                codes: codes.clone(),
+            })
+        };
         match durable.as_deref_mut() {
             Some(d) if d.must_wait() || conn.holding.get() > 0 => d.hold(&conn, suback),
             _ => conn.write_packet(&suback),
