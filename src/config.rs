@@ -246,7 +246,7 @@ pub struct Config {
     /// Alive. 0: no limit.
     pub max_keepalive: u16,
     /// MQTT 5.0: the Receive Maximum announced in CONNACK, the QoS 2 publishes a 5.0
-    /// client may have unacknowledged toward the broker (1..=65535).
+    /// client may have awaiting PUBREL (1..=65535); one more gets DISCONNECT 0x93.
     pub receive_maximum: u16,
     /// MQTT 5.0: the longest Session Expiry Interval a 5.0 client's session gets, in
     /// seconds; a client asking for more is told this value in CONNACK. 4294967295

@@ -1047,3 +1047,93 @@ fn suback_reason_codes_say_why_a_filter_was_refused() {
     );
     let _ = std::fs::remove_file(acl);
 }
+
+// ---------------------------------------------------------------------------------
+// Flow control
+// ---------------------------------------------------------------------------------
+
+#[test]
+fn the_clients_receive_maximum_caps_what_is_in_flight_to_it() {
+    let b = broker();
+    let addr = b.local_addr();
+    let mut c = connect5(&id_on_shard("rm", 1));
+    c.props.receive_maximum = NonZeroU16::new(2).unwrap();
+    let mut sub = client5(addr, c);
+    subscribe5(&mut sub, 1, &[("rm/t", Q::AtLeastOnce)]);
+    let mut publ = client5(addr, connect5(&id_on_shard("rmp", 0)));
+    for i in 0..5u16 {
+        publ.send(&enc(&Packet::Publish(publish5(
+            "rm/t",
+            &[i as u8],
+            Q::AtLeastOnce,
+            false,
+            i + 1,
+        ))));
+        publ.recv_kind(PUBACK);
+    }
+    let first = recv_publish5(&mut sub);
+    let second = recv_publish5(&mut sub);
+    sub.expect_silence(QUIET);
+    sub.send(&enc(&Packet::PubAckV5(Ack::success(first.pkid))));
+    let third = recv_publish5(&mut sub);
+    assert_eq!(
+        [first.payload[0], second.payload[0], third.payload[0]],
+        [0, 1, 2]
+    );
+    sub.expect_silence(QUIET);
+}
+
+#[test]
+fn more_qos2_publishes_than_the_receive_maximum_get_disconnect_0x93() {
+    let mut bad = Vec::new();
+    for pkid in 1..=3 {
+        bad.extend(enc(&Packet::Publish(publish5(
+            "rmx",
+            b"x",
+            Q::ExactlyOnce,
+            false,
+            pkid,
+        ))));
+    }
+    violation(
+        &bad,
+        ReasonCode::RECEIVE_MAXIMUM_EXCEEDED,
+        "receive maximum",
+        |c| c.receive_maximum = 2,
+    );
+}
+
+#[test]
+fn a_message_over_the_clients_maximum_packet_size_is_dropped_for_it_and_counted() {
+    let b = broker();
+    let addr = b.local_addr();
+    let mut c = connect5(&id_on_shard("mps", 1));
+    c.props.maximum_packet_size = NonZeroU32::new(100);
+    let mut small = client5(addr, c);
+    subscribe5(&mut small, 1, &[("mps/#", Q::AtLeastOnce)]);
+    let (mut sub3, _) = Raw::connect(addr, &id_on_shard("mps3", 1), true);
+    sub3.send(&subscribe_packet(1, &[("mps/#", 0)]));
+    sub3.recv_kind(SUBACK);
+    let mut publ = client5(addr, connect5(&id_on_shard("mpsp", 0)));
+    for qos in [Q::AtMostOnce, Q::AtLeastOnce] {
+        publ.send(&enc(&Packet::Publish(publish5(
+            "mps/big", &[7; 200], qos, false, 1,
+        ))));
+        publ.send(&enc(&Packet::Publish(publish5(
+            "mps/small",
+            b"ok",
+            qos,
+            false,
+            2,
+        ))));
+        let p = recv_publish5(&mut small);
+        assert_eq!(&p.topic[..], "mps/small");
+        if qos == Q::AtLeastOnce {
+            small.send(&enc(&Packet::PubAckV5(Ack::success(p.pkid))));
+        }
+        assert_eq!(sub3.expect_publish().topic, "mps/big");
+        assert_eq!(sub3.expect_publish().topic, "mps/small");
+    }
+    small.expect_silence(QUIET);
+    wait_stats(&b, "two dropped as too large", |s| s.dropped_too_large == 2);
+}

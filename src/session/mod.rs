@@ -80,6 +80,9 @@ pub enum DropReason {
     OfflineQoS0,
     /// A 5.0 message's expiry interval ran out.
     Expired,
+    /// The PUBLISH would be larger than the Maximum Packet Size the 5.0 client
+    /// announced [MQTT-3.1.2-25].
+    TooLarge,
 }
 
 /// A protocol violation by the client; the caller closes the connection (§4.8).
@@ -103,6 +106,10 @@ pub enum SessionError {
     /// `handle` was called while no connection is attached.
     #[error("packet received while no connection is attached")]
     NotConnected,
+    /// More incoming QoS 2 flows awaiting PUBREL than the Receive Maximum the broker
+    /// announced to a 5.0 client (§3.3.4): DISCONNECT 0x93.
+    #[error("more than {0} QoS 2 publishes unacknowledged (Receive Maximum)")]
+    ReceiveMaximumExceeded(u16),
 }
 
 /// A snapshot of the session's resource use, for metrics and limits.
@@ -123,6 +130,28 @@ pub struct SessionStats {
     pub evicted_qos0: u64,
 }
 
+/// The flow-control limits of a 5.0 connection (§4.9, §3.1.2.11.4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerLimits {
+    /// The client's Receive Maximum: QoS 1/2 deliveries in flight to it, at most
+    /// (with `max_inflight`).
+    pub receive_maximum: u16,
+    /// The client's Maximum Packet Size: a larger PUBLISH is dropped for it.
+    pub max_packet_size: Option<u32>,
+    /// The broker's Receive Maximum: QoS 2 publishes from the client awaiting PUBREL.
+    pub server_receive_maximum: u16,
+}
+
+impl Default for PeerLimits {
+    fn default() -> PeerLimits {
+        PeerLimits {
+            receive_maximum: u16::MAX,
+            max_packet_size: None,
+            server_receive_maximum: u16::MAX,
+        }
+    }
+}
+
 /// One client's session; see the module documentation.
 #[derive(Debug)]
 pub struct Session {
@@ -137,6 +166,9 @@ pub struct Session {
     will: Option<Box<LastWill>>,
     /// The client speaks MQTT 5.0: its PUBLISH packets carry the messages' properties.
     v5: bool,
+    /// What the 5.0 client announced and the broker holds it to; see
+    /// [`Session::set_peer_limits`].
+    peer: PeerLimits,
     /// `queue.evicted()` as of the last `take_evictions`.
     evictions_reported: u64,
     /// Queued messages dropped as expired on their way out, not yet reported.
@@ -193,6 +225,7 @@ impl Session {
             last_activity: None,
             will: None,
             v5: false,
+            peer: PeerLimits::default(),
             evictions_reported: 0,
             expired: 0,
             inflight: Inflight::new(),
@@ -215,6 +248,12 @@ impl Session {
     /// Whether the client (the one connected last) speaks MQTT 5.0.
     pub fn set_v5(&mut self, v5: bool) {
         self.v5 = v5;
+    }
+
+    /// The 5.0 client's limits (its Receive Maximum and Maximum Packet Size) and the
+    /// Receive Maximum the broker announced to it; the defaults (none) for 3.1.1.
+    pub fn set_peer_limits(&mut self, peer: PeerLimits) {
+        self.peer = peer;
     }
 
     /// Whether a connection is attached.
@@ -411,11 +450,12 @@ impl Session {
             QoS::ExactlyOnce => {
                 nonzero(p.pkid, "PUBLISH")?;
                 let pkid = p.pkid;
-                if self
-                    .awaiting_pubrel
-                    .get_or_insert_with(Default::default)
-                    .insert(pkid)
-                {
+                let awaiting = self.awaiting_pubrel.get_or_insert_with(Default::default);
+                let max = self.peer.server_receive_maximum;
+                if awaiting.len() >= usize::from(max) && !awaiting.contains(&pkid) {
+                    return Err(SessionError::ReceiveMaximumExceeded(max));
+                }
+                if awaiting.insert(pkid) {
                     out.publishes.push(msg(p));
                 }
                 out.packets.push(Packet::PubRec(pkid));
@@ -446,6 +486,12 @@ impl Session {
             stamp: msg.stamp,
             props: msg.props.clone(),
         };
+        if let Some(max) = self.peer.max_packet_size {
+            let packet = publish_packet(&msg, 1, false, self.v5);
+            if crate::protocol::encoded_len_v5(&packet) > max as usize {
+                return Delivery::Dropped(DropReason::TooLarge);
+            }
+        }
         if self.connected && self.writable && self.queue.is_empty() {
             if qos == QoS::AtMostOnce {
                 out.packets.push(publish_packet(&msg, 0, false, self.v5));
@@ -552,7 +598,10 @@ impl Session {
     /// ahead. The shard then writes one encoding of the message, shared by every such
     /// subscriber, instead of calling [`Session::deliver`] (see `Shard::deliver_local`).
     pub fn sends_qos0_at_once(&self) -> bool {
-        self.connected && self.writable && self.queue.is_empty()
+        self.connected
+            && self.writable
+            && self.queue.is_empty()
+            && self.peer.max_packet_size.is_none()
     }
 
     /// The connection's write buffer went over (`false`) or back under (`true`) its
@@ -667,7 +716,7 @@ impl Session {
     /// `max_queued_bytes` (one message is always allowed, however large), so a client
     /// that never acknowledges holds at most that much on top of its queue.
     fn window_has_room(&self, size: usize) -> bool {
-        self.inflight.len() < usize::from(self.limits.max_inflight)
+        self.inflight.len() < usize::from(self.limits.max_inflight.min(self.peer.receive_maximum))
             && (self.inflight.bytes() == 0
                 || self.inflight.bytes().saturating_add(size) <= self.limits.max_queued_bytes)
     }

@@ -31,7 +31,7 @@ use crate::protocol::{
     ConnectReturnCode, Packet, Protocol, PublishV5Props, QoS, ReasonCode, RetainHandling, SubAck,
     SubAckCode, SubAckV5, Subscribe, UnsubAckV5, Unsubscribe,
 };
-use crate::session::{Delivery, DropReason, Limits, Output, Session};
+use crate::session::{Delivery, DropReason, Limits, Output, PeerLimits, Session, SessionError};
 use crate::store;
 use crate::topic::TopicTrie;
 use ahash::AHashMap;
@@ -469,6 +469,15 @@ impl Shard {
     ) -> Option<usize> {
         let v5 = connect.protocol == Protocol::V5;
         let mut connect = connect;
+        let peer = if v5 {
+            PeerLimits {
+                receive_maximum: connect.props.receive_maximum.get(),
+                max_packet_size: connect.props.maximum_packet_size.map(|m| m.get()),
+                server_receive_maximum: self.cfg.receive_maximum,
+            }
+        } else {
+            PeerLimits::default()
+        };
         // A 5.0 session lasts its Session Expiry Interval, within the configured bound.
         let expiry = v5.then(|| {
             connect
@@ -600,6 +609,7 @@ impl Shard {
         entry.auth = auth;
         entry.listener = listener;
         entry.session.set_v5(v5);
+        entry.session.set_peer_limits(peer);
         entry.no_local = connect.bridge;
         entry
             .session
@@ -826,6 +836,12 @@ impl Shard {
                 });
                 let entry = &mut self.sessions[key];
                 if let Err(e) = entry.session.handle(packet, now, &mut self.out) {
+                    if let (SessionError::ReceiveMaximumExceeded(_), Some(conn)) = (&e, &entry.conn)
+                    {
+                        // Said before the close, which then adds no other reason.
+                        conn.disconnect_v5(ReasonCode::RECEIVE_MAXIMUM_EXCEEDED);
+                        conn.close();
+                    }
                     self.stats.protocol_errors += 1;
                     tracing::info!(client = %entry.session.client_id(), error = %e, "protocol violation");
                     self.out.packets.clear();
@@ -1713,6 +1729,7 @@ fn count_delivery(stats: &mut ShardStats, d: Delivery, session: &mut Session) {
         Delivery::Dropped(DropReason::QueueFull) => stats.dropped_queue_full += 1,
         Delivery::Dropped(DropReason::OfflineQoS0) => stats.dropped_offline_qos0 += 1,
         Delivery::Dropped(DropReason::Expired) => stats.dropped_expired += 1,
+        Delivery::Dropped(DropReason::TooLarge) => stats.dropped_too_large += 1,
     }
 }
 
