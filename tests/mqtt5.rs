@@ -161,7 +161,7 @@ fn connack_carries_the_brokers_limits_and_the_assigned_client_id() {
     assert_eq!(p.topic_alias_maximum, 0);
     assert!(p.retain_available);
     assert!(p.wildcard_subscription_available);
-    assert!(!p.subscription_identifiers_available);
+    assert!(p.subscription_identifiers_available);
     assert!(!p.shared_subscription_available);
     // The session lives under the assigned id: a publish to it arrives.
     assert_eq!(
@@ -690,19 +690,44 @@ fn topic_alias_gets_disconnect_0x94() {
 }
 
 #[test]
-fn subscription_identifier_gets_disconnect_0xa1() {
-    let s = Subscribe {
-        pkid: 1,
-        filters: vec![filter("a", Q::AtMostOnce)],
-        id: NonZeroU32::new(5),
-        user: UserProperties::new(),
+fn subscription_identifiers_come_with_the_messages_they_matched() {
+    let b = broker();
+    let addr = b.local_addr();
+    let mut sub = client5(addr, connect5(&id_on_shard("si", 1)));
+    let with_id = |raw: &mut Raw, pkid: u16, f: &str, id: Option<u32>| {
+        raw.send(&enc(&Packet::Subscribe(Subscribe {
+            pkid,
+            filters: vec![filter(f, Q::AtLeastOnce)],
+            id: id.and_then(NonZeroU32::new),
+            user: UserProperties::new(),
+        })));
+        raw.recv_kind(SUBACK);
     };
-    violation(
-        &enc(&Packet::Subscribe(s)),
-        ReasonCode::SUBSCRIPTION_IDENTIFIERS_NOT_SUPPORTED,
-        "subscription id",
-        |_| {},
-    );
+    with_id(&mut sub, 1, "si/#", Some(5));
+    with_id(&mut sub, 2, "si/a/+", Some(7));
+    with_id(&mut sub, 3, "si/plain", None);
+    let mut publ = client5(addr, connect5(&id_on_shard("sip", 0)));
+    let ids_for = |sub: &mut Raw, publ: &mut Raw, topic: &str| -> Vec<u32> {
+        publ.send(&enc(&Packet::Publish(publish5(
+            topic,
+            b"x",
+            Q::AtMostOnce,
+            false,
+            0,
+        ))));
+        let p = recv_publish5(sub);
+        assert_eq!(&p.topic[..], topic);
+        p.props
+            .map(|p| p.subscription_ids.iter().map(|i| i.get()).collect())
+            .unwrap_or_default()
+    };
+    assert_eq!(ids_for(&mut sub, &mut publ, "si/a/b"), [5, 7]);
+    assert_eq!(ids_for(&mut sub, &mut publ, "si/q"), [5]);
+    assert_eq!(ids_for(&mut sub, &mut publ, "si/plain"), [5]);
+    // Subscribing again without an identifier removes it.
+    with_id(&mut sub, 4, "si/#", None);
+    assert_eq!(ids_for(&mut sub, &mut publ, "si/a/c"), [7]);
+    assert_eq!(ids_for(&mut sub, &mut publ, "si/z"), Vec::<u32>::new());
 }
 
 #[test]

@@ -832,12 +832,6 @@ fn from_v5(packet: Packet) -> Result<Packet, End> {
             }
             Packet::Publish(p)
         }
-        Packet::Subscribe(s) if s.id.is_some() => {
-            // Announced as not available (§3.2.2.3.12).
-            return Err(End::Refused(
-                ReasonCode::SUBSCRIPTION_IDENTIFIERS_NOT_SUPPORTED,
-            ));
-        }
         p => p,
     })
 }

@@ -30,6 +30,7 @@ use bytestring::ByteString;
 use inflight::{Inflight, Stage};
 use queue::Queue;
 use std::collections::{HashMap, HashSet};
+use std::num::NonZeroU32;
 use std::time::{Duration, Instant};
 
 /// Per-session resource bounds, from configuration, so a slow or absent client cannot make
@@ -181,6 +182,10 @@ pub struct Session {
     #[allow(clippy::box_collection)]
     awaiting_pubrel: Option<Box<HashSet<u16, RandomKeys>>>,
     subscriptions: HashMap<ByteString, QoS, RandomKeys>,
+    /// The Subscription Identifiers of the 5.0 client's subscriptions that have one;
+    /// `None` while none has.
+    #[allow(clippy::box_collection)]
+    subscription_ids: Option<Box<HashMap<ByteString, NonZeroU32, RandomKeys>>>,
 }
 
 /// The PUBLISH that carries `msg`; with `v5`, with its properties (the remaining
@@ -232,6 +237,7 @@ impl Session {
             queue: Queue::new(),
             awaiting_pubrel: None,
             subscriptions: HashMap::default(),
+            subscription_ids: None,
         }
     }
 
@@ -289,7 +295,7 @@ impl Session {
         });
         for (pkid, stage) in self.inflight.iter() {
             out.packets.push(match stage {
-                Stage::Published(msg) => publish_packet(msg, pkid, true, self.v5),
+                Stage::Published(msg) => self.packet(msg, pkid, true),
                 Stage::Released(_) => Packet::PubRel(pkid),
             });
         }
@@ -487,19 +493,19 @@ impl Session {
             props: msg.props.clone(),
         };
         if let Some(max) = self.peer.max_packet_size {
-            let packet = publish_packet(&msg, 1, false, self.v5);
+            let packet = self.packet(&msg, 1, false);
             if crate::protocol::encoded_len_v5(&packet) > max as usize {
                 return Delivery::Dropped(DropReason::TooLarge);
             }
         }
         if self.connected && self.writable && self.queue.is_empty() {
             if qos == QoS::AtMostOnce {
-                out.packets.push(publish_packet(&msg, 0, false, self.v5));
+                out.packets.push(self.packet(&msg, 0, false));
                 return Delivery::Sent;
             }
             if self.window_has_room(queue::cost(&msg)) {
                 if let Some(pkid) = self.inflight.next_free_pkid() {
-                    out.packets.push(publish_packet(&msg, pkid, false, self.v5));
+                    out.packets.push(self.packet(&msg, pkid, false));
                     self.inflight.insert(pkid, msg);
                     return Delivery::Sent;
                 }
@@ -602,6 +608,7 @@ impl Session {
             && self.writable
             && self.queue.is_empty()
             && self.peer.max_packet_size.is_none()
+            && self.subscription_ids.is_none()
     }
 
     /// The connection's write buffer went over (`false`) or back under (`true`) its
@@ -636,8 +643,57 @@ impl Session {
         self.subscriptions.insert(filter, qos)
     }
 
+    /// Sets (or, with `None`, clears) the Subscription Identifier of the subscription
+    /// `filter`: every PUBLISH that subscription matches carries it.
+    pub fn set_subscription_id(&mut self, filter: &ByteString, id: Option<NonZeroU32>) {
+        match id {
+            Some(id) => {
+                self.subscription_ids
+                    .get_or_insert_with(Default::default)
+                    .insert(filter.clone(), id);
+            }
+            None => {
+                if let Some(ids) = &mut self.subscription_ids {
+                    ids.remove(filter);
+                    if ids.is_empty() {
+                        self.subscription_ids = None;
+                    }
+                }
+            }
+        }
+    }
+
+    /// The PUBLISH that carries `msg` to this session's client: with its properties
+    /// and the identifiers of the subscriptions its topic matches, for a 5.0 client.
+    fn packet(&self, msg: &Message, pkid: u16, dup: bool) -> Packet {
+        let mut packet = publish_packet(msg, pkid, dup, self.v5);
+        if let (Some(ids), Packet::Publish(p), true) =
+            (&self.subscription_ids, &mut packet, self.v5)
+        {
+            let mut matched: Vec<NonZeroU32> = ids
+                .iter()
+                .filter(|(f, _)| crate::protocol::topic::matches(f, &msg.topic))
+                .map(|(_, id)| *id)
+                .collect();
+            if !matched.is_empty() {
+                matched.sort_unstable();
+                matched.dedup();
+                p.props
+                    .get_or_insert_with(Default::default)
+                    .subscription_ids = matched;
+            }
+        }
+        packet
+    }
+
     /// Forgets a subscription; returns its QoS if it existed.
     pub fn unsubscribe(&mut self, filter: &str) -> Option<QoS> {
+        if let Some(ids) = &mut self.subscription_ids {
+            ids.remove(filter);
+            if ids.is_empty() {
+                self.subscription_ids = None;
+            }
+        }
         self.subscriptions.remove(filter)
     }
 
@@ -733,7 +789,7 @@ impl Session {
                     if msg.expires() && msg.expired(Instant::now()) {
                         self.expired += 1;
                     } else {
-                        out.packets.push(publish_packet(&msg, 0, false, self.v5));
+                        out.packets.push(self.packet(&msg, 0, false));
                     }
                 }
                 continue;
@@ -758,7 +814,7 @@ impl Session {
             {
                 pkid = h;
             }
-            out.packets.push(publish_packet(&msg, pkid, dup, self.v5));
+            out.packets.push(self.packet(&msg, pkid, dup));
             self.inflight.insert(pkid, msg);
         }
     }

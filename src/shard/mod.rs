@@ -645,7 +645,7 @@ impl Shard {
             assigned_client_id: assigned_id.then(|| connect.client_id.clone()),
             topic_alias_maximum: 0,
             wildcard_subscription_available: true,
-            subscription_identifiers_available: false,
+            subscription_identifiers_available: true,
             shared_subscription_available: false,
             server_keep_alive,
             ..ConnAckProps::default()
@@ -954,6 +954,9 @@ impl Shard {
                 .session
                 .subscribe(f.filter.clone(), f.qos);
             set_no_local(&mut self.sessions[key], &f.filter, f.no_local);
+            self.sessions[key]
+                .session
+                .set_subscription_id(&f.filter, sub.id);
             if self.durable.is_some() && !self.sessions[key].session.clean_session() {
                 let horizons = self.horizons();
                 let client = self.sessions[key].session.client_id().clone();
