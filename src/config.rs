@@ -252,6 +252,9 @@ pub struct Config {
     /// seconds; a client asking for more is told this value in CONNACK. 4294967295
     /// (the default): no bound, a session may be kept forever.
     pub max_session_expiry: u32,
+    /// MQTT 5.0: the Topic Alias Maximum announced in CONNACK, the highest alias a 5.0
+    /// client may use toward the broker; 0: none (an alias then gets DISCONNECT 0x94).
+    pub topic_alias_maximum: u16,
     /// Bridges to remote brokers (`[[bridge]]` tables).
     pub bridge: Vec<BridgeConfig>,
 }
@@ -576,6 +579,7 @@ impl Default for Config {
             max_keepalive: 0,
             receive_maximum: 65_535,
             max_session_expiry: u32::MAX,
+            topic_alias_maximum: 10,
             bridge: Vec::new(),
         }
     }

@@ -158,7 +158,7 @@ fn connack_carries_the_brokers_limits_and_the_assigned_client_id() {
     assert_eq!(p.server_keep_alive, Some(30));
     assert_eq!(p.receive_maximum.get(), 100);
     assert_eq!(p.maximum_packet_size.map(NonZeroU32::get), Some(4096));
-    assert_eq!(p.topic_alias_maximum, 0);
+    assert_eq!(p.topic_alias_maximum, 10);
     assert!(p.retain_available);
     assert!(p.wildcard_subscription_available);
     assert!(p.subscription_identifiers_available);
@@ -684,8 +684,8 @@ fn topic_alias_gets_disconnect_0x94() {
     violation(
         &enc(&Packet::Publish(p)),
         ReasonCode::TOPIC_ALIAS_INVALID,
-        "alias",
-        |_| {},
+        "alias with topic_alias_maximum 0",
+        |c| c.topic_alias_maximum = 0,
     );
 }
 
@@ -1161,4 +1161,105 @@ fn a_message_over_the_clients_maximum_packet_size_is_dropped_for_it_and_counted(
     }
     small.expect_silence(QUIET);
     wait_stats(&b, "two dropped as too large", |s| s.dropped_too_large == 2);
+}
+
+// ---------------------------------------------------------------------------------
+// Topic aliases
+// ---------------------------------------------------------------------------------
+
+fn aliased(topic: &str, alias: u16, payload: &[u8]) -> Vec<u8> {
+    let mut p = publish5(topic, payload, Q::AtMostOnce, false, 0);
+    p.props = Some(Box::new(PublishProps {
+        topic_alias: NonZeroU16::new(alias),
+        ..PublishProps::default()
+    }));
+    enc(&Packet::Publish(p))
+}
+
+#[test]
+fn a_clients_topic_aliases_stand_for_their_topics() {
+    let b = broker();
+    let addr = b.local_addr();
+    let (mut sub3, _) = Raw::connect(addr, &id_on_shard("tas", 1), true);
+    sub3.send(&subscribe_packet(1, &[("ta/#", 0)]));
+    sub3.recv_kind(SUBACK);
+    let mut publ = client5(addr, connect5(&id_on_shard("tap", 0)));
+    publ.send(&aliased("ta/first", 1, b"1"));
+    publ.send(&aliased("", 1, b"2"));
+    publ.send(&aliased("ta/second", 1, b"3"));
+    publ.send(&aliased("", 1, b"4"));
+    for (topic, payload) in [
+        ("ta/first", "1"),
+        ("ta/first", "2"),
+        ("ta/second", "3"),
+        ("ta/second", "4"),
+    ] {
+        let p = sub3.expect_publish();
+        assert_eq!(
+            (p.topic.as_str(), p.payload_str().as_str()),
+            (topic, payload)
+        );
+    }
+}
+
+#[test]
+fn topic_alias_errors_get_their_disconnect_reasons() {
+    violation(
+        &aliased("a", 11, b"x"),
+        ReasonCode::TOPIC_ALIAS_INVALID,
+        "above the maximum (10)",
+        |_| {},
+    );
+    violation(
+        &aliased("", 3, b"x"),
+        ReasonCode::PROTOCOL_ERROR,
+        "an alias never set",
+        |_| {},
+    );
+    // Alias 0 is refused by the decoder with the same reason.
+    let mut zero = aliased("a", 1, b"x");
+    let at = zero.len() - 2; // the alias' low byte sits before the 1-byte payload
+    zero[at] = 0;
+    violation(&zero, ReasonCode::TOPIC_ALIAS_INVALID, "alias 0", |_| {});
+}
+
+#[test]
+fn the_broker_uses_aliases_toward_a_client_that_accepts_them() {
+    let b = broker();
+    let addr = b.local_addr();
+    let mut c = connect5(&id_on_shard("tac", 1));
+    c.props.topic_alias_maximum = 2;
+    let mut sub = client5(addr, c);
+    subscribe5(&mut sub, 1, &[("out/#", Q::AtLeastOnce)]);
+    let mut publ = client5(addr, connect5(&id_on_shard("tacp", 0)));
+    let mut got = Vec::new();
+    for (i, topic) in ["out/a", "out/a", "out/b", "out/c", "out/b", "out/c"]
+        .into_iter()
+        .enumerate()
+    {
+        let qos = if i % 2 == 0 {
+            Q::AtMostOnce
+        } else {
+            Q::AtLeastOnce
+        };
+        publ.send(&enc(&Packet::Publish(publish5(topic, b"x", qos, false, 1))));
+        let p = recv_publish5(&mut sub);
+        if p.qos == Q::AtLeastOnce {
+            sub.send(&enc(&Packet::PubAckV5(Ack::success(p.pkid))));
+        }
+        let alias = p.props.and_then(|p| p.topic_alias).map(|a| a.get());
+        got.push((p.topic.to_string(), alias));
+    }
+    let want: Vec<(String, Option<u16>)> = [
+        ("out/a", Some(1)),
+        ("", Some(1)),
+        ("out/b", Some(2)),
+        ("out/c", None),
+        ("", Some(2)),
+        ("out/c", None),
+    ]
+    .into_iter()
+    .map(|(t, a)| (t.to_string(), a))
+    .collect();
+    assert_eq!(got, want);
 }

@@ -200,6 +200,45 @@ pub struct Conn {
     /// The client speaks MQTT 5.0: every packet written to it is encoded in the 5.0
     /// layout ([`Packet::encode_v5`]; a 3.1.1 ack becomes its 5.0 success form).
     pub(crate) v5: Cell<bool>,
+    /// 5.0 Topic Aliases: the client's (inbound) and the broker's (outbound), created
+    /// on first use.
+    pub(crate) aliases: RefCell<Option<Box<Aliases>>>,
+}
+
+/// The Topic Aliases of one 5.0 connection (§3.3.2.3.4). They last as long as it.
+#[derive(Debug, Default)]
+pub struct Aliases {
+    /// Inbound: alias − 1 → topic, as the client set them.
+    pub inbound: Vec<bytestring::ByteString>,
+    /// Outbound: topic → alias the broker assigned, up to `out_max`.
+    pub outbound: std::collections::HashMap<bytestring::ByteString, u16>,
+    /// The client's Topic Alias Maximum (0: the broker sends none).
+    pub out_max: u16,
+}
+
+impl Aliases {
+    /// Rewrites a PUBLISH to the client to use an alias: a topic sent before goes as
+    /// its alias with an empty topic; a new one gets the next alias while any is left.
+    fn apply(&mut self, p: &mut crate::protocol::Publish) {
+        if self.out_max == 0 || p.topic.is_empty() {
+            return;
+        }
+        let alias = match self.outbound.get(&p.topic) {
+            Some(&a) => {
+                p.topic = bytestring::ByteString::new();
+                a
+            }
+            None if self.outbound.len() < usize::from(self.out_max) => {
+                let a = self.outbound.len() as u16 + 1;
+                // Copied: the map outlives the buffer the topic may be a slice of.
+                self.outbound
+                    .insert(bytestring::ByteString::from(&*p.topic), a);
+                a
+            }
+            None => return,
+        };
+        p.props.get_or_insert_with(Default::default).topic_alias = std::num::NonZeroU16::new(alias);
+    }
 }
 
 impl Conn {
@@ -229,6 +268,7 @@ impl Conn {
             why: Cell::new(None),
             holding: Cell::new(0),
             v5: Cell::new(false),
+            aliases: RefCell::new(None),
         })
     }
 
@@ -238,6 +278,17 @@ impl Conn {
             return;
         }
         let v5 = self.v5.get();
+        if v5 {
+            if let (Packet::Publish(p), Some(a)) = (packet, self.aliases.borrow_mut().as_mut()) {
+                let mut p = p.clone();
+                a.apply(&mut p);
+                self.out
+                    .borrow_mut()
+                    .push_own(|buf| Packet::Publish(p).encode_v5(buf));
+                self.schedule_write();
+                return;
+            }
+        }
         self.out.borrow_mut().push_own(|buf| {
             if v5 {
                 packet.encode_v5(buf)
@@ -283,6 +334,15 @@ impl Conn {
         }
         if !self.closing.get() {
             let v5 = self.v5.get();
+            if v5 {
+                if let Some(a) = self.aliases.borrow_mut().as_mut() {
+                    for p in packets.iter_mut() {
+                        if let Packet::Publish(p) = p {
+                            a.apply(p);
+                        }
+                    }
+                }
+            }
             self.out.borrow_mut().push_own(|buf| {
                 for p in packets.iter() {
                     if v5 {

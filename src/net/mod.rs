@@ -628,6 +628,12 @@ async fn serve(shard: Rc<RefCell<Shard>>, accepted: Box<Accepted>) {
         );
         let mqtt31 = connect.protocol == Protocol::V31;
         conn.v5.set(connect.protocol == Protocol::V5);
+        if connect.props.topic_alias_maximum > 0 {
+            *conn.aliases.borrow_mut() = Some(Box::new(crate::link::Aliases {
+                out_max: connect.props.topic_alias_maximum,
+                ..Default::default()
+            }));
+        }
         let key = s.attach(*{ connect }, &conn, listener, assigned_id, Instant::now());
         if let Some(key) = key {
             conn.key.set(key);
@@ -740,7 +746,8 @@ async fn read_loop(
                 decode_with(&mut rbuf, &limits)
             };
             let packet = match decoded {
-                Ok(Some(p)) if v5 => match from_v5(p) {
+                Ok(Some(p)) if v5 => match from_v5(p, conn, shard.borrow().cfg.topic_alias_maximum)
+                {
                     Ok(p) => p,
                     Err(end) => return end,
                 },
@@ -811,7 +818,7 @@ async fn read_loop(
 /// A packet from a 5.0 client in the terms the session handles (the 3.1.1 acks;
 /// their reason codes and properties are for the client's own information), or how
 /// the connection ends.
-fn from_v5(packet: Packet) -> Result<Packet, End> {
+fn from_v5(packet: Packet, conn: &Conn, alias_max: u16) -> Result<Packet, End> {
     Ok(match packet {
         Packet::PubAckV5(a) => Packet::PubAck(a.pkid),
         Packet::PubRecV5(a) => Packet::PubRec(a.pkid),
@@ -819,15 +826,36 @@ fn from_v5(packet: Packet) -> Result<Packet, End> {
         Packet::PubCompV5(a) => Packet::PubComp(a.pkid),
         // No authentication method is configured, so no exchange was started.
         Packet::Auth(_) => return Err(End::Refused(ReasonCode::PROTOCOL_ERROR)),
-        Packet::Publish(p) => {
-            if let Some(props) = &p.props {
-                if props.topic_alias.is_some() {
-                    // The broker announces a Topic Alias Maximum of 0 [MQTT-3.3.2-8].
-                    return Err(End::Refused(ReasonCode::TOPIC_ALIAS_INVALID));
-                }
+        Packet::Publish(mut p) => {
+            if let Some(props) = &mut p.props {
                 if !props.subscription_ids.is_empty() {
                     // [MQTT-3.3.4-6]
                     return Err(End::Refused(ReasonCode::PROTOCOL_ERROR));
+                }
+                if let Some(alias) = props.topic_alias.take() {
+                    let alias = usize::from(alias.get());
+                    if alias > usize::from(alias_max) {
+                        // Above the announced Topic Alias Maximum [MQTT-3.3.2-9].
+                        return Err(End::Refused(ReasonCode::TOPIC_ALIAS_INVALID));
+                    }
+                    let mut aliases = conn.aliases.borrow_mut();
+                    let a = aliases.get_or_insert_with(Default::default);
+                    if a.inbound.len() < alias {
+                        a.inbound.resize(alias, bytestring::ByteString::new());
+                    }
+                    if p.topic.is_empty() {
+                        let topic = &a.inbound[alias - 1];
+                        if topic.is_empty() {
+                            // An alias the client never set [MQTT-3.3.2-7].
+                            return Err(End::Refused(ReasonCode::PROTOCOL_ERROR));
+                        }
+                        p.topic = topic.clone();
+                    } else {
+                        a.inbound[alias - 1] = bytestring::ByteString::from(&*p.topic);
+                    }
+                }
+                if props.is_empty() {
+                    p.props = None;
                 }
             }
             Packet::Publish(p)

@@ -141,6 +141,9 @@ pub struct PeerLimits {
     pub max_packet_size: Option<u32>,
     /// The broker's Receive Maximum: QoS 2 publishes from the client awaiting PUBREL.
     pub server_receive_maximum: u16,
+    /// The client's Topic Alias Maximum: its PUBLISH packets are rewritten per
+    /// connection, so they are not shared.
+    pub topic_alias_maximum: u16,
 }
 
 impl Default for PeerLimits {
@@ -149,6 +152,7 @@ impl Default for PeerLimits {
             receive_maximum: u16::MAX,
             max_packet_size: None,
             server_receive_maximum: u16::MAX,
+            topic_alias_maximum: 0,
         }
     }
 }
@@ -609,6 +613,7 @@ impl Session {
             && self.queue.is_empty()
             && self.peer.max_packet_size.is_none()
             && self.subscription_ids.is_none()
+            && self.peer.topic_alias_maximum == 0
     }
 
     /// The connection's write buffer went over (`false`) or back under (`true`) its

@@ -474,6 +474,7 @@ impl Shard {
                 receive_maximum: connect.props.receive_maximum.get(),
                 max_packet_size: connect.props.maximum_packet_size.map(|m| m.get()),
                 server_receive_maximum: self.cfg.receive_maximum,
+                topic_alias_maximum: connect.props.topic_alias_maximum,
             }
         } else {
             PeerLimits::default()
@@ -643,7 +644,7 @@ impl Shard {
                 .ok()
                 .and_then(NonZeroU32::new),
             assigned_client_id: assigned_id.then(|| connect.client_id.clone()),
-            topic_alias_maximum: 0,
+            topic_alias_maximum: self.cfg.topic_alias_maximum,
             wildcard_subscription_available: true,
             subscription_identifiers_available: true,
             shared_subscription_available: false,
