@@ -257,6 +257,34 @@ pub struct Config {
     pub topic_alias_maximum: u16,
     /// Bridges to remote brokers (`[[bridge]]` tables).
     pub bridge: Vec<BridgeConfig>,
+    /// How a message for a shared-subscription group (`$share/{group}/{filter}`)
+    /// picks the member it goes to: `round_robin` (default) or `hash_client`.
+    pub shared_subscription_strategy: SharedStrategy,
+}
+
+/// How a shared-subscription group picks a member (`shared_subscription_strategy`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SharedStrategy {
+    /// In turn: over the shards holding connected members, then over the connected
+    /// members on the chosen shard. Spreads the load evenly.
+    #[default]
+    RoundRobin,
+    /// A hash of the publisher's client id picks the shard and the member, so one
+    /// publisher's messages stay with one member while the group does not change
+    /// (and keep their order).
+    HashClient,
+}
+
+impl std::str::FromStr for SharedStrategy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "round_robin" => Ok(SharedStrategy::RoundRobin),
+            "hash_client" => Ok(SharedStrategy::HashClient),
+            _ => Err(format!("{s:?}: expected round_robin or hash_client")),
+        }
+    }
 }
 
 /// How a bridge reaches its remote broker.
@@ -581,6 +609,7 @@ impl Default for Config {
             max_session_expiry: u32::MAX,
             topic_alias_maximum: 10,
             bridge: Vec::new(),
+            shared_subscription_strategy: SharedStrategy::RoundRobin,
         }
     }
 }

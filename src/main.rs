@@ -3,7 +3,7 @@
 mod passwd;
 
 use clap::{Parser, Subcommand};
-use shardmq::config::{FsyncPolicy, ListenerConfig, LogFormat, Transport};
+use shardmq::config::{FsyncPolicy, ListenerConfig, LogFormat, SharedStrategy, Transport};
 use shardmq::{Broker, Config};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
@@ -148,6 +148,10 @@ struct Args {
     /// [log_compaction_bytes].
     #[arg(long, value_name = "BYTES")]
     log_compaction_bytes: Option<u64>,
+    /// How a shared-subscription group picks the member a message goes to
+    /// [shared_subscription_strategy].
+    #[arg(long, value_name = "round_robin|hash_client")]
+    shared_subscription_strategy: Option<SharedStrategy>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -209,6 +213,7 @@ impl Args {
             fsync: self.fsync,
             fsync_interval_ms: self.fsync_interval_ms,
             log_compaction_bytes: self.log_compaction_bytes,
+            shared_subscription_strategy: self.shared_subscription_strategy,
         }
     }
 
@@ -274,7 +279,8 @@ impl Args {
             log_format,
             fsync,
             fsync_interval_ms,
-            log_compaction_bytes
+            log_compaction_bytes,
+            shared_subscription_strategy
         );
         if let Some(d) = self.data_dir {
             c.data_dir = Some(d);

@@ -162,7 +162,7 @@ fn connack_carries_the_brokers_limits_and_the_assigned_client_id() {
     assert!(p.retain_available);
     assert!(p.wildcard_subscription_available);
     assert!(p.subscription_identifiers_available);
-    assert!(!p.shared_subscription_available);
+    assert!(p.shared_subscription_available);
     // The session lives under the assigned id: a publish to it arrives.
     assert_eq!(
         subscribe5(&mut raw, 1, &[("v5/assigned", Q::AtMostOnce)]),

@@ -26,6 +26,9 @@ enum Command {
     Conns(RunArgs),
     /// p2p at a fixed total rate (--rate is required).
     Latency(RunArgs),
+    /// P publishers (--publishers, default 2) to one shared-subscription group
+    /// ($share/lt/...) of N subscribers: every message to exactly one member.
+    Shared(RunArgs),
     /// Compare runs (their --json files): a table per scenario and broker, the
     /// reference broker's ratio to the best peer, a scaling table against the
     /// reference's variants (--variant), and an SVG chart.
@@ -139,6 +142,10 @@ struct RunArgs {
     /// broker after the run; the default client ids are unique per run).
     #[arg(long)]
     persistent: bool,
+    /// Fanout: spread the subscribers round-robin over these brokers (publishers
+    /// stay on --broker), e.g. edges bridged to a root.
+    #[arg(long, value_name = "HOST:PORT,...")]
+    sub_brokers: Option<String>,
 }
 
 fn secs(name: &str, s: f64) -> Result<Duration, String> {
@@ -158,6 +165,7 @@ fn options(scenario: Scenario, a: &RunArgs) -> Result<Options, String> {
         Scenario::Fanin => 32,
         Scenario::Fanout => 100,
         Scenario::Conns => 1000,
+        Scenario::Shared => 8,
     };
     let mut o = Options::new(scenario, broker, a.clients.unwrap_or(default_clients));
     o.publishers = a.publishers;
@@ -200,6 +208,9 @@ fn options(scenario: Scenario, a: &RunArgs) -> Result<Options, String> {
     o.username = a.username.clone();
     o.password = a.password.clone();
     o.persistent_subscribers = a.persistent;
+    if let Some(list) = &a.sub_brokers {
+        o.sub_brokers = shardmq_loadtest::plan::parse_brokers(list)?;
+    }
     Ok(o)
 }
 
@@ -211,6 +222,7 @@ fn main() -> ExitCode {
         Command::Fanout(a) => (Scenario::Fanout, a),
         Command::Conns(a) => (Scenario::Conns, a),
         Command::Latency(a) => (Scenario::Latency, a),
+        Command::Shared(a) => (Scenario::Shared, a),
         Command::Report(a) => {
             return match shardmq_loadtest::report::run(a) {
                 Ok(()) => ExitCode::SUCCESS,

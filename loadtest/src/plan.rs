@@ -15,6 +15,9 @@ pub enum Scenario {
     Conns,
     /// p2p at a fixed total rate.
     Latency,
+    /// P publishers (two by default) to one shared-subscription group
+    /// (`$share/...`) of N subscribers: each message to one member.
+    Shared,
 }
 
 impl Scenario {
@@ -25,6 +28,7 @@ impl Scenario {
             Scenario::Fanout => "fanout",
             Scenario::Conns => "conns",
             Scenario::Latency => "latency",
+            Scenario::Shared => "shared",
         }
     }
 }
@@ -138,6 +142,21 @@ pub fn build(
             }
             (pubs, n, n as u64)
         }
+        Scenario::Shared => {
+            if subscribers.is_some_and(|s| s != n) {
+                return Err("shared's subscribers (the group's members) are --clients".into());
+            }
+            let pubs = publishers.unwrap_or(2).max(1);
+            let topic = format!("{topic_prefix}/shared");
+            for i in 0..n {
+                clients.push(subscriber(i, format!("$share/lt/{topic}"), 0, pubs));
+            }
+            for i in 0..pubs {
+                clients.push(publisher(i, topic.clone()));
+            }
+            // One delivery per publish, to the group.
+            (pubs, n, 1)
+        }
         Scenario::Conns => {
             for i in 0..n {
                 clients.push(ClientSpec {
@@ -174,6 +193,39 @@ pub fn deal(clients: Vec<ClientSpec>, threads: usize) -> Vec<Vec<ClientSpec>> {
     out
 }
 
+/// Parses `--sub-brokers`: comma-separated HOST:PORT addresses (at least one).
+pub fn parse_brokers(list: &str) -> Result<Vec<std::net::SocketAddr>, String> {
+    use std::net::ToSocketAddrs;
+    let mut out = Vec::new();
+    for part in list.split(',').map(str::trim) {
+        if part.is_empty() {
+            return Err(format!("--sub-brokers {list}: an empty address"));
+        }
+        let a = part
+            .to_socket_addrs()
+            .map_err(|e| format!("--sub-brokers {part}: {e}"))?
+            .next()
+            .ok_or_else(|| format!("--sub-brokers {part}: no address"))?;
+        out.push(a);
+    }
+    Ok(out)
+}
+
+/// The broker a client connects to: subscriber k goes to `sub_brokers[k % len]`
+/// (round-robin) when there are any; everything else goes to `broker`.
+pub fn broker_for(
+    role: &Role,
+    broker: std::net::SocketAddr,
+    sub_brokers: &[std::net::SocketAddr],
+) -> std::net::SocketAddr {
+    match role {
+        Role::Subscriber { index, .. } if !sub_brokers.is_empty() => {
+            sub_brokers[*index as usize % sub_brokers.len()]
+        }
+        _ => broker,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -200,6 +252,10 @@ mod tests {
         assert_eq!((count(&p), p.fanout), ((32, 1), 1));
         let p = build(Scenario::Fanout, 100, Some(2), None, "t", "x").unwrap();
         assert_eq!((count(&p), p.fanout), ((2, 100), 100));
+        let p = build(Scenario::Shared, 8, None, None, "t", "x").unwrap();
+        assert_eq!((count(&p), p.fanout), ((2, 8), 1));
+        assert!(p.clients.iter().any(|c| matches!(&c.role,
+            Role::Subscriber { filter, .. } if filter == "$share/lt/t/shared")));
         let p = build(Scenario::Conns, 5, None, None, "t", "x").unwrap();
         assert_eq!((count(&p), p.clients.len()), ((0, 0), 5));
         assert!(build(Scenario::P2p, 0, None, None, "t", "x").is_err());
@@ -229,6 +285,32 @@ mod tests {
                 }),
                 (2, 2)
             );
+        }
+    }
+
+    #[test]
+    fn sub_brokers_parse_and_spread_round_robin() {
+        let b = parse_brokers("127.0.0.1:1001, 127.0.0.1:1002,127.0.0.1:1003").unwrap();
+        assert_eq!(b.len(), 3);
+        assert_eq!(b[1].port(), 1002);
+        assert!(parse_brokers("127.0.0.1:1001,").is_err());
+        assert!(parse_brokers("nonsense").is_err());
+        let root: std::net::SocketAddr = "127.0.0.1:1000".parse().unwrap();
+        let plan = build(Scenario::Fanout, 9, Some(1), None, "t", "id-").unwrap();
+        let mut per = std::collections::HashMap::new();
+        for c in &plan.clients {
+            let a = broker_for(&c.role, root, &b);
+            match c.role {
+                Role::Publisher { .. } => assert_eq!(a, root),
+                Role::Subscriber { .. } => *per.entry(a.port()).or_insert(0) += 1,
+                Role::Idle => unreachable!(),
+            }
+        }
+        assert_eq!(per.len(), 3);
+        assert!(per.values().all(|&n| n == 3), "{per:?}");
+        // Without sub-brokers everyone goes to --broker.
+        for c in &plan.clients {
+            assert_eq!(broker_for(&c.role, root, &[]), root);
         }
     }
 }

@@ -66,6 +66,9 @@ pub struct Options {
     pub password: Option<String>,
     /// Subscribers connect with clean session 0.
     pub persistent_subscribers: bool,
+    /// Fanout: subscribers spread round-robin over these (publishers stay on
+    /// `broker`); empty = every client on `broker`.
+    pub sub_brokers: Vec<SocketAddr>,
 }
 
 impl Options {
@@ -100,6 +103,7 @@ impl Options {
             username: None,
             password: None,
             persistent_subscribers: false,
+            sub_brokers: Vec::new(),
         }
     }
 }
@@ -126,6 +130,11 @@ pub struct WorkerOptions {
     pub password: Option<Vec<u8>>,
     /// Subscribers connect with clean session 0.
     pub persistent_subscribers: bool,
+    /// Subscribers are members of one shared group: each sees only some of every
+    /// publisher's messages, so a gap in one member's sequence is not a loss.
+    pub shared_group: bool,
+    /// Subscribers spread round-robin over these (empty: all on `broker`).
+    pub sub_brokers: Vec<SocketAddr>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -288,6 +297,9 @@ pub struct RunReport {
     pub label: String,
     pub broker_name: String,
     pub broker: String,
+    /// Fanout with `--sub-brokers`: where the subscribers were (round-robin).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub sub_brokers: Vec<String>,
     /// "tcp" or "tls".
     pub transport: &'static str,
     pub tls: Option<TlsReport>,
@@ -416,6 +428,9 @@ pub fn run(opts: &Options) -> Result<RunReport, String> {
     if pub_inflight == 0 || pub_inflight > 65_535 {
         return Err("--pub-inflight must be 1..=65535".into());
     }
+    if !opts.sub_brokers.is_empty() && opts.scenario != Scenario::Fanout {
+        return Err("--sub-brokers applies to the fanout scenario only".into());
+    }
     let tag = run_tag();
     let topic_prefix = opts
         .topic_prefix
@@ -475,6 +490,8 @@ pub fn run(opts: &Options) -> Result<RunReport, String> {
             username: opts.username.as_ref().map(|u| u.clone().into_bytes()),
             password: opts.password.as_ref().map(|p| p.clone().into_bytes()),
             persistent_subscribers: opts.persistent_subscribers,
+            shared_group: opts.scenario == Scenario::Shared,
+            sub_brokers: opts.sub_brokers.clone(),
         },
         fanout: plan.fanout,
         plan_publishers: plan.publishers,
@@ -751,13 +768,34 @@ fn build_report(
         errors.extend(r.errors.iter().take(20).cloned());
     }
     let mut delivered_total = 0;
-    for r in &results {
-        for (_, first, streams) in &r.streams {
-            for (k, s) in streams.iter().enumerate() {
-                lost += s.lost(sent[*first as usize + k]);
-                dup += s.duplicated;
-                reorder += s.reordered;
-                delivered_total += s.received;
+    if opts.scenario == Scenario::Shared {
+        // One group: a message is lost when no member got it, duplicated when more
+        // than one copy reached the group. Order across members is not kept.
+        let mut by_publisher: Vec<Vec<&crate::track::Stream>> = vec![Vec::new(); sent.len()];
+        for r in &results {
+            for (_, first, streams) in &r.streams {
+                for (k, s) in streams.iter().enumerate() {
+                    if let Some(v) = by_publisher.get_mut(*first as usize + k) {
+                        v.push(s);
+                    }
+                    delivered_total += s.received;
+                }
+            }
+        }
+        for (p, streams) in by_publisher.iter().enumerate() {
+            let (l, d) = crate::track::group_lost_and_duplicated(streams, sent[p]);
+            lost += l;
+            dup += d;
+        }
+    } else {
+        for r in &results {
+            for (_, first, streams) in &r.streams {
+                for (k, s) in streams.iter().enumerate() {
+                    lost += s.lost(sent[*first as usize + k]);
+                    dup += s.duplicated;
+                    reorder += s.reordered;
+                    delivered_total += s.received;
+                }
             }
         }
     }
@@ -874,6 +912,7 @@ fn build_report(
             .clone()
             .unwrap_or_else(|| opts.broker.to_string()),
         broker: opts.broker.to_string(),
+        sub_brokers: opts.sub_brokers.iter().map(|a| a.to_string()).collect(),
         transport: if opts.tls.is_some() { "tls" } else { "tcp" },
         tls: opts.tls.as_ref().map(|t| {
             let (version, cipher_suite) = tls_session.unzip();

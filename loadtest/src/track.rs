@@ -91,6 +91,48 @@ impl Stream {
         let holes: u64 = self.missing.iter().map(|&(s, e)| e - s).sum();
         holes + sent.saturating_sub(self.next)
     }
+
+    /// The numbers below `sent` that have not arrived, as sorted half-open ranges.
+    fn absent(&self, sent: u64) -> Vec<(u64, u64)> {
+        let mut v: Vec<(u64, u64)> = self
+            .missing
+            .iter()
+            .map(|&(s, e)| (s, e.min(sent)))
+            .filter(|&(s, e)| s < e)
+            .collect();
+        if self.next < sent {
+            v.push((self.next, sent));
+        }
+        v
+    }
+}
+
+/// One publisher's messages as the members of one shared group saw them: how many
+/// of the `sent` reached no member, and how many copies came beyond one each.
+pub fn group_lost_and_duplicated(members: &[&Stream], sent: u64) -> (u64, u64) {
+    // Absent from the group: absent from every member (intersect their ranges).
+    let mut absent = vec![(0, sent)];
+    for m in members {
+        let theirs = m.absent(sent);
+        let mut out = Vec::new();
+        let (mut i, mut j) = (0, 0);
+        while i < absent.len() && j < theirs.len() {
+            let (a, b) = (absent[i], theirs[j]);
+            let (s, e) = (a.0.max(b.0), a.1.min(b.1));
+            if s < e {
+                out.push((s, e));
+            }
+            if a.1 < b.1 {
+                i += 1;
+            } else {
+                j += 1;
+            }
+        }
+        absent = out;
+    }
+    let lost: u64 = absent.iter().map(|&(s, e)| e - s).sum();
+    let received: u64 = members.iter().map(|m| m.received).sum();
+    (lost, received.saturating_sub(sent - lost))
 }
 
 #[cfg(test)]
@@ -166,5 +208,20 @@ mod tests {
             assert_eq!(s.duplicated, dups);
             assert_eq!(s.received, order.len() as u64);
         }
+    }
+
+    #[test]
+    fn a_group_loses_what_no_member_got_and_counts_extra_copies() {
+        let mut a = Stream::default();
+        let mut b = Stream::default();
+        for seq in [0, 2, 4, 5] {
+            a.arrive(seq);
+        }
+        for seq in [1, 3, 5, 8] {
+            b.arrive(seq);
+        }
+        // 0..10 sent: 6, 7 and 9 reached nobody; 5 came twice.
+        assert_eq!(group_lost_and_duplicated(&[&a, &b], 10), (3, 1));
+        assert_eq!(group_lost_and_duplicated(&[], 4), (4, 0));
     }
 }

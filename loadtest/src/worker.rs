@@ -447,7 +447,7 @@ impl Worker {
             if self.result.first_connect.is_none() {
                 self.result.first_connect = Some(now);
             }
-            match self.open_socket() {
+            match self.open_socket(i) {
                 Ok(mut stream) => {
                     let reg = self.poll.registry().register(
                         &mut stream,
@@ -470,8 +470,10 @@ impl Worker {
         }
     }
 
-    fn open_socket(&mut self) -> std::io::Result<TcpStream> {
-        let broker = self.shared.opts.broker;
+    fn open_socket(&mut self, i: usize) -> std::io::Result<TcpStream> {
+        let opts = &self.shared.opts;
+        let broker =
+            crate::plan::broker_for(&self.conns[i].spec.role, opts.broker, &opts.sub_brokers);
         if self.source_ips.is_empty() {
             return TcpStream::connect(broker);
         }
@@ -720,6 +722,8 @@ impl Worker {
                         Arrival::Duplicate => {}
                         arrival => {
                             let skipped = match arrival {
+                                // A shared group's member: the others got those.
+                                Arrival::Ahead { .. } if self.shared.opts.shared_group => 0,
                                 Arrival::Ahead { skipped } => skipped,
                                 _ => 0,
                             };

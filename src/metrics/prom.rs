@@ -404,6 +404,25 @@ impl Collector for Scrape {
             "direction",
             &[("out", t.forwarded as f64), ("in", t.forwarded_in as f64)],
         )?;
+        labelled(
+            e,
+            Counter,
+            "shardmq_shared_subscription_messages",
+            "Messages of shared-subscription groups: given to a member, passed to another shard, re-dispatched after a member left.",
+            "event",
+            &[
+                ("delivered", t.shared_delivered as f64),
+                ("forwarded", t.shared_forwarded as f64),
+                ("redispatched", t.shared_redispatched as f64),
+            ],
+        )?;
+        single(
+            e,
+            Gauge,
+            "shardmq_shared_subscription_groups",
+            "Shared-subscription groups with members.",
+            t.shared_groups as f64,
+        )?;
         single(
             e,
             Counter,

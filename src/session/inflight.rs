@@ -32,6 +32,10 @@ pub(crate) enum Stage {
 struct Slot {
     seq: u64,
     pkid: u16,
+    /// The shared-subscription group the message was given to this session for
+    /// (the shard's group id), 0 for none: such a flow can be handed to another
+    /// member when this one leaves. Lies in what would be padding.
+    tag: u32,
     /// `None` is a tombstone left by an out-of-order completion.
     stage: Option<Stage>,
 }
@@ -73,9 +77,37 @@ impl Inflight {
         self.get_or_init().next_free_pkid()
     }
 
-    /// Records a PUBLISH sent with `pkid`; false (and nothing changes) if it is in use.
-    pub(crate) fn insert(&mut self, pkid: u16, msg: Message) -> bool {
-        self.get_or_init().insert(pkid, msg)
+    /// Records a PUBLISH sent with `pkid`, given through shared-subscription group
+    /// `tag` (0: none); false (and nothing changes) if the id is in use.
+    pub(crate) fn insert_tagged(&mut self, pkid: u16, msg: Message, tag: u32) -> bool {
+        self.get_or_init().insert(pkid, msg, tag)
+    }
+
+    /// Removes every QoS 1 flow still awaiting PUBACK that came through a
+    /// shared-subscription group `take` accepts, in send order, with its group id.
+    /// A QoS 2 flow stays once its PUBLISH went out: the delivery must be completed to
+    /// that client when it reconnects, and to no other [MQTT-4.8.2-4, MQTT-4.8.2-5].
+    pub(crate) fn take_tagged(&mut self, take: &mut dyn FnMut(u32) -> bool) -> Vec<(Message, u32)> {
+        let Some(f) = self.0.as_deref_mut() else {
+            return Vec::new();
+        };
+        let pkids: Vec<(u16, u32)> = f
+            .slots
+            .iter()
+            .filter(|s| {
+                s.tag != 0
+                    && matches!(&s.stage, Some(Stage::Published(m)) if m.qos == QoS::AtLeastOnce)
+                    && take(s.tag)
+            })
+            .map(|s| (s.pkid, s.tag))
+            .collect();
+        let mut taken = Vec::with_capacity(pkids.len());
+        for (pkid, tag) in pkids {
+            if let Some(Stage::Published(m)) = f.remove(pkid) {
+                taken.push((m, tag));
+            }
+        }
+        taken
     }
 
     pub(crate) fn get_mut(&mut self, pkid: u16) -> Option<&mut Stage> {
@@ -94,6 +126,15 @@ impl Inflight {
     /// Live flows in send order, for resending on resume.
     pub(crate) fn iter(&self) -> impl Iterator<Item = (u16, &Stage)> {
         self.get().into_iter().flat_map(Flows::iter)
+    }
+
+    /// [`Inflight::iter`] with each flow's shared-subscription group id (0: none).
+    pub(crate) fn iter_tagged(&self) -> impl Iterator<Item = (u16, u32, &Stage)> {
+        self.get().into_iter().flat_map(|f| {
+            f.slots
+                .iter()
+                .filter_map(|s| s.stage.as_ref().map(|st| (s.pkid, s.tag, st)))
+        })
     }
 
     /// Changes the log stamp of every flow (`f` maps old to new; see
@@ -127,6 +168,7 @@ impl Inflight {
         f.slots.push_back(Slot {
             seq,
             pkid,
+            tag: 0,
             stage: Some(Stage::Released(stamp)),
         });
         true
@@ -176,7 +218,7 @@ impl Flows {
 
     /// The next free packet id, cycling through 1..=65535 and skipping ids still in
     /// flight [MQTT-2.3.1-2]. `None` only when all 65535 ids are in flight. The id is not
-    /// reserved until [`Inflight::insert`].
+    /// reserved until [`Inflight::insert_tagged`].
     pub(crate) fn next_free_pkid(&mut self) -> Option<u16> {
         for _ in 0..u16::MAX {
             let id = self.next_pkid;
@@ -190,7 +232,7 @@ impl Flows {
 
     /// Records a just-sent PUBLISH under `pkid` (from [`Inflight::next_free_pkid`]).
     /// Returns false, recording nothing, if the id is 0 or already in flight.
-    pub(crate) fn insert(&mut self, pkid: u16, msg: Message) -> bool {
+    pub(crate) fn insert(&mut self, pkid: u16, msg: Message, tag: u32) -> bool {
         if pkid == 0 || self.index.contains_key(&pkid) {
             return false;
         }
@@ -201,6 +243,7 @@ impl Flows {
         self.slots.push_back(Slot {
             seq,
             pkid,
+            tag,
             stage: Some(Stage::Published(msg)),
         });
         true

@@ -481,6 +481,20 @@ impl Session {
     /// A full queue evicts its oldest QoS 0 messages for a QoS 1/2 one if that makes room,
     /// else drops the new message; the bounds are never exceeded.
     pub fn deliver(&mut self, msg: &Message, granted: QoS, out: &mut Output) -> Delivery {
+        self.deliver_tagged(msg, granted, 0, out)
+    }
+
+    /// [`Session::deliver`] for a message given to this session as one member of a
+    /// shared-subscription group (`group`: the shard's id for it, not 0). While the
+    /// message is queued or awaits PUBACK/PUBREC it can be taken back with
+    /// [`Session::take_shared`], to go to another member.
+    pub fn deliver_tagged(
+        &mut self,
+        msg: &Message,
+        granted: QoS,
+        group: u32,
+        out: &mut Output,
+    ) -> Delivery {
         let qos = msg.qos.min(granted);
         if !self.connected && qos == QoS::AtMostOnce {
             return Delivery::Dropped(DropReason::OfflineQoS0);
@@ -510,15 +524,27 @@ impl Session {
             if self.window_has_room(queue::cost(&msg)) {
                 if let Some(pkid) = self.inflight.next_free_pkid() {
                     out.packets.push(self.packet(&msg, pkid, false));
-                    self.inflight.insert(pkid, msg);
+                    self.inflight.insert_tagged(pkid, msg, group);
                     return Delivery::Sent;
                 }
             }
         }
-        match self.queue.push(msg, &self.limits) {
+        match self.queue.push_tagged(msg, group, &self.limits) {
             Ok(()) => Delivery::Queued,
             Err(reason) => Delivery::Dropped(reason),
         }
+    }
+
+    /// Takes back every QoS 1/2 message given to the session through a shared
+    /// subscription that its client has not received for sure: QoS 1 in flight
+    /// awaiting PUBACK (in send order), then queued. A QoS 2 message stays once sent
+    /// (§4.8.2: it is completed with that client or with no one). Only groups `take` accepts. Each comes with its
+    /// group id, for the shard to give it to another member of the group; the
+    /// session forgets them.
+    pub fn take_shared(&mut self, mut take: impl FnMut(u32) -> bool) -> Vec<(Message, u32)> {
+        let mut taken = self.inflight.take_tagged(&mut take);
+        taken.extend(self.queue.take_tagged(&mut take));
+        taken
     }
 
     /// The log stamp of the outgoing flow using `pkid` (see [`Message::stamp`]); 0
@@ -548,6 +574,22 @@ impl Session {
         self.queue.for_each(|m| f(m, 0));
     }
 
+    /// [`Session::for_each_held`], with each message's shared-subscription group id
+    /// (0: none), for a snapshot.
+    pub fn for_each_held_tagged(
+        &self,
+        mut f: impl FnMut(&Message, u16, u32),
+        mut released: impl FnMut(u16, u64),
+    ) {
+        for (pkid, tag, stage) in self.inflight.iter_tagged() {
+            match stage {
+                Stage::Published(m) => f(m, pkid, tag),
+                Stage::Released(stamp) => released(pkid, *stamp),
+            }
+        }
+        self.queue.for_each_tagged(|m, tag| f(m, 0, tag));
+    }
+
     /// Gives every message held a new log stamp (`f` maps the message to it), when
     /// the log is compacted into a new generation. Flows past PUBREC lose theirs.
     pub fn restamp(&mut self, mut f: impl FnMut(&Message) -> u64) {
@@ -568,14 +610,16 @@ impl Session {
     /// `(pkid, stamp)`, flows in flight with their packet ids, in send order, and
     /// queued messages (with `maybe_sent`, they may have gone out before a crash:
     /// each is sent with DUP set, the QoS 1 ones with consecutive packet ids from
-    /// the one given, where free, as they had before; 0: any free ids). The queue's bounds apply; returns how many
+    /// the one given, where free, as they had before; 0: any free ids). Each message
+    /// comes with the id of the shared-subscription group it came through (0: none;
+    /// see [`Session::deliver_tagged`]). The queue's bounds apply; returns how many
     /// messages they (or a packet id in use twice) turned away.
     pub fn restore(
         &mut self,
         awaiting_pubrel: &[u16],
         released: &[(u16, u64)],
-        inflight: Vec<(u16, Message)>,
-        queued: Vec<Message>,
+        inflight: Vec<(u16, Message, u32)>,
+        queued: Vec<(Message, u32)>,
         maybe_sent: Option<u16>,
     ) -> usize {
         if !awaiting_pubrel.is_empty() {
@@ -587,13 +631,13 @@ impl Session {
             self.inflight.insert_released(pkid, stamp);
         }
         let mut dropped = 0;
-        for (pkid, msg) in inflight {
-            if !self.inflight.insert(pkid, msg) {
+        for (pkid, msg, group) in inflight {
+            if !self.inflight.insert_tagged(pkid, msg, group) {
                 dropped += 1;
             }
         }
-        for msg in queued {
-            if self.queue.push(msg, &self.limits).is_err() {
+        for (msg, group) in queued {
+            if self.queue.push_tagged(msg, group, &self.limits).is_err() {
                 dropped += 1;
             }
         }
@@ -614,6 +658,17 @@ impl Session {
             && self.peer.max_packet_size.is_none()
             && self.subscription_ids.is_none()
             && self.peer.topic_alias_maximum == 0
+    }
+
+    /// Whether a delivery would go out at once, whatever its QoS: connected,
+    /// writable, nothing queued and room in the window. A shared-subscription group
+    /// prefers such a member to one that is behind.
+    pub fn ready(&self) -> bool {
+        self.connected
+            && self.writable
+            && self.queue.is_empty()
+            && self.inflight.len()
+                < usize::from(self.limits.max_inflight.min(self.peer.receive_maximum))
     }
 
     /// The connection's write buffer went over (`false`) or back under (`true`) its
@@ -790,7 +845,7 @@ impl Session {
         }
         while let Some(qos) = self.queue.front_qos() {
             if qos == QoS::AtMostOnce {
-                if let Some(msg) = self.queue.pop() {
+                if let Some((msg, _)) = self.queue.pop() {
                     if msg.expires() && msg.expired(Instant::now()) {
                         self.expired += 1;
                     } else {
@@ -805,7 +860,7 @@ impl Session {
             let Some(mut pkid) = self.inflight.next_free_pkid() else {
                 break;
             };
-            let Some(msg) = self.queue.pop() else {
+            let Some((msg, group)) = self.queue.pop() else {
                 break;
             };
             let (dup, hint) = self.queue.take_redelivery();
@@ -820,7 +875,7 @@ impl Session {
                 pkid = h;
             }
             out.packets.push(self.packet(&msg, pkid, dup));
-            self.inflight.insert(pkid, msg);
+            self.inflight.insert_tagged(pkid, msg, group);
         }
     }
 }

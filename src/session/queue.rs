@@ -50,11 +50,26 @@ impl Queue {
         self.get().map_or(0, |f| f.evicted)
     }
 
-    /// See [`Fifo::push`].
-    pub(crate) fn push(&mut self, msg: Message, limits: &Limits) -> Result<(), DropReason> {
+    /// See [`Fifo::push`]; `tag`: the shared-subscription group the message came
+    /// through (0: none; only QoS 1/2 messages keep it).
+    pub(crate) fn push_tagged(
+        &mut self,
+        msg: Message,
+        tag: u32,
+        limits: &Limits,
+    ) -> Result<(), DropReason> {
         self.0
             .get_or_insert_with(|| Box::new(Fifo::new()))
-            .push(msg, limits)
+            .push(msg, tag, limits)
+    }
+
+    /// Removes every queued QoS 1/2 message that came through a shared-subscription
+    /// group `take` accepts, oldest first, with its group id.
+    pub(crate) fn take_tagged(&mut self, take: &mut dyn FnMut(u32) -> bool) -> Vec<(Message, u32)> {
+        match self.0.as_deref_mut() {
+            Some(f) => f.take_tagged(take),
+            None => Vec::new(),
+        }
     }
 
     /// Effective QoS of the oldest queued message.
@@ -67,8 +82,9 @@ impl Queue {
         self.get()?.front_cost()
     }
 
-    /// Removes and returns the oldest queued message.
-    pub(crate) fn pop(&mut self) -> Option<Message> {
+    /// Removes and returns the oldest queued message, with its shared-subscription
+    /// group id (0: none).
+    pub(crate) fn pop(&mut self) -> Option<(Message, u32)> {
         self.0.as_deref_mut()?.pop()
     }
 
@@ -104,6 +120,16 @@ impl Queue {
         if let Some(q) = self.get() {
             for e in &q.high {
                 f(&e.msg);
+            }
+        }
+    }
+
+    /// [`Queue::for_each`] with each message's shared-subscription group id (0: none).
+    pub(crate) fn for_each_tagged(&self, mut f: impl FnMut(&Message, u32)) {
+        if let Some(q) = self.get() {
+            for e in &q.high {
+                let tag = q.tags.as_deref().and_then(|t| t.get(&e.seq)).copied();
+                f(&e.msg, tag.unwrap_or(0));
             }
         }
     }
@@ -148,6 +174,10 @@ struct Fifo {
     /// packet id the next of them likely had (0: unknown).
     redelivery: usize,
     redelivery_pid: u16,
+    /// Shared-subscription group ids of the QoS 1/2 messages that have one, by
+    /// sequence number; allocated on the first (most sessions never have any).
+    #[allow(clippy::box_collection)]
+    tags: Option<Box<std::collections::HashMap<u64, u32, crate::hash::RandomKeys>>>,
 }
 
 /// What a message costs against `max_queued_bytes`.
@@ -166,6 +196,7 @@ impl Fifo {
             evicted: 0,
             redelivery: 0,
             redelivery_pid: 0,
+            tags: None,
         }
     }
 
@@ -179,7 +210,12 @@ impl Fifo {
 
     /// Appends `msg` (its `qos` already the effective one) within `limits`, evicting the
     /// oldest QoS 0 messages first if that makes room for a QoS 1/2 one.
-    pub(crate) fn push(&mut self, msg: Message, limits: &Limits) -> Result<(), DropReason> {
+    pub(crate) fn push(
+        &mut self,
+        msg: Message,
+        tag: u32,
+        limits: &Limits,
+    ) -> Result<(), DropReason> {
         let size = cost(&msg);
         let fits = |count: usize, bytes: usize| {
             count < limits.max_queued_messages
@@ -218,6 +254,11 @@ impl Fifo {
             self.low_bytes += size;
             self.low.push_back(Entry { seq, msg });
         } else {
+            if tag != 0 {
+                self.tags
+                    .get_or_insert_with(Default::default)
+                    .insert(seq, tag);
+            }
             self.high.push_back(Entry { seq, msg });
         }
         Ok(())
@@ -252,11 +293,15 @@ impl Fifo {
 
     fn retain_topics(&mut self, keep: &mut dyn FnMut(&str) -> bool) -> usize {
         let (mut removed, mut removed_low, mut count) = (0, 0, 0);
+        let tags = &mut self.tags;
         self.high.retain(|e| {
             let k = keep(&e.msg.topic);
             if !k {
                 removed += cost(&e.msg);
                 count += 1;
+                if let Some(t) = tags.as_deref_mut() {
+                    t.remove(&e.seq);
+                }
             }
             k
         });
@@ -294,8 +339,30 @@ impl Fifo {
         self.low_bytes -= removed_low;
     }
 
+    /// See [`Queue::take_tagged`].
+    fn take_tagged(&mut self, take: &mut dyn FnMut(u32) -> bool) -> Vec<(Message, u32)> {
+        let Some(tags) = self.tags.as_deref_mut() else {
+            return Vec::new();
+        };
+        let mut taken = Vec::new();
+        let mut removed = 0;
+        self.high.retain(|e| match tags.get(&e.seq).copied() {
+            Some(tag) if take(tag) => {
+                tags.remove(&e.seq);
+                removed += cost(&e.msg);
+                taken.push((e.msg.clone(), tag));
+                false
+            }
+            _ => true,
+        });
+        self.bytes -= removed;
+        // Those restored after a crash were queued first; fewer of them are left.
+        self.redelivery = self.redelivery.min(self.high.len());
+        taken
+    }
+
     /// Removes and returns the oldest queued message.
-    pub(crate) fn pop(&mut self) -> Option<Message> {
+    pub(crate) fn pop(&mut self) -> Option<(Message, u32)> {
         let low = self.front_is_low()?;
         let e = if low {
             self.low.pop_front()?
@@ -307,6 +374,10 @@ impl Fifo {
         if low {
             self.low_bytes -= c;
         }
-        Some(e.msg)
+        let tag = match self.tags.as_deref_mut() {
+            Some(t) if !low => t.remove(&e.seq).unwrap_or(0),
+            _ => 0,
+        };
+        Some((e.msg, tag))
     }
 }

@@ -521,7 +521,10 @@ fn outbound_messages_share_topic_and_payload_buffers() {
         panic!()
     };
     assert_eq!(held.payload.as_ptr(), a.payload.as_ptr());
-    assert_eq!(s.queue.pop().unwrap().payload.as_ptr(), a.payload.as_ptr());
+    assert_eq!(
+        s.queue.pop().unwrap().0.payload.as_ptr(),
+        a.payload.as_ptr()
+    );
 }
 
 // ---------------------------------------------------------------- window
@@ -1998,4 +2001,79 @@ fn a_queued_message_that_expires_while_offline_is_not_sent_on_resume() {
     assert_eq!(sent.len(), 1);
     assert_eq!(sent[0].1, "kept");
     assert_eq!(s.take_expired(), 1);
+}
+
+#[test]
+fn shared_messages_in_flight_and_queued_are_taken_back_and_others_stay() {
+    let (mut s, mut out, _) = connected(limits(2, 100, 1 << 20));
+    // Two in flight (one shared, one not), then queued: shared, plain, shared QoS 0.
+    s.deliver_tagged(
+        &msg("t", "a", QoS::AtLeastOnce),
+        QoS::AtLeastOnce,
+        7,
+        &mut out,
+    );
+    s.deliver(&msg("t", "b", QoS::AtLeastOnce), QoS::AtLeastOnce, &mut out);
+    s.deliver_tagged(
+        &msg("t", "c", QoS::ExactlyOnce),
+        QoS::ExactlyOnce,
+        7,
+        &mut out,
+    );
+    s.deliver(&msg("t", "d", QoS::AtLeastOnce), QoS::AtLeastOnce, &mut out);
+    s.deliver_tagged(
+        &msg("t", "e", QoS::AtMostOnce),
+        QoS::AtLeastOnce,
+        7,
+        &mut out,
+    );
+    take(&mut out);
+    s.disconnect(false);
+    let taken: Vec<(String, u32)> = s
+        .take_shared(|_| true)
+        .into_iter()
+        .map(|(m, g)| (String::from_utf8(m.payload.to_vec()).unwrap(), g))
+        .collect();
+    assert_eq!(taken, vec![("a".into(), 7), ("c".into(), 7)]);
+    assert_eq!(s.stats().inflight, 1);
+    assert_eq!(
+        s.stats().queued,
+        2,
+        "the plain QoS 1 and the QoS 0 messages stay"
+    );
+    assert!(s.take_shared(|_| true).is_empty());
+}
+
+#[test]
+fn a_shared_qos2_flow_past_pubrec_stays_with_its_session() {
+    let (mut s, mut out, now) = connected(roomy());
+    s.deliver_tagged(
+        &msg("t", "a", QoS::ExactlyOnce),
+        QoS::ExactlyOnce,
+        3,
+        &mut out,
+    );
+    let pkid = pkid_of(&take(&mut out)[0]);
+    s.handle(Packet::PubRec(pkid), now, &mut out).unwrap();
+    assert!(s.take_shared(|_| true).is_empty());
+    assert_eq!(s.stats().inflight, 1);
+}
+
+#[test]
+fn a_queued_shared_message_keeps_its_group_once_it_is_sent() {
+    let (mut s, mut out, now) = connected(limits(1, 100, 1 << 20));
+    s.deliver(&msg("t", "a", QoS::AtLeastOnce), QoS::AtLeastOnce, &mut out);
+    s.deliver_tagged(
+        &msg("t", "b", QoS::AtLeastOnce),
+        QoS::AtLeastOnce,
+        9,
+        &mut out,
+    );
+    let first = pkid_of(&take(&mut out)[0]);
+    s.handle(Packet::PubAck(first), now, &mut out).unwrap();
+    assert_eq!(take(&mut out).len(), 1, "b goes out");
+    let taken = s.take_shared(|_| true);
+    assert_eq!(taken.len(), 1);
+    assert_eq!((&taken[0].0.payload[..], taken[0].1), (&b"b"[..], 9));
+    assert_eq!(s.stats().inflight, 0);
 }

@@ -317,10 +317,17 @@ fn msg_body<'a>(m: &'a Message, publisher: Option<(&'a str, u16)>, time_us: u64)
 }
 
 /// Appends a snapshot of every persistent session in `sessions`.
-fn append_snapshots(d: &mut Durable, sessions: &slab::Slab<SessionEntry>, horizons: &[(u16, u64)]) {
+fn append_snapshots(
+    d: &mut Durable,
+    sessions: &slab::Slab<SessionEntry>,
+    shared: &super::shared::Shared,
+    horizons: &[(u16, u64)],
+) {
     for (_, e) in sessions.iter() {
         if !e.session.clean_session() {
-            d.append(&Record::Snapshot(Shard::session_snapshot(e, horizons)));
+            d.append(&Record::Snapshot(Shard::session_snapshot(
+                e, shared, horizons,
+            )));
         }
     }
 }
@@ -568,13 +575,18 @@ impl Shard {
     /// One session, whole, for a snapshot: its messages named by their stamps.
     pub(super) fn session_snapshot<'a>(
         e: &'a SessionEntry,
+        shared: &'a super::shared::Shared,
         horizons: &[(u16, u64)],
     ) -> SnapshotBody<'a> {
         let mut held = Vec::new();
         let mut released = Vec::new();
-        e.session.for_each_held(
-            |m, pid| {
+        let mut groups = Vec::new();
+        e.session.for_each_held_tagged(
+            |m, pid, tag| {
                 if let Some(stamp) = m.stamp() {
+                    if let Some(g) = shared.get(tag) {
+                        groups.push((held.len() as u32, &*g.name));
+                    }
                     held.push(Held {
                         stamp,
                         qos: m.qos as u8,
@@ -596,6 +608,7 @@ impl Shard {
             awaiting_pubrel: e.session.awaiting_pubrel().collect(),
             released,
             held,
+            groups,
         }
     }
 
@@ -607,10 +620,13 @@ impl Shard {
         }
         let horizons = self.horizons();
         let Shard {
-            sessions, durable, ..
+            sessions,
+            durable,
+            shared,
+            ..
         } = self;
         if let Some(d) = durable.as_deref_mut() {
-            append_snapshots(d, sessions, &horizons);
+            append_snapshots(d, sessions, shared, &horizons);
         }
     }
 
@@ -653,7 +669,12 @@ impl Shard {
             let home = super::home_shard(&r.client_id, self.shards);
             if home != id {
                 for (f, _) in &r.subs {
-                    self.interest.insert(f, home as u16, ());
+                    if crate::topic::share::is_shared(f) {
+                        self.shared
+                            .add_shard(&ByteString::from(f.as_str()), home as u16);
+                    } else {
+                        self.interest.insert(f, home as u16, ());
+                    }
                 }
                 continue;
             }
@@ -685,9 +706,22 @@ impl Shard {
                     props: None,
                 }
             };
-            let inflight: Vec<(u16, Message)> =
-                r.inflight.iter().map(|(p, m)| (*p, message(m))).collect();
-            let queued: Vec<Message> = r.queued.iter().map(&mut message).collect();
+            // The shared group each message came through, where the session is
+            // still a member (it becomes one just below).
+            let shared = &mut self.shared;
+            let mut group_of = |m: &RestoredMsg| match &m.group {
+                Some(g) if r.subs.iter().any(|(f, _)| f == g) => {
+                    shared.ensure(&ByteString::from(g.as_str()))
+                }
+                _ => 0,
+            };
+            let inflight: Vec<(u16, Message, u32)> = r
+                .inflight
+                .iter()
+                .map(|(p, m)| (*p, message(m), group_of(m)))
+                .collect();
+            let queued: Vec<(Message, u32)> =
+                r.queued.iter().map(|m| (message(m), group_of(m))).collect();
             let client = ByteString::from(r.client_id.as_str());
             let mut session =
                 crate::session::Session::new(client.clone(), false, self.limits.clone());
@@ -707,16 +741,28 @@ impl Shard {
             entry.pos_dirty = true;
             let key = self.sessions.insert(entry);
             for (f, q) in &r.subs {
-                self.subs.insert(f, key as u32, *q);
+                if crate::topic::share::is_shared(f) {
+                    self.shared.add_member(
+                        id as u16,
+                        &ByteString::from(f.as_str()),
+                        key as u32,
+                        *q,
+                    );
+                } else {
+                    self.subs.insert(f, key as u32, *q);
+                }
             }
             self.by_client.insert(client, key);
         }
         let horizons: Vec<(u16, u64)> = (0..self.shards).map(|o| (o as u16, 0)).collect();
         let Shard {
-            sessions, durable, ..
+            sessions,
+            durable,
+            shared,
+            ..
         } = self;
         if let Some(d) = durable.as_deref_mut() {
-            append_snapshots(d, sessions, &horizons);
+            append_snapshots(d, sessions, shared, &horizons);
             d.snapshot_bytes = d.appended;
         }
         dropped
@@ -784,7 +830,7 @@ impl Shard {
             });
         }
         let horizons: Vec<(u16, u64)> = (0..self.shards).map(|o| (o as u16, 0)).collect();
-        append_snapshots(&mut d, &self.sessions, &horizons);
+        append_snapshots(&mut d, &self.sessions, &self.shared, &horizons);
         d.snapshot_bytes = d.appended;
         d.force_sync = true;
         // The committer waits on the old writer's waker.

@@ -27,6 +27,9 @@ pub enum MeshMsg {
     /// A publish from one of the sender's clients, for the receiver's local
     /// subscribers only (never forwarded again).
     Publish(Message),
+    /// A message for one member of a shared-subscription group (see [`SharedFor`]).
+    /// The group's part is boxed: every item of the mesh is as large as the largest.
+    Shared { msg: Message, to: Box<SharedFor> },
     /// A retained-store update (empty payload: delete), sent to every shard.
     Retain {
         msg: Message,
@@ -47,6 +50,17 @@ pub enum MeshMsg {
     /// Log compaction: the sender reads no client and everything it sent before
     /// this has arrived.
     Barrier,
+}
+
+/// Where a [`MeshMsg::Shared`] message goes: the receiver gives it to one of its
+/// connected members of `group` (its whole `$share/...` string), or hands it on to
+/// the next shard of the group; `hops` counts the shards that had no connected
+/// member, and the last one asked queues it in an offline persistent member.
+pub struct SharedFor {
+    pub group: ByteString,
+    /// The publisher's hash, with `hash_client`.
+    pub hash: u64,
+    pub hops: u16,
 }
 
 /// A socket moving to its home shard with everything read from it so far.
@@ -80,7 +94,7 @@ impl Outbox {
     /// Appends an item and wakes the flusher (it runs once the current task yields,
     /// so everything appended in one read batch leaves as one channel item).
     pub fn push(&self, msg: MeshMsg) {
-        if matches!(msg, MeshMsg::Publish(_)) {
+        if matches!(msg, MeshMsg::Publish(_) | MeshMsg::Shared { .. }) {
             self.publishes.set(self.publishes.get() + 1);
         }
         self.items.borrow_mut().push(msg);
@@ -104,5 +118,16 @@ impl Outbox {
             self.publishes.set(0);
             Some(std::mem::take(&mut *items))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// Outboxes hold `MeshMsg`s by value: a variant larger than a forwarded
+    /// publish's would cost every cross-shard message.
+    #[test]
+    fn a_mesh_item_is_no_larger_than_a_retained_update() {
+        let size = std::mem::size_of::<super::MeshMsg>();
+        assert!(size <= 96, "MeshMsg is {size} bytes");
     }
 }

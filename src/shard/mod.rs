@@ -21,9 +21,11 @@ pub mod durable;
 pub mod mesh;
 pub mod retained;
 mod rights;
+mod shared;
 pub mod stats;
 
 use crate::config::Config;
+use crate::config::SharedStrategy;
 use crate::link::{Conn, Listener, Writes};
 use crate::message::Message;
 use crate::protocol::{
@@ -33,7 +35,7 @@ use crate::protocol::{
 };
 use crate::session::{Delivery, DropReason, Limits, Output, PeerLimits, Session, SessionError};
 use crate::store;
-use crate::topic::TopicTrie;
+use crate::topic::{share, TopicTrie};
 use ahash::AHashMap;
 use bytestring::ByteString;
 use mesh::{Handoff, MeshMsg, Outbox};
@@ -204,6 +206,12 @@ pub struct Shard {
     by_client: AHashMap<ByteString, usize>,
     subs: TopicTrie<u32, QoS>,
     interest: TopicTrie<u16, ()>,
+    /// Shared-subscription groups with members anywhere, and this shard's members.
+    shared: shared::Shared,
+    /// Group ids matched by the message being routed (reused buffer).
+    shared_matched: Vec<u32>,
+    /// With `hash_client`: the hash of the client whose messages are being routed.
+    publisher_hash: u64,
     retained: Retained,
     outboxes: Rc<[Outbox]>,
     backpressure: Rc<Backpressure>,
@@ -296,6 +304,9 @@ impl Shard {
             by_client: AHashMap::new(),
             subs: TopicTrie::new(),
             interest: TopicTrie::new(),
+            shared: shared::Shared::default(),
+            shared_matched: Vec::new(),
+            publisher_hash: 0,
             writes: Writes::new(limits_high_water),
             outboxes,
             backpressure,
@@ -647,7 +658,7 @@ impl Shard {
             topic_alias_maximum: self.cfg.topic_alias_maximum,
             wildcard_subscription_available: true,
             subscription_identifiers_available: true,
-            shared_subscription_available: false,
+            shared_subscription_available: true,
             server_keep_alive,
             ..ConnAckProps::default()
         }
@@ -718,6 +729,7 @@ impl Shard {
                     .take()
                     .map(|w| Box::new((w, since.saturating_add(will_delay))));
             }
+            self.release_shared(key);
         }
         if let Some(will) = will {
             self.publish_will(will);
@@ -760,12 +772,15 @@ impl Shard {
         self.stats.wills_published += 1;
         let mut will = will;
         self.log_publish(None, &mut will);
+        let hash = std::mem::take(&mut self.publisher_hash);
         self.publish_from_client(will);
+        self.publisher_hash = hash;
     }
 
     /// Drops a session and all its subscriptions; tells other shards about filters
     /// this shard no longer has subscribers for.
     fn remove_session(&mut self, key: usize) {
+        self.release_shared(key);
         let mut entry = self.sessions.remove(key);
         if let Some(will) = entry.delayed_will.take() {
             // The session ends before the will's delay: it goes now.
@@ -776,10 +791,21 @@ impl Shard {
             self.log_session_end(entry.session.client_id());
         }
         for (filter, _) in entry.session.subscriptions() {
-            let removed = self.subs.remove(filter, &(key as u32));
-            if removed.filter_now_empty {
-                self.broadcast_interest_remove(filter);
-            }
+            self.unroute(filter, key);
+        }
+    }
+
+    /// Takes session `key`'s route for `filter` out of `subs` or its shared group;
+    /// tells other shards when it was this shard's last one.
+    fn unroute(&mut self, filter: &ByteString, key: usize) {
+        let last = if share::is_shared(filter) {
+            self.shared
+                .remove_member(self.id as u16, filter, key as u32)
+        } else {
+            self.subs.remove(filter, &(key as u32)).filter_now_empty
+        };
+        if last {
+            self.broadcast_interest_remove(filter);
         }
     }
 
@@ -864,6 +890,10 @@ impl Shard {
                             // Only the broker publishes there.
                             self.stats.publishes_to_sys += 1;
                         } else if may_write(&self.sessions[key].auth, &msg.topic) {
+                            if self.cfg.shared_subscription_strategy == SharedStrategy::HashClient {
+                                self.publisher_hash =
+                                    shared::client_hash(self.sessions[key].session.client_id());
+                            }
                             if let Some(LoggedPacket::Publish(pid)) = logged {
                                 let session = &self.sessions[key].session;
                                 let client = session.client_id().clone();
@@ -923,7 +953,14 @@ impl Shard {
                 // Retain Handling 1: retained messages only for a new subscription.
                 f.retain_handling = RetainHandling::Never;
             }
-            let acceptable = topic::valid_topic_filter(&f.filter)
+            let (valid, read_filter, is_shared) = match share::parse(&f.filter) {
+                share::FilterKind::Plain => {
+                    (topic::valid_topic_filter(&f.filter), &*f.filter, false)
+                }
+                share::FilterKind::Shared(s) => (true, s.filter, true),
+                share::FilterKind::Invalid => (false, &*f.filter, true),
+            };
+            let acceptable = valid
                 && topic::within_limits(
                     &f.filter,
                     self.cfg.max_topic_length,
@@ -931,7 +968,7 @@ impl Shard {
                 )
                 && (session.subscription_count() < self.cfg.max_subscriptions_per_client
                     || session.subscription(&f.filter).is_some());
-            let refusal = if !topic::valid_topic_filter(&f.filter) {
+            let refusal = if !valid {
                 Some(ReasonCode::TOPIC_FILTER_INVALID)
             } else if !acceptable {
                 // Over a configured limit (length, levels, subscriptions per client).
@@ -939,7 +976,7 @@ impl Shard {
             } else if !entry
                 .auth
                 .as_mut()
-                .is_none_or(|a| a.admit_filter(&f.filter))
+                .is_none_or(|a| a.admit_filter(read_filter))
             {
                 Some(ReasonCode::NOT_AUTHORIZED)
             } else {
@@ -968,9 +1005,17 @@ impl Shard {
                     horizons,
                 });
             }
-            let inserted = self.subs.insert(&f.filter, key as u32, f.qos);
+            let filter_was_new = if is_shared {
+                self.shared
+                    .add_member(self.id as u16, &f.filter, key as u32, f.qos)
+                    .1
+            } else {
+                self.subs
+                    .insert(&f.filter, key as u32, f.qos)
+                    .filter_was_new
+            };
             if self.shards > 1 {
-                if inserted.filter_was_new {
+                if filter_was_new {
                     new_filters.push(f.filter.clone());
                 } else if let Some(&token) = self.pending_filters.get(&f.filter) {
                     waits.push(token);
@@ -1124,10 +1169,12 @@ impl Shard {
                         filter,
                     });
                 }
-                let removed = self.subs.remove(filter, &(key as u32));
-                if removed.filter_now_empty {
-                    self.broadcast_interest_remove(filter);
+                if share::is_shared(filter) {
+                    // What the group gave this member and it has not yet received
+                    // goes to another member.
+                    self.release_shared_group(key, filter);
                 }
+                self.unroute(filter, key);
             }
         }
         if v5 {
@@ -1205,6 +1252,9 @@ impl Shard {
                 self.stats.publishes_received += n as u64;
                 self.deliver_local(&run.msgs);
                 self.forward(&run.msgs);
+                if !self.shared.is_empty() {
+                    self.route_shared(&run.msgs);
+                }
             }
         }
         run.clear();
@@ -1268,6 +1318,9 @@ impl Shard {
         let msg = std::slice::from_ref(&msg);
         self.deliver_local(msg);
         self.forward(msg);
+        if !self.shared.is_empty() {
+            self.route_shared(msg);
+        }
     }
 
     /// Delivers messages on one topic to this shard's matching sessions, once per
@@ -1479,12 +1532,28 @@ impl Shard {
             }
             MeshMsg::InterestAdd { filters, token } => {
                 for f in &filters {
-                    self.interest.insert(f, src as u16, ());
+                    if share::is_shared(f) {
+                        self.shared.add_shard(f, src as u16);
+                    } else {
+                        self.interest.insert(f, src as u16, ());
+                    }
                 }
                 self.outboxes[src].push(MeshMsg::InterestAck { token });
             }
             MeshMsg::InterestRemove { filter } => {
-                self.interest.remove(&filter, &(src as u16));
+                if share::is_shared(&filter) {
+                    self.shared.remove_shard(&filter, src as u16);
+                } else {
+                    self.interest.remove(&filter, &(src as u16));
+                }
+            }
+            MeshMsg::Shared { msg, to } => {
+                self.saw_stamp(&msg);
+                self.stats.shared_forwarded_in += 1;
+                match self.shared.id_of(&to.group) {
+                    Some(id) => self.deliver_shared(id, msg, to.hash, to.hops, None),
+                    None => self.stats.shared_dropped += 1,
+                }
             }
             MeshMsg::InterestAck { token } => self.interest_acked(src, token),
             MeshMsg::Handoff(h) => {
@@ -1510,7 +1579,11 @@ impl Shard {
             if p.confirmed[src] {
                 continue;
             }
-            for f in p.filters.iter().filter(|f| topic::matches(f, &msg.topic)) {
+            for f in p
+                .filters
+                .iter()
+                .filter(|f| !share::is_shared(f) && topic::matches(f, &msg.topic))
+            {
                 for &(key, conn_id) in &p.held {
                     let Some(e) = self.sessions.get(key) else {
                         continue;
@@ -1610,6 +1683,7 @@ impl Shard {
         s.sessions = self.sessions.len();
         s.subscriptions = self.subs.len();
         s.interest_entries = self.interest.len();
+        s.shared_groups = self.shared.len();
         s.retained = self.retained.len();
         s.pending_interest = self.pending_interest.len();
         let (mut inflight, mut queued, mut queued_bytes) = (0, 0, 0);
@@ -1667,7 +1741,8 @@ fn deliver_retained(
     codes: &[SubAckCode],
 ) {
     for (f, code) in sub.filters.iter().zip(codes) {
-        if f.retain_handling == RetainHandling::Never {
+        // Retained messages are not sent on a shared subscription (MQTT 5.0 §4.8.2).
+        if f.retain_handling == RetainHandling::Never || share::is_shared(&f.filter) {
             continue;
         }
         if let SubAckCode::Granted(qos) = *code {

@@ -58,6 +58,11 @@ impl ClientAuth {
     /// rights after a reload). One now wholly denied stays, and delivers nothing.
     pub fn admit_existing<'a>(&mut self, filters: impl Iterator<Item = &'a ByteString>) {
         for f in filters {
+            // A shared subscription reads what its filter part matches.
+            let f = match crate::topic::share::parse(f) {
+                crate::topic::share::FilterKind::Shared(s) => s.filter,
+                _ => &**f,
+            };
             if !self.admit_filter(f) {
                 self.read_checks = true;
             }

@@ -15,6 +15,8 @@ pub struct ShardStats {
     pub subscriptions: usize,
     /// (filter, shard) pairs in this shard's replica of other shards' interest.
     pub interest_entries: usize,
+    /// Shared-subscription groups with members on any shard (as this shard knows).
+    pub shared_groups: usize,
     pub retained: usize,
     pub pending_interest: usize,
     pub inflight: usize,
@@ -103,6 +105,20 @@ pub struct ShardStats {
     pub mesh_batches: [u64; MESH_BATCH_BUCKETS],
     /// Messages in all the batches counted in `mesh_batches`.
     pub mesh_batch_messages: u64,
+    /// Messages given to a member of a shared-subscription group on this shard
+    /// (re-dispatched ones included).
+    pub shared_delivered: u64,
+    /// Messages for a shared group passed to another shard: chosen there, or
+    /// handed on because no member here was connected.
+    pub shared_forwarded: u64,
+    /// Messages for a shared group received from another shard.
+    pub shared_forwarded_in: u64,
+    /// Messages a member left (disconnected, unsubscribed or ended) without having
+    /// received them, given again to another member of its group.
+    pub shared_redispatched: u64,
+    /// Messages for a shared group that found no member to take them (every
+    /// member offline and clean, or a QoS 0 message with none connected).
+    pub shared_dropped: u64,
 }
 
 /// Buckets of [`ShardStats::mesh_batches`]: 1, 2, 4, … 1024, and larger.
@@ -116,7 +132,7 @@ pub fn mesh_batch_bucket(n: usize) -> usize {
 
 impl ShardStats {
     /// This shard's dropped messages, by reason (see [`BrokerStats::drops`]).
-    pub fn drops(&self) -> [(&'static str, u64); 8] {
+    pub fn drops(&self) -> [(&'static str, u64); 9] {
         [
             ("queue_full", self.dropped_queue_full),
             ("offline_qos0", self.dropped_offline_qos0),
@@ -124,6 +140,7 @@ impl ShardStats {
             ("publish_denied", self.publishes_refused),
             ("delivery_denied", self.deliveries_refused),
             ("sys_topic", self.publishes_to_sys),
+            ("shared_no_member", self.shared_dropped),
             ("expired", self.dropped_expired),
             ("too_large", self.dropped_too_large),
         ]
@@ -146,7 +163,7 @@ pub struct BrokerStats {
 impl BrokerStats {
     /// Messages dropped, by reason, summed over every shard: the names are those of
     /// the logs, `$SYS/broker/shardmq/dropped/...` and the metrics' `reason` label.
-    pub fn drops(&self) -> [(&'static str, u64); 8] {
+    pub fn drops(&self) -> [(&'static str, u64); 9] {
         self.total().drops()
     }
 
@@ -211,7 +228,12 @@ impl BrokerStats {
                 publish_bytes_sent,
                 bytes_received,
                 bytes_sent,
-                mesh_batch_messages
+                mesh_batch_messages,
+                shared_delivered,
+                shared_forwarded,
+                shared_forwarded_in,
+                shared_redispatched,
+                shared_dropped
             );
             for q in 0..3 {
                 t.publishes_received_qos[q] += s.publishes_received_qos[q];
@@ -223,8 +245,10 @@ impl BrokerStats {
             for (a, b) in t.mesh_batches.iter_mut().zip(&s.mesh_batches) {
                 *a += b;
             }
-            // Every shard holds a full replica of the retained store.
+            // Every shard holds a full replica of the retained store, and knows
+            // every group.
             t.retained = t.retained.max(s.retained);
+            t.shared_groups = t.shared_groups.max(s.shared_groups);
         }
         t
     }

@@ -45,6 +45,10 @@ pub mod kind {
     pub const OUT2: u8 = 9;
     /// A whole session.
     pub const SNAPSHOT: u8 = 10;
+    /// A message given to a persistent session as one member of a shared group.
+    pub const ASSIGN: u8 = 11;
+    /// A message a persistent session gave back to its shared group.
+    pub const UNASSIGN: u8 = 12;
 }
 
 /// A message's name: the shard whose stream holds it and its record number there.
@@ -111,6 +115,9 @@ pub struct SnapshotBody<'a> {
     pub released: Vec<u16>,
     /// In flight (in send order), then queued.
     pub held: Vec<Held>,
+    /// The shared groups (`$share/...`) some of `held` came through: (index into
+    /// `held`, group). Absent from format 1.
+    pub groups: Vec<(u32, &'a str)>,
 }
 
 /// A decoded record body.
@@ -154,6 +161,22 @@ pub enum Record<'a> {
         stage: u8,
     },
     Snapshot(SnapshotBody<'a>),
+    /// Message `stamp` was given to persistent session `client` as a member of the
+    /// shared group `group` (`$share/...`), to go out at `qos`. Shared filters are
+    /// never re-matched on recovery (the message went to one member only): this
+    /// record is what brings it back to its member.
+    Assign {
+        client: &'a str,
+        group: &'a str,
+        stamp: Stamp,
+        qos: u8,
+    },
+    /// Persistent session `client` no longer holds message `stamp` of a shared
+    /// group: it went to another member when this one left.
+    Unassign {
+        client: &'a str,
+        stamp: Stamp,
+    },
 }
 
 /// Why a record body does not parse.
@@ -303,7 +326,28 @@ pub fn encode(record: &Record<'_>, out: &mut Vec<u8>) -> u8 {
                     .u8(h.qos | if h.retain { 0x80 } else { 0 })
                     .u16(h.pid);
             }
+            w.u32(s.groups.len() as u32);
+            for (i, g) in &s.groups {
+                w.u32(*i).str(g);
+            }
             kind::SNAPSHOT
+        }
+        Record::Assign {
+            client,
+            group,
+            stamp,
+            qos,
+        } => {
+            w.str(client)
+                .str(group)
+                .u16(stamp.origin)
+                .u64(stamp.record)
+                .u8(*qos);
+            kind::ASSIGN
+        }
+        Record::Unassign { client, stamp } => {
+            w.str(client).u16(stamp.origin).u64(stamp.record);
+            kind::UNASSIGN
         }
     }
 }
@@ -448,6 +492,22 @@ pub fn decode(kind: u8, body: &[u8]) -> Result<Record<'_>, BadRecord> {
                 stage,
             }
         }
+        kind::ASSIGN => Record::Assign {
+            client: r.str()?,
+            group: r.str()?,
+            stamp: Stamp {
+                origin: r.u16()?,
+                record: r.u64()?,
+            },
+            qos: r.qos()?,
+        },
+        kind::UNASSIGN => Record::Unassign {
+            client: r.str()?,
+            stamp: Stamp {
+                origin: r.u16()?,
+                record: r.u64()?,
+            },
+        },
         kind::SNAPSHOT => {
             let client = r.str()?;
             let horizons = r.pairs()?;
@@ -478,6 +538,18 @@ pub fn decode(kind: u8, body: &[u8]) -> Result<Record<'_>, BadRecord> {
                     pid: r.u16()?,
                 });
             }
+            // Format 1 ends here.
+            let mut groups = Vec::new();
+            if !r.b.is_empty() {
+                let n = r.count(8)?;
+                for _ in 0..n {
+                    let i = r.u32()?;
+                    if i as usize >= held.len() {
+                        return Err(BadRecord::Invalid);
+                    }
+                    groups.push((i, r.str()?));
+                }
+            }
             Record::Snapshot(SnapshotBody {
                 client,
                 horizons,
@@ -485,6 +557,7 @@ pub fn decode(kind: u8, body: &[u8]) -> Result<Record<'_>, BadRecord> {
                 awaiting_pubrel,
                 released,
                 held,
+                groups,
             })
         }
         other => return Err(BadRecord::UnknownKind(other)),
@@ -564,6 +637,22 @@ mod tests {
                 pid: 3,
                 stage: 1,
             },
+            Record::Assign {
+                client: "c",
+                group: "$share/g/a/#",
+                stamp: Stamp {
+                    origin: 2,
+                    record: 1 << 40,
+                },
+                qos: 2,
+            },
+            Record::Unassign {
+                client: "c",
+                stamp: Stamp {
+                    origin: 2,
+                    record: 7,
+                },
+            },
             Record::Snapshot(SnapshotBody {
                 client: "c",
                 horizons: vec![(0, 1)],
@@ -590,6 +679,7 @@ mod tests {
                         retain: true,
                     },
                 ],
+                groups: vec![(1, "$share/g/a/#")],
             }),
         ]
     }
@@ -609,7 +699,20 @@ mod tests {
             let mut body = Vec::new();
             let k = encode(&rec, &mut body);
             for len in 0..body.len() {
-                assert!(decode(k, &body[..len]).is_err(), "{rec:?} cut to {len}");
+                match (decode(k, &body[..len]), &rec) {
+                    // Cut where format 1 ended it: a snapshot without its groups.
+                    (Ok(Record::Snapshot(cut)), Record::Snapshot(whole)) => {
+                        assert!(cut.groups.is_empty() && !whole.groups.is_empty());
+                        assert_eq!(
+                            Record::Snapshot(SnapshotBody {
+                                groups: whole.groups.clone(),
+                                ..cut
+                            }),
+                            rec
+                        );
+                    }
+                    (r, _) => assert!(r.is_err(), "{rec:?} cut to {len}"),
+                }
             }
             body.push(0);
             assert_eq!(decode(k, &body), Err(BadRecord::Trailing(1)));

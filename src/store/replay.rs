@@ -15,6 +15,13 @@
 //! as a QoS 1 message may); a QoS 2 flow's stage is recorded as it changes, so its
 //! message comes again only with its original packet id, and not at all once PUBREC
 //! has come.
+//!
+//! Shared subscriptions (`$share/...`) are never re-matched: each of their messages
+//! went to one member only. A message given to a persistent member is named by a
+//! [`Record::Assign`] on the member's shard (and a [`Record::Unassign`] if the
+//! member gave it back to the group); it comes back to that member if it is past
+//! the member's position, or was assigned after the last checkpoint of the
+//! member's shard (which could not yet account for it).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -23,6 +30,7 @@ use bytestring::ByteString;
 
 use super::records::{decode, BadRecord, Held, MsgBody, Record, Stamp};
 use crate::protocol::{topic, QoS};
+use crate::topic::share;
 
 /// A message as the logs hold it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,6 +54,8 @@ pub struct RestoredMsg {
     pub qos: QoS,
     /// Sent with the retain flag (a retained message sent on subscribe).
     pub retain: bool,
+    /// The shared group (`$share/...`) it came through, if any.
+    pub group: Option<String>,
 }
 
 /// One persistent session, as it stood at the end of the log.
@@ -99,6 +109,8 @@ struct Sess {
     /// What its last snapshot named (in flight first), and from where matching
     /// messages were not yet in it.
     named: Vec<Held>,
+    /// The shared groups some of `named` came through, by index.
+    named_groups: HashMap<u32, String>,
     snap_horizons: HashMap<u16, u64>,
     awaiting_pubrel: HashSet<u16>,
     /// Outbound QoS 2 flows: stamp → (packet id, stage).
@@ -109,6 +121,19 @@ struct Sess {
     exact: bool,
     /// From its last position: the packet id of its oldest message in flight.
     first_pid: u16,
+    /// Messages given to it by shared groups since its last snapshot.
+    assigned: Vec<Assigned>,
+}
+
+/// A [`Record::Assign`] still in force.
+#[derive(Debug)]
+struct Assigned {
+    stamp: Stamp,
+    group: String,
+    qos: u8,
+    /// The log that holds the record, and the record's number there.
+    log: u16,
+    at: u64,
 }
 
 /// See the module docs.
@@ -118,6 +143,11 @@ pub struct Replay {
     sessions: HashMap<String, Sess>,
     /// Latest checkpoint horizons per shard log.
     horizons: HashMap<u16, HashMap<u16, u64>>,
+    /// Record number of the latest checkpoint per shard log.
+    checkpoint_at: HashMap<u16, u64>,
+    /// Every message a shared group gave to any member (persistent or not), by
+    /// stamp and group.
+    given: HashSet<(Stamp, String)>,
     bad_records: u64,
 }
 
@@ -208,6 +238,31 @@ impl Replay {
                     }
                 }
                 self.horizons.insert(shard, h);
+                self.checkpoint_at.insert(shard, record);
+            }
+            Record::Assign {
+                client,
+                group,
+                stamp,
+                qos,
+            } => {
+                self.given.insert((stamp, group.to_owned()));
+                if let Some(s) = self.sessions.get_mut(client) {
+                    s.assigned.push(Assigned {
+                        stamp,
+                        group: group.to_owned(),
+                        qos,
+                        log: shard,
+                        at: record,
+                    });
+                    s.exact = false;
+                }
+            }
+            Record::Unassign { client, stamp } => {
+                if let Some(s) = self.sessions.get_mut(client) {
+                    s.assigned.retain(|a| a.stamp != stamp);
+                    s.exact = false;
+                }
             }
             Record::Out2 {
                 client,
@@ -250,12 +305,18 @@ impl Replay {
                     from: HashMap::new(),
                     caught_on: None,
                     named: snap.held,
+                    named_groups: snap
+                        .groups
+                        .iter()
+                        .map(|&(i, g)| (i, g.to_owned()))
+                        .collect(),
                     snap_horizons: snap.horizons.into_iter().collect(),
                     awaiting_pubrel: snap.awaiting_pubrel.into_iter().collect(),
                     out2: HashMap::new(),
                     released: snap.released,
                     exact: true,
                     first_pid: 0,
+                    assigned: Vec::new(),
                 };
                 self.sessions.insert(snap.client.to_owned(), s);
             }
@@ -268,6 +329,8 @@ impl Replay {
             streams,
             sessions,
             horizons,
+            checkpoint_at,
+            given,
             bad_records,
         } = self;
         let mut out = Restored {
@@ -297,6 +360,7 @@ impl Replay {
 
         let mut names: Vec<&String> = sessions.keys().collect();
         names.sort();
+        let orphans = orphans(&streams, &sessions, &names, &given);
         for client in names {
             let s = &sessions[client];
             let from = match s.caught_on {
@@ -350,7 +414,7 @@ impl Replay {
                 }
             };
             // What the last snapshot named, past the session's positions.
-            for h in &s.named {
+            for (i, h) in s.named.iter().enumerate() {
                 if h.stamp.record < from_of(h.stamp.origin) {
                     continue;
                 }
@@ -365,16 +429,20 @@ impl Replay {
                     msg: m.clone(),
                     qos: QoS::from_u8(h.qos).unwrap_or(QoS::AtLeastOnce),
                     retain: h.retain,
+                    group: s.named_groups.get(&(i as u32)).cloned(),
                 };
                 place(&mut r, m, h.pid);
             }
             // Every published message past the positions that a subscription matches.
-            let mut matched: Vec<(u64, Stamp, &Stored, QoS)> = Vec::new();
+            let mut matched: Vec<(u64, Stamp, &Stored, QoS, Option<&str>)> = Vec::new();
             for (&origin, stream) in &streams {
                 let start = from_of(origin).max(s.snap_horizons.get(&origin).copied().unwrap_or(0));
                 for (&record, m) in stream.range(start..).filter(|(_, m)| m.published) {
                     let mut best: Option<QoS> = None;
                     for (filter, sub) in &s.subs {
+                        if share::is_shared(filter) {
+                            continue;
+                        }
                         let applies = sub
                             .horizons
                             .iter()
@@ -386,20 +454,46 @@ impl Replay {
                         }
                     }
                     if let Some(q) = best {
-                        matched.push((m.time_us, Stamp { origin, record }, m, q));
+                        matched.push((m.time_us, Stamp { origin, record }, m, q, None));
                     }
                 }
             }
-            matched.sort_by_key(|&(t, stamp, _, _)| (t, stamp));
+            // What shared groups gave it: past its position, or given after its
+            // shard's last checkpoint.
+            for a in &s.assigned {
+                let after_checkpoint = checkpoint_at.get(&a.log).is_none_or(|&c| a.at > c);
+                if !after_checkpoint && a.stamp.record < from_of(a.stamp.origin) {
+                    continue;
+                }
+                let Some(m) = streams
+                    .get(&a.stamp.origin)
+                    .and_then(|st| st.get(&a.stamp.record))
+                else {
+                    continue;
+                };
+                let q = QoS::from_u8(a.qos).unwrap_or(QoS::AtLeastOnce);
+                matched.push((m.time_us, a.stamp, m, q, Some(&a.group)));
+            }
+            // What no member was recorded to have been given.
+            for &(stamp, q, group) in orphans.get(client.as_str()).into_iter().flatten() {
+                if let Some(m) = streams
+                    .get(&stamp.origin)
+                    .and_then(|st| st.get(&stamp.record))
+                {
+                    matched.push((m.time_us, stamp, m, q, Some(group)));
+                }
+            }
+            matched.sort_by_key(|&(t, stamp, _, _, _)| (t, stamp));
             r.maybe_sent = !(s.exact && matched.is_empty());
             r.first_pid = s.first_pid;
-            for (_, stamp, m, granted) in matched {
+            for (_, stamp, m, granted, group) in matched {
                 let qos = m.qos.min(granted);
                 let m = RestoredMsg {
                     stamp,
                     msg: m.clone(),
                     qos,
                     retain: false,
+                    group: group.map(str::to_owned),
                 };
                 place(&mut r, m, 0);
             }
@@ -407,6 +501,79 @@ impl Replay {
         }
         out
     }
+}
+
+/// Messages published in this generation that a shared group with persistent
+/// members matches but that no [`Record::Assign`] says the group gave anyone (in
+/// transit between shards at a crash, or not yet recorded): each goes to one of
+/// the group's persistent members whose subscription applies to it, in turn by
+/// record number. Returns them per client, with the QoS granted.
+fn orphans<'s>(
+    streams: &HashMap<u16, BTreeMap<u64, Stored>>,
+    sessions: &'s HashMap<String, Sess>,
+    names: &[&'s String],
+    given: &HashSet<(Stamp, String)>,
+) -> HashMap<&'s str, Vec<(Stamp, QoS, &'s str)>> {
+    // Group → its persistent members (in name order) with their subscriptions.
+    let mut groups: BTreeMap<&str, Vec<(&str, &Sess, &Sub)>> = BTreeMap::new();
+    for &client in names {
+        let sess = &sessions[client];
+        for (filter, sub) in &sess.subs {
+            if share::is_shared(filter) {
+                groups.entry(filter).or_default().push((client, sess, sub));
+            }
+        }
+    }
+    let mut out: HashMap<&str, Vec<(Stamp, QoS, &str)>> = HashMap::new();
+    if groups.is_empty() {
+        return out;
+    }
+    let mut key = (
+        Stamp {
+            origin: 0,
+            record: 0,
+        },
+        String::new(),
+    );
+    for (&origin, stream) in streams {
+        for (&record, m) in stream
+            .iter()
+            .filter(|(_, m)| m.published && m.qos != QoS::AtMostOnce)
+        {
+            let stamp = Stamp { origin, record };
+            for (group, members) in &groups {
+                if !topic::matches(share::filter_part(group), &m.topic) {
+                    continue;
+                }
+                key.0 = stamp;
+                key.1.clear();
+                key.1.push_str(group);
+                if given.contains(&key) {
+                    continue;
+                }
+                // The subscription applies to it (made before it; a snapshot's
+                // restated subscriptions apply from the snapshot's horizons on).
+                let applying: Vec<&(&str, &Sess, &Sub)> = members
+                    .iter()
+                    .filter(|(_, sess, sub)| {
+                        record >= sess.snap_horizons.get(&origin).copied().unwrap_or(0)
+                            && sub
+                                .horizons
+                                .iter()
+                                .find(|(o, _)| *o == origin)
+                                .is_none_or(|&(_, h)| record >= h)
+                    })
+                    .collect();
+                if applying.is_empty() {
+                    continue;
+                }
+                let (client, _, sub) = applying[(record as usize) % applying.len()];
+                let q = QoS::from_u8(sub.qos).unwrap_or(QoS::AtMostOnce);
+                out.entry(client).or_default().push((stamp, q, group));
+            }
+        }
+    }
+    out
 }
 
 #[cfg(test)]

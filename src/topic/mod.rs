@@ -17,6 +17,9 @@
 //! The trie assumes filters were validated by the protocol layer. Invalid ones do
 //! not panic: a `#` that is not the last level, or a `+`/`#` inside a level, is
 //! stored as a literal level (which no valid topic name can match).
+//!
+//! Shared subscriptions (`$share/{group}/{filter}`) are parsed by [`share`]; a
+//! shard keeps its groups in a trie of their own, keyed by the filter part.
 
 #![deny(
     clippy::unwrap_used,
@@ -31,6 +34,7 @@
 mod entries;
 mod level;
 mod node;
+pub mod share;
 #[cfg(test)]
 mod tests;
 

@@ -1097,3 +1097,5 @@ pub use load::*;
 pub mod churn;
 #[allow(unused_imports)]
 pub use churn::*;
+
+pub mod persist;

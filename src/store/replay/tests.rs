@@ -295,6 +295,7 @@ fn a_snapshot_restates_a_session_and_later_positions_apply_to_what_it_named() {
                     retain: false,
                 },
             ],
+            groups: vec![],
         }),
     );
     let live = l.msg(1, "t", 1, 3);
@@ -347,6 +348,7 @@ fn only_a_session_restated_last_by_its_snapshot_is_known_not_to_have_sent_its_qu
                     pid: 0,
                     retain: false,
                 }],
+                groups: vec![],
             }),
         );
     };
@@ -388,6 +390,7 @@ fn a_completed_flow_frees_its_packet_id_even_without_a_stamp() {
             awaiting_pubrel: vec![],
             released: vec![5],
             held: vec![],
+            groups: vec![],
         }),
     );
     // PUBCOMP for 5 (its stamp lost in a compaction), then 5 reused.
@@ -419,4 +422,186 @@ fn a_completed_flow_frees_its_packet_id_even_without_a_stamp() {
     assert_eq!(s.inflight.len(), 1);
     assert_eq!((s.inflight[0].0, s.inflight[0].1.stamp), (5, m));
     assert!(s.queued.is_empty());
+}
+
+#[test]
+fn shared_filters_are_not_rematched_only_assigned_messages_come_back() {
+    let mut l = Logs::new();
+    l.session(0, "a", "$share/g/t/#", 1);
+    l.session(1, "b", "$share/g/t/#", 1);
+    let m1 = l.msg(0, "t/1", 1, 1);
+    let m2 = l.msg(0, "t/2", 1, 2);
+    let m3 = l.msg(1, "t/3", 1, 3);
+    for (shard, client, stamp) in [(0, "a", m1), (1, "b", m2), (0, "a", m3)] {
+        l.put(
+            shard,
+            Record::Assign {
+                client,
+                group: "$share/g/t/#",
+                stamp,
+                qos: 1,
+            },
+        );
+    }
+    let r = l.replay.finish();
+    let by = |c: &str| r.sessions.iter().find(|s| s.client_id == c).unwrap();
+    assert_eq!(topics(&by("a").queued), vec!["t/1", "t/3"]);
+    assert_eq!(topics(&by("b").queued), vec!["t/2"]);
+    assert_eq!(
+        by("a").subs,
+        vec![("$share/g/t/#".to_string(), QoS::AtLeastOnce)]
+    );
+}
+
+#[test]
+fn a_shared_message_given_back_or_acknowledged_before_a_checkpoint_stays_away() {
+    let mut l = Logs::new();
+    l.session(0, "a", "$share/g/t", 2);
+    l.session(0, "b", "t", 1);
+    let given_back = l.msg(1, "t", 2, 1);
+    let acked = l.msg(1, "t", 1, 2);
+    let pending = l.msg(1, "t", 1, 3);
+    for stamp in [given_back, acked, pending] {
+        l.put(
+            0,
+            Record::Assign {
+                client: "a",
+                group: "$share/g/t",
+                stamp,
+                qos: 2,
+            },
+        );
+    }
+    l.put(
+        0,
+        Record::Unassign {
+            client: "a",
+            stamp: given_back,
+        },
+    );
+    // "a" still holds `pending` at the checkpoint; "b" (not shared) is caught up.
+    let horizons = l.horizons();
+    l.put(
+        0,
+        Record::Checkpoint {
+            horizons,
+            sessions: vec![Position {
+                client: "a",
+                lagging: Some(vec![(1, pending.record)]),
+                first_pid: 0,
+            }],
+        },
+    );
+    // Assigned after the checkpoint, older than the position: still comes back.
+    l.put(
+        0,
+        Record::Assign {
+            client: "a",
+            group: "$share/g/t",
+            stamp: acked,
+            qos: 1,
+        },
+    );
+    let r = l.replay.finish();
+    let a = r.sessions.iter().find(|s| s.client_id == "a").unwrap();
+    let stamps: Vec<(Stamp, QoS)> = a.queued.iter().map(|m| (m.stamp, m.qos)).collect();
+    assert_eq!(
+        stamps,
+        vec![(acked, QoS::AtLeastOnce), (pending, QoS::AtLeastOnce)]
+    );
+}
+
+#[test]
+fn a_snapshot_replaces_earlier_assignments() {
+    let mut l = Logs::new();
+    l.session(0, "a", "$share/g/t", 1);
+    let m = l.msg(0, "t", 1, 1);
+    l.put(
+        0,
+        Record::Assign {
+            client: "a",
+            group: "$share/g/t",
+            stamp: m,
+            qos: 1,
+        },
+    );
+    let horizons = l.horizons();
+    l.put(
+        0,
+        Record::Snapshot(SnapshotBody {
+            client: "a",
+            horizons,
+            subs: vec![("$share/g/t", 1)],
+            awaiting_pubrel: vec![],
+            released: vec![],
+            held: vec![crate::store::records::Held {
+                stamp: m,
+                qos: 1,
+                pid: 0,
+                retain: false,
+            }],
+            groups: vec![],
+        }),
+    );
+    let r = l.replay.finish();
+    assert_eq!(r.sessions[0].queued.len(), 1, "named once, not twice");
+}
+
+#[test]
+fn a_shared_message_no_member_was_recorded_to_get_goes_to_one_persistent_member() {
+    let mut l = Logs::new();
+    l.session(0, "a", "$share/g/t/+", 1);
+    l.session(1, "b", "$share/g/t/+", 2);
+    let given = l.msg(0, "t/given", 1, 1);
+    // Given to a clean member: recorded, though no session is restored for it.
+    l.put(
+        1,
+        Record::Assign {
+            client: "clean",
+            group: "$share/g/t/+",
+            stamp: given,
+            qos: 1,
+        },
+    );
+    let lost: Vec<Stamp> = (0..4).map(|i| l.msg(1, "t/transit", 2, 10 + i)).collect();
+    l.msg(1, "t/qos0", 0, 20);
+    let r = l.replay.finish();
+    let mut all: Vec<Stamp> = Vec::new();
+    let mut per = Vec::new();
+    for s in &r.sessions {
+        per.push(s.queued.len());
+        all.extend(s.queued.iter().map(|m| m.stamp));
+        assert!(s.queued.iter().all(|m| &*m.msg.topic == "t/transit"));
+    }
+    all.sort();
+    assert_eq!(all, lost, "each once, to one member");
+    assert_eq!(per, vec![2, 2], "spread over the members");
+}
+
+#[test]
+fn a_message_before_a_snapshot_is_no_orphan_of_the_groups_it_restates() {
+    let mut l = Logs::new();
+    // Published while the group had no member at all: nobody was given it.
+    l.msg(0, "t", 1, 1);
+    let horizons = l.horizons();
+    l.put(
+        0,
+        Record::Snapshot(SnapshotBody {
+            client: "a",
+            horizons,
+            subs: vec![("$share/g/t", 1)],
+            awaiting_pubrel: vec![],
+            released: vec![],
+            held: vec![],
+            groups: vec![],
+        }),
+    );
+    let after = l.msg(0, "t", 1, 2);
+    let r = l.replay.finish();
+    let got: Vec<Stamp> = r.sessions[0].queued.iter().map(|m| m.stamp).collect();
+    assert_eq!(
+        got,
+        vec![after],
+        "only what came after the snapshot, unrecorded"
+    );
 }
