@@ -1263,3 +1263,49 @@ fn the_broker_uses_aliases_toward_a_client_that_accepts_them() {
     .collect();
     assert_eq!(got, want);
 }
+
+#[test]
+fn a_shared_group_of_5_0_and_3_1_1_members_gets_each_message_once() {
+    let b = broker();
+    let addr = b.local_addr();
+    let mut m1 = client5(addr, connect5(&id_on_shard("m1", 0)));
+    let mut m2 = client5(addr, connect5(&id_on_shard("m2", 1)));
+    let (mut m3, _) = Raw::connect(addr, &id_on_shard("m3", 1), true);
+    subscribe5(&mut m1, 1, &[("$share/g/sh/#", Q::AtLeastOnce)]);
+    subscribe5(&mut m2, 1, &[("$share/g/sh/#", Q::AtLeastOnce)]);
+    m3.send(&subscribe_packet(1, &[("$share/g/sh/#", 1)]));
+    m3.recv_kind(SUBACK);
+    let mut publ = client5(addr, connect5(&id_on_shard("shp", 0)));
+    for i in 0..9u16 {
+        publ.send(&enc(&Packet::Publish(publish5(
+            "sh/t",
+            &[i as u8],
+            Q::AtLeastOnce,
+            false,
+            i + 1,
+        ))));
+        publ.recv_kind(PUBACK);
+    }
+    let mut got = Vec::new();
+    for m in [&mut m1, &mut m2] {
+        while let Some(p) = m.recv_within(QUIET) {
+            let p = match dec(&p) {
+                Packet::Publish(p) => p,
+                other => panic!("{other:?}"),
+            };
+            m.send(&enc(&Packet::PubAckV5(Ack::success(p.pkid))));
+            got.push(p.payload[0]);
+        }
+    }
+    while let Some(p) = m3.recv_within(QUIET) {
+        let p = p.publish();
+        m3.send(&puback(p.pid));
+        got.push(p.payload[0]);
+    }
+    got.sort_unstable();
+    assert_eq!(
+        got,
+        (0..9).collect::<Vec<u8>>(),
+        "each message exactly once"
+    );
+}
