@@ -416,28 +416,8 @@ async fn serve(
         sync_counters(&mut s, &conn);
         s.bridge_detach(key, conn.id);
     }
-    conn.close();
     // What is owed to the remote (the DISCONNECT on shutdown) goes out, for a while.
-    let _ = glommio::timer::timeout(Duration::from_secs(2), async {
-        poll_fn(|cx| {
-            if conn.is_done() {
-                return Poll::Ready(());
-            }
-            conn.drained.set(Some(cx.waker().clone()));
-            Poll::Pending
-        })
-        .await;
-        Ok(())
-    })
-    .await;
-    if !conn.is_done() {
-        if let Some(task) = conn.blocked_task.take() {
-            task.cancel();
-        }
-        conn.blocked.set(false);
-        conn.discard_output();
-        conn.set_done();
-    }
+    conn.close_and_flush(Duration::from_secs(2)).await;
     end
 }
 

@@ -438,6 +438,33 @@ impl Conn {
         self.wake_reader();
     }
 
+    /// Closes the connection and waits until what it still owes its peer has gone
+    /// out, for at most `linger`; after that the rest is dropped. False if it was.
+    pub(crate) async fn close_and_flush(self: &Rc<Self>, linger: std::time::Duration) -> bool {
+        self.close();
+        let flushed = glommio::timer::timeout(linger, async {
+            std::future::poll_fn(|cx| {
+                if self.done.get() {
+                    return std::task::Poll::Ready(());
+                }
+                self.drained.set(Some(cx.waker().clone()));
+                std::task::Poll::Pending
+            })
+            .await;
+            Ok(())
+        })
+        .await;
+        if flushed.is_err() {
+            if let Some(task) = self.blocked_task.take() {
+                task.cancel();
+            }
+            self.blocked.set(false);
+            self.discard_output();
+            self.set_done();
+        }
+        flushed.is_ok()
+    }
+
     /// Closing and everything owed sent (or given up on).
     pub fn is_done(&self) -> bool {
         self.done.get()

@@ -692,28 +692,9 @@ async fn serve(shard: Rc<RefCell<Shard>>, accepted: Box<Accepted>) {
     } else {
         drop(rbuf);
     }
-    conn.close();
     // Let what the connection still owes the client go out, for a while.
-    let flushed = glommio::timer::timeout(WRITER_LINGER, async {
-        poll_fn(|cx| {
-            if conn.done.get() {
-                return Poll::Ready(());
-            }
-            conn.drained.set(Some(cx.waker().clone()));
-            Poll::Pending
-        })
-        .await;
-        Ok(())
-    })
-    .await;
-    if flushed.is_err() {
-        tracing::debug!(%peer, unsent = conn.pending(), "gave up flushing a closed connection");
-        if let Some(task) = conn.blocked_task.take() {
-            task.cancel();
-        }
-        conn.blocked.set(false);
-        conn.discard_output();
-        conn.set_done();
+    if !conn.close_and_flush(WRITER_LINGER).await {
+        tracing::debug!(%peer, "gave up flushing a closed connection");
     }
     drop(slot);
 }

@@ -955,21 +955,7 @@ mod tests {
         decode_all(bytes).expect_err("packet should be rejected")
     }
 
-    /// A packet from its first byte and its body (the remaining length is computed).
-    fn raw(first: u8, body: &[u8]) -> Vec<u8> {
-        let mut out = BytesMut::new();
-        out.put_u8(first);
-        write_remaining_length(&mut out, body.len());
-        out.put_slice(body);
-        out.to_vec()
-    }
-
-    /// A 2-byte length prefix and the bytes.
-    fn field(bytes: &[u8]) -> Vec<u8> {
-        let mut out = (bytes.len() as u16).to_be_bytes().to_vec();
-        out.extend_from_slice(bytes);
-        out
-    }
+    use crate::protocol::test_bytes::{field, raw};
 
     /// A CONNECT from its protocol name, level, flags, and payload fields (each
     /// length-prefixed), with keep-alive 60.

@@ -452,19 +452,7 @@ mod tests {
         decode5(bytes).expect_err("packet should be rejected")
     }
 
-    fn raw(first: u8, body: &[u8]) -> Vec<u8> {
-        let mut out = BytesMut::new();
-        out.put_u8(first);
-        write_remaining_length(&mut out, body.len());
-        out.put_slice(body);
-        out.to_vec()
-    }
-
-    fn field(bytes: &[u8]) -> Vec<u8> {
-        let mut out = (bytes.len() as u16).to_be_bytes().to_vec();
-        out.extend_from_slice(bytes);
-        out
-    }
+    use crate::protocol::test_bytes::{field, raw};
 
     /// A property list with its Property Length, from properties.
     fn plist(props: Vec<Property>) -> Vec<u8> {

@@ -13,6 +13,8 @@ mod packet;
 pub mod properties;
 mod reason;
 pub mod topic;
+#[cfg(test)]
+mod test_bytes;
 
 pub use decode::{decode, decode_with, peek_connect_level, DecodeError, DecodeOptions};
 pub use encode::{encode_publish, encoded_len, encoded_len_v5};

@@ -2,10 +2,7 @@
 //! session, made and subscribed at start, its remote connection attached to it like a
 //! client's and detached without ending it.
 
-use super::{
-    count_delivery, write_out, Cell, MeshMsg, PendingInterest, Rc, SessionEntry, Shard,
-    SubscribeWait,
-};
+use super::{count_delivery, write_out, Cell, Rc, SessionEntry, Shard, SubscribeWait};
 use crate::link::Conn;
 use crate::message::Message;
 use crate::protocol::{topic, QoS};
@@ -89,33 +86,11 @@ impl Shard {
         if new_filters.is_empty() {
             return (key, None);
         }
-        let token = self.next_token;
-        self.next_token += 1;
-        for (dest, outbox) in self.outboxes.iter().enumerate() {
-            if dest != self.id {
-                outbox.push(MeshMsg::InterestAdd {
-                    filters: new_filters.clone(),
-                    token,
-                });
-            }
-        }
-        for f in &new_filters {
-            self.pending_filters.insert(f.clone(), token);
-        }
         let wait = Rc::new(SubscribeWait {
             outstanding: Cell::new(1),
             waker: Cell::new(None),
         });
-        self.pending_interest.insert(
-            token,
-            PendingInterest {
-                remaining: self.shards - 1,
-                confirmed: (0..self.shards).map(|s| s == self.id).collect(),
-                filters: new_filters,
-                waiters: vec![wait.clone()],
-                held: Vec::new(),
-            },
-        );
+        self.announce_interest(new_filters, vec![wait.clone()]);
         (key, Some(wait))
     }
 

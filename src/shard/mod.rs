@@ -925,6 +925,39 @@ impl Shard {
         }
     }
 
+    /// Tells every other shard of filters newly subscribed here and records what
+    /// waits for their confirmations (`waiters`); returns the token they confirm.
+    fn announce_interest(
+        &mut self,
+        new_filters: Vec<ByteString>,
+        waiters: Vec<Rc<SubscribeWait>>,
+    ) -> u64 {
+        let token = self.next_token;
+        self.next_token += 1;
+        for (dest, outbox) in self.outboxes.iter().enumerate() {
+            if dest != self.id {
+                outbox.push(MeshMsg::InterestAdd {
+                    filters: new_filters.clone(),
+                    token,
+                });
+            }
+        }
+        for f in &new_filters {
+            self.pending_filters.insert(f.clone(), token);
+        }
+        self.pending_interest.insert(
+            token,
+            PendingInterest {
+                remaining: self.shards - 1,
+                confirmed: (0..self.shards).map(|s| s == self.id).collect(),
+                filters: new_filters,
+                waiters,
+                held: Vec::new(),
+            },
+        );
+        token
+    }
+
     /// First half of SUBSCRIBE: records the granted filters (they route at once)
     /// and, for filters new to this shard, asks every other shard to record
     /// interest. SUBACK waits until they confirm: a publish accepted anywhere after
@@ -1025,30 +1058,7 @@ impl Shard {
             reasons.push(ReasonCode(f.qos as u8));
         }
         if !new_filters.is_empty() {
-            let token = self.next_token;
-            self.next_token += 1;
-            for (dest, outbox) in self.outboxes.iter().enumerate() {
-                if dest != self.id {
-                    outbox.push(MeshMsg::InterestAdd {
-                        filters: new_filters.clone(),
-                        token,
-                    });
-                }
-            }
-            for f in &new_filters {
-                self.pending_filters.insert(f.clone(), token);
-            }
-            self.pending_interest.insert(
-                token,
-                PendingInterest {
-                    remaining: self.shards - 1,
-                    confirmed: (0..self.shards).map(|s| s == self.id).collect(),
-                    filters: new_filters,
-                    waiters: Vec::new(),
-                    held: Vec::new(),
-                },
-            );
-            waits.push(token);
+            waits.push(self.announce_interest(new_filters, Vec::new()));
         }
         waits.sort_unstable();
         waits.dedup();
