@@ -48,6 +48,7 @@ fn message() -> Message {
         qos: QoS::AtLeastOnce,
         retain: false,
         stamp: Default::default(),
+        props: None,
     }
 }
 

@@ -51,6 +51,7 @@ fn message(qos: QoS) -> Message {
         qos,
         retain: false,
         stamp: Default::default(),
+        props: None,
     }
 }
 

@@ -241,6 +241,20 @@ pub struct Config {
     /// paused meanwhile) once it holds more than this many bytes and more than
     /// twice the live state it started from.
     pub log_compaction_bytes: u64,
+    /// MQTT 5.0: the longest keep-alive a 5.0 client may use, in seconds. A client
+    /// asking for more, or for 0 (none), is given this value in CONNACK's Server Keep
+    /// Alive. 0: no limit.
+    pub max_keepalive: u16,
+    /// MQTT 5.0: the Receive Maximum announced in CONNACK, the QoS 2 publishes a 5.0
+    /// client may have awaiting PUBREL (1..=65535); one more gets DISCONNECT 0x93.
+    pub receive_maximum: u16,
+    /// MQTT 5.0: the longest Session Expiry Interval a 5.0 client's session gets, in
+    /// seconds; a client asking for more is told this value in CONNACK. 4294967295
+    /// (the default): no bound, a session may be kept forever.
+    pub max_session_expiry: u32,
+    /// MQTT 5.0: the Topic Alias Maximum announced in CONNACK, the highest alias a 5.0
+    /// client may use toward the broker; 0: none (an alias then gets DISCONNECT 0x94).
+    pub topic_alias_maximum: u16,
     /// Bridges to remote brokers (`[[bridge]]` tables).
     pub bridge: Vec<BridgeConfig>,
     /// How a message for a shared-subscription group (`$share/{group}/{filter}`)
@@ -590,6 +604,10 @@ impl Default for Config {
             fsync: FsyncPolicy::Always,
             fsync_interval_ms: 100,
             log_compaction_bytes: 256 * 1024 * 1024,
+            max_keepalive: 0,
+            receive_maximum: 65_535,
+            max_session_expiry: u32::MAX,
+            topic_alias_maximum: 10,
             bridge: Vec::new(),
             shared_subscription_strategy: SharedStrategy::RoundRobin,
         }
@@ -699,15 +717,16 @@ impl Config {
         Duration::from_secs_f64(self.connect_timeout)
     }
 
-    /// What each connection's decoder enforces; `mqtt31` for a 3.1 (`MQIsdp`) client.
-    pub fn decode_options(&self, mqtt31: bool) -> crate::protocol::DecodeOptions {
+    /// What each connection's decoder enforces; `mqtt31` for a 3.1 (`MQIsdp`) client,
+    /// `v5` for a 5.0 one.
+    pub fn decode_options(&self, mqtt31: bool, v5: bool) -> crate::protocol::DecodeOptions {
         crate::protocol::DecodeOptions {
             max_packet_size: self.max_packet_size,
             max_topic_length: self.max_topic_length,
             max_topic_levels: self.max_topic_levels,
             max_client_id_length: self.max_client_id_length,
             mqtt31,
-            v5: false,
+            v5,
         }
     }
 
@@ -772,6 +791,9 @@ impl Config {
         }
         if self.max_inflight == 0 {
             return invalid("max_inflight", "must be between 1 and 65535");
+        }
+        if self.receive_maximum == 0 {
+            return invalid("receive_maximum", "must be between 1 and 65535");
         }
         if !(self.connect_timeout.is_finite() && self.connect_timeout > 0.0) {
             return invalid("connect_timeout", "must be a positive number of seconds");
@@ -974,7 +996,7 @@ password_file = "/etc/pw2"
         }
         let c = Config::from_toml("max_topic_levels = 8\nmax_client_id_length = 64\n").unwrap();
         assert_eq!((c.max_topic_levels, c.max_client_id_length), (8, 64));
-        let d = c.decode_options(true);
+        let d = c.decode_options(true, false);
         assert_eq!(
             (d.max_topic_levels, d.max_client_id_length, d.mqtt31),
             (8, 64, true)

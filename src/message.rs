@@ -1,8 +1,10 @@
 //! The unit the router moves: one application message, independent of any packet id.
 
-use crate::protocol::QoS;
+use crate::protocol::{PublishProps, QoS};
 use bytes::Bytes;
 use bytestring::ByteString;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 /// An application message as routed between sessions and shards. Cloning is cheap:
 /// topic and payload are reference-counted and shared by every copy.
@@ -18,6 +20,55 @@ pub struct Message {
     /// when it is not logged. Six bytes, in what would be padding: the message stays
     /// 72 bytes.
     pub stamp: PackedStamp,
+    /// What a 5.0 publisher gave beyond topic and payload (expiry, forwarded
+    /// properties); `None` for every 3.1.1 message and most 5.0 ones, which then cost
+    /// one pointer and a branch. Shared by every copy.
+    pub props: Option<Arc<MessageProps>>,
+}
+
+/// The 5.0 properties a message keeps while routed, queued or retained.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MessageProps {
+    /// When the Message Expiry Interval runs out; `None`: never.
+    pub expires_at: Option<Instant>,
+    /// Payload Format Indicator, Content Type, Response Topic, Correlation Data and
+    /// User Properties as the publisher sent them (wire bytes, in order), in an
+    /// allocation of their own.
+    pub forward: Bytes,
+}
+
+impl MessageProps {
+    /// From a PUBLISH's (or a will's) properties received at `now`; `None` when there
+    /// is nothing to keep.
+    pub fn new(expiry: Option<u32>, forward: &Bytes, now: Instant) -> Option<Arc<MessageProps>> {
+        if expiry.is_none() && forward.is_empty() {
+            return None;
+        }
+        Some(Arc::new(MessageProps {
+            expires_at: expiry.map(|s| now + Duration::from_secs(u64::from(s))),
+            forward: Bytes::copy_from_slice(forward),
+        }))
+    }
+
+    /// Seconds of the interval that remain at `now`, rounded up; `Some(0)` once
+    /// expired; `None` without an interval.
+    pub fn remaining(&self, now: Instant) -> Option<u32> {
+        self.expires_at.map(|at| {
+            let left = at.saturating_duration_since(now);
+            let secs = left.as_secs() + u64::from(left.subsec_nanos() > 0);
+            secs.min(u64::from(u32::MAX)) as u32
+        })
+    }
+
+    /// The properties of a PUBLISH that carries the message to a 5.0 client at `now`:
+    /// the remaining expiry and the forwarded properties.
+    pub fn publish_props(&self, now: Instant) -> Box<PublishProps> {
+        Box::new(PublishProps {
+            message_expiry: self.remaining(now),
+            forward: self.forward.clone(),
+            ..PublishProps::default()
+        })
+    }
 }
 
 impl Message {
@@ -34,7 +85,20 @@ impl Message {
             qos: self.qos,
             retain: self.retain,
             stamp: self.stamp,
+            props: self.props.clone(),
         }
+    }
+
+    /// Whether the message's expiry interval has run out at `now`.
+    pub fn expired(&self, now: Instant) -> bool {
+        self.props
+            .as_ref()
+            .is_some_and(|p| p.expires_at.is_some_and(|at| at <= now))
+    }
+
+    /// Whether it expires at all (only then is the clock read for it).
+    pub fn expires(&self) -> bool {
+        self.props.as_ref().is_some_and(|p| p.expires_at.is_some())
     }
 
     /// The message's place in the log: origin shard and record number.
@@ -106,7 +170,8 @@ mod tests {
     #[test]
     fn a_stamp_costs_no_bytes_and_round_trips() {
         use crate::store::records::Stamp;
-        assert_eq!(std::mem::size_of::<Message>(), 72);
+        // 72 bytes of topic, payload, flags and stamp, and the 5.0 properties' pointer.
+        assert_eq!(std::mem::size_of::<Message>(), 80);
         for s in [
             Stamp {
                 origin: 0,
@@ -137,6 +202,7 @@ mod tests {
             qos: QoS::AtLeastOnce,
             retain: true,
             stamp: Default::default(),
+            props: None,
         };
         let c = msg.compact();
         assert_eq!(c, msg);
@@ -151,6 +217,7 @@ mod tests {
             qos: QoS::AtMostOnce,
             retain: false,
             stamp: Default::default(),
+            props: None,
         };
         assert_eq!(empty.compact(), empty);
     }

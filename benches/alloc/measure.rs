@@ -337,6 +337,7 @@ fn message(qos: QoS) -> Message {
             qos,
             retain: false,
             stamp: Default::default(),
+            props: None,
         },
         other => panic!("not a publish: {other:?}"),
     }

@@ -489,7 +489,7 @@ async fn read_loop(
                 }
             }
             let decoded = {
-                let opts = shard.borrow().cfg.decode_options(mqtt31);
+                let opts = shard.borrow().cfg.decode_options(mqtt31, false);
                 decode_with(rbuf, &opts)
             };
             let packet = match decoded {

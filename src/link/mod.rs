@@ -7,7 +7,7 @@
 
 use crate::auth::Authenticator;
 use crate::config::{ListenerSpec, Transport};
-use crate::protocol::Packet;
+use crate::protocol::{DisconnectV5, Packet, ReasonCode};
 use bytes::BytesMut;
 use glommio::net::TcpStream;
 use glommio::task::JoinHandle;
@@ -79,6 +79,18 @@ impl DisconnectReason {
         DisconnectReason::TransportError,
         DisconnectReason::Shutdown,
     ];
+
+    /// The reason code of the DISCONNECT a 5.0 client gets when the broker closes its
+    /// connection for this reason; `None` when the broker does not close it.
+    pub fn reason_code(self) -> Option<ReasonCode> {
+        match self {
+            DisconnectReason::KeepAliveTimeout => Some(ReasonCode::KEEP_ALIVE_TIMEOUT),
+            DisconnectReason::ProtocolError => Some(ReasonCode::PROTOCOL_ERROR),
+            DisconnectReason::Takeover => Some(ReasonCode::SESSION_TAKEN_OVER),
+            DisconnectReason::Shutdown => Some(ReasonCode::SERVER_SHUTTING_DOWN),
+            _ => None,
+        }
+    }
 
     /// The name used in logs, `$SYS` topics and metric labels.
     pub fn name(self) -> &'static str {
@@ -185,6 +197,48 @@ pub struct Conn {
     /// Packets for it waiting for their log records to be durable (the shard's
     /// `Durable`); while any wait, whatever else is written to it waits behind them.
     pub(crate) holding: Cell<u32>,
+    /// The client speaks MQTT 5.0: every packet written to it is encoded in the 5.0
+    /// layout ([`Packet::encode_v5`]; a 3.1.1 ack becomes its 5.0 success form).
+    pub(crate) v5: Cell<bool>,
+    /// 5.0 Topic Aliases: the client's (inbound) and the broker's (outbound), created
+    /// on first use.
+    pub(crate) aliases: RefCell<Option<Box<Aliases>>>,
+}
+
+/// The Topic Aliases of one 5.0 connection (§3.3.2.3.4). They last as long as it.
+#[derive(Debug, Default)]
+pub struct Aliases {
+    /// Inbound: alias − 1 → topic, as the client set them.
+    pub inbound: Vec<bytestring::ByteString>,
+    /// Outbound: topic → alias the broker assigned, up to `out_max`.
+    pub outbound: std::collections::HashMap<bytestring::ByteString, u16>,
+    /// The client's Topic Alias Maximum (0: the broker sends none).
+    pub out_max: u16,
+}
+
+impl Aliases {
+    /// Rewrites a PUBLISH to the client to use an alias: a topic sent before goes as
+    /// its alias with an empty topic; a new one gets the next alias while any is left.
+    fn apply(&mut self, p: &mut crate::protocol::Publish) {
+        if self.out_max == 0 || p.topic.is_empty() {
+            return;
+        }
+        let alias = match self.outbound.get(&p.topic) {
+            Some(&a) => {
+                p.topic = bytestring::ByteString::new();
+                a
+            }
+            None if self.outbound.len() < usize::from(self.out_max) => {
+                let a = self.outbound.len() as u16 + 1;
+                // Copied: the map outlives the buffer the topic may be a slice of.
+                self.outbound
+                    .insert(bytestring::ByteString::from(&*p.topic), a);
+                a
+            }
+            None => return,
+        };
+        p.props.get_or_insert_with(Default::default).topic_alias = std::num::NonZeroU16::new(alias);
+    }
 }
 
 impl Conn {
@@ -213,6 +267,8 @@ impl Conn {
             done: Cell::new(false),
             why: Cell::new(None),
             holding: Cell::new(0),
+            v5: Cell::new(false),
+            aliases: RefCell::new(None),
         })
     }
 
@@ -221,8 +277,39 @@ impl Conn {
         if self.closing.get() {
             return;
         }
-        self.out.borrow_mut().push_own(|buf| packet.encode(buf));
+        let v5 = self.v5.get();
+        if v5 {
+            if let (Packet::Publish(p), Some(a)) = (packet, self.aliases.borrow_mut().as_mut()) {
+                let mut p = p.clone();
+                a.apply(&mut p);
+                self.out
+                    .borrow_mut()
+                    .push_own(|buf| Packet::Publish(p).encode_v5(buf));
+                self.schedule_write();
+                return;
+            }
+        }
+        self.out.borrow_mut().push_own(|buf| {
+            if v5 {
+                packet.encode_v5(buf)
+            } else {
+                packet.encode(buf)
+            }
+        });
         self.schedule_write();
+    }
+
+    /// Whether the client speaks MQTT 5.0.
+    pub fn is_v5(&self) -> bool {
+        self.v5.get()
+    }
+
+    /// On a 5.0 connection, writes a DISCONNECT with `reason` (then the caller closes
+    /// it); nothing under 3.1.1, which has no server DISCONNECT.
+    pub fn disconnect_v5(self: &Rc<Self>, reason: ReasonCode) {
+        if self.v5.get() {
+            self.write_packet(&Packet::DisconnectV5(Box::new(DisconnectV5::new(reason))));
+        }
     }
 
     /// Appends whole packets encoded once for many connections ([`Writes::share`]),
@@ -246,9 +333,23 @@ impl Conn {
             return;
         }
         if !self.closing.get() {
+            let v5 = self.v5.get();
+            if v5 {
+                if let Some(a) = self.aliases.borrow_mut().as_mut() {
+                    for p in packets.iter_mut() {
+                        if let Packet::Publish(p) = p {
+                            a.apply(p);
+                        }
+                    }
+                }
+            }
             self.out.borrow_mut().push_own(|buf| {
                 for p in packets.iter() {
-                    p.encode(buf);
+                    if v5 {
+                        p.encode_v5(buf);
+                    } else {
+                        p.encode(buf);
+                    }
                 }
             });
             self.schedule_write();
@@ -315,6 +416,9 @@ impl Conn {
 
     /// [`Conn::close`], recording why (the first reason given stands).
     pub fn close_because(self: &Rc<Self>, why: DisconnectReason) {
+        if let Some(reason) = why.reason_code() {
+            self.disconnect_v5(reason);
+        }
         if self.why.get().is_none() {
             self.why.set(Some(why));
         }

@@ -222,6 +222,7 @@ pub(crate) fn run(
                 qos: QoS::AtMostOnce,
                 retain: true,
                 stamp: Default::default(),
+                props: None,
             })
             .collect();
         gatherer.publish(msgs);

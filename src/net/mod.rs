@@ -14,8 +14,8 @@
 //! reader) and no buffers.
 
 use crate::protocol::{
-    decode_with, peek_connect_level, ConnAck, Connect, ConnectReturnCode, DecodeError,
-    DecodeOptions, Packet, Protocol, Subscribe,
+    decode_with, peek_connect_level, ConnAck, ConnAckProps, ConnAckV5, Connect, ConnectReturnCode,
+    DecodeError, DecodeOptions, Packet, Protocol, ReasonCode, Subscribe,
 };
 use crate::shard::mesh::Handoff;
 use crate::shard::{home_shard, Flow, Shard, SubscribeWait};
@@ -62,6 +62,12 @@ enum End {
     Transport(WireError),
     /// The PROXY protocol header a listener requires was missing or malformed.
     Proxy(proxy::ProxyError),
+    /// A 5.0 client broke a rule the broker checks after decoding (a Topic Alias it
+    /// did not grant, a Subscription Identifier in a PUBLISH, AUTH without a method):
+    /// DISCONNECT with this reason code.
+    Refused(ReasonCode),
+    /// A 5.0 DISCONNECT with reason 0x04: closed by the client, will published.
+    DisconnectWithWill,
 }
 
 impl std::fmt::Debug for End {
@@ -75,6 +81,8 @@ impl std::fmt::Debug for End {
             End::Io(e) => write!(f, "i/o error: {e}"),
             End::Transport(e) => write!(f, "transport error: {e}"),
             End::Proxy(e) => write!(f, "{e}"),
+            End::Refused(r) => write!(f, "protocol violation (reason {:#04x})", r.0),
+            End::DisconnectWithWill => f.write_str("DISCONNECT with will"),
         }
     }
 }
@@ -220,7 +228,7 @@ async fn handle_new(
             .is_some_and(|t| t.use_identity_as_username);
         (
             s.cfg.connect_timeout(),
-            s.cfg.decode_options(false),
+            s.cfg.decode_options(false, false),
             l.new_wire(s.cfg.max_packet_size),
             identity,
             l.spec.proxy_protocol,
@@ -241,6 +249,8 @@ async fn handle_new(
     // timeout as CONNECT.
     // So does the PROXY protocol header, on a listener behind a load balancer.
     let mut source = None;
+    // Whether the first packet is a complete level-5 CONNECT, for the form of a refusal.
+    let mut level5 = false;
     let first = glommio::timer::timeout(timeout, async {
         let mut start = BytesMut::new();
         if proxied {
@@ -249,7 +259,7 @@ async fn handle_new(
                 Err(end) => return Ok(Err(end)),
             }
         }
-        Ok(read_first_packet(&stream, &mut rbuf, &limits, &mut wire, start).await)
+        Ok(read_first_packet(&stream, &mut rbuf, &limits, &mut wire, start, &mut level5).await)
     })
     .await;
     if let Some(Some(client)) = source {
@@ -277,7 +287,14 @@ async fn handle_new(
                             s.stats.oversized_packets += 1;
                         }
                         s.stats.protocol_errors += 1;
-                        e.connack_code()
+                        // A 5.0 CONNECT that breaks a rule gets CONNACK with the
+                        // reason (§4.13.1); one of another revision only when 3.1.1
+                        // has a return code for it.
+                        if level5 {
+                            Some((ConnectReturnCode::NotAuthorized, Some(e.reason_code())))
+                        } else {
+                            e.connack_code().map(|c| (c, None))
+                        }
                     }
                     End::Violation => {
                         s.stats.protocol_errors += 1;
@@ -298,8 +315,8 @@ async fn handle_new(
                     _ => None,
                 }
             };
-            if let Some(code) = refusal {
-                refuse(&stream, &mut wire, code).await;
+            if let Some((code, v5)) = refusal {
+                refuse(&stream, &mut wire, code, v5).await;
             } else if let Some(w) = wire.as_mut() {
                 // A TLS alert or an HTTP refusal, if the transport has one to send.
                 let bytes = std::mem::take(&mut w.out);
@@ -310,12 +327,29 @@ async fn handle_new(
         }
         Ok(Ok(connect)) => connect,
     };
+    let v5 = connect.protocol == Protocol::V5;
+    let v5_code = |code: ConnectReturnCode| v5.then(|| ReasonCode::from(code));
     let Some(slot) = slot else {
         shard.borrow_mut().stats.refused_max_connections += 1;
         tracing::debug!(%peer, "max_connections reached");
-        refuse(&stream, &mut wire, ConnectReturnCode::ServerUnavailable).await;
+        let code = ConnectReturnCode::ServerUnavailable;
+        refuse(&stream, &mut wire, code, v5_code(code)).await;
         return;
     };
+    if connect.props.auth_method.is_some() {
+        // Enhanced authentication: no method is configured [MQTT-4.12.0-1].
+        shard.borrow_mut().stats.connects_refused += 1;
+        tracing::info!(client = %connect.client_id, %peer, "CONNECT refused: authentication method not supported");
+        let code = ConnectReturnCode::NotAuthorized;
+        refuse(
+            &stream,
+            &mut wire,
+            code,
+            Some(ReasonCode::BAD_AUTHENTICATION_METHOD),
+        )
+        .await;
+        return;
+    }
     let mut connect = connect;
     // The client certificate's common name as the username: verified by the TLS
     // handshake, so no password check (Mosquitto's use_identity_as_username).
@@ -351,9 +385,10 @@ async fn handle_new(
         let code = auth.connect(&connect, peer);
         (connect, code)
     };
+    let assigned_id = connect.client_id.is_empty();
     let home = {
         let mut s = shard.borrow_mut();
-        if connect.client_id.is_empty() {
+        if assigned_id {
             connect.client_id = s.generate_client_id();
         }
         home_shard(&connect.client_id, s.shards)
@@ -361,7 +396,7 @@ async fn handle_new(
     if code != ConnectReturnCode::Accepted {
         shard.borrow_mut().stats.connects_refused += 1;
         tracing::info!(client = %connect.client_id, %peer, ?code, "CONNECT refused");
-        refuse(&stream, &mut wire, code).await;
+        refuse(&stream, &mut wire, code, v5_code(code)).await;
         return;
     }
     let me = shard.borrow().id;
@@ -375,6 +410,7 @@ async fn handle_new(
             peer,
             slot,
             listener,
+            assigned_id,
         };
         spawn_local(serve(shard, Box::new(accepted))).detach();
         return;
@@ -414,6 +450,7 @@ async fn read_first_packet(
     limits: &DecodeOptions,
     wire: &mut Option<Box<Wire>>,
     start: BytesMut,
+    level5: &mut bool,
 ) -> Result<Connect, End> {
     // Bytes from the socket not yet through the TLS or WebSocket layer.
     let mut raw = start;
@@ -422,13 +459,8 @@ async fn read_first_packet(
         raw.clear();
     }
     loop {
-        // MQTT 5.0 is decoded but not served yet: a level-5 CONNECT is refused as an
-        // unacceptable protocol version (CONNACK 0x01, 3.1.1 layout) as soon as it is
-        // complete, whatever its layout, as before the codec knew 5.0. The 5.0
-        // wiring replaces this.
-        if peek_connect_level(rbuf, limits) == Some(5) {
-            return Err(End::Decode(DecodeError::UnsupportedProtocolLevel(5)));
-        }
+        // A complete level-5 CONNECT that fails to decode is refused in 5.0 form.
+        *level5 = peek_connect_level(rbuf, limits) == Some(5);
         match decode_with(rbuf, limits) {
             Ok(Some(Packet::Connect(c))) => return Ok(*c),
             Ok(Some(_)) => return Err(End::Violation),
@@ -489,18 +521,28 @@ async fn read_proxy_header(
     }
 }
 
-/// Answers CONNECT with a refusal (then the caller drops the socket).
+/// Answers CONNECT with a refusal (then the caller drops the socket): with `v5`, a
+/// 5.0 CONNACK with that reason code, else a 3.1.1 one with `code`.
 async fn refuse(
     stream: &RefCell<TcpStream>,
     wire: &mut Option<Box<Wire>>,
     code: ConnectReturnCode,
+    v5: Option<ReasonCode>,
 ) {
     let mut buf = BytesMut::with_capacity(4);
-    Packet::ConnAck(ConnAck {
-        session_present: false,
-        code,
-    })
-    .encode(&mut buf);
+    match v5 {
+        Some(reason) => Packet::ConnAckV5(Box::new(ConnAckV5 {
+            session_present: false,
+            reason,
+            props: ConnAckProps::default(),
+        }))
+        .encode_v5(&mut buf),
+        None => Packet::ConnAck(ConnAck {
+            session_present: false,
+            code,
+        })
+        .encode(&mut buf),
+    }
     if let Some(w) = wire.as_mut() {
         if w.encode(&buf).is_err() {
             return;
@@ -534,6 +576,8 @@ pub(crate) async fn serve_handoff(shard: Rc<RefCell<Shard>>, h: Handoff) {
         peer,
         slot,
         listener,
+        // Generated ids are homed where they are generated: never handed off.
+        assigned_id: false,
     };
     spawn_local(serve(shard, Box::new(accepted))).detach();
 }
@@ -547,6 +591,8 @@ struct Accepted {
     peer: SocketAddr,
     slot: ConnectionSlot,
     listener: u16,
+    /// The broker chose the client id (the client sent an empty one).
+    assigned_id: bool,
 }
 
 /// Serves a connection whose CONNECT was accepted, on its home shard, until it ends.
@@ -566,6 +612,7 @@ async fn serve(shard: Rc<RefCell<Shard>>, accepted: Box<Accepted>) {
             peer,
             slot,
             listener,
+            assigned_id,
         } = *{ accepted };
         let mut s = shard.borrow_mut();
         let conn = Conn::new(s.next_conn_id(), peer, stream, wire, s.writes().clone());
@@ -580,7 +627,14 @@ async fn serve(shard: Rc<RefCell<Shard>>, accepted: Box<Accepted>) {
             "client connected"
         );
         let mqtt31 = connect.protocol == Protocol::V31;
-        let key = s.attach(*{ connect }, &conn, listener, Instant::now());
+        conn.v5.set(connect.protocol == Protocol::V5);
+        if connect.props.topic_alias_maximum > 0 {
+            *conn.aliases.borrow_mut() = Some(Box::new(crate::link::Aliases {
+                out_max: connect.props.topic_alias_maximum,
+                ..Default::default()
+            }));
+        }
+        let key = s.attach(*{ connect }, &conn, listener, assigned_id, Instant::now());
         if let Some(key) = key {
             conn.key.set(key);
         }
@@ -592,7 +646,17 @@ async fn serve(shard: Rc<RefCell<Shard>>, accepted: Box<Accepted>) {
         // (`Shard::sweep_keep_alive`), which closes the connection; no timer per
         // connection.
         let end = read_loop(&shard, &conn, key, rbuf, mqtt31).await;
+        // A 5.0 client learns why the broker closes its connection.
+        match &end {
+            End::Decode(e) => conn.disconnect_v5(e.reason_code()),
+            End::Violation => conn.disconnect_v5(ReasonCode::PROTOCOL_ERROR),
+            End::Refused(r) => conn.disconnect_v5(*r),
+            _ => {}
+        }
         let mut s = shard.borrow_mut();
+        if matches!(end, End::Refused(_)) {
+            s.stats.protocol_errors += 1;
+        }
         if let End::Decode(e) = &end {
             if matches!(e, DecodeError::PacketTooLarge { .. }) {
                 s.stats.oversized_packets += 1;
@@ -607,8 +671,8 @@ async fn serve(shard: Rc<RefCell<Shard>>, accepted: Box<Accepted>) {
         s.route_pending();
         let reason = match &end {
             End::Eof => DisconnectReason::ClosedByClient,
-            End::Disconnect => DisconnectReason::ClientDisconnect,
-            End::Violation | End::Decode(_) => DisconnectReason::ProtocolError,
+            End::Disconnect | End::DisconnectWithWill => DisconnectReason::ClientDisconnect,
+            End::Violation | End::Decode(_) | End::Refused(_) => DisconnectReason::ProtocolError,
             End::Io(_) => DisconnectReason::SocketError,
             End::Transport(_) | End::Proxy(_) => DisconnectReason::TransportError,
             // Closed by the broker for a reason it recorded; else the connection
@@ -643,6 +707,7 @@ async fn read_loop(
     mut rbuf: BytesMut,
     mqtt31: bool,
 ) -> End {
+    let v5 = conn.is_v5();
     let mut hot = false;
     loop {
         let now = Instant::now();
@@ -658,14 +723,33 @@ async fn read_loop(
             // The limits are read per packet rather than kept: every byte a reader
             // keeps across a wait is a byte every idle connection costs.
             let decoded = {
-                let limits = shard.borrow().cfg.decode_options(mqtt31);
+                let limits = shard.borrow().cfg.decode_options(mqtt31, v5);
                 decode_with(&mut rbuf, &limits)
             };
             let packet = match decoded {
+                Ok(Some(p)) if v5 => match from_v5(p, conn, shard.borrow().cfg.topic_alias_maximum)
+                {
+                    Ok(p) => p,
+                    Err(end) => return end,
+                },
                 Ok(Some(p)) => p,
                 Ok(None) => break,
                 Err(e) => return End::Decode(e),
             };
+            if let Packet::DisconnectV5(d) = packet {
+                let mut s = shard.borrow_mut();
+                if let Some(secs) = d.session_expiry {
+                    if !s.set_session_expiry(key, conn.id, secs) {
+                        return End::Refused(ReasonCode::PROTOCOL_ERROR);
+                    }
+                }
+                s.handle_packet(key, conn.id, Packet::Disconnect, now);
+                return if d.reason == ReasonCode::DISCONNECT_WITH_WILL {
+                    End::DisconnectWithWill
+                } else {
+                    End::Disconnect
+                };
+            }
             if let Packet::Subscribe(sub) = packet {
                 shard.borrow_mut().route_pending();
                 // Boxed: the wait is rare and its state large, and an inline await
@@ -712,6 +796,55 @@ async fn read_loop(
     }
 }
 
+/// A packet from a 5.0 client in the terms the session handles (the 3.1.1 acks;
+/// their reason codes and properties are for the client's own information), or how
+/// the connection ends.
+fn from_v5(packet: Packet, conn: &Conn, alias_max: u16) -> Result<Packet, End> {
+    Ok(match packet {
+        Packet::PubAckV5(a) => Packet::PubAck(a.pkid),
+        Packet::PubRecV5(a) => Packet::PubRec(a.pkid),
+        Packet::PubRelV5(a) => Packet::PubRel(a.pkid),
+        Packet::PubCompV5(a) => Packet::PubComp(a.pkid),
+        // No authentication method is configured, so no exchange was started.
+        Packet::Auth(_) => return Err(End::Refused(ReasonCode::PROTOCOL_ERROR)),
+        Packet::Publish(mut p) => {
+            if let Some(props) = &mut p.props {
+                if !props.subscription_ids.is_empty() {
+                    // [MQTT-3.3.4-6]
+                    return Err(End::Refused(ReasonCode::PROTOCOL_ERROR));
+                }
+                if let Some(alias) = props.topic_alias.take() {
+                    let alias = usize::from(alias.get());
+                    if alias > usize::from(alias_max) {
+                        // Above the announced Topic Alias Maximum [MQTT-3.3.2-9].
+                        return Err(End::Refused(ReasonCode::TOPIC_ALIAS_INVALID));
+                    }
+                    let mut aliases = conn.aliases.borrow_mut();
+                    let a = aliases.get_or_insert_with(Default::default);
+                    if a.inbound.len() < alias {
+                        a.inbound.resize(alias, bytestring::ByteString::new());
+                    }
+                    if p.topic.is_empty() {
+                        let topic = &a.inbound[alias - 1];
+                        if topic.is_empty() {
+                            // An alias the client never set [MQTT-3.3.2-7].
+                            return Err(End::Refused(ReasonCode::PROTOCOL_ERROR));
+                        }
+                        p.topic = topic.clone();
+                    } else {
+                        a.inbound[alias - 1] = bytestring::ByteString::from(&*p.topic);
+                    }
+                }
+                if props.is_empty() {
+                    p.props = None;
+                }
+            }
+            Packet::Publish(p)
+        }
+        p => p,
+    })
+}
+
 /// One read from a TLS or WebSocket connection's socket, decoded at once into
 /// `rbuf`: `None` at EOF, else what the layer made of it and whether it has bytes to
 /// send back. The raw bytes live on the stack only while the read completes, so a
@@ -752,7 +885,8 @@ async fn subscribe(
     key: usize,
     sub: Subscribe,
 ) -> bool {
-    let start = shard.borrow_mut().subscribe_start(key, conn.id, &sub);
+    let mut sub = sub;
+    let start = shard.borrow_mut().subscribe_start(key, conn.id, &mut sub);
     let Some(start) = start else {
         return false;
     };
@@ -764,7 +898,7 @@ async fn subscribe(
     }
     shard
         .borrow_mut()
-        .subscribe_finish(key, conn.id, &sub, start.codes);
+        .subscribe_finish(key, conn.id, &sub, start.codes, start.reasons);
     true
 }
 

@@ -12,9 +12,9 @@ mod encode_v5;
 mod packet;
 pub mod properties;
 mod reason;
-pub mod topic;
 #[cfg(test)]
 mod test_bytes;
+pub mod topic;
 
 pub use decode::{decode, decode_with, peek_connect_level, DecodeError, DecodeOptions};
 pub use encode::{encode_publish, encoded_len, encoded_len_v5};

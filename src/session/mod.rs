@@ -30,6 +30,7 @@ use bytestring::ByteString;
 use inflight::{Inflight, Stage};
 use queue::Queue;
 use std::collections::{HashMap, HashSet};
+use std::num::NonZeroU32;
 use std::time::{Duration, Instant};
 
 /// Per-session resource bounds, from configuration, so a slow or absent client cannot make
@@ -78,6 +79,11 @@ pub enum DropReason {
     /// The client is not connected and the message is QoS 0 (not stored for offline
     /// clients, as §3.1.2.4 allows).
     OfflineQoS0,
+    /// A 5.0 message's expiry interval ran out.
+    Expired,
+    /// The PUBLISH would be larger than the Maximum Packet Size the 5.0 client
+    /// announced [MQTT-3.1.2-25].
+    TooLarge,
 }
 
 /// A protocol violation by the client; the caller closes the connection (§4.8).
@@ -101,6 +107,10 @@ pub enum SessionError {
     /// `handle` was called while no connection is attached.
     #[error("packet received while no connection is attached")]
     NotConnected,
+    /// More incoming QoS 2 flows awaiting PUBREL than the Receive Maximum the broker
+    /// announced to a 5.0 client (§3.3.4): DISCONNECT 0x93.
+    #[error("more than {0} QoS 2 publishes unacknowledged (Receive Maximum)")]
+    ReceiveMaximumExceeded(u16),
 }
 
 /// A snapshot of the session's resource use, for metrics and limits.
@@ -121,6 +131,32 @@ pub struct SessionStats {
     pub evicted_qos0: u64,
 }
 
+/// The flow-control limits of a 5.0 connection (§4.9, §3.1.2.11.4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerLimits {
+    /// The client's Receive Maximum: QoS 1/2 deliveries in flight to it, at most
+    /// (with `max_inflight`).
+    pub receive_maximum: u16,
+    /// The client's Maximum Packet Size: a larger PUBLISH is dropped for it.
+    pub max_packet_size: Option<u32>,
+    /// The broker's Receive Maximum: QoS 2 publishes from the client awaiting PUBREL.
+    pub server_receive_maximum: u16,
+    /// The client's Topic Alias Maximum: its PUBLISH packets are rewritten per
+    /// connection, so they are not shared.
+    pub topic_alias_maximum: u16,
+}
+
+impl Default for PeerLimits {
+    fn default() -> PeerLimits {
+        PeerLimits {
+            receive_maximum: u16::MAX,
+            max_packet_size: None,
+            server_receive_maximum: u16::MAX,
+            topic_alias_maximum: 0,
+        }
+    }
+}
+
 /// One client's session; see the module documentation.
 #[derive(Debug)]
 pub struct Session {
@@ -133,8 +169,15 @@ pub struct Session {
     last_activity: Option<Instant>,
     /// Boxed: most sessions have none, and it is large.
     will: Option<Box<LastWill>>,
+    /// The client speaks MQTT 5.0: its PUBLISH packets carry the messages' properties.
+    v5: bool,
+    /// What the 5.0 client announced and the broker holds it to; see
+    /// [`Session::set_peer_limits`].
+    peer: PeerLimits,
     /// `queue.evicted()` as of the last `take_evictions`.
     evictions_reported: u64,
+    /// Queued messages dropped as expired on their way out, not yet reported.
+    expired: u64,
     inflight: Inflight,
     queue: Queue,
     /// Incoming QoS 2 packet ids whose PUBLISH was routed and whose PUBREL has not come.
@@ -143,9 +186,15 @@ pub struct Session {
     #[allow(clippy::box_collection)]
     awaiting_pubrel: Option<Box<HashSet<u16, RandomKeys>>>,
     subscriptions: HashMap<ByteString, QoS, RandomKeys>,
+    /// The Subscription Identifiers of the 5.0 client's subscriptions that have one;
+    /// `None` while none has.
+    #[allow(clippy::box_collection)]
+    subscription_ids: Option<Box<HashMap<ByteString, NonZeroU32, RandomKeys>>>,
 }
 
-fn publish_packet(msg: &Message, pkid: u16, dup: bool) -> Packet {
+/// The PUBLISH that carries `msg`; with `v5`, with its properties (the remaining
+/// expiry as of now).
+fn publish_packet(msg: &Message, pkid: u16, dup: bool, v5: bool) -> Packet {
     Packet::Publish(Publish {
         dup,
         qos: msg.qos,
@@ -153,7 +202,10 @@ fn publish_packet(msg: &Message, pkid: u16, dup: bool) -> Packet {
         topic: msg.topic.clone(),
         pkid,
         payload: msg.payload.clone(),
-        props: None,
+        props: match &msg.props {
+            Some(p) if v5 => Some(p.publish_props(Instant::now())),
+            _ => None,
+        },
     })
 }
 
@@ -181,11 +233,15 @@ impl Session {
             keep_alive: 0,
             last_activity: None,
             will: None,
+            v5: false,
+            peer: PeerLimits::default(),
             evictions_reported: 0,
+            expired: 0,
             inflight: Inflight::new(),
             queue: Queue::new(),
             awaiting_pubrel: None,
             subscriptions: HashMap::default(),
+            subscription_ids: None,
         }
     }
 
@@ -197,6 +253,17 @@ impl Session {
     /// Whether the session ends with its connection (the shard then drops it).
     pub fn clean_session(&self) -> bool {
         self.clean_session
+    }
+
+    /// Whether the client (the one connected last) speaks MQTT 5.0.
+    pub fn set_v5(&mut self, v5: bool) {
+        self.v5 = v5;
+    }
+
+    /// The 5.0 client's limits (its Receive Maximum and Maximum Packet Size) and the
+    /// Receive Maximum the broker announced to it; the defaults (none) for 3.1.1.
+    pub fn set_peer_limits(&mut self, peer: PeerLimits) {
+        self.peer = peer;
     }
 
     /// Whether a connection is attached.
@@ -232,11 +299,16 @@ impl Session {
         });
         for (pkid, stage) in self.inflight.iter() {
             out.packets.push(match stage {
-                Stage::Published(msg) => publish_packet(msg, pkid, true),
+                Stage::Published(msg) => self.packet(msg, pkid, true),
                 Stage::Released(_) => Packet::PubRel(pkid),
             });
         }
         self.flush(out);
+    }
+
+    /// The Will Delay Interval of the will held, in seconds (0 without one).
+    pub fn will_delay(&self) -> u32 {
+        self.will.as_ref().map_or(0, |w| w.props.delay_interval)
     }
 
     /// The connection is gone. Returns the will as a message unless `graceful`
@@ -250,12 +322,18 @@ impl Session {
         if graceful {
             return None;
         }
+        let props = crate::message::MessageProps::new(
+            will.props.message_expiry,
+            &will.props.forward,
+            Instant::now(),
+        );
         Some(Message {
             topic: will.topic,
             payload: will.payload,
             qos: will.qos,
             retain: will.retain,
             stamp: Default::default(),
+            props,
         })
     }
 
@@ -353,6 +431,13 @@ impl Session {
 
     fn receive_publish(&mut self, p: Publish, out: &mut Output) -> Result<(), SessionError> {
         let msg = |p: Publish| Message {
+            props: p.props.and_then(|props| {
+                crate::message::MessageProps::new(
+                    props.message_expiry,
+                    &props.forward,
+                    Instant::now(),
+                )
+            }),
             topic: p.topic,
             payload: p.payload,
             qos: p.qos,
@@ -375,11 +460,12 @@ impl Session {
             QoS::ExactlyOnce => {
                 nonzero(p.pkid, "PUBLISH")?;
                 let pkid = p.pkid;
-                if self
-                    .awaiting_pubrel
-                    .get_or_insert_with(Default::default)
-                    .insert(pkid)
-                {
+                let awaiting = self.awaiting_pubrel.get_or_insert_with(Default::default);
+                let max = self.peer.server_receive_maximum;
+                if awaiting.len() >= usize::from(max) && !awaiting.contains(&pkid) {
+                    return Err(SessionError::ReceiveMaximumExceeded(max));
+                }
+                if awaiting.insert(pkid) {
                     out.publishes.push(msg(p));
                 }
                 out.packets.push(Packet::PubRec(pkid));
@@ -413,21 +499,31 @@ impl Session {
         if !self.connected && qos == QoS::AtMostOnce {
             return Delivery::Dropped(DropReason::OfflineQoS0);
         }
+        if msg.expires() && msg.expired(Instant::now()) {
+            return Delivery::Dropped(DropReason::Expired);
+        }
         let msg = Message {
             topic: msg.topic.clone(),
             payload: msg.payload.clone(),
             qos,
             retain: msg.retain,
             stamp: msg.stamp,
+            props: msg.props.clone(),
         };
+        if let Some(max) = self.peer.max_packet_size {
+            let packet = self.packet(&msg, 1, false);
+            if crate::protocol::encoded_len_v5(&packet) > max as usize {
+                return Delivery::Dropped(DropReason::TooLarge);
+            }
+        }
         if self.connected && self.writable && self.queue.is_empty() {
             if qos == QoS::AtMostOnce {
-                out.packets.push(publish_packet(&msg, 0, false));
+                out.packets.push(self.packet(&msg, 0, false));
                 return Delivery::Sent;
             }
             if self.window_has_room(queue::cost(&msg)) {
                 if let Some(pkid) = self.inflight.next_free_pkid() {
-                    out.packets.push(publish_packet(&msg, pkid, false));
+                    out.packets.push(self.packet(&msg, pkid, false));
                     self.inflight.insert_tagged(pkid, msg, group);
                     return Delivery::Sent;
                 }
@@ -556,14 +652,23 @@ impl Session {
     /// ahead. The shard then writes one encoding of the message, shared by every such
     /// subscriber, instead of calling [`Session::deliver`] (see `Shard::deliver_local`).
     pub fn sends_qos0_at_once(&self) -> bool {
-        self.connected && self.writable && self.queue.is_empty()
+        self.connected
+            && self.writable
+            && self.queue.is_empty()
+            && self.peer.max_packet_size.is_none()
+            && self.subscription_ids.is_none()
+            && self.peer.topic_alias_maximum == 0
     }
 
     /// Whether a delivery would go out at once, whatever its QoS: connected,
     /// writable, nothing queued and room in the window. A shared-subscription group
     /// prefers such a member to one that is behind.
     pub fn ready(&self) -> bool {
-        self.sends_qos0_at_once() && self.inflight.len() < usize::from(self.limits.max_inflight)
+        self.connected
+            && self.writable
+            && self.queue.is_empty()
+            && self.inflight.len()
+                < usize::from(self.limits.max_inflight.min(self.peer.receive_maximum))
     }
 
     /// The connection's write buffer went over (`false`) or back under (`true`) its
@@ -598,8 +703,57 @@ impl Session {
         self.subscriptions.insert(filter, qos)
     }
 
+    /// Sets (or, with `None`, clears) the Subscription Identifier of the subscription
+    /// `filter`: every PUBLISH that subscription matches carries it.
+    pub fn set_subscription_id(&mut self, filter: &ByteString, id: Option<NonZeroU32>) {
+        match id {
+            Some(id) => {
+                self.subscription_ids
+                    .get_or_insert_with(Default::default)
+                    .insert(filter.clone(), id);
+            }
+            None => {
+                if let Some(ids) = &mut self.subscription_ids {
+                    ids.remove(filter);
+                    if ids.is_empty() {
+                        self.subscription_ids = None;
+                    }
+                }
+            }
+        }
+    }
+
+    /// The PUBLISH that carries `msg` to this session's client: with its properties
+    /// and the identifiers of the subscriptions its topic matches, for a 5.0 client.
+    fn packet(&self, msg: &Message, pkid: u16, dup: bool) -> Packet {
+        let mut packet = publish_packet(msg, pkid, dup, self.v5);
+        if let (Some(ids), Packet::Publish(p), true) =
+            (&self.subscription_ids, &mut packet, self.v5)
+        {
+            let mut matched: Vec<NonZeroU32> = ids
+                .iter()
+                .filter(|(f, _)| crate::protocol::topic::matches(f, &msg.topic))
+                .map(|(_, id)| *id)
+                .collect();
+            if !matched.is_empty() {
+                matched.sort_unstable();
+                matched.dedup();
+                p.props
+                    .get_or_insert_with(Default::default)
+                    .subscription_ids = matched;
+            }
+        }
+        packet
+    }
+
     /// Forgets a subscription; returns its QoS if it existed.
     pub fn unsubscribe(&mut self, filter: &str) -> Option<QoS> {
+        if let Some(ids) = &mut self.subscription_ids {
+            ids.remove(filter);
+            if ids.is_empty() {
+                self.subscription_ids = None;
+            }
+        }
         self.subscriptions.remove(filter)
     }
 
@@ -650,6 +804,11 @@ impl Session {
     /// Current resource use, for metrics and limit checks.
     /// Queued QoS 0 messages evicted since the last call, for the shard to count as
     /// drops (a message queued by [`Session::deliver`] may have evicted some).
+    /// Queued messages found expired as they were about to go out, since the last call.
+    pub fn take_expired(&mut self) -> u64 {
+        std::mem::take(&mut self.expired)
+    }
+
     pub fn take_evictions(&mut self) -> u64 {
         let total = self.queue.evicted();
         let new = total - self.evictions_reported;
@@ -673,7 +832,7 @@ impl Session {
     /// `max_queued_bytes` (one message is always allowed, however large), so a client
     /// that never acknowledges holds at most that much on top of its queue.
     fn window_has_room(&self, size: usize) -> bool {
-        self.inflight.len() < usize::from(self.limits.max_inflight)
+        self.inflight.len() < usize::from(self.limits.max_inflight.min(self.peer.receive_maximum))
             && (self.inflight.bytes() == 0
                 || self.inflight.bytes().saturating_add(size) <= self.limits.max_queued_bytes)
     }
@@ -687,7 +846,11 @@ impl Session {
         while let Some(qos) = self.queue.front_qos() {
             if qos == QoS::AtMostOnce {
                 if let Some((msg, _)) = self.queue.pop() {
-                    out.packets.push(publish_packet(&msg, 0, false));
+                    if msg.expires() && msg.expired(Instant::now()) {
+                        self.expired += 1;
+                    } else {
+                        out.packets.push(self.packet(&msg, 0, false));
+                    }
                 }
                 continue;
             }
@@ -701,12 +864,17 @@ impl Session {
                 break;
             };
             let (dup, hint) = self.queue.take_redelivery();
+            if msg.expires() && msg.expired(Instant::now()) {
+                // Not delivered once expired [MQTT-3.3.2-5].
+                self.expired += 1;
+                continue;
+            }
             if let Some(h) =
                 hint.filter(|&h| msg.qos == QoS::AtLeastOnce && self.inflight.is_free(h))
             {
                 pkid = h;
             }
-            out.packets.push(publish_packet(&msg, pkid, dup));
+            out.packets.push(self.packet(&msg, pkid, dup));
             self.inflight.insert_tagged(pkid, msg, group);
         }
     }

@@ -27,6 +27,7 @@ fn msg(topic: &'static str, payload: &'static str, qos: QoS) -> Message {
         qos,
         retain: false,
         stamp: Default::default(),
+        props: None,
     }
 }
 
@@ -507,6 +508,7 @@ fn outbound_messages_share_topic_and_payload_buffers() {
         qos: QoS::AtLeastOnce,
         retain: false,
         stamp: Default::default(),
+        props: None,
     };
     s.deliver(&a, QoS::AtLeastOnce, &mut out); // in flight
     s.deliver(&a, QoS::AtLeastOnce, &mut out); // queued
@@ -1135,6 +1137,7 @@ fn will_is_returned_on_ungraceful_disconnect() {
             qos: QoS::AtLeastOnce,
             retain: true,
             stamp: Default::default(),
+            props: None,
         })
     );
 }
@@ -1453,6 +1456,7 @@ impl Sim {
             qos: self.rng.qos(),
             retain: self.rng.chance(10),
             stamp: Default::default(),
+            props: None,
         };
         let granted = self.rng.qos();
         let eff = m.qos.min(granted);
@@ -1865,6 +1869,138 @@ fn sends_qos0_at_once_agrees_with_deliver() {
             assert_eq!(s.stats(), before, "{name}");
         }
     }
+}
+
+// ---------------------------------------------------------------------------------
+// MQTT 5.0: peer limits, message expiry and properties
+// ---------------------------------------------------------------------------------
+
+fn v5_connected(peer: PeerLimits) -> (Session, Output, Instant) {
+    let (mut s, out, now) = connected(roomy());
+    s.set_v5(true);
+    s.set_peer_limits(peer);
+    (s, out, now)
+}
+
+#[test]
+fn the_clients_receive_maximum_narrows_the_window() {
+    let (mut s, mut out, now) = v5_connected(PeerLimits {
+        receive_maximum: 2,
+        ..PeerLimits::default()
+    });
+    for p in ["a", "b", "c"] {
+        s.deliver(&msg("t", p, QoS::AtLeastOnce), QoS::AtLeastOnce, &mut out);
+    }
+    let sent = take(&mut out);
+    assert_eq!(
+        publishes(&sent).len(),
+        2,
+        "max_inflight is 10, the client's 2"
+    );
+    s.handle(Packet::PubAck(pkid_of(&sent[0])), now, &mut out)
+        .unwrap();
+    assert_eq!(publishes(&take(&mut out))[0].1, "c");
+}
+
+#[test]
+fn qos2_publishes_beyond_the_brokers_receive_maximum_are_an_error() {
+    let (mut s, mut out, now) = v5_connected(PeerLimits {
+        server_receive_maximum: 1,
+        ..PeerLimits::default()
+    });
+    s.handle(publish("t", "1", QoS::ExactlyOnce, 1, false), now, &mut out)
+        .unwrap();
+    // The same packet id again is a resend, not a new flow.
+    s.handle(publish("t", "1", QoS::ExactlyOnce, 1, true), now, &mut out)
+        .unwrap();
+    assert_eq!(
+        s.handle(publish("t", "2", QoS::ExactlyOnce, 2, false), now, &mut out),
+        Err(SessionError::ReceiveMaximumExceeded(1))
+    );
+    s.handle(Packet::PubRel(1), now, &mut out).unwrap();
+    s.handle(publish("t", "2", QoS::ExactlyOnce, 2, false), now, &mut out)
+        .unwrap();
+}
+
+#[test]
+fn a_publish_over_the_clients_maximum_packet_size_is_dropped() {
+    let (mut s, mut out, _) = v5_connected(PeerLimits {
+        max_packet_size: Some(20),
+        ..PeerLimits::default()
+    });
+    let d = s.deliver(
+        &msg("t", "a payload of more than twenty bytes", QoS::AtMostOnce),
+        QoS::AtMostOnce,
+        &mut out,
+    );
+    assert_eq!(d, Delivery::Dropped(DropReason::TooLarge));
+    assert_eq!(
+        s.deliver(
+            &msg("t", "small", QoS::AtLeastOnce),
+            QoS::AtLeastOnce,
+            &mut out
+        ),
+        Delivery::Sent
+    );
+    assert!(!s.sends_qos0_at_once(), "each delivery is measured");
+}
+
+#[test]
+fn expired_messages_are_dropped_and_the_rest_carry_what_remains_of_their_interval() {
+    let (mut s, mut out, now) = v5_connected(PeerLimits::default());
+    let with_expiry = |secs: u32, at: Instant, payload: &'static str| Message {
+        props: crate::message::MessageProps::new(
+            Some(secs),
+            &Bytes::from_static(&[0x03, 0x00, 0x01, b'x']),
+            at,
+        ),
+        ..msg("t", payload, QoS::AtLeastOnce)
+    };
+    // Received 10 s ago with 5 s to live: gone.
+    let old = now - Duration::from_secs(10);
+    assert_eq!(
+        s.deliver(&with_expiry(5, old, "old"), QoS::AtLeastOnce, &mut out),
+        Delivery::Dropped(DropReason::Expired)
+    );
+    // Received 10 s ago with 60 s to live: about 50 s left, properties kept.
+    s.deliver(&with_expiry(60, old, "fresh"), QoS::AtLeastOnce, &mut out);
+    match &take(&mut out)[..] {
+        [Packet::Publish(p)] => {
+            let props = p.props.as_deref().expect("properties");
+            assert!(matches!(props.message_expiry, Some(49..=50)), "{props:?}");
+            assert_eq!(&props.forward[..], &[0x03, 0x00, 0x01, b'x']);
+        }
+        other => panic!("{other:?}"),
+    }
+    // A 3.1.1 session gets no properties.
+    s.set_v5(false);
+    s.deliver(&with_expiry(60, now, "plain"), QoS::AtMostOnce, &mut out);
+    match &take(&mut out)[..] {
+        [Packet::Publish(p)] => assert!(p.props.is_none()),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_queued_message_that_expires_while_offline_is_not_sent_on_resume() {
+    let (mut s, mut out, now) = v5_connected(PeerLimits::default());
+    s.disconnect(false);
+    let m = Message {
+        props: crate::message::MessageProps::new(Some(1), &Bytes::new(), now),
+        ..msg("t", "short", QoS::AtLeastOnce)
+    };
+    assert_eq!(s.deliver(&m, QoS::AtLeastOnce, &mut out), Delivery::Queued);
+    s.deliver(
+        &msg("t", "kept", QoS::AtLeastOnce),
+        QoS::AtLeastOnce,
+        &mut out,
+    );
+    std::thread::sleep(Duration::from_millis(1100));
+    s.connect(0, None, Instant::now(), &mut out);
+    let sent = publishes(&take(&mut out));
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0].1, "kept");
+    assert_eq!(s.take_expired(), 1);
 }
 
 #[test]

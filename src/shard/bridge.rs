@@ -222,6 +222,7 @@ impl Shard {
             qos: QoS::AtMostOnce,
             retain: true,
             stamp: Default::default(),
+            props: None,
         };
         self.publish_from_broker(msg);
     }

@@ -12,7 +12,7 @@ use std::sync::OnceLock;
 use std::time::Instant;
 
 /// Reasons, in the order of [`ShardStats::drops`].
-const REASONS: usize = 7;
+const REASONS: usize = 9;
 
 /// Milliseconds between two lines of one reason.
 pub const DROP_LOG_INTERVAL_MS: u64 = 10_000;

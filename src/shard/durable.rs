@@ -653,6 +653,8 @@ impl Shard {
                 qos: m.qos,
                 retain: true,
                 stamp: pack_stamp(stamp).into(),
+                // 5.0 properties are not logged yet.
+                props: None,
             };
             if id == 0 {
                 let r = d.append(&Record::SnapMsg(msg_body(&msg, None, m.time_us)));
@@ -701,6 +703,7 @@ impl Shard {
                         record,
                     })
                     .into(),
+                    props: None,
                 }
             };
             // The shared group each message came through, where the session is

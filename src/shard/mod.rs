@@ -29,10 +29,11 @@ use crate::config::SharedStrategy;
 use crate::link::{Conn, Listener, Writes};
 use crate::message::Message;
 use crate::protocol::{
-    encode_publish, topic, ConnAck, Connect, ConnectReturnCode, Packet, Protocol, QoS, SubAck,
-    SubAckCode, Subscribe, Unsubscribe,
+    encode_publish, encode_publish_v5, topic, ConnAck, ConnAckProps, ConnAckV5, Connect,
+    ConnectReturnCode, Packet, Protocol, PublishV5Props, QoS, ReasonCode, RetainHandling, SubAck,
+    SubAckCode, SubAckV5, Subscribe, UnsubAckV5, Unsubscribe,
 };
-use crate::session::{Delivery, DropReason, Limits, Output, Session};
+use crate::session::{Delivery, DropReason, Limits, Output, PeerLimits, Session, SessionError};
 use crate::store;
 use crate::topic::{share, TopicTrie};
 use ahash::AHashMap;
@@ -43,6 +44,7 @@ use rights::{may_read, may_write, ClientAuth};
 use slab::Slab;
 use stats::{DisconnectReason, ShardStats};
 use std::cell::Cell;
+use std::num::{NonZeroU16, NonZeroU32};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::task::Waker;
@@ -100,6 +102,17 @@ struct SessionEntry {
     /// While no client is connected: when the last one left, in seconds since the
     /// shard started, plus one (0 while connected), for `persistent_client_expiration`.
     offline_since: u32,
+    /// The Session Expiry Interval of a 5.0 client's session, in seconds (0: it ends
+    /// with the connection, `u32::MAX`: never); `None` for a 3.1/3.1.1 client's, which
+    /// `persistent_client_expiration` bounds.
+    expiry: Option<u32>,
+    /// A 5.0 will waiting for its Will Delay Interval: the message and when it is due
+    /// (as `offline_since` counts). Dropped if a client resumes the session first.
+    delayed_will: Option<Box<(Message, u32)>>,
+    /// The session's 5.0 subscriptions with No Local: its own messages do not come
+    /// back through them. `None` while there are none.
+    #[allow(clippy::box_collection)]
+    no_local_filters: Option<Box<Vec<ByteString>>>,
     /// With persistence on: its positions in the streams may have moved since the
     /// last checkpoint.
     pos_dirty: bool,
@@ -123,6 +136,9 @@ impl SessionEntry {
             auth: None,
             listener,
             offline_since: 0,
+            expiry: None,
+            delayed_will: None,
+            no_local_filters: None,
             pos_dirty: false,
             no_local: false,
             bridge: false,
@@ -171,6 +187,8 @@ struct PendingInterest {
 /// The first half of a SUBSCRIBE: codes to send, and what to wait for first.
 pub struct SubscribeStart {
     pub codes: Vec<SubAckCode>,
+    /// The same outcomes as 5.0 reason codes (a refusal says why), for a 5.0 client.
+    pub reasons: Vec<ReasonCode>,
     pub wait: Option<Rc<SubscribeWait>>,
 }
 
@@ -379,13 +397,22 @@ impl Shard {
         let expiration = self.cfg.persistent_client_expiration;
         let now_secs = self.secs_since_start(now);
         let mut expired = Vec::new();
+        let mut wills = Vec::new();
         for (key, e) in self.sessions.iter_mut() {
             let Some(conn) = &e.conn else {
-                if expiration > 0
+                // A 5.0 session's own interval, else the configured one (0: none).
+                let limit = match e.expiry {
+                    Some(u32::MAX) => 0,
+                    Some(secs) => u64::from(secs).max(1),
+                    None => expiration,
+                };
+                if limit > 0
                     && e.offline_since > 0
-                    && u64::from(now_secs + 1 - e.offline_since) > expiration
+                    && u64::from(now_secs + 1 - e.offline_since) > limit
                 {
                     expired.push(key);
+                } else if e.delayed_will.as_ref().is_some_and(|w| w.1 <= now_secs + 1) {
+                    wills.push(e.delayed_will.take().map(|w| w.0));
                 }
                 continue;
             };
@@ -401,6 +428,9 @@ impl Shard {
             tracing::info!(client = %self.sessions[key].session.client_id(), "persistent session expired");
             self.stats.sessions_expired += 1;
             self.remove_session(key);
+        }
+        for will in wills.into_iter().flatten() {
+            self.publish_will(will);
         }
         self.drop_log.sweep(&self.stats, now);
     }
@@ -445,8 +475,33 @@ impl Shard {
         connect: Connect,
         conn: &Rc<Conn>,
         listener: u16,
+        assigned_id: bool,
         now: Instant,
     ) -> Option<usize> {
+        let v5 = connect.protocol == Protocol::V5;
+        let mut connect = connect;
+        let peer = if v5 {
+            PeerLimits {
+                receive_maximum: connect.props.receive_maximum.get(),
+                max_packet_size: connect.props.maximum_packet_size.map(|m| m.get()),
+                server_receive_maximum: self.cfg.receive_maximum,
+                topic_alias_maximum: connect.props.topic_alias_maximum,
+            }
+        } else {
+            PeerLimits::default()
+        };
+        // A 5.0 session lasts its Session Expiry Interval, within the configured bound.
+        let expiry = v5.then(|| {
+            connect
+                .props
+                .session_expiry
+                .min(self.cfg.max_session_expiry)
+        });
+        // Whether the session ends with this connection.
+        let ends = match expiry {
+            Some(secs) => secs == 0,
+            None => connect.clean_session,
+        };
         let mut auth = ClientAuth::new(
             self.listener(listener).auth.as_ref(),
             &connect.client_id,
@@ -458,10 +513,18 @@ impl Shard {
                 // refuses it, before anything of an existing session is touched.
                 self.stats.publishes_refused += 1;
                 tracing::debug!(client = %connect.client_id, topic = %will.topic, "will topic not authorised");
-                conn.write_packet(&Packet::ConnAck(ConnAck {
-                    session_present: false,
-                    code: ConnectReturnCode::NotAuthorized,
-                }));
+                if v5 {
+                    conn.write_packet(&Packet::ConnAckV5(Box::new(ConnAckV5 {
+                        session_present: false,
+                        reason: ReasonCode::NOT_AUTHORIZED,
+                        props: ConnAckProps::default(),
+                    })));
+                } else {
+                    conn.write_packet(&Packet::ConnAck(ConnAck {
+                        session_present: false,
+                        code: ConnectReturnCode::NotAuthorized,
+                    }));
+                }
                 conn.close();
                 return None;
             }
@@ -489,7 +552,13 @@ impl Shard {
                 self.stats.takeovers += 1;
                 self.stats.connections -= 1;
                 tracing::debug!(client = %connect.client_id, old = %old.peer, new = %conn.peer, "session taken over");
-                wills.extend(entry.session.disconnect(false));
+                let resumes = !(connect.clean_session || entry.session.clean_session());
+                if resumes && entry.session.will_delay() > 0 {
+                    // Resumed within the Will Delay Interval: no will [MQTT-3.1.3-9].
+                    entry.session.disconnect(true);
+                } else {
+                    wills.extend(entry.session.disconnect(false));
+                }
             }
             if connect.clean_session || entry.session.clean_session() {
                 self.remove_session(key);
@@ -499,16 +568,12 @@ impl Shard {
         }
         let session_present = resumed.is_some();
         let key = resumed.unwrap_or_else(|| {
-            let session = Session::new(
-                connect.client_id.clone(),
-                connect.clean_session,
-                self.limits.clone(),
-            );
+            let session = Session::new(connect.client_id.clone(), ends, self.limits.clone());
             let key = self
                 .sessions
                 .insert(SessionEntry::offline(session, listener));
             self.by_client.insert(connect.client_id.clone(), key);
-            if !connect.clean_session {
+            if !ends {
                 self.log_record(&store::records::Record::Session {
                     client: &connect.client_id,
                 });
@@ -518,14 +583,30 @@ impl Shard {
         self.stats.connects += 1;
         self.stats.connections += 1;
         self.stats.packets_sent += 1;
-        conn.write_packet(&Packet::ConnAck(ConnAck {
-            session_present: session_present && connect.protocol == Protocol::V311,
-            code: ConnectReturnCode::Accepted,
-        }));
+        if v5 {
+            let mut props = self.connack_props(&mut connect, assigned_id);
+            if expiry != Some(connect.props.session_expiry) {
+                // The bound applied: the client learns the interval in force.
+                props.session_expiry = expiry;
+            }
+            conn.write_packet(&Packet::ConnAckV5(Box::new(ConnAckV5 {
+                session_present,
+                reason: ReasonCode::SUCCESS,
+                props,
+            })));
+        } else {
+            conn.write_packet(&Packet::ConnAck(ConnAck {
+                session_present: session_present && connect.protocol == Protocol::V311,
+                code: ConnectReturnCode::Accepted,
+            }));
+        }
         let entry = &mut self.sessions[key];
         entry.conn = Some(conn.clone());
         entry.held = false;
         entry.offline_since = 0;
+        entry.expiry = expiry;
+        // Resumed in time: a delayed will is not sent [MQTT-3.1.3-9].
+        entry.delayed_will = None;
         if let Some(a) = auth.as_mut() {
             // A resumed session's subscriptions, and what it kept for its client,
             // answer to the rights of whoever connected now.
@@ -539,6 +620,8 @@ impl Shard {
         }
         entry.auth = auth;
         entry.listener = listener;
+        entry.session.set_v5(v5);
+        entry.session.set_peer_limits(peer);
         entry.no_local = connect.bridge;
         entry
             .session
@@ -554,6 +637,31 @@ impl Shard {
             self.publish_will(will);
         }
         Some(key)
+    }
+
+    /// The properties of a 5.0 CONNACK: what the broker supports and its limits, the
+    /// client id it chose, and the keep-alive it imposes (which `connect` then uses).
+    fn connack_props(&self, connect: &mut Connect, assigned_id: bool) -> ConnAckProps {
+        let max_keepalive = self.cfg.max_keepalive;
+        let server_keep_alive = (max_keepalive > 0
+            && (connect.keep_alive == 0 || connect.keep_alive > max_keepalive))
+            .then(|| {
+                connect.keep_alive = max_keepalive;
+                max_keepalive
+            });
+        ConnAckProps {
+            receive_maximum: NonZeroU16::new(self.cfg.receive_maximum).unwrap_or(NonZeroU16::MAX),
+            maximum_packet_size: u32::try_from(self.cfg.max_packet_size)
+                .ok()
+                .and_then(NonZeroU32::new),
+            assigned_client_id: assigned_id.then(|| connect.client_id.clone()),
+            topic_alias_maximum: self.cfg.topic_alias_maximum,
+            wildcard_subscription_available: true,
+            subscription_identifiers_available: true,
+            shared_subscription_available: true,
+            server_keep_alive,
+            ..ConnAckProps::default()
+        }
     }
 
     /// A reloaded configuration: limits apply from now on, to every session (a
@@ -607,17 +715,41 @@ impl Shard {
         }
         self.stats.connections -= 1;
         entry.held = false;
-        let will = entry.session.disconnect(graceful);
-        if entry.session.clean_session() {
+        let will_delay = entry.session.will_delay();
+        let mut will = entry.session.disconnect(graceful);
+        if entry.session.clean_session() || entry.expiry == Some(0) {
             self.remove_session(key);
         } else {
             let since = self.secs_since_start(Instant::now()) + 1;
-            self.sessions[key].offline_since = since;
+            let entry = &mut self.sessions[key];
+            entry.offline_since = since;
+            if will_delay > 0 {
+                // Sent after the delay, or when the session ends if that is sooner.
+                entry.delayed_will = will
+                    .take()
+                    .map(|w| Box::new((w, since.saturating_add(will_delay))));
+            }
             self.release_shared(key);
         }
         if let Some(will) = will {
             self.publish_will(will);
         }
+    }
+
+    /// A 5.0 client's DISCONNECT sets its session's expiry interval (bounded by
+    /// `max_session_expiry`). Returns false for the Protocol Error of raising it from
+    /// 0 [MQTT-3.14.2-2].
+    pub fn set_session_expiry(&mut self, key: usize, conn_id: u64, secs: u32) -> bool {
+        if !self.is_current(key, conn_id) {
+            return true;
+        }
+        let bound = self.cfg.max_session_expiry;
+        let entry = &mut self.sessions[key];
+        if entry.expiry == Some(0) && secs > 0 {
+            return false;
+        }
+        entry.expiry = Some(secs.min(bound));
+        true
     }
 
     /// A message the broker itself publishes (its `$SYS` topics): routed as a
@@ -649,7 +781,11 @@ impl Shard {
     /// this shard no longer has subscribers for.
     fn remove_session(&mut self, key: usize) {
         self.release_shared(key);
-        let entry = self.sessions.remove(key);
+        let mut entry = self.sessions.remove(key);
+        if let Some(will) = entry.delayed_will.take() {
+            // The session ends before the will's delay: it goes now.
+            self.publish_will(will.0);
+        }
         self.by_client.remove(entry.session.client_id());
         if !entry.session.clean_session() {
             self.log_session_end(entry.session.client_id());
@@ -727,6 +863,12 @@ impl Shard {
                 });
                 let entry = &mut self.sessions[key];
                 if let Err(e) = entry.session.handle(packet, now, &mut self.out) {
+                    if let (SessionError::ReceiveMaximumExceeded(_), Some(conn)) = (&e, &entry.conn)
+                    {
+                        // Said before the close, which then adds no other reason.
+                        conn.disconnect_v5(ReasonCode::RECEIVE_MAXIMUM_EXCEEDED);
+                        conn.close();
+                    }
                     self.stats.protocol_errors += 1;
                     tracing::info!(client = %entry.session.client_id(), error = %e, "protocol violation");
                     self.out.packets.clear();
@@ -735,7 +877,8 @@ impl Shard {
                 }
                 // Published messages are logged before their acknowledgements go.
                 if !self.out.publishes.is_empty() {
-                    if self.sessions[key].no_local {
+                    if self.sessions[key].no_local || self.sessions[key].no_local_filters.is_some()
+                    {
                         // Until `route_pending` has routed them.
                         self.no_local = Some(key as u32);
                     }
@@ -823,7 +966,7 @@ impl Shard {
         &mut self,
         key: usize,
         conn_id: u64,
-        sub: &Subscribe,
+        sub: &mut Subscribe,
     ) -> Option<SubscribeStart> {
         if !self.is_current(key, conn_id) {
             return None;
@@ -831,11 +974,18 @@ impl Shard {
         self.stats.packets_received += 1;
         self.sessions[key].session.touch(Instant::now());
         let mut codes = Vec::with_capacity(sub.filters.len());
+        let mut reasons = Vec::new();
         let mut new_filters = Vec::new();
         let mut waits = Vec::new();
-        for f in &sub.filters {
+        for f in sub.filters.iter_mut() {
             let entry = &mut self.sessions[key];
             let session = &entry.session;
+            if f.retain_handling == RetainHandling::OnNewSubscription
+                && session.subscription(&f.filter).is_some()
+            {
+                // Retain Handling 1: retained messages only for a new subscription.
+                f.retain_handling = RetainHandling::Never;
+            }
             let (valid, read_filter, is_shared) = match share::parse(&f.filter) {
                 share::FilterKind::Plain => {
                     (topic::valid_topic_filter(&f.filter), &*f.filter, false)
@@ -851,19 +1001,33 @@ impl Shard {
                 )
                 && (session.subscription_count() < self.cfg.max_subscriptions_per_client
                     || session.subscription(&f.filter).is_some());
-            if !acceptable
-                || !entry
-                    .auth
-                    .as_mut()
-                    .is_none_or(|a| a.admit_filter(read_filter))
+            let refusal = if !valid {
+                Some(ReasonCode::TOPIC_FILTER_INVALID)
+            } else if !acceptable {
+                // Over a configured limit (length, levels, subscriptions per client).
+                Some(ReasonCode::QUOTA_EXCEEDED)
+            } else if !entry
+                .auth
+                .as_mut()
+                .is_none_or(|a| a.admit_filter(read_filter))
             {
+                Some(ReasonCode::NOT_AUTHORIZED)
+            } else {
+                None
+            };
+            if let Some(reason) = refusal {
                 self.stats.subscriptions_refused += 1;
                 codes.push(SubAckCode::Failure);
+                reasons.push(reason);
                 continue;
             }
             self.sessions[key]
                 .session
                 .subscribe(f.filter.clone(), f.qos);
+            set_no_local(&mut self.sessions[key], &f.filter, f.no_local);
+            self.sessions[key]
+                .session
+                .set_subscription_id(&f.filter, sub.id);
             if self.durable.is_some() && !self.sessions[key].session.clean_session() {
                 let horizons = self.horizons();
                 let client = self.sessions[key].session.client_id().clone();
@@ -891,6 +1055,7 @@ impl Shard {
                 }
             }
             codes.push(SubAckCode::Granted(f.qos));
+            reasons.push(ReasonCode(f.qos as u8));
         }
         if !new_filters.is_empty() {
             waits.push(self.announce_interest(new_filters, Vec::new()));
@@ -929,7 +1094,11 @@ impl Shard {
             }
             wait
         });
-        Some(SubscribeStart { codes, wait })
+        Some(SubscribeStart {
+            codes,
+            reasons,
+            wait,
+        })
     }
 
     /// Second half of SUBSCRIBE, once interest is confirmed: SUBACK, then the
@@ -940,6 +1109,7 @@ impl Shard {
         conn_id: u64,
         sub: &Subscribe,
         codes: Vec<SubAckCode>,
+        reasons: Vec<ReasonCode>,
     ) {
         if !self.is_current(key, conn_id) {
             return;
@@ -957,10 +1127,19 @@ impl Shard {
         let Some(conn) = entry.conn.clone() else {
             return;
         };
-        let suback = Packet::SubAck(SubAck {
-            pkid: sub.pkid,
-            codes: codes.clone(),
-        });
+        let suback = if conn.is_v5() {
+            Packet::SubAckV5(Box::new(SubAckV5 {
+                pkid: sub.pkid,
+                reasons,
+                reason_string: None,
+                user: Default::default(),
+            }))
+        } else {
+            Packet::SubAck(SubAck {
+                pkid: sub.pkid,
+                codes: codes.clone(),
+            })
+        };
         match durable.as_deref_mut() {
             Some(d) if d.must_wait() || conn.holding.get() > 0 => d.hold(&conn, suback),
             _ => conn.write_packet(&suback),
@@ -978,8 +1157,21 @@ impl Shard {
     }
 
     fn unsubscribe(&mut self, key: usize, u: Unsubscribe) {
+        let v5 = self.sessions[key].conn.as_ref().is_some_and(|c| c.is_v5());
+        let mut reasons = Vec::new();
         for filter in &u.filters {
-            if self.sessions[key].session.unsubscribe(filter).is_some() {
+            let existed = self.sessions[key].session.unsubscribe(filter).is_some();
+            if self.sessions[key].no_local_filters.is_some() {
+                set_no_local(&mut self.sessions[key], filter, false);
+            }
+            if v5 {
+                reasons.push(if existed {
+                    ReasonCode::SUCCESS
+                } else {
+                    ReasonCode::NO_SUBSCRIPTION_EXISTED
+                });
+            }
+            if existed {
                 if !self.sessions[key].session.clean_session() {
                     let client = self.sessions[key].session.client_id().clone();
                     self.log_record(&store::records::Record::Unsub {
@@ -995,7 +1187,19 @@ impl Shard {
                 self.unroute(filter, key);
             }
         }
-        self.send_ack(key, Packet::UnsubAck(u.pkid));
+        if v5 {
+            self.send_ack(
+                key,
+                Packet::UnsubAckV5(Box::new(UnsubAckV5 {
+                    pkid: u.pkid,
+                    reasons,
+                    reason_string: None,
+                    user: Default::default(),
+                })),
+            );
+        } else {
+            self.send_ack(key, Packet::UnsubAck(u.pkid));
+        }
     }
 
     /// The connection's writer drained below the low-water mark: let the session
@@ -1166,7 +1370,16 @@ impl Shard {
             }
         });
         if let Some(publisher) = *no_local {
-            matched.retain(|&(k, _)| k != publisher);
+            let own = sessions
+                .get(publisher as usize)
+                .and_then(|e| own_delivery_qos(e, &msg.topic));
+            matched.retain_mut(|(k, qos)| match own {
+                Some(q) if *k == publisher => {
+                    *qos = q;
+                    true
+                }
+                _ => *k != publisher,
+            });
         }
         if std::mem::take(skip_bridges) {
             matched.retain(|&(k, _)| sessions.get(k as usize).is_none_or(|e| !e.bridge));
@@ -1179,6 +1392,8 @@ impl Shard {
         // per delivery; copying the encoding per subscriber would touch one cold
         // write buffer per subscriber.
         let mut shared = None;
+        // The same for 5.0 subscribers, in the 5.0 layout.
+        let mut shared_v5 = None;
         let run_payload: u64 = run.iter().map(|m| m.payload.len() as u64).sum();
         for &(k, qos) in matched.iter() {
             let Some(e) = sessions.get_mut(k as usize) else {
@@ -1191,21 +1406,49 @@ impl Shard {
             if msg.qos.min(qos) == QoS::AtMostOnce && e.session.sends_qos0_at_once() {
                 if let Some(conn) = e.conn.as_ref().filter(|c| c.holding.get() == 0) {
                     // The run's encodings lie next to each other: one range.
-                    let shared = shared.get_or_insert_with(|| {
-                        writes.share(|buf| {
-                            for m in run {
-                                encode_publish(
-                                    buf,
-                                    &m.topic,
-                                    &m.payload,
-                                    QoS::AtMostOnce,
-                                    m.retain,
-                                    false,
-                                    0,
-                                );
-                            }
+                    let shared = if conn.is_v5() {
+                        shared_v5.get_or_insert_with(|| {
+                            let now = Instant::now();
+                            writes.share(|buf| {
+                                for m in run {
+                                    let props = m.props.as_deref().map_or_else(
+                                        PublishV5Props::default,
+                                        |p| PublishV5Props {
+                                            message_expiry: p.remaining(now),
+                                            forward: &p.forward,
+                                            ..PublishV5Props::default()
+                                        },
+                                    );
+                                    encode_publish_v5(
+                                        buf,
+                                        &m.topic,
+                                        &m.payload,
+                                        QoS::AtMostOnce,
+                                        m.retain,
+                                        false,
+                                        0,
+                                        &props,
+                                    );
+                                }
+                            })
                         })
-                    });
+                    } else {
+                        shared.get_or_insert_with(|| {
+                            writes.share(|buf| {
+                                for m in run {
+                                    encode_publish(
+                                        buf,
+                                        &m.topic,
+                                        &m.payload,
+                                        QoS::AtMostOnce,
+                                        m.retain,
+                                        false,
+                                        0,
+                                    );
+                                }
+                            })
+                        })
+                    };
                     conn.write_shared(shared);
                     stats.delivered += run.len() as u64;
                     stats.packets_sent += run.len() as u64;
@@ -1471,6 +1714,34 @@ impl Shard {
 
 /// Delivers the retained messages matching each granted filter of a SUBSCRIBE
 /// [MQTT-3.3.1-6], at min(message QoS, granted QoS), retain flag set.
+/// Records whether the session's subscription `filter` has No Local.
+fn set_no_local(entry: &mut SessionEntry, filter: &ByteString, no_local: bool) {
+    let list = entry.no_local_filters.get_or_insert_with(Default::default);
+    list.retain(|f| f != filter);
+    if no_local {
+        list.push(filter.clone());
+    }
+    if list.is_empty() {
+        entry.no_local_filters = None;
+    }
+}
+
+/// The QoS at which a message the session itself published on `topic` comes back to
+/// it: the highest among its matching subscriptions without No Local; `None` when
+/// there is none. A bridge session gets none of its own.
+fn own_delivery_qos(entry: &SessionEntry, topic: &str) -> Option<QoS> {
+    if entry.no_local {
+        return None;
+    }
+    let no_local = entry.no_local_filters.as_deref()?;
+    entry
+        .session
+        .subscriptions()
+        .filter(|(f, _)| !no_local.contains(f) && topic::matches(f, topic))
+        .map(|(_, q)| q)
+        .max()
+}
+
 fn deliver_retained(
     entry: &mut SessionEntry,
     retained: &Retained,
@@ -1481,7 +1752,7 @@ fn deliver_retained(
 ) {
     for (f, code) in sub.filters.iter().zip(codes) {
         // Retained messages are not sent on a shared subscription (MQTT 5.0 §4.8.2).
-        if share::is_shared(&f.filter) {
+        if f.retain_handling == RetainHandling::Never || share::is_shared(&f.filter) {
             continue;
         }
         if let SubAckCode::Granted(qos) = *code {
@@ -1546,6 +1817,8 @@ fn count_delivery(stats: &mut ShardStats, d: Delivery, session: &mut Session) {
         }
         Delivery::Dropped(DropReason::QueueFull) => stats.dropped_queue_full += 1,
         Delivery::Dropped(DropReason::OfflineQoS0) => stats.dropped_offline_qos0 += 1,
+        Delivery::Dropped(DropReason::Expired) => stats.dropped_expired += 1,
+        Delivery::Dropped(DropReason::TooLarge) => stats.dropped_too_large += 1,
     }
 }
 
@@ -1562,6 +1835,7 @@ fn write_out(
         out.packets.clear();
         return;
     }
+    stats.dropped_expired += entry.session.take_expired();
     count_sent(stats, &out.packets);
     if let Some(d) = durable.as_deref_mut() {
         durable::filter_output(d, entry, &mut out.packets);

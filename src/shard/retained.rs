@@ -117,6 +117,7 @@ impl Retained {
             qos: msg.qos,
             retain: true,
             stamp: msg.stamp,
+            props: msg.props.clone(),
         });
         // `$SYS` messages are the broker's: not counted against the limits.
         let counted = !super::is_sys_topic(&msg.topic) as usize;
@@ -193,6 +194,7 @@ mod tests {
             qos: QoS::AtMostOnce,
             retain: true,
             stamp: Default::default(),
+            props: None,
         }
     }
 

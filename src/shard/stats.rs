@@ -38,6 +38,10 @@ pub struct ShardStats {
     pub queued_total: u64,
     pub dropped_queue_full: u64,
     pub dropped_offline_qos0: u64,
+    /// 5.0 messages whose Message Expiry Interval ran out before they went out.
+    pub dropped_expired: u64,
+    /// Messages larger than a 5.0 subscriber's Maximum Packet Size, not sent to it.
+    pub dropped_too_large: u64,
     /// Queued QoS 0 messages evicted from a full queue to make room for a QoS 1/2
     /// one (they had been counted in `queued_total`).
     pub dropped_evicted_qos0: u64,
@@ -128,7 +132,7 @@ pub fn mesh_batch_bucket(n: usize) -> usize {
 
 impl ShardStats {
     /// This shard's dropped messages, by reason (see [`BrokerStats::drops`]).
-    pub fn drops(&self) -> [(&'static str, u64); 7] {
+    pub fn drops(&self) -> [(&'static str, u64); 9] {
         [
             ("queue_full", self.dropped_queue_full),
             ("offline_qos0", self.dropped_offline_qos0),
@@ -137,6 +141,8 @@ impl ShardStats {
             ("delivery_denied", self.deliveries_refused),
             ("sys_topic", self.publishes_to_sys),
             ("shared_no_member", self.shared_dropped),
+            ("expired", self.dropped_expired),
+            ("too_large", self.dropped_too_large),
         ]
     }
 
@@ -157,7 +163,7 @@ pub struct BrokerStats {
 impl BrokerStats {
     /// Messages dropped, by reason, summed over every shard: the names are those of
     /// the logs, `$SYS/broker/shardmq/dropped/...` and the metrics' `reason` label.
-    pub fn drops(&self) -> [(&'static str, u64); 7] {
+    pub fn drops(&self) -> [(&'static str, u64); 9] {
         self.total().drops()
     }
 
@@ -190,6 +196,8 @@ impl BrokerStats {
                 queued_total,
                 dropped_queue_full,
                 dropped_offline_qos0,
+                dropped_expired,
+                dropped_too_large,
                 dropped_evicted_qos0,
                 retained_refused,
                 subscriptions_refused,
