@@ -518,5 +518,32 @@ def _():
     assert codes["q1 none"] in (0, 0x10) and codes["q2 none"] in (0, 0x10)
 
 
+@check("Will properties forwarded; DISCONNECT 0x04 (with Will Message) publishes the will (§3.14.2.1)")
+def _():
+    from paho.mqtt.reasoncodes import ReasonCode
+    t = topic()
+    s = client(cid(0))
+    sub(s, t, 1)
+    will = (t, b"w04", 1, False, props(PacketTypes.WILLMESSAGE, ContentType="text/x-will",
+                                       UserProperty=[("k", "v")], CorrelationData=b"cd"))
+    w = client(cid(1), will=will)
+    w.disconnect(reasoncode=ReasonCode(PacketTypes.DISCONNECT, "Disconnect with will message"))
+    w.loop_stop()
+    m = s.inbox.get(timeout=5)
+    close(s)
+    assert m.payload == b"w04"
+    assert m.properties.ContentType == "text/x-will", m.properties
+    assert m.properties.UserProperty == [("k", "v")] and m.properties.CorrelationData == b"cd", m.properties
+
+
+@check("Shared subscription refused when not available: SUBACK 0x9E, not a grant that matches nothing (§3.2.2.3.15, §3.9.3)")
+def _():
+    c = client(cid(0))
+    avail = getattr(c.connack_props, "SharedSubscriptionAvailable", 1)
+    code = sub(c, f"$share/g/{topic()}", 1)[0]
+    close(c)
+    assert avail == 1 or code == 0x9E, f"Shared Subscription Available {avail}, SUBACK {code:#x}"
+
+
 print(f"paho5: {sum(results)} passed, {len(results) - sum(results)} failed")
 sys.exit(0 if all(results) else 1)
