@@ -129,12 +129,25 @@ def packet(first, body):
     return bytes([first]) + varint(len(body)) + body
 
 
-def raw_connect(client_id):
+def raw_connect(client_id, props_=b"", flags=0x02):
     s = socket.create_connection((HOST, PORT), timeout=5)
-    s.sendall(packet(0x10, s16(b"MQTT") + b"\x05\x02\x00\x3c\x00" + s16(client_id.encode())))
+    s.sendall(packet(0x10, s16(b"MQTT") + bytes([5, flags]) + b"\x00\x3c" + varint(len(props_)) + props_
+                     + s16(client_id.encode())))
     ack = read_packet(s)
     assert ack[0] == 0x20 and ack[1][1] == 0, f"CONNACK {ack!r}"
     return s
+
+
+def raw_publish_topic(body):
+    """The topic and the Topic Alias (or None) of a PUBLISH at QoS 0."""
+    n = int.from_bytes(body[:2], "big")
+    t, rest = body[2:2 + n], body[2 + n:]
+    plen, i, alias = rest[0], 1, None
+    while i < 1 + plen:
+        if rest[i] == 0x23:
+            alias = int.from_bytes(rest[i + 1:i + 3], "big")
+        i += 3 if rest[i] == 0x23 else plen  # only the Topic Alias is read here
+    return t, alias
 
 
 def read_packet(s):
@@ -543,6 +556,47 @@ def _():
     code = sub(c, f"$share/g/{topic()}", 1)[0]
     close(c)
     assert avail == 1 or code == 0x9E, f"Shared Subscription Available {avail}, SUBACK {code:#x}"
+
+
+@check("Receive Maximum 2 from the client: at most 2 unacknowledged QoS 1 publishes in flight ([MQTT-3.3.4-9])")
+def _():
+    t = topic().encode()
+    s = raw_connect(cid(0), b"\x21\x00\x02")
+    s.sendall(packet(0x82, b"\x00\x01\x00" + s16(t) + b"\x01"))
+    read_packet(s)
+    p = raw_connect(cid(1))
+    for i in range(5):
+        p.sendall(packet(0x32, s16(t) + (i + 1).to_bytes(2, "big") + b"\x00" + b"m%d" % i))
+    got = 0
+    s.settimeout(1)
+    try:
+        while read_packet(s)[0] & 0xF0 == 0x30:
+            got += 1
+    except (socket.timeout, TypeError):
+        pass
+    s.close(), p.close()
+    assert got == 2, f"{got} in flight"
+
+
+@check("Topic aliases toward a client start over on a new connection ([MQTT-3.3.2-7])")
+def _():
+    t, sid = topic().encode(), cid(1)
+    sei_tam = b"\x11\x00\x00\x00\x3c\x22\x00\x05"
+    s = raw_connect(sid, sei_tam)
+    s.sendall(packet(0x82, b"\x00\x01\x00" + s16(t) + b"\x00"))
+    read_packet(s)
+    p = raw_connect(cid(0))
+    p.sendall(packet(0x30, s16(t) + b"\x00" + b"one"))
+    first = raw_publish_topic(read_packet(s)[1])
+    s.sendall(b"\xe0\x00")
+    s.close()
+    time.sleep(0.3)
+    s = raw_connect(sid, sei_tam, flags=0x00)
+    p.sendall(packet(0x30, s16(t) + b"\x00" + b"two"))
+    again = raw_publish_topic(read_packet(s)[1])
+    s.sendall(packet(0xE0, b"\x00\x05\x11\x00\x00\x00\x00"))
+    s.close(), p.close()
+    assert first[0] == t and again[0] == t, f"before {first}, after reconnect {again}"
 
 
 print(f"paho5: {sum(results)} passed, {len(results) - sum(results)} failed")
