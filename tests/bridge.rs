@@ -895,3 +895,53 @@ fn retained_messages_go_out_retained_live_and_on_each_connection() {
     assert!(drain(&mut late).is_empty());
     b.shutdown();
 }
+
+/// A shardmq edge bridged into a shardmq root (topics `in`): a message the root gets
+/// retained while the bridge is up reaches the edge retained (the root keeps the
+/// retain flag for a connection with the bridge bit, as Mosquitto does), so the
+/// edge's retained store follows the root's; a plain message stays plain. Publishers
+/// on both of the root's shards.
+#[test]
+fn a_shardmq_root_keeps_retain_flags_for_a_shardmq_edge() {
+    let root = broker();
+    let root_addr = root.local_addr();
+    let edge = broker_with(|c| {
+        c.bridge.push(bridge(
+            "root",
+            root_addr,
+            vec![topic("fleet/#", Direction::In, 1, "", "")],
+        ))
+    });
+    let edge_addr = edge.local_addr();
+    let _state = wait_connected(edge_addr, "root");
+    let mut live = mq(edge_addr, &unique("edge-live"), true);
+    live.subscribe("fleet/#", 1);
+    for s in 0..SHARDS {
+        let mut p = mq(root_addr, &id_on_shard("root-pub", s), true);
+        p.publish_acked(
+            &format!("fleet/cfg/{s}"),
+            1,
+            true,
+            format!("v{s}").as_bytes(),
+        );
+        p.publish_acked(&format!("fleet/plain/{s}"), 1, false, b"p");
+    }
+    let mut got = take(&mut live, 2 * SHARDS);
+    got.sort();
+    assert_eq!(got.len(), 2 * SHARDS, "each once: {got:?}");
+    assert!(drain(&mut live).is_empty(), "no copies");
+    // A subscriber arriving at the edge later gets the retained ones from the edge.
+    let mut late = mq(edge_addr, &unique("edge-late"), true);
+    late.subscribe("fleet/cfg/#", 1);
+    let mut retained: Vec<(String, bool)> = (0..SHARDS)
+        .map(|_| {
+            let p = late.recv_publish();
+            (p.topic.clone(), p.retain)
+        })
+        .collect();
+    retained.sort();
+    let want: Vec<(String, bool)> = (0..SHARDS)
+        .map(|s| (format!("fleet/cfg/{s}"), true))
+        .collect();
+    assert_eq!(retained, want);
+}

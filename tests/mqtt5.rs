@@ -1039,6 +1039,63 @@ fn retain_handling_0_1_2() {
     );
 }
 
+/// Retain As Published [MQTT-3.3.1-12, MQTT-3.3.1-13]: a live message published with
+/// RETAIN keeps the flag through a subscription with the option, and loses it
+/// through one without, whichever shard the publisher is on; each subscriber gets
+/// it once. A message published without RETAIN goes without it either way.
+#[test]
+fn retain_as_published_keeps_the_flag_of_live_messages() {
+    let b = broker();
+    let addr = b.local_addr();
+    let mut keep = Vec::new();
+    let mut plain = Vec::new();
+    for shard in 0..2 {
+        let mut k = client5(addr, connect5(&id_on_shard("rap-keep", shard)));
+        let mut f = filter("rap/#", Q::AtLeastOnce);
+        f.retain_as_published = true;
+        subscribe_opts(&mut k, 1, f);
+        keep.push(k);
+        let mut p = client5(addr, connect5(&id_on_shard("rap-plain", shard)));
+        subscribe5(&mut p, 1, &[("rap/#", Q::AtLeastOnce)]);
+        plain.push(p);
+    }
+    for shard in 0..2 {
+        let mut publ = client5(addr, connect5(&id_on_shard("rap-pub", shard)));
+        let topic = format!("rap/{shard}");
+        publ.send(&enc(&Packet::Publish(publish5(
+            &topic,
+            b"kept",
+            Q::AtLeastOnce,
+            true,
+            1,
+        ))));
+        publ.recv_kind(PUBACK);
+        publ.send(&enc(&Packet::Publish(publish5(
+            &topic,
+            b"live",
+            Q::AtLeastOnce,
+            false,
+            2,
+        ))));
+        publ.recv_kind(PUBACK);
+        for (subs, flag) in [(&mut keep, true), (&mut plain, false)] {
+            for s in subs.iter_mut() {
+                let p = recv_publish5(s);
+                assert_eq!((&p.topic[..], &p.payload[..]), (&topic[..], &b"kept"[..]));
+                assert_eq!(p.retain, flag, "published with RETAIN, option {flag}");
+                s.send(&enc(&Packet::PubAck(p.pkid)));
+                let p = recv_publish5(s);
+                assert_eq!(&p.payload[..], b"live");
+                assert!(!p.retain, "published without RETAIN");
+                s.send(&enc(&Packet::PubAck(p.pkid)));
+            }
+        }
+    }
+    for s in keep.iter_mut().chain(plain.iter_mut()) {
+        s.expect_silence(QUIET);
+    }
+}
+
 #[test]
 fn suback_reason_codes_say_why_a_filter_was_refused() {
     let acl = std::env::temp_dir().join(format!("{}.acl", unique("mqtt5-acl")));

@@ -35,8 +35,8 @@ impl Shard {
                 key
             }
         };
-        if !self.bridge_keys.contains(&(key as u32)) {
-            self.bridge_keys.push(key as u32);
+        if !self.retain_keys.contains(&(key as u32)) {
+            self.retain_keys.push(key as u32);
         }
         let entry = &mut self.sessions[key];
         entry.bridge = true;
@@ -130,15 +130,18 @@ impl Shard {
     }
 
     /// A retained update just accepted here (published here, or from another
-    /// shard): every bridge session on this shard whose filters match it gets it
-    /// with its retain flag, as Mosquitto's bridges forward retained messages (all
+    /// shard): every session on this shard that keeps the RETAIN flag of live
+    /// messages (`SessionEntry::keeps_retain`: bridges, as Mosquitto's bridges
+    /// forward retained messages, and Retain As Published subscriptions
+    /// [MQTT-3.3.1-13]) and whose filters match it gets it with its retain flag (all
     /// other deliveries clear the flag). Returns whether any did; their copy of the
     /// plain delivery that follows is then skipped.
-    pub(super) fn retained_to_bridges(&mut self, msg: &Message) -> bool {
+    pub(super) fn retained_to_keepers(&mut self, msg: &Message) -> bool {
         let mut any = false;
-        for i in 0..self.bridge_keys.len() {
-            let key = self.bridge_keys[i];
-            // A bridge does not get back what it published.
+        for i in 0..self.retain_keys.len() {
+            let key = self.retain_keys[i];
+            // A bridge does not get back what it published; a client's own
+            // message takes the plain path, which knows its No Local filters.
             if self.no_local != Some(key) {
                 any |= self.retained_to_bridge(key as usize, msg);
             }
@@ -146,19 +149,14 @@ impl Shard {
         any
     }
 
-    /// Delivers `msg` with its retain flag to bridge session `key` if its filters
-    /// match it, at the highest QoS among them; whether they did.
+    /// Delivers `msg` with its retain flag to session `key` if its filters that keep
+    /// the flag (all of a bridge's, a client's Retain As Published ones) match it, at
+    /// the highest QoS among them; whether they did.
     fn retained_to_bridge(&mut self, key: usize, msg: &Message) -> bool {
         let Some(entry) = self.sessions.get_mut(key) else {
             return false;
         };
-        let Some(qos) = entry
-            .session
-            .subscriptions()
-            .filter(|(f, _)| topic::matches(f, &msg.topic))
-            .map(|(_, q)| q)
-            .max()
-        else {
+        let Some(qos) = retained_copy_qos(entry, &msg.topic) else {
             return false;
         };
         let copy = Message {
@@ -167,7 +165,7 @@ impl Shard {
         };
         entry.pos_dirty |= copy.stamp.is_set();
         let d = entry.session.deliver(&copy, qos, &mut self.out);
-        if matches!(d, Delivery::Dropped(_)) {
+        if entry.bridge && matches!(d, Delivery::Dropped(_)) {
             self.stats.bridge_messages_dropped += 1;
         }
         count_delivery(&mut self.stats, d, &mut entry.session);
@@ -226,4 +224,27 @@ impl Shard {
         };
         self.publish_from_broker(msg);
     }
+}
+
+/// The QoS at which session `entry` takes a live message on `topic` published with
+/// RETAIN as a retained copy: the highest among its filters that keep the flag (all of
+/// a bridge's, a client's Retain As Published ones) and match; `None` when none does
+/// or it may not read the topic.
+pub(super) fn retained_copy_qos(entry: &SessionEntry, topic_name: &str) -> Option<QoS> {
+    if !entry.keeps_retain() {
+        return None;
+    }
+    let every = entry.bridge || entry.no_local;
+    if !every && !super::rights::may_read(&entry.auth, topic_name) {
+        return None;
+    }
+    let rap = entry.rap_filters.as_deref();
+    entry
+        .session
+        .subscriptions()
+        .filter(|(f, _)| {
+            (every || rap.is_some_and(|r| r.contains(f))) && topic::matches(f, topic_name)
+        })
+        .map(|(_, q)| q)
+        .max()
 }

@@ -113,6 +113,11 @@ struct SessionEntry {
     /// back through them. `None` while there are none.
     #[allow(clippy::box_collection)]
     no_local_filters: Option<Box<Vec<ByteString>>>,
+    /// The session's 5.0 subscriptions with Retain As Published: live messages
+    /// through them keep the RETAIN flag they were published with. `None` while
+    /// there are none.
+    #[allow(clippy::box_collection)]
+    rap_filters: Option<Box<Vec<ByteString>>>,
     /// With persistence on: its positions in the streams may have moved since the
     /// last checkpoint.
     pos_dirty: bool,
@@ -125,6 +130,13 @@ struct SessionEntry {
 }
 
 impl SessionEntry {
+    /// Live messages published with RETAIN keep the flag for this session (through
+    /// [`Shard::retained_to_keepers`]): a bridge's, a remote bridge's (as Mosquitto
+    /// treats them), and one with a Retain As Published subscription.
+    fn keeps_retain(&self) -> bool {
+        self.bridge || self.no_local || self.rap_filters.is_some()
+    }
+
     /// A session with no connection attached yet, through listener `listener`.
     fn offline(session: Session, listener: u16) -> SessionEntry {
         SessionEntry {
@@ -139,6 +151,7 @@ impl SessionEntry {
             expiry: None,
             delayed_will: None,
             no_local_filters: None,
+            rap_filters: None,
             pos_dirty: false,
             no_local: false,
             bridge: false,
@@ -246,8 +259,9 @@ pub struct Shard {
     /// The session whose publishes are being routed, when it must not get them
     /// back (see `SessionEntry::no_local`).
     no_local: Option<u32>,
-    /// The sessions of the bridges homed here (usually none).
-    bridge_keys: Vec<u32>,
+    /// The sessions here that get live retained messages with the RETAIN flag
+    /// (`SessionEntry::keeps_retain`; usually none).
+    retain_keys: Vec<u32>,
     /// The next message delivered here is a retained one the bridges' sessions have
     /// already had with its retain flag: they do not get it again.
     skip_bridges: bool,
@@ -330,7 +344,7 @@ impl Shard {
             barriers: 0,
             paused_wills: Vec::new(),
             no_local: None,
-            bridge_keys: Vec::new(),
+            retain_keys: Vec::new(),
             skip_bridges: false,
             bridge_skip: Vec::new(),
         }
@@ -623,6 +637,7 @@ impl Shard {
         entry.session.set_v5(v5);
         entry.session.set_peer_limits(peer);
         entry.no_local = connect.bridge;
+        update_retain_key(&mut self.retain_keys, key, entry);
         entry
             .session
             .connect(connect.keep_alive, connect.will, now, &mut self.out);
@@ -781,6 +796,7 @@ impl Shard {
     /// this shard no longer has subscribers for.
     fn remove_session(&mut self, key: usize) {
         self.release_shared(key);
+        self.retain_keys.retain(|&k| k as usize != key);
         let mut entry = self.sessions.remove(key);
         if let Some(will) = entry.delayed_will.take() {
             // The session ends before the will's delay: it goes now.
@@ -1025,6 +1041,8 @@ impl Shard {
                 .session
                 .subscribe(f.filter.clone(), f.qos);
             set_no_local(&mut self.sessions[key], &f.filter, f.no_local);
+            set_rap(&mut self.sessions[key], &f.filter, f.retain_as_published);
+            update_retain_key(&mut self.retain_keys, key, &self.sessions[key]);
             self.sessions[key]
                 .session
                 .set_subscription_id(&f.filter, sub.id);
@@ -1163,6 +1181,10 @@ impl Shard {
             let existed = self.sessions[key].session.unsubscribe(filter).is_some();
             if self.sessions[key].no_local_filters.is_some() {
                 set_no_local(&mut self.sessions[key], filter, false);
+            }
+            if self.sessions[key].rap_filters.is_some() {
+                set_rap(&mut self.sessions[key], filter, false);
+                update_retain_key(&mut self.retain_keys, key, &self.sessions[key]);
             }
             if v5 {
                 reasons.push(if existed {
@@ -1316,8 +1338,8 @@ impl Shard {
                             });
                         }
                     }
-                    if !self.bridge_keys.is_empty() {
-                        self.skip_bridges = self.retained_to_bridges(&msg);
+                    if !self.retain_keys.is_empty() {
+                        self.skip_bridges = self.retained_to_keepers(&msg);
                     }
                 }
                 LocalUpdate::Refused => self.stats.retained_refused += 1,
@@ -1382,7 +1404,13 @@ impl Shard {
             });
         }
         if std::mem::take(skip_bridges) {
-            matched.retain(|&(k, _)| sessions.get(k as usize).is_none_or(|e| !e.bridge));
+            // Those that took it as a retained copy (not the publisher: it never does).
+            matched.retain(|&(k, _)| {
+                Some(k) == *no_local
+                    || sessions
+                        .get(k as usize)
+                        .is_none_or(|e| bridge::retained_copy_qos(e, &msg.topic).is_none())
+            });
         }
         // Encoded at most once per message, on the first subscriber that takes it as
         // is, into bytes every other such subscriber's output refers to (sent with
@@ -1535,7 +1563,7 @@ impl Shard {
                     if !self.pending_interest.is_empty() {
                         self.retained_while_held(src, &msg);
                     }
-                    if !self.bridge_keys.is_empty() && self.retained_to_bridges(&msg) {
+                    if !self.retain_keys.is_empty() && self.retained_to_keepers(&msg) {
                         self.bridge_skip.push(msg);
                     }
                 }
@@ -1723,6 +1751,34 @@ fn set_no_local(entry: &mut SessionEntry, filter: &ByteString, no_local: bool) {
     }
     if list.is_empty() {
         entry.no_local_filters = None;
+    }
+}
+
+/// Records whether the session's subscription `filter` has Retain As Published.
+fn set_rap(entry: &mut SessionEntry, filter: &ByteString, rap: bool) {
+    if !rap && entry.rap_filters.is_none() {
+        return;
+    }
+    let list = entry.rap_filters.get_or_insert_with(Default::default);
+    list.retain(|f| f != filter);
+    if rap {
+        list.push(filter.clone());
+    }
+    if list.is_empty() {
+        entry.rap_filters = None;
+    }
+}
+
+/// Keeps session `key` in `keys` exactly while it keeps the RETAIN flag of live
+/// messages (`SessionEntry::keeps_retain`).
+fn update_retain_key(keys: &mut Vec<u32>, key: usize, entry: &SessionEntry) {
+    let listed = keys.iter().position(|&k| k as usize == key);
+    match (entry.keeps_retain(), listed) {
+        (true, None) => keys.push(key as u32),
+        (false, Some(i)) => {
+            keys.swap_remove(i);
+        }
+        _ => {}
     }
 }
 
