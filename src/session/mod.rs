@@ -401,10 +401,19 @@ impl Session {
             }
             Packet::PubRel(pkid) => {
                 nonzero(pkid, "PUBREL")?;
-                if let Some(ids) = &mut self.awaiting_pubrel {
-                    ids.remove(&pkid);
+                let known = self
+                    .awaiting_pubrel
+                    .as_mut()
+                    .is_some_and(|ids| ids.remove(&pkid));
+                if known || !self.v5 {
+                    out.packets.push(Packet::PubComp(pkid));
+                } else {
+                    // 5.0 names the case (§3.7.2.1); 3.1.1 completes it all the same.
+                    out.packets.push(Packet::PubCompV5(crate::protocol::Ack {
+                        reason: crate::protocol::ReasonCode::PACKET_IDENTIFIER_NOT_FOUND,
+                        ..crate::protocol::Ack::success(pkid)
+                    }));
                 }
-                out.packets.push(Packet::PubComp(pkid));
             }
             Packet::PingReq => out.packets.push(Packet::PingResp),
             Packet::Disconnect => self.will = None,
@@ -415,7 +424,8 @@ impl Session {
             | Packet::Unsubscribe(_)
             | Packet::UnsubAck(_)
             | Packet::PingResp
-            // MQTT 5.0 sessions are not wired yet: a 5.0 connection is refused at CONNECT.
+            // A 5.0 connection's acknowledgements reach the session as the 3.1.1 ones
+            // (`net` maps them); the rest are never a client's to send.
             | Packet::ConnAckV5(_)
             | Packet::PubAckV5(_)
             | Packet::PubRecV5(_)

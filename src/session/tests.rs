@@ -169,6 +169,33 @@ fn inbound_pubrel_for_unknown_id_gets_pubcomp() {
     assert_eq!(out.packets, vec![Packet::PubComp(42)]);
 }
 
+/// 5.0 names an unknown packet id in PUBCOMP: 0x92 (§3.7.2.1); a known one is a
+/// plain success.
+#[test]
+fn inbound_pubrel_for_unknown_id_gets_0x92_at_5_0() {
+    let (mut s, mut out, now) = connected(roomy());
+    s.set_v5(true);
+    s.handle(Packet::PubRel(42), now, &mut out).unwrap();
+    s.handle(publish("a", "x", QoS::ExactlyOnce, 9, false), now, &mut out)
+        .unwrap();
+    s.handle(Packet::PubRel(9), now, &mut out).unwrap();
+    assert_eq!(
+        out.packets,
+        vec![
+            Packet::PubCompV5(v5_ack(42, 0x92)),
+            Packet::PubRec(9),
+            Packet::PubComp(9)
+        ]
+    );
+}
+
+fn v5_ack(pkid: u16, reason: u8) -> crate::protocol::Ack {
+    crate::protocol::Ack {
+        reason: crate::protocol::ReasonCode(reason),
+        ..crate::protocol::Ack::success(pkid)
+    }
+}
+
 #[test]
 fn inbound_duplicate_pubrel_gets_pubcomp_again() {
     let (mut s, mut out, now) = connected(roomy());
