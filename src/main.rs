@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-/// A thread-per-core MQTT 3.1.1 broker. Every flag overrides the matching key of the
+/// A thread-per-core MQTT 5.0 / 3.1.1 / 3.1 broker. Every flag overrides the matching key of the
 /// config file; the key names are given in brackets.
 #[derive(Debug, Parser)]
 #[command(name = "shardmq", version, about)]
