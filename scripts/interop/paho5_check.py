@@ -185,7 +185,8 @@ def _():
     assert have.get("RetainAvailable", 1) == 1
     assert have.get("WildcardSubscriptionAvailable", 1) == 1
     assert have.get("SubscriptionIdentifierAvailable", 1) == 1
-    assert "SharedSubscriptionAvailable" in have, "Shared Subscription Available not stated"
+    # Absent means available (§3.2.2.3.15).
+    assert have.get("SharedSubscriptionAvailable", 1) == 1, "Shared Subscription Available 0"
 
 
 @check("CONNACK Server Keep Alive when a client asks for more than max_keepalive, or 0 (§3.2.2.3.14)")

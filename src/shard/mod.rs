@@ -425,7 +425,10 @@ impl Shard {
                     && u64::from(now_secs + 1 - e.offline_since) > limit
                 {
                     expired.push(key);
-                } else if e.delayed_will.as_ref().is_some_and(|w| w.1 <= now_secs + 1) {
+                } else if e.delayed_will.as_ref().is_some_and(|w| w.1 < now_secs + 1) {
+                    // Whole seconds on both sides: due one second past the delay, so
+                    // the will never goes before the Will Delay Interval has passed
+                    // [MQTT-3.1.3-9] (it may go up to a second late).
                     wills.push(e.delayed_will.take().map(|w| w.0));
                 }
                 continue;
