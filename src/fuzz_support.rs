@@ -85,6 +85,18 @@ pub fn decode_case(data: &[u8]) {
     }
 }
 
+/// [`decode_case`] on a 5.0 connection, whatever the third byte says: every input
+/// goes through the 5.0 decoder (`decode_v5`), none is spent on 3.1.1 or 3.1.
+pub fn decode_v5_case(data: &[u8]) {
+    let mut data = data.to_vec();
+    if data.len() < 3 {
+        data.resize(3, 0);
+    }
+    // Bit 7 clear (not 3.1), bit 6 set (5.0).
+    data[2] = (data[2] & 0x3F) | 0x40;
+    decode_case(&data);
+}
+
 /// What the decoder let through keeps to the limits and string rules it enforces.
 fn assert_within_limits(packet: &Packet, opts: &DecodeOptions) {
     let clean = |s: &str| {

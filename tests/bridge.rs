@@ -421,6 +421,50 @@ fn the_connection_state_is_published_retained_and_follows_the_remote() {
     b.shutdown();
 }
 
+/// Subscribers to `{name}/#` on both shards and on the remote, publishers on both
+/// shards (to `here`) and on the remote (to `there`), at every QoS up to `max_qos`:
+/// each subscriber gets each message exactly once.
+fn each_message_once_on_both_sides(
+    addr: SocketAddr,
+    remote: SocketAddr,
+    name: &str,
+    here: &str,
+    there: &str,
+    max_qos: u8,
+) {
+    let filter = format!("{name}/#");
+    let mut subs: Vec<Mq> = (0..SHARDS)
+        .map(|s| {
+            let mut m = mq(addr, &id_on_shard(&format!("{name}-sub"), s), true);
+            m.subscribe(&filter, max_qos);
+            m
+        })
+        .collect();
+    let mut remote_sub = mq(remote, &format!("{name}-remote-sub"), true);
+    remote_sub.subscribe(&filter, max_qos);
+    let mut local_pubs: Vec<Mq> = (0..SHARDS)
+        .map(|s| mq(addr, &id_on_shard(&format!("{name}-pub"), s), true))
+        .collect();
+    let mut remote_pub = mq(remote, &format!("{name}-remote-pub"), true);
+    let mut want = Vec::new();
+    for q in 0..=max_qos {
+        for (s, p) in local_pubs.iter_mut().enumerate() {
+            let m = format!("here {s} {q}");
+            p.publish_acked(here, q, false, m.as_bytes());
+            want.push((here.to_string(), m, q));
+        }
+        let m = format!("there {q}");
+        remote_pub.publish_acked(there, q, false, m.as_bytes());
+        want.push((there.to_string(), m, q));
+    }
+    want.sort();
+    for sub in subs.iter_mut().chain(std::iter::once(&mut remote_sub)) {
+        let mut got = drain(sub);
+        got.sort();
+        assert_eq!(got, want, "each message exactly once at {}", sub.id);
+    }
+}
+
 #[test]
 fn a_both_ways_bridge_carries_each_message_once_to_each_side() {
     let d = dir("loop");
@@ -434,36 +478,7 @@ fn a_both_ways_bridge_carries_each_message_once_to_each_side() {
     });
     let addr = b.local_addr();
     let _state = wait_connected(addr, "loop");
-    let mut subs: Vec<Mq> = (0..SHARDS)
-        .map(|s| {
-            let mut m = mq(addr, &id_on_shard("loop-sub", s), true);
-            m.subscribe("loop/#", 2);
-            m
-        })
-        .collect();
-    let mut remote_sub = mq(remote.addr(), "loop-remote-sub", true);
-    remote_sub.subscribe("loop/#", 2);
-    let mut local_pubs: Vec<Mq> = (0..SHARDS)
-        .map(|s| mq(addr, &id_on_shard("loop-pub", s), true))
-        .collect();
-    let mut remote_pub = mq(remote.addr(), "loop-remote-pub", true);
-    let mut want = Vec::new();
-    for q in 0..=2u8 {
-        for (s, p) in local_pubs.iter_mut().enumerate() {
-            let m = format!("here {s} {q}");
-            p.publish_acked("loop/here", q, false, m.as_bytes());
-            want.push(("loop/here".to_string(), m, q));
-        }
-        let m = format!("there {q}");
-        remote_pub.publish_acked("loop/there", q, false, m.as_bytes());
-        want.push(("loop/there".to_string(), m, q));
-    }
-    want.sort();
-    for sub in subs.iter_mut().chain(std::iter::once(&mut remote_sub)) {
-        let mut got = drain(sub);
-        got.sort();
-        assert_eq!(got, want, "each message exactly once at {}", sub.id);
-    }
+    each_message_once_on_both_sides(addr, remote.addr(), "loop", "loop/here", "loop/there", 2);
     b.shutdown();
 }
 
@@ -483,36 +498,7 @@ fn a_mosquitto_bridge_into_shardmq_gets_each_message_once_each_way() {
     wait_stats(&b, "Mosquitto's bridge subscribed", |s| {
         s.connections >= 1 && s.subscriptions >= 1
     });
-    let mut subs: Vec<Mq> = (0..SHARDS)
-        .map(|s| {
-            let mut m = mq(addr, &id_on_shard("fleet-sub", s), true);
-            m.subscribe("fleet/#", 1);
-            m
-        })
-        .collect();
-    let mut remote_sub = mq(remote.addr(), "fleet-remote-sub", true);
-    remote_sub.subscribe("fleet/#", 1);
-    let mut local_pubs: Vec<Mq> = (0..SHARDS)
-        .map(|s| mq(addr, &id_on_shard("fleet-pub", s), true))
-        .collect();
-    let mut remote_pub = mq(remote.addr(), "fleet-remote-pub", true);
-    let mut want = Vec::new();
-    for q in 0..=1u8 {
-        for (s, p) in local_pubs.iter_mut().enumerate() {
-            let m = format!("shardmq {s} {q}");
-            p.publish_acked("fleet/a", q, false, m.as_bytes());
-            want.push(("fleet/a".to_string(), m, q));
-        }
-        let m = format!("mosquitto {q}");
-        remote_pub.publish_acked("fleet/b", q, false, m.as_bytes());
-        want.push(("fleet/b".to_string(), m, q));
-    }
-    want.sort();
-    for sub in subs.iter_mut().chain(std::iter::once(&mut remote_sub)) {
-        let mut got = drain(sub);
-        got.sort();
-        assert_eq!(got, want, "each message exactly once at {}", sub.id);
-    }
+    each_message_once_on_both_sides(addr, remote.addr(), "fleet", "fleet/a", "fleet/b", 1);
     b.shutdown();
 }
 

@@ -4,7 +4,8 @@
 //! the fuzzer).
 
 use shardmq::fuzz_support::{
-    acl_case, decode_case, passwd_case, proxy_case, replay_case, session_case, store_case, ws_case,
+    acl_case, decode_case, decode_v5_case, passwd_case, proxy_case, replay_case, session_case,
+    store_case, ws_case,
 };
 use std::path::{Path, PathBuf};
 
@@ -36,6 +37,13 @@ fn replay(target: &str, case: fn(&[u8])) {
 #[test]
 fn decoder_survives_every_kept_input() {
     replay("decode", decode_case);
+}
+
+/// The 5.0 target's inputs, and the decode ones forced onto a 5.0 connection.
+#[test]
+fn decoder_at_5_0_survives_every_kept_input() {
+    replay("decode_v5", decode_v5_case);
+    replay("decode", decode_v5_case);
 }
 
 #[test]
