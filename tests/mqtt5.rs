@@ -1368,3 +1368,251 @@ fn a_shared_group_of_5_0_and_3_1_1_members_gets_each_message_once() {
         "each message exactly once"
     );
 }
+
+// ---------------------------------------------------------------------------------
+// Enhanced authentication (AUTH): SCRAM-SHA-512 over the password file
+// ---------------------------------------------------------------------------------
+
+mod scram_auth {
+    use super::*;
+    use shardmq::auth::password::{PasswordFile, PasswordHash};
+    use shardmq::auth::scram::client::ScramClient;
+
+    const METHOD: &str = "SCRAM-SHA-512";
+
+    /// A broker whose password file has alice (pencil) as `$7$` and old (a `$6$` hash).
+    fn broker() -> (Broker, std::path::PathBuf) {
+        let mut f = PasswordFile::default();
+        f.set("alice", PasswordHash::new(b"pencil"));
+        f.set(
+            "old",
+            PasswordHash::Sha512 {
+                salt: b"salt".to_vec(),
+                hash: vec![7; 64],
+            },
+        );
+        let path = std::env::temp_dir().join(format!(
+            "shardmq-scram-{}-{}",
+            std::process::id(),
+            unique("pw")
+        ));
+        std::fs::write(&path, f.to_string()).unwrap();
+        let p = path.clone();
+        (broker_with(move |c| c.password_file = Some(p)), path)
+    }
+
+    fn auth(reason: ReasonCode, method: &str, data: Option<String>) -> Vec<u8> {
+        enc(&Packet::Auth(Box::new(Auth {
+            reason,
+            method: Some(method.into()),
+            data: data.map(bytes::Bytes::from),
+            reason_string: None,
+            user: UserProperties::new(),
+        })))
+    }
+
+    fn recv_auth(raw: &mut Raw) -> Auth {
+        match dec(&raw.recv()) {
+            Packet::Auth(a) => *a,
+            p => panic!("expected AUTH, got {p:?}"),
+        }
+    }
+
+    fn text(b: &Option<bytes::Bytes>) -> &str {
+        std::str::from_utf8(b.as_deref().expect("authentication data")).unwrap()
+    }
+
+    /// CONNECT with client-first, the server's challenge answered: the connection
+    /// with its CONNACK, and whether the server proved it knows the password.
+    fn scram_connect(
+        addr: SocketAddr,
+        id: &str,
+        user: &str,
+        password: &[u8],
+    ) -> (Raw, ConnAckV5, bool) {
+        let mut scram = ScramClient::new(user, password, "rOprNGfwEbeRWgbNEkqO");
+        let mut c = connect5(id);
+        c.props.auth_method = Some(METHOD.into());
+        c.props.auth_data = Some(scram.first().into());
+        let mut raw = Raw::open(addr);
+        raw.send(&enc(&Packet::Connect(Box::new(c))));
+        let challenge = match dec(&raw.recv()) {
+            Packet::Auth(a) => *a,
+            Packet::ConnAckV5(ack) => return (raw, *ack, false),
+            p => panic!("expected AUTH, got {p:?}"),
+        };
+        assert_eq!(challenge.reason, ReasonCode::CONTINUE_AUTHENTICATION);
+        assert_eq!(challenge.method.as_deref(), Some(METHOD));
+        let last = scram
+            .last(text(&challenge.data))
+            .expect("a valid server-first");
+        raw.send(&auth(
+            ReasonCode::CONTINUE_AUTHENTICATION,
+            METHOD,
+            Some(last),
+        ));
+        let ack = match dec(&raw.recv()) {
+            Packet::ConnAckV5(ack) => *ack,
+            p => panic!("expected CONNACK, got {p:?}"),
+        };
+        let proved = ack.props.auth_data.is_some() && scram.verify(text(&ack.props.auth_data));
+        (raw, ack, proved)
+    }
+
+    #[test]
+    fn scram_sha_512_connects_with_the_password_files_hash_both_ways_proven() {
+        let (b, path) = broker();
+        let addr = b.local_addr();
+        for shard in 0..2 {
+            let id = id_on_shard("scram", shard);
+            let (mut raw, ack, proved) = scram_connect(addr, &id, "alice", b"pencil");
+            assert_eq!(ack.reason, ReasonCode::SUCCESS, "{ack:?}");
+            assert_eq!(ack.props.auth_method.as_deref(), Some(METHOD));
+            assert!(
+                proved,
+                "the server's signature proves it has the password's hash"
+            );
+            // A working connection.
+            subscribe5(&mut raw, 1, &[("t/scram", Q::AtMostOnce)]);
+            raw.send(&enc(&Packet::Publish(publish5(
+                "t/scram",
+                b"hi",
+                Q::AtMostOnce,
+                false,
+                0,
+            ))));
+            assert_eq!(&recv_publish5(&mut raw).payload[..], b"hi");
+        }
+        // Refusals: wrong password, unknown user, a `$6$` user, a CONNECT naming
+        // another user than the one proven — CONNACK 0x87, then closed.
+        for (user, pw, named) in [
+            ("alice", &b"pen"[..], None),
+            ("mallory", b"pencil", None),
+            ("old", b"secret", None),
+            ("alice", b"pencil", Some("old")),
+        ] {
+            let mut scram = ScramClient::new(user, pw, "abcdef");
+            let mut c = connect5("refused");
+            c.props.auth_method = Some(METHOD.into());
+            c.props.auth_data = Some(scram.first().into());
+            c.username = named.map(Into::into);
+            let mut raw = Raw::open(addr);
+            raw.send(&enc(&Packet::Connect(Box::new(c))));
+            let ack = match dec(&raw.recv()) {
+                Packet::Auth(challenge) => {
+                    let last = scram.last(text(&challenge.data)).unwrap();
+                    raw.send(&auth(
+                        ReasonCode::CONTINUE_AUTHENTICATION,
+                        METHOD,
+                        Some(last),
+                    ));
+                    match dec(&raw.recv()) {
+                        Packet::ConnAckV5(ack) => *ack,
+                        p => panic!("expected CONNACK, got {p:?}"),
+                    }
+                }
+                Packet::ConnAckV5(ack) => *ack,
+                p => panic!("expected AUTH or CONNACK, got {p:?}"),
+            };
+            assert_eq!(
+                ack.reason,
+                ReasonCode::NOT_AUTHORIZED,
+                "{user} {named:?}: {ack:?}"
+            );
+            raw.expect_closed();
+        }
+        // Another method: 0x8C.
+        let mut c = connect5("other-method");
+        c.props.auth_method = Some("SCRAM-SHA-256".into());
+        refused_with(
+            addr,
+            c,
+            ReasonCode::BAD_AUTHENTICATION_METHOD,
+            "SCRAM-SHA-256",
+        );
+        // Something other than AUTH in the middle of the exchange: 0x82.
+        let scram = ScramClient::new("alice", b"pencil", "abcdef");
+        let mut c = connect5("not-auth");
+        c.props.auth_method = Some(METHOD.into());
+        c.props.auth_data = Some(scram.first().into());
+        let mut raw = Raw::open(addr);
+        raw.send(&enc(&Packet::Connect(Box::new(c))));
+        recv_auth(&mut raw);
+        raw.send(&[0xC0, 0x00]);
+        let got = raw.expect_closed();
+        match got.last().map(dec) {
+            Some(Packet::ConnAckV5(ack)) => assert_eq!(ack.reason, ReasonCode::PROTOCOL_ERROR),
+            p => panic!("expected CONNACK 0x82, got {p:?}"),
+        }
+        drop(b);
+        let _ = std::fs::remove_file(path);
+    }
+
+    #[test]
+    fn a_client_re_authenticates_and_a_failed_re_authentication_disconnects() {
+        let (b, path) = broker();
+        let addr = b.local_addr();
+        let (mut raw, ack, _) = scram_connect(addr, &id_on_shard("reauth", 1), "alice", b"pencil");
+        assert_eq!(ack.reason, ReasonCode::SUCCESS, "{ack:?}");
+        subscribe5(&mut raw, 1, &[("t/re", Q::AtLeastOnce)]);
+        for round in 0..2 {
+            let mut scram = ScramClient::new("alice", b"pencil", &format!("nonce{round}"));
+            raw.send(&auth(
+                ReasonCode::REAUTHENTICATE,
+                METHOD,
+                Some(scram.first()),
+            ));
+            let challenge = recv_auth(&mut raw);
+            assert_eq!(challenge.reason, ReasonCode::CONTINUE_AUTHENTICATION);
+            let last = scram.last(text(&challenge.data)).unwrap();
+            raw.send(&auth(
+                ReasonCode::CONTINUE_AUTHENTICATION,
+                METHOD,
+                Some(last),
+            ));
+            let done = recv_auth(&mut raw);
+            assert_eq!(done.reason, ReasonCode::SUCCESS, "{done:?}");
+            assert!(scram.verify(text(&done.data)));
+        }
+        // Still the same session, still served.
+        raw.send(&enc(&Packet::Publish(publish5(
+            "t/re",
+            b"after",
+            Q::AtMostOnce,
+            false,
+            0,
+        ))));
+        assert_eq!(&recv_publish5(&mut raw).payload[..], b"after");
+        // A wrong password on re-authentication: DISCONNECT 0x87.
+        let mut scram = ScramClient::new("alice", b"wrong", "n2");
+        raw.send(&auth(
+            ReasonCode::REAUTHENTICATE,
+            METHOD,
+            Some(scram.first()),
+        ));
+        let challenge = recv_auth(&mut raw);
+        let last = scram.last(text(&challenge.data)).unwrap();
+        raw.send(&auth(
+            ReasonCode::CONTINUE_AUTHENTICATION,
+            METHOD,
+            Some(last),
+        ));
+        expect_disconnect(
+            &mut raw,
+            ReasonCode::NOT_AUTHORIZED,
+            "wrong password on re-authentication",
+        );
+        // Another method, or continuing an exchange never started: 0x82.
+        for (reason, method) in [
+            (ReasonCode::REAUTHENTICATE, "SCRAM-SHA-256"),
+            (ReasonCode::CONTINUE_AUTHENTICATION, METHOD),
+        ] {
+            let (mut raw, ack, _) = scram_connect(addr, "reauth-bad", "alice", b"pencil");
+            assert_eq!(ack.reason, ReasonCode::SUCCESS);
+            raw.send(&auth(reason, method, Some("n,,n=alice,r=x".into())));
+            expect_disconnect(&mut raw, ReasonCode::PROTOCOL_ERROR, method);
+        }
+        drop(b);
+        let _ = std::fs::remove_file(path);
+    }
+}

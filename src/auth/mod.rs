@@ -6,9 +6,12 @@
 
 pub mod acl;
 pub mod password;
+pub mod scram;
 
-use crate::protocol::{Connect, ConnectReturnCode};
+use crate::protocol::{Connect, ConnectReturnCode, ReasonCode};
 use acl::{AclFile, ClientAcl, FilterAccess};
+use bytes::Bytes;
+use bytestring::ByteString;
 use password::{ParseErrors, PasswordFile, PasswordHash};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
@@ -38,6 +41,39 @@ pub trait Authenticator: Send + Sync + 'static {
     fn rights(&self, _client_id: &str, _username: Option<&str>) -> Option<Arc<dyn Rights>> {
         None
     }
+
+    /// MQTT 5.0 enhanced authentication: an exchange for the Authentication Method a
+    /// client named (in CONNECT, or in AUTH 0x19 to re-authenticate), or `None` when
+    /// this authenticator does not offer it (the CONNECT then gets CONNACK 0x8C).
+    /// [`Authenticator::connect`] is not called for a CONNECT that names a method:
+    /// the exchange decides, and names the user.
+    fn start_auth(&self, _method: &str, _peer: SocketAddr) -> Option<Box<dyn AuthExchange>> {
+        None
+    }
+}
+
+/// One enhanced-authentication exchange, on the broker's side (MQTT 5.0 §4.12). It is
+/// driven on the client's shard, so each step must be cheap.
+pub trait AuthExchange: Send {
+    /// The client's next Authentication Data (from CONNECT or AUTH; `None` when the
+    /// packet had none): what the broker answers.
+    fn step(&mut self, data: Option<&[u8]>) -> AuthStep;
+}
+
+/// What the broker answers one step of an exchange with.
+#[derive(Debug)]
+pub enum AuthStep {
+    /// AUTH 0x18 (continue authentication) with this data; the client answers with
+    /// AUTH 0x18.
+    Continue(Option<Bytes>),
+    /// Authenticated as `username`: CONNACK 0x00 (or AUTH 0x00 after a
+    /// re-authentication) with this data.
+    Success {
+        username: ByteString,
+        data: Option<Bytes>,
+    },
+    /// Refused: CONNACK (or, after a re-authentication, DISCONNECT) with this reason.
+    Fail(ReasonCode),
 }
 
 /// One client's rights.
@@ -97,19 +133,21 @@ pub enum AuthError {
 /// credential, not one per connection; PBKDF2 hashes are verified off the shard (see
 /// [`Authenticator::connect_is_slow`]).
 pub struct FileAuth {
-    passwords: Option<PasswordFile>,
+    passwords: Option<Arc<PasswordFile>>,
     acl: Option<AclFile>,
     allow_anonymous: bool,
     /// user → keyed digest of the password that last verified. At most one entry per
     /// user of the file. Touched on CONNECT only, never on the message path.
     cache: Mutex<HashMap<String, [u8; 32]>>,
     cache_key: [u8; 32],
+    /// SCRAM credentials by user, derived once from the password file.
+    scram: Option<Arc<scram::Lookup>>,
 }
 
 impl std::fmt::Debug for FileAuth {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("FileAuth")
-            .field("users", &self.passwords.as_ref().map(PasswordFile::len))
+            .field("users", &self.passwords.as_ref().map(|p| p.len()))
             .field("acl", &self.acl.is_some())
             .field("allow_anonymous", &self.allow_anonymous)
             .finish()
@@ -127,12 +165,21 @@ impl FileAuth {
         let allow_anonymous = allow_anonymous.unwrap_or(passwords.is_none());
         let mut cache_key = [0u8; 32];
         getrandom::getrandom(&mut cache_key).expect("the OS random number generator");
+        let passwords = passwords.map(Arc::new);
+        let scram = passwords.clone().map(|p| {
+            let lookup: Arc<scram::Lookup> = Arc::new(move |user: &str| match p.get(user) {
+                Some(hash) => scram::Credentials::from_hash(hash).map(Some).ok_or(()),
+                None => Ok(None),
+            });
+            lookup
+        });
         FileAuth {
             passwords,
             acl,
             allow_anonymous,
             cache: Mutex::new(HashMap::new()),
             cache_key,
+            scram,
         }
     }
 
@@ -244,6 +291,15 @@ impl Authenticator for FileAuth {
     fn rights(&self, client_id: &str, username: Option<&str>) -> Option<Arc<dyn Rights>> {
         let acl = self.acl.as_ref()?;
         Some(Arc::new(acl.for_client(client_id, username)))
+    }
+
+    /// SCRAM-SHA-512 over the password file's `$7$` entries, when there is a file.
+    fn start_auth(&self, method: &str, _peer: SocketAddr) -> Option<Box<dyn AuthExchange>> {
+        if method != scram::METHOD {
+            return None;
+        }
+        let lookup = self.scram.clone()?;
+        Some(Box::new(scram::ScramServer::new(lookup, self.cache_key)))
     }
 }
 

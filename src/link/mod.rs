@@ -65,10 +65,12 @@ pub enum DisconnectReason {
     TransportError,
     /// The broker shut down.
     Shutdown,
+    /// A 5.0 re-authentication failed.
+    AuthFailed,
 }
 
 impl DisconnectReason {
-    pub const COUNT: usize = 8;
+    pub const COUNT: usize = 9;
     pub const ALL: [DisconnectReason; Self::COUNT] = [
         DisconnectReason::ClientDisconnect,
         DisconnectReason::ClosedByClient,
@@ -78,6 +80,7 @@ impl DisconnectReason {
         DisconnectReason::SocketError,
         DisconnectReason::TransportError,
         DisconnectReason::Shutdown,
+        DisconnectReason::AuthFailed,
     ];
 
     /// The reason code of the DISCONNECT a 5.0 client gets when the broker closes its
@@ -88,6 +91,7 @@ impl DisconnectReason {
             DisconnectReason::ProtocolError => Some(ReasonCode::PROTOCOL_ERROR),
             DisconnectReason::Takeover => Some(ReasonCode::SESSION_TAKEN_OVER),
             DisconnectReason::Shutdown => Some(ReasonCode::SERVER_SHUTTING_DOWN),
+            DisconnectReason::AuthFailed => Some(ReasonCode::NOT_AUTHORIZED),
             _ => None,
         }
     }
@@ -103,6 +107,7 @@ impl DisconnectReason {
             DisconnectReason::SocketError => "socket_error",
             DisconnectReason::TransportError => "transport_error",
             DisconnectReason::Shutdown => "shutdown",
+            DisconnectReason::AuthFailed => "auth_failed",
         }
     }
 }
@@ -203,6 +208,17 @@ pub struct Conn {
     /// 5.0 Topic Aliases: the client's (inbound) and the broker's (outbound), created
     /// on first use.
     pub(crate) aliases: RefCell<Option<Box<Aliases>>>,
+    /// 5.0 enhanced authentication: set when the client authenticated with a method
+    /// in CONNECT, so that it may re-authenticate (§4.12.1).
+    pub(crate) reauth: Cell<Option<Box<Reauth>>>,
+}
+
+/// What a re-authentication needs: the CONNECT's method, the user it proved, and
+/// the exchange in progress.
+pub struct Reauth {
+    pub method: bytestring::ByteString,
+    pub username: bytestring::ByteString,
+    pub exchange: Option<Box<dyn crate::auth::AuthExchange>>,
 }
 
 /// The Topic Aliases of one 5.0 connection (§3.3.2.3.4). They last as long as it.
@@ -269,6 +285,7 @@ impl Conn {
             holding: Cell::new(0),
             v5: Cell::new(false),
             aliases: RefCell::new(None),
+            reauth: Cell::new(None),
         })
     }
 

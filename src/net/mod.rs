@@ -13,14 +13,17 @@
 //! until the socket takes more. An idle connection therefore costs one task (its
 //! reader) and no buffers.
 
+use crate::auth::{AuthExchange, AuthStep};
 use crate::protocol::{
-    decode_with, peek_connect_level, ConnAck, ConnAckProps, ConnAckV5, Connect, ConnectReturnCode,
-    DecodeError, DecodeOptions, Packet, Protocol, ReasonCode, Subscribe,
+    decode_with, peek_connect_level, Auth, ConnAck, ConnAckProps, ConnAckV5, Connect,
+    ConnectReturnCode, DecodeError, DecodeOptions, Packet, Protocol, ReasonCode, Subscribe,
 };
 use crate::shard::mesh::Handoff;
 use crate::shard::{home_shard, Flow, Shard, SubscribeWait};
 use crate::{ConnectionSlot, Shared};
+use bytes::Bytes;
 use bytes::BytesMut;
+use bytestring::ByteString;
 use glommio::net::{TcpListener, TcpStream};
 use glommio::spawn_local;
 use glommio::timer::Timer;
@@ -41,7 +44,7 @@ pub mod proxy;
 pub mod tls;
 use crate::link::output;
 use crate::link::wire::{Peer, Wire, WireError};
-use crate::link::{Conn, DisconnectReason, Writes};
+use crate::link::{Conn, DisconnectReason, Reauth, Writes};
 
 /// Bytes asked of the kernel per read.
 const READ_CHUNK: usize = 16 * 1024;
@@ -68,6 +71,8 @@ enum End {
     Refused(ReasonCode),
     /// A 5.0 DISCONNECT with reason 0x04: closed by the client, will published.
     DisconnectWithWill,
+    /// A 5.0 re-authentication failed: DISCONNECT with this reason code.
+    AuthFailed(ReasonCode),
 }
 
 impl std::fmt::Debug for End {
@@ -82,6 +87,7 @@ impl std::fmt::Debug for End {
             End::Transport(e) => write!(f, "transport error: {e}"),
             End::Proxy(e) => write!(f, "{e}"),
             End::Refused(r) => write!(f, "protocol violation (reason {:#04x})", r.0),
+            End::AuthFailed(r) => write!(f, "re-authentication failed (reason {:#04x})", r.0),
             End::DisconnectWithWill => f.write_str("DISCONNECT with will"),
         }
     }
@@ -236,6 +242,7 @@ async fn handle_new(
     };
     // What is left of the connect timeout after the wait in the accept queue.
     let timeout = timeout.saturating_sub(waited);
+    let started = Instant::now();
     let mut wire = match wire {
         Ok(w) => w,
         Err(e) => {
@@ -336,21 +343,68 @@ async fn handle_new(
         refuse(&stream, &mut wire, code, v5_code(code)).await;
         return;
     };
-    if connect.props.auth_method.is_some() {
-        // Enhanced authentication: no method is configured [MQTT-4.12.0-1].
-        shard.borrow_mut().stats.connects_refused += 1;
-        tracing::info!(client = %connect.client_id, %peer, "CONNECT refused: authentication method not supported");
-        let code = ConnectReturnCode::NotAuthorized;
-        refuse(
-            &stream,
-            &mut wire,
-            code,
-            Some(ReasonCode::BAD_AUTHENTICATION_METHOD),
-        )
-        .await;
-        return;
-    }
     let mut connect = connect;
+    // Enhanced authentication (§4.12): the exchange decides instead of the password.
+    let mut enhanced = false;
+    if let Some(method) = connect.props.auth_method.clone() {
+        let (auth, limits) = {
+            let s = shard.borrow();
+            (
+                s.listener(listener).auth.clone(),
+                s.cfg.decode_options(false, true),
+            )
+        };
+        let Some(exchange) = auth.start_auth(&method, peer) else {
+            // Not a method this listener offers [MQTT-4.12.0-1].
+            shard.borrow_mut().stats.connects_refused += 1;
+            tracing::info!(client = %connect.client_id, %peer, %method, "CONNECT refused: authentication method not supported");
+            let code = ConnectReturnCode::NotAuthorized;
+            refuse(
+                &stream,
+                &mut wire,
+                code,
+                Some(ReasonCode::BAD_AUTHENTICATION_METHOD),
+            )
+            .await;
+            return;
+        };
+        let first = connect.props.auth_data.take();
+        let left = timeout.saturating_sub(started.elapsed());
+        let outcome = glommio::timer::timeout(left, async {
+            Ok(enhanced_auth(
+                &stream, &mut rbuf, &limits, &mut wire, &method, exchange, first,
+            )
+            .await)
+        })
+        .await
+        .unwrap_or(Err(ReasonCode::NOT_AUTHORIZED));
+        let refused = match outcome {
+            Ok((user, _)) if connect.username.as_ref().is_some_and(|u| *u != user) => {
+                // CONNECT named one user and the exchange proved another.
+                Some(ReasonCode::NOT_AUTHORIZED)
+            }
+            Ok((user, data)) => {
+                connect.username = Some(user);
+                // From here on, the data for the CONNACK.
+                connect.props.auth_data = data;
+                None
+            }
+            Err(reason) => Some(reason),
+        };
+        if let Some(reason) = refused {
+            shard.borrow_mut().stats.connects_refused += 1;
+            tracing::info!(client = %connect.client_id, %peer, %method, reason = reason.0, "CONNECT refused: enhanced authentication failed");
+            refuse(
+                &stream,
+                &mut wire,
+                ConnectReturnCode::NotAuthorized,
+                Some(reason),
+            )
+            .await;
+            return;
+        }
+        enhanced = true;
+    }
     // The client certificate's common name as the username: verified by the TLS
     // handshake, so no password check (Mosquitto's use_identity_as_username).
     let identity_code = identity.then(|| {
@@ -374,6 +428,8 @@ async fn handle_new(
     let auth = shard.borrow().listener(listener).auth.clone();
     let (mut connect, code) = if let Some(code) = identity_code {
         (connect, code)
+    } else if enhanced {
+        (connect, ConnectReturnCode::Accepted)
     } else if auth.connect_is_slow(&connect) {
         glommio::executor()
             .spawn_blocking(move || {
@@ -452,6 +508,22 @@ async fn read_first_packet(
     start: BytesMut,
     level5: &mut bool,
 ) -> Result<Connect, End> {
+    match read_packet(stream, rbuf, limits, wire, start, level5).await? {
+        Packet::Connect(c) => Ok(*c),
+        _ => Err(End::Violation),
+    }
+}
+
+/// Reads until a packet is complete, before the connection has a [`Conn`] (CONNECT,
+/// and the AUTH packets of an enhanced authentication).
+async fn read_packet(
+    stream: &RefCell<TcpStream>,
+    rbuf: &mut BytesMut,
+    limits: &DecodeOptions,
+    wire: &mut Option<Box<Wire>>,
+    start: BytesMut,
+    level5: &mut bool,
+) -> Result<Packet, End> {
     // Bytes from the socket not yet through the TLS or WebSocket layer.
     let mut raw = start;
     if wire.is_none() {
@@ -462,8 +534,7 @@ async fn read_first_packet(
         // A complete level-5 CONNECT that fails to decode is refused in 5.0 form.
         *level5 = peek_connect_level(rbuf, limits) == Some(5);
         match decode_with(rbuf, limits) {
-            Ok(Some(Packet::Connect(c))) => return Ok(*c),
-            Ok(Some(_)) => return Err(End::Violation),
+            Ok(Some(p)) => return Ok(p),
             Ok(None) => {}
             Err(e) => return Err(End::Decode(e)),
         }
@@ -529,28 +600,112 @@ async fn refuse(
     code: ConnectReturnCode,
     v5: Option<ReasonCode>,
 ) {
-    let mut buf = BytesMut::with_capacity(4);
-    match v5 {
+    let packet = match v5 {
         Some(reason) => Packet::ConnAckV5(Box::new(ConnAckV5 {
             session_present: false,
             reason,
-            props: ConnAckProps::default(),
-        }))
-        .encode_v5(&mut buf),
+            props: ConnAckProps {
+                reason_string: refusal_text(reason).map(ByteString::from_static),
+                ..ConnAckProps::default()
+            },
+        })),
         None => Packet::ConnAck(ConnAck {
             session_present: false,
             code,
-        })
-        .encode(&mut buf),
+        }),
+    };
+    let _ = send_early(stream, wire, &packet, true).await;
+}
+
+/// A Reason String for a CONNACK refusal: what an operator reading a device's log
+/// needs to know.
+fn refusal_text(reason: ReasonCode) -> Option<&'static str> {
+    Some(match reason {
+        ReasonCode::NOT_AUTHORIZED => "not authorized",
+        ReasonCode::BAD_USER_NAME_OR_PASSWORD => "bad user name or password",
+        ReasonCode::BAD_AUTHENTICATION_METHOD => "authentication method not supported",
+        ReasonCode::SERVER_UNAVAILABLE => "server unavailable",
+        ReasonCode::SERVER_BUSY => "server busy",
+        ReasonCode::CLIENT_IDENTIFIER_NOT_VALID => "client identifier not valid",
+        ReasonCode::UNSUPPORTED_PROTOCOL_VERSION => "unsupported protocol version",
+        ReasonCode::MALFORMED_PACKET => "malformed CONNECT",
+        ReasonCode::PROTOCOL_ERROR => "protocol error",
+        ReasonCode::PACKET_TOO_LARGE => "packet too large",
+        ReasonCode::CONNECTION_RATE_EXCEEDED => "connection rate exceeded",
+        ReasonCode::QOS_NOT_SUPPORTED => "will QoS not supported",
+        ReasonCode::RETAIN_NOT_SUPPORTED => "retained will not supported",
+        _ => return None,
+    })
+}
+
+/// Writes one packet on a connection that has no [`Conn`] yet (during CONNECT),
+/// through its TLS or WebSocket layer if any; `close` ends that layer after it.
+async fn send_early(
+    stream: &RefCell<TcpStream>,
+    wire: &mut Option<Box<Wire>>,
+    packet: &Packet,
+    close: bool,
+) -> io::Result<()> {
+    let mut buf = BytesMut::with_capacity(16);
+    if matches!(packet, Packet::ConnAck(_)) {
+        packet.encode(&mut buf);
+    } else {
+        packet.encode_v5(&mut buf);
     }
     if let Some(w) = wire.as_mut() {
-        if w.encode(&buf).is_err() {
-            return;
+        w.encode(&buf)
+            .map_err(|e| io::Error::new(io::ErrorKind::Other, e.to_string()))?;
+        if close {
+            w.close();
         }
-        w.close();
         buf = std::mem::take(&mut w.out);
     }
-    let _ = write_all(stream, &buf).await;
+    write_all(stream, &buf).await
+}
+
+/// Runs an enhanced authentication exchange during CONNECT (§4.12): AUTH 0x18 each
+/// way until the authenticator decides. The user it proved, and the data for the
+/// CONNACK; or the reason to refuse with.
+async fn enhanced_auth(
+    stream: &RefCell<TcpStream>,
+    rbuf: &mut BytesMut,
+    limits: &DecodeOptions,
+    wire: &mut Option<Box<Wire>>,
+    method: &ByteString,
+    mut exchange: Box<dyn AuthExchange>,
+    first: Option<Bytes>,
+) -> Result<(ByteString, Option<Bytes>), ReasonCode> {
+    let mut data = first;
+    loop {
+        match exchange.step(data.as_deref()) {
+            AuthStep::Continue(reply) => {
+                let packet = Packet::Auth(Box::new(Auth {
+                    reason: ReasonCode::CONTINUE_AUTHENTICATION,
+                    method: Some(method.clone()),
+                    data: reply,
+                    reason_string: None,
+                    user: Default::default(),
+                }));
+                if send_early(stream, wire, &packet, false).await.is_err() {
+                    return Err(ReasonCode::UNSPECIFIED_ERROR);
+                }
+            }
+            AuthStep::Success { username, data } => return Ok((username, data)),
+            AuthStep::Fail(reason) => return Err(reason),
+        }
+        match read_packet(stream, rbuf, limits, wire, BytesMut::new(), &mut false).await {
+            // The client continues with the same method [MQTT-4.12.0-5].
+            Ok(Packet::Auth(a))
+                if a.reason == ReasonCode::CONTINUE_AUTHENTICATION
+                    && a.method.as_ref() == Some(method) =>
+            {
+                data = a.data;
+            }
+            Ok(_) => return Err(ReasonCode::PROTOCOL_ERROR),
+            Err(End::Decode(e)) => return Err(e.reason_code()),
+            Err(_) => return Err(ReasonCode::UNSPECIFIED_ERROR),
+        }
+    }
 }
 
 /// A connection handed over by another shard: rebuild the stream on this executor.
@@ -628,6 +783,13 @@ async fn serve(shard: Rc<RefCell<Shard>>, accepted: Box<Accepted>) {
         );
         let mqtt31 = connect.protocol == Protocol::V31;
         conn.v5.set(connect.protocol == Protocol::V5);
+        if let (Some(method), Some(username)) = (&connect.props.auth_method, &connect.username) {
+            conn.reauth.set(Some(Box::new(Reauth {
+                method: method.clone(),
+                username: username.clone(),
+                exchange: None,
+            })));
+        }
         if connect.props.topic_alias_maximum > 0 {
             *conn.aliases.borrow_mut() = Some(Box::new(crate::link::Aliases {
                 out_max: connect.props.topic_alias_maximum,
@@ -650,7 +812,7 @@ async fn serve(shard: Rc<RefCell<Shard>>, accepted: Box<Accepted>) {
         match &end {
             End::Decode(e) => conn.disconnect_v5(e.reason_code()),
             End::Violation => conn.disconnect_v5(ReasonCode::PROTOCOL_ERROR),
-            End::Refused(r) => conn.disconnect_v5(*r),
+            End::Refused(r) | End::AuthFailed(r) => conn.disconnect_v5(*r),
             _ => {}
         }
         let mut s = shard.borrow_mut();
@@ -675,6 +837,7 @@ async fn serve(shard: Rc<RefCell<Shard>>, accepted: Box<Accepted>) {
             End::Violation | End::Decode(_) | End::Refused(_) => DisconnectReason::ProtocolError,
             End::Io(_) => DisconnectReason::SocketError,
             End::Transport(_) | End::Proxy(_) => DisconnectReason::TransportError,
+            End::AuthFailed(_) => DisconnectReason::AuthFailed,
             // Closed by the broker for a reason it recorded; else the connection
             // was replaced while a SUBSCRIBE waited.
             End::ClosedByBroker => conn.close_reason().unwrap_or(DisconnectReason::Takeover),
@@ -727,6 +890,12 @@ async fn read_loop(
                 decode_with(&mut rbuf, &limits)
             };
             let packet = match decoded {
+                Ok(Some(Packet::Auth(a))) => {
+                    if let Err(end) = reauthenticate(shard, conn, key, *a) {
+                        return end;
+                    }
+                    continue;
+                }
                 Ok(Some(p)) if v5 => match from_v5(p, conn, shard.borrow().cfg.topic_alias_maximum)
                 {
                     Ok(p) => p,
@@ -796,6 +965,60 @@ async fn read_loop(
     }
 }
 
+/// AUTH from a connected 5.0 client: a re-authentication (§4.12.1), started with
+/// 0x19 and continued with 0x18, by the method and user of its CONNECT. Success
+/// answers AUTH 0x00; failure closes the connection (DISCONNECT with the reason).
+fn reauthenticate(
+    shard: &Rc<RefCell<Shard>>,
+    conn: &Rc<Conn>,
+    key: usize,
+    a: Auth,
+) -> Result<(), End> {
+    let Some(mut state) = conn.reauth.take() else {
+        // No method in CONNECT: the client may send no AUTH (§4.12).
+        return Err(End::Refused(ReasonCode::PROTOCOL_ERROR));
+    };
+    if a.method.as_ref() != Some(&state.method) {
+        return Err(End::Refused(ReasonCode::PROTOCOL_ERROR));
+    }
+    let step = match (a.reason, state.exchange.as_mut()) {
+        (ReasonCode::REAUTHENTICATE, None) => {
+            let auth = shard.borrow().authenticator_of(key);
+            match auth.start_auth(&state.method, conn.peer) {
+                Some(x) => state.exchange.insert(x).step(a.data.as_deref()),
+                None => AuthStep::Fail(ReasonCode::BAD_AUTHENTICATION_METHOD),
+            }
+        }
+        (ReasonCode::CONTINUE_AUTHENTICATION, Some(x)) => x.step(a.data.as_deref()),
+        _ => return Err(End::Refused(ReasonCode::PROTOCOL_ERROR)),
+    };
+    let (reason, data) = match step {
+        AuthStep::Continue(data) => (ReasonCode::CONTINUE_AUTHENTICATION, data),
+        // The same user again: its session and rights stay as they are.
+        AuthStep::Success { username, data } if username == state.username => {
+            state.exchange = None;
+            (ReasonCode::SUCCESS, data)
+        }
+        AuthStep::Success { .. } | AuthStep::Fail(_) => {
+            let reason = match step {
+                AuthStep::Fail(r) => r,
+                _ => ReasonCode::NOT_AUTHORIZED,
+            };
+            tracing::info!(peer = %conn.peer, method = %state.method, reason = reason.0, "re-authentication failed");
+            return Err(End::AuthFailed(reason));
+        }
+    };
+    conn.write_packet(&Packet::Auth(Box::new(Auth {
+        reason,
+        method: Some(state.method.clone()),
+        data,
+        reason_string: None,
+        user: Default::default(),
+    })));
+    conn.reauth.set(Some(state));
+    Ok(())
+}
+
 /// A packet from a 5.0 client in the terms the session handles (the 3.1.1 acks;
 /// their reason codes and properties are for the client's own information), or how
 /// the connection ends.
@@ -805,8 +1028,6 @@ fn from_v5(packet: Packet, conn: &Conn, alias_max: u16) -> Result<Packet, End> {
         Packet::PubRecV5(a) => Packet::PubRec(a.pkid),
         Packet::PubRelV5(a) => Packet::PubRel(a.pkid),
         Packet::PubCompV5(a) => Packet::PubComp(a.pkid),
-        // No authentication method is configured, so no exchange was started.
-        Packet::Auth(_) => return Err(End::Refused(ReasonCode::PROTOCOL_ERROR)),
         Packet::Publish(mut p) => {
             if let Some(props) = &mut p.props {
                 if !props.subscription_ids.is_empty() {

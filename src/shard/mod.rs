@@ -464,6 +464,11 @@ impl Shard {
         &self.listeners[usize::from(index).min(self.listeners.len() - 1)]
     }
 
+    /// The authenticator of the listener a session's client came through.
+    pub fn authenticator_of(&self, key: usize) -> Arc<dyn crate::auth::Authenticator> {
+        self.listener(self.sessions[key].listener).auth.clone()
+    }
+
     /// A client id for a client that sent an empty one: unique, and homed on this
     /// shard so the connection is never handed over.
     pub fn generate_client_id(&mut self) -> ByteString {
@@ -678,6 +683,10 @@ impl Shard {
             subscription_identifiers_available: true,
             shared_subscription_available: true,
             server_keep_alive,
+            // After an enhanced authentication: its method, and the exchange's last
+            // data (which replaced the client's).
+            auth_method: connect.props.auth_method.clone(),
+            auth_data: connect.props.auth_data.take(),
             ..ConnAckProps::default()
         }
     }
