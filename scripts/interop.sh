@@ -51,6 +51,6 @@ sleep 1
 { read -r ids0; read -r ids1; } < <(python3 scripts/interop/shard_ids.py 127.0.0.1 "$p5" "127.0.0.1:$m5" "i5-$$" 40)
 export INTEROP_IDS0=$ids0 INTEROP_IDS1=$ids1
 PYTHONPATH="$work/py" python3 scripts/interop/paho5_check.py 127.0.0.1 "$p5" "$s5" 60 || status=1
-NODE_PATH="$work/node_modules" node scripts/interop/mqttjs5_check.js 127.0.0.1 "$p5" || status=1
+NODE_PATH="$work/node_modules" node scripts/interop/mqttjs5_check.js 127.0.0.1 "$p5" "$s5" || status=1
 bash scripts/interop/mosquitto5_check.sh 127.0.0.1 "$p5" "$v5" || status=1
 exit $status

@@ -1,10 +1,13 @@
 // MQTT 5.0 interoperability checks with MQTT.js (the npm package `mqtt`, protocolVersion 5).
-// Usage: node mqttjs5_check.js HOST PORT. INTEROP_IDS0 / INTEROP_IDS1 (shard_ids.py) list
+// Usage: node mqttjs5_check.js HOST PORT [SECURED_PORT]; SECURED_PORT is a listener with
+// a password file where alice's password is 'wonderland' (enhanced authentication,
+// SCRAM-SHA-512, is checked there). INTEROP_IDS0 / INTEROP_IDS1 (shard_ids.py) list
 // client ids homed on shard 0 and shard 1, so publishers and subscribers sit on both
 // shards; without them random ids are used. Prints one line per check and a summary line
 // 'N passed, N failed'; exits non-zero on any failure.
 const mqtt = require('mqtt');
-const [host, port] = [process.argv[2], Number(process.argv[3])];
+const crypto = require('crypto');
+const [host, port, securedPort] = [process.argv[2], Number(process.argv[3]), Number(process.argv[4] || 0)];
 const url = `mqtt://${host}:${port}`;
 const pools = [(process.env.INTEROP_IDS0 || '').split(' ').filter(Boolean),
   (process.env.INTEROP_IDS1 || '').split(' ').filter(Boolean)];
@@ -13,9 +16,11 @@ const rand = () => Math.random().toString(16).slice(2, 10);
 const cid = (shard) => pools[shard].shift() || `js5-${rand()}`;
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
-function connect(shard, opts = {}) {
+// `setup` runs on the client before its CONNECT goes (handlers for the CONNACK's exchange).
+function connect(shard, opts = {}, setup = () => {}, to = url) {
   return new Promise((resolve, reject) => {
-    const c = mqtt.connect(url, { protocolVersion: 5, reconnectPeriod: 0, clientId: cid(shard), ...opts });
+    const c = mqtt.connect(to, { protocolVersion: 5, reconnectPeriod: 0, clientId: cid(shard), ...opts });
+    setup(c);
     c.inbox = [];
     c.waiters = [];
     c.on('message', (topic, payload, packet) => {
@@ -204,6 +209,75 @@ function expect(cond, what) { if (!cond) throw new Error(what); }
     expect(m.payload.toString() === 're:ping', `payload ${m.payload}`);
     expect(m.properties.correlationData.toString() === 'c-7', 'correlationData');
   });
+
+  // Enhanced authentication with SCRAM-SHA-512 (RFC 5802 with SHA-512), the client side
+  // written here with node's crypto: AUTH 0x18 both ways through MQTT.js's handleAuth.
+  function scram(user, password) {
+    const nonce = crypto.randomBytes(18).toString('base64');
+    const bare = `n=${user},r=${nonce}`;
+    const s = { first: Buffer.from(`n,,${bare}`) };
+    s.final = (serverFirst) => {
+      const f = Object.fromEntries(serverFirst.split(',').map((kv) => [kv[0], kv.slice(2)]));
+      if (!f.r.startsWith(nonce)) throw new Error('server nonce does not extend ours');
+      const salted = crypto.pbkdf2Sync(password, Buffer.from(f.s, 'base64'), Number(f.i), 64, 'sha512');
+      const clientKey = crypto.createHmac('sha512', salted).update('Client Key').digest();
+      const storedKey = crypto.createHash('sha512').update(clientKey).digest();
+      const withoutProof = `c=biws,r=${f.r}`;
+      s.authMessage = `${bare},${serverFirst},${withoutProof}`;
+      const sig = crypto.createHmac('sha512', storedKey).update(s.authMessage).digest();
+      const proof = Buffer.from(clientKey.map((b, i) => b ^ sig[i]));
+      s.serverKey = crypto.createHmac('sha512', salted).update('Server Key').digest();
+      return Buffer.from(`${withoutProof},p=${proof.toString('base64')}`);
+    };
+    s.verify = (serverFinal) => serverFinal ===
+      `v=${crypto.createHmac('sha512', s.serverKey).update(s.authMessage).digest('base64')}`;
+    return s;
+  }
+  const METHOD = 'SCRAM-SHA-512';
+  async function scramConnect(password) {
+    let exchange = scram('alice', password);
+    const properties = { authenticationMethod: METHOD, authenticationData: exchange.first };
+    const c = await connect(1, { properties }, (c) => {
+      c.reauths = [];
+      c.handleAuth = (packet, cb) => {
+        if (packet.reasonCode === 0) { // re-authentication done
+          c.reauths.push(exchange.verify(packet.properties.authenticationData.toString()));
+          return cb();
+        }
+        const data = exchange.final(packet.properties.authenticationData.toString());
+        cb(null, { cmd: 'auth', reasonCode: 0x18, properties: { authenticationMethod: METHOD, authenticationData: data } });
+      };
+      c.reauthenticate = () => {
+        exchange = scram('alice', password);
+        c._sendPacket({ cmd: 'auth', reasonCode: 0x19, properties: { authenticationMethod: METHOD, authenticationData: exchange.first } });
+      };
+    }, `mqtt://${host}:${securedPort}`);
+    c.proved = exchange.verify((c.connack.properties.authenticationData || '').toString());
+    return c;
+  }
+  if (securedPort) {
+    await check('SCRAM-SHA-512 enhanced authentication, server proven, then re-authentication', async () => {
+      const c = await scramConnect('wonderland');
+      expect(c.connack.reasonCode === 0, `reason ${c.connack.reasonCode}`);
+      expect(c.connack.properties.authenticationMethod === METHOD, 'no method in CONNACK');
+      expect(c.proved, 'the server signature in CONNACK does not verify');
+      c.reauthenticate();
+      for (let i = 0; i < 50 && !c.reauths.length; i++) await sleep(100);
+      const t = topic();
+      await c.subscribeAsync(t, { qos: 1 });
+      await c.publishAsync(t, 'after re-auth', { qos: 1 });
+      const m = await nextMessage(c);
+      await c.endAsync();
+      expect(c.reauths.length === 1 && c.reauths[0], `re-authentication: ${JSON.stringify(c.reauths)}`);
+      expect(m.payload.toString() === 'after re-auth', 'no message after re-authentication');
+    });
+    await check('SCRAM-SHA-512 with a wrong password: CONNACK 0x87', async () => {
+      let code;
+      try { const c = await scramConnect('nope'); code = c.connack.reasonCode; c.end(true); }
+      catch (e) { code = e.code; }
+      expect(code === 0x87, `reason ${code}`);
+    });
+  }
 
   console.log(`mqtt.js5: ${passed} passed, ${failed} failed`);
   process.exit(failed ? 1 : 0);
