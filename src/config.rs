@@ -255,6 +255,18 @@ pub struct Config {
     /// MQTT 5.0: the Topic Alias Maximum announced in CONNACK, the highest alias a 5.0
     /// client may use toward the broker; 0: none (an alias then gets DISCONNECT 0x94).
     pub topic_alias_maximum: u16,
+    /// The highest QoS clients may publish with (0, 1 or 2; announced to 5.0 clients
+    /// in CONNACK when below 2). A PUBLISH or will above it closes the connection
+    /// (5.0: DISCONNECT / CONNACK 0x9B); a subscription asking more is granted this.
+    pub maximum_qos: u8,
+    /// Whether clients may publish retained messages (announced to 5.0 clients in
+    /// CONNACK when false). A retained PUBLISH or will then closes the connection
+    /// (5.0: DISCONNECT / CONNACK 0x9A).
+    pub retain_available: bool,
+    /// MQTT 5.0: the Response Information a client that sets Request Response
+    /// Information gets in CONNACK, the base of its response topics; `%c` stands for
+    /// its client id (so an ACL `pattern` can give each client its own). Empty: none.
+    pub response_information: String,
     /// Bridges to remote brokers (`[[bridge]]` tables).
     pub bridge: Vec<BridgeConfig>,
     /// How a message for a shared-subscription group (`$share/{group}/{filter}`)
@@ -608,6 +620,9 @@ impl Default for Config {
             receive_maximum: 65_535,
             max_session_expiry: u32::MAX,
             topic_alias_maximum: 10,
+            maximum_qos: 2,
+            retain_available: true,
+            response_information: String::new(),
             bridge: Vec::new(),
             shared_subscription_strategy: SharedStrategy::RoundRobin,
         }
@@ -791,6 +806,9 @@ impl Config {
         }
         if self.max_inflight == 0 {
             return invalid("max_inflight", "must be between 1 and 65535");
+        }
+        if self.maximum_qos > 2 {
+            return invalid("maximum_qos", "must be 0, 1 or 2");
         }
         if self.receive_maximum == 0 {
             return invalid("receive_maximum", "must be between 1 and 65535");

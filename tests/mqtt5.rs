@@ -1616,3 +1616,248 @@ mod scram_auth {
         let _ = std::fs::remove_file(path);
     }
 }
+
+// ---------------------------------------------------------------------------------
+// maximum_qos, retain_available, Response Information, reason strings
+// ---------------------------------------------------------------------------------
+
+#[test]
+fn maximum_qos_and_retain_available_are_announced_and_enforced() {
+    let b = broker_with(|c| {
+        c.maximum_qos = 1;
+        c.retain_available = false;
+    });
+    let addr = b.local_addr();
+    let (mut raw, ack) = open5(addr, connect5(&id_on_shard("mq", 0)));
+    assert_eq!(ack.props.maximum_qos, Q::AtLeastOnce);
+    assert!(!ack.props.retain_available);
+    // A subscription asking QoS 2 is granted 1, and a QoS 1 publish goes through.
+    assert_eq!(
+        subscribe5(&mut raw, 1, &[("mq/t", Q::ExactlyOnce)]),
+        [ReasonCode::GRANTED_QOS_1]
+    );
+    let mut p = client5(addr, connect5(&id_on_shard("mqp", 1)));
+    p.send(&enc(&Packet::Publish(publish5(
+        "mq/t",
+        b"one",
+        Q::AtLeastOnce,
+        false,
+        1,
+    ))));
+    assert_eq!(&recv_publish5(&mut raw).payload[..], b"one");
+    // QoS 2 and retained publishes close the connection with their reasons.
+    p.send(&enc(&Packet::Publish(publish5(
+        "mq/t",
+        b"two",
+        Q::ExactlyOnce,
+        false,
+        2,
+    ))));
+    expect_disconnect(&mut p, ReasonCode::QOS_NOT_SUPPORTED, "QoS 2 publish");
+    let mut p = client5(addr, connect5(&id_on_shard("mqr", 1)));
+    p.send(&enc(&Packet::Publish(publish5(
+        "mq/t",
+        b"r",
+        Q::AtMostOnce,
+        true,
+        0,
+    ))));
+    expect_disconnect(&mut p, ReasonCode::RETAIN_NOT_SUPPORTED, "retained publish");
+    // Wills above them are refused at CONNECT.
+    let mut c = connect5("will-q2");
+    c.will = Some(LastWill {
+        topic: "w".into(),
+        payload: bytes::Bytes::from_static(b"w"),
+        qos: Q::ExactlyOnce,
+        retain: false,
+        props: WillProps::default(),
+    });
+    refused_with(addr, c, ReasonCode::QOS_NOT_SUPPORTED, "will QoS 2");
+    let mut c = connect5("will-retained");
+    c.will = Some(LastWill {
+        topic: "w".into(),
+        payload: bytes::Bytes::from_static(b"w"),
+        qos: Q::AtMostOnce,
+        retain: true,
+        props: WillProps::default(),
+    });
+    refused_with(addr, c, ReasonCode::RETAIN_NOT_SUPPORTED, "retained will");
+    // A 3.1.1 client publishing above the maximum is closed as well.
+    let mut old = Raw::open(addr);
+    old.send(&connect_packet("mq311", true));
+    old.recv_kind(CONNACK);
+    old.send(&publish_packet("mq/t", b"q2", 2, false, false, 7));
+    old.expect_closed();
+    // Nothing was lost for the subscriber meanwhile.
+    let mut p = client5(addr, connect5(&id_on_shard("mqp2", 0)));
+    p.send(&enc(&Packet::Publish(publish5(
+        "mq/t",
+        b"still",
+        Q::AtMostOnce,
+        false,
+        0,
+    ))));
+    assert_eq!(&recv_publish5(&mut raw).payload[..], b"still");
+}
+
+#[test]
+fn response_information_is_given_to_clients_that_ask() {
+    let b = broker_with(|c| c.response_information = "replies/%c".into());
+    let mut c = connect5("asker");
+    c.props.request_response_information = true;
+    let (_raw, ack) = open5(b.local_addr(), c);
+    assert_eq!(
+        ack.props.response_information.as_deref(),
+        Some("replies/asker")
+    );
+    let (_raw, ack) = open5(b.local_addr(), connect5("not-asking"));
+    assert_eq!(ack.props.response_information, None);
+    // Unconfigured: none, even when asked.
+    let b = broker_with(|_| {});
+    let mut c = connect5("asker");
+    c.props.request_response_information = true;
+    assert_eq!(open5(b.local_addr(), c).1.props.response_information, None);
+}
+
+fn acl_broker() -> (Broker, std::path::PathBuf) {
+    let path = std::env::temp_dir().join(format!(
+        "shardmq-acl5-{}-{}",
+        std::process::id(),
+        unique("acl")
+    ));
+    std::fs::write(&path, "topic readwrite open/#\n").unwrap();
+    let p = path.clone();
+    (broker_with(move |c| c.acl_file = Some(p)), path)
+}
+
+fn recv_ack(raw: &mut Raw, kind: u8) -> Ack {
+    match dec(&raw.recv_kind(kind)) {
+        Packet::PubAckV5(a) | Packet::PubRecV5(a) => a,
+        p => panic!("expected an ack, got {p:?}"),
+    }
+}
+
+#[test]
+fn a_publish_the_acl_refuses_gets_0x87_with_a_reason_string_if_wanted() {
+    let (b, path) = acl_broker();
+    let addr = b.local_addr();
+    let mut sub = client5(addr, connect5(&id_on_shard("acl-sub", 1)));
+    subscribe5(&mut sub, 1, &[("open/#", Q::AtLeastOnce)]);
+    let mut p = client5(addr, connect5(&id_on_shard("acl-pub", 0)));
+    p.send(&enc(&Packet::Publish(publish5(
+        "closed/x",
+        b"no",
+        Q::AtLeastOnce,
+        false,
+        5,
+    ))));
+    let a = recv_ack(&mut p, PUBACK);
+    assert_eq!((a.pkid, a.reason), (5, ReasonCode::NOT_AUTHORIZED));
+    assert!(
+        a.reason_string
+            .as_deref()
+            .is_some_and(|s| s.contains("closed/x")),
+        "{a:?}"
+    );
+    p.send(&enc(&Packet::Publish(publish5(
+        "$SYS/x",
+        b"no",
+        Q::AtLeastOnce,
+        false,
+        6,
+    ))));
+    assert_eq!(recv_ack(&mut p, PUBACK).reason, ReasonCode::NOT_AUTHORIZED);
+    // QoS 2: PUBREC 0x87 ends the flow; the id is free again for an allowed topic.
+    p.send(&enc(&Packet::Publish(publish5(
+        "closed/x",
+        b"no",
+        Q::ExactlyOnce,
+        false,
+        9,
+    ))));
+    assert_eq!(recv_ack(&mut p, PUBREC).reason, ReasonCode::NOT_AUTHORIZED);
+    p.send(&enc(&Packet::Publish(publish5(
+        "open/x",
+        b"yes",
+        Q::ExactlyOnce,
+        false,
+        9,
+    ))));
+    let a = recv_ack(&mut p, PUBREC);
+    assert_eq!((a.pkid, a.reason), (9, ReasonCode::SUCCESS));
+    p.send(&enc(&Packet::PubRelV5(Ack::success(9))));
+    assert_eq!(&recv_publish5(&mut sub).payload[..], b"yes");
+    // Request Problem Information 0: the code, no reason string [MQTT-3.1.2-29].
+    let mut c = connect5(&id_on_shard("acl-quiet", 1));
+    c.props.request_problem_information = false;
+    let mut q = client5(addr, c);
+    q.send(&enc(&Packet::Publish(publish5(
+        "closed/x",
+        b"no",
+        Q::AtLeastOnce,
+        false,
+        1,
+    ))));
+    let a = recv_ack(&mut q, PUBACK);
+    assert_eq!(
+        (a.reason, a.reason_string),
+        (ReasonCode::NOT_AUTHORIZED, None)
+    );
+    drop(b);
+    let _ = std::fs::remove_file(path);
+}
+
+#[test]
+fn suback_and_disconnect_carry_reason_strings_within_the_clients_maximum_packet_size() {
+    let b = broker_with(|_| {});
+    let addr = b.local_addr();
+    let suback = |c: Connect| {
+        let mut raw = client5(addr, c);
+        raw.send(&enc(&Packet::Subscribe(Subscribe {
+            pkid: 1,
+            filters: vec![
+                filter("ok/#", Q::AtMostOnce),
+                filter("bad/#/x", Q::AtMostOnce),
+            ],
+            id: None,
+            user: UserProperties::new(),
+        })));
+        match dec(&raw.recv_kind(SUBACK)) {
+            Packet::SubAckV5(s) => *s,
+            p => panic!("expected SUBACK, got {p:?}"),
+        }
+    };
+    let s = suback(connect5("rs-1"));
+    assert_eq!(
+        s.reasons,
+        [ReasonCode::GRANTED_QOS_0, ReasonCode::TOPIC_FILTER_INVALID]
+    );
+    assert!(
+        s.reason_string
+            .as_deref()
+            .is_some_and(|r| r.contains("bad/#/x")),
+        "{s:?}"
+    );
+    let mut quiet = connect5("rs-2");
+    quiet.props.request_problem_information = false;
+    assert_eq!(suback(quiet).reason_string, None);
+    // A client whose Maximum Packet Size leaves no room for the string gets the codes.
+    let mut small = connect5("rs-3");
+    small.props.maximum_packet_size = NonZeroU32::new(16);
+    let s = suback(small);
+    assert_eq!((s.reasons.len(), s.reason_string), (2, None));
+    // The DISCONNECT for a malformed packet says what was wrong.
+    let mut raw = client5(addr, connect5("rs-4"));
+    raw.send(&[0x36, 0x05, 0x00, 0x01, b't', 0x00, 0x01]);
+    let got = raw.expect_closed();
+    match got.last().map(dec) {
+        Some(Packet::DisconnectV5(d)) => {
+            assert_eq!(d.reason, ReasonCode::MALFORMED_PACKET);
+            assert!(
+                d.reason_string.as_deref().is_some_and(|r| !r.is_empty()),
+                "{d:?}"
+            );
+        }
+        p => panic!("expected DISCONNECT, got {p:?}"),
+    }
+}

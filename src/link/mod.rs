@@ -96,6 +96,17 @@ impl DisconnectReason {
         }
     }
 
+    /// The Reason String of the DISCONNECT a 5.0 client gets for it.
+    pub fn text(self) -> &'static str {
+        match self {
+            DisconnectReason::KeepAliveTimeout => "nothing received for 1.5 times the keep alive",
+            DisconnectReason::Takeover => "another connection took the session over",
+            DisconnectReason::Shutdown => "the broker is shutting down",
+            DisconnectReason::AuthFailed => "re-authentication failed",
+            _ => "",
+        }
+    }
+
     /// The name used in logs, `$SYS` topics and metric labels.
     pub fn name(self) -> &'static str {
         match self {
@@ -205,6 +216,10 @@ pub struct Conn {
     /// The client speaks MQTT 5.0: every packet written to it is encoded in the 5.0
     /// layout ([`Packet::encode_v5`]; a 3.1.1 ack becomes its 5.0 success form).
     pub(crate) v5: Cell<bool>,
+    /// 5.0: the client's Request Problem Information (reason strings on acks).
+    pub(crate) problem_info: Cell<bool>,
+    /// 5.0: the client's Maximum Packet Size (0: none).
+    pub(crate) max_packet: Cell<u32>,
     /// 5.0 Topic Aliases: the client's (inbound) and the broker's (outbound), created
     /// on first use.
     pub(crate) aliases: RefCell<Option<Box<Aliases>>>,
@@ -284,6 +299,8 @@ impl Conn {
             why: Cell::new(None),
             holding: Cell::new(0),
             v5: Cell::new(false),
+            problem_info: Cell::new(true),
+            max_packet: Cell::new(0),
             aliases: RefCell::new(None),
             reauth: Cell::new(None),
         })
@@ -306,9 +323,10 @@ impl Conn {
                 return;
             }
         }
+        let max = self.max_packet.get();
         self.out.borrow_mut().push_own(|buf| {
             if v5 {
-                packet.encode_v5(buf)
+                packet.encode_v5_within(buf, max)
             } else {
                 packet.encode(buf)
             }
@@ -321,12 +339,23 @@ impl Conn {
         self.v5.get()
     }
 
-    /// On a 5.0 connection, writes a DISCONNECT with `reason` (then the caller closes
-    /// it); nothing under 3.1.1, which has no server DISCONNECT.
-    pub fn disconnect_v5(self: &Rc<Self>, reason: ReasonCode) {
+    /// On a 5.0 connection, writes a DISCONNECT with `reason` and `why` as its Reason
+    /// String (then the caller closes it); nothing under 3.1.1, which has no server
+    /// DISCONNECT.
+    pub fn disconnect_v5(self: &Rc<Self>, reason: ReasonCode, why: impl Into<String>) {
         if self.v5.get() {
-            self.write_packet(&Packet::DisconnectV5(Box::new(DisconnectV5::new(reason))));
+            let why: String = why.into();
+            self.write_packet(&Packet::DisconnectV5(Box::new(DisconnectV5 {
+                reason_string: (!why.is_empty()).then(|| why.into()),
+                ..DisconnectV5::new(reason)
+            })));
         }
+    }
+
+    /// Whether acknowledgements to this client may carry a Reason String: it did not
+    /// set Request Problem Information to 0 [MQTT-3.1.2-29].
+    pub fn wants_problem_info(&self) -> bool {
+        self.v5.get() && self.problem_info.get()
     }
 
     /// Appends whole packets encoded once for many connections ([`Writes::share`]),
@@ -360,10 +389,11 @@ impl Conn {
                     }
                 }
             }
+            let max = self.max_packet.get();
             self.out.borrow_mut().push_own(|buf| {
                 for p in packets.iter() {
                     if v5 {
-                        p.encode_v5(buf);
+                        p.encode_v5_within(buf, max);
                     } else {
                         p.encode(buf);
                     }
@@ -434,7 +464,7 @@ impl Conn {
     /// [`Conn::close`], recording why (the first reason given stands).
     pub fn close_because(self: &Rc<Self>, why: DisconnectReason) {
         if let Some(reason) = why.reason_code() {
-            self.disconnect_v5(reason);
+            self.disconnect_v5(reason, why.text());
         }
         if self.why.get().is_none() {
             self.why.set(Some(why));

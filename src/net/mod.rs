@@ -783,6 +783,10 @@ async fn serve(shard: Rc<RefCell<Shard>>, accepted: Box<Accepted>) {
         );
         let mqtt31 = connect.protocol == Protocol::V31;
         conn.v5.set(connect.protocol == Protocol::V5);
+        conn.problem_info
+            .set(connect.props.request_problem_information);
+        conn.max_packet
+            .set(connect.props.maximum_packet_size.map_or(0, |m| m.get()));
         if let (Some(method), Some(username)) = (&connect.props.auth_method, &connect.username) {
             conn.reauth.set(Some(Box::new(Reauth {
                 method: method.clone(),
@@ -810,9 +814,10 @@ async fn serve(shard: Rc<RefCell<Shard>>, accepted: Box<Accepted>) {
         let end = read_loop(&shard, &conn, key, rbuf, mqtt31).await;
         // A 5.0 client learns why the broker closes its connection.
         match &end {
-            End::Decode(e) => conn.disconnect_v5(e.reason_code()),
-            End::Violation => conn.disconnect_v5(ReasonCode::PROTOCOL_ERROR),
-            End::Refused(r) | End::AuthFailed(r) => conn.disconnect_v5(*r),
+            End::Decode(e) => conn.disconnect_v5(e.reason_code(), e.to_string()),
+            End::Violation => conn.disconnect_v5(ReasonCode::PROTOCOL_ERROR, "protocol error"),
+            End::Refused(r) => conn.disconnect_v5(*r, r.name()),
+            End::AuthFailed(r) => conn.disconnect_v5(*r, "re-authentication failed"),
             _ => {}
         }
         let mut s = shard.borrow_mut();

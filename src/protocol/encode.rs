@@ -255,6 +255,47 @@ impl Packet {
             self.encode(out);
         }
     }
+
+    /// [`Packet::encode_v5`] for a receiver whose Maximum Packet Size is `max` (0: no
+    /// maximum): a packet that would be larger goes without its Reason String and
+    /// User Properties, which may not make a packet too large (§3.1.2.11.4). PUBLISH
+    /// sizes are the sender's to check, before it gets here.
+    pub fn encode_v5_within(&self, out: &mut BytesMut, max: u32) {
+        let start = out.len();
+        self.encode_v5(out);
+        if max == 0 || out.len() - start <= max as usize {
+            return;
+        }
+        let mut bare = self.clone();
+        match &mut bare {
+            Packet::PubAckV5(a)
+            | Packet::PubRecV5(a)
+            | Packet::PubRelV5(a)
+            | Packet::PubCompV5(a) => {
+                a.reason_string = None;
+                a.user.clear();
+            }
+            Packet::SubAckV5(a) | Packet::UnsubAckV5(a) => {
+                a.reason_string = None;
+                a.user.clear();
+            }
+            Packet::DisconnectV5(d) => {
+                d.reason_string = None;
+                d.user.clear();
+            }
+            Packet::ConnAckV5(c) => {
+                c.props.reason_string = None;
+                c.props.user.clear();
+            }
+            Packet::Auth(a) => {
+                a.reason_string = None;
+                a.user.clear();
+            }
+            _ => return,
+        }
+        out.truncate(start);
+        bare.encode_v5(out);
+    }
 }
 
 /// A packet whose wire form is a handful of known bytes.

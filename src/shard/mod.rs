@@ -530,6 +530,35 @@ impl Shard {
             connect.username.clone(),
         );
         if let Some(will) = &connect.will {
+            let unsupported = if will.qos as u8 > self.cfg.maximum_qos {
+                Some(ReasonCode::QOS_NOT_SUPPORTED)
+            } else if will.retain && !self.cfg.retain_available {
+                Some(ReasonCode::RETAIN_NOT_SUPPORTED)
+            } else {
+                None
+            };
+            if let Some(reason) = unsupported {
+                // [MQTT-3.2.2-12], [MQTT-3.2.2-13]; a 3.1.1 client has no code for it.
+                self.stats.connects_refused += 1;
+                tracing::info!(client = %connect.client_id, reason = %reason, "CONNECT refused: will not supported");
+                if v5 {
+                    conn.write_packet(&Packet::ConnAckV5(Box::new(ConnAckV5 {
+                        session_present: false,
+                        reason,
+                        props: ConnAckProps {
+                            reason_string: Some(reason.name().into()),
+                            ..ConnAckProps::default()
+                        },
+                    })));
+                } else {
+                    conn.write_packet(&Packet::ConnAck(ConnAck {
+                        session_present: false,
+                        code: ConnectReturnCode::NotAuthorized,
+                    }));
+                }
+                conn.close();
+                return None;
+            }
             if !may_write(&auth, &will.topic) {
                 // A will the client could not publish itself: refused, as Mosquitto
                 // refuses it, before anything of an existing session is touched.
@@ -687,6 +716,16 @@ impl Shard {
             // data (which replaced the client's).
             auth_method: connect.props.auth_method.clone(),
             auth_data: connect.props.auth_data.take(),
+            maximum_qos: QoS::from_u8(self.cfg.maximum_qos).unwrap_or(QoS::ExactlyOnce),
+            retain_available: self.cfg.retain_available,
+            response_information: (connect.props.request_response_information
+                && !self.cfg.response_information.is_empty())
+            .then(|| {
+                self.cfg
+                    .response_information
+                    .replace("%c", &connect.client_id)
+                    .into()
+            }),
             ..ConnAckProps::default()
         }
     }
@@ -872,6 +911,51 @@ impl Shard {
                 self.unsubscribe(key, u);
                 Flow::Continue
             }
+            Packet::Publish(p)
+                if p.qos as u8 > self.cfg.maximum_qos
+                    || (p.retain && !self.cfg.retain_available) =>
+            {
+                // [MQTT-3.3.1-4], [MQTT-3.3.1-5] (Mosquitto closes 3.1.1 clients too).
+                let reason = if p.retain && !self.cfg.retain_available {
+                    ReasonCode::RETAIN_NOT_SUPPORTED
+                } else {
+                    ReasonCode::QOS_NOT_SUPPORTED
+                };
+                self.stats.protocol_errors += 1;
+                tracing::info!(client = %self.sessions[key].session.client_id(), %reason, "PUBLISH refused");
+                if let Some(conn) = &self.sessions[key].conn {
+                    conn.disconnect_v5(reason, reason.name());
+                    conn.close();
+                }
+                Flow::Close { graceful: false }
+            }
+            Packet::Publish(p) if self.refuses_publish_v5(key, &p.topic) => {
+                // 5.0 says no: PUBACK / PUBREC 0x87, which ends a QoS 2 flow (§4.3.3).
+                let entry = &mut self.sessions[key];
+                entry.session.touch(now);
+                self.stats.publishes_received_qos[p.qos as usize] += 1;
+                if is_sys_topic(&p.topic) {
+                    self.stats.publishes_to_sys += 1;
+                } else {
+                    self.stats.publishes_refused += 1;
+                }
+                let why = entry
+                    .conn
+                    .as_ref()
+                    .is_some_and(|c| c.wants_problem_info())
+                    .then(|| format!("not authorized to publish to {}", p.topic).into());
+                let ack = crate::protocol::Ack {
+                    reason: ReasonCode::NOT_AUTHORIZED,
+                    reason_string: why,
+                    ..crate::protocol::Ack::success(p.pkid)
+                };
+                match p.qos {
+                    QoS::AtMostOnce => {}
+                    QoS::AtLeastOnce => self.send_ack(key, Packet::PubAckV5(ack)),
+                    QoS::ExactlyOnce => self.send_ack(key, Packet::PubRecV5(ack)),
+                }
+                Flow::Continue
+            }
             Packet::Subscribe(_) | Packet::Connect(_) => {
                 self.stats.protocol_errors += 1;
                 tracing::info!(client = %self.sessions[key].session.client_id(), "protocol violation: a second CONNECT");
@@ -891,10 +975,15 @@ impl Shard {
                 });
                 let entry = &mut self.sessions[key];
                 if let Err(e) = entry.session.handle(packet, now, &mut self.out) {
-                    if let (SessionError::ReceiveMaximumExceeded(_), Some(conn)) = (&e, &entry.conn)
-                    {
+                    if let Some(conn) = &entry.conn {
+                        let reason = match e {
+                            SessionError::ReceiveMaximumExceeded(_) => {
+                                ReasonCode::RECEIVE_MAXIMUM_EXCEEDED
+                            }
+                            _ => ReasonCode::PROTOCOL_ERROR,
+                        };
                         // Said before the close, which then adds no other reason.
-                        conn.disconnect_v5(ReasonCode::RECEIVE_MAXIMUM_EXCEEDED);
+                        conn.disconnect_v5(reason, e.to_string());
                         conn.close();
                     }
                     self.stats.protocol_errors += 1;
@@ -953,6 +1042,15 @@ impl Shard {
         }
     }
 
+    /// Whether a 5.0 client's PUBLISH to `topic` is refused (its rights, or `$SYS`),
+    /// which 5.0 answers with reason 0x87; a 3.1.1 one is acknowledged and dropped
+    /// after the session has it.
+    fn refuses_publish_v5(&self, key: usize, topic: &str) -> bool {
+        let entry = &self.sessions[key];
+        entry.conn.as_ref().is_some_and(|c| c.is_v5())
+            && (is_sys_topic(topic) || !may_write(&entry.auth, topic))
+    }
+
     /// Tells every other shard of filters newly subscribed here and records what
     /// waits for their confirmations (`waiters`); returns the token they confirm.
     fn announce_interest(
@@ -1006,6 +1104,10 @@ impl Shard {
         let mut new_filters = Vec::new();
         let mut waits = Vec::new();
         for f in sub.filters.iter_mut() {
+            if f.qos as u8 > self.cfg.maximum_qos {
+                // Granted at most what the broker supports (§3.9.3).
+                f.qos = QoS::from_u8(self.cfg.maximum_qos).unwrap_or(QoS::AtMostOnce);
+            }
             let entry = &mut self.sessions[key];
             let session = &entry.session;
             if f.retain_handling == RetainHandling::OnNewSubscription
@@ -1158,10 +1260,18 @@ impl Shard {
             return;
         };
         let suback = if conn.is_v5() {
+            // The refused filters and why, for a client that wants to know.
+            let refused: Vec<String> = sub
+                .filters
+                .iter()
+                .zip(&reasons)
+                .filter(|(_, r)| r.is_error() && conn.wants_problem_info())
+                .map(|(f, r)| format!("{}: {}", f.filter, r.name()))
+                .collect();
             Packet::SubAckV5(Box::new(SubAckV5 {
                 pkid: sub.pkid,
                 reasons,
-                reason_string: None,
+                reason_string: (!refused.is_empty()).then(|| refused.join("; ").into()),
                 user: Default::default(),
             }))
         } else {
