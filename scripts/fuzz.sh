@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Hostile-input fuzzing: runs the libFuzzer targets in fuzz/ (decode: arbitrary bytes
 # through the decoder; decode_v5: the same on a 5.0 connection; session: arbitrary packet sequences through the session state
-# machine; passwd: arbitrary text as a password file; acl: arbitrary text as an ACL
+# machine; passwd: arbitrary text as a password file; scram: SCRAM-SHA-512 client
+# messages against the broker's side of the exchange; acl: arbitrary text as an ACL
 # file, with a client and topics; ws: WebSocket frames; store: a log segment through
 # the recovery reader; replay: log records through the state replay; proxy: a PROXY
 # protocol header) for SECONDS_PER_TARGET each,
@@ -16,14 +17,14 @@
 # fuzz/artifacts/logs/. Exits non-zero if anything was found.
 #
 # Usage: scripts/fuzz.sh [SECONDS_PER_TARGET]   (default 600)
-# Environment: FUZZ_TARGETS (default "decode decode_v5 session passwd acl ws store replay proxy"),
+# Environment: FUZZ_TARGETS (default "decode decode_v5 session passwd scram acl ws store replay proxy"),
 # FUZZ_SANITIZER (address or none; default address, falling back to none if that does
 # not build).
 set -euo pipefail
 cd "$(dirname "$(readlink -f "$0")")/.."
 
 SECONDS_PER_TARGET=${1:-600}
-TARGETS=${FUZZ_TARGETS:-decode decode_v5 session passwd acl ws store replay proxy}
+TARGETS=${FUZZ_TARGETS:-decode decode_v5 session passwd scram acl ws store replay proxy}
 SANITIZER=${FUZZ_SANITIZER:-address}
 export RUSTC_BOOTSTRAP=1
 

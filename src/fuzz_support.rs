@@ -1885,3 +1885,82 @@ pub fn proxy_case(data: &[u8]) {
         Err(_) => {}
     }
 }
+
+// ------------------------------------------------------------------------- scram
+
+/// Runs `data` as a client's side of a SCRAM-SHA-512 exchange against the broker's
+/// ([`crate::auth::scram::ScramServer`], one user `alice` with password `pencil`).
+///
+/// Byte 0 picks the mode. Even: the rest, split at its first NUL, is client-first
+/// and client-final as the client sends them; no input may authenticate (the fuzzer
+/// cannot forge a proof), a server-first must extend the client's nonce, and a
+/// finished exchange refuses every further step. Odd: the rest names the user and
+/// the client nonce of a genuine client, which must succeed exactly for `alice`
+/// with a valid nonce and verify the server's signature.
+pub fn scram_case(data: &[u8]) {
+    use crate::auth::password::PasswordHash;
+    use crate::auth::scram::{client::ScramClient, Credentials, Lookup, ScramServer};
+    use crate::auth::AuthExchange;
+    use crate::auth::AuthStep;
+
+    let hash = PasswordHash::pbkdf2(b"pencil", b"saltsaltsalt".to_vec(), 2);
+    let lookup: std::sync::Arc<Lookup> = std::sync::Arc::new(move |user: &str| {
+        Ok((user == "alice").then(|| Credentials::from_hash(&hash).expect("a $7$ hash")))
+    });
+    let mut server = ScramServer::new(lookup, [1; 32]);
+    let (mode, rest) = data.split_first().map_or((0, data), |(&m, r)| (m, r));
+    if mode & 1 == 0 {
+        let (first, last) = match rest.iter().position(|&b| b == 0) {
+            Some(i) => (&rest[..i], &rest[i + 1..]),
+            None => (rest, &[][..]),
+        };
+        match server.step(Some(first)) {
+            AuthStep::Continue(Some(server_first)) => {
+                let text = std::str::from_utf8(&server_first).expect("server-first is text");
+                let client_nonce = std::str::from_utf8(first)
+                    .ok()
+                    .and_then(|t| t.split(',').find_map(|f| f.strip_prefix("r=")))
+                    .expect("a challenge only for a client-first with a nonce");
+                assert!(
+                    text.starts_with(&format!("r={client_nonce}")),
+                    "{text:?} does not extend {client_nonce:?}"
+                );
+                let step = server.step(Some(last));
+                assert!(
+                    matches!(step, AuthStep::Fail(_)),
+                    "{step:?} without a proof"
+                );
+            }
+            AuthStep::Fail(_) => {}
+            other => panic!("{other:?} for a client-first"),
+        }
+        assert!(
+            matches!(server.step(Some(rest)), AuthStep::Fail(_)),
+            "a step after the end"
+        );
+        return;
+    }
+    let text = String::from_utf8_lossy(rest);
+    let (user, nonce) = text.split_once('\0').unwrap_or((&text, "n"));
+    let mut client = ScramClient::new(user, b"pencil", nonce);
+    let valid_nonce = !nonce.is_empty() && nonce.bytes().all(|b| b.is_ascii_graphic() && b != b',');
+    let expect = user == "alice" && valid_nonce;
+    let AuthStep::Continue(Some(server_first)) = server.step(Some(client.first().as_bytes()))
+    else {
+        assert!(!expect || user.is_empty(), "genuine client-first refused");
+        return;
+    };
+    let last = client
+        .last(std::str::from_utf8(&server_first).expect("text"))
+        .expect("a server-first the client accepts");
+    match server.step(Some(last.as_bytes())) {
+        AuthStep::Success { username, data } => {
+            assert!(expect, "authenticated {user:?}");
+            assert_eq!(username, "alice");
+            let data = data.expect("server-final");
+            assert!(client.verify(std::str::from_utf8(&data).expect("text")));
+        }
+        AuthStep::Fail(_) => assert!(!expect, "alice refused with nonce {nonce:?}"),
+        AuthStep::Continue(_) => panic!("a third round"),
+    }
+}

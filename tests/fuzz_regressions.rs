@@ -4,8 +4,8 @@
 //! the fuzzer).
 
 use shardmq::fuzz_support::{
-    acl_case, decode_case, decode_v5_case, passwd_case, proxy_case, replay_case, session_case,
-    store_case, ws_case,
+    acl_case, decode_case, decode_v5_case, passwd_case, proxy_case, replay_case, scram_case,
+    session_case, store_case, ws_case,
 };
 use std::path::{Path, PathBuf};
 
@@ -52,6 +52,11 @@ fn session_survives_every_kept_input() {
 }
 
 #[test]
+fn scram_exchange_survives_every_kept_input() {
+    replay("scram", scram_case);
+}
+
+#[test]
 fn password_file_parser_survives_every_kept_input() {
     replay("passwd", passwd_case);
 }
@@ -90,10 +95,11 @@ fn proxy_header_parser_survives_every_kept_input() {
 fn every_finding_still_reproduces() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/findings");
     type Case = fn(&[u8]);
-    let cases: [(&str, Case); 5] = [
+    let cases: [(&str, Case); 6] = [
         ("decode", decode_case),
         ("session", session_case),
         ("passwd", passwd_case),
+        ("scram", scram_case),
         ("acl", acl_case),
         ("ws", ws_case),
     ];
