@@ -39,6 +39,7 @@ listeners = ["127.0.0.1:$p5"]
 shards = 2
 max_keepalive = 60
 metrics_listen = "127.0.0.1:$m5"
+response_information = "replies/%c"
 
 [[listener]]
 address = "127.0.0.1:$s5"

@@ -2,7 +2,8 @@
 
 Usage: python3 paho5_check.py HOST PORT SECURED_PORT MAX_KEEPALIVE
 PORT is an anonymous listener; SECURED_PORT one with a password file where alice's
-password is 'wonderland'; MAX_KEEPALIVE the broker's max_keepalive. The environment
+password is 'wonderland'; MAX_KEEPALIVE the broker's max_keepalive. The broker's
+response_information is 'replies/%c'. The environment
 variables INTEROP_IDS0 and INTEROP_IDS1 (from shard_ids.py) list client ids homed on
 shard 0 and shard 1, so that publishers and subscribers are placed on both shards;
 without them random ids are used. Prints one line per check ('ok' or 'FAIL', with the
@@ -51,7 +52,7 @@ def client(client_id, proto=mqtt.MQTTv5, clean=True, port=None, keepalive=30, co
     c.on_message = lambda cl, u, m: cl.inbox.put(m)
     c.on_connect = lambda cl, u, flags, rc, p: cl.connacks.put((flags.session_present, rc, p))
     c.on_publish = lambda cl, u, mid, rc, p: cl.acks.put((mid, rc))
-    c.on_subscribe = lambda cl, u, mid, rcs, p: cl.subacks.put(rcs)
+    c.on_subscribe = lambda cl, u, mid, rcs, p: (setattr(cl, "suback_props", p), cl.subacks.put(rcs))
     c.on_unsubscribe = lambda cl, u, mid, rcs, p: cl.subacks.put(rcs)
     if will:
         c.will_set(*will)
@@ -598,6 +599,33 @@ def _():
     s.sendall(packet(0xE0, b"\x00\x05\x11\x00\x00\x00\x00"))
     s.close(), p.close()
     assert first[0] == t and again[0] == t, f"before {first}, after reconnect {again}"
+
+
+@check("Response Information for a client that requests it, none otherwise (§3.2.2.3.15)")
+def _():
+    asker = cid(0)
+    c = client(asker, connect_props=props(PacketTypes.CONNECT, RequestResponseInformation=1))
+    d = client(cid(1))
+    got = getattr(c.connack_props, "ResponseInformation", None)
+    other = getattr(d.connack_props, "ResponseInformation", None)
+    close(c, d)
+    assert got == f"replies/{asker}", f"ResponseInformation {got!r}"
+    assert other is None, f"unrequested ResponseInformation {other!r}"
+
+
+@check("SUBACK 0x97 for a filter over max_topic_levels with a Reason String naming it; none after Request Problem Information 0 ([MQTT-3.1.2-29])")
+def _():
+    deep = "/".join(["lv"] * 200)
+    c = client(cid(1))
+    rcs = sub(c, deep, qos=0)
+    why = getattr(c.suback_props, "ReasonString", None)
+    q = client(cid(0), connect_props=props(PacketTypes.CONNECT, RequestProblemInformation=0))
+    rcs_q = sub(q, deep, qos=0)
+    why_q = getattr(q.suback_props, "ReasonString", None)
+    close(c, q)
+    assert rcs == [0x97] and rcs_q == [0x97], f"SUBACK {rcs} {rcs_q}"
+    assert why and deep in why, f"ReasonString {why!r}"
+    assert why_q is None, f"ReasonString {why_q!r} despite Request Problem Information 0"
 
 
 print(f"paho5: {sum(results)} passed, {len(results) - sum(results)} failed")
