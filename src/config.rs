@@ -409,12 +409,13 @@ pub struct BridgeConfig {
     /// sent nothing for 1.5 times this. 0: no keep-alive.
     #[serde(default = "default_bridge_keepalive")]
     pub keepalive: u16,
-    /// "3.1.1" or "3.1".
+    /// "3.1.1", "3.1" or "5.0".
     #[serde(default = "default_bridge_protocol")]
     pub protocol: String,
-    /// Announce the bridge to the remote (protocol level with 0x80 set), so that it
-    /// does not send back what the bridge published; when the remote refuses it,
-    /// the bridge connects again without it.
+    /// 3.1.1 and 3.1: announce the bridge to the remote (protocol level with 0x80
+    /// set), so that it does not send back what the bridge published; when the
+    /// remote refuses it, the bridge connects again without it. A 5.0 bridge
+    /// subscribes with No Local instead.
     #[serde(default = "default_true")]
     pub try_private: bool,
     /// Seconds before the first reconnection attempt; each failure doubles it, up to
@@ -459,14 +460,12 @@ impl BridgeConfig {
             ));
         }
         match self.protocol.as_str() {
-            "3.1.1" | "3.1" => {}
-            "5" | "5.0" => {
+            "3.1.1" | "3.1" | "5" | "5.0" => {}
+            other => {
                 return Err(format!(
-                    "{name}: protocol {:?}: bridges in this build speak MQTT 3.1.1 (or 3.1); MQTT 5 bridges are not available yet",
-                    self.protocol
+                    "{name}: protocol {other:?}: expected \"3.1.1\", \"3.1\" or \"5.0\""
                 ))
             }
-            other => return Err(format!("{name}: protocol {other:?}: expected \"3.1.1\" or \"3.1\"")),
         }
         match self.transport {
             BridgeTransport::Tls if self.ca.is_none() => {
@@ -1121,11 +1120,20 @@ topics = [
         }
         .validate()
         .unwrap();
+        Config {
+            bridge: vec![BridgeConfig {
+                protocol: "5.0".into(),
+                ..base()
+            }],
+            ..Config::default()
+        }
+        .validate()
+        .unwrap();
         let why = check(BridgeConfig {
-            protocol: "5.0".into(),
+            protocol: "4".into(),
             ..base()
         });
-        assert!(why.contains("MQTT 3.1.1"), "{why}");
+        assert!(why.contains("\"5.0\""), "{why}");
         assert!(check(BridgeConfig {
             address: "nowhere".into(),
             ..base()

@@ -1950,9 +1950,12 @@ pub fn scram_case(data: &[u8]) {
         assert!(!expect || user.is_empty(), "genuine client-first refused");
         return;
     };
-    let last = client
-        .last(std::str::from_utf8(&server_first).expect("text"))
-        .expect("a server-first the client accepts");
+    let last = match client.last(std::str::from_utf8(&server_first).expect("text")) {
+        Ok(last) => last,
+        // A nonce with a comma reads as a shorter one on the broker's side.
+        Err(_) if !valid_nonce => return,
+        Err(e) => panic!("server-first refused by a genuine client: {e}"),
+    };
     match server.step(Some(last.as_bytes())) {
         AuthStep::Success { username, data } => {
             assert!(expect, "authenticated {user:?}");

@@ -2,8 +2,9 @@
 //! (started here on a free port with a generated config): messages in, out and both
 //! ways with prefixes at QoS 0, 1 and 2; the remote stopped and restarted under QoS 1
 //! load; loops (a `both` bridge, and Mosquitto's own bridge into shardmq); TLS; the
-//! `$SYS/broker/connection/{name}/state` topic. shardmq runs 2 shards, with clients
-//! on both; clients on either side are rumqttc.
+//! `$SYS/broker/connection/{name}/state` topic; the same over MQTT 5.0, with message
+//! properties crossing (Debian's `mosquitto_pub`/`mosquitto_sub -V 5`). shardmq runs
+//! 2 shards, with clients on both; clients on either side are rumqttc.
 
 mod common;
 use common::*;
@@ -195,10 +196,20 @@ fn take(sub: &mut Mq, n: usize) -> Vec<(String, String, u8)> {
 
 #[test]
 fn messages_cross_in_out_and_both_ways_with_prefixes_at_every_qos() {
+    directions("3.1.1");
+}
+
+/// The same over MQTT 5.0: No Local instead of the bridge bit, 5.0 packets both ways.
+#[test]
+fn messages_cross_in_out_and_both_ways_with_prefixes_at_every_qos_over_mqtt_5_0() {
+    directions("5.0");
+}
+
+fn directions(protocol: &str) {
     let d = dir("directions");
     let remote = Mosquitto::start(&d.0, "");
     let b = broker_with(|c| {
-        c.bridge.push(bridge(
+        let mut cfg = bridge(
             "dirs",
             remote.addr(),
             vec![
@@ -206,7 +217,9 @@ fn messages_cross_in_out_and_both_ways_with_prefixes_at_every_qos() {
                 topic("down/#", Direction::In, 2, "site/", "fleet/site/"),
                 topic("sync/#", Direction::Both, 1, "site/", "fleet/site/"),
             ],
-        ))
+        );
+        cfg.protocol = protocol.into();
+        c.bridge.push(cfg)
     });
     let addr = b.local_addr();
     let _state = wait_connected(addr, "dirs");
@@ -479,6 +492,87 @@ fn a_both_ways_bridge_carries_each_message_once_to_each_side() {
     let addr = b.local_addr();
     let _state = wait_connected(addr, "loop");
     each_message_once_on_both_sides(addr, remote.addr(), "loop", "loop/here", "loop/there", 2);
+    b.shutdown();
+}
+
+#[test]
+fn a_5_0_both_ways_bridge_carries_each_message_once_to_each_side() {
+    let d = dir("loop5");
+    let remote = Mosquitto::start(&d.0, "");
+    let b = broker_with(|c| {
+        let mut cfg = bridge(
+            "loop5",
+            remote.addr(),
+            vec![topic("loop5/#", Direction::Both, 2, "", "")],
+        );
+        cfg.protocol = "5.0".into();
+        c.bridge.push(cfg)
+    });
+    let addr = b.local_addr();
+    let _state = wait_connected(addr, "loop5");
+    each_message_once_on_both_sides(addr, remote.addr(), "loop5", "loop5/here", "loop5/there", 2);
+    b.shutdown();
+}
+
+/// `mosquitto_sub -V 5` at `addr`: the first message on `filter`, printed as
+/// topic, payload, content type, user properties.
+fn mosquitto_sub5(addr: SocketAddr, filter: &str) -> std::process::Child {
+    Command::new("mosquitto_sub")
+        .args(["-V", "5", "-h", "127.0.0.1", "-p", &addr.port().to_string()])
+        .args(["-t", filter, "-C", "1", "-W", "20", "-q", "1"])
+        .args(["-F", "%t|%p|%C|%P"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("mosquitto_sub runs (Debian's mosquitto-clients)")
+}
+
+fn mosquitto_pub5(addr: SocketAddr, topic: &str, payload: &str) {
+    let status = Command::new("mosquitto_pub")
+        .args(["-V", "5", "-h", "127.0.0.1", "-p", &addr.port().to_string()])
+        .args(["-t", topic, "-m", payload, "-q", "1"])
+        .args(["-D", "publish", "content-type", "text/plain"])
+        .args(["-D", "publish", "user-property", "origin", "sensor-7"])
+        .status()
+        .expect("mosquitto_pub runs");
+    assert!(status.success());
+}
+
+/// Publishes with `publish` until `sub` (a mosquitto_sub started with
+/// [`mosquitto_sub5`], which has then subscribed and got one) prints its line.
+fn publish_until_received(mut sub: std::process::Child, publish: impl Fn()) -> String {
+    let deadline = Instant::now() + TIMEOUT;
+    while sub.try_wait().expect("mosquitto_sub state").is_none() {
+        assert!(Instant::now() < deadline, "nothing reached mosquitto_sub");
+        publish();
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let out = sub.wait_with_output().expect("mosquitto_sub ends");
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+#[test]
+fn a_5_0_bridge_carries_message_properties_both_ways() {
+    let d = dir("props5");
+    let remote = Mosquitto::start(&d.0, "");
+    let b = broker_with(|c| {
+        let mut cfg = bridge(
+            "props5",
+            remote.addr(),
+            vec![topic("p5/#", Direction::Both, 1, "site/", "fleet/")],
+        );
+        cfg.protocol = "5.0".into();
+        c.bridge.push(cfg)
+    });
+    let addr = b.local_addr();
+    let _state = wait_connected(addr, "props5");
+    // Out: a 5.0 publisher here, a 5.0 subscriber on the remote.
+    let sub = mosquitto_sub5(remote.addr(), "fleet/p5/out");
+    let got = publish_until_received(sub, || mosquitto_pub5(addr, "site/p5/out", "up"));
+    assert_eq!(got, "fleet/p5/out|up|text/plain|origin:sensor-7");
+    // In: a 5.0 publisher on the remote, a 5.0 subscriber here.
+    let sub = mosquitto_sub5(addr, "site/p5/in");
+    let got = publish_until_received(sub, || mosquitto_pub5(remote.addr(), "fleet/p5/in", "down"));
+    assert_eq!(got, "site/p5/in|down|text/plain|origin:sensor-7");
     b.shutdown();
 }
 

@@ -20,6 +20,11 @@
 //! the remote, told by the bridge bit, does the same on its side. A remote that
 //! refuses the bit gets a second CONNECT without it, and then the bridge drops the
 //! remote's copies of messages it just sent there ([`wire::EchoGuard`]).
+//!
+//! A 5.0 bridge (`protocol = "5.0"`) needs no bit: it subscribes on the remote with
+//! No Local (and Retain As Published, so retained messages stay retained), sends and
+//! takes 5.0 packets, so message properties cross in both directions, and honours
+//! the remote's Receive Maximum and Maximum Packet Size as a 5.0 client's.
 
 pub(crate) mod topics;
 pub(crate) mod wire;
@@ -29,9 +34,10 @@ use crate::link::wire::{Peer, Wire, WireError};
 use crate::link::{Conn, DisconnectReason};
 use crate::net::tls::TlsError;
 use crate::protocol::{
-    decode_with, ConnectReturnCode, DecodeError, Packet, Protocol, Publish, QoS, SubAckCode,
-    Subscribe, SubscribeFilter,
+    decode_with, ConnectProps, ConnectReturnCode, DecodeError, DecodeOptions, Packet, Protocol,
+    Publish, QoS, ReasonCode, SubAckCode, Subscribe, SubscribeFilter,
 };
+use crate::session::PeerLimits;
 use crate::shard::Shard;
 use bytes::BytesMut;
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
@@ -71,10 +77,10 @@ impl BridgeSpec {
         Ok(BridgeSpec {
             map: Arc::new(TopicMap::new(&cfg.topics)),
             tls,
-            protocol: if cfg.protocol == "3.1" {
-                Protocol::V31
-            } else {
-                Protocol::V311
+            protocol: match cfg.protocol.as_str() {
+                "3.1" => Protocol::V31,
+                "5" | "5.0" => Protocol::V5,
+                _ => Protocol::V311,
             },
             local_client_id: cfg.local_client_id(),
             cfg: cfg.clone(),
@@ -109,6 +115,8 @@ enum ConnectError {
     Closed,
     #[error("CONNACK refused the connection: {0:?}")]
     Refused(ConnectReturnCode),
+    #[error("CONNACK refused the connection: {0}")]
+    RefusedV5(ReasonCode),
     #[error("{0} instead of CONNACK")]
     Unexpected(&'static str),
     #[error("no CONNACK within the connect timeout")]
@@ -122,6 +130,8 @@ struct Established {
     /// Bytes the remote sent behind CONNACK.
     rbuf: BytesMut,
     peer: SocketAddr,
+    /// A 5.0 remote's limits, from its CONNACK.
+    limits: Option<PeerLimits>,
 }
 
 /// Reconnection delays: doubling from the minimum up to the maximum, each drawn
@@ -173,7 +183,8 @@ pub(crate) async fn run(shard: Rc<RefCell<Shard>>, spec: Arc<BridgeSpec>) {
         max: spec.cfg.reconnect_delay_max,
         failures: 0,
     };
-    let mut private = spec.cfg.try_private;
+    // A 5.0 bridge has No Local instead of the bit.
+    let mut private = spec.cfg.try_private && spec.protocol != Protocol::V5;
     loop {
         if shard.borrow().stopping {
             return;
@@ -194,7 +205,8 @@ pub(crate) async fn run(shard: Rc<RefCell<Shard>>, spec: Arc<BridgeSpec>) {
         match attempt {
             Ok(est) => {
                 backoff.reset();
-                let end = serve(&shard, &spec, key, est, private).await;
+                let loop_safe = private || spec.protocol == Protocol::V5;
+                let end = serve(&shard, &spec, key, est, loop_safe).await;
                 tracing::info!(bridge = %name, address = %spec.cfg.address, reason = end.name(), "bridge disconnected");
                 shard.borrow_mut().bridge_state(&name, false);
                 if shard.borrow().stopping {
@@ -261,7 +273,8 @@ async fn handshake(
         }
         None => None,
     };
-    let layer = Box::new(wire::BridgeLayer::new(spec.map.clone()));
+    let v5 = spec.protocol == Protocol::V5;
+    let layer = Box::new(wire::BridgeLayer::new(spec.map.clone(), v5));
     let mut wire = Box::new(Wire::client(tls, layer));
     let cfg = &spec.cfg;
     let connect = Packet::Connect(Box::new(crate::protocol::Connect {
@@ -276,13 +289,20 @@ async fn handshake(
             .password
             .as_deref()
             .map(|p| bytes::Bytes::copy_from_slice(p.as_bytes())),
-        props: Default::default(),
+        props: ConnectProps {
+            // The session lasts as long as a 3.1.1 bridge's would.
+            session_expiry: if cfg.clean_session { 0 } else { u32::MAX },
+            ..ConnectProps::default()
+        },
     }));
     let mut buf = BytesMut::new();
     connect.encode(&mut buf);
     wire.encode(&buf)?;
     let mut rbuf = BytesMut::new();
-    let opts = crate::protocol::DecodeOptions::new(crate::config::MQTT_MAX_PACKET);
+    let opts = DecodeOptions {
+        v5,
+        ..DecodeOptions::new(crate::config::MQTT_MAX_PACKET)
+    };
     let mut raw = vec![0u8; 16 * 1024];
     loop {
         if !wire.out.is_empty() {
@@ -300,6 +320,26 @@ async fn handshake(
                     wire,
                     rbuf,
                     peer,
+                    limits: None,
+                });
+            }
+            Some(Packet::ConnAckV5(ack)) => {
+                if ack.reason != ReasonCode::SUCCESS {
+                    return Err(ConnectError::RefusedV5(ack.reason));
+                }
+                if ack.props.maximum_qos != QoS::ExactlyOnce || !ack.props.retain_available {
+                    tracing::warn!(bridge = %cfg.name, maximum_qos = ack.props.maximum_qos as u8, retain_available = ack.props.retain_available, "the remote limits QoS or retained messages: messages beyond them end the connection");
+                }
+                return Ok(Established {
+                    stream,
+                    wire,
+                    rbuf,
+                    peer,
+                    limits: Some(PeerLimits {
+                        receive_maximum: ack.props.receive_maximum.get(),
+                        max_packet_size: ack.props.maximum_packet_size.map(|m| m.get()),
+                        ..PeerLimits::default()
+                    }),
                 });
             }
             Some(other) => return Err(ConnectError::Unexpected(other.name())),
@@ -351,16 +391,18 @@ async fn serve(
     spec: &BridgeSpec,
     key: usize,
     est: Established,
-    private: bool,
+    loop_safe: bool,
 ) -> End {
     let Established {
         stream,
         mut wire,
         mut rbuf,
         peer,
+        limits,
     } = est;
     let name = &spec.cfg.name;
-    if !private {
+    let v5 = limits.is_some();
+    if !loop_safe {
         if let Some(b) = layer(&mut wire) {
             b.echo = Some(wire::EchoGuard::default());
         }
@@ -374,6 +416,7 @@ async fn serve(
             Some(wire),
             s.writes().clone(),
         );
+        conn.v5.set(v5);
         let remote = spec.map.remote_subscriptions();
         let subscribing = !remote.is_empty();
         if subscribing {
@@ -384,8 +427,10 @@ async fn serve(
                     .map(|(filter, qos)| SubscribeFilter {
                         filter: filter.into(),
                         qos,
-                        no_local: false,
-                        retain_as_published: false,
+                        // 5.0: what the bridge publishes there does not come back,
+                        // and retained messages arrive retained.
+                        no_local: v5,
+                        retain_as_published: v5,
                         retain_handling: Default::default(),
                     })
                     .collect(),
@@ -393,8 +438,8 @@ async fn serve(
                 user: Vec::new(),
             }));
         }
-        s.bridge_attach(key, &conn, Instant::now());
-        tracing::info!(bridge = %name, address = %spec.cfg.address, %peer, shard = s.id, bridge_bit = private, "bridge connected");
+        s.bridge_attach(key, &conn, limits, Instant::now());
+        tracing::info!(bridge = %name, address = %spec.cfg.address, %peer, shard = s.id, protocol = spec.protocol.name(), loop_safe, "bridge connected");
         if !subscribing {
             s.bridge_state(name, true);
         }
@@ -477,6 +522,7 @@ async fn read_loop(
     last_heard: &Cell<Instant>,
 ) -> End {
     let mqtt31 = spec.protocol == Protocol::V31;
+    let v5 = spec.protocol == Protocol::V5;
     loop {
         let now = Instant::now();
         loop {
@@ -489,7 +535,7 @@ async fn read_loop(
                 }
             }
             let decoded = {
-                let opts = shard.borrow().cfg.decode_options(mqtt31, false);
+                let opts = shard.borrow().cfg.decode_options(mqtt31, v5);
                 decode_with(rbuf, &opts)
             };
             let packet = match decoded {
@@ -557,10 +603,36 @@ fn handle(
     now: Instant,
 ) -> Result<(), End> {
     let packet = match packet {
+        Packet::Publish(p) if p.props.as_ref().is_some_and(|p| p.topic_alias.is_some()) => {
+            // The bridge announced no Topic Alias Maximum [MQTT-3.3.2-8].
+            return Err(End::Violation("a topic alias"));
+        }
         Packet::Publish(p) => match inbound(shard, spec, conn, p) {
             Some(p) => Packet::Publish(p),
             None => return Ok(()),
         },
+        // 5.0 acknowledgements reach the session as the 3.1.1 ones.
+        Packet::PubAckV5(a) => Packet::PubAck(a.pkid),
+        Packet::PubRecV5(a) => Packet::PubRec(a.pkid),
+        Packet::PubRelV5(a) => Packet::PubRel(a.pkid),
+        Packet::PubCompV5(a) => Packet::PubComp(a.pkid),
+        Packet::SubAckV5(ack) => {
+            if ack.pkid == SUBSCRIBE_ID {
+                let remote = spec.map.remote_subscriptions();
+                for ((filter, _), code) in remote.iter().zip(&ack.reasons) {
+                    if code.is_error() {
+                        tracing::warn!(bridge = %spec.cfg.name, %filter, reason = %code, "the remote refused the bridge's subscription");
+                    }
+                }
+                shard.borrow_mut().bridge_state(&spec.cfg.name, true);
+            }
+            return Ok(());
+        }
+        Packet::UnsubAckV5(_) => return Ok(()),
+        Packet::DisconnectV5(d) => {
+            tracing::info!(bridge = %spec.cfg.name, reason = %d.reason, why = d.reason_string.as_deref().unwrap_or(""), "the remote sent DISCONNECT");
+            return Err(End::Closed);
+        }
         Packet::SubAck(ack) => {
             if ack.pkid == SUBSCRIBE_ID {
                 let remote = spec.map.remote_subscriptions();
@@ -611,6 +683,7 @@ fn inbound(
     };
     let Some(local) = local else {
         s.stats.bridge_messages_dropped += 1;
+        // (On a 5.0 connection these go out as the 5.0 success forms.)
         match p.qos {
             QoS::AtMostOnce => {}
             QoS::AtLeastOnce => conn.write_packet(&Packet::PubAck(p.pkid)),

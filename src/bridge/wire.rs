@@ -10,7 +10,7 @@
 
 use super::topics::TopicMap;
 use crate::link::wire::{Outgoing, WireError};
-use crate::protocol::{decode, Packet};
+use crate::protocol::{decode_with, DecodeOptions, Packet};
 use bytes::BytesMut;
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -28,16 +28,19 @@ pub struct BridgeLayer {
     pub unmapped: u64,
     /// Set when the remote refused the bridge bit.
     pub echo: Option<EchoGuard>,
+    /// The connection speaks MQTT 5.0.
+    v5: bool,
 }
 
 impl BridgeLayer {
-    pub fn new(map: Arc<TopicMap>) -> BridgeLayer {
+    pub fn new(map: Arc<TopicMap>, v5: bool) -> BridgeLayer {
         BridgeLayer {
             map,
             pending: BytesMut::new(),
             published: 0,
             unmapped: 0,
             echo: None,
+            v5,
         }
     }
 
@@ -45,8 +48,12 @@ impl BridgeLayer {
     pub fn map_out(&mut self, mqtt: &[u8]) -> Result<BytesMut, WireError> {
         self.pending.extend_from_slice(mqtt);
         let mut mapped = BytesMut::with_capacity(self.pending.len() + 64);
+        let opts = DecodeOptions {
+            v5: self.v5,
+            ..DecodeOptions::new(crate::config::MQTT_MAX_PACKET)
+        };
         loop {
-            let packet = decode(&mut self.pending, crate::config::MQTT_MAX_PACKET)
+            let packet = decode_with(&mut self.pending, &opts)
                 .map_err(|e| WireError::Outgoing(format!("output not MQTT: {e}")))?;
             let Some(packet) = packet else {
                 return Ok(mapped);
@@ -65,10 +72,20 @@ impl BridgeLayer {
                         echo.sent(&p.topic, &p.payload);
                     }
                     self.published += 1;
-                    Packet::Publish(p).encode(&mut mapped);
+                    self.encode(&Packet::Publish(p), &mut mapped);
                 }
-                other => other.encode(&mut mapped),
+                other => self.encode(&other, &mut mapped),
             }
+        }
+    }
+}
+
+impl BridgeLayer {
+    fn encode(&self, packet: &Packet, out: &mut BytesMut) {
+        if self.v5 {
+            packet.encode_v5(out);
+        } else {
+            packet.encode(out);
         }
     }
 }
@@ -142,7 +159,7 @@ impl EchoGuard {
 mod tests {
     use super::*;
     use crate::config::{BridgeTopic, Direction};
-    use crate::protocol::{Publish, QoS};
+    use crate::protocol::{decode, Publish, QoS};
     use bytes::Bytes;
 
     fn layer() -> BridgeLayer {
@@ -153,7 +170,7 @@ mod tests {
             local_prefix: "here/".into(),
             remote_prefix: "there/".into(),
         }]);
-        BridgeLayer::new(Arc::new(map))
+        BridgeLayer::new(Arc::new(map), false)
     }
 
     fn publish(topic: &str, pkid: u16) -> Packet {

@@ -980,7 +980,7 @@ fn reauthenticate(
     a: Auth,
 ) -> Result<(), End> {
     let Some(mut state) = conn.reauth.take() else {
-        // No method in CONNECT: the client may send no AUTH (§4.12).
+        // No method in CONNECT: the client may send no AUTH [MQTT-4.12.0-7].
         return Err(End::Refused(ReasonCode::PROTOCOL_ERROR));
     };
     if a.method.as_ref() != Some(&state.method) {

@@ -97,9 +97,25 @@ impl Shard {
     /// The bridge's connection to its remote is up (CONNACK received): the session
     /// resends what is in flight (DUP set) and drains its queue into it. Keep-alive
     /// is the bridge's own business (it pings the remote), not the shard's sweep.
-    pub(crate) fn bridge_attach(&mut self, key: usize, conn: &Rc<Conn>, now: Instant) {
+    /// `limits`: a 5.0 remote's, from its CONNACK (`None` for 3.1.1 and 3.1).
+    pub(crate) fn bridge_attach(
+        &mut self,
+        key: usize,
+        conn: &Rc<Conn>,
+        limits: Option<crate::session::PeerLimits>,
+        now: Instant,
+    ) {
+        let server_receive_maximum = self.cfg.receive_maximum;
         let entry = &mut self.sessions[key];
         debug_assert!(entry.bridge && entry.conn.is_none());
+        entry.session.set_v5(limits.is_some());
+        entry.session.set_peer_limits(match limits {
+            Some(l) => crate::session::PeerLimits {
+                server_receive_maximum,
+                ..l
+            },
+            None => Default::default(),
+        });
         conn.key.set(key);
         entry.conn = Some(conn.clone());
         entry.held = false;
