@@ -52,8 +52,13 @@ PERSIST_LABELS="fanout-1000-q1-ps"
 SHARED_LABELS="shared-8-q1"
 # MQTT 5.0 rows: the same scenarios as their 3.1.1 namesakes, every client at level 5.
 V5_LABELS="p2p-16-q1-v5 fanout-100-q0-v5"
+# Reconnect storms (as many clients as conns-50k, all at once, each a SUBSCRIBE to its
+# own topic and one QoS 1 message through it): fresh clean sessions, and persistent
+# sessions resuming (storm-resume: a first, unmeasured storm makes the sessions, the
+# measured one reconnects them with clean session 0).
+STORM_LABELS="storm storm-resume"
 TLS_LABELS="conns-5k-tls p2p-16-q0-tls p2p-16-q1-tls"
-ALL_LABELS="$PLAIN_LABELS $PERSIST_LABELS $SHARED_LABELS $V5_LABELS $TLS_LABELS"
+ALL_LABELS="$PLAIN_LABELS $STORM_LABELS $PERSIST_LABELS $SHARED_LABELS $V5_LABELS $TLS_LABELS"
 # The scenarios the persistence variants run (when selected).
 DURABLE_RUNS="p2p-16-q1 fanout-1000-q1-ps"
 # Brokers that skip the persistent-subscriber scenario: shardmq-1 (a scaling variant)
@@ -81,7 +86,7 @@ Usage: scripts/bench-peers.sh [options]
   --payload BYTES   payload size (default 64)
   --brokers "A B"   brokers to run, in order (default "$ALL_BROKERS")
   --only L[,L]      scenario labels to run (default all: $ALL_LABELS);
-                    "plain", "persist", "shared", "v5" and "tls" stand for
+                    "plain", "storm", "persist", "shared", "v5" and "tls" stand for
                     each group;
                     $DURABLE_BROKERS run only $DURABLE_RUNS
   --quick           duration 3, warmup 1, conns-50k capped at 5000 connections
@@ -142,6 +147,7 @@ if [ -n "$only" ]; then
             persist) expanded="$expanded,${PERSIST_LABELS// /,}" ;;
             shared) expanded="$expanded,${SHARED_LABELS// /,}" ;;
             v5) expanded="$expanded,${V5_LABELS// /,}" ;;
+            storm) expanded="$expanded,${STORM_LABELS// /,}" ;;
             tls) expanded="$expanded,${TLS_LABELS// /,}" ;;
             *) expanded="$expanded,$l" ;;
         esac
@@ -316,6 +322,8 @@ scenario_args() {
         fanout-1000-q0) echo "fanout --clients 1000 --publishers 1 --qos 0" ;;
         latency-50k) echo "latency --clients 16 --rate 50000 --qos 0" ;;
         conns-50k) echo "conns --clients $conns" ;;
+        storm) echo "storm --clients $conns" ;;
+        storm-resume) echo "storm --clients $conns --persistent --client-id-prefix storm-resume-" ;;
         p2p-16-q0-tls) echo "p2p --clients 16 --qos 0" ;;
         p2p-16-q1-tls) echo "p2p --clients 16 --qos 1" ;;
         conns-5k-tls) echo "conns --clients $tls_conns" ;;
@@ -615,6 +623,18 @@ for name in $brokers; do
         if [ "$want" = tls ]; then
             cmd+=(--tls --cafile "$tls_dir/ca.pem" --tls-server-name localhost
                 --username "$TLS_USER" --password "$TLS_PASSWORD")
+        fi
+        if [ "$label" = storm-resume ]; then
+            # The sessions the measured storm resumes (same client ids), unmeasured.
+            pre=(timeout --foreground --signal=INT --kill-after=10 "$limit"
+                target/release/shardmq-loadtest "${args[@]}" --broker "127.0.0.1:$port"
+                --duration 1 --warmup 0)
+            echo
+            echo "+ ${pre[*]}"
+            if [ "$dry_run" != 1 ]; then
+                "${pre[@]}" >"$run_dir/$name-$label-sessions.log" 2>&1 ||
+                    failures+=("$name $label: making the sessions failed")
+            fi
         fi
         echo
         echo "+ ${cmd[*]}"

@@ -24,6 +24,12 @@ enum Command {
     Fanout(RunArgs),
     /// Open and hold N idle connections; report connect rate and broker memory.
     Conns(RunArgs),
+    /// A reconnect storm: N clients connect at once, each subscribes to its own topic
+    /// (storm/CLIENT_ID) and gets one QoS 1 message it publishes there; report the
+    /// rate and memory. --persistent: clean session 0, so a second run with the same
+    /// --client-id-prefix resumes the sessions (no SUBSCRIBE; the message still
+    /// goes through).
+    Storm(RunArgs),
     /// p2p at a fixed total rate (--rate is required).
     Latency(RunArgs),
     /// P publishers (--publishers, default 2) to one shared-subscription group
@@ -169,7 +175,7 @@ fn options(scenario: Scenario, a: &RunArgs) -> Result<Options, String> {
         Scenario::P2p | Scenario::Latency => 16,
         Scenario::Fanin => 32,
         Scenario::Fanout => 100,
-        Scenario::Conns => 1000,
+        Scenario::Conns | Scenario::Storm => 1000,
         Scenario::Shared => 8,
     };
     let mut o = Options::new(scenario, broker, a.clients.unwrap_or(default_clients));
@@ -228,6 +234,7 @@ fn main() -> ExitCode {
         Command::Fanin(a) => (Scenario::Fanin, a),
         Command::Fanout(a) => (Scenario::Fanout, a),
         Command::Conns(a) => (Scenario::Conns, a),
+        Command::Storm(a) => (Scenario::Storm, a),
         Command::Latency(a) => (Scenario::Latency, a),
         Command::Shared(a) => (Scenario::Shared, a),
         Command::Report(a) => {

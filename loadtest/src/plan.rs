@@ -13,6 +13,9 @@ pub enum Scenario {
     Fanout,
     /// N idle connections, held for the duration.
     Conns,
+    /// A reconnect storm: N clients connect at once, each subscribes to its own
+    /// topic and gets one QoS 1 message it publishes there; held for the duration.
+    Storm,
     /// p2p at a fixed total rate.
     Latency,
     /// P publishers (two by default) to one shared-subscription group
@@ -27,6 +30,7 @@ impl Scenario {
             Scenario::Fanin => "fanin",
             Scenario::Fanout => "fanout",
             Scenario::Conns => "conns",
+            Scenario::Storm => "storm",
             Scenario::Latency => "latency",
             Scenario::Shared => "shared",
         }
@@ -47,12 +51,24 @@ pub enum Role {
         publishers: u32,
     },
     Idle,
+    /// A storm's client: its own topic, one QoS 1 message through it.
+    Storm {
+        topic: String,
+    },
 }
 
 impl Role {
     /// Publishers and subscribers reconnect when the broker drops them mid-run.
     pub fn is_active(&self) -> bool {
-        !matches!(self, Role::Idle)
+        !matches!(self, Role::Idle | Role::Storm { .. })
+    }
+}
+
+impl Scenario {
+    /// Connection scenarios: the set-up is what is measured, then the connections
+    /// are held (connect rate, memory per connection).
+    pub fn holds_connections(self) -> bool {
+        matches!(self, Scenario::Conns | Scenario::Storm)
     }
 }
 
@@ -166,6 +182,20 @@ pub fn build(
             }
             (0, 0, 0)
         }
+        Scenario::Storm => {
+            for i in 0..n {
+                // Named after the client, so a resumed session's subscription is to
+                // the same topic on the next run (the client id prefix is the run's).
+                let client_id = format!("{id_prefix}s{i}");
+                clients.push(ClientSpec {
+                    role: Role::Storm {
+                        topic: format!("storm/{client_id}"),
+                    },
+                    client_id,
+                });
+            }
+            (0, 0, 0)
+        }
     };
     Ok(Plan {
         clients,
@@ -185,7 +215,7 @@ pub fn deal(clients: Vec<ClientSpec>, threads: usize) -> Vec<Vec<ClientSpec>> {
         let k = match c.role {
             Role::Publisher { .. } => 0,
             Role::Subscriber { .. } => 1,
-            Role::Idle => 2,
+            Role::Idle | Role::Storm { .. } => 2,
         };
         out[next[k] % len].push(c);
         next[k] += 1;
@@ -258,6 +288,15 @@ mod tests {
             Role::Subscriber { filter, .. } if filter == "$share/lt/t/shared")));
         let p = build(Scenario::Conns, 5, None, None, "t", "x").unwrap();
         assert_eq!((count(&p), p.clients.len()), ((0, 0), 5));
+        // A storm's clients each have a topic of their own, named after the client
+        // (so that the next run with the same ids resumes the same subscriptions).
+        let p = build(Scenario::Storm, 3, None, None, "t", "x-").unwrap();
+        assert_eq!((count(&p), p.clients.len()), ((0, 0), 3));
+        for c in &p.clients {
+            assert!(
+                matches!(&c.role, Role::Storm { topic } if *topic == format!("storm/{}", c.client_id))
+            );
+        }
         assert!(build(Scenario::P2p, 0, None, None, "t", "x").is_err());
     }
 
@@ -303,7 +342,7 @@ mod tests {
             match c.role {
                 Role::Publisher { .. } => assert_eq!(a, root),
                 Role::Subscriber { .. } => *per.entry(a.port()).or_insert(0) += 1,
-                Role::Idle => unreachable!(),
+                Role::Idle | Role::Storm { .. } => unreachable!(),
             }
         }
         assert_eq!(per.len(), 3);

@@ -208,7 +208,7 @@ fn metrics_for(scenario: &str) -> &'static [(Metric, Option<Better>)] {
             (BROKER_RSS, None),
             (LOADTEST_CORES, None),
         ],
-        "conns" => &[
+        "conns" | "storm" => &[
             (RSS_PER_CONN, Some(Lower)),
             (CONNECT_RATE, Some(Higher)),
             (CPU_PER_CONNECT, Some(Lower)),
@@ -240,7 +240,7 @@ fn scaling_metrics_for(scenario: &str) -> &'static [(Metric, Option<Better>)] {
             (BROKER_CORES, None),
             (LOADTEST_CORES, None),
         ],
-        "conns" => &[
+        "conns" | "storm" => &[
             (CONNECT_RATE, Some(Higher)),
             (RSS_PER_CONN, Some(Lower)),
             (CPU_PER_CONNECT, Some(Lower)),

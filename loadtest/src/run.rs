@@ -505,7 +505,7 @@ pub fn run(opts: &Options) -> Result<RunReport, String> {
             keep_alive: opts.keep_alive,
             connect_concurrency: opts.connect_concurrency.max(1),
             pub_inflight,
-            tolerate_connect_failures: opts.scenario == Scenario::Conns,
+            tolerate_connect_failures: opts.scenario.holds_connections(),
             tls,
             username: opts.username.as_ref().map(|u| u.clone().into_bytes()),
             password: opts.password.as_ref().map(|p| p.clone().into_bytes()),
@@ -589,7 +589,7 @@ pub fn run(opts: &Options) -> Result<RunReport, String> {
             .zip(setup_cpu.1)
             .map(|(b, a)| b.saturating_sub(a)),
     );
-    if setup_error.is_none() && opts.scenario != Scenario::Conns {
+    if setup_error.is_none() && !opts.scenario.holds_connections() {
         // Every worker is done setting up, but a failure may be why.
         setup_error = shared.fatal();
     }
@@ -603,7 +603,7 @@ pub fn run(opts: &Options) -> Result<RunReport, String> {
     }
 
     let mut failures = Vec::new();
-    let (first, last) = if opts.scenario == Scenario::Conns {
+    let (first, last) = if opts.scenario.holds_connections() {
         // Hold the connections; measure what they cost the broker.
         let first = snapshot(&shared, pid);
         let end = first.at + opts.duration;
@@ -857,7 +857,7 @@ fn build_report(
     if protocol_errors > 0 {
         failures.push(format!("{protocol_errors} protocol errors from the broker"));
     }
-    if opts.scenario == Scenario::Conns && connect_failures > 0 {
+    if opts.scenario.holds_connections() && connect_failures > 0 {
         failures.push(format!(
             "{connect_failures} of {} connections failed",
             opts.clients
@@ -893,7 +893,7 @@ fn build_report(
         (Some(a), Some(b)) => b.saturating_duration_since(a).as_secs_f64(),
         _ => w.connect_s,
     };
-    let conns = (opts.scenario == Scenario::Conns).then(|| ConnsReport {
+    let conns = (opts.scenario.holds_connections()).then(|| ConnsReport {
         target: opts.clients,
         connected,
         failed: connect_failures,
@@ -1065,8 +1065,15 @@ impl RunReport {
             row(
                 "scenario",
                 format!(
-                    "{} [{}]: {} idle connections",
-                    self.scenario, self.label, self.clients
+                    "{} [{}]: {} {}",
+                    self.scenario,
+                    self.label,
+                    self.clients,
+                    if self.scenario == "storm" {
+                        "clients, each SUBSCRIBE + one QoS 1 message to itself"
+                    } else {
+                        "idle connections"
+                    }
                 ),
             );
         } else {

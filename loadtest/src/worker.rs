@@ -44,6 +44,8 @@ enum State {
     /// CONNECT sent (over TLS: queued behind the handshake).
     AwaitConnAck,
     AwaitSubAck,
+    /// A storm's client: its message published, waiting for its PUBACK and its copy.
+    AwaitStorm,
     Ready,
     /// Gone for good (failed during set-up, or closed at the end).
     Closed,
@@ -121,7 +123,18 @@ struct Conn {
     last_write: Instant,
     publisher: Option<Publisher>,
     subscriber: Option<Subscriber>,
+    /// A storm's client: its topic, and what of its one message came back.
+    storm: Option<Box<Storm>>,
 }
+
+struct Storm {
+    topic: Vec<u8>,
+    acked: bool,
+    received: bool,
+}
+
+/// Packet id of a storm client's one message.
+const STORM_PID: u16 = 7;
 
 /// Settled deliveries a subscribing thread has not yet added to the window, in all
 /// and per publisher: kept locally so the per-message path touches no atomics, and
@@ -280,7 +293,16 @@ impl Worker {
                     }),
                     _ => None,
                 };
+                let storm = match &spec.role {
+                    Role::Storm { topic } => Some(Box::new(Storm {
+                        topic: topic.clone().into_bytes(),
+                        acked: false,
+                        received: false,
+                    })),
+                    _ => None,
+                };
                 Conn {
+                    storm,
                     spec,
                     stream: None,
                     tls: None,
@@ -598,7 +620,7 @@ impl Worker {
                     c.rbuf = vec![0; cap];
                 }
                 let clean_session = !(opts.persistent_subscribers
-                    && matches!(c.spec.role, Role::Subscriber { .. }));
+                    && matches!(c.spec.role, Role::Subscriber { .. } | Role::Storm { .. }));
                 mqtt::connect_with(
                     &mut c.wbuf,
                     &mqtt::Connect {
@@ -674,7 +696,11 @@ impl Worker {
         while let Some((packet, used)) = mqtt::decode(&c.rbuf[at..c.rlen], MAX_PACKET, protocol)? {
             at += used;
             match packet {
-                Incoming::ConnAck { code, props, .. } => {
+                Incoming::ConnAck {
+                    code,
+                    props,
+                    session_present,
+                } => {
                     if c.state != State::AwaitConnAck {
                         return Err("unexpected CONNACK".into());
                     }
@@ -710,6 +736,15 @@ impl Worker {
                     if let Some(s) = c.subscriber.as_ref() {
                         mqtt::subscribe(&mut c.wbuf, protocol, 1, &s.filter, sub_qos);
                         c.state = State::AwaitSubAck;
+                    } else if let Some(s) = c.storm.as_ref() {
+                        if session_present {
+                            // A resumed session still has its subscription.
+                            storm_publish(&mut c.wbuf, protocol, s);
+                            c.state = State::AwaitStorm;
+                        } else {
+                            mqtt::subscribe(&mut c.wbuf, protocol, 1, &s.topic, 1);
+                            c.state = State::AwaitSubAck;
+                        }
                     } else {
                         became_ready = true;
                     }
@@ -731,6 +766,11 @@ impl Worker {
                     if codes[0] > 2 {
                         return Err(format!("SUBACK return code {}", codes[0]));
                     }
+                    if let Some(s) = c.storm.as_ref() {
+                        storm_publish(&mut c.wbuf, protocol, s);
+                        c.state = State::AwaitStorm;
+                        continue;
+                    }
                     let s = c.subscriber.as_mut().expect("subscriber");
                     s.granted = codes[0];
                     self.result.min_granted = self.result.min_granted.min(codes[0]);
@@ -743,6 +783,15 @@ impl Worker {
                         1 => mqtt::ack(&mut c.wbuf, mqtt::PUBACK, pid),
                         2 => mqtt::ack(&mut c.wbuf, mqtt::PUBREC, pid),
                         _ => {}
+                    }
+                    if let Some(s) = c.storm.as_mut() {
+                        // Its own message (a resumed session may get it more than
+                        // once, which the storm tolerates).
+                        if c.state == State::AwaitStorm && !s.received {
+                            s.received = true;
+                            became_ready |= s.acked;
+                        }
+                        continue;
                     }
                     self.d_delivered += 1;
                     let Some(s) = c.subscriber.as_mut() else {
@@ -783,6 +832,14 @@ impl Worker {
                             "publish {pid} refused with reason 0x{reason:02x} ({})",
                             mqtt::reason_name(reason)
                         ));
+                    }
+                    if let Some(s) = c.storm.as_mut() {
+                        if c.state != State::AwaitStorm || pid != STORM_PID || s.acked {
+                            return Err(format!("unexpected acknowledgement {pid}"));
+                        }
+                        s.acked = true;
+                        became_ready |= s.received;
+                        continue;
                     }
                     let Some(p) = c.publisher.as_mut() else {
                         return Err("acknowledgement sent to a client that does not publish".into());
@@ -1327,4 +1384,9 @@ impl Timer {
         // SAFETY: reads at most 8 bytes into buf from our own descriptor.
         unsafe { libc::read(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), 8) };
     }
+}
+
+/// A storm client's one QoS 1 message, to its own topic.
+fn storm_publish(out: &mut Vec<u8>, protocol: mqtt::Protocol, s: &Storm) {
+    mqtt::publish(out, protocol, &s.topic, 1, STORM_PID, b"storm", 5);
 }
