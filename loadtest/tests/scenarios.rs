@@ -214,6 +214,12 @@ fn all_scenarios(broker: SocketAddr, pid: Option<u32>, name: &str, drops: DropsO
     assert_eq!((c.connected, c.failed), (300, 0));
     assert_eq!(r.published_total, 0);
 
+    // A storm: every client subscribed and got its own QoS 1 message back.
+    let r = run(&with_pid(opts(Scenario::Storm, broker, 200, 1))).expect("storm runs");
+    assert!(r.ok, "{}", r.table());
+    let s = r.conns.as_ref().expect("conns section");
+    assert_eq!((s.connected, s.failed), (200, 0));
+
     if pid.is_some() {
         let b = r.broker_process.as_ref().expect("broker process figures");
         assert!(b.rss_bytes > 0);
