@@ -38,12 +38,18 @@ impl Logs {
                 publisher: None,
                 topic,
                 payload: topic.as_bytes(),
+                expires_us: None,
+                forward: b"",
+                sender: None,
             }),
         )
     }
 
     fn session(&mut self, shard: u16, client: &str, filter: &str, qos: u8) {
-        self.put(shard, Record::Session { client });
+        self.put(shard, Record::Session {
+            client,
+            expiry: None,
+        });
         let horizons = self.next.iter().map(|(&s, &n)| (s, n)).collect();
         self.put(
             shard,
@@ -51,6 +57,7 @@ impl Logs {
                 client,
                 filter,
                 qos,
+                opts: Default::default(),
                 horizons,
             },
         );
@@ -94,6 +101,7 @@ fn the_granted_qos_caps_and_overlapping_filters_give_one_copy_at_the_highest() {
             client: "dev",
             filter: "a/#",
             qos: 1,
+            opts: Default::default(),
             horizons: vec![],
         },
     );
@@ -190,7 +198,10 @@ fn qos2_flows_come_back_with_their_packet_ids_and_never_after_pubrec() {
 #[test]
 fn inbound_qos2_state_survives_until_pubrel() {
     let mut l = Logs::new();
-    l.put(0, Record::Session { client: "p" });
+    l.put(0, Record::Session {
+            client: "p",
+            expiry: None,
+        });
     for pid in [1, 2] {
         l.put(
             0,
@@ -201,6 +212,9 @@ fn inbound_qos2_state_survives_until_pubrel() {
                 publisher: Some(("p", pid)),
                 topic: "x",
                 payload: b"",
+                expires_us: None,
+                forward: b"",
+                sender: None,
             }),
         );
     }
@@ -228,6 +242,9 @@ fn retained_keeps_the_newest_per_topic_and_deletions() {
                 publisher: None,
                 topic,
                 payload,
+                expires_us: None,
+                forward: b"",
+                sender: None,
             }),
         )
     };
@@ -259,6 +276,9 @@ fn a_snapshot_restates_a_session_and_later_positions_apply_to_what_it_named() {
             publisher: None,
             topic: "t",
             payload: b"1",
+            expires_us: None,
+            forward: b"",
+            sender: None,
         }),
     );
     let m2 = l.put(
@@ -270,6 +290,9 @@ fn a_snapshot_restates_a_session_and_later_positions_apply_to_what_it_named() {
             publisher: None,
             topic: "t",
             payload: b"2",
+            expires_us: None,
+            forward: b"",
+            sender: None,
         }),
     );
     let horizons = l.horizons();
@@ -278,7 +301,7 @@ fn a_snapshot_restates_a_session_and_later_positions_apply_to_what_it_named() {
         Record::Snapshot(SnapshotBody {
             client: "dev",
             horizons: horizons.clone(),
-            subs: vec![("t", 1)],
+            subs: vec![("t", 1, Default::default())],
             awaiting_pubrel: vec![4],
             released: vec![5],
             held: vec![
@@ -296,6 +319,7 @@ fn a_snapshot_restates_a_session_and_later_positions_apply_to_what_it_named() {
                 },
             ],
             groups: vec![],
+            expiry: None,
         }),
     );
     let live = l.msg(1, "t", 1, 3);
@@ -331,6 +355,9 @@ fn only_a_session_restated_last_by_its_snapshot_is_known_not_to_have_sent_its_qu
                 publisher: None,
                 topic: "t",
                 payload: b"1",
+                expires_us: None,
+                forward: b"",
+                sender: None,
             }),
         );
         let horizons = l.horizons();
@@ -339,7 +366,7 @@ fn only_a_session_restated_last_by_its_snapshot_is_known_not_to_have_sent_its_qu
             Record::Snapshot(SnapshotBody {
                 client: "dev",
                 horizons,
-                subs: vec![("t", 1)],
+                subs: vec![("t", 1, Default::default())],
                 awaiting_pubrel: vec![],
                 released: vec![],
                 held: vec![Held {
@@ -349,6 +376,7 @@ fn only_a_session_restated_last_by_its_snapshot_is_known_not_to_have_sent_its_qu
                     retain: false,
                 }],
                 groups: vec![],
+                expiry: None,
             }),
         );
     };
@@ -386,11 +414,12 @@ fn a_completed_flow_frees_its_packet_id_even_without_a_stamp() {
         Record::Snapshot(SnapshotBody {
             client: "dev",
             horizons,
-            subs: vec![("t", 2)],
+            subs: vec![("t", 2, Default::default())],
             awaiting_pubrel: vec![],
             released: vec![5],
             held: vec![],
             groups: vec![],
+            expiry: None,
         }),
     );
     // PUBCOMP for 5 (its stamp lost in a compaction), then 5 reused.
@@ -541,7 +570,7 @@ fn a_snapshot_replaces_earlier_assignments() {
         Record::Snapshot(SnapshotBody {
             client: "a",
             horizons,
-            subs: vec![("$share/g/t", 1)],
+            subs: vec![("$share/g/t", 1, Default::default())],
             awaiting_pubrel: vec![],
             released: vec![],
             held: vec![crate::store::records::Held {
@@ -551,6 +580,7 @@ fn a_snapshot_replaces_earlier_assignments() {
                 retain: false,
             }],
             groups: vec![],
+            expiry: None,
         }),
     );
     let r = l.replay.finish();
@@ -599,11 +629,12 @@ fn a_message_before_a_snapshot_is_no_orphan_of_the_groups_it_restates() {
         Record::Snapshot(SnapshotBody {
             client: "a",
             horizons,
-            subs: vec![("$share/g/t", 1)],
+            subs: vec![("$share/g/t", 1, Default::default())],
             awaiting_pubrel: vec![],
             released: vec![],
             held: vec![],
             groups: vec![],
+            expiry: None,
         }),
     );
     let after = l.msg(0, "t", 1, 2);
@@ -641,7 +672,7 @@ fn a_shared_message_a_snapshot_named_and_given_back_since_stays_away() {
         Record::Snapshot(SnapshotBody {
             client: "a",
             horizons,
-            subs: vec![("$share/g/t", 2)],
+            subs: vec![("$share/g/t", 2, Default::default())],
             awaiting_pubrel: vec![],
             released: vec![],
             held: vec![
@@ -659,6 +690,7 @@ fn a_shared_message_a_snapshot_named_and_given_back_since_stays_away() {
                 },
             ],
             groups: vec![(0, "$share/g/t"), (1, "$share/g/t")],
+            expiry: None,
         }),
     );
     // It left: `m` (queued) went to "b", `older` (sent) stays with it.
@@ -742,6 +774,9 @@ fn a_message_a_snapshot_named_given_back_whose_new_assign_was_lost_goes_to_a_mem
             publisher: None,
             topic: "t",
             payload: b"t",
+            expires_us: None,
+            forward: b"",
+            sender: None,
         }),
     );
     let horizons = l.horizons();
@@ -752,7 +787,7 @@ fn a_message_a_snapshot_named_given_back_whose_new_assign_was_lost_goes_to_a_mem
             Record::Snapshot(SnapshotBody {
                 client,
                 horizons: horizons.clone(),
-                subs: vec![("$share/g/t", 2)],
+                subs: vec![("$share/g/t", 2, Default::default())],
                 awaiting_pubrel: vec![],
                 released: vec![],
                 held: held
@@ -765,6 +800,7 @@ fn a_message_a_snapshot_named_given_back_whose_new_assign_was_lost_goes_to_a_mem
                     })
                     .collect(),
                 groups: (0..n).map(|i| (i, "$share/g/t")).collect(),
+                expiry: None,
             }),
         );
     }
