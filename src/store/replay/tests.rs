@@ -1,5 +1,6 @@
 use super::*;
 use crate::store::records::{encode, Position, SnapshotBody};
+use crate::store::replay::session_lives;
 
 /// Writes records into a replay as shard logs would, numbering each shard's records.
 struct Logs {
@@ -864,4 +865,237 @@ fn a_qos2_shared_message_sent_to_the_next_member_stays_there_when_the_unassign_w
         by("a")
     );
     assert_eq!(by("b").inflight.len(), 1, "{:?}", by("b"));
+}
+
+// ---------------------------------------------------------------------------------
+// MQTT 5.0: subscription options, message properties, session expiry
+// ---------------------------------------------------------------------------------
+
+fn msg5<'a>(topic: &'a str, time_us: u64, retain: bool, sender: Option<&'a str>) -> MsgBody<'a> {
+    MsgBody {
+        time_us,
+        qos: 1,
+        retain,
+        publisher: None,
+        topic,
+        payload: topic.as_bytes(),
+        expires_us: None,
+        forward: b"",
+        sender,
+    }
+}
+
+fn sub5(client: &str, filter: &str, opts: SubOpts, l: &mut Logs) {
+    let horizons = l.horizons();
+    l.put(
+        0,
+        Record::Sub {
+            client,
+            filter,
+            qos: 1,
+            opts,
+            horizons,
+        },
+    );
+}
+
+#[test]
+fn no_local_keeps_a_sessions_own_messages_from_coming_back_on_recovery() {
+    let mut l = Logs::new();
+    l.put(
+        0,
+        Record::Session {
+            client: "me",
+            expiry: Some(300),
+        },
+    );
+    let no_local = SubOpts {
+        no_local: true,
+        ..SubOpts::default()
+    };
+    sub5("me", "a/#", no_local, &mut l);
+    sub5("me", "b/#", SubOpts::default(), &mut l);
+    l.put(1, Record::Msg(msg5("a/own", 1, false, Some("me"))));
+    l.put(1, Record::Msg(msg5("a/other", 2, false, Some("you"))));
+    l.put(1, Record::Msg(msg5("a/unknown", 3, false, None)));
+    // Its own, but through a subscription without No Local as well.
+    l.put(1, Record::Msg(msg5("b/own", 4, false, Some("me"))));
+    let r = l.replay.finish();
+    let s = &r.sessions[0];
+    assert_eq!(topics(&s.queued), ["a/other", "a/unknown", "b/own"]);
+    assert_eq!(s.sub_opts, [("a/#".to_owned(), no_local)]);
+}
+
+#[test]
+fn retain_as_published_keeps_the_retain_flag_of_rematched_messages() {
+    let mut l = Logs::new();
+    l.put(
+        0,
+        Record::Session {
+            client: "c",
+            expiry: None,
+        },
+    );
+    let rap = SubOpts {
+        retain_as_published: true,
+        id: 9,
+        ..SubOpts::default()
+    };
+    sub5("c", "rap/#", rap, &mut l);
+    sub5("c", "plain/#", SubOpts::default(), &mut l);
+    l.put(1, Record::Msg(msg5("rap/r", 1, true, None)));
+    l.put(1, Record::Msg(msg5("rap/n", 2, false, None)));
+    l.put(1, Record::Msg(msg5("plain/r", 3, true, None)));
+    let r = l.replay.finish();
+    let s = &r.sessions[0];
+    let flags: Vec<(&str, bool)> = s.queued.iter().map(|m| (&*m.msg.topic, m.retain)).collect();
+    assert_eq!(
+        flags,
+        [("rap/r", true), ("rap/n", false), ("plain/r", false)]
+    );
+    assert_eq!(s.sub_opts, [("rap/#".to_owned(), rap)]);
+}
+
+#[test]
+fn message_properties_come_back_with_the_message() {
+    let mut l = Logs::new();
+    l.session(0, "c", "p/#", 1);
+    let body = MsgBody {
+        expires_us: Some(5_000_000),
+        forward: b"\x03\x00\x01x",
+        ..msg5("p/a", 1, false, Some("pub"))
+    };
+    l.put(1, Record::Msg(body));
+    l.msg(1, "p/plain", 1, 2);
+    let r = l.replay.finish();
+    let q = &r.sessions[0].queued;
+    let p = q[0].msg.props.as_deref().expect("properties");
+    assert_eq!(p.expires_us, Some(5_000_000));
+    assert_eq!(&p.forward[..], b"\x03\x00\x01x");
+    assert_eq!(p.sender.as_deref(), Some("pub"));
+    assert_eq!(q[1].msg.props, None, "3.1.1 messages carry nothing");
+}
+
+#[test]
+fn a_5_0_sessions_expiry_counts_from_when_it_went_offline() {
+    const S: u64 = 1_000_000;
+    let t0 = 1_700_000_000 * S;
+    let mut l = Logs::new();
+    for (client, interval) in [("short", 2), ("long", 300), ("never", u32::MAX)] {
+        l.put(
+            0,
+            Record::Session {
+                client,
+                expiry: Some(interval),
+            },
+        );
+        l.put(
+            0,
+            Record::Expiry {
+                client,
+                expiry: Some(Expiry {
+                    interval,
+                    offline_us: t0,
+                }),
+            },
+        );
+    }
+    // Connected when the log ended: counts from the restart.
+    l.put(
+        1,
+        Record::Session {
+            client: "online",
+            expiry: Some(2),
+        },
+    );
+    // Resumed with an interval of 0: it ended with its connection.
+    l.put(
+        1,
+        Record::Session {
+            client: "zero",
+            expiry: Some(60),
+        },
+    );
+    l.put(
+        1,
+        Record::Expiry {
+            client: "zero",
+            expiry: Some(Expiry {
+                interval: 0,
+                offline_us: 0,
+            }),
+        },
+    );
+    // A 3.1.1 client took it over: no interval of its own.
+    l.put(
+        1,
+        Record::Session {
+            client: "v311",
+            expiry: Some(2),
+        },
+    );
+    l.put(
+        1,
+        Record::Expiry {
+            client: "v311",
+            expiry: None,
+        },
+    );
+    let mut r = l.replay.finish();
+    let names = |r: &Restored| -> Vec<String> {
+        r.sessions.iter().map(|s| s.client_id.clone()).collect()
+    };
+    assert_eq!(r.sessions.len(), 6);
+    let by = |r: &Restored, c: &str| r.sessions.iter().find(|s| s.client_id == c).unwrap().expiry;
+    assert_eq!(
+        by(&r, "long"),
+        Some(Expiry {
+            interval: 300,
+            offline_us: t0
+        })
+    );
+    assert_eq!(r.expire_sessions(t0 + S), 1, "{:?}", names(&r));
+    assert!(!names(&r).contains(&"zero".to_owned()));
+    assert_eq!(r.expire_sessions(t0 + 3 * S), 1);
+    assert_eq!(names(&r), ["long", "never", "online", "v311"]);
+    assert_eq!(r.expire_sessions(t0 + 301 * S), 1);
+    assert_eq!(names(&r), ["never", "online", "v311"]);
+    // What is left of an interval, rounded up.
+    let e = Expiry {
+        interval: 300,
+        offline_us: t0,
+    };
+    assert_eq!(session_lives(e, t0 + 100 * S + 1), Some(200));
+    assert_eq!(session_lives(e, t0 + 300 * S), None);
+    assert_eq!(session_lives(e, t0 - S), Some(300), "a clock gone back");
+}
+
+#[test]
+fn a_snapshot_restates_a_sessions_expiry_and_subscription_options() {
+    let mut l = Logs::new();
+    let opts = SubOpts {
+        no_local: true,
+        retain_as_published: true,
+        id: 42,
+    };
+    let expiry = Some(Expiry {
+        interval: 60,
+        offline_us: 7,
+    });
+    l.put(
+        0,
+        Record::Snapshot(SnapshotBody {
+            client: "c",
+            horizons: vec![],
+            subs: vec![("t/#", 1, opts), ("u", 2, SubOpts::default())],
+            awaiting_pubrel: vec![],
+            released: vec![],
+            held: vec![],
+            groups: vec![],
+            expiry,
+        }),
+    );
+    let r = l.replay.finish();
+    assert_eq!(r.sessions[0].expiry, expiry);
+    assert_eq!(r.sessions[0].sub_opts, [("t/#".to_owned(), opts)]);
 }
