@@ -1780,7 +1780,9 @@ pub fn replay_case(data: &[u8]) {
         next[shard] += 1;
     }
     let mut restored = replay.finish();
-    let now_us = data.iter().fold(0u64, |a, &b| a.rotate_left(8) ^ u64::from(b));
+    let now_us = data
+        .iter()
+        .fold(0u64, |a, &b| a.rotate_left(8) ^ u64::from(b));
     restored.expire_sessions(now_us);
     for s in &restored.sessions {
         if let Some(e) = s.expiry {

@@ -28,9 +28,7 @@ use crate::config::FsyncPolicy;
 use crate::link::Conn;
 use crate::message::{pack_stamp, Message, MessageProps};
 use crate::protocol::{Packet, QoS};
-use crate::store::records::{
-    encode, Expiry, Held, MsgBody, Position, Record, SnapshotBody, Stamp,
-};
+use crate::store::records::{encode, Expiry, Held, MsgBody, Position, Record, SnapshotBody, Stamp};
 use crate::store::replay::{session_lives, Restored, RestoredMsg, Stored};
 use crate::store::{Commit, SegmentWriter};
 

@@ -291,8 +291,16 @@ impl W<'_> {
     }
     fn msg(&mut self, m: &MsgBody<'_>) -> &mut Self {
         let flags = u8::from(m.retain)
-            | if m.publisher.is_some() { MSG_PUBLISHER } else { 0 }
-            | if m.expires_us.is_some() { MSG_EXPIRES } else { 0 }
+            | if m.publisher.is_some() {
+                MSG_PUBLISHER
+            } else {
+                0
+            }
+            | if m.expires_us.is_some() {
+                MSG_EXPIRES
+            } else {
+                0
+            }
             | if m.forward.is_empty() { 0 } else { MSG_FORWARD }
             | if m.sender.is_some() { MSG_SENDER } else { 0 };
         self.u64(m.time_us).u8(m.qos).u8(flags);
@@ -361,7 +369,10 @@ pub fn encode(record: &Record<'_>, out: &mut Vec<u8>) -> u8 {
             opts,
             horizons,
         } => {
-            w.str(client).str(filter).sub_qos(*qos, opts).pairs(horizons);
+            w.str(client)
+                .str(filter)
+                .sub_qos(*qos, opts)
+                .pairs(horizons);
             kind::SUB
         }
         Record::Unsub { client, filter } => {
@@ -803,10 +814,7 @@ mod tests {
                 ..m5.clone()
             }),
             Record::SnapMsg(m),
-            Record::SnapMsg(MsgBody {
-                sender: None,
-                ..m5
-            }),
+            Record::SnapMsg(MsgBody { sender: None, ..m5 }),
             Record::Rel {
                 client: "c",
                 pid: 65535,
@@ -1033,12 +1041,7 @@ mod tests {
     #[test]
     fn format_2_bodies_read_as_before_and_3_1_1_costs_no_bytes() {
         let mut msg = Vec::new();
-        W(&mut msg)
-            .u64(9)
-            .u8(1)
-            .u8(1)
-            .str("t")
-            .bytes(b"payload");
+        W(&mut msg).u64(9).u8(1).u8(1).str("t").bytes(b"payload");
         let mut sub = Vec::new();
         W(&mut sub).str("c").str("a/#").u8(2).pairs(&[(0, 3)]);
         let mut session = Vec::new();
@@ -1096,7 +1099,13 @@ mod tests {
         }
         // Flags saying "present" must be followed by something.
         let mut b = Vec::new();
-        W(&mut b).u64(0).u8(1).u8(MSG_FORWARD).str("t").bytes(b"p").bytes(b"");
+        W(&mut b)
+            .u64(0)
+            .u8(1)
+            .u8(MSG_FORWARD)
+            .str("t")
+            .bytes(b"p")
+            .bytes(b"");
         assert_eq!(decode(kind::MSG, &b), Err(BadRecord::Invalid));
         let mut b = Vec::new();
         W(&mut b).str("c").str("f").u8(1 | SUB_ID).u32(0).pairs(&[]);

@@ -607,8 +607,7 @@ impl Replay {
                 place(&mut r, m, h.pid);
             }
             // Every published message past the positions that a subscription matches.
-            // (time, stamp, message, QoS granted, group, retain flag it goes with)
-            let mut matched: Vec<(u64, Stamp, &Stored, QoS, Option<&str>, bool)> = Vec::new();
+            let mut matched: Vec<Matched<'_>> = Vec::new();
             for (&origin, stream) in &streams {
                 let start = from_of(origin).max(s.snap_horizons.get(&origin).copied().unwrap_or(0));
                 for (&record, m) in stream.range(start..).filter(|(_, m)| m.published) {
@@ -684,6 +683,11 @@ impl Replay {
         out
     }
 }
+
+/// A message a restored session gets besides those its snapshot named: time
+/// accepted, stamp, the message, QoS granted, the shared group it came through,
+/// and the retain flag it goes out with.
+type Matched<'s> = (u64, Stamp, &'s Stored, QoS, Option<&'s str>, bool);
 
 /// Per message and group: the persistent sessions the group gave it to that were
 /// sent it at QoS 2 (a PUBLISH stage logged, or in flight at their snapshot).

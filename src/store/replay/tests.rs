@@ -47,10 +47,13 @@ impl Logs {
     }
 
     fn session(&mut self, shard: u16, client: &str, filter: &str, qos: u8) {
-        self.put(shard, Record::Session {
-            client,
-            expiry: None,
-        });
+        self.put(
+            shard,
+            Record::Session {
+                client,
+                expiry: None,
+            },
+        );
         let horizons = self.next.iter().map(|(&s, &n)| (s, n)).collect();
         self.put(
             shard,
@@ -199,10 +202,13 @@ fn qos2_flows_come_back_with_their_packet_ids_and_never_after_pubrec() {
 #[test]
 fn inbound_qos2_state_survives_until_pubrel() {
     let mut l = Logs::new();
-    l.put(0, Record::Session {
+    l.put(
+        0,
+        Record::Session {
             client: "p",
             expiry: None,
-        });
+        },
+    );
     for pid in [1, 2] {
         l.put(
             0,
@@ -1042,9 +1048,8 @@ fn a_5_0_sessions_expiry_counts_from_when_it_went_offline() {
         },
     );
     let mut r = l.replay.finish();
-    let names = |r: &Restored| -> Vec<String> {
-        r.sessions.iter().map(|s| s.client_id.clone()).collect()
-    };
+    let names =
+        |r: &Restored| -> Vec<String> { r.sessions.iter().map(|s| s.client_id.clone()).collect() };
     assert_eq!(r.sessions.len(), 6);
     let by = |r: &Restored, c: &str| r.sessions.iter().find(|s| s.client_id == c).unwrap().expiry;
     assert_eq!(
