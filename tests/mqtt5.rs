@@ -1593,6 +1593,58 @@ mod persistence {
         subscription_options_survive(Mode::Killed);
     }
 
+    /// A live message published with RETAIN, queued for an offline Retain As
+    /// Published subscriber, survives a crash after the positions were written.
+    fn retain_as_published_queue_survives(mode: Mode) {
+        let dir = DataDir::new("rap5");
+        let node = Node::start(mode, dir.path(), SHARDS);
+        let topic = unique("rap5");
+        let id = id_on_shard("rap5-sub", 1);
+        let mut c = client5(node.addr(), persistent5(&id, 300));
+        subscribe_with(
+            &mut c,
+            1,
+            SubscribeFilter {
+                retain_as_published: true,
+                ..filter(&format!("{topic}/#"), Q::AtLeastOnce)
+            },
+            None,
+        );
+        disconnect5(&mut c, ReasonCode::NORMAL_DISCONNECTION, None);
+        let mut publ = client5(node.addr(), connect5(&id_on_shard("rap5-pub", 0)));
+        let retained = format!("{topic}/r");
+        publish_acked(
+            &mut publ,
+            publish5(&retained, b"r", Q::AtLeastOnce, true, 1),
+        );
+        drop(publ);
+        // Past a position checkpoint (written every second).
+        std::thread::sleep(Duration::from_millis(2500));
+        let node = node.restart();
+        let (mut c, ack) = open5(node.addr(), persistent5(&id, 300));
+        assert!(ack.session_present);
+        let mut publ = client5(node.addr(), connect5(&id_on_shard("rap5-pub", 0)));
+        let sentinel = format!("{topic}/sentinel");
+        publish_acked(
+            &mut publ,
+            publish5(&sentinel, b"", Q::AtLeastOnce, false, 2),
+        );
+        let got = until(&mut c, &sentinel);
+        assert_eq!(topics(&got), [retained], "{mode:?}; log:\n{}", node.log());
+        assert!(got[0].retain, "with the flag it was published with");
+        node.stop();
+    }
+
+    #[test]
+    fn graceful_restart_keeps_live_retained_messages_queued_for_retain_as_published() {
+        retain_as_published_queue_survives(Mode::Graceful);
+    }
+
+    #[test]
+    fn killed_broker_keeps_live_retained_messages_queued_for_retain_as_published() {
+        retain_as_published_queue_survives(Mode::Killed);
+    }
+
     fn with_props(mut p: P5, expiry: Option<u32>) -> P5 {
         p.props = Some(Box::new(PublishProps {
             message_expiry: expiry,

@@ -592,12 +592,17 @@ impl Shard {
             }
             mins.iter_mut().for_each(|m| *m = u64::MAX);
             let mut first_pid = 0;
+            // A message held with the retain flag is usually a retained copy sent
+            // on subscribe, older than the position need be. A session that keeps
+            // the flag of live messages (Retain As Published) holds live ones with
+            // it too: those count, or a crash could lose them.
+            let live_retained = e.keeps_retain();
             e.session.for_each_held(
                 |m, pid| {
                     if first_pid == 0 && m.qos == QoS::AtLeastOnce {
                         first_pid = pid;
                     }
-                    if let (false, Some(s)) = (m.retain, m.stamp()) {
+                    if let (false, Some(s)) = (m.retain && !live_retained, m.stamp()) {
                         if let Some(x) = mins.get_mut(usize::from(s.origin)) {
                             *x = (*x).min(s.record);
                         }
