@@ -350,6 +350,16 @@ mod tests {
         let (dir, _, _) = DataDir::open(&d).unwrap();
         assert_eq!(dir.generation(), next);
         drop(dir);
+        // Formats 1 and 2 are read as well.
+        for older in [1, 2] {
+            fs::write(
+                d.join(CURRENT),
+                format!("shardmq data format {older}\ngeneration {next}\n"),
+            )
+            .unwrap();
+            let (dir, _, _) = DataDir::open(&d).unwrap();
+            assert_eq!(dir.generation(), next, "format {older}");
+        }
         fs::write(d.join(CURRENT), "shardmq data format 99\ngeneration 1\n").unwrap();
         assert!(matches!(
             DataDir::open(&d),
