@@ -29,6 +29,9 @@ fn msg(i: u64) -> Record<'static> {
         publisher: None,
         topic: TOPIC,
         payload: &PAYLOAD,
+        expires_us: None,
+        forward: b"",
+        sender: None,
     })
 }
 
@@ -83,13 +86,21 @@ fn replay(c: &mut Criterion) {
                 .count();
             records.push((shard, n as u64, kind, body));
         };
-        put(0, Record::Session { client: "dev" }, &mut records);
+        put(
+            0,
+            Record::Session {
+                client: "dev",
+                expiry: None,
+            },
+            &mut records,
+        );
         put(
             0,
             Record::Sub {
                 client: "dev",
                 filter: "sensors/#",
                 qos: 1,
+                opts: Default::default(),
                 horizons: vec![],
             },
             &mut records,

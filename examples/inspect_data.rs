@@ -1,6 +1,27 @@
 //! Prints what a data directory holds (the state a start would restore): every
-//! persistent session's subscriptions and message counts, and the retained
-//! messages. Usage: cargo run --example inspect_data -- DIR [--messages]
+//! persistent session's expiry, subscriptions (with their 5.0 options) and message
+//! counts, and the retained messages; with `--messages`, each message with its 5.0
+//! properties. Usage: cargo run --example inspect_data -- DIR [--messages]
+use shardmq::store::replay::Stored;
+
+/// A message's 5.0 fields, for printing (empty for a 3.1.1 one).
+fn props(m: &Stored) -> String {
+    let Some(p) = m.props.as_deref() else {
+        return String::new();
+    };
+    let mut out = String::new();
+    if let Some(at) = p.expires_us {
+        out += &format!(" expires_us={at}");
+    }
+    if !p.forward.is_empty() {
+        out += &format!(" forward={:?}", p.forward);
+    }
+    if let Some(s) = &p.sender {
+        out += &format!(" sender={s:?}");
+    }
+    out
+}
+
 fn main() {
     let mut args = std::env::args().skip(1);
     let Some(dir) = args.next() else {
@@ -43,19 +64,51 @@ fn main() {
             s.released.len(),
             s.awaiting_pubrel.len()
         );
+        match s.expiry {
+            None => println!("  MQTT 3.1.1 session (persistent_client_expiration applies)"),
+            Some(e) if e.offline_us == 0 => println!(
+                "  session expiry interval {} s, connected when the log ended",
+                e.interval
+            ),
+            Some(e) => println!(
+                "  session expiry interval {} s, offline since {} us",
+                e.interval, e.offline_us
+            ),
+        }
+        for (f, q) in &s.subs {
+            let o = s
+                .sub_opts
+                .iter()
+                .find(|(g, _)| g == f)
+                .map(|(_, o)| *o)
+                .unwrap_or_default();
+            println!(
+                "  subscription {f:?} qos {} no_local={} retain_as_published={} id={}",
+                *q as u8, o.no_local, o.retain_as_published, o.id
+            );
+        }
         if show {
             for (pid, m) in &s.inflight {
                 println!(
-                    "  in flight {pid} {} {} {:?}",
-                    m.stamp, m.msg.topic, m.msg.payload
+                    "  in flight {pid} {} {} {:?}{}",
+                    m.stamp,
+                    m.msg.topic,
+                    m.msg.payload,
+                    props(&m.msg)
                 );
             }
             for m in &s.queued {
-                println!("  queued {} {} {:?}", m.stamp, m.msg.topic, m.msg.payload);
+                println!(
+                    "  queued {} {} {:?}{}",
+                    m.stamp,
+                    m.msg.topic,
+                    m.msg.payload,
+                    props(&m.msg)
+                );
             }
         }
     }
     for (stamp, m) in &restored.retained {
-        println!("retained {stamp} {} {:?}", m.topic, m.payload);
+        println!("retained {stamp} {} {:?}{}", m.topic, m.payload, props(m));
     }
 }

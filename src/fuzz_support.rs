@@ -1751,13 +1751,14 @@ pub fn store_case(data: &[u8]) {
 /// Arbitrary bytes as the records of a data directory's logs, through the replay
 /// that rebuilds sessions and retained messages at start.
 ///
-/// Layout: records one after another, each `[shard: u8 (mod 3)][kind: u8 (mod 12)]
+/// Layout: records one after another, each `[shard: u8 (mod 3)][kind: u8 (mod 14)]
 /// [len: u8][body: len bytes]` (a short last one takes what is left); each shard's
 /// records are numbered in order. Checked: nothing panics; a body that decodes
 /// encodes back to the same bytes; every restored session's packet ids in flight
 /// are distinct, non-zero, and distinct from its released ones; every message it
 /// holds goes out at QoS 1 or 2, no higher than it was published with; retained
-/// messages have distinct topics and payloads.
+/// messages have distinct topics and payloads; dropping the 5.0 sessions whose
+/// expiry ran out (at a time taken from the input) keeps only sessions that live.
 pub fn replay_case(data: &[u8]) {
     use crate::store::records::{decode, encode};
     use crate::store::replay::Replay;
@@ -1766,7 +1767,7 @@ pub fn replay_case(data: &[u8]) {
     let mut rest = data;
     while rest.len() >= 3 {
         let shard = usize::from(rest[0] % 3);
-        let kind = rest[1] % 12;
+        let kind = rest[1] % 14;
         let len = usize::from(rest[2]).min(rest.len() - 3);
         let body = &rest[3..3 + len];
         rest = &rest[3 + len..];
@@ -1778,8 +1779,18 @@ pub fn replay_case(data: &[u8]) {
         replay.record(shard as u16, next[shard], kind, body);
         next[shard] += 1;
     }
-    let restored = replay.finish();
+    let mut restored = replay.finish();
+    let now_us = data
+        .iter()
+        .fold(0u64, |a, &b| a.rotate_left(8) ^ u64::from(b));
+    restored.expire_sessions(now_us);
     for s in &restored.sessions {
+        if let Some(e) = s.expiry {
+            assert!(
+                crate::store::replay::session_lives(e, now_us).is_some(),
+                "an expired session kept"
+            );
+        }
         let mut pids = std::collections::HashSet::new();
         for &p in s.released.iter().chain(s.inflight.iter().map(|(p, _)| p)) {
             assert!(p != 0, "packet id 0 in flight");

@@ -446,7 +446,9 @@ impl Broker {
         let (restored_tx, restored_rx) = match &shared.config.data_dir {
             Some(path) => {
                 let t0 = std::time::Instant::now();
-                let (dir, restored, report) = store::generation::DataDir::open(path)?;
+                let (dir, mut restored, report) = store::generation::DataDir::open(path)?;
+                // 5.0 sessions whose expiry ran out while the broker was down.
+                let expired_sessions = restored.expire_sessions(shard::retained::now_us());
                 for d in &report.damage {
                     tracing::warn!(damage = %d, "log damage set aside");
                 }
@@ -458,6 +460,7 @@ impl Broker {
                     bytes = report.bytes,
                     records = report.records,
                     sessions = restored.sessions.len(),
+                    expired_sessions,
                     retained = restored.retained.len(),
                     queued = restored.sessions.iter().map(|s| s.inflight.len() + s.queued.len()).sum::<usize>(),
                     bad_records = restored.bad_records,

@@ -1861,3 +1861,381 @@ fn suback_and_disconnect_carry_reason_strings_within_the_clients_maximum_packet_
         p => panic!("expected DISCONNECT, got {p:?}"),
     }
 }
+
+// ---------------------------------------------------------------------------------
+// Persistence: a 5.0 session's state across a restart (graceful and kill -9)
+// ---------------------------------------------------------------------------------
+
+mod persistence {
+    use super::*;
+    use common::persist::{DataDir, Mode, Node};
+
+    /// Long enough for a 2 s expiry to run out while the broker is down.
+    const DOWNTIME: Duration = Duration::from_millis(3500);
+
+    fn publish_acked(raw: &mut Raw, p: P5) {
+        let qos = p.qos;
+        raw.send(&enc(&Packet::Publish(p)));
+        if qos == Q::AtLeastOnce {
+            raw.recv_kind(PUBACK);
+        }
+    }
+
+    /// PUBLISHes (each acknowledged) until one on `sentinel`; returns those before.
+    fn until(raw: &mut Raw, sentinel: &str) -> Vec<P5> {
+        let mut got = Vec::new();
+        loop {
+            let p = recv_publish5(raw);
+            if p.qos == Q::AtLeastOnce {
+                raw.send(&enc(&Packet::PubAckV5(Ack::success(p.pkid))));
+            }
+            if &p.topic[..] == sentinel {
+                return got;
+            }
+            got.push(p);
+        }
+    }
+
+    fn topics(ps: &[P5]) -> Vec<String> {
+        ps.iter().map(|p| p.topic.to_string()).collect()
+    }
+
+    fn subscribe_with(raw: &mut Raw, pkid: u16, f: SubscribeFilter, id: Option<u32>) {
+        raw.send(&enc(&Packet::Subscribe(Subscribe {
+            pkid,
+            filters: vec![f],
+            id: id.and_then(NonZeroU32::new),
+            user: UserProperties::new(),
+        })));
+        raw.recv_kind(SUBACK);
+    }
+
+    fn ids(p: &P5) -> Vec<u32> {
+        p.props
+            .as_ref()
+            .map(|p| p.subscription_ids.iter().map(|i| i.get()).collect())
+            .unwrap_or_default()
+    }
+
+    fn session_expiry_survives(mode: Mode) {
+        let dir = DataDir::new("se5");
+        let node = Node::start(mode, dir.path(), SHARDS);
+        let topic = unique("se5");
+        // (client id, interval at CONNECT, interval at DISCONNECT, survives)
+        let cases = [
+            (id_on_shard("se5-long", 1), 300, None, true),
+            (id_on_shard("se5-short", 0), 2, None, false),
+            (id_on_shard("se5-never", 1), u32::MAX, None, true),
+            (id_on_shard("se5-lowered", 0), 300, Some(2), false),
+            (id_on_shard("se5-raised", 1), 2, Some(300), true),
+        ];
+        for (id, at_connect, at_disconnect, _) in &cases {
+            let mut c = client5(node.addr(), persistent5(id, *at_connect));
+            subscribe5(&mut c, 1, &[(&format!("{topic}/#"), Q::AtLeastOnce)]);
+            disconnect5(&mut c, ReasonCode::NORMAL_DISCONNECTION, *at_disconnect);
+        }
+        // A message queued for each while they are away.
+        let mut publ = client5(node.addr(), connect5(&id_on_shard("se5-pub", 0)));
+        publish_acked(
+            &mut publ,
+            publish5(&format!("{topic}/queued"), b"q", Q::AtLeastOnce, false, 1),
+        );
+        drop(publ);
+        let dir_path = dir.path().to_path_buf();
+        node.stop();
+        std::thread::sleep(DOWNTIME);
+        let node = Node::start(mode, &dir_path, SHARDS);
+        for (id, _, _, survives) in &cases {
+            let (mut c, ack) = open5(node.addr(), persistent5(id, 300));
+            assert_eq!(ack.reason, ReasonCode::SUCCESS);
+            assert_eq!(
+                ack.session_present,
+                *survives,
+                "{mode:?}: {id}: session present; log:\n{}",
+                node.log()
+            );
+            if *survives {
+                let p = recv_publish5(&mut c);
+                assert_eq!(&p.topic[..], format!("{topic}/queued"), "{id}");
+                c.send(&enc(&Packet::PubAckV5(Ack::success(p.pkid))));
+            } else {
+                c.expect_silence(QUIET);
+            }
+            disconnect5(&mut c, ReasonCode::NORMAL_DISCONNECTION, Some(0));
+        }
+        node.stop();
+    }
+
+    #[test]
+    fn graceful_restart_keeps_a_5_0_sessions_expiry_counting() {
+        session_expiry_survives(Mode::Graceful);
+    }
+
+    #[test]
+    fn killed_broker_keeps_a_5_0_sessions_expiry_counting() {
+        session_expiry_survives(Mode::Killed);
+    }
+
+    fn subscription_options_survive(mode: Mode) {
+        let dir = DataDir::new("so5");
+        let node = Node::start(mode, dir.path(), SHARDS);
+        let topic = unique("so5");
+        let id = id_on_shard("so5-sub", 1);
+        let mut c = client5(node.addr(), persistent5(&id, 300));
+        let own = format!("{topic}/own/#");
+        subscribe_with(
+            &mut c,
+            1,
+            SubscribeFilter {
+                no_local: true,
+                ..filter(&own, Q::AtLeastOnce)
+            },
+            Some(11),
+        );
+        subscribe_with(
+            &mut c,
+            2,
+            filter(&format!("{topic}/+/x"), Q::AtLeastOnce),
+            Some(22),
+        );
+        let rap = format!("{topic}/rap");
+        subscribe_with(
+            &mut c,
+            3,
+            SubscribeFilter {
+                retain_as_published: true,
+                ..filter(&rap, Q::AtLeastOnce)
+            },
+            None,
+        );
+        // Its own message (not sent back), then away while another's is queued:
+        // after a crash recovery matches both again.
+        publish_acked(
+            &mut c,
+            publish5(&format!("{topic}/own/mine"), b"m", Q::AtLeastOnce, false, 1),
+        );
+        disconnect5(&mut c, ReasonCode::NORMAL_DISCONNECTION, None);
+        let mut publ = client5(node.addr(), connect5(&id_on_shard("so5-pub", 0)));
+        publish_acked(
+            &mut publ,
+            publish5(
+                &format!("{topic}/own/theirs"),
+                b"t",
+                Q::AtLeastOnce,
+                false,
+                1,
+            ),
+        );
+        drop(publ);
+
+        let node = node.restart();
+        let (mut c, ack) = open5(node.addr(), persistent5(&id, 300));
+        assert!(ack.session_present, "{mode:?}; log:\n{}", node.log());
+        let mut publ = client5(node.addr(), connect5(&id_on_shard("so5-pub", 0)));
+        let sentinel = format!("{topic}/own/sentinel");
+        publish_acked(
+            &mut publ,
+            publish5(&sentinel, b"s", Q::AtLeastOnce, false, 2),
+        );
+        let got = until(&mut c, &sentinel);
+        assert_eq!(
+            topics(&got),
+            [format!("{topic}/own/theirs")],
+            "{mode:?}: No Local keeps its own message away"
+        );
+        assert_eq!(ids(&got[0]), [11]);
+        // Live after the restart: No Local, identifiers, Retain As Published.
+        publish_acked(
+            &mut c,
+            publish5(
+                &format!("{topic}/own/mine2"),
+                b"m",
+                Q::AtLeastOnce,
+                false,
+                2,
+            ),
+        );
+        publish_acked(
+            &mut publ,
+            publish5(&format!("{topic}/own/x"), b"x", Q::AtLeastOnce, false, 3),
+        );
+        let p = recv_publish5(&mut c);
+        assert_eq!(
+            &p.topic[..],
+            format!("{topic}/own/x"),
+            "not its own message"
+        );
+        assert_eq!(ids(&p), [11, 22]);
+        c.send(&enc(&Packet::PubAckV5(Ack::success(p.pkid))));
+        publish_acked(&mut publ, publish5(&rap, b"r", Q::AtLeastOnce, true, 4));
+        let p = recv_publish5(&mut c);
+        assert_eq!(&p.topic[..], rap);
+        assert!(p.retain, "Retain As Published survives the restart");
+        assert!(ids(&p).is_empty());
+        c.send(&enc(&Packet::PubAckV5(Ack::success(p.pkid))));
+        node.stop();
+    }
+
+    #[test]
+    fn graceful_restart_keeps_subscription_ids_no_local_and_retain_as_published() {
+        subscription_options_survive(Mode::Graceful);
+    }
+
+    #[test]
+    fn killed_broker_keeps_subscription_ids_no_local_and_retain_as_published() {
+        subscription_options_survive(Mode::Killed);
+    }
+
+    /// A live message published with RETAIN, queued for an offline Retain As
+    /// Published subscriber, survives a crash after the positions were written.
+    fn retain_as_published_queue_survives(mode: Mode) {
+        let dir = DataDir::new("rap5");
+        let node = Node::start(mode, dir.path(), SHARDS);
+        let topic = unique("rap5");
+        let id = id_on_shard("rap5-sub", 1);
+        let mut c = client5(node.addr(), persistent5(&id, 300));
+        subscribe_with(
+            &mut c,
+            1,
+            SubscribeFilter {
+                retain_as_published: true,
+                ..filter(&format!("{topic}/#"), Q::AtLeastOnce)
+            },
+            None,
+        );
+        disconnect5(&mut c, ReasonCode::NORMAL_DISCONNECTION, None);
+        let mut publ = client5(node.addr(), connect5(&id_on_shard("rap5-pub", 0)));
+        let retained = format!("{topic}/r");
+        publish_acked(
+            &mut publ,
+            publish5(&retained, b"r", Q::AtLeastOnce, true, 1),
+        );
+        drop(publ);
+        // Past a position checkpoint (written every second).
+        std::thread::sleep(Duration::from_millis(2500));
+        let node = node.restart();
+        let (mut c, ack) = open5(node.addr(), persistent5(&id, 300));
+        assert!(ack.session_present);
+        let mut publ = client5(node.addr(), connect5(&id_on_shard("rap5-pub", 0)));
+        let sentinel = format!("{topic}/sentinel");
+        publish_acked(
+            &mut publ,
+            publish5(&sentinel, b"", Q::AtLeastOnce, false, 2),
+        );
+        let got = until(&mut c, &sentinel);
+        assert_eq!(topics(&got), [retained], "{mode:?}; log:\n{}", node.log());
+        assert!(got[0].retain, "with the flag it was published with");
+        node.stop();
+    }
+
+    #[test]
+    fn graceful_restart_keeps_live_retained_messages_queued_for_retain_as_published() {
+        retain_as_published_queue_survives(Mode::Graceful);
+    }
+
+    #[test]
+    fn killed_broker_keeps_live_retained_messages_queued_for_retain_as_published() {
+        retain_as_published_queue_survives(Mode::Killed);
+    }
+
+    fn with_props(mut p: P5, expiry: Option<u32>) -> P5 {
+        p.props = Some(Box::new(PublishProps {
+            message_expiry: expiry,
+            forward: forward_props(),
+            ..PublishProps::default()
+        }));
+        p
+    }
+
+    fn message_properties_survive(mode: Mode) {
+        let dir = DataDir::new("mp5");
+        let node = Node::start(mode, dir.path(), SHARDS);
+        let topic = unique("mp5");
+        let id = id_on_shard("mp5-sub", 1);
+        let mut c = client5(node.addr(), persistent5(&id, 600));
+        subscribe5(&mut c, 1, &[(&format!("{topic}/q/#"), Q::AtLeastOnce)]);
+        disconnect5(&mut c, ReasonCode::NORMAL_DISCONNECTION, None);
+        let mut publ = client5(node.addr(), connect5(&id_on_shard("mp5-pub", 0)));
+        let t = |s: &str| format!("{topic}/{s}");
+        for p in [
+            with_props(
+                publish5(&t("q/keep"), b"k", Q::AtLeastOnce, false, 1),
+                Some(600),
+            ),
+            with_props(
+                publish5(&t("q/short"), b"s", Q::AtLeastOnce, false, 2),
+                Some(2),
+            ),
+            with_props(
+                publish5(&t("q/forever"), b"f", Q::AtLeastOnce, false, 3),
+                None,
+            ),
+            publish5(&t("q/plain"), b"p", Q::AtLeastOnce, false, 4),
+            with_props(
+                publish5(&t("r/keep"), b"rk", Q::AtLeastOnce, true, 5),
+                Some(600),
+            ),
+            with_props(
+                publish5(&t("r/short"), b"rs", Q::AtLeastOnce, true, 6),
+                Some(2),
+            ),
+        ] {
+            publish_acked(&mut publ, p);
+        }
+        drop(publ);
+        let dir_path = dir.path().to_path_buf();
+        node.stop();
+        std::thread::sleep(DOWNTIME);
+        let node = Node::start(mode, &dir_path, SHARDS);
+
+        let (mut c, ack) = open5(node.addr(), persistent5(&id, 600));
+        assert!(ack.session_present, "{mode:?}; log:\n{}", node.log());
+        let mut publ = client5(node.addr(), connect5(&id_on_shard("mp5-pub", 0)));
+        let sentinel = t("q/sentinel");
+        publish_acked(
+            &mut publ,
+            publish5(&sentinel, b"", Q::AtLeastOnce, false, 7),
+        );
+        let got = until(&mut c, &sentinel);
+        assert_eq!(
+            topics(&got),
+            [t("q/keep"), t("q/forever"), t("q/plain")],
+            "{mode:?}: the message whose expiry passed while the broker was down is not delivered"
+        );
+        for p in &got[..2] {
+            let props = p.props.as_ref().expect("properties restored");
+            assert_eq!(props.forward, forward_props(), "unchanged and in order");
+        }
+        let left = got[0].props.as_ref().unwrap().message_expiry;
+        assert!(
+            left.is_some_and(|l| l > 0 && l <= 600 - DOWNTIME.as_secs() as u32),
+            "the time queued, the downtime included, is taken off: {left:?}"
+        );
+        assert_eq!(got[1].props.as_ref().unwrap().message_expiry, None);
+        assert!(got[2].props.as_ref().is_none_or(|p| p.forward.is_empty()));
+        // Retained: with their properties, and not once expired.
+        let mut late = client5(node.addr(), connect5(&id_on_shard("mp5-late", 1)));
+        subscribe5(&mut late, 1, &[(&t("r/#"), Q::AtLeastOnce)]);
+        let p = recv_publish5(&mut late);
+        assert_eq!(&p.topic[..], t("r/keep"));
+        assert!(p.retain);
+        let props = p.props.expect("retained properties restored");
+        assert_eq!(props.forward, forward_props());
+        assert!(props
+            .message_expiry
+            .is_some_and(|l| l > 0 && l <= 600 - DOWNTIME.as_secs() as u32));
+        late.send(&enc(&Packet::PubAckV5(Ack::success(p.pkid))));
+        late.expect_silence(QUIET);
+        node.stop();
+    }
+
+    #[test]
+    fn graceful_restart_keeps_queued_messages_properties_and_expiry() {
+        message_properties_survive(Mode::Graceful);
+    }
+
+    #[test]
+    fn killed_broker_keeps_queued_messages_properties_and_expiry() {
+        message_properties_survive(Mode::Killed);
+    }
+}

@@ -733,6 +733,11 @@ impl Session {
         }
     }
 
+    /// The Subscription Identifier of the subscription `filter`, if it has one.
+    pub fn subscription_id(&self, filter: &str) -> Option<NonZeroU32> {
+        self.subscription_ids.as_ref()?.get(filter).copied()
+    }
+
     /// The PUBLISH that carries `msg` to this session's client: with its properties
     /// and the identifiers of the subscriptions its topic matches, for a 5.0 client.
     fn packet(&self, msg: &Message, pkid: u16, dup: bool) -> Packet {

@@ -30,7 +30,10 @@ impl Shard {
                 let key = self.sessions.insert(SessionEntry::offline(session, 0));
                 self.by_client.insert(id.clone(), key);
                 if !clean_session {
-                    self.log_record(&store::records::Record::Session { client: &id });
+                    self.log_record(&store::records::Record::Session {
+                        client: &id,
+                        expiry: None,
+                    });
                 }
                 key
             }
@@ -76,6 +79,7 @@ impl Shard {
                     client: &client,
                     filter: &filter,
                     qos: *qos as u8,
+                    opts: Default::default(),
                     horizons,
                 });
             }

@@ -18,7 +18,7 @@ use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::rc::Rc;
 use std::task::Waker;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ahash::AHashMap;
 use bytestring::ByteString;
@@ -26,10 +26,10 @@ use bytestring::ByteString;
 use super::{SessionEntry, Shard};
 use crate::config::FsyncPolicy;
 use crate::link::Conn;
-use crate::message::{pack_stamp, Message};
+use crate::message::{pack_stamp, Message, MessageProps};
 use crate::protocol::{Packet, QoS};
-use crate::store::records::{encode, Held, MsgBody, Position, Record, SnapshotBody, Stamp};
-use crate::store::replay::{Restored, RestoredMsg};
+use crate::store::records::{encode, Expiry, Held, MsgBody, Position, Record, SnapshotBody, Stamp};
+use crate::store::replay::{session_lives, Restored, RestoredMsg, Stored};
 use crate::store::{Commit, SegmentWriter};
 
 /// How often positions are written (a crash re-sends at most this much of what
@@ -305,7 +305,47 @@ fn now_us() -> u64 {
     super::retained::now_us()
 }
 
-fn msg_body<'a>(m: &'a Message, publisher: Option<(&'a str, u16)>, time_us: u64) -> MsgBody<'a> {
+/// The wall clock and the monotonic one read together: a message's expiry is an
+/// [`Instant`] in memory and microseconds since the Unix epoch in the log.
+#[derive(Clone, Copy)]
+pub(super) struct Clock {
+    pub now: Instant,
+    pub now_us: u64,
+}
+
+impl Clock {
+    pub fn read() -> Clock {
+        Clock {
+            now: Instant::now(),
+            now_us: now_us(),
+        }
+    }
+
+    /// `at` on the wall clock (an instant already past: now).
+    fn to_us(self, at: Instant) -> u64 {
+        let left = at.saturating_duration_since(self.now).as_micros();
+        self.now_us
+            .saturating_add(u64::try_from(left).unwrap_or(u64::MAX))
+    }
+
+    /// `us` on the monotonic clock (a time already past: now, so that whatever
+    /// expires then has expired).
+    fn to_instant(self, us: u64) -> Instant {
+        let left = Duration::from_micros(us.saturating_sub(self.now_us));
+        self.now.checked_add(left).unwrap_or(self.now)
+    }
+}
+
+fn msg_body<'a>(
+    m: &'a Message,
+    publisher: Option<(&'a str, u16)>,
+    time_us: u64,
+    clock: Clock,
+) -> MsgBody<'a> {
+    let (expires_us, forward) = match m.props.as_deref() {
+        Some(p) => (p.expires_at.map(|at| clock.to_us(at)), &p.forward[..]),
+        None => (None, &[][..]),
+    };
     MsgBody {
         time_us,
         qos: m.qos as u8,
@@ -313,7 +353,22 @@ fn msg_body<'a>(m: &'a Message, publisher: Option<(&'a str, u16)>, time_us: u64)
         publisher,
         topic: &m.topic,
         payload: &m.payload,
+        expires_us,
+        forward,
+        sender: None,
     }
+}
+
+/// A restored message's 5.0 properties, its expiry back on the monotonic clock.
+fn restored_props(m: &Stored, clock: Clock) -> Option<std::sync::Arc<MessageProps>> {
+    let p = m.props.as_deref()?;
+    if p.expires_us.is_none() && p.forward.is_empty() {
+        return None;
+    }
+    Some(std::sync::Arc::new(MessageProps {
+        expires_at: p.expires_us.map(|us| clock.to_instant(us)),
+        forward: p.forward.clone(),
+    }))
 }
 
 /// Appends a snapshot of every persistent session in `sessions`.
@@ -322,11 +377,15 @@ fn append_snapshots(
     sessions: &slab::Slab<SessionEntry>,
     shared: &super::shared::Shared,
     horizons: &[(u16, u64)],
+    offline_us: impl Fn(u32) -> u64,
 ) {
     for (_, e) in sessions.iter() {
         if !e.session.clean_session() {
             d.append(&Record::Snapshot(Shard::session_snapshot(
-                e, shared, horizons,
+                e,
+                shared,
+                horizons,
+                &offline_us,
             )));
         }
     }
@@ -384,8 +443,15 @@ pub(super) fn filter_output(d: &mut Durable, entry: &mut SessionEntry, packets: 
 impl Shard {
     /// With persistence on: logs a message one of this shard's clients published
     /// (QoS 1/2, or retained) and stamps it; for a persistent session's QoS 2
-    /// PUBLISH, with the packet id that awaits PUBREL.
-    pub(super) fn log_publish(&mut self, client: Option<(&str, u16)>, msg: &mut Message) {
+    /// PUBLISH, with the packet id that awaits PUBREL. `sender`: the publishing
+    /// client, when its session has No Local subscriptions (see
+    /// [`MsgBody::sender`]).
+    pub(super) fn log_publish(
+        &mut self,
+        client: Option<(&str, u16)>,
+        sender: Option<&str>,
+        msg: &mut Message,
+    ) {
         if self.durable.is_none() {
             return;
         }
@@ -402,8 +468,10 @@ impl Shard {
         if msg.qos != QoS::AtMostOnce {
             *msg = msg.compact();
         }
-        let mut body = msg_body(msg, client, now_us());
+        let clock = Clock::read();
+        let mut body = msg_body(msg, client, clock.now_us, clock);
         body.retain = retain;
+        body.sender = sender;
         let record = d.append(&Record::Msg(body));
         msg.stamp = pack_stamp(Stamp {
             origin: self.id as u16,
@@ -524,12 +592,17 @@ impl Shard {
             }
             mins.iter_mut().for_each(|m| *m = u64::MAX);
             let mut first_pid = 0;
+            // A message held with the retain flag is usually a retained copy sent
+            // on subscribe, older than the position need be. A session that keeps
+            // the flag of live messages (Retain As Published) holds live ones with
+            // it too: those count, or a crash could lose them.
+            let live_retained = e.keeps_retain();
             e.session.for_each_held(
                 |m, pid| {
                     if first_pid == 0 && m.qos == QoS::AtLeastOnce {
                         first_pid = pid;
                     }
-                    if let (false, Some(s)) = (m.retain, m.stamp()) {
+                    if let (false, Some(s)) = (m.retain && !live_retained, m.stamp()) {
                         if let Some(x) = mins.get_mut(usize::from(s.origin)) {
                             *x = (*x).min(s.record);
                         }
@@ -573,10 +646,12 @@ impl Shard {
     }
 
     /// One session, whole, for a snapshot: its messages named by their stamps.
+    /// `offline_us` turns the entry's `offline_since` into wall-clock time.
     pub(super) fn session_snapshot<'a>(
         e: &'a SessionEntry,
         shared: &'a super::shared::Shared,
         horizons: &[(u16, u64)],
+        offline_us: impl Fn(u32) -> u64,
     ) -> SnapshotBody<'a> {
         let mut held = Vec::new();
         let mut released = Vec::new();
@@ -603,12 +678,20 @@ impl Shard {
             subs: e
                 .session
                 .subscriptions()
-                .map(|(f, q)| (&**f, q as u8))
+                .map(|(f, q)| (&**f, q as u8, e.sub_opts(f)))
                 .collect(),
             awaiting_pubrel: e.session.awaiting_pubrel().collect(),
             released,
             held,
             groups,
+            expiry: e.expiry.map(|interval| Expiry {
+                interval,
+                offline_us: if e.conn.is_some() || e.offline_since == 0 {
+                    0
+                } else {
+                    offline_us(e.offline_since)
+                },
+            }),
         }
     }
 
@@ -619,6 +702,7 @@ impl Shard {
             return;
         }
         let horizons = self.horizons();
+        let offline_us = self.offline_clock();
         let Shard {
             sessions,
             durable,
@@ -626,8 +710,40 @@ impl Shard {
             ..
         } = self;
         if let Some(d) = durable.as_deref_mut() {
-            append_snapshots(d, sessions, shared, &horizons);
+            append_snapshots(d, sessions, shared, &horizons, offline_us);
         }
+    }
+
+    /// Turns an offline session's `offline_since` (seconds since the shard
+    /// started, plus one) into microseconds since the Unix epoch.
+    pub(super) fn offline_clock(&self) -> impl Fn(u32) -> u64 {
+        let clock = Clock::read();
+        let now_secs = u64::from(self.secs_since_start(clock.now));
+        move |since: u32| {
+            let ago = (now_secs + 1).saturating_sub(u64::from(since));
+            clock.now_us.saturating_sub(ago * 1_000_000)
+        }
+    }
+
+    /// Logs a persistent session's expiry as it changed hands or went offline:
+    /// a 5.0 client's interval and the time it left (0: connected), or, for a
+    /// 3.1.1 client taking over a session a 5.0 one had, that it has none.
+    pub(super) fn log_expiry(&mut self, key: usize, had_expiry: bool) {
+        let Some(d) = self.durable.as_deref_mut() else {
+            return;
+        };
+        let e = &self.sessions[key];
+        if e.session.clean_session() || (e.expiry.is_none() && !had_expiry) {
+            return;
+        }
+        let expiry = e.expiry.map(|interval| Expiry {
+            interval,
+            offline_us: if e.conn.is_some() { 0 } else { now_us() },
+        });
+        d.append(&Record::Expiry {
+            client: e.session.client_id(),
+            expiry,
+        });
     }
 
     /// At start, with persistence on: takes the sessions homed here and the
@@ -637,6 +753,10 @@ impl Shard {
     /// retained messages first, so every shard knows their stamps: 0..R of shard
     /// 0's log). Returns the messages the queue bounds turned away.
     pub fn restore(&mut self, restored: &Restored, now: std::time::Instant) -> usize {
+        let clock = Clock {
+            now,
+            now_us: now_us(),
+        };
         let Some(d) = self.durable.as_deref_mut() else {
             return 0;
         };
@@ -653,11 +773,10 @@ impl Shard {
                 qos: m.qos,
                 retain: true,
                 stamp: pack_stamp(stamp).into(),
-                // 5.0 properties are not logged yet.
-                props: None,
+                props: restored_props(m, clock),
             };
             if id == 0 {
-                let r = d.append(&Record::SnapMsg(msg_body(&msg, None, m.time_us)));
+                let r = d.append(&Record::SnapMsg(msg_body(&msg, None, m.time_us, clock)));
                 debug_assert_eq!(r, i as u64);
             }
             self.retained.apply(&msg, (0, 0));
@@ -682,6 +801,7 @@ impl Shard {
                 return dropped;
             };
             let mut message = |m: &RestoredMsg| -> Message {
+                let props = m.msg.props.as_deref();
                 let record = *copies.entry(m.stamp).or_insert_with(|| {
                     // Copies held by sessions are never retained updates.
                     d.append(&Record::SnapMsg(MsgBody {
@@ -691,6 +811,9 @@ impl Shard {
                         publisher: None,
                         topic: &m.msg.topic,
                         payload: &m.msg.payload,
+                        expires_us: props.and_then(|p| p.expires_us),
+                        forward: props.map_or(&[][..], |p| &p.forward[..]),
+                        sender: None,
                     }))
                 });
                 Message {
@@ -703,7 +826,7 @@ impl Shard {
                         record,
                     })
                     .into(),
-                    props: None,
+                    props: restored_props(&m.msg, clock),
                 }
             };
             // The shared group each message came through, where the session is
@@ -728,6 +851,12 @@ impl Shard {
             for (f, q) in &r.subs {
                 session.subscribe(ByteString::from(f.as_str()), *q);
             }
+            for (f, o) in &r.sub_opts {
+                session.set_subscription_id(
+                    &ByteString::from(f.as_str()),
+                    std::num::NonZeroU32::new(o.id),
+                );
+            }
             let released: Vec<(u16, u64)> = r.released.iter().map(|&p| (p, 0)).collect();
             dropped += session.restore(
                 &r.awaiting_pubrel,
@@ -739,7 +868,20 @@ impl Shard {
             let mut entry = SessionEntry::offline(session, 0);
             entry.offline_since = self.secs_since_start(now) + 1;
             entry.pos_dirty = true;
+            // A 5.0 session's expiry counts on from when its client left: what is
+            // left of it, from now (recovery dropped those already over).
+            entry.expiry = r.expiry.map(|e| {
+                session_lives(e, clock.now_us)
+                    .unwrap_or(1)
+                    .min(self.cfg.max_session_expiry)
+            });
+            for (f, o) in &r.sub_opts {
+                let f = ByteString::from(f.as_str());
+                super::set_no_local(&mut entry, &f, o.no_local);
+                super::set_rap(&mut entry, &f, o.retain_as_published);
+            }
             let key = self.sessions.insert(entry);
+            super::update_retain_key(&mut self.retain_keys, key, &self.sessions[key]);
             for (f, q) in &r.subs {
                 if crate::topic::share::is_shared(f) {
                     self.shared.add_member(
@@ -755,6 +897,7 @@ impl Shard {
             self.by_client.insert(client, key);
         }
         let horizons: Vec<(u16, u64)> = (0..self.shards).map(|o| (o as u16, 0)).collect();
+        let offline_us = self.offline_clock();
         let Shard {
             sessions,
             durable,
@@ -762,7 +905,7 @@ impl Shard {
             ..
         } = self;
         if let Some(d) = durable.as_deref_mut() {
-            append_snapshots(d, sessions, shared, &horizons);
+            append_snapshots(d, sessions, shared, &horizons, offline_us);
             d.snapshot_bytes = d.appended;
         }
         dropped
@@ -804,9 +947,10 @@ impl Shard {
                 record: i,
             })
         });
+        let clock = Clock::read();
         if id == 0 {
             for m in &retained {
-                d.append(&Record::SnapMsg(msg_body(m, None, 0)));
+                d.append(&Record::SnapMsg(msg_body(m, None, 0, clock)));
             }
         }
         let mut copies: AHashMap<u64, u64> = AHashMap::new();
@@ -823,14 +967,15 @@ impl Shard {
                 let record = *copies.entry(m.stamp.get()).or_insert_with(|| {
                     d.append(&Record::SnapMsg(MsgBody {
                         retain: false,
-                        ..msg_body(m, None, 0)
+                        ..msg_body(m, None, 0, clock)
                     }))
                 });
                 pack_stamp(Stamp { origin: id, record })
             });
         }
         let horizons: Vec<(u16, u64)> = (0..self.shards).map(|o| (o as u16, 0)).collect();
-        append_snapshots(&mut d, &self.sessions, &self.shared, &horizons);
+        let offline_us = self.offline_clock();
+        append_snapshots(&mut d, &self.sessions, &self.shared, &horizons, offline_us);
         d.snapshot_bytes = d.appended;
         d.force_sync = true;
         // The committer waits on the old writer's waker.

@@ -137,6 +137,18 @@ impl SessionEntry {
         self.bridge || self.no_local || self.rap_filters.is_some()
     }
 
+    /// The 5.0 options of its subscription `filter`, as the log keeps them.
+    fn sub_opts(&self, filter: &str) -> store::records::SubOpts {
+        let has = |l: &Option<Box<Vec<ByteString>>>| {
+            l.as_deref().is_some_and(|l| l.iter().any(|f| f == filter))
+        };
+        store::records::SubOpts {
+            no_local: has(&self.no_local_filters),
+            retain_as_published: has(&self.rap_filters),
+            id: self.session.subscription_id(filter).map_or(0, |i| i.get()),
+        }
+    }
+
     /// A session with no connection attached yet, through listener `listener`.
     fn offline(session: Session, listener: u16) -> SessionEntry {
         SessionEntry {
@@ -627,6 +639,7 @@ impl Shard {
             if !ends {
                 self.log_record(&store::records::Record::Session {
                     client: &connect.client_id,
+                    expiry,
                 });
             }
             key
@@ -655,7 +668,14 @@ impl Shard {
         entry.conn = Some(conn.clone());
         entry.held = false;
         entry.offline_since = 0;
+        let had_expiry = entry.expiry.is_some();
         entry.expiry = expiry;
+        if session_present {
+            // Online again, under this client's interval (a new session's is in
+            // its SESSION record).
+            self.log_expiry(key, had_expiry);
+        }
+        let entry = &mut self.sessions[key];
         // Resumed in time: a delayed will is not sent [MQTT-3.1.3-9].
         entry.delayed_will = None;
         if let Some(a) = auth.as_mut() {
@@ -789,6 +809,11 @@ impl Shard {
             let since = self.secs_since_start(Instant::now()) + 1;
             let entry = &mut self.sessions[key];
             entry.offline_since = since;
+            if entry.expiry.is_some() {
+                // Its interval counts from now, across a restart too.
+                self.log_expiry(key, false);
+            }
+            let entry = &mut self.sessions[key];
             if will_delay > 0 {
                 // Sent after the delay, or when the session ends if that is sooner.
                 entry.delayed_will = will
@@ -837,7 +862,7 @@ impl Shard {
         }
         self.stats.wills_published += 1;
         let mut will = will;
-        self.log_publish(None, &mut will);
+        self.log_publish(None, None, &mut will);
         let hash = std::mem::take(&mut self.publisher_hash);
         self.publish_from_client(will);
         self.publisher_hash = hash;
@@ -1017,7 +1042,12 @@ impl Shard {
                                 let publisher = (!session.clean_session()
                                     && msg.qos == QoS::ExactlyOnce)
                                     .then_some((&*client, pid));
-                                self.log_publish(publisher, &mut msg);
+                                // Kept for recovery's No Local only when it can matter.
+                                let sender = self.sessions[key]
+                                    .no_local_filters
+                                    .is_some()
+                                    .then_some(&*client);
+                                self.log_publish(publisher, sender, &mut msg);
                             }
                             self.routing.push(msg);
                         } else {
@@ -1163,10 +1193,12 @@ impl Shard {
             if self.durable.is_some() && !self.sessions[key].session.clean_session() {
                 let horizons = self.horizons();
                 let client = self.sessions[key].session.client_id().clone();
+                let opts = self.sessions[key].sub_opts(&f.filter);
                 self.log_record(&store::records::Record::Sub {
                     client: &client,
                     filter: &f.filter,
                     qos: f.qos as u8,
+                    opts,
                     horizons,
                 });
             }

@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! DIR/LOCK                         flock(2)ed by the running broker
-//! DIR/CURRENT                      "shardmq data format 2\ngeneration 7\n"
+//! DIR/CURRENT                      "shardmq data format 3\ngeneration 7\n"
 //! DIR/gen-0000000007/shard-0/      shard 0's log: 0000000000.log, 0000000001.log, ...
 //! DIR/gen-0000000007/shard-1/      ...
 //! DIR/damaged-gen-0000000006-…/    a generation in which recovery found damage
@@ -29,8 +29,9 @@ use super::recovery::{parse_segment_file_name, Recovery, Unusable, Verdict};
 use super::replay::{Replay, Restored};
 
 /// The data directory format this build writes, and the newest it reads (2 added
-/// the shared-subscription records; 1 is read as well).
-pub const DATA_FORMAT: u32 = 2;
+/// the shared-subscription records, 3 the MQTT 5.0 fields; 1 and 2 are read as
+/// well).
+pub const DATA_FORMAT: u32 = 3;
 
 const CURRENT: &str = "CURRENT";
 const LOCK: &str = "LOCK";
@@ -349,6 +350,16 @@ mod tests {
         let (dir, _, _) = DataDir::open(&d).unwrap();
         assert_eq!(dir.generation(), next);
         drop(dir);
+        // Formats 1 and 2 are read as well.
+        for older in [1, 2] {
+            fs::write(
+                d.join(CURRENT),
+                format!("shardmq data format {older}\ngeneration {next}\n"),
+            )
+            .unwrap();
+            let (dir, _, _) = DataDir::open(&d).unwrap();
+            assert_eq!(dir.generation(), next, "format {older}");
+        }
         fs::write(d.join(CURRENT), "shardmq data format 99\ngeneration 1\n").unwrap();
         assert!(matches!(
             DataDir::open(&d),

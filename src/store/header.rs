@@ -7,8 +7,8 @@ use super::frame::Reader;
 pub const MAGIC: [u8; 8] = *b"SHMQLOG\0";
 
 /// The format this code writes, and the newest it reads (1 lacked the shared
-/// subscription records; it is read as well).
-pub const FORMAT_VERSION: u32 = 2;
+/// subscription records, 2 the MQTT 5.0 fields; both are read as well).
+pub const FORMAT_VERSION: u32 = 3;
 
 /// Size of the segment header; records start right after it.
 pub const HEADER_LEN: usize = 32;
@@ -148,7 +148,7 @@ mod tests {
     fn header_round_trips_with_the_documented_layout() {
         let bytes = encode_header(&sample());
         assert_eq!(&bytes[..8], b"SHMQLOG\0");
-        assert_eq!(bytes[8..12], 2u32.to_le_bytes());
+        assert_eq!(bytes[8..12], 3u32.to_le_bytes());
         assert_eq!(bytes[12..14], 0xBEEFu16.to_le_bytes());
         assert_eq!(bytes[14..16], [0, 0]);
         assert_eq!(bytes[16..24], 0x1122_3344_5566_7788u64.to_le_bytes());
@@ -172,24 +172,26 @@ mod tests {
 
     #[test]
     fn newer_version_is_refused_with_both_versions_named() {
-        let bytes = resealed(|b| b[8..12].copy_from_slice(&3u32.to_le_bytes()));
+        let bytes = resealed(|b| b[8..12].copy_from_slice(&4u32.to_le_bytes()));
         let err = decode_header(&bytes).unwrap_err();
         assert_eq!(
             err,
             HeaderError::NewerFormat {
-                found: 3,
+                found: 4,
                 supported: FORMAT_VERSION
             }
         );
         let text = err.to_string();
-        assert!(text.contains("version 3") && text.contains("(2)"), "{text}");
+        assert!(text.contains("version 4") && text.contains("(3)"), "{text}");
     }
 
     #[test]
-    fn a_version_1_segment_is_still_read() {
-        // Version 1 lacks only the shared-subscription records.
-        let bytes = resealed(|b| b[8..12].copy_from_slice(&1u32.to_le_bytes()));
-        assert!(decode_header(&bytes).is_ok());
+    fn version_1_and_2_segments_are_still_read() {
+        // Version 1 lacks the shared-subscription records, 2 the 5.0 fields.
+        for v in [1u32, 2] {
+            let bytes = resealed(|b| b[8..12].copy_from_slice(&v.to_le_bytes()));
+            assert!(decode_header(&bytes).is_ok(), "version {v}");
+        }
     }
 
     #[test]

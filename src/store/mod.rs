@@ -19,7 +19,7 @@
 //! | bytes  | field                                                               |
 //! |--------|---------------------------------------------------------------------|
 //! | 0..8   | magic `b"SHMQLOG\0"`                                                |
-//! | 8..12  | format version, u32 ([`FORMAT_VERSION`] = 2)                        |
+//! | 8..12  | format version, u32 ([`FORMAT_VERSION`] = 3)                        |
 //! | 12..14 | shard id, u16                                                       |
 //! | 14..16 | reserved, zero                                                      |
 //! | 16..24 | first record: the log sequence number of the segment's first record |

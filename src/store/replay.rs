@@ -28,7 +28,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use bytes::Bytes;
 use bytestring::ByteString;
 
-use super::records::{decode, BadRecord, Held, MsgBody, Record, Stamp};
+use super::records::{decode, BadRecord, Expiry, Held, MsgBody, Record, Stamp, SubOpts};
 use crate::protocol::{topic, QoS};
 use crate::topic::share;
 
@@ -43,6 +43,20 @@ pub struct Stored {
     /// Published on its shard (a [`Record::Msg`]), so matched against subscriptions
     /// again; a snapshot's copy is only ever named.
     pub published: bool,
+    /// What a 5.0 publisher gave beyond topic and payload; `None` for most.
+    pub props: Option<Box<StoredProps>>,
+}
+
+/// The 5.0 fields of a [`Stored`] message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredProps {
+    /// When its Message Expiry Interval runs out (microseconds since the Unix
+    /// epoch); `None`: never.
+    pub expires_us: Option<u64>,
+    /// The properties forwarded with it, wire bytes in order.
+    pub forward: Bytes,
+    /// Its publisher, when that session had No Local subscriptions.
+    pub sender: Option<String>,
 }
 
 /// A message a restored session holds.
@@ -63,6 +77,11 @@ pub struct RestoredMsg {
 pub struct RestoredSession {
     pub client_id: String,
     pub subs: Vec<(String, QoS)>,
+    /// The 5.0 options of those of `subs` that have any.
+    pub sub_opts: Vec<(String, SubOpts)>,
+    /// A 5.0 session's Session Expiry Interval and when it went offline; `None`
+    /// for a 3.1.1 session (`persistent_client_expiration` applies).
+    pub expiry: Option<Expiry>,
     pub awaiting_pubrel: Vec<u16>,
     /// Outbound QoS 2 flows past PUBREC: only PUBREL is resent.
     pub released: Vec<u16>,
@@ -77,6 +96,37 @@ pub struct RestoredSession {
     /// the next ones following it (see [`crate::store::records::Position`]); 0:
     /// unknown.
     pub first_pid: u16,
+}
+
+impl Restored {
+    /// Drops the 5.0 sessions whose Session Expiry Interval has run out at `now_us`
+    /// (microseconds since the Unix epoch): offline past their interval, or with
+    /// an interval of 0 (they end with their connection, which the restart ended).
+    /// A session that was connected when the log ended counts from now. Returns
+    /// how many were dropped.
+    pub fn expire_sessions(&mut self, now_us: u64) -> usize {
+        let before = self.sessions.len();
+        self.sessions.retain(|s| match s.expiry {
+            None => true,
+            Some(e) => session_lives(e, now_us).is_some(),
+        });
+        before - self.sessions.len()
+    }
+}
+
+/// Seconds left of a 5.0 session's expiry at `now_us` (`u32::MAX`: never ends;
+/// rounded up), or `None` once it has run out.
+pub fn session_lives(e: Expiry, now_us: u64) -> Option<u32> {
+    match e.interval {
+        0 => None,
+        u32::MAX => Some(u32::MAX),
+        secs if e.offline_us == 0 => Some(secs),
+        secs => {
+            let end = e.offline_us.saturating_add(u64::from(secs) * 1_000_000);
+            let left = end.checked_sub(now_us).filter(|&l| l > 0)?;
+            Some(left.div_ceil(1_000_000).min(u64::from(secs)) as u32)
+        }
+    }
 }
 
 /// Everything [`Replay::finish`] restores.
@@ -95,6 +145,7 @@ pub struct Restored {
 #[derive(Debug, Default)]
 struct Sub {
     qos: u8,
+    opts: SubOpts,
     /// Per origin: the first record the subscription applies to.
     horizons: Vec<(u16, u64)>,
 }
@@ -102,6 +153,8 @@ struct Sub {
 #[derive(Debug, Default)]
 struct Sess {
     subs: BTreeMap<String, Sub>,
+    /// A 5.0 session's expiry (see [`RestoredSession::expiry`]).
+    expiry: Option<Expiry>,
     /// Per origin, the first record the session may still need (absent: 0).
     from: HashMap<u16, u64>,
     /// Caught up with the horizons of the last checkpoint of this shard.
@@ -163,6 +216,7 @@ pub struct Replay {
 }
 
 fn stored(m: &MsgBody<'_>, published: bool) -> Option<Stored> {
+    let has_props = m.expires_us.is_some() || !m.forward.is_empty() || m.sender.is_some();
     Some(Stored {
         time_us: m.time_us,
         topic: ByteString::from(m.topic),
@@ -170,7 +224,21 @@ fn stored(m: &MsgBody<'_>, published: bool) -> Option<Stored> {
         qos: QoS::from_u8(m.qos)?,
         retain: m.retain,
         published,
+        props: has_props.then(|| {
+            Box::new(StoredProps {
+                expires_us: m.expires_us,
+                forward: Bytes::copy_from_slice(m.forward),
+                sender: m.sender.map(str::to_owned),
+            })
+        }),
     })
+}
+
+impl Stored {
+    /// Its publisher, if the log kept it (see [`MsgBody::sender`]).
+    fn sender(&self) -> Option<&str> {
+        self.props.as_ref()?.sender.as_deref()
+    }
 }
 
 impl Replay {
@@ -208,8 +276,21 @@ impl Replay {
                     s.exact = false;
                 }
             }
-            Record::Session { client } => {
-                self.sessions.insert(client.to_owned(), Sess::default());
+            Record::Session { client, expiry } => {
+                let s = Sess {
+                    // Connected as it began.
+                    expiry: expiry.map(|interval| Expiry {
+                        interval,
+                        offline_us: 0,
+                    }),
+                    ..Sess::default()
+                };
+                self.sessions.insert(client.to_owned(), s);
+            }
+            Record::Expiry { client, expiry } => {
+                if let Some(s) = self.sessions.get_mut(client) {
+                    s.expiry = expiry;
+                }
             }
             Record::End { client } => {
                 self.sessions.remove(client);
@@ -218,10 +299,18 @@ impl Replay {
                 client,
                 filter,
                 qos,
+                opts,
                 horizons,
             } => {
                 if let Some(s) = self.sessions.get_mut(client) {
-                    s.subs.insert(filter.to_owned(), Sub { qos, horizons });
+                    s.subs.insert(
+                        filter.to_owned(),
+                        Sub {
+                            qos,
+                            opts,
+                            horizons,
+                        },
+                    );
                     s.exact = false;
                 }
             }
@@ -342,16 +431,18 @@ impl Replay {
                     subs: snap
                         .subs
                         .iter()
-                        .map(|&(f, qos)| {
+                        .map(|&(f, qos, opts)| {
                             (
                                 f.to_owned(),
                                 Sub {
                                     qos,
+                                    opts,
                                     horizons: Vec::new(),
                                 },
                             )
                         })
                         .collect(),
+                    expiry: snap.expiry,
                     // The named messages are all still needed; matching resumes at
                     // the horizons.
                     from: HashMap::new(),
@@ -440,6 +531,13 @@ impl Replay {
                     .iter()
                     .filter_map(|(f, sub)| Some((f.clone(), QoS::from_u8(sub.qos)?)))
                     .collect(),
+                sub_opts: s
+                    .subs
+                    .iter()
+                    .filter(|(_, sub)| sub.opts != SubOpts::default())
+                    .map(|(f, sub)| (f.clone(), sub.opts))
+                    .collect(),
+                expiry: s.expiry,
                 awaiting_pubrel: {
                     let mut v: Vec<u16> = s.awaiting_pubrel.iter().copied().collect();
                     v.sort_unstable();
@@ -509,13 +607,15 @@ impl Replay {
                 place(&mut r, m, h.pid);
             }
             // Every published message past the positions that a subscription matches.
-            let mut matched: Vec<(u64, Stamp, &Stored, QoS, Option<&str>)> = Vec::new();
+            let mut matched: Vec<Matched<'_>> = Vec::new();
             for (&origin, stream) in &streams {
                 let start = from_of(origin).max(s.snap_horizons.get(&origin).copied().unwrap_or(0));
                 for (&record, m) in stream.range(start..).filter(|(_, m)| m.published) {
                     let mut best: Option<QoS> = None;
+                    let mut keep_retain = false;
+                    let own = m.sender() == Some(client.as_str());
                     for (filter, sub) in &s.subs {
-                        if share::is_shared(filter) {
+                        if share::is_shared(filter) || (own && sub.opts.no_local) {
                             continue;
                         }
                         let applies = sub
@@ -526,10 +626,12 @@ impl Replay {
                         if applies && topic::matches(filter, &m.topic) {
                             let q = QoS::from_u8(sub.qos).unwrap_or(QoS::AtMostOnce);
                             best = Some(best.map_or(q, |b| b.max(q)));
+                            keep_retain |= sub.opts.retain_as_published;
                         }
                     }
                     if let Some(q) = best {
-                        matched.push((m.time_us, Stamp { origin, record }, m, q, None));
+                        let retain = keep_retain && m.retain;
+                        matched.push((m.time_us, Stamp { origin, record }, m, q, None, retain));
                     }
                 }
             }
@@ -551,7 +653,7 @@ impl Replay {
                     continue;
                 };
                 let q = QoS::from_u8(a.qos).unwrap_or(QoS::AtLeastOnce);
-                matched.push((m.time_us, a.stamp, m, q, Some(&a.group)));
+                matched.push((m.time_us, a.stamp, m, q, Some(&a.group), false));
             }
             // What no member was recorded to have been given.
             for &(stamp, q, group) in orphans.get(client.as_str()).into_iter().flatten() {
@@ -559,19 +661,19 @@ impl Replay {
                     .get(&stamp.origin)
                     .and_then(|st| st.get(&stamp.record))
                 {
-                    matched.push((m.time_us, stamp, m, q, Some(group)));
+                    matched.push((m.time_us, stamp, m, q, Some(group), false));
                 }
             }
-            matched.sort_by_key(|&(t, stamp, _, _, _)| (t, stamp));
+            matched.sort_by_key(|&(t, stamp, _, _, _, _)| (t, stamp));
             r.maybe_sent = !(s.exact && matched.is_empty());
             r.first_pid = s.first_pid;
-            for (_, stamp, m, granted, group) in matched {
+            for (_, stamp, m, granted, group, retain) in matched {
                 let qos = m.qos.min(granted);
                 let m = RestoredMsg {
                     stamp,
                     msg: m.clone(),
                     qos,
-                    retain: false,
+                    retain,
                     group: group.map(str::to_owned),
                 };
                 place(&mut r, m, 0);
@@ -581,6 +683,11 @@ impl Replay {
         out
     }
 }
+
+/// A message a restored session gets besides those its snapshot named: time
+/// accepted, stamp, the message, QoS granted, the shared group it came through,
+/// and the retain flag it goes out with.
+type Matched<'s> = (u64, Stamp, &'s Stored, QoS, Option<&'s str>, bool);
 
 /// Per message and group: the persistent sessions the group gave it to that were
 /// sent it at QoS 2 (a PUBLISH stage logged, or in flight at their snapshot).

@@ -1,5 +1,6 @@
 use super::*;
 use crate::store::records::{encode, Position, SnapshotBody};
+use crate::store::replay::session_lives;
 
 /// Writes records into a replay as shard logs would, numbering each shard's records.
 struct Logs {
@@ -38,12 +39,21 @@ impl Logs {
                 publisher: None,
                 topic,
                 payload: topic.as_bytes(),
+                expires_us: None,
+                forward: b"",
+                sender: None,
             }),
         )
     }
 
     fn session(&mut self, shard: u16, client: &str, filter: &str, qos: u8) {
-        self.put(shard, Record::Session { client });
+        self.put(
+            shard,
+            Record::Session {
+                client,
+                expiry: None,
+            },
+        );
         let horizons = self.next.iter().map(|(&s, &n)| (s, n)).collect();
         self.put(
             shard,
@@ -51,6 +61,7 @@ impl Logs {
                 client,
                 filter,
                 qos,
+                opts: Default::default(),
                 horizons,
             },
         );
@@ -94,6 +105,7 @@ fn the_granted_qos_caps_and_overlapping_filters_give_one_copy_at_the_highest() {
             client: "dev",
             filter: "a/#",
             qos: 1,
+            opts: Default::default(),
             horizons: vec![],
         },
     );
@@ -190,7 +202,13 @@ fn qos2_flows_come_back_with_their_packet_ids_and_never_after_pubrec() {
 #[test]
 fn inbound_qos2_state_survives_until_pubrel() {
     let mut l = Logs::new();
-    l.put(0, Record::Session { client: "p" });
+    l.put(
+        0,
+        Record::Session {
+            client: "p",
+            expiry: None,
+        },
+    );
     for pid in [1, 2] {
         l.put(
             0,
@@ -201,6 +219,9 @@ fn inbound_qos2_state_survives_until_pubrel() {
                 publisher: Some(("p", pid)),
                 topic: "x",
                 payload: b"",
+                expires_us: None,
+                forward: b"",
+                sender: None,
             }),
         );
     }
@@ -228,6 +249,9 @@ fn retained_keeps_the_newest_per_topic_and_deletions() {
                 publisher: None,
                 topic,
                 payload,
+                expires_us: None,
+                forward: b"",
+                sender: None,
             }),
         )
     };
@@ -259,6 +283,9 @@ fn a_snapshot_restates_a_session_and_later_positions_apply_to_what_it_named() {
             publisher: None,
             topic: "t",
             payload: b"1",
+            expires_us: None,
+            forward: b"",
+            sender: None,
         }),
     );
     let m2 = l.put(
@@ -270,6 +297,9 @@ fn a_snapshot_restates_a_session_and_later_positions_apply_to_what_it_named() {
             publisher: None,
             topic: "t",
             payload: b"2",
+            expires_us: None,
+            forward: b"",
+            sender: None,
         }),
     );
     let horizons = l.horizons();
@@ -278,7 +308,7 @@ fn a_snapshot_restates_a_session_and_later_positions_apply_to_what_it_named() {
         Record::Snapshot(SnapshotBody {
             client: "dev",
             horizons: horizons.clone(),
-            subs: vec![("t", 1)],
+            subs: vec![("t", 1, Default::default())],
             awaiting_pubrel: vec![4],
             released: vec![5],
             held: vec![
@@ -296,6 +326,7 @@ fn a_snapshot_restates_a_session_and_later_positions_apply_to_what_it_named() {
                 },
             ],
             groups: vec![],
+            expiry: None,
         }),
     );
     let live = l.msg(1, "t", 1, 3);
@@ -331,6 +362,9 @@ fn only_a_session_restated_last_by_its_snapshot_is_known_not_to_have_sent_its_qu
                 publisher: None,
                 topic: "t",
                 payload: b"1",
+                expires_us: None,
+                forward: b"",
+                sender: None,
             }),
         );
         let horizons = l.horizons();
@@ -339,7 +373,7 @@ fn only_a_session_restated_last_by_its_snapshot_is_known_not_to_have_sent_its_qu
             Record::Snapshot(SnapshotBody {
                 client: "dev",
                 horizons,
-                subs: vec![("t", 1)],
+                subs: vec![("t", 1, Default::default())],
                 awaiting_pubrel: vec![],
                 released: vec![],
                 held: vec![Held {
@@ -349,6 +383,7 @@ fn only_a_session_restated_last_by_its_snapshot_is_known_not_to_have_sent_its_qu
                     retain: false,
                 }],
                 groups: vec![],
+                expiry: None,
             }),
         );
     };
@@ -386,11 +421,12 @@ fn a_completed_flow_frees_its_packet_id_even_without_a_stamp() {
         Record::Snapshot(SnapshotBody {
             client: "dev",
             horizons,
-            subs: vec![("t", 2)],
+            subs: vec![("t", 2, Default::default())],
             awaiting_pubrel: vec![],
             released: vec![5],
             held: vec![],
             groups: vec![],
+            expiry: None,
         }),
     );
     // PUBCOMP for 5 (its stamp lost in a compaction), then 5 reused.
@@ -541,7 +577,7 @@ fn a_snapshot_replaces_earlier_assignments() {
         Record::Snapshot(SnapshotBody {
             client: "a",
             horizons,
-            subs: vec![("$share/g/t", 1)],
+            subs: vec![("$share/g/t", 1, Default::default())],
             awaiting_pubrel: vec![],
             released: vec![],
             held: vec![crate::store::records::Held {
@@ -551,6 +587,7 @@ fn a_snapshot_replaces_earlier_assignments() {
                 retain: false,
             }],
             groups: vec![],
+            expiry: None,
         }),
     );
     let r = l.replay.finish();
@@ -599,11 +636,12 @@ fn a_message_before_a_snapshot_is_no_orphan_of_the_groups_it_restates() {
         Record::Snapshot(SnapshotBody {
             client: "a",
             horizons,
-            subs: vec![("$share/g/t", 1)],
+            subs: vec![("$share/g/t", 1, Default::default())],
             awaiting_pubrel: vec![],
             released: vec![],
             held: vec![],
             groups: vec![],
+            expiry: None,
         }),
     );
     let after = l.msg(0, "t", 1, 2);
@@ -641,7 +679,7 @@ fn a_shared_message_a_snapshot_named_and_given_back_since_stays_away() {
         Record::Snapshot(SnapshotBody {
             client: "a",
             horizons,
-            subs: vec![("$share/g/t", 2)],
+            subs: vec![("$share/g/t", 2, Default::default())],
             awaiting_pubrel: vec![],
             released: vec![],
             held: vec![
@@ -659,6 +697,7 @@ fn a_shared_message_a_snapshot_named_and_given_back_since_stays_away() {
                 },
             ],
             groups: vec![(0, "$share/g/t"), (1, "$share/g/t")],
+            expiry: None,
         }),
     );
     // It left: `m` (queued) went to "b", `older` (sent) stays with it.
@@ -742,6 +781,9 @@ fn a_message_a_snapshot_named_given_back_whose_new_assign_was_lost_goes_to_a_mem
             publisher: None,
             topic: "t",
             payload: b"t",
+            expires_us: None,
+            forward: b"",
+            sender: None,
         }),
     );
     let horizons = l.horizons();
@@ -752,7 +794,7 @@ fn a_message_a_snapshot_named_given_back_whose_new_assign_was_lost_goes_to_a_mem
             Record::Snapshot(SnapshotBody {
                 client,
                 horizons: horizons.clone(),
-                subs: vec![("$share/g/t", 2)],
+                subs: vec![("$share/g/t", 2, Default::default())],
                 awaiting_pubrel: vec![],
                 released: vec![],
                 held: held
@@ -765,6 +807,7 @@ fn a_message_a_snapshot_named_given_back_whose_new_assign_was_lost_goes_to_a_mem
                     })
                     .collect(),
                 groups: (0..n).map(|i| (i, "$share/g/t")).collect(),
+                expiry: None,
             }),
         );
     }
@@ -828,4 +871,236 @@ fn a_qos2_shared_message_sent_to_the_next_member_stays_there_when_the_unassign_w
         by("a")
     );
     assert_eq!(by("b").inflight.len(), 1, "{:?}", by("b"));
+}
+
+// ---------------------------------------------------------------------------------
+// MQTT 5.0: subscription options, message properties, session expiry
+// ---------------------------------------------------------------------------------
+
+fn msg5<'a>(topic: &'a str, time_us: u64, retain: bool, sender: Option<&'a str>) -> MsgBody<'a> {
+    MsgBody {
+        time_us,
+        qos: 1,
+        retain,
+        publisher: None,
+        topic,
+        payload: topic.as_bytes(),
+        expires_us: None,
+        forward: b"",
+        sender,
+    }
+}
+
+fn sub5(client: &str, filter: &str, opts: SubOpts, l: &mut Logs) {
+    let horizons = l.horizons();
+    l.put(
+        0,
+        Record::Sub {
+            client,
+            filter,
+            qos: 1,
+            opts,
+            horizons,
+        },
+    );
+}
+
+#[test]
+fn no_local_keeps_a_sessions_own_messages_from_coming_back_on_recovery() {
+    let mut l = Logs::new();
+    l.put(
+        0,
+        Record::Session {
+            client: "me",
+            expiry: Some(300),
+        },
+    );
+    let no_local = SubOpts {
+        no_local: true,
+        ..SubOpts::default()
+    };
+    sub5("me", "a/#", no_local, &mut l);
+    sub5("me", "b/#", SubOpts::default(), &mut l);
+    l.put(1, Record::Msg(msg5("a/own", 1, false, Some("me"))));
+    l.put(1, Record::Msg(msg5("a/other", 2, false, Some("you"))));
+    l.put(1, Record::Msg(msg5("a/unknown", 3, false, None)));
+    // Its own, but through a subscription without No Local as well.
+    l.put(1, Record::Msg(msg5("b/own", 4, false, Some("me"))));
+    let r = l.replay.finish();
+    let s = &r.sessions[0];
+    assert_eq!(topics(&s.queued), ["a/other", "a/unknown", "b/own"]);
+    assert_eq!(s.sub_opts, [("a/#".to_owned(), no_local)]);
+}
+
+#[test]
+fn retain_as_published_keeps_the_retain_flag_of_rematched_messages() {
+    let mut l = Logs::new();
+    l.put(
+        0,
+        Record::Session {
+            client: "c",
+            expiry: None,
+        },
+    );
+    let rap = SubOpts {
+        retain_as_published: true,
+        id: 9,
+        ..SubOpts::default()
+    };
+    sub5("c", "rap/#", rap, &mut l);
+    sub5("c", "plain/#", SubOpts::default(), &mut l);
+    l.put(1, Record::Msg(msg5("rap/r", 1, true, None)));
+    l.put(1, Record::Msg(msg5("rap/n", 2, false, None)));
+    l.put(1, Record::Msg(msg5("plain/r", 3, true, None)));
+    let r = l.replay.finish();
+    let s = &r.sessions[0];
+    let flags: Vec<(&str, bool)> = s.queued.iter().map(|m| (&*m.msg.topic, m.retain)).collect();
+    assert_eq!(
+        flags,
+        [("rap/r", true), ("rap/n", false), ("plain/r", false)]
+    );
+    assert_eq!(s.sub_opts, [("rap/#".to_owned(), rap)]);
+}
+
+#[test]
+fn message_properties_come_back_with_the_message() {
+    let mut l = Logs::new();
+    l.session(0, "c", "p/#", 1);
+    let body = MsgBody {
+        expires_us: Some(5_000_000),
+        forward: b"\x03\x00\x01x",
+        ..msg5("p/a", 1, false, Some("pub"))
+    };
+    l.put(1, Record::Msg(body));
+    l.msg(1, "p/plain", 1, 2);
+    let r = l.replay.finish();
+    let q = &r.sessions[0].queued;
+    let p = q[0].msg.props.as_deref().expect("properties");
+    assert_eq!(p.expires_us, Some(5_000_000));
+    assert_eq!(&p.forward[..], b"\x03\x00\x01x");
+    assert_eq!(p.sender.as_deref(), Some("pub"));
+    assert_eq!(q[1].msg.props, None, "3.1.1 messages carry nothing");
+}
+
+#[test]
+fn a_5_0_sessions_expiry_counts_from_when_it_went_offline() {
+    const S: u64 = 1_000_000;
+    let t0 = 1_700_000_000 * S;
+    let mut l = Logs::new();
+    for (client, interval) in [("short", 2), ("long", 300), ("never", u32::MAX)] {
+        l.put(
+            0,
+            Record::Session {
+                client,
+                expiry: Some(interval),
+            },
+        );
+        l.put(
+            0,
+            Record::Expiry {
+                client,
+                expiry: Some(Expiry {
+                    interval,
+                    offline_us: t0,
+                }),
+            },
+        );
+    }
+    // Connected when the log ended: counts from the restart.
+    l.put(
+        1,
+        Record::Session {
+            client: "online",
+            expiry: Some(2),
+        },
+    );
+    // Resumed with an interval of 0: it ended with its connection.
+    l.put(
+        1,
+        Record::Session {
+            client: "zero",
+            expiry: Some(60),
+        },
+    );
+    l.put(
+        1,
+        Record::Expiry {
+            client: "zero",
+            expiry: Some(Expiry {
+                interval: 0,
+                offline_us: 0,
+            }),
+        },
+    );
+    // A 3.1.1 client took it over: no interval of its own.
+    l.put(
+        1,
+        Record::Session {
+            client: "v311",
+            expiry: Some(2),
+        },
+    );
+    l.put(
+        1,
+        Record::Expiry {
+            client: "v311",
+            expiry: None,
+        },
+    );
+    let mut r = l.replay.finish();
+    let names =
+        |r: &Restored| -> Vec<String> { r.sessions.iter().map(|s| s.client_id.clone()).collect() };
+    assert_eq!(r.sessions.len(), 6);
+    let by = |r: &Restored, c: &str| r.sessions.iter().find(|s| s.client_id == c).unwrap().expiry;
+    assert_eq!(
+        by(&r, "long"),
+        Some(Expiry {
+            interval: 300,
+            offline_us: t0
+        })
+    );
+    assert_eq!(r.expire_sessions(t0 + S), 1, "{:?}", names(&r));
+    assert!(!names(&r).contains(&"zero".to_owned()));
+    assert_eq!(r.expire_sessions(t0 + 3 * S), 1);
+    assert_eq!(names(&r), ["long", "never", "online", "v311"]);
+    assert_eq!(r.expire_sessions(t0 + 301 * S), 1);
+    assert_eq!(names(&r), ["never", "online", "v311"]);
+    // What is left of an interval, rounded up.
+    let e = Expiry {
+        interval: 300,
+        offline_us: t0,
+    };
+    assert_eq!(session_lives(e, t0 + 100 * S + 1), Some(200));
+    assert_eq!(session_lives(e, t0 + 300 * S), None);
+    assert_eq!(session_lives(e, t0 - S), Some(300), "a clock gone back");
+}
+
+#[test]
+fn a_snapshot_restates_a_sessions_expiry_and_subscription_options() {
+    let mut l = Logs::new();
+    let opts = SubOpts {
+        no_local: true,
+        retain_as_published: true,
+        id: 42,
+    };
+    let expiry = Some(Expiry {
+        interval: 60,
+        offline_us: 7,
+    });
+    l.put(
+        0,
+        Record::Snapshot(SnapshotBody {
+            client: "c",
+            horizons: vec![],
+            subs: vec![("t/#", 1, opts), ("u", 2, SubOpts::default())],
+            awaiting_pubrel: vec![],
+            released: vec![],
+            held: vec![],
+            groups: vec![],
+            expiry,
+        }),
+    );
+    let r = l.replay.finish();
+    assert_eq!(r.sessions[0].expiry, expiry);
+    assert_eq!(r.sessions[0].sub_opts, [("t/#".to_owned(), opts)]);
 }
