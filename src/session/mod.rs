@@ -29,9 +29,34 @@ use crate::protocol::{LastWill, Packet, Publish, QoS};
 use bytestring::ByteString;
 use inflight::{Inflight, Stage};
 use queue::Queue;
+use std::cell::Cell;
 use std::collections::{HashMap, HashSet};
 use std::num::NonZeroU32;
 use std::time::{Duration, Instant};
+
+thread_local! {
+    /// A clock that replaces `Instant::now()` for this thread's sessions; see
+    /// [`simulate_clock`].
+    static SIMULATED_NOW: Cell<Option<Instant>> = const { Cell::new(None) };
+}
+
+/// The time the session's message-expiry reads see: the wall clock, unless the
+/// thread simulates one. Only read for messages that carry 5.0 properties, so a
+/// 3.1.1 session never reads a clock on delivery.
+fn now() -> Instant {
+    SIMULATED_NOW.with(Cell::get).unwrap_or_else(Instant::now)
+}
+
+/// Sets (or, with `None`, ends) a simulated clock for the sessions on this thread:
+/// message expiry (on delivery, when a queued message goes out, in the remaining
+/// interval a PUBLISH carries, and from when a received PUBLISH or a will starts
+/// counting) reads it instead of the wall clock. For the fuzz harness, which steps
+/// time by hand so that expiry happens at exactly the step the model expects; the
+/// broker never sets it.
+#[doc(hidden)]
+pub fn simulate_clock(now: Option<Instant>) {
+    SIMULATED_NOW.with(|c| c.set(now));
+}
 
 /// Per-session resource bounds, from configuration, so a slow or absent client cannot make
 /// the broker hold unbounded state for it.
@@ -203,7 +228,7 @@ fn publish_packet(msg: &Message, pkid: u16, dup: bool, v5: bool) -> Packet {
         pkid,
         payload: msg.payload.clone(),
         props: match &msg.props {
-            Some(p) if v5 => Some(p.publish_props(Instant::now())),
+            Some(p) if v5 => Some(p.publish_props(now())),
             _ => None,
         },
     })
@@ -325,7 +350,7 @@ impl Session {
         let props = crate::message::MessageProps::new(
             will.props.message_expiry,
             &will.props.forward,
-            Instant::now(),
+            now(),
         );
         Some(Message {
             topic: will.topic,
@@ -442,11 +467,7 @@ impl Session {
     fn receive_publish(&mut self, p: Publish, out: &mut Output) -> Result<(), SessionError> {
         let msg = |p: Publish| Message {
             props: p.props.and_then(|props| {
-                crate::message::MessageProps::new(
-                    props.message_expiry,
-                    &props.forward,
-                    Instant::now(),
-                )
+                crate::message::MessageProps::new(props.message_expiry, &props.forward, now())
             }),
             topic: p.topic,
             payload: p.payload,
@@ -509,7 +530,7 @@ impl Session {
         if !self.connected && qos == QoS::AtMostOnce {
             return Delivery::Dropped(DropReason::OfflineQoS0);
         }
-        if msg.expires() && msg.expired(Instant::now()) {
+        if msg.expires() && msg.expired(now()) {
             return Delivery::Dropped(DropReason::Expired);
         }
         let msg = Message {
@@ -856,7 +877,7 @@ impl Session {
         while let Some(qos) = self.queue.front_qos() {
             if qos == QoS::AtMostOnce {
                 if let Some((msg, _)) = self.queue.pop() {
-                    if msg.expires() && msg.expired(Instant::now()) {
+                    if msg.expires() && msg.expired(now()) {
                         self.expired += 1;
                     } else {
                         out.packets.push(self.packet(&msg, 0, false));
@@ -874,7 +895,7 @@ impl Session {
                 break;
             };
             let (dup, hint) = self.queue.take_redelivery();
-            if msg.expires() && msg.expired(Instant::now()) {
+            if msg.expires() && msg.expired(now()) {
                 // Not delivered once expired [MQTT-3.3.2-5].
                 self.expired += 1;
                 continue;

@@ -2031,6 +2031,43 @@ fn a_queued_message_that_expires_while_offline_is_not_sent_on_resume() {
 }
 
 #[test]
+fn a_simulated_clock_decides_expiry_to_the_step() {
+    struct Reset;
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            simulate_clock(None);
+        }
+    }
+    let _reset = Reset;
+    let start = Instant::now() + Duration::from_secs(3600);
+    simulate_clock(Some(start));
+    let (mut s, mut out, _) = v5_connected(PeerLimits::default());
+    s.set_writable(false, &mut out);
+    let expiring = |secs: u32, payload: &'static str| Message {
+        props: crate::message::MessageProps::new(Some(secs), &Bytes::new(), start),
+        ..msg("t", payload, QoS::AtLeastOnce)
+    };
+    for (secs, payload) in [(2, "two"), (3, "three"), (0, "zero")] {
+        s.deliver(&expiring(secs, payload), QoS::AtLeastOnce, &mut out);
+    }
+    // The wall clock is an hour behind: only the simulated one can expire them.
+    simulate_clock(Some(start + Duration::from_millis(2000)));
+    s.set_writable(true, &mut out);
+    match &take(&mut out)[..] {
+        [Packet::Publish(p)] => {
+            assert_eq!(&p.payload[..], b"three");
+            assert_eq!(p.props.as_deref().and_then(|p| p.message_expiry), Some(1));
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        s.take_expired(),
+        1,
+        "the 2 s message, exactly at its expiry"
+    );
+}
+
+#[test]
 fn shared_messages_in_flight_and_queued_are_taken_back_and_others_stay() {
     let (mut s, mut out, _) = connected(limits(2, 100, 1 << 20));
     // Two in flight (one shared, one not), then queued: shared, plain, shared QoS 0.
