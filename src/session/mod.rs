@@ -202,7 +202,11 @@ pub struct Session {
     /// `queue.evicted()` as of the last `take_evictions`.
     evictions_reported: u64,
     /// Queued messages dropped as expired on their way out, not yet reported.
-    expired: u64,
+    expired: u32,
+    /// Messages dropped on their way out (queued, or resent in flight) as over the
+    /// 5.0 client's Maximum Packet Size, not yet reported. Two halves of what was
+    /// one counter: the session stays the size it was.
+    too_large: u32,
     inflight: Inflight,
     queue: Queue,
     /// Incoming QoS 2 packet ids whose PUBLISH was routed and whose PUBREL has not come.
@@ -262,6 +266,7 @@ impl Session {
             peer: PeerLimits::default(),
             evictions_reported: 0,
             expired: 0,
+            too_large: 0,
             inflight: Inflight::new(),
             queue: Queue::new(),
             awaiting_pubrel: None,
@@ -322,11 +327,26 @@ impl Session {
                 ..w
             })
         });
+        // A flow whose PUBLISH is now over the client's Maximum Packet Size (a
+        // smaller one than it had, or more subscription identifiers) is discarded
+        // and counts as completed [MQTT-3.1.2-25].
+        let mut too_large = Vec::new();
         for (pkid, stage) in self.inflight.iter() {
-            out.packets.push(match stage {
-                Stage::Published(msg) => self.packet(msg, pkid, true),
-                Stage::Released(_) => Packet::PubRel(pkid),
-            });
+            match stage {
+                Stage::Published(msg) => {
+                    let packet = self.packet(msg, pkid, true);
+                    if self.over_max_packet_size(&packet) {
+                        too_large.push(pkid);
+                    } else {
+                        out.packets.push(packet);
+                    }
+                }
+                Stage::Released(_) => out.packets.push(Packet::PubRel(pkid)),
+            }
+        }
+        for pkid in too_large {
+            self.inflight.remove(pkid);
+            self.too_large = self.too_large.saturating_add(1);
         }
         self.flush(out);
     }
@@ -541,11 +561,10 @@ impl Session {
             stamp: msg.stamp,
             props: msg.props.clone(),
         };
-        if let Some(max) = self.peer.max_packet_size {
-            let packet = self.packet(&msg, 1, false);
-            if crate::protocol::encoded_len_v5(&packet) > max as usize {
-                return Delivery::Dropped(DropReason::TooLarge);
-            }
+        if self.peer.max_packet_size.is_some()
+            && self.over_max_packet_size(&self.packet(&msg, 1, false))
+        {
+            return Delivery::Dropped(DropReason::TooLarge);
         }
         if self.connected && self.writable && self.queue.is_empty() {
             if qos == QoS::AtMostOnce {
@@ -837,7 +856,16 @@ impl Session {
     /// drops (a message queued by [`Session::deliver`] may have evicted some).
     /// Queued messages found expired as they were about to go out, since the last call.
     pub fn take_expired(&mut self) -> u64 {
-        std::mem::take(&mut self.expired)
+        u64::from(std::mem::take(&mut self.expired))
+    }
+
+    /// Messages dropped on their way out, since the last call, as over the 5.0
+    /// client's Maximum Packet Size: queued ones whose PUBLISH grew (subscription
+    /// identifiers added while they waited) or met a smaller maximum on resume, and
+    /// flows in flight whose resend did. [`Session::deliver`] reports the ones it
+    /// drops itself.
+    pub fn take_too_large(&mut self) -> u64 {
+        u64::from(std::mem::take(&mut self.too_large))
     }
 
     pub fn take_evictions(&mut self) -> u64 {
@@ -868,6 +896,14 @@ impl Session {
                 || self.inflight.bytes().saturating_add(size) <= self.limits.max_queued_bytes)
     }
 
+    /// Whether `packet` is larger than the 5.0 client's Maximum Packet Size: the
+    /// broker must not send it [MQTT-3.1.2-24].
+    fn over_max_packet_size(&self, packet: &Packet) -> bool {
+        self.peer
+            .max_packet_size
+            .is_some_and(|max| crate::protocol::encoded_len_v5(packet) > max as usize)
+    }
+
     /// Sends queued messages in FIFO order while connected, writable and (for QoS 1/2)
     /// the window has room; stops at the first that cannot go, so none overtakes another.
     fn flush(&mut self, out: &mut Output) {
@@ -878,9 +914,14 @@ impl Session {
             if qos == QoS::AtMostOnce {
                 if let Some((msg, _)) = self.queue.pop() {
                     if msg.expires() && msg.expired(now()) {
-                        self.expired += 1;
+                        self.expired = self.expired.saturating_add(1);
                     } else {
-                        out.packets.push(self.packet(&msg, 0, false));
+                        let packet = self.packet(&msg, 0, false);
+                        if self.over_max_packet_size(&packet) {
+                            self.too_large = self.too_large.saturating_add(1);
+                        } else {
+                            out.packets.push(packet);
+                        }
                     }
                 }
                 continue;
@@ -897,7 +938,7 @@ impl Session {
             let (dup, hint) = self.queue.take_redelivery();
             if msg.expires() && msg.expired(now()) {
                 // Not delivered once expired [MQTT-3.3.2-5].
-                self.expired += 1;
+                self.expired = self.expired.saturating_add(1);
                 continue;
             }
             if let Some(h) =
@@ -905,7 +946,14 @@ impl Session {
             {
                 pkid = h;
             }
-            out.packets.push(self.packet(&msg, pkid, dup));
+            let packet = self.packet(&msg, pkid, dup);
+            if self.over_max_packet_size(&packet) {
+                // Measured on delivery, but it may have grown since (subscription
+                // identifiers) or the client announced a smaller maximum on resume.
+                self.too_large = self.too_large.saturating_add(1);
+                continue;
+            }
+            out.packets.push(packet);
             self.inflight.insert_tagged(pkid, msg, group);
         }
     }
