@@ -542,8 +542,15 @@ struct Harness {
     evictions_taken: u64,
     /// Sum of what `take_expired` reported.
     expired_taken: u64,
-    /// Accepted QoS 1/2 messages the session passed over, expired, on their way out.
-    expired_unsent: u64,
+    /// Accepted QoS 1/2 messages the session passed over on their way out, expired or
+    /// too large (which, when both hold, the model cannot tell).
+    dropped_unsent: u64,
+    /// Sum of what `take_too_large` reported.
+    too_large_taken: u64,
+    /// Accepted QoS 1/2 messages not yet sent whose PUBLISH was over the client's
+    /// Maximum Packet Size at the end of some step (so the session may have passed
+    /// them over since: subscription identifiers change only between flushes).
+    maybe_too_large: BTreeSet<u64>,
     _clock: ClockGuard,
 }
 
@@ -574,7 +581,9 @@ impl Harness {
             subscription_ids: BTreeMap::new(),
             evictions_taken: 0,
             expired_taken: 0,
-            expired_unsent: 0,
+            dropped_unsent: 0,
+            too_large_taken: 0,
+            maybe_too_large: BTreeSet::new(),
             _clock: ClockGuard,
         }
     }
@@ -758,6 +767,13 @@ impl Harness {
         // Resent first, in their original order: PUBLISH with DUP for flows awaiting
         // PUBACK/PUBREC, PUBREL for flows awaiting PUBCOMP.
         let packets = std::mem::take(&mut self.out.packets);
+        // A flow whose PUBLISH is now over the client's Maximum Packet Size is
+        // discarded as if completed, not resent [MQTT-3.1.2-25].
+        let flows = std::mem::take(&mut self.flows);
+        self.flows = flows
+            .into_iter()
+            .filter(|f| f.released || !self.too_large_now(f.seq, f.qos))
+            .collect();
         assert!(
             packets.len() >= self.flows.len(),
             "resume lost in-flight flows"
@@ -798,7 +814,9 @@ impl Harness {
         self.subscription_ids.clear();
         self.evictions_taken = 0;
         self.expired_taken = 0;
-        self.expired_unsent = 0;
+        self.dropped_unsent = 0;
+        self.too_large_taken = 0;
+        self.maybe_too_large.clear();
     }
 
     /// `how`: 0 the client sent DISCONNECT, 1 the connection closed cleanly without
@@ -1145,6 +1163,16 @@ impl Harness {
         }
     }
 
+    /// Whether a PUBLISH of message `seq` at `qos` is over the client's Maximum Packet
+    /// Size now.
+    fn too_large_now(&self, seq: u64, qos: QoS) -> bool {
+        let Some(max) = self.peer.and_then(|p| p.max_packet_size) else {
+            return false;
+        };
+        let payload = self.sent[seq as usize].cost - TOPIC.len();
+        v5_publish_len(payload, qos, self.expected_props(seq).as_deref()) > max as usize
+    }
+
     /// The properties a PUBLISH of message `seq` carries now: none at 3.1.1; at 5.0
     /// the remaining expiry, FORWARD, and the identifiers of the subscriptions that
     /// match [`TOPIC`], ascending.
@@ -1230,18 +1258,10 @@ impl Harness {
             assert_eq!(p.qos, eff, "wrong QoS");
             self.check_v5_publish(p, true);
             // FIFO: accepted QoS 1/2 messages older than this one that never went out
-            // never will; only expiry may pass one over.
+            // never will; only expiry or the Maximum Packet Size may pass one over.
             let passed: Vec<u64> = self.unsent.range(..seq).copied().collect();
             for old in passed {
-                let (at, _) = self.sent[old as usize]
-                    .expiry
-                    .unwrap_or_else(|| panic!("message {old} passed over, unexpired"));
-                assert!(
-                    at <= self.now,
-                    "message {old} passed over before it expired"
-                );
-                self.unsent.remove(&old);
-                self.expired_unsent += 1;
+                self.passed_over(old);
             }
             assert_eq!(p.retain, retain, "wrong retain flag");
             assert_eq!(&*p.topic, TOPIC);
@@ -1271,6 +1291,20 @@ impl Harness {
         }
     }
 
+    /// Accepted QoS 1/2 message `seq` will never be sent: it must have expired or
+    /// been over the client's Maximum Packet Size, and the session counts it.
+    fn passed_over(&mut self, seq: u64) {
+        let expired = self.sent[seq as usize]
+            .expiry
+            .is_some_and(|(at, _)| at <= self.now);
+        assert!(
+            expired || self.maybe_too_large.contains(&seq),
+            "message {seq} passed over (or never sent), neither expired nor too large"
+        );
+        self.dropped_unsent += 1;
+        self.unsent.remove(&seq);
+    }
+
     fn after_call(&mut self) {
         assert!(self.out.packets.is_empty() && self.out.publishes.is_empty());
     }
@@ -1278,12 +1312,20 @@ impl Harness {
     /// Invariants after every step.
     fn check(&mut self) {
         let max_inflight = self.max_inflight();
+        let over: Vec<u64> = self
+            .unsent
+            .iter()
+            .copied()
+            .filter(|&seq| self.too_large_now(seq, self.sent[seq as usize].qos))
+            .collect();
+        self.maybe_too_large.extend(over);
         let Some(s) = &mut self.session else {
             assert!(!self.connected);
             return;
         };
         self.evictions_taken += s.take_evictions();
         self.expired_taken += s.take_expired();
+        self.too_large_taken += s.take_too_large();
         let st = s.stats();
         let max_bytes = self.limits.max_queued_bytes;
         // The bounds that keep a client's memory bounded.
@@ -1312,13 +1354,17 @@ impl Harness {
             .sum();
         assert_eq!(st.inflight_bytes, inflight_bytes, "in-flight bytes");
         assert_eq!(
-            st.inflight as u64 + st.queued as u64 + st.evicted_qos0 + self.expired_taken,
+            st.inflight as u64
+                + st.queued as u64
+                + st.evicted_qos0
+                + self.expired_taken
+                + self.too_large_taken,
             self.held,
             "messages lost or invented: {st:?}"
         );
         assert!(
-            self.expired_unsent <= self.expired_taken,
-            "expiry not counted"
+            self.dropped_unsent <= self.expired_taken + self.too_large_taken,
+            "drops not counted"
         );
         let will_delay = if self.will_set {
             self.will_props.delay_interval
@@ -1373,17 +1419,14 @@ impl Harness {
         }
         let st = self.session.as_ref().expect("connected session").stats();
         assert_eq!((st.inflight, st.queued), (0, 0), "not drained: {st:?}");
-        // Left unsent with the queue empty: passed over as expired, or lost.
-        for &seq in &self.unsent {
-            let expired = self.sent[seq as usize]
-                .expiry
-                .is_some_and(|(at, _)| at <= self.now);
-            assert!(expired, "accepted but never sent: {:?}", self.unsent);
-            self.expired_unsent += 1;
+        // Left unsent with the queue empty: passed over (expired or too large), or lost.
+        let left: Vec<u64> = self.unsent.iter().copied().collect();
+        for seq in left {
+            self.passed_over(seq);
         }
         assert!(
-            self.expired_unsent <= self.expired_taken,
-            "expiry not counted"
+            self.dropped_unsent <= self.expired_taken + self.too_large_taken,
+            "drops not counted"
         );
         // Finish the client's own QoS 2 flows.
         let ids: Vec<u16> = self.awaiting_pubrel.iter().copied().collect();
