@@ -171,7 +171,13 @@ def v5_stream():
 
 
 # ------------------------------------------------------------- session operations
-# Byte 0: max_inflight = b % 5, queue limits (b >> 3) & 3, 0x80 clean session.
+# Byte 0: max_inflight = b % 5, queue limits (b >> 3) & 3, 0x80 clean session, 0x40 a
+# 5.0 session: then byte 1 picks the peer limits (bits 0-1 the client's Receive
+# Maximum 1/2/3/65535, bits 2-4 its Maximum Packet Size none/18/24/40/64/300/630/none,
+# bits 5-6 the broker's Receive Maximum 1/2/4/65535). A 5.0 case reads one more byte
+# for deliveries (props: bit 0 expiry of bits 2-6 s or, with bit 7, the largest; bit 1
+# forwarded properties), subscriptions (identifier) and connects with flags 0x12 (Will
+# Properties); a client PUBLISH with flags bit 5 carries an expiry of flags >> 6 s.
 # Opcodes (mod 16): 0-2 deliver(qos, granted, flags), 3-4 client PUBLISH(flags, pkid),
 # 5 PUBACK(sel), 6 PUBREC(sel), 7 PUBREL(pkid), 8 PUBCOMP(sel), 9 writable(bit 0),
 # 10 connect(flags), 11 disconnect(how), 12 (un)subscribe(b, qos), 13 PINGREQ,
@@ -194,7 +200,54 @@ def ack_flow(op, index=0):
 PUBACK, PUBREC, PUBCOMP = 5, 6, 8
 
 
+def deliver_v5(qos, granted, flags=0, props=0):
+    return bytes([0, qos, granted, flags, props])
+
+
+def clock_ms(ms):
+    units = ms // 8
+    return bytes([15, units >> 8, units & 0xFF])
+
+
+def session_v5_seeds():
+    # max_inflight 4, the client's Receive Maximum 2, the broker's 2.
+    write("session", "seed-v5-receive-maximum", bytes([0x40, 0x21])
+          + b"".join(deliver_v5(1 + i % 2, 2, i) for i in range(5))
+          + ack_flow(PUBACK) + ack_flow(PUBREC) + ack_flow(PUBCOMP)
+          + ack_flow(PUBACK) + ack_flow(PUBREC))
+    # Maximum Packet Size 40: small messages fit, properties and larger payloads do not.
+    write("session", "seed-v5-max-packet-size", bytes([0x40, 0x0F])
+          + deliver_v5(1, 1, 0) + deliver_v5(1, 1, 5) + deliver_v5(2, 2, 20)
+          + deliver_v5(0, 0, 5, 0x03) + deliver_v5(1, 1, 0, 0x0D)
+          + bytes([12, 0, 1, 0x45]) + deliver_v5(1, 1, 5)
+          + ack_flow(PUBACK) + ack_flow(PUBACK))
+    # Expiry: while offline and while the buffer is full, with time stepped past it.
+    write("session", "seed-v5-message-expiry", bytes([0x41, 0x03])
+          + deliver_v5(1, 1, 2, 0x0D) + deliver_v5(2, 2, 2, 0x01)
+          + deliver_v5(1, 1, 2, 0x81) + bytes([11, 2])
+          + deliver_v5(1, 1, 3, 0x05) + deliver_v5(2, 2, 3, 0x0F)
+          + deliver_v5(1, 1, 3) + clock_ms(2500) + bytes([10, 0x00])
+          + bytes([9, 0]) + deliver_v5(1, 1, 4, 0x09) + deliver_v5(0, 0, 4, 0x05)
+          + clock_ms(1500) + bytes([9, 1])
+          + ack_flow(PUBACK) + ack_flow(PUBREC) + clock_ms(60000)
+          + bytes([11, 2, 10, 0x00]) + ack_flow(PUBCOMP) + ack_flow(PUBACK))
+    # The broker's Receive Maximum 1: a second QoS 2 flow awaiting PUBREL closes the
+    # connection; PUBREL for an unknown id gets PUBCOMP 0x92.
+    write("session", "seed-v5-inbound-receive-maximum", bytes([0x41, 0x03])
+          + client_publish(0x62, 1) + client_publish(2, 1) + client_publish(2, 2)
+          + bytes([10, 0x00]) + bytes([7, 5]) + bytes([7, 1])
+          + client_publish(2, 2) + client_publish(0x21, 3) + bytes([7, 2]))
+    # Subscription identifiers on deliveries; a will with a delay and an expiry.
+    write("session", "seed-v5-subscription-ids-and-will", bytes([0x42, 0x1F])
+          + bytes([12, 0, 1, 0x45, 12, 2, 2, 0x81, 12, 10, 1, 0xC0])
+          + deliver_v5(1, 2, 1) + deliver_v5(2, 2, 1, 0x02)
+          + bytes([10, 0x12, 0x55]) + ack_flow(PUBACK)
+          + bytes([12, 0, 1, 0x00]) + deliver_v5(0, 1, 1)
+          + bytes([11, 2, 10, 0x12, 0x15, 11, 1]) + bytes([10, 0x00]))
+
+
 def session_seeds():
+    session_v5_seeds()
     write("session", "seed-qos1-qos2-flows", bytes([0x04])
           + deliver(1, 1, 5) + deliver(2, 2, 9) + deliver(2, 1)
           + ack_flow(PUBACK) + ack_flow(PUBREC) + ack_flow(PUBCOMP) + ack_flow(PUBACK)

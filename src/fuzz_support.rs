@@ -13,6 +13,7 @@
 
 use crate::config::Config;
 use crate::message::Message;
+use crate::message::MessageProps;
 use crate::protocol::properties::PacketKind;
 use crate::protocol::topic::{level_count, matches, valid_topic_filter};
 use crate::protocol::{
@@ -20,11 +21,15 @@ use crate::protocol::{
     DecodeOptions, LastWill, Packet, Protocol, Publish, QoS, ReasonCode, SubAck, SubAckCode,
     Subscribe, SubscribeFilter, Unsubscribe,
 };
-use crate::session::{Delivery, DropReason, Limits, Output, Session, SessionError};
+use crate::protocol::{Ack, PublishProps, WillProps};
+use crate::session::{
+    simulate_clock, Delivery, DropReason, Limits, Output, PeerLimits, Session, SessionError,
+};
 use crate::topic::TopicTrie;
 use bytes::{Bytes, BytesMut};
 use bytestring::ByteString;
 use std::collections::{BTreeMap, BTreeSet};
+use std::num::NonZeroU32;
 use std::time::{Duration, Instant};
 
 // ------------------------------------------------------------------------ decode
@@ -360,20 +365,52 @@ const QUEUE_LIMITS: [(usize, usize); 4] = [(8, 512), (8, 64), (1, 512), (0, 0)];
 /// Filters the SUBSCRIBE/UNSUBSCRIBE operations pick from.
 const FILTERS: [&str; 6] = ["t/x", "t/+", "#", "$SYS/#", "a/b/c", "+/+"];
 
+/// A 5.0 case's client Receive Maximum, by bits 0-1 of its peer byte.
+const RECEIVE_MAXIMUMS: [u16; 4] = [1, 2, 3, u16::MAX];
+/// A 5.0 case's client Maximum Packet Size, by bits 2-4 of its peer byte: around the
+/// sizes the deliveries come in (16 bytes at least, about 650 at most).
+const MAX_PACKET_SIZES: [Option<u32>; 8] = [
+    None,
+    Some(18),
+    Some(24),
+    Some(40),
+    Some(64),
+    Some(300),
+    Some(630),
+    None,
+];
+/// A 5.0 case's broker Receive Maximum (inbound QoS 2 awaiting PUBREL), by bits 5-6.
+const SERVER_RECEIVE_MAXIMUMS: [u16; 4] = [1, 2, 4, u16::MAX];
+
+/// Forwarded properties a 5.0 message or will may carry, as on the wire: a User
+/// Property "k" = "v".
+const FORWARD: &[u8] = &[0x26, 0, 1, b'k', 0, 1, b'v'];
+
 /// Runs `data` as a sequence of operations on one client's [`Session`], driven the way
 /// the shard drives it, and checks the session against a model after every step.
 ///
-/// Byte 0 picks the limits (max_inflight 0..=4, one of [`QUEUE_LIMITS`]) and whether the
-/// first connection asks for a clean session; then each operation is one byte (the
-/// opcode, mod 16) followed by its argument bytes: client packets (PUBLISH at any QoS
+/// Byte 0 picks the limits (max_inflight 0..=4, one of [`QUEUE_LIMITS`]), whether the
+/// first connection asks for a clean session (bit 7) and, with bit 6, a 5.0 session:
+/// then byte 1 picks the peer limits the shard sets on every connection (the client's
+/// Receive Maximum from [`RECEIVE_MAXIMUMS`], its Maximum Packet Size from
+/// [`MAX_PACKET_SIZES`], the broker's Receive Maximum from [`SERVER_RECEIVE_MAXIMUMS`]).
+/// Then each operation is one byte (the opcode, mod 16) followed by its argument
+/// bytes: client packets (PUBLISH at any QoS
 /// with any packet id and DUP, PUBACK/PUBREC/PUBREL/PUBCOMP for in-flight or arbitrary
 /// ids, PINGREQ, DISCONNECT, packets only a server may send), deliveries at any QoS,
 /// write-buffer pressure, subscriptions, reconnects (clean, resumed, taking over) and
 /// disconnects (with or without DISCONNECT), and the clock. A protocol violation is
 /// answered as the shard answers it: the connection closes without DISCONNECT.
 ///
+/// A 5.0 case reads more argument bytes for some operations: deliveries carry a
+/// Message Expiry Interval (0 s to 31 s, or the largest) and forwarded properties,
+/// client PUBLISH packets an expiry, subscriptions a Subscription Identifier, wills a
+/// Will Delay Interval and an expiry. The session reads a simulated clock (see
+/// [`simulate_clock`]) that the clock operation steps, so expiry is exact.
+///
 /// At the end the client reconnects and acknowledges everything; every QoS 1/2 message
-/// the session accepted (sent or queued) must by then have been sent.
+/// the session accepted (sent or queued) must by then have been sent, or have expired
+/// while queued and been counted as such.
 pub fn session_case(data: &[u8]) {
     let mut input = Input { data, pos: 0 };
     let config = input.byte();
@@ -383,7 +420,16 @@ pub fn session_case(data: &[u8]) {
         max_queued_messages,
         max_queued_bytes,
     };
-    let mut h = Harness::new(limits);
+    let peer = (config & 0x40 != 0).then(|| {
+        let b = usize::from(input.byte());
+        PeerLimits {
+            receive_maximum: RECEIVE_MAXIMUMS[b & 3],
+            max_packet_size: MAX_PACKET_SIZES[(b >> 2) & 7],
+            server_receive_maximum: SERVER_RECEIVE_MAXIMUMS[(b >> 5) & 3],
+            topic_alias_maximum: 0,
+        }
+    });
+    let mut h = Harness::new(limits, peer);
     h.connect(config & 0x80 != 0, 0, None);
     h.check();
     while let Some(op) = input.next() {
@@ -424,6 +470,29 @@ fn in_flight(flows: &[Flow], pkid: u16, test: impl Fn(&Flow) -> bool) -> bool {
     flows.iter().any(|f| f.pkid == pkid && test(f))
 }
 
+/// What the model knows of one message delivered to the session.
+#[derive(Debug, Clone, Copy)]
+struct Sent {
+    /// Effective QoS: min(message, granted).
+    qos: QoS,
+    retain: bool,
+    /// Topic + payload bytes.
+    cost: usize,
+    /// When it expires (simulated clock) and the interval it had, in seconds.
+    expiry: Option<(Instant, u32)>,
+    /// Whether it carries [`FORWARD`].
+    forward: bool,
+}
+
+/// Resets the session's simulated clock when a case ends, however it ends.
+struct ClockGuard;
+
+impl Drop for ClockGuard {
+    fn drop(&mut self) {
+        simulate_clock(None);
+    }
+}
+
 /// The model's view of one outgoing QoS 1/2 flow.
 #[derive(Debug, Clone, Copy)]
 struct Flow {
@@ -439,6 +508,8 @@ struct Flow {
 /// One Session plus everything the client and the shard know about it.
 struct Harness {
     limits: Limits,
+    /// The 5.0 peer limits the shard sets on every connection; `None`: 3.1.1.
+    peer: Option<PeerLimits>,
     /// `None` once a clean session has ended (the shard drops it).
     session: Option<Session>,
     clean: bool,
@@ -449,28 +520,47 @@ struct Harness {
     connected: bool,
     writable: bool,
     will_set: bool,
+    /// The Will Properties of the will held (5.0).
+    will_props: WillProps,
     /// Outgoing flows in send order.
     flows: Vec<Flow>,
-    /// Messages the session took (sent or queued) and still holds or has evicted:
-    /// equals in-flight + queued + evicted QoS 0 at all times.
+    /// Messages the session took (sent or queued) and still holds, has evicted or
+    /// has dropped as expired: equals in-flight + queued + evicted QoS 0 + expired
+    /// (as `take_expired` reported) at all times.
     held: u64,
-    /// Per delivered sequence number: effective QoS, retain flag, cost in bytes.
-    sent: Vec<(QoS, bool, usize)>,
+    /// Per delivered sequence number, what the message was.
+    sent: Vec<Sent>,
     /// Accepted QoS 1/2 messages not yet sent once.
     unsent: BTreeSet<u64>,
     /// Sequence number of the last message sent for the first time (FIFO order).
     last_first: Option<u64>,
     awaiting_pubrel: BTreeSet<u16>,
     subscriptions: BTreeMap<String, QoS>,
+    /// Subscription Identifiers of the subscriptions that have one (5.0).
+    subscription_ids: BTreeMap<String, NonZeroU32>,
     /// Sum of what `take_evictions` reported.
     evictions_taken: u64,
+    /// Sum of what `take_expired` reported.
+    expired_taken: u64,
+    /// Accepted QoS 1/2 messages the session passed over on their way out, expired or
+    /// too large (which, when both hold, the model cannot tell).
+    dropped_unsent: u64,
+    /// Sum of what `take_too_large` reported.
+    too_large_taken: u64,
+    /// Accepted QoS 1/2 messages not yet sent whose PUBLISH was over the client's
+    /// Maximum Packet Size at the end of some step (so the session may have passed
+    /// them over since: subscription identifiers change only between flushes).
+    maybe_too_large: BTreeSet<u64>,
+    _clock: ClockGuard,
 }
 
 impl Harness {
-    fn new(limits: Limits) -> Harness {
+    fn new(limits: Limits, peer: Option<PeerLimits>) -> Harness {
         let now = Instant::now();
+        simulate_clock(Some(now));
         Harness {
             limits,
+            peer,
             session: None,
             clean: false,
             out: Output::default(),
@@ -480,6 +570,7 @@ impl Harness {
             connected: false,
             writable: false,
             will_set: false,
+            will_props: WillProps::default(),
             flows: Vec::new(),
             held: 0,
             sent: Vec::new(),
@@ -487,12 +578,25 @@ impl Harness {
             last_first: None,
             awaiting_pubrel: BTreeSet::new(),
             subscriptions: BTreeMap::new(),
+            subscription_ids: BTreeMap::new(),
             evictions_taken: 0,
+            expired_taken: 0,
+            dropped_unsent: 0,
+            too_large_taken: 0,
+            maybe_too_large: BTreeSet::new(),
+            _clock: ClockGuard,
         }
     }
 
+    /// QoS 1/2 flows in flight at most: the broker's bound, and a 5.0 client's
+    /// Receive Maximum.
     fn max_inflight(&self) -> usize {
-        usize::from(self.limits.max_inflight.max(1))
+        let window = self.limits.max_inflight.max(1);
+        usize::from(window.min(self.peer.map_or(u16::MAX, |p| p.receive_maximum)))
+    }
+
+    fn v5(&self) -> bool {
+        self.peer.is_some()
     }
 
     fn step(&mut self, op: u8, input: &mut Input<'_>) {
@@ -501,7 +605,8 @@ impl Harness {
                 let qos = input.qos();
                 let granted = input.qos();
                 let flags = input.byte();
-                self.deliver(qos, granted, flags);
+                let props = if self.v5() { input.byte() } else { 0 };
+                self.deliver(qos, granted, flags, props);
             }
             3 | 4 => {
                 let flags = input.byte();
@@ -510,8 +615,16 @@ impl Harness {
                     0xFF => input.u16(),
                     b => u16::from(b % 8),
                 };
+                // At 5.0, bit 5 adds an expiry of flags >> 6 seconds and FORWARD.
+                let props = (self.v5() && flags & 0x20 != 0).then(|| {
+                    Box::new(PublishProps {
+                        message_expiry: Some(u32::from(flags >> 6)),
+                        forward: Bytes::from_static(FORWARD),
+                        ..PublishProps::default()
+                    })
+                });
                 self.client(Packet::Publish(Publish {
-                    props: None,
+                    props,
                     dup: flags & 4 != 0,
                     qos,
                     retain: flags & 8 != 0,
@@ -551,8 +664,25 @@ impl Harness {
                     2 => u16::MAX,
                     _ => input.u16(),
                 };
+                // At 5.0, bit 4 adds Will Properties from the next byte: a delay of
+                // bits 0-3 seconds, with bit 4 an expiry of bits 5-7 seconds, with
+                // bits 5-7 not 0 FORWARD too.
+                let will_props = if self.v5() && flags & 0x12 == 0x12 {
+                    let b = input.byte();
+                    WillProps {
+                        delay_interval: u32::from(b & 0x0F),
+                        message_expiry: (b & 0x10 != 0).then_some(u32::from(b >> 5)),
+                        forward: if b >> 5 != 0 {
+                            Bytes::from_static(FORWARD)
+                        } else {
+                            Bytes::new()
+                        },
+                    }
+                } else {
+                    WillProps::default()
+                };
                 let will = (flags & 2 != 0).then(|| LastWill {
-                    props: Default::default(),
+                    props: will_props,
                     topic: ByteString::from_static("will"),
                     payload: Bytes::from_static(b"gone"),
                     qos: QoS::from_u8((flags >> 2) % 3).unwrap_or(QoS::AtMostOnce),
@@ -567,10 +697,24 @@ impl Harness {
             12 => {
                 let b = input.byte();
                 let qos = input.qos();
+                // At 5.0 a subscription may carry an identifier, of 1 to 4 bytes.
+                let id = if self.v5() {
+                    let b = input.byte();
+                    let low = u32::from(b & 0x3F);
+                    NonZeroU32::new(match b >> 6 {
+                        0 => 0,
+                        1 => low,
+                        2 => (low << 8) | 0x80,
+                        _ => 268_435_455 - low,
+                    })
+                } else {
+                    None
+                };
                 self.subscription(
                     FILTERS[usize::from(b >> 1) % FILTERS.len()],
                     b & 1 == 0,
                     qos,
+                    id,
                 );
             }
             13 => self.client(Packet::PingReq),
@@ -581,6 +725,7 @@ impl Harness {
             _ => {
                 let ms = input.u16();
                 self.now += Duration::from_millis(u64::from(ms) * 8);
+                simulate_clock(Some(self.now));
             }
         }
     }
@@ -611,6 +756,9 @@ impl Harness {
         }
         let s = self.session.as_mut().expect("session exists");
         self.will_set = will.is_some();
+        self.will_props = will.as_ref().map(|w| w.props.clone()).unwrap_or_default();
+        s.set_v5(self.peer.is_some());
+        s.set_peer_limits(self.peer.unwrap_or_default());
         s.connect(keep_alive, will, self.now, &mut self.out);
         self.connected = true;
         self.writable = true;
@@ -619,6 +767,13 @@ impl Harness {
         // Resent first, in their original order: PUBLISH with DUP for flows awaiting
         // PUBACK/PUBREC, PUBREL for flows awaiting PUBCOMP.
         let packets = std::mem::take(&mut self.out.packets);
+        // A flow whose PUBLISH is now over the client's Maximum Packet Size is
+        // discarded as if completed, not resent [MQTT-3.1.2-25].
+        let flows = std::mem::take(&mut self.flows);
+        self.flows = flows
+            .into_iter()
+            .filter(|f| f.released || !self.too_large_now(f.seq, f.qos))
+            .collect();
         assert!(
             packets.len() >= self.flows.len(),
             "resume lost in-flight flows"
@@ -632,7 +787,8 @@ impl Harness {
                     assert_eq!(p.pkid, flow.pkid);
                     assert_eq!(p.qos, flow.qos);
                     assert_eq!(seq_of(p), flow.seq, "resent another message");
-                    assert_eq!(p.retain, self.sent[flow.seq as usize].1);
+                    assert_eq!(p.retain, self.sent[flow.seq as usize].retain);
+                    self.check_v5_publish(p, false);
                 }
                 other => panic!("resume sent {other:?} for {flow:?}"),
             }
@@ -655,7 +811,12 @@ impl Harness {
         self.last_first = None;
         self.awaiting_pubrel.clear();
         self.subscriptions.clear();
+        self.subscription_ids.clear();
         self.evictions_taken = 0;
+        self.expired_taken = 0;
+        self.dropped_unsent = 0;
+        self.too_large_taken = 0;
+        self.maybe_too_large.clear();
     }
 
     /// `how`: 0 the client sent DISCONNECT, 1 the connection closed cleanly without
@@ -680,6 +841,14 @@ impl Harness {
         let s = self.session.as_mut().expect("connected session");
         let will = s.disconnect(graceful);
         assert_eq!(will.is_some(), self.will_set && !graceful, "will");
+        if let Some(w) = will {
+            // Its expiry counts from now, when it is published.
+            let props = &self.will_props;
+            let want = MessageProps::new(props.message_expiry, &props.forward, self.now);
+            assert_eq!(w.props, want, "will properties");
+            assert!(&*w.topic == "will" && &w.payload[..] == b"gone");
+        }
+        assert_eq!(s.will_delay(), 0, "will delay without a will");
         assert_eq!(s.disconnect(false), None, "will returned twice");
         assert!(!s.is_connected());
         self.will_set = false;
@@ -695,27 +864,35 @@ impl Harness {
         let Some(s) = self.session.as_mut() else {
             return;
         };
-        let violation = match &packet {
-            Packet::Publish(p) => {
-                if p.qos == QoS::AtMostOnce {
-                    p.dup
-                } else {
-                    p.pkid == 0
+        // One more inbound QoS 2 flow than the broker's Receive Maximum allows.
+        let server_receive_maximum = self.peer.map_or(u16::MAX, |p| p.server_receive_maximum);
+        let over_receive_maximum = matches!(&packet, Packet::Publish(p)
+            if p.qos == QoS::ExactlyOnce
+                && p.pkid != 0
+                && !self.awaiting_pubrel.contains(&p.pkid)
+                && self.awaiting_pubrel.len() >= usize::from(server_receive_maximum));
+        let violation = over_receive_maximum
+            || match &packet {
+                Packet::Publish(p) => {
+                    if p.qos == QoS::AtMostOnce {
+                        p.dup
+                    } else {
+                        p.pkid == 0
+                    }
                 }
-            }
-            // An acknowledgement of the wrong kind for a flow in flight closes the
-            // connection; one for an id not in flight is a late duplicate.
-            Packet::PubAck(id) => {
-                *id == 0 || in_flight(&self.flows, *id, |f| f.qos != QoS::AtLeastOnce)
-            }
-            Packet::PubRec(id) => {
-                *id == 0 || in_flight(&self.flows, *id, |f| f.qos == QoS::AtLeastOnce)
-            }
-            Packet::PubComp(id) => *id == 0 || in_flight(&self.flows, *id, |f| !f.released),
-            Packet::PubRel(id) => *id == 0,
-            Packet::PingReq | Packet::Disconnect => false,
-            _ => true,
-        };
+                // An acknowledgement of the wrong kind for a flow in flight closes the
+                // connection; one for an id not in flight is a late duplicate.
+                Packet::PubAck(id) => {
+                    *id == 0 || in_flight(&self.flows, *id, |f| f.qos != QoS::AtLeastOnce)
+                }
+                Packet::PubRec(id) => {
+                    *id == 0 || in_flight(&self.flows, *id, |f| f.qos == QoS::AtLeastOnce)
+                }
+                Packet::PubComp(id) => *id == 0 || in_flight(&self.flows, *id, |f| !f.released),
+                Packet::PubRel(id) => *id == 0,
+                Packet::PingReq | Packet::Disconnect => false,
+                _ => true,
+            };
         let result = s.handle(packet.clone(), self.now, &mut self.out);
         if !self.connected {
             assert_eq!(result, Err(SessionError::NotConnected));
@@ -725,6 +902,12 @@ impl Harness {
         self.last_activity = self.now;
         if let Err(e) = result {
             assert!(violation, "{} refused: {e}", packet.name());
+            if over_receive_maximum {
+                assert_eq!(
+                    e,
+                    SessionError::ReceiveMaximumExceeded(server_receive_maximum)
+                );
+            }
             self.out.packets.clear();
             self.out.publishes.clear();
             self.drop_connection(false);
@@ -747,6 +930,11 @@ impl Harness {
                 let m = &publishes[0];
                 assert!(m.topic == p.topic && m.payload == p.payload);
                 assert!(m.qos == p.qos && m.retain == p.retain);
+                // A 5.0 publisher's expiry counts from when the broker received it.
+                let want = p.props.as_ref().and_then(|props| {
+                    MessageProps::new(props.message_expiry, &props.forward, self.now)
+                });
+                assert_eq!(m.props, want, "routed message properties");
             } else {
                 assert!(publishes.is_empty(), "routed without a PUBLISH to route");
             }
@@ -794,8 +982,16 @@ impl Harness {
             }
             Packet::PubRel(id) => {
                 expect_routed(false);
-                self.awaiting_pubrel.remove(id);
-                (Some(Packet::PubComp(*id)), packets.get(1..).unwrap_or(&[]))
+                // 5.0 answers an unknown id with PUBCOMP 0x92 (§3.7.2.1).
+                let answer = if self.awaiting_pubrel.remove(id) || !self.v5() {
+                    Packet::PubComp(*id)
+                } else {
+                    Packet::PubCompV5(Ack {
+                        reason: ReasonCode::PACKET_IDENTIFIER_NOT_FOUND,
+                        ..Ack::success(*id)
+                    })
+                };
+                (Some(answer), packets.get(1..).unwrap_or(&[]))
             }
             Packet::PingReq => (Some(Packet::PingResp), packets.get(1..).unwrap_or(&[])),
             Packet::Disconnect => {
@@ -828,11 +1024,13 @@ impl Harness {
         self.held -= 1;
     }
 
-    /// A message routed to the session, as the shard's delivery does.
-    fn deliver(&mut self, qos: QoS, granted: QoS, flags: u8) {
-        let Some(s) = self.session.as_mut() else {
+    /// A message routed to the session, as the shard's delivery does. `props` (5.0):
+    /// bit 0 an expiry of bits 2-6 seconds (the largest there is with bit 7), bit 1
+    /// FORWARD.
+    fn deliver(&mut self, qos: QoS, granted: QoS, flags: u8, props: u8) {
+        if self.session.is_none() {
             return;
-        };
+        }
         let seq = self.sent.len() as u64;
         let len = if flags & 0x80 != 0 {
             600
@@ -841,17 +1039,46 @@ impl Harness {
         };
         let mut payload = seq.to_be_bytes().to_vec();
         payload.resize(8 + len, flags);
+        let interval = (props & 1 != 0).then(|| match props & 0x80 {
+            0 => u32::from(props >> 2) & 0x1F,
+            _ => u32::MAX,
+        });
+        let forward = props & 2 != 0;
+        let forward_bytes = if forward {
+            Bytes::from_static(FORWARD)
+        } else {
+            Bytes::new()
+        };
         let msg = Message {
             topic: ByteString::from_static(TOPIC),
             payload: Bytes::from(payload),
             qos,
             retain: flags & 1 != 0,
             stamp: Default::default(),
-            props: None,
+            props: MessageProps::new(interval, &forward_bytes, self.now),
         };
         let eff = qos.min(granted);
-        self.sent
-            .push((eff, msg.retain, msg.topic.len() + msg.payload.len()));
+        let expiry = interval.map(|i| (self.now + Duration::from_secs(u64::from(i)), i));
+        self.sent.push(Sent {
+            qos: eff,
+            retain: msg.retain,
+            cost: msg.topic.len() + msg.payload.len(),
+            expiry,
+            forward,
+        });
+        // What the shard must drop for this client before it queues anything: expired
+        // already, or a PUBLISH over the client's Maximum Packet Size.
+        let expired = interval == Some(0);
+        let too_large = self
+            .peer
+            .and_then(|p| p.max_packet_size)
+            .is_some_and(|max| {
+                let props = self.expected_props(seq);
+                v5_publish_len(msg.payload.len(), eff, props.as_deref()) > max as usize
+            });
+        let Some(s) = self.session.as_mut() else {
+            return;
+        };
         let before = s.stats();
         let delivery = s.deliver(&msg, granted, &mut self.out);
         let packets = std::mem::take(&mut self.out.packets);
@@ -869,11 +1096,23 @@ impl Harness {
             }
             Delivery::Dropped(DropReason::QueueFull) => assert!(packets.is_empty()),
             Delivery::Dropped(DropReason::Expired | DropReason::TooLarge) => {
-                panic!("the fuzzed sessions are 3.1.1 ones")
+                assert!(packets.is_empty());
             }
         }
         if !self.connected && eff == QoS::AtMostOnce {
             assert_eq!(delivery, Delivery::Dropped(DropReason::OfflineQoS0));
+        } else if expired {
+            assert_eq!(delivery, Delivery::Dropped(DropReason::Expired));
+        } else if too_large {
+            assert_eq!(delivery, Delivery::Dropped(DropReason::TooLarge));
+        } else {
+            assert!(
+                !matches!(
+                    delivery,
+                    Delivery::Dropped(DropReason::Expired | DropReason::TooLarge)
+                ),
+                "{delivery:?}"
+            );
         }
         if matches!(delivery, Delivery::Sent | Delivery::Queued) {
             self.held += 1;
@@ -901,16 +1140,97 @@ impl Harness {
         self.after_call();
     }
 
-    fn subscription(&mut self, filter: &str, subscribe: bool, qos: QoS) {
+    /// SUBSCRIBE (with its identifier, at 5.0; a subscription without one clears
+    /// the one it replaces, as the shard does) or UNSUBSCRIBE.
+    fn subscription(&mut self, filter: &str, subscribe: bool, qos: QoS, id: Option<NonZeroU32>) {
         let Some(s) = self.session.as_mut() else {
             return;
         };
         if subscribe {
             let prev = s.subscribe(ByteString::from(filter), qos);
             assert_eq!(prev, self.subscriptions.insert(filter.to_owned(), qos));
+            if self.peer.is_some() {
+                s.set_subscription_id(&ByteString::from(filter), id);
+                match id {
+                    Some(id) => self.subscription_ids.insert(filter.to_owned(), id),
+                    None => self.subscription_ids.remove(filter),
+                };
+            }
         } else {
             let prev = s.unsubscribe(filter);
             assert_eq!(prev, self.subscriptions.remove(filter));
+            self.subscription_ids.remove(filter);
+        }
+    }
+
+    /// Whether a PUBLISH of message `seq` at `qos` is over the client's Maximum Packet
+    /// Size now.
+    fn too_large_now(&self, seq: u64, qos: QoS) -> bool {
+        let Some(max) = self.peer.and_then(|p| p.max_packet_size) else {
+            return false;
+        };
+        let payload = self.sent[seq as usize].cost - TOPIC.len();
+        v5_publish_len(payload, qos, self.expected_props(seq).as_deref()) > max as usize
+    }
+
+    /// The properties a PUBLISH of message `seq` carries now: none at 3.1.1; at 5.0
+    /// the remaining expiry, FORWARD, and the identifiers of the subscriptions that
+    /// match [`TOPIC`], ascending.
+    fn expected_props(&self, seq: u64) -> Option<Box<PublishProps>> {
+        self.peer?;
+        let sent = &self.sent[seq as usize];
+        let mut ids: Vec<NonZeroU32> = self
+            .subscription_ids
+            .iter()
+            .filter(|(f, _)| matches(f, TOPIC))
+            .map(|(_, id)| *id)
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        let props = PublishProps {
+            message_expiry: sent.expiry.map(|(at, _)| {
+                let left = at.saturating_duration_since(self.now);
+                let secs = left.as_secs() + u64::from(left.subsec_nanos() > 0);
+                secs.min(u64::from(u32::MAX)) as u32
+            }),
+            subscription_ids: ids,
+            forward: if sent.forward {
+                Bytes::from_static(FORWARD)
+            } else {
+                Bytes::new()
+            },
+            ..PublishProps::default()
+        };
+        (!props.is_empty()).then(|| Box::new(props))
+    }
+
+    /// A PUBLISH the session sent, first or again: its properties are the ones
+    /// the message and subscriptions call for, a remaining expiry never more than
+    /// the original (and, `first` time out, not run out), and it is within the
+    /// client's Maximum Packet Size.
+    fn check_v5_publish(&self, p: &Publish, first: bool) {
+        let seq = seq_of(p);
+        let want = self.expected_props(seq);
+        assert_eq!(p.props, want, "properties of message {seq}");
+        if let Some((_, interval)) = self.sent[seq as usize].expiry {
+            let left = want.as_ref().and_then(|w| w.message_expiry);
+            assert!(
+                left.is_some_and(|l| l <= interval),
+                "expiry {left:?} of {interval}"
+            );
+            if first {
+                assert_ne!(left, Some(0), "message {seq} sent expired");
+            }
+        }
+        let len = encoded_len_v5(&Packet::Publish(p.clone()));
+        if self.peer.is_some() {
+            assert_eq!(len, v5_publish_len(p.payload.len(), p.qos, want.as_deref()));
+        }
+        if let Some(max) = self.peer.and_then(|p| p.max_packet_size) {
+            assert!(
+                len <= max as usize,
+                "PUBLISH of {len} bytes over the client's maximum of {max}"
+            );
         }
     }
 
@@ -926,11 +1246,23 @@ impl Harness {
             );
             assert!(!p.dup, "new PUBLISH with DUP");
             let seq = seq_of(p);
-            let &(eff, retain, cost) = self
+            let Sent {
+                qos: eff,
+                retain,
+                cost,
+                ..
+            } = *self
                 .sent
                 .get(seq as usize)
                 .expect("PUBLISH of a message never delivered");
             assert_eq!(p.qos, eff, "wrong QoS");
+            self.check_v5_publish(p, true);
+            // FIFO: accepted QoS 1/2 messages older than this one that never went out
+            // never will; only expiry or the Maximum Packet Size may pass one over.
+            let passed: Vec<u64> = self.unsent.range(..seq).copied().collect();
+            for old in passed {
+                self.passed_over(old);
+            }
             assert_eq!(p.retain, retain, "wrong retain flag");
             assert_eq!(&*p.topic, TOPIC);
             if p.qos == QoS::AtMostOnce {
@@ -959,6 +1291,20 @@ impl Harness {
         }
     }
 
+    /// Accepted QoS 1/2 message `seq` will never be sent: it must have expired or
+    /// been over the client's Maximum Packet Size, and the session counts it.
+    fn passed_over(&mut self, seq: u64) {
+        let expired = self.sent[seq as usize]
+            .expiry
+            .is_some_and(|(at, _)| at <= self.now);
+        assert!(
+            expired || self.maybe_too_large.contains(&seq),
+            "message {seq} passed over (or never sent), neither expired nor too large"
+        );
+        self.dropped_unsent += 1;
+        self.unsent.remove(&seq);
+    }
+
     fn after_call(&mut self) {
         assert!(self.out.packets.is_empty() && self.out.publishes.is_empty());
     }
@@ -966,11 +1312,20 @@ impl Harness {
     /// Invariants after every step.
     fn check(&mut self) {
         let max_inflight = self.max_inflight();
+        let over: Vec<u64> = self
+            .unsent
+            .iter()
+            .copied()
+            .filter(|&seq| self.too_large_now(seq, self.sent[seq as usize].qos))
+            .collect();
+        self.maybe_too_large.extend(over);
         let Some(s) = &mut self.session else {
             assert!(!self.connected);
             return;
         };
         self.evictions_taken += s.take_evictions();
+        self.expired_taken += s.take_expired();
+        self.too_large_taken += s.take_too_large();
         let st = s.stats();
         let max_bytes = self.limits.max_queued_bytes;
         // The bounds that keep a client's memory bounded.
@@ -999,10 +1354,24 @@ impl Harness {
             .sum();
         assert_eq!(st.inflight_bytes, inflight_bytes, "in-flight bytes");
         assert_eq!(
-            st.inflight as u64 + st.queued as u64 + st.evicted_qos0,
+            st.inflight as u64
+                + st.queued as u64
+                + st.evicted_qos0
+                + self.expired_taken
+                + self.too_large_taken,
             self.held,
             "messages lost or invented: {st:?}"
         );
+        assert!(
+            self.dropped_unsent <= self.expired_taken + self.too_large_taken,
+            "drops not counted"
+        );
+        let will_delay = if self.will_set {
+            self.will_props.delay_interval
+        } else {
+            0
+        };
+        assert_eq!(s.will_delay(), will_delay, "will delay");
         assert_eq!(self.evictions_taken, st.evicted_qos0, "evictions reported");
         assert_eq!(st.awaiting_pubrel, self.awaiting_pubrel.len());
         // Nothing waits in the queue that could go out: QoS 0 goes whenever the
@@ -1050,10 +1419,14 @@ impl Harness {
         }
         let st = self.session.as_ref().expect("connected session").stats();
         assert_eq!((st.inflight, st.queued), (0, 0), "not drained: {st:?}");
+        // Left unsent with the queue empty: passed over (expired or too large), or lost.
+        let left: Vec<u64> = self.unsent.iter().copied().collect();
+        for seq in left {
+            self.passed_over(seq);
+        }
         assert!(
-            self.unsent.is_empty(),
-            "accepted but never sent: {:?}",
-            self.unsent
+            self.dropped_unsent <= self.expired_taken + self.too_large_taken,
+            "drops not counted"
         );
         // Finish the client's own QoS 2 flows.
         let ids: Vec<u16> = self.awaiting_pubrel.iter().copied().collect();
@@ -1066,6 +1439,28 @@ impl Harness {
             Some(0)
         );
     }
+}
+
+/// The size of a 5.0 PUBLISH of a delivered message (topic [`TOPIC`]) with `payload`
+/// bytes of payload and `props`, worked out from §3.3 rather than by the encoder.
+fn v5_publish_len(payload: usize, qos: QoS, props: Option<&PublishProps>) -> usize {
+    let varint = |n: usize| match n {
+        0..=127 => 1,
+        128..=16_383 => 2,
+        16_384..=2_097_151 => 3,
+        _ => 4,
+    };
+    let props_len = props.map_or(0, |p| {
+        let ids: usize = p
+            .subscription_ids
+            .iter()
+            .map(|id| 1 + varint(id.get() as usize))
+            .sum();
+        p.message_expiry.map_or(0, |_| 5) + p.forward.len() + ids
+    });
+    let pkid = if qos == QoS::AtMostOnce { 0 } else { 2 };
+    let remaining = 2 + TOPIC.len() + pkid + varint(props_len) + props_len + payload;
+    1 + varint(remaining) + remaining
 }
 
 /// The sequence number at the front of a delivered message's payload.

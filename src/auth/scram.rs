@@ -94,6 +94,8 @@ pub struct ScramServer {
     lookup: std::sync::Arc<Lookup>,
 }
 
+// One per connection, and only while its exchange lasts: not worth a box.
+#[allow(clippy::large_enum_variant)]
 enum State {
     /// Waiting for client-first.
     Start,

@@ -654,7 +654,7 @@ async fn send_early(
     }
     if let Some(w) = wire.as_mut() {
         w.encode(&buf)
-            .map_err(|e| io::Error::new(io::ErrorKind::Other, e.to_string()))?;
+            .map_err(|e| io::Error::other(e.to_string()))?;
         if close {
             w.close();
         }

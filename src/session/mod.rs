@@ -29,9 +29,34 @@ use crate::protocol::{LastWill, Packet, Publish, QoS};
 use bytestring::ByteString;
 use inflight::{Inflight, Stage};
 use queue::Queue;
+use std::cell::Cell;
 use std::collections::{HashMap, HashSet};
 use std::num::NonZeroU32;
 use std::time::{Duration, Instant};
+
+thread_local! {
+    /// A clock that replaces `Instant::now()` for this thread's sessions; see
+    /// [`simulate_clock`].
+    static SIMULATED_NOW: Cell<Option<Instant>> = const { Cell::new(None) };
+}
+
+/// The time the session's message-expiry reads see: the wall clock, unless the
+/// thread simulates one. Only read for messages that carry 5.0 properties, so a
+/// 3.1.1 session never reads a clock on delivery.
+fn now() -> Instant {
+    SIMULATED_NOW.with(Cell::get).unwrap_or_else(Instant::now)
+}
+
+/// Sets (or, with `None`, ends) a simulated clock for the sessions on this thread:
+/// message expiry (on delivery, when a queued message goes out, in the remaining
+/// interval a PUBLISH carries, and from when a received PUBLISH or a will starts
+/// counting) reads it instead of the wall clock. For the fuzz harness, which steps
+/// time by hand so that expiry happens at exactly the step the model expects; the
+/// broker never sets it.
+#[doc(hidden)]
+pub fn simulate_clock(now: Option<Instant>) {
+    SIMULATED_NOW.with(|c| c.set(now));
+}
 
 /// Per-session resource bounds, from configuration, so a slow or absent client cannot make
 /// the broker hold unbounded state for it.
@@ -177,7 +202,11 @@ pub struct Session {
     /// `queue.evicted()` as of the last `take_evictions`.
     evictions_reported: u64,
     /// Queued messages dropped as expired on their way out, not yet reported.
-    expired: u64,
+    expired: u32,
+    /// Messages dropped on their way out (queued, or resent in flight) as over the
+    /// 5.0 client's Maximum Packet Size, not yet reported. Two halves of what was
+    /// one counter: the session stays the size it was.
+    too_large: u32,
     inflight: Inflight,
     queue: Queue,
     /// Incoming QoS 2 packet ids whose PUBLISH was routed and whose PUBREL has not come.
@@ -203,7 +232,7 @@ fn publish_packet(msg: &Message, pkid: u16, dup: bool, v5: bool) -> Packet {
         pkid,
         payload: msg.payload.clone(),
         props: match &msg.props {
-            Some(p) if v5 => Some(p.publish_props(Instant::now())),
+            Some(p) if v5 => Some(p.publish_props(now())),
             _ => None,
         },
     })
@@ -237,6 +266,7 @@ impl Session {
             peer: PeerLimits::default(),
             evictions_reported: 0,
             expired: 0,
+            too_large: 0,
             inflight: Inflight::new(),
             queue: Queue::new(),
             awaiting_pubrel: None,
@@ -297,11 +327,26 @@ impl Session {
                 ..w
             })
         });
+        // A flow whose PUBLISH is now over the client's Maximum Packet Size (a
+        // smaller one than it had, or more subscription identifiers) is discarded
+        // and counts as completed [MQTT-3.1.2-25].
+        let mut too_large = Vec::new();
         for (pkid, stage) in self.inflight.iter() {
-            out.packets.push(match stage {
-                Stage::Published(msg) => self.packet(msg, pkid, true),
-                Stage::Released(_) => Packet::PubRel(pkid),
-            });
+            match stage {
+                Stage::Published(msg) => {
+                    let packet = self.packet(msg, pkid, true);
+                    if self.over_max_packet_size(&packet) {
+                        too_large.push(pkid);
+                    } else {
+                        out.packets.push(packet);
+                    }
+                }
+                Stage::Released(_) => out.packets.push(Packet::PubRel(pkid)),
+            }
+        }
+        for pkid in too_large {
+            self.inflight.remove(pkid);
+            self.too_large = self.too_large.saturating_add(1);
         }
         self.flush(out);
     }
@@ -325,7 +370,7 @@ impl Session {
         let props = crate::message::MessageProps::new(
             will.props.message_expiry,
             &will.props.forward,
-            Instant::now(),
+            now(),
         );
         Some(Message {
             topic: will.topic,
@@ -442,11 +487,7 @@ impl Session {
     fn receive_publish(&mut self, p: Publish, out: &mut Output) -> Result<(), SessionError> {
         let msg = |p: Publish| Message {
             props: p.props.and_then(|props| {
-                crate::message::MessageProps::new(
-                    props.message_expiry,
-                    &props.forward,
-                    Instant::now(),
-                )
+                crate::message::MessageProps::new(props.message_expiry, &props.forward, now())
             }),
             topic: p.topic,
             payload: p.payload,
@@ -509,7 +550,7 @@ impl Session {
         if !self.connected && qos == QoS::AtMostOnce {
             return Delivery::Dropped(DropReason::OfflineQoS0);
         }
-        if msg.expires() && msg.expired(Instant::now()) {
+        if msg.expires() && msg.expired(now()) {
             return Delivery::Dropped(DropReason::Expired);
         }
         let msg = Message {
@@ -520,11 +561,10 @@ impl Session {
             stamp: msg.stamp,
             props: msg.props.clone(),
         };
-        if let Some(max) = self.peer.max_packet_size {
-            let packet = self.packet(&msg, 1, false);
-            if crate::protocol::encoded_len_v5(&packet) > max as usize {
-                return Delivery::Dropped(DropReason::TooLarge);
-            }
+        if self.peer.max_packet_size.is_some()
+            && self.over_max_packet_size(&self.packet(&msg, 1, false))
+        {
+            return Delivery::Dropped(DropReason::TooLarge);
         }
         if self.connected && self.writable && self.queue.is_empty() {
             if qos == QoS::AtMostOnce {
@@ -821,7 +861,16 @@ impl Session {
     /// drops (a message queued by [`Session::deliver`] may have evicted some).
     /// Queued messages found expired as they were about to go out, since the last call.
     pub fn take_expired(&mut self) -> u64 {
-        std::mem::take(&mut self.expired)
+        u64::from(std::mem::take(&mut self.expired))
+    }
+
+    /// Messages dropped on their way out, since the last call, as over the 5.0
+    /// client's Maximum Packet Size: queued ones whose PUBLISH grew (subscription
+    /// identifiers added while they waited) or met a smaller maximum on resume, and
+    /// flows in flight whose resend did. [`Session::deliver`] reports the ones it
+    /// drops itself.
+    pub fn take_too_large(&mut self) -> u64 {
+        u64::from(std::mem::take(&mut self.too_large))
     }
 
     pub fn take_evictions(&mut self) -> u64 {
@@ -852,6 +901,14 @@ impl Session {
                 || self.inflight.bytes().saturating_add(size) <= self.limits.max_queued_bytes)
     }
 
+    /// Whether `packet` is larger than the 5.0 client's Maximum Packet Size: the
+    /// broker must not send it [MQTT-3.1.2-24].
+    fn over_max_packet_size(&self, packet: &Packet) -> bool {
+        self.peer
+            .max_packet_size
+            .is_some_and(|max| crate::protocol::encoded_len_v5(packet) > max as usize)
+    }
+
     /// Sends queued messages in FIFO order while connected, writable and (for QoS 1/2)
     /// the window has room; stops at the first that cannot go, so none overtakes another.
     fn flush(&mut self, out: &mut Output) {
@@ -861,10 +918,15 @@ impl Session {
         while let Some(qos) = self.queue.front_qos() {
             if qos == QoS::AtMostOnce {
                 if let Some((msg, _)) = self.queue.pop() {
-                    if msg.expires() && msg.expired(Instant::now()) {
-                        self.expired += 1;
+                    if msg.expires() && msg.expired(now()) {
+                        self.expired = self.expired.saturating_add(1);
                     } else {
-                        out.packets.push(self.packet(&msg, 0, false));
+                        let packet = self.packet(&msg, 0, false);
+                        if self.over_max_packet_size(&packet) {
+                            self.too_large = self.too_large.saturating_add(1);
+                        } else {
+                            out.packets.push(packet);
+                        }
                     }
                 }
                 continue;
@@ -879,9 +941,9 @@ impl Session {
                 break;
             };
             let (dup, hint) = self.queue.take_redelivery();
-            if msg.expires() && msg.expired(Instant::now()) {
+            if msg.expires() && msg.expired(now()) {
                 // Not delivered once expired [MQTT-3.3.2-5].
-                self.expired += 1;
+                self.expired = self.expired.saturating_add(1);
                 continue;
             }
             if let Some(h) =
@@ -889,7 +951,14 @@ impl Session {
             {
                 pkid = h;
             }
-            out.packets.push(self.packet(&msg, pkid, dup));
+            let packet = self.packet(&msg, pkid, dup);
+            if self.over_max_packet_size(&packet) {
+                // Measured on delivery, but it may have grown since (subscription
+                // identifiers) or the client announced a smaller maximum on resume.
+                self.too_large = self.too_large.saturating_add(1);
+                continue;
+            }
+            out.packets.push(packet);
             self.inflight.insert_tagged(pkid, msg, group);
         }
     }

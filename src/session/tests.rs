@@ -2031,6 +2031,100 @@ fn a_queued_message_that_expires_while_offline_is_not_sent_on_resume() {
 }
 
 #[test]
+fn a_simulated_clock_decides_expiry_to_the_step() {
+    struct Reset;
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            simulate_clock(None);
+        }
+    }
+    let _reset = Reset;
+    let start = Instant::now() + Duration::from_secs(3600);
+    simulate_clock(Some(start));
+    let (mut s, mut out, _) = v5_connected(PeerLimits::default());
+    s.set_writable(false, &mut out);
+    let expiring = |secs: u32, payload: &'static str| Message {
+        props: crate::message::MessageProps::new(Some(secs), &Bytes::new(), start),
+        ..msg("t", payload, QoS::AtLeastOnce)
+    };
+    for (secs, payload) in [(2, "two"), (3, "three"), (0, "zero")] {
+        s.deliver(&expiring(secs, payload), QoS::AtLeastOnce, &mut out);
+    }
+    // The wall clock is an hour behind: only the simulated one can expire them.
+    simulate_clock(Some(start + Duration::from_millis(2000)));
+    s.set_writable(true, &mut out);
+    match &take(&mut out)[..] {
+        [Packet::Publish(p)] => {
+            assert_eq!(&p.payload[..], b"three");
+            assert_eq!(p.props.as_deref().and_then(|p| p.message_expiry), Some(1));
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        s.take_expired(),
+        1,
+        "the 2 s message, exactly at its expiry"
+    );
+}
+
+#[test]
+fn a_queued_message_grown_over_the_maximum_packet_size_is_dropped_and_counted() {
+    let (mut s, mut out, _) = v5_connected(PeerLimits {
+        max_packet_size: Some(19),
+        ..PeerLimits::default()
+    });
+    s.set_writable(false, &mut out);
+    // 18 bytes as delivered: it fits, and waits.
+    let m = msg("t/x", "12345678", QoS::AtLeastOnce);
+    assert_eq!(s.deliver(&m, QoS::AtLeastOnce, &mut out), Delivery::Queued);
+    s.deliver(
+        &msg("t/x", "1", QoS::AtLeastOnce),
+        QoS::AtLeastOnce,
+        &mut out,
+    );
+    // A subscription identifier adds 2 bytes to its PUBLISH while it waits.
+    let filter = ByteString::from_static("t/x");
+    s.set_subscription_id(&filter, NonZeroU32::new(7));
+    s.set_writable(true, &mut out);
+    let sent = publishes(&take(&mut out));
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    assert_eq!(sent[0].1, "1");
+    assert_eq!(s.take_too_large(), 1);
+    assert_eq!(s.take_too_large(), 0, "reported once");
+    assert_eq!(s.stats().queued, 0);
+}
+
+#[test]
+fn a_resume_with_a_smaller_maximum_packet_size_discards_flows_over_it() {
+    let (mut s, mut out, now) = v5_connected(PeerLimits::default());
+    s.deliver(
+        &msg("t", "a payload of some length", QoS::AtLeastOnce),
+        QoS::AtLeastOnce,
+        &mut out,
+    );
+    s.deliver(
+        &msg("t", "short", QoS::ExactlyOnce),
+        QoS::ExactlyOnce,
+        &mut out,
+    );
+    assert_eq!(take(&mut out).len(), 2);
+    s.disconnect(false);
+    s.set_peer_limits(PeerLimits {
+        max_packet_size: Some(20),
+        ..PeerLimits::default()
+    });
+    s.connect(0, None, now, &mut out);
+    // The large flow is discarded as if completed [MQTT-3.1.2-25]; the small one is
+    // resent.
+    let resent = publishes(&take(&mut out));
+    assert_eq!(resent.len(), 1, "{resent:?}");
+    assert_eq!(resent[0].2, QoS::ExactlyOnce);
+    assert!(resent[0].3, "resent with DUP");
+    assert_eq!(s.stats().inflight, 1);
+    assert_eq!(s.take_too_large(), 1);
+}
+
+#[test]
 fn shared_messages_in_flight_and_queued_are_taken_back_and_others_stay() {
     let (mut s, mut out, _) = connected(limits(2, 100, 1 << 20));
     // Two in flight (one shared, one not), then queued: shared, plain, shared QoS 0.

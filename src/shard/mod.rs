@@ -2046,6 +2046,7 @@ fn write_out(
         return;
     }
     stats.dropped_expired += entry.session.take_expired();
+    stats.dropped_too_large += entry.session.take_too_large();
     count_sent(stats, &out.packets);
     if let Some(d) = durable.as_deref_mut() {
         durable::filter_output(d, entry, &mut out.packets);
