@@ -195,7 +195,7 @@ pub struct Session {
 
 /// What a message keeps of a 5.0 PUBLISH's properties, received now.
 #[inline(never)]
-fn message_props(props: Box<crate::protocol::PublishProps>) -> Option<Arc<MessageProps>> {
+fn message_props(props: &crate::protocol::PublishProps) -> Option<Arc<MessageProps>> {
     MessageProps::new(props.message_expiry, &props.forward, Instant::now())
 }
 
@@ -452,7 +452,7 @@ impl Session {
             // A 3.1.1 publish has none: one test, the conversion out of line.
             props: match p.props {
                 None => None,
-                Some(props) => message_props(props),
+                Some(props) => message_props(&props),
             },
             topic: p.topic,
             payload: p.payload,
