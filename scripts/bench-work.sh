@@ -89,6 +89,7 @@ for round in $(seq 1 "$rounds"); do
     done
 done
 
+# shellcheck disable=SC2086 # $only: plain words
 python3 - "$out" "${#bins[@]}" $only <<'EOF' | tee "$out/table.txt"
 import json, glob, statistics, sys
 out, n, labels = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
