@@ -24,7 +24,7 @@ mod queue;
 mod tests;
 
 use crate::hash::RandomKeys;
-use crate::message::Message;
+use crate::message::{Message, MessageProps};
 use crate::protocol::{LastWill, Packet, Publish, QoS};
 use bytestring::ByteString;
 use inflight::{Inflight, Stage};
@@ -32,6 +32,7 @@ use queue::Queue;
 use std::cell::Cell;
 use std::collections::{HashMap, HashSet};
 use std::num::NonZeroU32;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 thread_local! {
@@ -221,21 +222,28 @@ pub struct Session {
     subscription_ids: Option<Box<HashMap<ByteString, NonZeroU32, RandomKeys>>>,
 }
 
-/// The PUBLISH that carries `msg`; with `v5`, with its properties (the remaining
-/// expiry as of now).
-fn publish_packet(msg: &Message, pkid: u16, dup: bool, v5: bool) -> Packet {
-    Packet::Publish(Publish {
+/// What a message keeps of a 5.0 PUBLISH's properties, received now.
+#[inline(never)]
+fn message_props(props: &crate::protocol::PublishProps) -> Option<Arc<MessageProps>> {
+    MessageProps::new(props.message_expiry, &props.forward, now())
+}
+
+/// The PUBLISH that carries `msg` to a 3.1.1 or 3.1 client: no properties.
+fn publish_packet(msg: &Message, pkid: u16, dup: bool) -> Packet {
+    Packet::Publish(publish(msg, pkid, dup))
+}
+
+/// The PUBLISH that carries `msg`, without properties.
+fn publish(msg: &Message, pkid: u16, dup: bool) -> Publish {
+    Publish {
         dup,
         qos: msg.qos,
         retain: msg.retain,
         topic: msg.topic.clone(),
         pkid,
         payload: msg.payload.clone(),
-        props: match &msg.props {
-            Some(p) if v5 => Some(p.publish_props(now())),
-            _ => None,
-        },
-    })
+        props: None,
+    }
 }
 
 impl Session {
@@ -486,9 +494,11 @@ impl Session {
 
     fn receive_publish(&mut self, p: Publish, out: &mut Output) -> Result<(), SessionError> {
         let msg = |p: Publish| Message {
-            props: p.props.and_then(|props| {
-                crate::message::MessageProps::new(props.message_expiry, &props.forward, now())
-            }),
+            // A 3.1.1 publish has none: one test, the conversion out of line.
+            props: match p.props {
+                None => None,
+                Some(props) => message_props(&props),
+            },
             topic: p.topic,
             payload: p.payload,
             qos: p.qos,
@@ -702,10 +712,13 @@ impl Session {
     /// ahead. The shard then writes one encoding of the message, shared by every such
     /// subscriber, instead of calling [`Session::deliver`] (see `Shard::deliver_local`).
     pub fn sends_qos0_at_once(&self) -> bool {
-        self.connected
-            && self.writable
-            && self.queue.is_empty()
-            && self.peer.max_packet_size.is_none()
+        self.connected && self.writable && self.queue.is_empty() && (!self.v5 || self.plain_v5())
+    }
+
+    /// Whether the 5.0 client gets the same PUBLISH as any other: no Maximum Packet
+    /// Size to check, no Subscription Identifiers to add, no Topic Aliases to apply.
+    fn plain_v5(&self) -> bool {
+        self.peer.max_packet_size.is_none()
             && self.subscription_ids.is_none()
             && self.peer.topic_alias_maximum == 0
     }
@@ -781,10 +794,21 @@ impl Session {
     /// The PUBLISH that carries `msg` to this session's client: with its properties
     /// and the identifiers of the subscriptions its topic matches, for a 5.0 client.
     fn packet(&self, msg: &Message, pkid: u16, dup: bool) -> Packet {
-        let mut packet = publish_packet(msg, pkid, dup, self.v5);
-        if let (Some(ids), Packet::Publish(p), true) =
-            (&self.subscription_ids, &mut packet, self.v5)
-        {
+        if self.v5 {
+            self.packet_v5(msg, pkid, dup)
+        } else {
+            publish_packet(msg, pkid, dup)
+        }
+    }
+
+    /// [`Session::packet`] for a 5.0 client: the message's properties (the remaining
+    /// expiry as of now) and the matching Subscription Identifiers. Out of line, so
+    /// that the 3.1.1 path stays as it was before 5.0.
+    #[inline(never)]
+    fn packet_v5(&self, msg: &Message, pkid: u16, dup: bool) -> Packet {
+        let mut p = publish(msg, pkid, dup);
+        p.props = msg.props.as_ref().map(|m| m.publish_props(now()));
+        if let Some(ids) = &self.subscription_ids {
             let mut matched: Vec<NonZeroU32> = ids
                 .iter()
                 .filter(|(f, _)| crate::protocol::topic::matches(f, &msg.topic))
@@ -798,7 +822,7 @@ impl Session {
                     .subscription_ids = matched;
             }
         }
-        packet
+        Packet::Publish(p)
     }
 
     /// Forgets a subscription; returns its QoS if it existed.
