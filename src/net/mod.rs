@@ -600,7 +600,13 @@ async fn refuse(
     code: ConnectReturnCode,
     v5: Option<ReasonCode>,
 ) {
-    let packet = match v5 {
+    let _ = send_early(stream, wire, &refusal(code, v5), true).await;
+}
+
+/// The CONNACK refusing a CONNECT: with `v5`, the 5.0 one with that reason code and
+/// its Reason String, else the 3.1.1 one with `code`.
+pub(crate) fn refusal(code: ConnectReturnCode, v5: Option<ReasonCode>) -> Packet {
+    match v5 {
         Some(reason) => Packet::ConnAckV5(Box::new(ConnAckV5 {
             session_present: false,
             reason,
@@ -613,8 +619,7 @@ async fn refuse(
             session_present: false,
             code,
         }),
-    };
-    let _ = send_early(stream, wire, &packet, true).await;
+    }
 }
 
 /// A Reason String for a CONNACK refusal: what an operator reading a device's log

@@ -821,7 +821,7 @@ fn decode_connect(
 /// split yields the payload, so decoding costs a single reference-count increment.
 fn decode_publish(
     first: u8,
-    mut frame: Bytes,
+    frame: Bytes,
     header_len: usize,
     opts: &DecodeOptions,
 ) -> Result<Option<Packet>, DecodeError> {
@@ -844,17 +844,7 @@ fn decode_publish(
         r.packet_id()?
     };
     let payload_start = r.pos;
-    // Guaranteed by the reader; checked so that split_off/advance can never panic.
-    if topic_range.start > topic_range.end
-        || topic_range.end > payload_start
-        || payload_start > frame.len()
-    {
-        return Err(DecodeError::Truncated);
-    }
-    let payload = frame.split_off(payload_start);
-    frame.truncate(topic_range.end);
-    frame.advance(topic_range.start);
-    let topic = ByteString::try_from(frame).map_err(|_| DecodeError::InvalidUtf8)?;
+    let (topic, payload) = split_publish(frame, topic_range, payload_start)?;
     check_topic_name(&topic, opts)?;
     Ok(Some(Packet::Publish(Publish {
         dup,
@@ -867,13 +857,35 @@ fn decode_publish(
     })))
 }
 
+/// A PUBLISH frame's topic and payload, by the ranges its reader found. Inlined, so
+/// that the 3.1.1 path compiles as one piece.
+#[inline(always)]
+fn split_publish(
+    mut frame: Bytes,
+    topic_range: std::ops::Range<usize>,
+    payload_start: usize,
+) -> Result<(ByteString, Bytes), DecodeError> {
+    // Guaranteed by the reader; checked so that split_off/advance can never panic.
+    if topic_range.start > topic_range.end
+        || topic_range.end > payload_start
+        || payload_start > frame.len()
+    {
+        return Err(DecodeError::Truncated);
+    }
+    let payload = frame.split_off(payload_start);
+    frame.truncate(topic_range.end);
+    frame.advance(topic_range.start);
+    let topic = ByteString::try_from(frame).map_err(|_| DecodeError::InvalidUtf8)?;
+    Ok((topic, payload))
+}
+
 /// [`decode_publish`] on a 5.0 connection: properties after the packet id, and an
 /// empty topic allowed with a Topic Alias. Kept out of line, so that the 3.1.1 path
 /// stays as small as it was before 5.0.
 #[inline(never)]
 fn decode_publish_v5(
     first: u8,
-    mut frame: Bytes,
+    frame: Bytes,
     header_len: usize,
     opts: &DecodeOptions,
 ) -> Result<Option<Packet>, DecodeError> {
@@ -893,17 +905,7 @@ fn decode_publish_v5(
     };
     let props = decode_v5::publish_props(&mut r)?;
     let payload_start = r.pos;
-    // Guaranteed by the reader; checked so that split_off/advance can never panic.
-    if topic_range.start > topic_range.end
-        || topic_range.end > payload_start
-        || payload_start > frame.len()
-    {
-        return Err(DecodeError::Truncated);
-    }
-    let payload = frame.split_off(payload_start);
-    frame.truncate(topic_range.end);
-    frame.advance(topic_range.start);
-    let topic = ByteString::try_from(frame).map_err(|_| DecodeError::InvalidUtf8)?;
+    let (topic, payload) = split_publish(frame, topic_range, payload_start)?;
     if topic.is_empty() {
         // An empty topic stands for the one the alias maps to (§3.3.2.3.4).
         if props.as_ref().is_none_or(|p| p.topic_alias.is_none()) {

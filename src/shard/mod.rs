@@ -553,21 +553,8 @@ impl Shard {
                 // [MQTT-3.2.2-12], [MQTT-3.2.2-13]; a 3.1.1 client has no code for it.
                 self.stats.connects_refused += 1;
                 tracing::info!(client = %connect.client_id, reason = %reason, "CONNECT refused: will not supported");
-                if v5 {
-                    conn.write_packet(&Packet::ConnAckV5(Box::new(ConnAckV5 {
-                        session_present: false,
-                        reason,
-                        props: ConnAckProps {
-                            reason_string: Some(reason.name().into()),
-                            ..ConnAckProps::default()
-                        },
-                    })));
-                } else {
-                    conn.write_packet(&Packet::ConnAck(ConnAck {
-                        session_present: false,
-                        code: ConnectReturnCode::NotAuthorized,
-                    }));
-                }
+                let code = ConnectReturnCode::NotAuthorized;
+                conn.write_packet(&crate::net::refusal(code, v5.then_some(reason)));
                 conn.close();
                 return None;
             }
@@ -576,18 +563,11 @@ impl Shard {
                 // refuses it, before anything of an existing session is touched.
                 self.stats.publishes_refused += 1;
                 tracing::debug!(client = %connect.client_id, topic = %will.topic, "will topic not authorised");
-                if v5 {
-                    conn.write_packet(&Packet::ConnAckV5(Box::new(ConnAckV5 {
-                        session_present: false,
-                        reason: ReasonCode::NOT_AUTHORIZED,
-                        props: ConnAckProps::default(),
-                    })));
-                } else {
-                    conn.write_packet(&Packet::ConnAck(ConnAck {
-                        session_present: false,
-                        code: ConnectReturnCode::NotAuthorized,
-                    }));
-                }
+                let code = ConnectReturnCode::NotAuthorized;
+                conn.write_packet(&crate::net::refusal(
+                    code,
+                    v5.then_some(ReasonCode::NOT_AUTHORIZED),
+                ));
                 conn.close();
                 return None;
             }
