@@ -3,8 +3,9 @@
 # in the same state: for each round and each scenario, runs the scenario against A
 # (started fresh), then against B (started fresh), with the same load generator and
 # flags. Prints the median of each build's delivered messages/s and broker CPU per
-# message over the rounds, and B's ratio to A. Use it to show that a change costs
-# nothing (or what it costs) on a noisy machine.
+# message over the rounds, and B's ratio to A: the ratio of the medians, and the median
+# of the per-round ratios ("paired", which cancels the machine's drift between rounds).
+# Use it to show that a change costs nothing (or what it costs) on a noisy machine.
 #
 # Usage: scripts/bench-ab.sh [--rounds N] [--duration S] [--only "L1 L2"] A_BIN B_BIN
 #   A_BIN, B_BIN   two shardmq binaries (e.g. a release build of an older commit made
@@ -88,16 +89,28 @@ done
 python3 - "$out" $only <<'EOF'
 import json, glob, statistics, sys
 out, labels = sys.argv[1], sys.argv[2:]
-print(f"{'scenario':16} {'A msg/s':>12} {'B msg/s':>12} {'B/A':>6}   {'A CPU us/msg':>12} {'B CPU us/msg':>12} {'B/A':>6}")
+# Medians of each side over the rounds, and the median of the per-round ratios: A and
+# B of one round ran seconds apart, so their ratio cancels the machine's drift between
+# rounds, which the ratio of the two medians does not.
+print(f"{'scenario':16} {'A msg/s':>12} {'B msg/s':>12} {'B/A':>6} {'paired':>7}   "
+      f"{'A CPU us/msg':>12} {'B CPU us/msg':>12} {'B/A':>6} {'paired':>7}")
+def load(side, label):
+    runs = {}
+    for f in glob.glob(f"{out}/{side}-{label}-*.json"):
+        r = json.load(open(f))
+        cpu = (r.get("broker_process") or {}).get("cpu_us_per_msg") or float("nan")
+        runs[int(f.rsplit("-", 1)[1].split(".")[0])] = (r["delivered_per_s"], cpu)
+    return runs
+def med(xs):
+    xs = [x for x in xs if x == x]
+    return statistics.median(xs) if xs else float("nan")
 for label in labels:
-    row = {}
-    for side in "AB":
-        runs = [json.load(open(f)) for f in sorted(glob.glob(f"{out}/{side}-{label}-*.json"))]
-        rate = [r["delivered_per_s"] for r in runs]
-        cpu = [r["broker_process"]["cpu_us_per_msg"] for r in runs
-               if r.get("broker_process") and r["broker_process"].get("cpu_us_per_msg")]
-        row[side] = (statistics.median(rate) if rate else float("nan"),
-                     statistics.median(cpu) if cpu else float("nan"), len(runs))
-    (ar, ac, n), (br, bc, _) = row["A"], row["B"]
-    print(f"{label:16} {ar:12.0f} {br:12.0f} {br/ar:6.2f}   {ac:12.3f} {bc:12.3f} {bc/ac:6.2f}   ({n} rounds)")
+    a, b = load("A", label), load("B", label)
+    both = sorted(set(a) & set(b))
+    ar, ac = med([v[0] for v in a.values()]), med([v[1] for v in a.values()])
+    br, bc = med([v[0] for v in b.values()]), med([v[1] for v in b.values()])
+    pr = med([b[i][0] / a[i][0] for i in both if a[i][0]])
+    pc = med([b[i][1] / a[i][1] for i in both if a[i][1]])
+    print(f"{label:16} {ar:12.0f} {br:12.0f} {br/ar:6.2f} {pr:7.2f}   "
+          f"{ac:12.3f} {bc:12.3f} {bc/ac:6.2f} {pc:7.2f}   ({len(both)} rounds)")
 EOF
