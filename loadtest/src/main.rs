@@ -112,9 +112,10 @@ struct RunArgs {
     /// 2000 connections to a loopback broker).
     #[arg(long, value_name = "N", default_value_t = 0)]
     source_ips: usize,
-    /// Connection handshakes in progress at once, per thread.
-    #[arg(long, value_name = "N", default_value_t = 16)]
-    connect_concurrency: usize,
+    /// Connection handshakes in progress at once, per thread (default 16; storm: every
+    /// client at once, as a fleet reconnects after a blip).
+    #[arg(long, value_name = "N")]
+    connect_concurrency: Option<usize>,
     /// QoS 1/2 publishes awaiting acknowledgement, per publisher
     /// (default: 1024 at QoS 1, 20 at QoS 2).
     #[arg(long, value_name = "N")]
@@ -203,7 +204,10 @@ fn options(scenario: Scenario, a: &RunArgs) -> Result<Options, String> {
     }
     o.keep_alive = a.keepalive;
     o.source_ips = a.source_ips;
-    o.connect_concurrency = a.connect_concurrency;
+    o.connect_concurrency = a.connect_concurrency.unwrap_or(match scenario {
+        Scenario::Storm => o.clients,
+        _ => 16,
+    });
     o.pub_inflight = a.pub_inflight;
     o.connect_timeout = secs("connect-timeout", a.connect_timeout)?;
     o.drain_timeout = secs("drain-timeout", a.drain_timeout)?;

@@ -320,6 +320,8 @@ pub struct RunReport {
     /// Subscribers connected with clean session 0.
     pub persistent_subscribers: bool,
     pub clients: usize,
+    /// Connection handshakes in progress at once, per load-generator thread.
+    pub connect_concurrency: usize,
     pub publishers: usize,
     pub subscribers: usize,
     pub fanout: u64,
@@ -953,6 +955,7 @@ fn build_report(
         username: opts.username.clone(),
         persistent_subscribers: opts.persistent_subscribers,
         clients: opts.clients,
+        connect_concurrency: opts.connect_concurrency,
         publishers: plan.publishers,
         subscribers: plan.subscribers,
         fanout: plan.fanout,
@@ -1070,9 +1073,17 @@ impl RunReport {
                     self.label,
                     self.clients,
                     if self.scenario == "storm" {
-                        "clients, each SUBSCRIBE + one QoS 1 message to itself"
+                        if self.connect_concurrency >= self.clients {
+                            "clients at once, each SUBSCRIBE + one QoS 1 message to itself"
+                                .to_string()
+                        } else {
+                            format!(
+                                "clients, {} per thread at a time, each SUBSCRIBE + one QoS 1 message to itself",
+                                self.connect_concurrency
+                            )
+                        }
                     } else {
-                        "idle connections"
+                        "idle connections".to_string()
                     }
                 ),
             );
