@@ -324,7 +324,8 @@ scenario_args() {
         fanout-100-q0) echo "fanout --clients 100 --publishers 1 --qos 0" ;;
         fanout-1000-q0) echo "fanout --clients 1000 --publishers 1 --qos 0" ;;
         latency-50k) echo "latency --clients 16 --rate 50000 --qos 0" ;;
-        conns-50k) echo "conns --clients $conns" ;;
+        # Each connection subscribed to its own topic, as a device to its commands.
+        conns-50k) echo "conns --clients $conns --subscribe" ;;
         # A broker whose accept queue overflows takes the kernel's SYN retransmission
         # back-off (1, 3, 7, 15, 31 s): room for it past the default 60 s.
         storm) echo "storm --clients $conns --connect-timeout 150" ;;

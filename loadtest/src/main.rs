@@ -154,6 +154,10 @@ struct RunArgs {
     /// broker after the run; the default client ids are unique per run).
     #[arg(long)]
     persistent: bool,
+    /// Conns: each connection subscribes to its own topic (conns/CLIENT_ID, QoS 1),
+    /// as a device does to its command topic, then idles.
+    #[arg(long)]
+    subscribe: bool,
     /// Fanout: spread the subscribers round-robin over these brokers (publishers
     /// stay on --broker), e.g. edges bridged to a root.
     #[arg(long, value_name = "HOST:PORT,...")]
@@ -204,10 +208,9 @@ fn options(scenario: Scenario, a: &RunArgs) -> Result<Options, String> {
     }
     o.keep_alive = a.keepalive;
     o.source_ips = a.source_ips;
-    o.connect_concurrency = a.connect_concurrency.unwrap_or(match scenario {
-        Scenario::Storm => o.clients,
-        _ => 16,
-    });
+    if let Some(c) = a.connect_concurrency {
+        o.connect_concurrency = c;
+    }
     o.pub_inflight = a.pub_inflight;
     o.connect_timeout = secs("connect-timeout", a.connect_timeout)?;
     o.drain_timeout = secs("drain-timeout", a.drain_timeout)?;
@@ -225,6 +228,10 @@ fn options(scenario: Scenario, a: &RunArgs) -> Result<Options, String> {
     o.username = a.username.clone();
     o.password = a.password.clone();
     o.persistent_subscribers = a.persistent;
+    if a.subscribe && scenario != Scenario::Conns {
+        return Err("--subscribe is for the conns scenario".into());
+    }
+    o.conns_subscribe = a.subscribe;
     if let Some(list) = &a.sub_brokers {
         o.sub_brokers = shardmq_loadtest::plan::parse_brokers(list)?;
     }

@@ -51,9 +51,11 @@ pub enum Role {
         publishers: u32,
     },
     Idle,
-    /// A storm's client: its own topic, one QoS 1 message through it.
+    /// A storm's client: its own topic, and (`message`) one QoS 1 message through it.
+    /// Without the message: a `conns --subscribe` connection, idle once subscribed.
     Storm {
         topic: String,
+        message: bool,
     },
 }
 
@@ -190,6 +192,7 @@ pub fn build(
                 clients.push(ClientSpec {
                     role: Role::Storm {
                         topic: format!("storm/{client_id}"),
+                        message: true,
                     },
                     client_id,
                 });
@@ -294,7 +297,7 @@ mod tests {
         assert_eq!((count(&p), p.clients.len()), ((0, 0), 3));
         for c in &p.clients {
             assert!(
-                matches!(&c.role, Role::Storm { topic } if *topic == format!("storm/{}", c.client_id))
+                matches!(&c.role, Role::Storm { topic, message: true } if *topic == format!("storm/{}", c.client_id))
             );
         }
         assert!(build(Scenario::P2p, 0, None, None, "t", "x").is_err());

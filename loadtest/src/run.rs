@@ -69,6 +69,8 @@ pub struct Options {
     pub password: Option<String>,
     /// Subscribers connect with clean session 0.
     pub persistent_subscribers: bool,
+    /// Conns: each connection subscribes to its own topic (conns/CLIENT_ID, QoS 1).
+    pub conns_subscribe: bool,
     /// Fanout: subscribers spread round-robin over these (publishers stay on
     /// `broker`); empty = every client on `broker`.
     pub sub_brokers: Vec<SocketAddr>,
@@ -98,7 +100,12 @@ impl Options {
             threads: default_threads(),
             keep_alive: 60,
             source_ips: 0,
-            connect_concurrency: 16,
+            // A storm: every client at once.
+            connect_concurrency: if scenario == Scenario::Storm {
+                clients
+            } else {
+                16
+            },
             pub_inflight: None,
             connect_timeout: Duration::from_secs(60),
             drain_timeout: Duration::from_secs(10),
@@ -107,6 +114,7 @@ impl Options {
             username: None,
             password: None,
             persistent_subscribers: false,
+            conns_subscribe: false,
             sub_brokers: Vec::new(),
         }
     }
@@ -322,6 +330,8 @@ pub struct RunReport {
     pub clients: usize,
     /// Connection handshakes in progress at once, per load-generator thread.
     pub connect_concurrency: usize,
+    /// Conns: each connection holds one subscription.
+    pub conns_subscribe: bool,
     pub publishers: usize,
     pub subscribers: usize,
     pub fanout: u64,
@@ -453,7 +463,7 @@ pub fn run(opts: &Options) -> Result<RunReport, String> {
         .topic_prefix
         .clone()
         .unwrap_or_else(|| format!("shardmq-loadtest/{tag}"));
-    let plan = plan::build(
+    let mut plan = plan::build(
         opts.scenario,
         opts.clients,
         opts.publishers,
@@ -464,6 +474,17 @@ pub fn run(opts: &Options) -> Result<RunReport, String> {
             .clone()
             .unwrap_or_else(|| format!("lt{tag}-")),
     )?;
+    if opts.conns_subscribe {
+        // An idle device with its command topic: subscribed, nothing more.
+        for c in &mut plan.clients {
+            if matches!(c.role, plan::Role::Idle) {
+                c.role = plan::Role::Storm {
+                    topic: format!("conns/{}", c.client_id),
+                    message: false,
+                };
+            }
+        }
+    }
     let nofile = procfs::raise_nofile();
     if plan.clients.len() as u64 + 64 > nofile {
         return Err(format!(
@@ -956,6 +977,7 @@ fn build_report(
         persistent_subscribers: opts.persistent_subscribers,
         clients: opts.clients,
         connect_concurrency: opts.connect_concurrency,
+        conns_subscribe: opts.conns_subscribe,
         publishers: plan.publishers,
         subscribers: plan.subscribers,
         fanout: plan.fanout,
@@ -1082,6 +1104,8 @@ impl RunReport {
                                 self.connect_concurrency
                             )
                         }
+                    } else if self.conns_subscribe {
+                        "idle connections, each subscribed to its own topic".to_string()
                     } else {
                         "idle connections".to_string()
                     }

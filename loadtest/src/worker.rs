@@ -129,6 +129,8 @@ struct Conn {
 
 struct Storm {
     topic: Vec<u8>,
+    /// False: subscribe only (`conns --subscribe`), no message.
+    message: bool,
     acked: bool,
     received: bool,
 }
@@ -294,8 +296,9 @@ impl Worker {
                     _ => None,
                 };
                 let storm = match &spec.role {
-                    Role::Storm { topic } => Some(Box::new(Storm {
+                    Role::Storm { topic, message } => Some(Box::new(Storm {
                         topic: topic.clone().into_bytes(),
+                        message: *message,
                         acked: false,
                         received: false,
                     })),
@@ -737,7 +740,9 @@ impl Worker {
                         mqtt::subscribe(&mut c.wbuf, protocol, 1, &s.filter, sub_qos);
                         c.state = State::AwaitSubAck;
                     } else if let Some(s) = c.storm.as_ref() {
-                        if session_present {
+                        if session_present && !s.message {
+                            became_ready = true;
+                        } else if session_present {
                             // A resumed session still has its subscription.
                             storm_publish(&mut c.wbuf, protocol, s);
                             c.state = State::AwaitStorm;
@@ -767,6 +772,10 @@ impl Worker {
                         return Err(format!("SUBACK return code {}", codes[0]));
                     }
                     if let Some(s) = c.storm.as_ref() {
+                        if !s.message {
+                            became_ready = true;
+                            continue;
+                        }
                         storm_publish(&mut c.wbuf, protocol, s);
                         c.state = State::AwaitStorm;
                         continue;

@@ -487,3 +487,32 @@ fn a_broker_refusing_5_0_is_a_setup_error_that_says_so() {
     let e = run(&o).expect_err("refused");
     assert!(e.contains("does not accept MQTT 5.0"), "{e}");
 }
+
+#[test]
+fn conns_subscribe_leaves_one_subscription_per_connection() {
+    let broker = shardmq();
+    let mut o = opts(Scenario::Conns, broker.local_addr(), 300, 1);
+    o.conns_subscribe = true;
+    // Persistent sessions, so the subscriptions outlive the run and can be counted.
+    o.persistent_subscribers = true;
+    let r = run(&o).expect("conns --subscribe runs");
+    assert!(r.ok, "{}", r.table());
+    let c = r.conns.as_ref().expect("conns section");
+    assert_eq!((c.connected, c.failed), (300, 0));
+    assert!(r.conns_subscribe);
+    assert_eq!(r.published_total, 0);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let stats = broker.stats().total();
+        if stats.connections == 0 {
+            assert_eq!(
+                (stats.sessions, stats.subscriptions),
+                (300, 300),
+                "{stats:?}"
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "connections left: {stats:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
