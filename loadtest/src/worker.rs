@@ -138,6 +138,10 @@ struct Storm {
 /// Packet id of a storm client's one message.
 const STORM_PID: u16 = 7;
 
+/// New connections one turn of the event loop starts, at most: between turns, the
+/// answers to those already open are handled.
+const CONNECTS_PER_TURN: usize = 64;
+
 /// Settled deliveries a subscribing thread has not yet added to the window, in all
 /// and per publisher: kept locally so the per-message path touches no atomics, and
 /// added once per turn of the loop.
@@ -394,8 +398,12 @@ impl Worker {
             if phase == Phase::Done {
                 break;
             }
-            self.start_connects();
-            let timeout = self.poll_timeout(phase);
+            let more = self.start_connects();
+            let timeout = if more {
+                Duration::ZERO
+            } else {
+                self.poll_timeout(phase)
+            };
             if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
                 if e.kind() != ErrorKind::Interrupted {
                     self.fatal(format!("poll: {e}"));
@@ -464,14 +472,22 @@ impl Worker {
 
     // ---- connecting ----
 
-    fn start_connects(&mut self) {
+    /// Opens connections up to the concurrency limit, at most [`CONNECTS_PER_TURN`]
+    /// per turn of the event loop, so that a storm's later connects do not wait behind
+    /// its earlier ones' answers; true when more could start at once.
+    fn start_connects(&mut self) -> bool {
         let limit = self.shared.opts.connect_concurrency;
         let now = Instant::now();
+        let mut started = 0;
         while self.handshaking < limit {
             match self.waiting.front() {
                 Some(&(_, at)) if at <= now => {}
-                _ => break,
+                _ => return false,
             }
+            if started == CONNECTS_PER_TURN {
+                return true;
+            }
+            started += 1;
             let Some((i, _)) = self.waiting.pop_front() else {
                 break;
             };
@@ -500,6 +516,7 @@ impl Worker {
                 Err(e) => self.setup_failed(i, format!("connect: {e}")),
             }
         }
+        false
     }
 
     fn open_socket(&mut self, i: usize) -> std::io::Result<TcpStream> {
