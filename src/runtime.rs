@@ -392,9 +392,15 @@ async fn checkpoints(shard: Rc<RefCell<Shard>>) {
     }
 }
 
+/// Accept-queue length asked for, per shard and listener. The kernel caps it at
+/// `net.core.somaxconn` (4096 by default): a reconnect storm arrives faster than any
+/// broker accepts, and a full queue drops handshakes, which the devices retry only
+/// after a second or more (SYN retransmission).
+const LISTEN_BACKLOG: i32 = 65535;
+
 /// Binds a listening socket as glommio's `TcpListener::bind` does (SO_REUSEPORT,
-/// so every shard binds the same address; backlog 1024), keeping its descriptor so
-/// that shutdown can stop it listening at once.
+/// so every shard binds the same address), with a backlog of [`LISTEN_BACKLOG`],
+/// keeping its descriptor so that shutdown can stop it listening at once.
 fn bind_listener(addr: &SocketAddr) -> std::io::Result<(TcpListener, std::os::fd::RawFd)> {
     use std::os::fd::{FromRawFd, IntoRawFd};
     let socket = socket2::Socket::new(
@@ -404,7 +410,7 @@ fn bind_listener(addr: &SocketAddr) -> std::io::Result<(TcpListener, std::os::fd
     )?;
     socket.set_reuse_port(true)?;
     socket.bind(&(*addr).into())?;
-    socket.listen(1024)?;
+    socket.listen(LISTEN_BACKLOG)?;
     let fd = socket.into_raw_fd();
     // SAFETY: `fd` is a bound, listening TCP socket that nothing else owns.
     let listener = unsafe { TcpListener::from_raw_fd(fd) };
