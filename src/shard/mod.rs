@@ -611,11 +611,14 @@ impl Shard {
         }
         let session_present = resumed.is_some();
         let key = resumed.unwrap_or_else(|| {
-            let session = Session::new(connect.client_id.clone(), ends, self.limits.clone());
+            // In bytes of its own, for as long as the session lives: a slice would keep
+            // the CONNECT's whole read alive, and a shared header.
+            let id = ByteString::from(&*connect.client_id);
+            let session = Session::new(id.clone(), ends, self.limits.clone());
             let key = self
                 .sessions
                 .insert(SessionEntry::offline(session, listener));
-            self.by_client.insert(connect.client_id.clone(), key);
+            self.by_client.insert(id, key);
             if !ends {
                 self.log_record(&store::records::Record::Session {
                     client: &connect.client_id,
@@ -1161,15 +1164,14 @@ impl Shard {
                 reasons.push(reason);
                 continue;
             }
-            self.sessions[key]
-                .session
-                .subscribe(f.filter.clone(), f.qos);
-            set_no_local(&mut self.sessions[key], &f.filter, f.no_local);
-            set_rap(&mut self.sessions[key], &f.filter, f.retain_as_published);
+            // The session keeps the filter in bytes of its own: a slice would keep
+            // the whole read that brought the SUBSCRIBE alive, and a shared header.
+            let own = ByteString::from(&*f.filter);
+            set_no_local(&mut self.sessions[key], &own, f.no_local);
+            set_rap(&mut self.sessions[key], &own, f.retain_as_published);
+            self.sessions[key].session.set_subscription_id(&own, sub.id);
+            self.sessions[key].session.subscribe(own, f.qos);
             update_retain_key(&mut self.retain_keys, key, &self.sessions[key]);
-            self.sessions[key]
-                .session
-                .set_subscription_id(&f.filter, sub.id);
             if self.durable.is_some() && !self.sessions[key].session.clean_session() {
                 let horizons = self.horizons();
                 let client = self.sessions[key].session.client_id().clone();
@@ -1878,6 +1880,9 @@ impl Shard {
 /// [MQTT-3.3.1-6], at min(message QoS, granted QoS), retain flag set.
 /// Records whether the session's subscription `filter` has No Local.
 fn set_no_local(entry: &mut SessionEntry, filter: &ByteString, no_local: bool) {
+    if !no_local && entry.no_local_filters.is_none() {
+        return;
+    }
     let list = entry.no_local_filters.get_or_insert_with(Default::default);
     list.retain(|f| f != filter);
     if no_local {
