@@ -16,6 +16,7 @@
 //! and written to each subscriber once.
 
 mod bridge;
+mod clients;
 mod droplog;
 pub mod durable;
 pub mod mesh;
@@ -228,7 +229,7 @@ pub struct Shard {
     listeners: Arc<[Listener]>,
     limits: Limits,
     sessions: Slab<SessionEntry>,
-    by_client: AHashMap<ByteString, usize>,
+    by_client: clients::Clients,
     subs: TopicTrie<u32, QoS>,
     interest: TopicTrie<u16, ()>,
     /// Shared-subscription groups with members anywhere, and this shard's members.
@@ -327,7 +328,7 @@ impl Shard {
             listeners,
             limits,
             sessions: Slab::new(),
-            by_client: AHashMap::new(),
+            by_client: clients::Clients::default(),
             subs: TopicTrie::new(),
             interest: TopicTrie::new(),
             shared: shared::Shared::default(),
@@ -487,7 +488,8 @@ impl Shard {
         loop {
             self.next_generated_id += 1;
             let id = format!("shardmq-{}-{:x}", self.id, self.next_generated_id);
-            if home_shard(&id, self.shards) == self.id && !self.by_client.contains_key(id.as_str())
+            if home_shard(&id, self.shards) == self.id
+                && self.by_client.get(&self.sessions, &id).is_none()
             {
                 return ByteString::from(id);
             }
@@ -572,7 +574,7 @@ impl Shard {
                 return None;
             }
         }
-        if let Some(&key) = self.by_client.get(&connect.client_id) {
+        if let Some(key) = self.by_client.get(&self.sessions, &connect.client_id) {
             if self.sessions[key].bridge {
                 // A bridge's own session is not for clients.
                 self.stats.connects_refused += 1;
@@ -588,7 +590,7 @@ impl Shard {
         self.stats.packets_received += 1;
         let mut wills = Vec::new();
         let mut resumed = None;
-        if let Some(&key) = self.by_client.get(&connect.client_id) {
+        if let Some(key) = self.by_client.get(&self.sessions, &connect.client_id) {
             let entry = &mut self.sessions[key];
             if let Some(old) = entry.conn.take() {
                 old.close_because(DisconnectReason::Takeover);
@@ -614,11 +616,11 @@ impl Shard {
             // In bytes of its own, for as long as the session lives: a slice would keep
             // the CONNECT's whole read alive, and a shared header.
             let id = ByteString::from(&*connect.client_id);
-            let session = Session::new(id.clone(), ends, self.limits.clone());
+            let session = Session::new(id, ends, self.limits.clone());
             let key = self
                 .sessions
                 .insert(SessionEntry::offline(session, listener));
-            self.by_client.insert(id, key);
+            self.by_client.insert(&self.sessions, key);
             if !ends {
                 self.log_record(&store::records::Record::Session {
                     client: &connect.client_id,
@@ -861,7 +863,7 @@ impl Shard {
             // The session ends before the will's delay: it goes now.
             self.publish_will(will.0);
         }
-        self.by_client.remove(entry.session.client_id());
+        self.by_client.remove(entry.session.client_id(), key);
         if !entry.session.clean_session() {
             self.log_session_end(entry.session.client_id());
         }
