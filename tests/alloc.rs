@@ -41,6 +41,21 @@ fn session_deliver_qos0_allocates_nothing() {
     );
 }
 
+/// A QoS 1 delivery and its PUBACK allocate nothing once warm, although the session
+/// gives its in-flight window back each time the PUBACK drains it: the next delivery
+/// takes the same window back from the thread's spares. Counted on this thread alone.
+#[test]
+fn session_deliver_qos1_and_puback_allocate_nothing() {
+    let _serial = serial();
+    let u = measure::session_deliver_qos1_puback(100_000, false);
+    assert_eq!(
+        u.counts.calls(),
+        0,
+        "Session::deliver QoS 1 + PUBACK allocated {:?} in 100 000 calls",
+        u.counts
+    );
+}
+
 /// Allocator calls per delivered message, end to end through a 2-shard broker: a
 /// publisher sends rounds of 64 QoS 0 publishes, its subscriber reads each round
 /// before the next.

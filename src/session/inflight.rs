@@ -47,11 +47,11 @@ const COMPACT_MIN_TOMBSTONES: usize = 16;
 
 /// See the module documentation. Held only while a session has a QoS 1/2 flow: a
 /// session with none (most of an idle fleet, and every session between bursts)
-/// holds a null pointer. The packet id allocator's position is the session's, so
-/// that ids go on cycling across windows. A drained window
-/// goes back to this thread's spares ([`SPARE`]), and the next session that needs
-/// one takes it from there, so a client that acknowledges each message before the
-/// next arrives allocates nothing per message either.
+/// holds a null pointer. A drained window goes back to this thread's spares
+/// ([`SPARE`]), and the next session that needs one takes it from there, so a client
+/// that acknowledges each message before the next arrives allocates nothing per
+/// message either. The packet id cycle's position is the session's, so that ids go
+/// on cycling across windows.
 #[derive(Debug, Default)]
 pub(crate) struct Inflight(Option<Box<Flows>>);
 
