@@ -50,16 +50,20 @@ const COMPACT_MIN_TOMBSTONES: usize = 16;
 /// holds a null pointer. A drained window goes back to this thread's spares
 /// ([`SPARE`]), and the next session that needs one takes it from there, so a client
 /// that acknowledges each message before the next arrives allocates nothing per
-/// message either. The packet id cycle's position is the session's, so that ids go
-/// on cycling across windows.
+/// message either. A window that grew past [`SPARE_SLOTS_MAX`] stays with its
+/// session when it drains, as every window did before: a session that keeps many
+/// messages in flight would otherwise grow a window again for every burst. The packet
+/// id cycle's position is the session's, so that ids go on cycling across windows.
 #[derive(Debug, Default)]
 pub(crate) struct Inflight(Option<Box<Flows>>);
 
 /// Drained windows kept per thread at most. A spare is empty but keeps its
-/// capacity (a few hundred bytes), so the spares cost at most this many times that
-/// per shard, and never more than the windows held at once before they drained.
-const SPARES_MAX: usize = 256;
-/// A drained window that grew past this many slots is freed, not kept as a spare.
+/// capacity (at most about 2 KiB; 560 bytes for a window that held up to 4 flows),
+/// and the spares are never more than the windows that were held at once: enough
+/// for a fan-out at QoS 1 to thousands of sessions that each acknowledge before the
+/// next message, without an allocation per delivery.
+const SPARES_MAX: usize = 4096;
+/// A drained window with room for more flows than this stays with its session.
 const SPARE_SLOTS_MAX: usize = 16;
 
 /// The boxes move between the sessions and the spares as they are, never copied.
@@ -90,20 +94,25 @@ impl Inflight {
         })
     }
 
-    /// Gives the window back once nothing is in flight.
+    /// Gives a small window back once nothing is in flight (to the spares while
+    /// they have room, else to the allocator).
     fn release_if_empty(&mut self) {
-        if self.0.as_deref().is_some_and(|f| f.index.is_empty()) {
-            if let Some(mut f) = self.0.take() {
-                if f.slots.capacity() <= SPARE_SLOTS_MAX && f.index.capacity() <= SPARE_SLOTS_MAX {
-                    f.clear();
-                    let _ = SPARE.try_with(|s| {
-                        let mut s = s.borrow_mut();
-                        if s.len() < SPARES_MAX {
-                            s.push(f);
-                        }
-                    });
+        let small_and_drained = self.0.as_deref().is_some_and(|f| {
+            f.index.is_empty()
+                && f.slots.capacity() <= SPARE_SLOTS_MAX
+                && f.index.capacity() <= SPARE_SLOTS_MAX
+        });
+        if !small_and_drained {
+            return;
+        }
+        if let Some(mut f) = self.0.take() {
+            f.clear();
+            let _ = SPARE.try_with(|s| {
+                let mut s = s.borrow_mut();
+                if s.len() < SPARES_MAX {
+                    s.push(f);
                 }
-            }
+            });
         }
     }
 

@@ -719,6 +719,20 @@ fn a_drained_window_is_given_back_and_packet_ids_keep_cycling() {
     assert!(s.inflight.is_held());
     s.handle(Packet::PubComp(p.pkid), now, &mut out).unwrap();
     assert!(!s.inflight.is_held());
+    // A window that held many flows at once stays: the next burst needs it again.
+    let (mut s, mut out, now) = connected(limits(64, 100, 1 << 20));
+    let m = msg("t", "x", QoS::AtLeastOnce);
+    for _ in 0..20 {
+        assert_eq!(s.deliver(&m, QoS::AtLeastOnce, &mut out), Delivery::Sent);
+    }
+    for p in take(&mut out) {
+        let Packet::Publish(p) = p else {
+            panic!("PUBLISH expected")
+        };
+        s.handle(Packet::PubAck(p.pkid), now, &mut out).unwrap();
+    }
+    assert_eq!(s.stats().inflight, 0);
+    assert!(s.inflight.is_held());
 }
 
 #[test]
