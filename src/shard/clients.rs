@@ -5,6 +5,10 @@
 //! instead of a second `ByteString` and the key (40 bytes), and no shared header for
 //! a second handle on the id's bytes. Used on CONNECT and when a session ends, never
 //! per message.
+//!
+//! Every key in the index must be a session in the slab: a key taken out of the slab
+//! is taken out of the index at once, before anything can insert (a rehash reads
+//! each key's id).
 
 use super::SessionEntry;
 use hashbrown::HashTable;

@@ -859,11 +859,12 @@ impl Shard {
         self.release_shared(key);
         self.retain_keys.retain(|&k| k as usize != key);
         let mut entry = self.sessions.remove(key);
+        // At once: the index finds its entries through the slab.
+        self.by_client.remove(entry.session.client_id(), key);
         if let Some(will) = entry.delayed_will.take() {
             // The session ends before the will's delay: it goes now.
             self.publish_will(will.0);
         }
-        self.by_client.remove(entry.session.client_id(), key);
         if !entry.session.clean_session() {
             self.log_session_end(entry.session.client_id());
         }
