@@ -115,6 +115,45 @@ fn main() {
         traces(r.traces, r.counts, r.delivered);
     }
     println!();
+    let n = 19_000 / scale;
+    let idle = measure::idle_subscriber(n);
+    println!(
+        "An idle subscriber ({n} sessions, each connected with one subscription, its one \
+         QoS 1 message acknowledged), heap bytes asked for and kept, per session:"
+    );
+    println!();
+    println!("| {:<52} | {:>6} | {:>6} |", "piece", "bytes", "blocks");
+    println!("|{:-<54}|{:->7}:|{:->7}:|", "", "", "");
+    for (piece, bytes, blocks) in [
+        (
+            "Session, in the shard's slab (size_of)",
+            idle.session_size as i64,
+            0,
+        ),
+        (
+            "what the session allocates (client id, filter, record)",
+            idle.session.bytes,
+            idle.session.blocks,
+        ),
+        (
+            "  of which the client id's and filter's bytes",
+            idle.ids as i64,
+            2,
+        ),
+        (
+            "subs trie entry (storm/<id>, one subscriber)",
+            idle.subs_entry.bytes,
+            idle.subs_entry.blocks,
+        ),
+        (
+            "interest trie entry (the other shard's replica)",
+            idle.interest_entry.bytes,
+            idle.interest_entry.blocks,
+        ),
+    ] {
+        println!("| {piece:<52} | {bytes:>6} | {blocks:>6} |");
+    }
+    println!();
     println!(
         "allocs: alloc calls; reallocs: realloc calls; bytes: bytes both asked for \
          (a realloc counts its new size). Took {:.1} s.",

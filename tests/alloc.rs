@@ -41,6 +41,21 @@ fn session_deliver_qos0_allocates_nothing() {
     );
 }
 
+/// A QoS 1 delivery and its PUBACK allocate nothing once warm, although the session
+/// gives its in-flight window back each time the PUBACK drains it: the next delivery
+/// takes the same window back from the thread's spares. Counted on this thread alone.
+#[test]
+fn session_deliver_qos1_and_puback_allocate_nothing() {
+    let _serial = serial();
+    let u = measure::session_deliver_qos1_puback(100_000, false);
+    assert_eq!(
+        u.counts.calls(),
+        0,
+        "Session::deliver QoS 1 + PUBACK allocated {:?} in 100 000 calls",
+        u.counts
+    );
+}
+
 /// Allocator calls per delivered message, end to end through a 2-shard broker: a
 /// publisher sends rounds of 64 QoS 0 publishes, its subscriber reads each round
 /// before the next.
@@ -158,4 +173,41 @@ fn publish_decode_allocates_per_buffer_not_per_packet_at_both_versions() {
         "3.1.1: {v311} allocations for {BUFFERS} buffers"
     );
     assert_eq!(v5, v311, "5.0 without properties allocates more than 3.1.1");
+}
+
+/// An idle subscriber's session (connected, one subscription, its one QoS 1 message
+/// acknowledged) keeps on the heap only its client id's and its filter's own bytes and
+/// its subscription record: one `(filter, QoS)` entry in a vector of exactly one. The
+/// in-flight window went back to the thread's spares at the PUBACK, and no map was
+/// made for one filter. Counted on this thread alone, so exact.
+///
+/// Each trie entry of such a filter (`storm/<client id>`: one leaf with one
+/// subscriber under a node with many children) costs its slot in the parent's child
+/// map, amortised over the map's growth, and nothing of its own: at most two and a
+/// half slots (a `LevelName` and a `Node`, and a control byte), whatever the number of
+/// filters.
+#[test]
+fn an_idle_subscriber_keeps_its_subscription_record_alone() {
+    let _serial = serial();
+    let r = measure::idle_subscriber(1000);
+    println!(
+        "per session: {:?} (ids {} B); subs entry {:?}; interest entry {:?}",
+        r.session, r.ids, r.subs_entry, r.interest_entry
+    );
+    let record = std::mem::size_of::<(bytestring::ByteString, shardmq::protocol::QoS)>();
+    assert_eq!(
+        r.session,
+        measure::Live {
+            bytes: (r.ids + record) as i64,
+            blocks: 3
+        },
+        "an idle subscribed session keeps more than its id, its filter and one record"
+    );
+    let slot = 24 + 40 + 1;
+    for (trie, e) in [("subs", r.subs_entry), ("interest", r.interest_entry)] {
+        assert!(
+            e.blocks == 0 && e.bytes <= slot * 5 / 2,
+            "{trie}: a one-subscriber leaf costs {e:?} per filter"
+        );
+    }
 }

@@ -44,6 +44,9 @@ static BYTES: AtomicU64 = AtomicU64::new(0);
 
 thread_local! {
     static LOCAL: Cell<Counts> = const { Cell::new(Counts::ZERO) };
+    /// The calling thread's live heap: bytes and blocks it allocated less those it
+    /// freed (see [`Live`]).
+    static LIVE: Cell<Live> = const { Cell::new(Live { bytes: 0, blocks: 0 }) };
     /// Set while this thread records a stack: what that allocates is not counted.
     static BUSY: Cell<bool> = const { Cell::new(false) };
 }
@@ -80,6 +83,21 @@ fn count(realloc: bool, size: usize) {
     }
 }
 
+/// Adds to this thread's live heap (a free subtracts).
+#[inline]
+fn live(bytes: i64, blocks: i64) {
+    if BUSY.try_with(Cell::get).unwrap_or(true) {
+        return;
+    }
+    let _ = LIVE.try_with(|l| {
+        let v = l.get();
+        l.set(Live {
+            bytes: v.bytes + bytes,
+            blocks: v.blocks + blocks,
+        });
+    });
+}
+
 #[cold]
 fn record_stack(size: usize) {
     let _ = BUSY.try_with(|busy| {
@@ -100,20 +118,24 @@ fn record_stack(size: usize) {
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         count(false, layout.size());
+        live(layout.size() as i64, 1);
         System.alloc(layout)
     }
 
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
         count(false, layout.size());
+        live(layout.size() as i64, 1);
         System.alloc_zeroed(layout)
     }
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         count(true, new_size);
+        live(new_size as i64 - layout.size() as i64, 0);
         System.realloc(ptr, layout, new_size)
     }
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        live(-(layout.size() as i64), -1);
         System.dealloc(ptr, layout)
     }
 }
@@ -158,6 +180,28 @@ impl Counts {
     /// Calls that obtained memory: allocations plus reallocations.
     pub fn calls(&self) -> u64 {
         self.allocs + self.reallocs
+    }
+}
+
+/// What the calling thread holds on the heap: bytes asked for (without the
+/// allocator's own overhead) and blocks, allocations less frees. A difference of two
+/// snapshots is what the code between them kept, exactly, whatever other threads do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Live {
+    pub bytes: i64,
+    pub blocks: i64,
+}
+
+impl Live {
+    pub fn local() -> Live {
+        LIVE.with(Cell::get)
+    }
+
+    pub fn since(self, earlier: Live) -> Live {
+        Live {
+            bytes: self.bytes - earlier.bytes,
+            blocks: self.blocks - earlier.blocks,
+        }
     }
 }
 
@@ -347,6 +391,97 @@ fn connected_session(out: &mut Output) -> Session {
     let mut s = Session::new(ByteString::from_static("alloc-client"), true, limits());
     s.connect(0, None, Instant::now(), out);
     s
+}
+
+/// What an idle subscriber's session keeps on the heap, counted on this thread:
+/// `n` sessions each connect, subscribe to a filter of their own (`storm/<client id>`,
+/// the loadtest's storm) and take one QoS 1 message through to its PUBACK, as the
+/// shard drives them. The client ids and filters are made before the count (the
+/// shard copies each from the read into bytes of the session's own, counted in
+/// [`IdleSubscriber::ids`]); the sessions themselves live in the shard's slab, by
+/// value ([`IdleSubscriber::session_size`]).
+pub struct IdleSubscriber {
+    pub sessions: usize,
+    /// Everything the sessions keep, per session.
+    pub session: Live,
+    /// `size_of::<Session>()`: its slot in the shard's slab.
+    pub session_size: usize,
+    /// The client id's and the filter's own bytes, per session.
+    pub ids: usize,
+    /// The `subs` trie entry of each filter (a one-level-below-`storm` leaf with one
+    /// subscriber), per filter, with the growth of the `storm/` node's child map.
+    pub subs_entry: Live,
+    /// The same filters in an `interest` replica (filter → shard), per filter.
+    pub interest_entry: Live,
+}
+
+pub fn idle_subscriber(n: usize) -> IdleSubscriber {
+    use shardmq::topic::TopicTrie;
+    let msg = message(QoS::AtLeastOnce);
+    let mut out = Output::default();
+    out.packets.reserve(16);
+    let ids: Vec<ByteString> = (0..n)
+        .map(|i| ByteString::from(format!("lt0000000-s{i}")))
+        .collect();
+    let filters: Vec<ByteString> = ids
+        .iter()
+        .map(|id| ByteString::from(format!("storm/{id}")))
+        .collect();
+    let mut sessions: Vec<Session> = Vec::with_capacity(n + 1);
+    let now = Instant::now();
+    let round_trip = |s: &mut Session, out: &mut Output| {
+        assert_eq!(s.deliver(&msg, QoS::AtLeastOnce, out), Delivery::Sent);
+        let Some(Packet::Publish(p)) = out.packets.pop() else {
+            panic!("no PUBLISH out")
+        };
+        s.handle(Packet::PubAck(p.pkid), now, out)
+            .expect("PUBACK accepted");
+        out.packets.clear();
+    };
+    // Warm: this thread's first in-flight window, kept as a spare once drained.
+    let mut warm = connected_session(&mut out);
+    round_trip(&mut warm, &mut out);
+    drop(warm);
+
+    let before = Live::local();
+    let mut id_bytes = 0;
+    for (id, filter) in ids.iter().zip(&filters) {
+        // What the shard does: the id and the filter copied out of the read.
+        let id = ByteString::from(&**id);
+        let filter = ByteString::from(&**filter);
+        id_bytes += id.len() + filter.len();
+        let mut s = Session::new(id, true, limits());
+        s.connect(60, None, now, &mut out);
+        s.subscribe(filter, QoS::AtLeastOnce);
+        round_trip(&mut s, &mut out);
+        sessions.push(s);
+    }
+    let session = Live::local().since(before);
+
+    let mut subs: TopicTrie<u32, QoS> = TopicTrie::new();
+    let before = Live::local();
+    for (i, f) in filters.iter().enumerate() {
+        subs.insert(f, i as u32, QoS::AtLeastOnce);
+    }
+    let subs_entry = Live::local().since(before);
+    let mut interest: TopicTrie<u16, ()> = TopicTrie::new();
+    let before = Live::local();
+    for f in &filters {
+        interest.insert(f, 1, ());
+    }
+    let interest_entry = Live::local().since(before);
+    let per = |l: Live| Live {
+        bytes: l.bytes / n as i64,
+        blocks: l.blocks / n as i64,
+    };
+    IdleSubscriber {
+        sessions: n,
+        session: per(session),
+        session_size: std::mem::size_of::<Session>(),
+        ids: id_bytes / n,
+        subs_entry: per(subs_entry),
+        interest_entry: per(interest_entry),
+    }
 }
 
 /// Runs `step` to warm up (10 000 times, or `calls` if fewer), then `calls` times in a

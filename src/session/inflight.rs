@@ -14,6 +14,7 @@
 use super::queue::cost;
 use crate::message::Message;
 use crate::protocol::QoS;
+use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
 
 /// Where one outgoing QoS 1/2 flow stands.
@@ -44,10 +45,35 @@ struct Slot {
 /// than live slots; below it the deque is small enough that they cost nothing.
 const COMPACT_MIN_TOMBSTONES: usize = 16;
 
-/// See the module documentation. Allocated on a session's first QoS 1/2 flow: a
-/// session that never has one (most of an idle fleet) holds a null pointer.
+/// See the module documentation. Held only while a session has a QoS 1/2 flow: a
+/// session with none (most of an idle fleet, and every session between bursts)
+/// holds a null pointer. A drained window goes back to this thread's spares
+/// ([`SPARE`]), and the next session that needs one takes it from there, so a client
+/// that acknowledges each message before the next arrives allocates nothing per
+/// message either. A window that grew past [`SPARE_SLOTS_MAX`] stays with its
+/// session when it drains, as every window did before: a session that keeps many
+/// messages in flight would otherwise grow a window again for every burst. The packet
+/// id cycle's position is the session's, so that ids go on cycling across windows.
 #[derive(Debug, Default)]
 pub(crate) struct Inflight(Option<Box<Flows>>);
+
+/// Drained windows kept per thread at most. A spare is empty but keeps its
+/// capacity (at most about 2 KiB; 560 bytes for a window that held up to 4 flows),
+/// and the spares are never more than the windows that were held at once: enough
+/// for a fan-out at QoS 1 to thousands of sessions that each acknowledge before the
+/// next message, without an allocation per delivery.
+const SPARES_MAX: usize = 4096;
+/// A drained window with room for more flows than this stays with its session.
+const SPARE_SLOTS_MAX: usize = 16;
+
+/// The boxes move between the sessions and the spares as they are, never copied.
+#[allow(clippy::vec_box)]
+type Spares = RefCell<Vec<Box<Flows>>>;
+
+thread_local! {
+    /// Drained in-flight windows, for reuse by this thread's sessions.
+    static SPARE: Spares = const { RefCell::new(Vec::new()) };
+}
 
 impl Inflight {
     pub(crate) fn new() -> Inflight {
@@ -59,7 +85,35 @@ impl Inflight {
     }
 
     fn get_or_init(&mut self) -> &mut Flows {
-        self.0.get_or_insert_with(|| Box::new(Flows::new()))
+        self.0.get_or_insert_with(|| {
+            SPARE
+                .try_with(|s| s.borrow_mut().pop())
+                .ok()
+                .flatten()
+                .unwrap_or_else(|| Box::new(Flows::new()))
+        })
+    }
+
+    /// Gives a small window back once nothing is in flight (to the spares while
+    /// they have room, else to the allocator).
+    fn release_if_empty(&mut self) {
+        let small_and_drained = self.0.as_deref().is_some_and(|f| {
+            f.index.is_empty()
+                && f.slots.capacity() <= SPARE_SLOTS_MAX
+                && f.index.capacity() <= SPARE_SLOTS_MAX
+        });
+        if !small_and_drained {
+            return;
+        }
+        if let Some(mut f) = self.0.take() {
+            f.clear();
+            let _ = SPARE.try_with(|s| {
+                let mut s = s.borrow_mut();
+                if s.len() < SPARES_MAX {
+                    s.push(f);
+                }
+            });
+        }
     }
 
     /// Number of flows in flight (awaiting PUBACK, PUBREC or PUBCOMP).
@@ -72,14 +126,27 @@ impl Inflight {
         self.get().map_or(0, |f| f.bytes)
     }
 
-    /// The next packet id not in flight, cycling through 1..=65535; `None` when all are.
-    pub(crate) fn next_free_pkid(&mut self) -> Option<u16> {
-        self.get_or_init().next_free_pkid()
+    /// The next free packet id, cycling through 1..=65535 and skipping ids still in
+    /// flight [MQTT-2.3.1-2]. `None` only when all 65535 ids are in flight. The id is
+    /// not reserved until [`Inflight::insert_tagged`]. `next` is the position of the
+    /// cycle, which the session keeps.
+    pub(crate) fn next_free_pkid(&self, next: &mut u16) -> Option<u16> {
+        for _ in 0..u16::MAX {
+            let id = (*next).max(1);
+            *next = if id == u16::MAX { 1 } else { id + 1 };
+            if self.get().is_none_or(|f| !f.index.contains_key(&id)) {
+                return Some(id);
+            }
+        }
+        None
     }
 
     /// Records a PUBLISH sent with `pkid`, given through shared-subscription group
-    /// `tag` (0: none); false (and nothing changes) if the id is in use.
+    /// `tag` (0: none); false (and nothing changes) if the id is 0 or in use.
     pub(crate) fn insert_tagged(&mut self, pkid: u16, msg: Message, tag: u32) -> bool {
+        if !self.is_free(pkid) {
+            return false;
+        }
         self.get_or_init().insert(pkid, msg, tag)
     }
 
@@ -107,6 +174,7 @@ impl Inflight {
                 taken.push((m, tag));
             }
         }
+        self.release_if_empty();
         taken
     }
 
@@ -120,7 +188,9 @@ impl Inflight {
     }
 
     pub(crate) fn remove(&mut self, pkid: u16) -> Option<Stage> {
-        self.0.as_deref_mut()?.remove(pkid)
+        let stage = self.0.as_deref_mut()?.remove(pkid);
+        self.release_if_empty();
+        stage
     }
 
     /// Live flows in send order, for resending on resume.
@@ -158,10 +228,10 @@ impl Inflight {
 
     /// Records a QoS 2 flow restored past PUBREC; false if `pkid` is 0 or in use.
     pub(crate) fn insert_released(&mut self, pkid: u16, stamp: u64) -> bool {
-        let f = self.get_or_init();
-        if pkid == 0 || f.index.contains_key(&pkid) {
+        if !self.is_free(pkid) {
             return false;
         }
+        let f = self.get_or_init();
         let seq = f.next_seq;
         f.next_seq += 1;
         f.index.insert(pkid, seq);
@@ -174,16 +244,16 @@ impl Inflight {
         true
     }
 
+    /// Whether a window is held (tests check that a drained one is given back).
+    #[cfg(test)]
+    pub(crate) fn is_held(&self) -> bool {
+        self.0.is_some()
+    }
+
     /// Slots held including tombstones (tests check the bound).
     #[cfg(test)]
     pub(crate) fn slot_count(&self) -> usize {
         self.get().map_or(0, Flows::slot_count)
-    }
-
-    /// Moves the cyclic id allocator (tests exercise wrap-around with it).
-    #[cfg(test)]
-    pub(crate) fn set_next_pkid(&mut self, pkid: u16) {
-        self.get_or_init().set_next_pkid(pkid)
     }
 }
 
@@ -193,7 +263,6 @@ struct Flows {
     slots: VecDeque<Slot>,
     index: HashMap<u16, u64, crate::hash::RandomKeys>,
     next_seq: u64,
-    next_pkid: u16,
     tombstones: usize,
     /// Topic + payload bytes of the messages held (flows not yet released).
     bytes: usize,
@@ -205,29 +274,23 @@ impl Flows {
             slots: VecDeque::new(),
             index: HashMap::default(),
             next_seq: 0,
-            next_pkid: 1,
             tombstones: 0,
             bytes: 0,
         }
     }
 
+    /// Empties a drained window for reuse, keeping its capacity.
+    fn clear(&mut self) {
+        self.slots.clear();
+        self.index.clear();
+        self.next_seq = 0;
+        self.tombstones = 0;
+        self.bytes = 0;
+    }
+
     /// Number of flows in flight (awaiting PUBACK, PUBREC or PUBCOMP).
     pub(crate) fn len(&self) -> usize {
         self.index.len()
-    }
-
-    /// The next free packet id, cycling through 1..=65535 and skipping ids still in
-    /// flight [MQTT-2.3.1-2]. `None` only when all 65535 ids are in flight. The id is not
-    /// reserved until [`Inflight::insert_tagged`].
-    pub(crate) fn next_free_pkid(&mut self) -> Option<u16> {
-        for _ in 0..u16::MAX {
-            let id = self.next_pkid;
-            self.next_pkid = if id == u16::MAX { 1 } else { id + 1 };
-            if !self.index.contains_key(&id) {
-                return Some(id);
-            }
-        }
-        None
     }
 
     /// Records a just-sent PUBLISH under `pkid` (from [`Inflight::next_free_pkid`]).
@@ -319,11 +382,5 @@ impl Flows {
     #[cfg(test)]
     pub(crate) fn slot_count(&self) -> usize {
         self.slots.len()
-    }
-
-    /// Moves the cyclic id allocator (tests exercise wrap-around with it).
-    #[cfg(test)]
-    pub(crate) fn set_next_pkid(&mut self, pkid: u16) {
-        self.next_pkid = pkid.max(1);
     }
 }

@@ -20,6 +20,7 @@
 
 mod inflight;
 mod queue;
+mod subscriptions;
 #[cfg(test)]
 mod tests;
 
@@ -34,6 +35,7 @@ use std::collections::{HashMap, HashSet};
 use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use subscriptions::Subscriptions;
 
 thread_local! {
     /// A clock that replaces `Instant::now()` for this thread's sessions; see
@@ -209,13 +211,15 @@ pub struct Session {
     /// one counter: the session stays the size it was.
     too_large: u32,
     inflight: Inflight,
+    /// The next packet id to try for an outgoing flow ([`Inflight::next_free_pkid`]).
+    next_pkid: u16,
     queue: Queue,
     /// Incoming QoS 2 packet ids whose PUBLISH was routed and whose PUBREL has not come.
     /// Allocated on the first incoming QoS 2 message: boxed, the map itself would cost
     /// every session 32 bytes.
     #[allow(clippy::box_collection)]
     awaiting_pubrel: Option<Box<HashSet<u16, RandomKeys>>>,
-    subscriptions: HashMap<ByteString, QoS, RandomKeys>,
+    subscriptions: Subscriptions,
     /// The Subscription Identifiers of the 5.0 client's subscriptions that have one;
     /// `None` while none has.
     #[allow(clippy::box_collection)]
@@ -276,9 +280,10 @@ impl Session {
             expired: 0,
             too_large: 0,
             inflight: Inflight::new(),
+            next_pkid: 1,
             queue: Queue::new(),
             awaiting_pubrel: None,
-            subscriptions: HashMap::default(),
+            subscriptions: Subscriptions::default(),
             subscription_ids: None,
         }
     }
@@ -582,7 +587,7 @@ impl Session {
                 return Delivery::Sent;
             }
             if self.window_has_room(queue::cost(&msg)) {
-                if let Some(pkid) = self.inflight.next_free_pkid() {
+                if let Some(pkid) = self.inflight.next_free_pkid(&mut self.next_pkid) {
                     out.packets.push(self.packet(&msg, pkid, false));
                     self.inflight.insert_tagged(pkid, msg, group);
                     return Delivery::Sent;
@@ -866,7 +871,7 @@ impl Session {
 
     /// The QoS granted to `filter`, if subscribed.
     pub fn subscription(&self, filter: &str) -> Option<QoS> {
-        self.subscriptions.get(filter).copied()
+        self.subscriptions.get(filter)
     }
 
     /// Number of subscriptions held (bounded by `max_subscriptions_per_client`).
@@ -877,7 +882,7 @@ impl Session {
     /// The session's subscriptions, in no particular order (to rebuild routes on resume
     /// or remove them when the session ends).
     pub fn subscriptions(&self) -> impl Iterator<Item = (&ByteString, QoS)> {
-        self.subscriptions.iter().map(|(f, q)| (f, *q))
+        self.subscriptions.iter()
     }
 
     /// Current resource use, for metrics and limit checks.
@@ -958,7 +963,7 @@ impl Session {
             if !self.window_has_room(self.queue.front_cost().unwrap_or(0)) {
                 break;
             }
-            let Some(mut pkid) = self.inflight.next_free_pkid() else {
+            let Some(mut pkid) = self.inflight.next_free_pkid(&mut self.next_pkid) else {
                 break;
             };
             let Some((msg, group)) = self.queue.pop() else {

@@ -696,6 +696,46 @@ fn large_window_out_of_order_acks_keep_bookkeeping_bounded() {
 }
 
 #[test]
+fn a_drained_window_is_given_back_and_packet_ids_keep_cycling() {
+    let (mut s, mut out, now) = connected(roomy());
+    let m = msg("t", "x", QoS::AtLeastOnce);
+    for want in 1..=3u16 {
+        assert_eq!(s.deliver(&m, QoS::AtLeastOnce, &mut out), Delivery::Sent);
+        assert!(s.inflight.is_held());
+        let [Packet::Publish(p)] = &take(&mut out)[..] else {
+            panic!("one PUBLISH expected")
+        };
+        assert_eq!(p.pkid, want, "ids go on where they were");
+        s.handle(Packet::PubAck(p.pkid), now, &mut out).unwrap();
+        assert!(!s.inflight.is_held(), "an idle session holds no window");
+    }
+    // QoS 2: the window is kept through PUBREC and given back at PUBCOMP.
+    let m = msg("t", "x", QoS::ExactlyOnce);
+    assert_eq!(s.deliver(&m, QoS::ExactlyOnce, &mut out), Delivery::Sent);
+    let [Packet::Publish(p)] = &take(&mut out)[..] else {
+        panic!("one PUBLISH expected")
+    };
+    s.handle(Packet::PubRec(p.pkid), now, &mut out).unwrap();
+    assert!(s.inflight.is_held());
+    s.handle(Packet::PubComp(p.pkid), now, &mut out).unwrap();
+    assert!(!s.inflight.is_held());
+    // A window that held many flows at once stays: the next burst needs it again.
+    let (mut s, mut out, now) = connected(limits(64, 100, 1 << 20));
+    let m = msg("t", "x", QoS::AtLeastOnce);
+    for _ in 0..20 {
+        assert_eq!(s.deliver(&m, QoS::AtLeastOnce, &mut out), Delivery::Sent);
+    }
+    for p in take(&mut out) {
+        let Packet::Publish(p) = p else {
+            panic!("PUBLISH expected")
+        };
+        s.handle(Packet::PubAck(p.pkid), now, &mut out).unwrap();
+    }
+    assert_eq!(s.stats().inflight, 0);
+    assert!(s.inflight.is_held());
+}
+
+#[test]
 fn packet_ids_wrap_around_skipping_ids_in_flight() {
     let (mut s, mut out, now) = connected(limits(3, 100, 1 << 20));
     let m = msg("t", "x", QoS::AtLeastOnce);
@@ -1425,7 +1465,7 @@ impl Sim {
         );
         let mut s = Session::new(ByteString::from_static("sim"), false, l.clone());
         // Start near the end of the id space so runs also wrap around.
-        s.inflight.set_next_pkid(65535 - rng.below(400) as u16);
+        s.next_pkid = 65535 - rng.below(400) as u16;
         Sim {
             rng,
             s,

@@ -22,13 +22,13 @@ impl Shard {
         clean_session: bool,
         filters: &[(String, QoS)],
     ) -> (usize, Option<Rc<SubscribeWait>>) {
-        let key = match self.by_client.get(client_id) {
-            Some(&key) => key,
+        let key = match self.by_client.get(&self.sessions, client_id) {
+            Some(key) => key,
             None => {
                 let id = ByteString::from(client_id);
                 let session = Session::new(id.clone(), clean_session, self.limits.clone());
                 let key = self.sessions.insert(SessionEntry::offline(session, 0));
-                self.by_client.insert(id.clone(), key);
+                self.by_client.insert(&self.sessions, key);
                 if !clean_session {
                     self.log_record(&store::records::Record::Session {
                         client: &id,

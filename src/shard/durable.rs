@@ -846,8 +846,7 @@ impl Shard {
             let queued: Vec<(Message, u32)> =
                 r.queued.iter().map(|m| (message(m), group_of(m))).collect();
             let client = ByteString::from(r.client_id.as_str());
-            let mut session =
-                crate::session::Session::new(client.clone(), false, self.limits.clone());
+            let mut session = crate::session::Session::new(client, false, self.limits.clone());
             for (f, q) in &r.subs {
                 session.subscribe(ByteString::from(f.as_str()), *q);
             }
@@ -894,7 +893,7 @@ impl Shard {
                     self.subs.insert(f, key as u32, *q);
                 }
             }
-            self.by_client.insert(client, key);
+            self.by_client.insert(&self.sessions, key);
         }
         let horizons: Vec<(u16, u64)> = (0..self.shards).map(|o| (o as u16, 0)).collect();
         let offline_us = self.offline_clock();

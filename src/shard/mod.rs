@@ -16,6 +16,7 @@
 //! and written to each subscriber once.
 
 mod bridge;
+mod clients;
 mod droplog;
 pub mod durable;
 pub mod mesh;
@@ -228,7 +229,7 @@ pub struct Shard {
     listeners: Arc<[Listener]>,
     limits: Limits,
     sessions: Slab<SessionEntry>,
-    by_client: AHashMap<ByteString, usize>,
+    by_client: clients::Clients,
     subs: TopicTrie<u32, QoS>,
     interest: TopicTrie<u16, ()>,
     /// Shared-subscription groups with members anywhere, and this shard's members.
@@ -327,7 +328,7 @@ impl Shard {
             listeners,
             limits,
             sessions: Slab::new(),
-            by_client: AHashMap::new(),
+            by_client: clients::Clients::default(),
             subs: TopicTrie::new(),
             interest: TopicTrie::new(),
             shared: shared::Shared::default(),
@@ -487,7 +488,8 @@ impl Shard {
         loop {
             self.next_generated_id += 1;
             let id = format!("shardmq-{}-{:x}", self.id, self.next_generated_id);
-            if home_shard(&id, self.shards) == self.id && !self.by_client.contains_key(id.as_str())
+            if home_shard(&id, self.shards) == self.id
+                && self.by_client.get(&self.sessions, &id).is_none()
             {
                 return ByteString::from(id);
             }
@@ -572,7 +574,7 @@ impl Shard {
                 return None;
             }
         }
-        if let Some(&key) = self.by_client.get(&connect.client_id) {
+        if let Some(key) = self.by_client.get(&self.sessions, &connect.client_id) {
             if self.sessions[key].bridge {
                 // A bridge's own session is not for clients.
                 self.stats.connects_refused += 1;
@@ -588,7 +590,7 @@ impl Shard {
         self.stats.packets_received += 1;
         let mut wills = Vec::new();
         let mut resumed = None;
-        if let Some(&key) = self.by_client.get(&connect.client_id) {
+        if let Some(key) = self.by_client.get(&self.sessions, &connect.client_id) {
             let entry = &mut self.sessions[key];
             if let Some(old) = entry.conn.take() {
                 old.close_because(DisconnectReason::Takeover);
@@ -611,11 +613,14 @@ impl Shard {
         }
         let session_present = resumed.is_some();
         let key = resumed.unwrap_or_else(|| {
-            let session = Session::new(connect.client_id.clone(), ends, self.limits.clone());
+            // In bytes of its own, for as long as the session lives: a slice would keep
+            // the CONNECT's whole read alive, and a shared header.
+            let id = ByteString::from(&*connect.client_id);
+            let session = Session::new(id, ends, self.limits.clone());
             let key = self
                 .sessions
                 .insert(SessionEntry::offline(session, listener));
-            self.by_client.insert(connect.client_id.clone(), key);
+            self.by_client.insert(&self.sessions, key);
             if !ends {
                 self.log_record(&store::records::Record::Session {
                     client: &connect.client_id,
@@ -854,11 +859,12 @@ impl Shard {
         self.release_shared(key);
         self.retain_keys.retain(|&k| k as usize != key);
         let mut entry = self.sessions.remove(key);
+        // At once: the index finds its entries through the slab.
+        self.by_client.remove(entry.session.client_id(), key);
         if let Some(will) = entry.delayed_will.take() {
             // The session ends before the will's delay: it goes now.
             self.publish_will(will.0);
         }
-        self.by_client.remove(entry.session.client_id());
         if !entry.session.clean_session() {
             self.log_session_end(entry.session.client_id());
         }
@@ -1161,15 +1167,14 @@ impl Shard {
                 reasons.push(reason);
                 continue;
             }
-            self.sessions[key]
-                .session
-                .subscribe(f.filter.clone(), f.qos);
-            set_no_local(&mut self.sessions[key], &f.filter, f.no_local);
-            set_rap(&mut self.sessions[key], &f.filter, f.retain_as_published);
+            // The session keeps the filter in bytes of its own: a slice would keep
+            // the whole read that brought the SUBSCRIBE alive, and a shared header.
+            let own = ByteString::from(&*f.filter);
+            set_no_local(&mut self.sessions[key], &own, f.no_local);
+            set_rap(&mut self.sessions[key], &own, f.retain_as_published);
+            self.sessions[key].session.set_subscription_id(&own, sub.id);
+            self.sessions[key].session.subscribe(own, f.qos);
             update_retain_key(&mut self.retain_keys, key, &self.sessions[key]);
-            self.sessions[key]
-                .session
-                .set_subscription_id(&f.filter, sub.id);
             if self.durable.is_some() && !self.sessions[key].session.clean_session() {
                 let horizons = self.horizons();
                 let client = self.sessions[key].session.client_id().clone();
@@ -1878,6 +1883,9 @@ impl Shard {
 /// [MQTT-3.3.1-6], at min(message QoS, granted QoS), retain flag set.
 /// Records whether the session's subscription `filter` has No Local.
 fn set_no_local(entry: &mut SessionEntry, filter: &ByteString, no_local: bool) {
+    if !no_local && entry.no_local_filters.is_none() {
+        return;
+    }
     let list = entry.no_local_filters.get_or_insert_with(Default::default);
     list.retain(|f| f != filter);
     if no_local {
