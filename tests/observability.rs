@@ -252,6 +252,33 @@ fn persistent_sessions_expire_after_persistent_client_expiration() {
 }
 
 #[test]
+fn a_reload_that_shortens_persistent_client_expiration_expires_sessions_already_offline() {
+    let b = broker_with(|c| c.persistent_client_expiration = 3600);
+    let addr = b.local_addr();
+    let ids = [id_on_shard("shortened", 0), id_on_shard("shortened", 1)];
+    for id in &ids {
+        let (mut c, _) = Raw::connect(addr, id, false);
+        c.send(&[0xE0, 0]);
+    }
+    wait_stats(&b, "offline sessions kept", |s| {
+        s.connections == 0 && s.sessions == 2
+    });
+    std::thread::sleep(Duration::from_millis(1200));
+    assert_eq!(b.stats().total().sessions, 2, "kept under the hour");
+    let cfg = shardmq::Config {
+        listeners: vec!["127.0.0.1:0".parse().unwrap()],
+        connect_timeout: 1.0,
+        persistent_client_expiration: 1,
+        ..Default::default()
+    };
+    b.reconfigure(cfg).expect("reconfigured");
+    // Both left more than a second ago: the next sweep ends them.
+    wait_stats(&b, "sessions expired after the reload", |s| {
+        s.sessions == 0 && s.sessions_expired == 2
+    });
+}
+
+#[test]
 fn shutdown_sends_queued_output_then_closes_cleanly() {
     let b = broker_with(|_| {});
     let addr = b.local_addr();

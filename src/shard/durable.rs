@@ -880,6 +880,7 @@ impl Shard {
                 super::set_rap(&mut entry, &f, o.retain_as_published);
             }
             let key = self.sessions.insert(entry);
+            self.file_due(key);
             super::update_retain_key(&mut self.retain_keys, key, &self.sessions[key]);
             for (f, q) in &r.subs {
                 if crate::topic::share::is_shared(f) {
