@@ -17,6 +17,8 @@
 # Brokers run 2 shards on 127.0.0.1, ports 18851 to 18950. Results: bench-results/ab-<time>/.
 set -euo pipefail
 cd "$(dirname "$(readlink -f "$0")")/.."
+# shellcheck source=scripts/lib/runs.sh
+. scripts/lib/runs.sh
 
 rounds=5 duration=3 only="p2p-16-q0 p2p-16-q1 fanin-32-q0 fanout-100-q0 fanout-1000-q0"
 while [ $# -gt 2 ]; do
@@ -39,17 +41,6 @@ mkdir -p "$out"
     echo "rounds $rounds, duration $duration s, $(nproc) CPUs, $(date -u +%FT%TZ)"
 } | tee "$out/meta.txt"
 
-scenario_args() {
-    case $1 in
-        p2p-16-q0) echo "p2p --clients 16 --qos 0" ;;
-        p2p-16-q1) echo "p2p --clients 16 --qos 1" ;;
-        fanin-32-q0) echo "fanin --clients 32 --qos 0" ;;
-        fanout-100-q0) echo "fanout --clients 100 --publishers 1 --qos 0" ;;
-        fanout-1000-q0) echo "fanout --clients 1000 --publishers 1 --qos 0" ;;
-        *) echo "unknown scenario $1" >&2; exit 2 ;;
-    esac
-}
-
 runs=0
 run_one() { # side bin label round
     local side=$1 bin=$2 label=$3 round=$4 pid port
@@ -60,15 +51,7 @@ run_one() { # side bin label round
     port=$((port_base + runs % 100))
     "$bin" --listen "127.0.0.1:$port" --shards 2 >"$out/$side-broker.log" 2>&1 &
     pid=$!
-    for _ in $(seq 1 200); do
-        (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break
-        sleep 0.05
-    done
-    # An MQTT round trip, not only a TCP accept, as bench-peers.sh makes: a load
-    # generator started within milliseconds of the first accept sometimes sees its
-    # connections reset (seen with every build here; see docs/BENCHMARKS.md).
-    timeout 10 mosquitto_pub -h 127.0.0.1 -p "$port" -q 1 -i bench-ab-probe -t bench-ab/probe -m probe ||
-        echo "bench-ab: $side does not answer MQTT on $port" >&2
+    wait_mqtt "$port" "$side" || true
     # shellcheck disable=SC2046 # plain words
     timeout --signal=INT --kill-after=10 $((duration + 120)) \
         target/release/shardmq-loadtest $(scenario_args "$label") --broker "127.0.0.1:$port" \

@@ -18,6 +18,8 @@
 # bench-results/work-<time>/.
 set -euo pipefail
 cd "$(dirname "$(readlink -f "$0")")/.."
+# shellcheck source=scripts/lib/runs.sh
+. scripts/lib/runs.sh
 
 rounds=3 duration=3 only="p2p-16-q0 p2p-16-q1 fanin-32-q0 fanout-100-q0 fanout-1000-q0"
 while [ $# -gt 0 ]; do
@@ -41,17 +43,6 @@ mkdir -p "$out"
     echo "rounds $rounds, duration $duration s, $(nproc) CPUs, $(date -u +%FT%TZ)"
 } | tee "$out/meta.txt"
 
-scenario_args() {
-    case $1 in
-        p2p-16-q0) echo "p2p --clients 16 --qos 0" ;;
-        p2p-16-q1) echo "p2p --clients 16 --qos 1" ;;
-        fanin-32-q0) echo "fanin --clients 32 --qos 0" ;;
-        fanout-100-q0) echo "fanout --clients 100 --publishers 1 --qos 0" ;;
-        fanout-1000-q0) echo "fanout --clients 1000 --publishers 1 --qos 0" ;;
-        *) echo "unknown scenario $1" >&2; exit 2 ;;
-    esac
-}
-
 runs=0
 run_one() { # index bin label round
     local i=$1 bin=$2 label=$3 round=$4 pid perf port
@@ -59,12 +50,7 @@ run_one() { # index bin label round
     port=$((port_base + runs % 100))
     "$bin" --listen "127.0.0.1:$port" --shards 2 >"$out/$i-broker.log" 2>&1 &
     pid=$!
-    for _ in $(seq 1 200); do
-        (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break
-        sleep 0.05
-    done
-    timeout 10 mosquitto_pub -h 127.0.0.1 -p "$port" -q 1 -i bench-work-probe -t bench-work/probe -m probe ||
-        echo "bench-work: $i does not answer MQTT on $port" >&2
+    wait_mqtt "$port" "$i" || true
     perf stat -x, -e instructions:u,cycles:u -p "$pid" -o "$out/$i-$label-$round.perf" &
     perf=$!
     awk '{ print $14, $15 }' "/proc/$pid/stat" >"$out/$i-$label-$round.cpu"

@@ -20,6 +20,8 @@
 # Results: bench-results/storm-sweep-<time>/ (one loadtest JSON per run, summary.txt).
 set -euo pipefail
 cd "$(dirname "$(readlink -f "$0")")/.."
+# shellcheck source=scripts/lib/runs.sh
+. scripts/lib/runs.sh
 
 clients=19000 depths="16 64 512 all" brokers="shardmq mosquitto" resume=0 rounds=1
 while [ $# -gt 0 ]; do
@@ -65,13 +67,7 @@ start_broker() { # name -> sets pid, port
         *) echo "storm-sweep: unknown broker $1" >&2; exit 2 ;;
     esac
     pid=$!
-    for _ in $(seq 1 100); do
-        timeout 5 mosquitto_pub -h 127.0.0.1 -p "$port" -q 1 -i storm-sweep-probe \
-            -t storm-sweep/probe -m probe 2>/dev/null && return 0
-        sleep 0.1
-    done
-    echo "storm-sweep: $1 does not answer on $port" >&2
-    return 1
+    wait_mqtt "$port" "$1"
 }
 
 for round in $(seq 1 "$rounds"); do
