@@ -52,7 +52,7 @@ pub use shard::home_shard;
 pub use shard::stats::{BrokerStats, DisconnectReason, ShardStats};
 
 use glommio::channels::channel_mesh::MeshBuilder;
-use glommio::{ExecutorJoinHandle, LocalExecutorBuilder, Placement};
+use glommio::{ExecutorJoinHandle, LocalExecutorBuilder, Placement, PoolPlacement};
 use runtime::{Control, ShardInit};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -510,6 +510,9 @@ impl Broker {
                 .name(&format!("{SHARD_THREAD_PREFIX}{i}"))
                 .io_memory(IO_MEMORY)
                 .ring_depth(RING_DEPTH)
+                // Two blocking threads: one waits on the shard's parked connections
+                // (`net::park`) while the other hashes passwords.
+                .blocking_thread_pool_placement(PoolPlacement::Unbound(2))
                 .spawn(move || runtime::run(init));
             let handle = match spawned {
                 Ok(h) => h,

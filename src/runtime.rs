@@ -150,6 +150,7 @@ pub async fn run(init: ShardInit) {
     let writes = shard.borrow().writes().clone();
     spawn_local(net::write_loop(shard.clone(), writes)).detach();
     spawn_local(keep_alive_sweep(shard.clone())).detach();
+    net::park::start(shard.clone());
     if let Some(store) = init.store {
         if !start_log(&shard, store, &init.control).await {
             return;

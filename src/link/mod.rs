@@ -8,12 +8,14 @@
 use crate::auth::Authenticator;
 use crate::config::{ListenerSpec, Transport};
 use crate::protocol::{DisconnectV5, Packet, ReasonCode};
+use crate::ConnectionSlot;
 use bytes::BytesMut;
 use glommio::net::TcpStream;
 use glommio::task::JoinHandle;
 use std::cell::{Cell, RefCell};
 use std::io;
 use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::task::Waker;
@@ -182,6 +184,55 @@ impl Writes {
     }
 }
 
+/// A connection's socket: a glommio stream while a task reads it, the bare
+/// descriptor while it is parked (`net::park`).
+pub(crate) enum Sock {
+    /// Boxed: a parked connection keeps only the descriptor, and the stream is
+    /// a third of what the `Conn` around it would cost.
+    Live(Box<TcpStream>),
+    /// The descriptor, and the connection's place in `max_connections`, which
+    /// the reader held.
+    Parked(OwnedFd, ConnectionSlot),
+    /// Only between the two while unparking.
+    Gone,
+}
+
+impl Sock {
+    /// A stream a task reads. On a shard that parks idle connections its reads time
+    /// out after [`crate::net::park::PARK_AFTER`], so that its reader can park it.
+    pub(crate) fn live(stream: TcpStream) -> Sock {
+        if crate::net::park::enabled() {
+            // Fails only for a zero duration.
+            let _ = stream.set_read_timeout(Some(crate::net::park::PARK_AFTER));
+        }
+        Sock::Live(Box::new(stream))
+    }
+
+    /// The socket's descriptor (-1 in the instant between parked and live).
+    pub(crate) fn fd(&self) -> RawFd {
+        match self {
+            Sock::Live(s) => s.as_raw_fd(),
+            Sock::Parked(fd, _) => fd.as_raw_fd(),
+            Sock::Gone => -1,
+        }
+    }
+
+    /// Shuts the write side down: the client reads EOF after what was sent.
+    pub(crate) fn shutdown_write(&self) {
+        // SAFETY: a plain syscall on the descriptor this socket owns.
+        unsafe { libc::shutdown(self.fd(), libc::SHUT_WR) };
+    }
+}
+
+/// Who reads a connection (`net::park`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Park {
+    /// Its reader task.
+    Active,
+    /// Nobody: it waits in the shard's epoll set.
+    Parked,
+}
+
 /// The shard's handle on one live connection: its socket, the output buffer the
 /// shard's writer drains, and the flags that pace and close it.
 pub struct Conn {
@@ -190,7 +241,9 @@ pub struct Conn {
     pub peer: SocketAddr,
     /// The session's key on the shard (for `Shard::resume_writes`).
     pub(crate) key: Cell<usize>,
-    pub(crate) stream: RefCell<TcpStream>,
+    pub(crate) stream: RefCell<Sock>,
+    /// Whether a task reads it, or it waits in the shard's epoll set (`net::park`).
+    pub(crate) park: Cell<Park>,
     /// TLS and/or WebSocket between the socket and MQTT; `None` for plain TCP.
     pub(crate) wire: RefCell<Option<Box<Wire>>>,
     pub(crate) out: RefCell<Output>,
@@ -216,6 +269,8 @@ pub struct Conn {
     /// The client speaks MQTT 5.0: every packet written to it is encoded in the 5.0
     /// layout ([`Packet::encode_v5`]; a 3.1.1 ack becomes its 5.0 success form).
     pub(crate) v5: Cell<bool>,
+    /// The client speaks MQTT 3.1 (for a reader started again after parking).
+    pub(crate) mqtt31: Cell<bool>,
     /// 5.0: the client's Request Problem Information (reason strings on acks).
     pub(crate) problem_info: Cell<bool>,
     /// 5.0: the client's Maximum Packet Size (0: none).
@@ -284,7 +339,8 @@ impl Conn {
             id,
             peer,
             key: Cell::new(usize::MAX),
-            stream: RefCell::new(stream),
+            stream: RefCell::new(Sock::live(stream)),
+            park: Cell::new(Park::Active),
             wire: RefCell::new(wire),
             out: RefCell::new(Output::default()),
             writes,
@@ -299,6 +355,7 @@ impl Conn {
             why: Cell::new(None),
             holding: Cell::new(0),
             v5: Cell::new(false),
+            mqtt31: Cell::new(false),
             problem_info: Cell::new(true),
             max_packet: Cell::new(0),
             aliases: RefCell::new(None),
@@ -520,8 +577,7 @@ impl Conn {
     /// Reads and drops whatever the client sent that is waiting in the socket, so
     /// that closing it sends no reset. Never waits.
     pub fn discard_input(&self) {
-        use std::os::fd::AsRawFd;
-        let fd = self.stream.borrow().as_raw_fd();
+        let fd = self.stream.borrow().fd();
         let mut buf = [0u8; 4096];
         // Bounded: a client that keeps sending gets its reset after 256 KiB.
         for _ in 0..64 {
@@ -552,9 +608,14 @@ impl Conn {
         }
     }
 
-    pub(crate) fn wake_reader(&self) {
-        if let Some(w) = self.reader.take() {
-            w.wake();
+    pub(crate) fn wake_reader(self: &Rc<Self>) {
+        match self.park.get() {
+            Park::Parked => crate::net::park::request_unpark(self),
+            Park::Active => {
+                if let Some(w) = self.reader.take() {
+                    w.wake();
+                }
+            }
         }
     }
 }

@@ -217,6 +217,16 @@ impl Output {
         r
     }
 
+    /// Gives back the buffers kept for the next write, when nothing is unsent (an
+    /// idle connection being parked keeps nothing it may never use again).
+    pub fn release(&mut self) {
+        if self.len == 0 {
+            self.buf = BytesMut::new();
+            self.segs = Vec::new();
+            self.sent = 0;
+        }
+    }
+
     fn reset(&mut self) {
         if self.buf.capacity() > KEEP_OWN_BUFFER {
             self.buf = BytesMut::new();

@@ -35,16 +35,17 @@ use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, IntoRawFd};
 use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::task::{ready, Context, Poll, Waker};
+use std::task::{ready, Context, Poll};
 use std::time::{Duration, Instant};
 
 use futures_lite::{AsyncRead, AsyncWrite};
 
+pub(crate) mod park;
 pub mod proxy;
 pub mod tls;
 use crate::link::output;
 use crate::link::wire::{Peer, Wire, WireError};
-use crate::link::{Conn, DisconnectReason, Reauth, Writes};
+use crate::link::{Conn, DisconnectReason, Park, Reauth, Sock, Writes};
 
 /// Bytes asked of the kernel per read.
 const READ_CHUNK: usize = 16 * 1024;
@@ -73,6 +74,8 @@ enum End {
     DisconnectWithWill,
     /// A 5.0 re-authentication failed: DISCONNECT with this reason code.
     AuthFailed(ReasonCode),
+    /// Idle: the reader ends and the connection is parked ([`park`]).
+    Park,
 }
 
 impl std::fmt::Debug for End {
@@ -89,6 +92,7 @@ impl std::fmt::Debug for End {
             End::Refused(r) => write!(f, "protocol violation (reason {:#04x})", r.0),
             End::AuthFailed(r) => write!(f, "re-authentication failed (reason {:#04x})", r.0),
             End::DisconnectWithWill => f.write_str("DISCONNECT with will"),
+            End::Park => f.write_str("parked"),
         }
     }
 }
@@ -787,6 +791,7 @@ async fn serve(shard: Rc<RefCell<Shard>>, accepted: Box<Accepted>) {
             "client connected"
         );
         let mqtt31 = connect.protocol == Protocol::V31;
+        conn.mqtt31.set(mqtt31);
         conn.v5.set(connect.protocol == Protocol::V5);
         conn.problem_info
             .set(connect.props.request_problem_information);
@@ -811,12 +816,48 @@ async fn serve(shard: Rc<RefCell<Shard>>, accepted: Box<Accepted>) {
         }
         (conn, key, mqtt31, rbuf, peer, slot)
     };
-    // Refused at attach (a will it may not publish): the CONNACK still goes out.
-    if let Some(key) = key {
-        // Keep-alive [MQTT-3.1.2-24] is enforced by the shard's sweep
-        // (`Shard::sweep_keep_alive`), which closes the connection; no timer per
-        // connection.
-        let end = read_loop(&shard, &conn, key, rbuf, mqtt31).await;
+    match key {
+        Some(key) => run(shard, conn, key, mqtt31, rbuf, peer, slot).await,
+        // Refused at attach (a will it may not publish): the CONNACK still goes out.
+        None => {
+            drop(rbuf);
+            finish(&conn, peer).await;
+            drop(slot);
+        }
+    }
+}
+
+/// Reads an attached connection until it ends, then ends it: from [`serve`], and
+/// again from [`park`] each time a parked connection has something to read.
+pub(crate) async fn run(
+    shard: Rc<RefCell<Shard>>,
+    conn: Rc<Conn>,
+    key: usize,
+    mqtt31: bool,
+    rbuf: BytesMut,
+    peer: SocketAddr,
+    slot: ConnectionSlot,
+) {
+    // Keep-alive [MQTT-3.1.2-24] is enforced by the shard's sweep
+    // (`Shard::sweep_keep_alive`), which closes the connection; no timer per
+    // connection.
+    let mut slot = slot;
+    let mut rbuf = rbuf;
+    let end = loop {
+        match read_loop(&shard, &conn, key, rbuf, mqtt31).await {
+            End::Park => match park::park(&shard, &conn, slot) {
+                Ok(()) => return,
+                Err(back) => {
+                    // Not parked (a write waits for the socket): read on.
+                    slot = back;
+                    conn.park.set(Park::Active);
+                    rbuf = BytesMut::new();
+                }
+            },
+            end => break end,
+        }
+    };
+    {
         // A 5.0 client learns why the broker closes its connection.
         match &end {
             End::Decode(e) => conn.disconnect_v5(e.reason_code(), e.to_string()),
@@ -850,7 +891,9 @@ async fn serve(shard: Rc<RefCell<Shard>>, accepted: Box<Accepted>) {
             End::AuthFailed(_) => DisconnectReason::AuthFailed,
             // Closed by the broker for a reason it recorded; else the connection
             // was replaced while a SUBSCRIBE waited.
-            End::ClosedByBroker => conn.close_reason().unwrap_or(DisconnectReason::Takeover),
+            End::ClosedByBroker | End::Park => {
+                conn.close_reason().unwrap_or(DisconnectReason::Takeover)
+            }
         };
         s.stats.disconnects[reason as usize] += 1;
         match s.client_id_of(key, conn.id) {
@@ -862,14 +905,16 @@ async fn serve(shard: Rc<RefCell<Shard>>, accepted: Box<Accepted>) {
             }
         }
         s.connection_lost(key, conn.id, matches!(end, End::Disconnect));
-    } else {
-        drop(rbuf);
     }
-    // Let what the connection still owes the client go out, for a while.
+    finish(&conn, peer).await;
+    drop(slot);
+}
+
+/// Closes `conn` and lets what it still owes the client go out, for a while.
+async fn finish(conn: &Rc<Conn>, peer: SocketAddr) {
     if !conn.close_and_flush(WRITER_LINGER).await {
         tracing::debug!(%peer, "gave up flushing a closed connection");
     }
-    drop(slot);
 }
 /// Decodes and dispatches every complete packet, then reads more, until the
 /// connection ends.
@@ -953,6 +998,7 @@ async fn read_loop(
                 Ok(0) => return End::Eof,
                 Ok(_) => {}
                 Err(_) if conn.closing.get() => return End::ClosedByBroker,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return End::Park,
                 Err(e) => return End::Io(e),
             }
             continue;
@@ -961,6 +1007,7 @@ async fn read_loop(
             Ok(Some(r)) => r,
             Ok(None) => return End::Eof,
             Err(_) if conn.closing.get() => return End::ClosedByBroker,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return End::Park,
             Err(e) => return End::Io(e),
         };
         if reply {
@@ -1093,7 +1140,7 @@ pub(crate) async fn read_wire(
         }
         conn.reader.set(Some(cx.waker().clone()));
         let mut raw = [0u8; READ_CHUNK];
-        let n = ready!(Pin::new(&mut *conn.stream.borrow_mut()).poll_read(cx, &mut raw))?;
+        let n = ready!(poll_conn(conn, cx, &mut raw, rbuf.is_empty()))?;
         if n == 0 {
             return Poll::Ready(Ok(None));
         }
@@ -1178,7 +1225,7 @@ async fn wait_until_readable(shard: &Rc<RefCell<Shard>>, conn: &Conn) -> bool {
 /// its buffer, tracked in `hot`) or a packet is incomplete. So an idle connection
 /// costs no read buffer, and a busy one reads in large chunks.
 async fn read_some(
-    stream: &RefCell<TcpStream>,
+    stream: &impl ReadSock,
     buf: &mut BytesMut,
     hot: &mut bool,
     conn: Option<&Conn>,
@@ -1201,10 +1248,13 @@ async fn read_some(
             }
             conn.reader.set(Some(cx.waker().clone()));
         }
-        let mut stream = stream.borrow_mut();
+        let poll = |cx: &mut Context<'_>, into: &mut [u8]| match conn {
+            Some(conn) => poll_conn(conn, cx, into, start == 0),
+            None => stream.poll_read_sock(cx, into),
+        };
         if small {
             let mut first = [0u8; SMALL_READ];
-            let res = ready!(Pin::new(&mut *stream).poll_read(cx, &mut first));
+            let res = ready!(poll(cx, &mut first));
             if let Ok(n) = res {
                 crate::link::count_received(n);
                 // A full small read means more is coming: take a whole chunk.
@@ -1216,7 +1266,7 @@ async fn read_some(
         }
         let end = buf.capacity();
         buf.resize(end, 0);
-        match Pin::new(&mut *stream).poll_read(cx, &mut buf[start..end]) {
+        match poll(cx, &mut buf[start..end]) {
             Poll::Pending => {
                 buf.truncate(start);
                 Poll::Pending
@@ -1231,6 +1281,51 @@ async fn read_some(
         }
     })
     .await
+}
+
+/// Reads `conn`'s socket. A parked-capable socket's read times out after
+/// [`park::PARK_AFTER`] without a byte; then, if the reader holds no part of a packet
+/// (`empty`), the read ends with `WouldBlock` and the reader offers the connection to
+/// [`park::park`]. Holding part of a packet, it waits on.
+fn poll_conn(
+    conn: &Conn,
+    cx: &mut Context<'_>,
+    into: &mut [u8],
+    empty: bool,
+) -> Poll<io::Result<usize>> {
+    loop {
+        match conn.stream.poll_read_sock(cx, into) {
+            Poll::Ready(Err(e)) if e.kind() == io::ErrorKind::TimedOut => {
+                if empty {
+                    return Poll::Ready(Err(io::ErrorKind::WouldBlock.into()));
+                }
+            }
+            other => return other,
+        }
+    }
+}
+
+/// A socket a reader polls: the stream that reads CONNECT, or a connection's.
+trait ReadSock {
+    fn poll_read_sock(&self, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>>;
+}
+
+impl ReadSock for RefCell<TcpStream> {
+    fn poll_read_sock(&self, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut *self.borrow_mut()).poll_read(cx, buf)
+    }
+}
+
+impl ReadSock for RefCell<Sock> {
+    fn poll_read_sock(&self, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
+        match &mut *self.borrow_mut() {
+            Sock::Live(s) => Pin::new(&mut **s).poll_read(cx, buf),
+            // A parked socket has no reader; one that reads unparks it first.
+            Sock::Parked(..) | Sock::Gone => {
+                Poll::Ready(Err(io::Error::new(io::ErrorKind::NotConnected, "parked")))
+            }
+        }
+    }
 }
 
 async fn write_all(stream: &RefCell<TcpStream>, mut data: &[u8]) -> io::Result<()> {
@@ -1274,7 +1369,7 @@ fn send_listed(shard: &Rc<RefCell<Shard>>, conn: &Rc<Conn>) {
     if conn.done.get() {
         return;
     }
-    let fd = conn.stream.borrow().as_raw_fd();
+    let fd = conn.stream.borrow().fd();
     let res = if conn.wire.borrow().is_some() {
         conn.encode_output().and_then(|_| conn.send_wire(fd))
     } else {
@@ -1299,6 +1394,10 @@ fn send_listed(shard: &Rc<RefCell<Shard>>, conn: &Rc<Conn>) {
 /// the shard's writer takes over again. Meanwhile the output stays plain (see
 /// [`Conn::write_shared`]).
 async fn write_blocked(shard: Rc<RefCell<Shard>>, conn: Rc<Conn>) {
+    // Waiting for room needs the stream: a parked connection is read again.
+    if conn.park.get() == Park::Parked {
+        park::unpark_now(&shard, &conn);
+    }
     loop {
         if let Err(e) = conn.encode_output() {
             conn.unblock();
@@ -1314,9 +1413,13 @@ async fn write_blocked(shard: Rc<RefCell<Shard>>, conn: Rc<Conn>) {
             if bytes.is_empty() {
                 return Poll::Ready(Ok(None));
             }
-            Pin::new(&mut *conn.stream.borrow_mut())
-                .poll_write(cx, bytes)
-                .map_ok(Some)
+            match &mut *conn.stream.borrow_mut() {
+                Sock::Live(s) => Pin::new(&mut **s).poll_write(cx, bytes).map_ok(Some),
+                Sock::Parked(..) | Sock::Gone => Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::NotConnected,
+                    "no stream to wait on",
+                ))),
+            }
         })
         .await;
         match res {
@@ -1359,12 +1462,11 @@ fn sent_all(shard: &Rc<RefCell<Shard>>, conn: &Rc<Conn>) {
             std::mem::take(&mut w.out)
         });
         if let Some(mut bytes) = goodbye {
-            let fd = conn.stream.borrow().as_raw_fd();
+            let fd = conn.stream.borrow().fd();
             let _ = output::send_bytes(fd, &mut bytes);
         }
         // Half-close: the client sees EOF after the last byte we owed it.
-        let mut cx = Context::from_waker(Waker::noop());
-        let _ = Pin::new(&mut *conn.stream.borrow_mut()).poll_close(&mut cx);
+        conn.stream.borrow().shutdown_write();
         conn.set_done();
     }
 }

@@ -747,6 +747,11 @@ impl Session {
         self.flush(out);
     }
 
+    /// When the client last sent anything (`None` when not connected).
+    pub fn last_activity(&self) -> Option<Instant> {
+        self.last_activity.filter(|_| self.connected)
+    }
+
     /// Records activity from the client for keep-alive (for packets the shard handles
     /// itself; [`Session::handle`] records its own).
     pub fn touch(&mut self, now: Instant) {

@@ -441,6 +441,13 @@ impl Shard {
             .then(|| self.sessions[key].session.client_id().clone())
     }
 
+    /// The connection `key`'s session holds, if the low 32 bits of its id are `id_low`
+    /// (`net::park` finds a parked connection by the two).
+    pub(crate) fn conn_at(&self, key: usize, id_low: u64) -> Option<Rc<Conn>> {
+        let c = self.sessions.get(key)?.conn.as_ref()?;
+        (c.id & 0xffff_ffff == id_low).then(|| c.clone())
+    }
+
     /// Closes every connection whose client has sent nothing for one and a half times
     /// its keep-alive [MQTT-3.1.2-24] (the reader then ends and the will goes out).
     /// Called periodically; a connection is closed at most one period late.
