@@ -248,9 +248,9 @@ pub struct Conn {
     pub(crate) wire: RefCell<Option<Box<Wire>>>,
     pub(crate) out: RefCell<Output>,
     pub(crate) writes: Rc<Writes>,
+    /// The task that reads the connection, while it waits; also woken when `done` is
+    /// set, as the same task then waits for the connection's output to drain.
     pub(crate) reader: Cell<Option<Waker>>,
-    /// Woken when `done` is set (the connection's end waits for its output).
-    pub(crate) drained: Cell<Option<Waker>>,
     /// The socket buffer was full: a task of its own ([`write_blocked`]) waits for it
     /// to take more, and it alone writes meanwhile.
     pub(crate) blocked: Cell<bool>,
@@ -345,7 +345,6 @@ impl Conn {
             out: RefCell::new(Output::default()),
             writes,
             reader: Cell::new(None),
-            drained: Cell::new(None),
             blocked: Cell::new(false),
             blocked_task: Cell::new(None),
             closing: Cell::new(false),
@@ -551,7 +550,7 @@ impl Conn {
                 if self.done.get() {
                     return std::task::Poll::Ready(());
                 }
-                self.drained.set(Some(cx.waker().clone()));
+                self.reader.set(Some(cx.waker().clone()));
                 std::task::Poll::Pending
             })
             .await;
@@ -603,7 +602,7 @@ impl Conn {
 
     pub(crate) fn set_done(&self) {
         self.done.set(true);
-        if let Some(w) = self.drained.take() {
+        if let Some(w) = self.reader.take() {
             w.wake();
         }
     }

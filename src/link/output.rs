@@ -109,12 +109,90 @@ struct Seg {
     end: u32,
 }
 
-/// A connection's unsent output, in order.
+/// A connection's unsent output, in order, and the buffers it keeps for the next
+/// write: none at all once released ([`Output::release`], for a parked connection),
+/// so an idle connection's output costs one word.
+#[derive(Default)]
+pub(crate) struct Output(Option<Box<Buffers>>);
+
+impl Output {
+    pub fn len(&self) -> usize {
+        self.0.as_ref().map_or(0, |b| b.len)
+    }
+
+    fn bufs(&mut self) -> &mut Buffers {
+        self.0.get_or_insert_with(Box::default)
+    }
+
+    /// Appends with `encode` to the connection's own bytes.
+    pub fn push_own(&mut self, encode: impl FnOnce(&mut BytesMut)) {
+        self.bufs().push_own(encode);
+    }
+
+    /// Appends a shared encoding by reference.
+    pub fn push_shared(&mut self, s: &Encoded) {
+        self.bufs().push_shared(s);
+    }
+
+    /// Appends a copy of a shared encoding (for a connection that is waiting for its
+    /// socket: it must not hold on to the chunk).
+    pub fn push_copy(&mut self, s: &Encoded) {
+        self.push_own(|buf| s.copy_into(buf));
+    }
+
+    /// The plain output not yet sent (for a write that waits for the socket).
+    pub fn plain_unsent(&self) -> &[u8] {
+        self.0.as_deref().map_or(&[], Buffers::plain_unsent)
+    }
+
+    /// `n` more bytes of plain output went to the kernel.
+    pub fn consume(&mut self, n: usize) {
+        if let Some(b) = self.0.as_mut() {
+            b.consume(n);
+        }
+    }
+
+    /// Drops whatever is unsent.
+    pub fn discard(&mut self) {
+        if let Some(b) = self.0.as_mut() {
+            b.reset();
+        }
+    }
+
+    /// Hands everything unsent to `f` as one slice (for a transport that frames or
+    /// encrypts it), then empties the output.
+    pub fn take_all<R>(&mut self, f: impl FnOnce(&[u8]) -> R) -> R {
+        match self.0.as_mut() {
+            Some(b) => b.take_all(f),
+            None => f(&[]),
+        }
+    }
+
+    /// Gives back the buffers kept for the next write, when nothing is unsent (an
+    /// idle connection being parked keeps nothing it may never use again).
+    pub fn release(&mut self) {
+        if self.len() == 0 {
+            self.0 = None;
+        }
+    }
+
+    /// Sends as much as the socket takes now, without waiting. `Ok(true)`: all sent.
+    /// `Ok(false)`: the socket is full, and what is left is plain (shared ranges were
+    /// copied), for a write that waits.
+    pub fn send_now(&mut self, fd: RawFd) -> io::Result<bool> {
+        match self.0.as_mut() {
+            Some(b) => b.send_now(fd),
+            None => Ok(true),
+        }
+    }
+}
+
+/// Unsent output and the connection's own buffer.
 ///
 /// Either plain: `buf[sent..]` is everything unsent, or gathered: `segs` lists
 /// everything unsent, own ranges (into `buf`) and shared ranges in order.
 #[derive(Default)]
-pub(crate) struct Output {
+struct Buffers {
     buf: BytesMut,
     /// Plain: bytes at the front of `buf` already sent. The buffer is cleared, not
     /// advanced, once all is sent, so it is refilled from its start: advancing would
@@ -125,11 +203,7 @@ pub(crate) struct Output {
     len: usize,
 }
 
-impl Output {
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
+impl Buffers {
     /// Appends with `encode` to the connection's own bytes.
     pub fn push_own(&mut self, encode: impl FnOnce(&mut BytesMut)) {
         let start = self.buf.len();
@@ -179,12 +253,6 @@ impl Output {
         });
     }
 
-    /// Appends a copy of a shared encoding (for a connection that is waiting for its
-    /// socket: it must not hold on to the chunk).
-    pub fn push_copy(&mut self, s: &Encoded) {
-        self.push_own(|buf| s.copy_into(buf));
-    }
-
     /// The plain output not yet sent (for a write that waits for the socket).
     pub fn plain_unsent(&self) -> &[u8] {
         debug_assert!(self.segs.is_empty());
@@ -201,11 +269,6 @@ impl Output {
         }
     }
 
-    /// Drops whatever is unsent.
-    pub fn discard(&mut self) {
-        self.reset();
-    }
-
     /// Hands everything unsent to `f` as one slice (for a transport that frames or
     /// encrypts it), then empties the output.
     pub fn take_all<R>(&mut self, f: impl FnOnce(&[u8]) -> R) -> R {
@@ -215,16 +278,6 @@ impl Output {
         let r = f(&self.buf[self.sent..]);
         self.reset();
         r
-    }
-
-    /// Gives back the buffers kept for the next write, when nothing is unsent (an
-    /// idle connection being parked keeps nothing it may never use again).
-    pub fn release(&mut self) {
-        if self.len == 0 {
-            self.buf = BytesMut::new();
-            self.segs = Vec::new();
-            self.sent = 0;
-        }
     }
 
     fn reset(&mut self) {
@@ -389,12 +442,12 @@ mod tests {
         out.push_shared(&b);
         out.push_own(|b| b.extend_from_slice(b"yz"));
         out.push_shared(&b);
-        assert_eq!(out.segs.len(), 4, "A and B are adjacent: one range");
+        assert_eq!(out.bufs().segs.len(), 4, "A and B are adjacent: one range");
         assert_eq!(out.len(), 1 + 3 + 2 + 2 + 2);
         let (tx, mut rx) = pair();
         assert!(out.send_now(tx.as_raw_fd()).unwrap());
         assert_eq!(out.len(), 0);
-        assert!(out.segs.is_empty());
+        assert!(out.bufs().segs.is_empty());
         assert_eq!(read_exact(&mut rx, 10), b"xAAABByzBB");
     }
 
@@ -437,7 +490,7 @@ mod tests {
             }
             assert!(total < 64 << 20, "socket never filled");
         }
-        assert!(out.segs.is_empty(), "what is left is plain");
+        assert!(out.bufs().segs.is_empty(), "what is left is plain");
         assert!(out.len() > 0);
         assert_eq!(Rc::strong_count(&chunks.current.borrow()), 1);
         // Everything arrives, in order, once the peer reads.

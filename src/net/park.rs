@@ -44,7 +44,7 @@ use crate::ConnectionSlot;
 /// How long a connection must have sent nothing before its reader parks it: long
 /// enough that a connection in use seldom parks between two packets, short enough
 /// that a storm's readers are gone (and their memory reused) while it goes on.
-pub(crate) const PARK_AFTER: Duration = Duration::from_millis(100);
+pub(crate) const PARK_AFTER: Duration = Duration::from_millis(30);
 
 /// How long one wait on the epoll set lasts at most (the wait holds a blocking
 /// thread; this bounds how long that thread is held after the shard stops).
