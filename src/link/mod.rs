@@ -199,11 +199,11 @@ pub(crate) enum Sock {
 
 impl Sock {
     /// A stream a task reads. On a shard that parks idle connections its reads time
-    /// out after [`crate::net::park::PARK_AFTER`], so that its reader can park it.
-    pub(crate) fn live(stream: TcpStream) -> Sock {
+    /// out after `park_after` ([`crate::net::park`]), so that its reader can park it.
+    pub(crate) fn live(stream: TcpStream, park_after: std::time::Duration) -> Sock {
         if crate::net::park::enabled() {
             // Fails only for a zero duration.
-            let _ = stream.set_read_timeout(Some(crate::net::park::PARK_AFTER));
+            let _ = stream.set_read_timeout(Some(park_after));
         }
         Sock::Live(Box::new(stream))
     }
@@ -244,6 +244,11 @@ pub struct Conn {
     pub(crate) stream: RefCell<Sock>,
     /// Whether a task reads it, or it waits in the shard's epoll set (`net::park`).
     pub(crate) park: Cell<Park>,
+    /// How long it waits before parking: [`crate::net::park::delay`] of this level,
+    /// which grows for a connection that is soon read again after parking.
+    pub(crate) park_level: Cell<u8>,
+    /// When it was last parked (`net::park`'s clock, in milliseconds).
+    pub(crate) parked_at: Cell<u32>,
     /// TLS and/or WebSocket between the socket and MQTT; `None` for plain TCP.
     pub(crate) wire: RefCell<Option<Box<Wire>>>,
     pub(crate) out: RefCell<Output>,
@@ -339,8 +344,10 @@ impl Conn {
             id,
             peer,
             key: Cell::new(usize::MAX),
-            stream: RefCell::new(Sock::live(stream)),
+            stream: RefCell::new(Sock::live(stream, crate::net::park::delay(0))),
             park: Cell::new(Park::Active),
+            park_level: Cell::new(0),
+            parked_at: Cell::new(0),
             wire: RefCell::new(wire),
             out: RefCell::new(Output::default()),
             writes,

@@ -1284,7 +1284,7 @@ async fn read_some(
 }
 
 /// Reads `conn`'s socket. A parked-capable socket's read times out after
-/// [`park::PARK_AFTER`] without a byte; then, if the reader holds no part of a packet
+/// its park delay ([`park::delay`]) without a byte; then, if the reader holds no part of a packet
 /// (`empty`), the read ends with `WouldBlock` and the reader offers the connection to
 /// [`park::park`]. Holding part of a packet, it waits on.
 fn poll_conn(

@@ -4,7 +4,7 @@
 //! read loop) and glommio's readiness source for the socket, together about half
 //! of what an idle connection costs. Most of a fleet's connections are idle most of
 //! the time: a device sends a PINGREQ every keep-alive and little else. So once a
-//! connection has sent nothing for [`PARK_AFTER`] with nothing half-read, its read
+//! connection has sent nothing for [`PARK_AFTER`] (at first; see below) with nothing half-read, its read
 //! times out, its reader ends ([`super::End::Park`]), the glommio stream is dropped
 //! and the bare socket goes into the shard's epoll set. The shard's park task waits
 //! on that set (on a blocking thread, so the shard never blocks) and, when the
@@ -21,6 +21,11 @@
 //! shutdown) starts its reader, which then finds it closing and ends it as usual.
 //! A write that finds the socket full unparks it first, as waiting for room needs a
 //! stream.
+//!
+//! Parking and unparking cost a few system calls and a task, so a connection that
+//! is read again soon after it parked waits longer before it parks the next time
+//! ([`delay`] doubles, up to about a minute): a device that publishes every few
+//! seconds soon stops parking, one that only pings stays parked.
 //!
 //! A parked connection is found by its epoll token: its session's key on the shard
 //! and the low half of its connection id, so the shard keeps no table of its own.
@@ -41,10 +46,49 @@ use crate::link::{Conn, Park, Sock};
 use crate::shard::Shard;
 use crate::ConnectionSlot;
 
-/// How long a connection must have sent nothing before its reader parks it: long
-/// enough that a connection in use seldom parks between two packets, short enough
-/// that a storm's readers are gone (and their memory reused) while it goes on.
-pub(crate) const PARK_AFTER: Duration = Duration::from_millis(30);
+/// How long a new connection must have sent nothing before its reader parks it:
+/// long enough that a connection in use seldom parks between two packets, short
+/// enough that a storm's readers are gone (and their memory reused) while it goes
+/// on.
+const PARK_AFTER: Duration = Duration::from_millis(30);
+
+/// The highest [`delay`] level: 30 ms doubled 11 times, about a minute.
+const MAX_LEVEL: u8 = 11;
+
+/// A connection read again within this many times its delay after it parked waits
+/// twice as long before it parks again.
+const SOON: u32 = 16;
+
+/// A connection that stayed parked more than this many times its delay waits half
+/// as long before it parks again.
+const LONG: u32 = 256;
+
+/// How long a connection at `level` must have sent nothing before it parks.
+pub(crate) fn delay(level: u8) -> Duration {
+    PARK_AFTER * (1u32 << level.min(MAX_LEVEL))
+}
+
+/// Milliseconds on this thread's clock (wraps after 49 days; only differences of
+/// a few minutes matter).
+fn now_ms() -> u32 {
+    thread_local! {
+        static EPOCH: std::time::Instant = std::time::Instant::now();
+    }
+    EPOCH.with(|e| e.elapsed().as_millis() as u32)
+}
+
+/// Adjusts `conn`'s [`delay`] level as it is read again after parking: up if it
+/// came back soon, down if it stayed away long.
+fn learn(conn: &Conn) {
+    let napped = now_ms().wrapping_sub(conn.parked_at.get());
+    let level = conn.park_level.get();
+    let d = delay(level).as_millis() as u32;
+    if napped < d.saturating_mul(SOON) {
+        conn.park_level.set((level + 1).min(MAX_LEVEL));
+    } else if napped > d.saturating_mul(LONG) {
+        conn.park_level.set(level.saturating_sub(1));
+    }
+}
 
 /// How long one wait on the epoll set lasts at most (the wait holds a blocking
 /// thread; this bounds how long that thread is held after the shard stops).
@@ -157,6 +201,7 @@ pub(crate) fn park(
     let live = std::mem::replace(&mut *conn.stream.borrow_mut(), Sock::Parked(owned, slot));
     drop(live);
     conn.park.set(Park::Parked);
+    conn.parked_at.set(now_ms());
     // The reader's waker keeps the ended task's memory until it is dropped.
     drop(conn.reader.take());
     conn.out.borrow_mut().release();
@@ -216,7 +261,7 @@ fn unpark(shard: &Rc<RefCell<Shard>>, parking: &Parking, conn: &Rc<Conn>) {
     // SAFETY: `owned` is an open, connected TCP socket; ownership moves into the
     // stream, which closes it when dropped.
     let stream = unsafe { TcpStream::from_raw_fd(owned.into_raw_fd()) };
-    *conn.stream.borrow_mut() = Sock::live(stream);
+    *conn.stream.borrow_mut() = Sock::live(stream, delay(conn.park_level.get()));
     conn.park.set(Park::Active);
     spawn_local(super::run(
         shard.clone(),
@@ -273,6 +318,9 @@ async fn park_loop(shard: Rc<RefCell<Shard>>, parking: Rc<Parking>) {
             let conn = shard.borrow().conn_at(key, token & 0xffff_ffff);
             // Gone meanwhile (unparked and closed): nothing to do.
             if let Some(conn) = conn {
+                if conn.park.get() == Park::Parked {
+                    learn(&conn);
+                }
                 unpark(&shard, &parking, &conn);
             }
         }
