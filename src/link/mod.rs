@@ -198,12 +198,13 @@ pub(crate) enum Sock {
 }
 
 impl Sock {
-    /// A stream a task reads. On a shard that parks idle connections its reads time
-    /// out after `park_after` ([`crate::net::park`]), so that its reader can park it.
-    pub(crate) fn live(stream: TcpStream, park_after: std::time::Duration) -> Sock {
-        if crate::net::park::enabled() {
+    /// A stream a task reads. A client's connection, on a shard that parks idle
+    /// connections, is given `park_after`: its reads time out after that long, so
+    /// that its reader can park it ([`crate::net::park`]). A bridge's is not.
+    pub(crate) fn live(stream: TcpStream, park_after: Option<std::time::Duration>) -> Sock {
+        if let Some(after) = park_after.filter(|_| crate::net::park::enabled()) {
             // Fails only for a zero duration.
-            let _ = stream.set_read_timeout(Some(park_after));
+            let _ = stream.set_read_timeout(Some(after));
         }
         Sock::Live(Box::new(stream))
     }
@@ -344,7 +345,7 @@ impl Conn {
             id,
             peer,
             key: Cell::new(usize::MAX),
-            stream: RefCell::new(Sock::live(stream, crate::net::park::delay(0))),
+            stream: RefCell::new(Sock::live(stream, None)),
             park: Cell::new(Park::Active),
             park_level: Cell::new(0),
             parked_at: Cell::new(0),
@@ -611,6 +612,16 @@ impl Conn {
         self.done.set(true);
         if let Some(w) = self.reader.take() {
             w.wake();
+        }
+    }
+
+    /// Lets the connection park when idle (`net::park`): a client's, not a
+    /// bridge's, whose reader never ends while the bridge is up.
+    pub(crate) fn allow_parking(&self) {
+        if let Sock::Live(s) = &*self.stream.borrow() {
+            if crate::net::park::enabled() {
+                let _ = s.set_read_timeout(Some(crate::net::park::delay(self.park_level.get())));
+            }
         }
     }
 

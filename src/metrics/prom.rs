@@ -150,6 +150,21 @@ impl Collector for Scrape {
             "Clients connected, by shard.",
             |s| s.connections as f64,
         )?;
+        per_shard(
+            e,
+            shards,
+            Gauge,
+            "shardmq_connections_parked",
+            "Idle connections parked (no reader task until they send), by shard.",
+            |s| s.connections_parked as f64,
+        )?;
+        single(
+            e,
+            Counter,
+            "shardmq_parks",
+            "Times an idle connection was parked.",
+            t.parks as f64,
+        )?;
         single(
             e,
             Gauge,

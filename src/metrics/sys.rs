@@ -146,6 +146,7 @@ impl SysTree {
         );
         put("shardmq/protocol_errors", t.protocol_errors.to_string());
         put("shardmq/transport_errors", t.transport_errors.to_string());
+        put("shardmq/clients/parked", t.connections_parked.to_string());
         put("shardmq/shards", stats.shards.len().to_string());
         for s in &stats.shards {
             let i = s.shard;

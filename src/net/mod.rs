@@ -792,6 +792,7 @@ async fn serve(shard: Rc<RefCell<Shard>>, accepted: Box<Accepted>) {
         );
         let mqtt31 = connect.protocol == Protocol::V31;
         conn.mqtt31.set(mqtt31);
+        conn.allow_parking();
         conn.v5.set(connect.protocol == Protocol::V5);
         conn.problem_info
             .set(connect.props.request_problem_information);

@@ -110,8 +110,6 @@ struct Parking {
     epoll: OwnedFd,
     /// In the epoll set; written to end a wait early (an unpark request).
     wake: OwnedFd,
-    /// Connections now parked.
-    count: Cell<usize>,
     /// Parked connections something wants read again (closing them, for one).
     requests: RefCell<Vec<Rc<Conn>>>,
     /// The park task, when it waits for a first parked connection or a request.
@@ -142,7 +140,6 @@ pub(crate) fn start(shard: Rc<RefCell<Shard>>) {
         Ok(Parking {
             epoll,
             wake,
-            count: Cell::new(0),
             requests: RefCell::new(Vec::new()),
             waiter: Cell::new(None),
             in_wait: Cell::new(false),
@@ -205,7 +202,11 @@ pub(crate) fn park(
     // The reader's waker keeps the ended task's memory until it is dropped.
     drop(conn.reader.take());
     conn.out.borrow_mut().release();
-    parking.count.set(parking.count.get() + 1);
+    {
+        let mut s = shard.borrow_mut();
+        s.stats.connections_parked += 1;
+        s.stats.parks += 1;
+    }
     if let Some(w) = parking.waiter.take() {
         w.wake();
     }
@@ -256,12 +257,15 @@ fn unpark(shard: &Rc<RefCell<Shard>>, parking: &Parking, conn: &Rc<Conn>) {
         *conn.stream.borrow_mut() = sock;
         return;
     };
-    parking.count.set(parking.count.get().saturating_sub(1));
+    {
+        let mut s = shard.borrow_mut();
+        s.stats.connections_parked = s.stats.connections_parked.saturating_sub(1);
+    }
     let _ = epoll_ctl(&parking.epoll, libc::EPOLL_CTL_DEL, owned.as_raw_fd(), 0, 0);
     // SAFETY: `owned` is an open, connected TCP socket; ownership moves into the
     // stream, which closes it when dropped.
     let stream = unsafe { TcpStream::from_raw_fd(owned.into_raw_fd()) };
-    *conn.stream.borrow_mut() = Sock::live(stream, delay(conn.park_level.get()));
+    *conn.stream.borrow_mut() = Sock::live(stream, Some(delay(conn.park_level.get())));
     conn.park.set(Park::Active);
     spawn_local(super::run(
         shard.clone(),
@@ -283,9 +287,11 @@ async fn park_loop(shard: Rc<RefCell<Shard>>, parking: Rc<Parking>) {
         for conn in asked {
             unpark(&shard, &parking, &conn);
         }
-        if parking.count.get() == 0 {
+        if shard.borrow().stats.connections_parked == 0 {
             poll_fn(|cx| {
-                if parking.count.get() > 0 || !parking.requests.borrow().is_empty() {
+                if shard.borrow().stats.connections_parked > 0
+                    || !parking.requests.borrow().is_empty()
+                {
                     return Poll::Ready(());
                 }
                 parking.waiter.set(Some(cx.waker().clone()));

@@ -10,6 +10,8 @@ pub struct ShardStats {
     // gauges
     /// Connections attached to a session on this shard.
     pub connections: usize,
+    /// Of those, connections parked: idle, without a reader task (`net::park`).
+    pub connections_parked: usize,
     pub sessions: usize,
     /// (filter, session) pairs in this shard's subscription trie.
     pub subscriptions: usize,
@@ -66,6 +68,8 @@ pub struct ShardStats {
     pub accepts_paced: u64,
     /// Offline persistent sessions removed after `persistent_client_expiration`.
     pub sessions_expired: u64,
+    /// Times an idle connection was parked (`net::park`).
+    pub parks: u64,
     /// Bridges: messages received from remotes and published here, messages sent
     /// to remotes, and messages a bridge lost (QoS 0 while its remote was down, its
     /// queue full, or an echo of its own message from a remote that refused the
@@ -176,6 +180,7 @@ impl BrokerStats {
             }
             add!(
                 connections,
+                connections_parked,
                 sessions,
                 subscriptions,
                 interest_entries,
@@ -214,6 +219,7 @@ impl BrokerStats {
                 publishes_to_sys,
                 accepts_paced,
                 sessions_expired,
+                parks,
                 bridge_messages_received,
                 bridge_messages_sent,
                 bridge_messages_dropped,
