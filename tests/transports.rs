@@ -474,3 +474,67 @@ fn tls_connections_handed_to_the_other_shard_keep_working() {
     }
     assert_no_leaks(&b);
 }
+
+#[test]
+fn idle_tls_ws_and_wss_connections_park_and_still_talk_both_ways() {
+    let pki = Pki::new("park");
+    let b = broker_with_listeners(
+        &pki,
+        &[Transport::Tls, Transport::Ws, Transport::Wss],
+        |_| {},
+    );
+    let addrs = b.local_addrs().to_vec();
+    let mut clients = vec![
+        (
+            "tls",
+            rumqttc_over(
+                addrs[1],
+                rumqttc::Transport::tls_with_config(pki.tls_config(false)),
+                &id_on_shard("park-tls", 1),
+                |_| {},
+            ),
+        ),
+        (
+            "ws",
+            rumqttc_over(
+                addrs[2],
+                rumqttc::Transport::Ws,
+                &id_on_shard("park-ws", 0),
+                |_| {},
+            ),
+        ),
+        (
+            "wss",
+            rumqttc_over(
+                addrs[3],
+                rumqttc::Transport::wss_with_config(pki.tls_config(false)),
+                &id_on_shard("park-wss", 1),
+                |_| {},
+            ),
+        ),
+    ];
+    for (name, c) in &mut clients {
+        assert_eq!(c.subscribe(&format!("park/{name}"), 1), Some(1));
+    }
+    let mut p = mq(addrs[0], &id_on_shard("park-plain", 0), true);
+    assert_eq!(p.subscribe("park/back/#", 1), Some(1));
+    // Parked with the transport's state (TLS session, WebSocket framing) kept.
+    wait_stats(&b, "the four clients parked", |s| s.connections_parked >= 4);
+    for (name, c) in &mut clients {
+        p.publish_acked(&format!("park/{name}"), 1, false, name.as_bytes());
+        let m = c.recv_publish();
+        assert_eq!(&m.payload[..], name.as_bytes());
+    }
+    wait_stats(&b, "parked again", |s| s.connections_parked >= 4);
+    for (name, c) in &mut clients {
+        c.publish_acked(&format!("park/back/{name}"), 1, false, b"back");
+        let m = p.recv_publish();
+        assert_eq!(m.topic, format!("park/back/{name}"));
+    }
+    for (_, c) in clients {
+        c.disconnect();
+    }
+    p.disconnect();
+    assert_no_leaks(&b);
+    assert_eq!(b.stats().total().transport_errors, 0);
+}

@@ -767,7 +767,7 @@ struct Accepted {
 async fn serve(shard: Rc<RefCell<Shard>>, accepted: Box<Accepted>) {
     // A box moved out of is freed only when its binding goes out of scope: these
     // blocks end the bindings here, not with the connection.
-    let (conn, key, mqtt31, rbuf, peer, slot) = {
+    let (conn, key, rbuf, peer, slot) = {
         let Accepted {
             stream,
             wire,
@@ -815,10 +815,10 @@ async fn serve(shard: Rc<RefCell<Shard>>, accepted: Box<Accepted>) {
         if let Some(key) = key {
             conn.key.set(key);
         }
-        (conn, key, mqtt31, rbuf, peer, slot)
+        (conn, key, rbuf, peer, slot)
     };
     match key {
-        Some(key) => run(shard, conn, key, mqtt31, rbuf, peer, slot).await,
+        Some(_) => run(shard, conn, rbuf, slot, false).await,
         // Refused at attach (a will it may not publish): the CONNACK still goes out.
         None => {
             drop(rbuf);
@@ -830,29 +830,35 @@ async fn serve(shard: Rc<RefCell<Shard>>, accepted: Box<Accepted>) {
 
 /// Reads an attached connection until it ends, then ends it: from [`serve`], and
 /// again from [`park`] each time a parked connection has something to read.
+///
+/// `resumed`: the connection was parked, so its first read goes ahead even while its
+/// output is congested, as a reader already waiting in a read would: that is how a
+/// client that stopped reading is seen hanging up.
 pub(crate) async fn run(
     shard: Rc<RefCell<Shard>>,
     conn: Rc<Conn>,
-    key: usize,
-    mqtt31: bool,
     rbuf: BytesMut,
-    peer: SocketAddr,
     slot: ConnectionSlot,
+    resumed: bool,
 ) {
     // Keep-alive [MQTT-3.1.2-24] is enforced by the shard's sweep
     // (`Shard::sweep_keep_alive`), which closes the connection; no timer per
     // connection.
+    let (key, mqtt31, peer) = (conn.key.get(), conn.mqtt31.get(), conn.peer);
     let mut slot = slot;
     let mut rbuf = rbuf;
+    let mut resumed = resumed;
     let end = loop {
-        match read_loop(&shard, &conn, key, rbuf, mqtt31).await {
+        match read_loop(&shard, &conn, key, rbuf, mqtt31, resumed).await {
             End::Park => match park::park(&shard, &conn, slot) {
                 Ok(()) => return,
                 Err(back) => {
-                    // Not parked (a write waits for the socket): read on.
+                    // Not parked (a write waits for the socket): read on, as the
+                    // reader was.
                     slot = back;
                     conn.park.set(Park::Active);
                     rbuf = BytesMut::new();
+                    resumed = true;
                 }
             },
             end => break end,
@@ -925,9 +931,12 @@ async fn read_loop(
     key: usize,
     mut rbuf: BytesMut,
     mqtt31: bool,
+    resumed: bool,
 ) -> End {
     let v5 = conn.is_v5();
     let mut hot = false;
+    // A resumed reader's first read does not wait for congestion to clear.
+    let mut waits = !resumed;
     loop {
         let now = Instant::now();
         loop {
@@ -991,9 +1000,10 @@ async fn read_loop(
             }
         }
         shard.borrow_mut().route_pending();
-        if !wait_until_readable(shard, conn).await {
+        if waits && !wait_until_readable(shard, conn).await {
             return End::ClosedByBroker;
         }
+        waits = true;
         if conn.wire.borrow().is_none() {
             match read_some(&conn.stream, &mut rbuf, &mut hot, Some(conn)).await {
                 Ok(0) => return End::Eof,

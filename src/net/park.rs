@@ -136,7 +136,13 @@ pub(crate) fn start(shard: Rc<RefCell<Shard>>) {
         }
         // SAFETY: as above.
         let wake = unsafe { OwnedFd::from_raw_fd(wake) };
-        epoll_ctl(&epoll, libc::EPOLL_CTL_ADD, wake.as_raw_fd(), WAKE, libc::EPOLLIN)?;
+        epoll_ctl(
+            &epoll,
+            libc::EPOLL_CTL_ADD,
+            wake.as_raw_fd(),
+            WAKE,
+            libc::EPOLLIN,
+        )?;
         Ok(Parking {
             epoll,
             wake,
@@ -162,7 +168,9 @@ pub(crate) fn enabled() -> bool {
 
 /// The epoll token of `conn`: its session's key and the low half of its id.
 fn token(conn: &Conn) -> Option<u64> {
-    let key = u32::try_from(conn.key.get()).ok().filter(|&k| k != u32::MAX)?;
+    let key = u32::try_from(conn.key.get())
+        .ok()
+        .filter(|&k| k != u32::MAX)?;
     Some((u64::from(key) << 32) | (conn.id & 0xffff_ffff))
 }
 
@@ -191,7 +199,15 @@ pub(crate) fn park(
         return Err(slot);
     };
     let events = libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLONESHOT;
-    if epoll_ctl(&parking.epoll, libc::EPOLL_CTL_ADD, owned.as_raw_fd(), token, events).is_err() {
+    if epoll_ctl(
+        &parking.epoll,
+        libc::EPOLL_CTL_ADD,
+        owned.as_raw_fd(),
+        token,
+        events,
+    )
+    .is_err()
+    {
         return Err(slot);
     }
     // Dropping the stream cancels its pending poll and closes the first descriptor.
@@ -270,11 +286,9 @@ fn unpark(shard: &Rc<RefCell<Shard>>, parking: &Parking, conn: &Rc<Conn>) {
     spawn_local(super::run(
         shard.clone(),
         conn.clone(),
-        conn.key.get(),
-        conn.mqtt31.get(),
         BytesMut::new(),
-        conn.peer,
         slot,
+        true,
     ))
     .detach();
 }
