@@ -191,6 +191,10 @@ pub struct Config {
     pub write_buffer_high_water: usize,
     /// Capacity, in batches, of each cross-shard channel.
     pub mesh_channel_capacity: usize,
+    /// Milliseconds a client's connection must have sent nothing before it is
+    /// parked (no reader task until it sends again; the delay doubles for a
+    /// connection that is soon read again). 0: connections never park.
+    pub park_idle_after_ms: u32,
     /// Most levels in a topic name or filter. A PUBLISH (or will) over it closes the
     /// connection; a SUBSCRIBE filter over it gets SUBACK 0x80.
     pub max_topic_levels: usize,
@@ -598,6 +602,7 @@ impl Default for Config {
             max_retained_payload: 1024 * 1024,
             write_buffer_high_water: 256 * 1024,
             mesh_channel_capacity: 32,
+            park_idle_after_ms: 30,
             max_topic_levels: 128,
             max_topic_length: 4096,
             max_subscriptions_per_client: 1000,
@@ -829,6 +834,9 @@ impl Config {
         }
         if self.mesh_channel_capacity == 0 {
             return invalid("mesh_channel_capacity", "must be at least 1");
+        }
+        if self.park_idle_after_ms > 60_000 {
+            return invalid("park_idle_after_ms", "at most 60000 (a minute)");
         }
         if self.max_topic_levels == 0 {
             return invalid("max_topic_levels", "must be at least 1");

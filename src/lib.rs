@@ -379,6 +379,7 @@ pub struct Reconfigured {
 const RESTART_KEYS: &[&str] = &[
     "shards",
     "mesh_channel_capacity",
+    "park_idle_after_ms",
     "metrics_listen",
     "log_format",
     "data_dir",
@@ -659,7 +660,7 @@ impl Broker {
     /// run time (limits, `sys_interval`, `log_level` as far as the broker is
     /// concerned, `persistent_client_expiration`, password, ACL, certificate and
     /// key files) and keeps the running values of what needs a restart (listeners
-    /// added, removed or moved, `shards`, `mesh_channel_capacity`,
+    /// added, removed or moved, `shards`, `mesh_channel_capacity`, `park_idle_after_ms`,
     /// `metrics_listen`, `log_format`), naming both. On failure nothing changes.
     pub fn reconfigure(&self, new: Config) -> Result<Reconfigured, StartError> {
         new.validate()?;
@@ -692,6 +693,7 @@ impl Broker {
         }
         new.shards = old.shards;
         new.mesh_channel_capacity = old.mesh_channel_capacity;
+        new.park_idle_after_ms = old.park_idle_after_ms;
         new.metrics_listen = old.metrics_listen;
         new.log_format = old.log_format;
         new.data_dir = old.data_dir.clone();

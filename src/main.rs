@@ -90,6 +90,10 @@ struct Args {
     /// Capacity in batches of each cross-shard channel [mesh_channel_capacity].
     #[arg(long, value_name = "N")]
     mesh_channel_capacity: Option<usize>,
+    /// Silence after which a client's connection is parked, 0 = never
+    /// [park_idle_after_ms].
+    #[arg(long, value_name = "MS")]
+    park_idle_after_ms: Option<u32>,
     /// Most levels in a topic name or filter [max_topic_levels].
     #[arg(long, value_name = "N")]
     max_topic_levels: Option<usize>,
@@ -196,6 +200,7 @@ impl Args {
             max_retained_payload: self.max_retained_payload,
             write_buffer_high_water: self.write_buffer_high_water,
             mesh_channel_capacity: self.mesh_channel_capacity,
+            park_idle_after_ms: self.park_idle_after_ms,
             max_topic_levels: self.max_topic_levels,
             max_topic_length: self.max_topic_length,
             max_subscriptions_per_client: self.max_subscriptions_per_client,
@@ -270,6 +275,7 @@ impl Args {
             max_retained_payload,
             write_buffer_high_water,
             mesh_channel_capacity,
+            park_idle_after_ms,
             max_topic_levels,
             max_topic_length,
             max_subscriptions_per_client,

@@ -150,7 +150,8 @@ pub async fn run(init: ShardInit) {
     let writes = shard.borrow().writes().clone();
     spawn_local(net::write_loop(shard.clone(), writes)).detach();
     spawn_local(keep_alive_sweep(shard.clone())).detach();
-    net::park::start(shard.clone());
+    let park_after = shard.borrow().cfg.park_idle_after_ms;
+    net::park::start(shard.clone(), park_after);
     if let Some(store) = init.store {
         if !start_log(&shard, store, &init.control).await {
             return;

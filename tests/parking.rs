@@ -236,3 +236,23 @@ fn shutdown_closes_parked_connections() {
             .expect("closed at shutdown, not left open");
     }
 }
+
+#[test]
+fn with_park_idle_after_ms_0_no_connection_parks() {
+    let b = broker_with(|c| c.park_idle_after_ms = 0);
+    let addr = b.local_addr();
+    let (mut sub, _) = Raw::connect(addr, &id_on_shard("nopark-sub", 1), true);
+    assert_eq!(sub.subscribe(1, &[("nopark/t", 1)]), vec![1]);
+    let (mut publ, _) = Raw::connect(addr, &id_on_shard("nopark-pub", 0), true);
+    // Ten times the default delay, in silence.
+    sub.expect_silence(Duration::from_millis(300));
+    let s = b.stats().total();
+    assert_eq!((s.connections_parked, s.parks), (0, 0), "{s:#?}");
+    publ.publish("nopark/t", b"read by its task", 1, false);
+    let p = sub.expect_publish();
+    assert_eq!(p.payload_str(), "read by its task");
+    sub.ack(&p);
+    sub.disconnect();
+    publ.disconnect();
+    assert_no_leaks(&b);
+}

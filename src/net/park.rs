@@ -4,13 +4,14 @@
 //! read loop) and glommio's readiness source for the socket, together about half
 //! of what an idle connection costs. Most of a fleet's connections are idle most of
 //! the time: a device sends a PINGREQ every keep-alive and little else. So once a
-//! connection has sent nothing for [`PARK_AFTER`] (at first; see below) with nothing half-read, its read
-//! times out, its reader ends ([`super::End::Park`]), the glommio stream is dropped
-//! and the bare socket goes into the shard's epoll set. The shard's park task waits
+//! connection has sent nothing for `park_idle_after_ms` (30 ms, at first; see
+//! below) with nothing half-read, its read times out, its reader ends
+//! ([`super::End::Park`]), the glommio stream is dropped and the bare socket goes
+//! into the shard's epoll set. The shard's park task waits
 //! on that set (on a blocking thread, so the shard never blocks) and, when the
 //! socket becomes readable or hangs up, rebuilds the stream and starts a new reader.
 //!
-//! [`PARK_AFTER`] is short on purpose: the memory a reader frees is reused by the
+//! The delay is short on purpose: the memory a reader frees is reused by the
 //! readers of the connections that come next only if it is freed while they come.
 //! Parked late, after a whole storm of connections has been read at once, readers
 //! leave holes between the connections' lasting allocations that the allocator can
@@ -46,14 +47,19 @@ use crate::link::{Conn, Park, Sock};
 use crate::shard::Shard;
 use crate::ConnectionSlot;
 
-/// How long a new connection must have sent nothing before its reader parks it:
-/// long enough that a connection in use seldom parks between two packets, short
-/// enough that a storm's readers are gone (and their memory reused) while it goes
-/// on.
-const PARK_AFTER: Duration = Duration::from_millis(30);
+thread_local! {
+    /// How long a new connection must have sent nothing before its reader parks it
+    /// (`park_idle_after_ms`, 30 ms by default): long enough that a connection in
+    /// use seldom parks between two packets, short enough that a storm's readers are
+    /// gone (and their memory reused) while it goes on.
+    static PARK_AFTER: Cell<Duration> = const { Cell::new(Duration::from_millis(30)) };
+}
 
 /// The highest [`delay`] level: 30 ms doubled 11 times, about a minute.
 const MAX_LEVEL: u8 = 11;
+
+/// The longest [`delay`] (unless `park_idle_after_ms` is longer still).
+const LONGEST: Duration = Duration::from_millis(61_440);
 
 /// A connection read again within this many times its delay after it parked waits
 /// twice as long before it parks again.
@@ -65,7 +71,8 @@ const LONG: u32 = 256;
 
 /// How long a connection at `level` must have sent nothing before it parks.
 pub(crate) fn delay(level: u8) -> Duration {
-    PARK_AFTER * (1u32 << level.min(MAX_LEVEL))
+    let base = PARK_AFTER.with(Cell::get);
+    (base * (1u32 << level.min(MAX_LEVEL))).min(base.max(LONGEST))
 }
 
 /// Milliseconds on this thread's clock (wraps after 49 days; only differences of
@@ -118,9 +125,14 @@ struct Parking {
     in_wait: Cell<bool>,
 }
 
-/// Makes this shard's epoll set and starts its park task. Without an epoll set
-/// (the call failing is not expected) connections never park.
-pub(crate) fn start(shard: Rc<RefCell<Shard>>) {
+/// Makes this shard's epoll set and starts its park task, for connections silent
+/// for `after_ms` (0: none ever parks). Without an epoll set (the call failing is
+/// not expected) connections never park.
+pub(crate) fn start(shard: Rc<RefCell<Shard>>, after_ms: u32) {
+    if after_ms == 0 {
+        return;
+    }
+    PARK_AFTER.with(|p| p.set(Duration::from_millis(u64::from(after_ms))));
     let made = (|| -> io::Result<Parking> {
         // SAFETY: plain syscalls; each result is checked and owned at once.
         let epoll = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
