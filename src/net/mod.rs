@@ -844,12 +844,22 @@ pub(crate) async fn run(
     // Keep-alive [MQTT-3.1.2-24] is enforced by the shard's sweep
     // (`Shard::sweep_keep_alive`), which closes the connection; no timer per
     // connection.
-    let (key, mqtt31, peer) = (conn.key.get(), conn.mqtt31.get(), conn.peer);
     let mut slot = slot;
     let mut rbuf = rbuf;
     let mut resumed = resumed;
     let end = loop {
-        match read_loop(&shard, &conn, key, rbuf, mqtt31, resumed).await {
+        // Read from the connection at each call, not kept: what a future holds
+        // across its awaits every reading connection pays for.
+        match read_loop(
+            &shard,
+            &conn,
+            conn.key.get(),
+            rbuf,
+            conn.mqtt31.get(),
+            resumed,
+        )
+        .await
+        {
             End::Park => match park::park(&shard, &conn, slot) {
                 Ok(()) => return,
                 Err(back) => {
@@ -864,6 +874,7 @@ pub(crate) async fn run(
             end => break end,
         }
     };
+    let (key, peer) = (conn.key.get(), conn.peer);
     {
         // A 5.0 client learns why the broker closes its connection.
         match &end {
