@@ -867,6 +867,8 @@ pub(crate) async fn run(
                     // reader was.
                     slot = back;
                     conn.park.set(Park::Active);
+                    // The delay may have grown (see `park::park`).
+                    conn.allow_parking();
                     rbuf = BytesMut::new();
                     resumed = true;
                 }

@@ -207,21 +207,30 @@ pub(crate) fn park(
     let fd = conn.stream.borrow().fd();
     // SAFETY: the descriptor belongs to the connection's stream, alive for this
     // statement; the clone is a new descriptor for the same socket.
-    let Ok(owned) = unsafe { BorrowedFd::borrow_raw(fd) }.try_clone_to_owned() else {
-        return Err(slot);
+    let added = unsafe { BorrowedFd::borrow_raw(fd) }
+        .try_clone_to_owned()
+        .and_then(|owned| {
+            let events = libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLONESHOT;
+            epoll_ctl(
+                &parking.epoll,
+                libc::EPOLL_CTL_ADD,
+                owned.as_raw_fd(),
+                token,
+                events,
+            )
+            .map(|()| owned)
+        });
+    let owned = match added {
+        Ok(owned) => owned,
+        Err(e) => {
+            // Out of descriptors (the open-file limit) or of epoll entries
+            // (`fs.epoll.max_user_watches`): the connection keeps its reader, and
+            // tries again only after the longest delay, not every few milliseconds.
+            conn.park_level.set(MAX_LEVEL);
+            warn_once(&e);
+            return Err(slot);
+        }
     };
-    let events = libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLONESHOT;
-    if epoll_ctl(
-        &parking.epoll,
-        libc::EPOLL_CTL_ADD,
-        owned.as_raw_fd(),
-        token,
-        events,
-    )
-    .is_err()
-    {
-        return Err(slot);
-    }
     // Dropping the stream cancels its pending poll and closes the first descriptor.
     let live = std::mem::replace(&mut *conn.stream.borrow_mut(), Sock::Parked(owned, slot));
     drop(live);
@@ -239,6 +248,20 @@ pub(crate) fn park(
         w.wake();
     }
     Ok(())
+}
+
+/// Logs, once per shard, why a connection could not be parked.
+fn warn_once(e: &io::Error) {
+    thread_local! {
+        static WARNED: Cell<bool> = const { Cell::new(false) };
+    }
+    if !WARNED.with(|w| w.replace(true)) {
+        tracing::warn!(
+            error = %e,
+            "an idle connection could not be parked (open-file limit or \
+             fs.epoll.max_user_watches?); such connections keep their readers"
+        );
+    }
 }
 
 /// Asks for `conn` (parked) to be read again: its reader starts from the park task,
