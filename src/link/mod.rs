@@ -198,14 +198,8 @@ pub(crate) enum Sock {
 }
 
 impl Sock {
-    /// A stream a task reads. A client's connection, on a shard that parks idle
-    /// connections, is given `park_after`: its reads time out after that long, so
-    /// that its reader can park it ([`crate::net::park`]). A bridge's is not.
-    pub(crate) fn live(stream: TcpStream, park_after: Option<std::time::Duration>) -> Sock {
-        if let Some(after) = park_after.filter(|_| crate::net::park::enabled()) {
-            // Fails only for a zero duration.
-            let _ = stream.set_read_timeout(Some(after));
-        }
+    /// A stream a task reads ([`Conn::allow_parking`] lets its reads time out).
+    pub(crate) fn live(stream: TcpStream) -> Sock {
         Sock::Live(Box::new(stream))
     }
 
@@ -345,7 +339,7 @@ impl Conn {
             id,
             peer,
             key: Cell::new(usize::MAX),
-            stream: RefCell::new(Sock::live(stream, None)),
+            stream: RefCell::new(Sock::live(stream)),
             park: Cell::new(Park::Active),
             park_level: Cell::new(0),
             parked_at: Cell::new(0),
@@ -615,11 +609,14 @@ impl Conn {
         }
     }
 
-    /// Lets the connection park when idle (`net::park`): a client's, not a
-    /// bridge's, whose reader never ends while the bridge is up.
+    /// Lets the connection park when idle (`net::park`): on a shard that parks,
+    /// its reads time out after its park delay, so that its reader can park it. For
+    /// a client's connection, not a bridge's, whose reader never ends while the
+    /// bridge is up. Called again whenever the stream is new or the delay changed.
     pub(crate) fn allow_parking(&self) {
         if let Sock::Live(s) = &*self.stream.borrow() {
             if crate::net::park::enabled() {
+                // Fails only for a zero duration, which `delay` never is.
                 let _ = s.set_read_timeout(Some(crate::net::park::delay(self.park_level.get())));
             }
         }

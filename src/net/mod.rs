@@ -1307,10 +1307,10 @@ async fn read_some(
     .await
 }
 
-/// Reads `conn`'s socket. A parked-capable socket's read times out after
-/// its park delay ([`park::delay`]) without a byte; then, if the reader holds no part of a packet
-/// (`empty`), the read ends with `WouldBlock` and the reader offers the connection to
-/// [`park::park`]. Holding part of a packet, it waits on.
+/// Reads `conn`'s socket. A client's socket on a shard that parks times out after
+/// its park delay ([`park::delay`]) without a byte; then, if the reader holds no
+/// part of a packet (`empty`), the read ends with `WouldBlock` and the reader offers
+/// the connection to [`park::park`]. Holding part of a packet, it waits on.
 fn poll_conn(
     conn: &Conn,
     cx: &mut Context<'_>,

@@ -316,7 +316,8 @@ fn unpark(shard: &Rc<RefCell<Shard>>, parking: &Parking, conn: &Rc<Conn>) {
     // SAFETY: `owned` is an open, connected TCP socket; ownership moves into the
     // stream, which closes it when dropped.
     let stream = unsafe { TcpStream::from_raw_fd(owned.into_raw_fd()) };
-    *conn.stream.borrow_mut() = Sock::live(stream, Some(delay(conn.park_level.get())));
+    *conn.stream.borrow_mut() = Sock::live(stream);
+    conn.allow_parking();
     conn.park.set(Park::Active);
     spawn_local(super::run(
         shard.clone(),
